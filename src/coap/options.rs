@@ -1,0 +1,164 @@
+//! Option numbers (RFC 7252 §12.2 and later registrations) and how OSCORE treats each one
+//! (RFC 8613 §4.1, RFC 8768 as updated by oscore-capable-proxies §3, groupcomm-proxy §2-§3, §7).
+
+pub const IF_MATCH: u16 = 1;
+pub const URI_HOST: u16 = 3;
+pub const ETAG: u16 = 4;
+pub const IF_NONE_MATCH: u16 = 5;
+pub const OBSERVE: u16 = 6;
+pub const URI_PORT: u16 = 7;
+pub const LOCATION_PATH: u16 = 8;
+pub const OSCORE: u16 = 9;
+pub const URI_PATH: u16 = 11;
+pub const CONTENT_FORMAT: u16 = 12;
+pub const MAX_AGE: u16 = 14;
+pub const URI_QUERY: u16 = 15;
+pub const HOP_LIMIT: u16 = 16;
+pub const ACCEPT: u16 = 17;
+pub const LOCATION_QUERY: u16 = 20;
+pub const BLOCK2: u16 = 23;
+pub const BLOCK1: u16 = 27;
+pub const SIZE2: u16 = 28;
+pub const PROXY_URI: u16 = 35;
+pub const PROXY_SCHEME: u16 = 39;
+pub const SIZE1: u16 = 60;
+pub const ECHO: u16 = 252;
+pub const NO_RESPONSE: u16 = 258;
+pub const REQUEST_TAG: u16 = 292;
+
+/// Default numbers of the groupcomm-proxy options: IANA suggestions (§11.1), so the proxy
+/// configuration can change them.
+pub const MULTICAST_TIMEOUT_DEFAULT: u16 = 2;
+pub const GROUP_ETAG_DEFAULT: u16 = 24;
+pub const REPLY_FROM_DEFAULT: u16 = 248;
+
+/// Where OSCORE puts an option (RFC 8613 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionClass {
+    /// Encrypted and integrity protected: only inside the COSE plaintext.
+    E,
+    /// Unprotected: only in the outer message, visible to proxies.
+    U,
+    /// Both an inner (class E) and an outer copy, with their own rules.
+    Both,
+}
+
+/// The OSCORE class of an option number. Unknown options are class E (RFC 8613 §4.1:
+/// "Options that are unknown ... shall be processed as class E"), except the
+/// groupcomm-proxy options, which a proxy must see and which that draft makes class U;
+/// their numbers are passed in because they are configurable.
+pub fn oscore_class(number: u16, proxy_options: &[u16]) -> OptionClass {
+    match number {
+        URI_HOST | URI_PORT | OSCORE | PROXY_URI | PROXY_SCHEME | HOP_LIMIT => OptionClass::U,
+        OBSERVE | NO_RESPONSE => OptionClass::Both,
+        n if proxy_options.contains(&n) => OptionClass::U,
+        _ => OptionClass::E,
+    }
+}
+
+/// Critical options have an odd number (RFC 7252 §5.4.6).
+pub fn is_critical(number: u16) -> bool {
+    number & 1 == 1
+}
+
+/// Unsafe-to-forward options have bit 1 set (RFC 7252 §5.4.6).
+pub fn is_unsafe(number: u16) -> bool {
+    number & 2 == 2
+}
+
+/// Appends options in RFC 7252 §3.1 delta encoding. `opts` must be sorted by number
+/// (equal numbers keep their order, as repeated options must).
+pub fn encode_options<'a, I>(buf: &mut Vec<u8>, opts: I)
+where
+    I: IntoIterator<Item = (u16, &'a [u8])>,
+{
+    let mut last = 0u16;
+    for (number, value) in opts {
+        debug_assert!(number >= last, "options must be sorted");
+        let delta = number - last;
+        last = number;
+        let (dn, dext) = nibble(delta as usize);
+        let (ln, lext) = nibble(value.len());
+        buf.push((dn << 4) | ln);
+        ext(buf, dn, dext);
+        ext(buf, ln, lext);
+        buf.extend_from_slice(value);
+    }
+}
+
+fn nibble(v: usize) -> (u8, usize) {
+    match v {
+        0..=12 => (v as u8, 0),
+        13..=268 => (13, v - 13),
+        _ => (14, v - 269),
+    }
+}
+
+fn ext(buf: &mut Vec<u8>, n: u8, e: usize) {
+    match n {
+        13 => buf.push(e as u8),
+        14 => buf.extend_from_slice(&(e as u16).to_be_bytes()),
+        _ => {}
+    }
+}
+
+/// Encodes an unsigned integer option value in the shortest form (RFC 7252 §3.2).
+pub fn uint_value(v: u32) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    let skip = b.iter().take_while(|&&x| x == 0).count();
+    b[skip..].to_vec()
+}
+
+/// Reads an unsigned integer option value of at most 4 bytes.
+pub fn read_uint(v: &[u8]) -> Option<u32> {
+    if v.len() > 4 {
+        return None;
+    }
+    Some(v.iter().fold(0u32, |acc, &x| (acc << 8) | x as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8613_s4_1_classes() {
+        assert_eq!(oscore_class(URI_PATH, &[]), OptionClass::E);
+        assert_eq!(oscore_class(URI_HOST, &[]), OptionClass::U);
+        assert_eq!(oscore_class(PROXY_SCHEME, &[]), OptionClass::U);
+        assert_eq!(oscore_class(OBSERVE, &[]), OptionClass::Both);
+        // Unknown options are class E unless configured as groupcomm-proxy options.
+        assert_eq!(oscore_class(248, &[]), OptionClass::E);
+        assert_eq!(oscore_class(248, &[2, 24, 248]), OptionClass::U);
+    }
+
+    #[test]
+    fn rfc7252_s3_1_extended_delta_and_length() {
+        let long = [0xaau8; 300];
+        let mut b = Vec::new();
+        encode_options(
+            &mut b,
+            [
+                (11u16, &b"tv1"[..]),
+                (11, &b""[..]),
+                (60, &long[..13]),
+                (1000, &long[..]),
+            ],
+        );
+        // 11 "tv1"; repeat with delta 0; delta 49 = 13+36, len 13 = 13+0; delta 940 = 14 (671), len 300 = 14 (31)
+        assert_eq!(&b[..5], &[0xb3, b't', b'v', b'1', 0x00]);
+        assert_eq!(&b[5..8], &[0xdd, 36, 0]);
+        let at = 8 + 13;
+        assert_eq!(&b[at..at + 5], &[0xee, 0x02, 0x9f, 0x00, 0x1f]);
+        assert_eq!(b.len(), at + 5 + 300);
+    }
+
+    #[test]
+    fn uint_roundtrip() {
+        for v in [0u32, 1, 255, 256, 65535, 1 << 24, u32::MAX] {
+            assert_eq!(read_uint(&uint_value(v)), Some(v));
+        }
+        assert!(uint_value(0).is_empty());
+        assert_eq!(read_uint(&[1, 2, 3, 4, 5]), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! groxy: a Group OSCORE forward proxy.
+//!
+//! The crate is layered as in `DESIGN.md`: [`coap`] knows the CoAP vocabulary, [`oscore`]
+//! implements RFC 8613 and Group OSCORE (RFC 10021) without any I/O or clock. Later layers
+//! (the forwarding engine, the tokio runtime, operations) build on these two.
+
+pub mod cbor;
+pub mod coap;
+pub mod oscore;

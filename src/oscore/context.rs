@@ -1,0 +1,475 @@
+//! Security Contexts (RFC 8613 §3, RFC 10021 §2): the Common Context, this endpoint's
+//! Sender Context and a Recipient Context per peer. All keys are derived once, when the
+//! context is built or a peer is added; pairwise keys on first use, then cached.
+
+use std::collections::HashMap;
+
+use zeroize::Zeroizing;
+
+use super::aad::TbsForm;
+use super::alg::{CipherKey, EncAlg, KeyAgreementAlg, SigAlg};
+use super::cred::{Credential, PrivateKey};
+use super::derive;
+use super::error::{ConfigError, OscoreError};
+use super::replay::ReplayWindow;
+use crate::cbor;
+
+/// Largest Sender Sequence Number: Partial IVs are at most 5 bytes (RFC 8613 §7.2.1).
+pub const MAX_SSN: u64 = (1 << 40) - 1;
+
+/// Recipient Contexts one group context holds at most; adding more is refused, so a
+/// misconfiguration or a flood of new kids cannot grow the table without bound.
+pub const MAX_RECIPIENTS: usize = 4096;
+
+/// Everything needed to build a context, as configured or handed out by a Group Manager.
+#[derive(Clone, Debug, Default)]
+pub struct ContextConfig {
+    pub master_secret: Vec<u8>,
+    pub master_salt: Vec<u8>,
+    /// ID Context; the Gid in a group.
+    pub id_context: Option<Vec<u8>>,
+    /// COSE ids; `None` = not set in the Common Context.
+    pub alg_aead: Option<i64>,
+    pub alg_group_enc: Option<i64>,
+    pub alg_signature: Option<i64>,
+    pub alg_pairwise_key_agreement: Option<i64>,
+    /// Group Manager credential; its presence makes this a Group OSCORE context.
+    pub gm_cred: Option<Vec<u8>>,
+    pub sender_id: Vec<u8>,
+    /// This endpoint's private key and credential (group contexts).
+    pub private_key: Option<Vec<u8>>,
+    pub sender_cred: Option<Vec<u8>>,
+    /// Peers: (Sender ID, credential; empty credential for plain OSCORE).
+    pub recipients: Vec<(Vec<u8>, Vec<u8>)>,
+    pub tbs_form: TbsForm,
+}
+
+/// The group-specific Common Context parameters (RFC 10021 §2.1.5-§2.1.10).
+#[derive(Debug)]
+pub struct GroupCommon {
+    pub alg_aead: Option<EncAlg>,
+    pub alg_group_enc: Option<EncAlg>,
+    pub alg_signature: Option<SigAlg>,
+    pub alg_ka: Option<KeyAgreementAlg>,
+    pub gm_cred: Credential,
+    /// Signature Encryption Key (§2.1.9); set when group mode is.
+    pub sig_enc_key: Option<Vec<u8>>,
+    pub tbs_form: TbsForm,
+}
+
+#[derive(Debug)]
+pub struct CommonContext {
+    pub id_context: Option<Vec<u8>>,
+    pub common_iv: Vec<u8>,
+    /// The algorithm named in key derivation (Group Encryption Algorithm if set, §2.3).
+    pub key_alg: EncAlg,
+    /// The `algorithms` element of external_aad, encoded once.
+    pub algs_cbor: Vec<u8>,
+    pub group: Option<GroupCommon>,
+    master_secret: Zeroizing<Vec<u8>>,
+    master_salt: Zeroizing<Vec<u8>>,
+}
+
+impl CommonContext {
+    pub fn gid(&self) -> &[u8] {
+        self.id_context.as_deref().unwrap_or(&[])
+    }
+
+    /// Nonce (RFC 8613 §5.2, RFC 10021 §3.3) for `id_piv` and `piv`, of the algorithm's length.
+    pub fn nonce(&self, alg: EncAlg, id_piv: &[u8], piv: &[u8], out: &mut [u8; 13]) -> usize {
+        let n = alg.nonce_len();
+        out.fill(0);
+        out[0] = id_piv.len() as u8;
+        let id_end = n - 5;
+        out[id_end - id_piv.len()..id_end].copy_from_slice(id_piv);
+        out[n - piv.len()..n].copy_from_slice(piv);
+        for (o, iv) in out[..n].iter_mut().zip(&self.common_iv) {
+            *o ^= iv;
+        }
+        n
+    }
+
+    fn derive_key(&self, id: &[u8]) -> Vec<u8> {
+        derive::derive(
+            &self.master_secret,
+            &self.master_salt,
+            id,
+            self.id_context.as_deref(),
+            self.key_alg.cose_id(),
+            "Key",
+            self.key_alg.key_len(),
+        )
+    }
+
+    /// Max Sender ID length: smallest nonce length minus 6 (RFC 10021 §2.2).
+    pub fn max_id_len(&self) -> usize {
+        let mut n = self.key_alg.nonce_len();
+        if let Some(g) = &self.group {
+            for a in [g.alg_aead, g.alg_group_enc].into_iter().flatten() {
+                n = n.min(a.nonce_len());
+            }
+        }
+        n - 6
+    }
+}
+
+#[derive(Debug)]
+pub struct SenderContext {
+    pub id: Vec<u8>,
+    pub key: Zeroizing<Vec<u8>>,
+    /// Key for this endpoint's messages in group mode (or plain OSCORE).
+    pub cipher: CipherKey,
+    pub private_key: Option<PrivateKey>,
+    pub cred: Option<Credential>,
+    /// Next Sender Sequence Number; one space for both modes (RFC 10021 §2.5.3).
+    pub ssn: u64,
+}
+
+#[derive(Debug)]
+pub struct RecipientContext {
+    pub id: Vec<u8>,
+    pub key: Zeroizing<Vec<u8>>,
+    pub cipher: CipherKey,
+    pub cred: Option<Credential>,
+    pub replay: ReplayWindow,
+    pairwise: Option<PairwiseKeys>,
+}
+
+/// The two pairwise keys with one peer (RFC 10021 §2.5.1).
+#[derive(Debug)]
+pub struct PairwiseKeys {
+    pub sender: CipherKey,
+    pub recipient: CipherKey,
+}
+
+/// A complete Security Context of this endpoint: plain OSCORE or a Group OSCORE member.
+#[derive(Debug)]
+pub struct SecurityContext {
+    pub common: CommonContext,
+    pub sender: SenderContext,
+    pub recipients: HashMap<Vec<u8>, RecipientContext>,
+    /// Option numbers treated as class U besides RFC 8613's (the groupcomm-proxy options).
+    pub proxy_options: [u16; 3],
+}
+
+fn opt_alg<T>(
+    id: Option<i64>,
+    parse: fn(i64) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    id.map(parse).transpose()
+}
+
+impl SecurityContext {
+    pub fn new(cfg: &ContextConfig) -> Result<Self, ConfigError> {
+        let alg_aead = opt_alg(cfg.alg_aead, EncAlg::from_cose)?;
+        if alg_aead.is_some_and(|a| !a.is_aead()) {
+            return Err(ConfigError::Invalid(
+                "the AEAD Algorithm must be an AEAD; A128CTR is only a Group Encryption Algorithm"
+                    .into(),
+            ));
+        }
+        let group = match &cfg.gm_cred {
+            None => None,
+            Some(gm) => {
+                let alg_group_enc = opt_alg(cfg.alg_group_enc, EncAlg::from_cose)?;
+                let alg_signature = opt_alg(cfg.alg_signature, SigAlg::from_cose)?;
+                let alg_ka = opt_alg(cfg.alg_pairwise_key_agreement, KeyAgreementAlg::from_cose)?;
+                if alg_group_enc.is_some() != alg_signature.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "group mode needs both the Group Encryption and the Signature Algorithm (RFC 10021 §2.1.7, §2.1.8)".into(),
+                    ));
+                }
+                if alg_aead.is_some() != alg_ka.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "pairwise mode needs both the AEAD and the Pairwise Key Agreement Algorithm (RFC 10021 §2.1.1, §2.1.10)".into(),
+                    ));
+                }
+                if alg_group_enc.is_none() && alg_aead.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "neither group nor pairwise mode is set".into(),
+                    ));
+                }
+                if cfg.id_context.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "a group context needs its Gid as ID Context".into(),
+                    ));
+                }
+                let sig_enc_key = alg_group_enc.map(|enc| {
+                    let gid = cfg.id_context.as_deref();
+                    derive::derive(
+                        &cfg.master_secret,
+                        &cfg.master_salt,
+                        &[],
+                        gid,
+                        enc.cose_id(),
+                        "SEKey",
+                        enc.key_len(),
+                    )
+                });
+                Some(GroupCommon {
+                    alg_aead,
+                    alg_group_enc,
+                    alg_signature,
+                    alg_ka,
+                    gm_cred: Credential::from_ccs(gm)
+                        .map_err(|e| prefix(e, "Group Manager credential"))?,
+                    sig_enc_key,
+                    tbs_form: cfg.tbs_form,
+                })
+            }
+        };
+        let (key_alg, iv_len, algs_cbor) = match &group {
+            None => {
+                let a = alg_aead.unwrap_or(EncAlg::AesCcm16_64_128);
+                let mut algs = Vec::new();
+                cbor::array(&mut algs, 1);
+                cbor::int(&mut algs, a.cose_id());
+                (a, a.nonce_len(), algs)
+            }
+            Some(g) => {
+                let key_alg = g.alg_group_enc.or(g.alg_aead).expect("checked above");
+                let iv_len = [g.alg_aead, g.alg_group_enc]
+                    .into_iter()
+                    .flatten()
+                    .map(EncAlg::nonce_len)
+                    .max()
+                    .unwrap_or(13);
+                let mut algs = Vec::new();
+                cbor::array(&mut algs, 4);
+                let ids = [
+                    g.alg_aead.map(EncAlg::cose_id),
+                    g.alg_group_enc.map(EncAlg::cose_id),
+                    g.alg_signature.map(SigAlg::cose_id),
+                    g.alg_ka.map(KeyAgreementAlg::cose_id),
+                ];
+                for id in ids {
+                    match id {
+                        Some(v) => cbor::int(&mut algs, v),
+                        None => cbor::null(&mut algs),
+                    }
+                }
+                (key_alg, iv_len, algs)
+            }
+        };
+        let common_iv = derive::derive(
+            &cfg.master_secret,
+            &cfg.master_salt,
+            &[],
+            cfg.id_context.as_deref(),
+            key_alg.cose_id(),
+            "IV",
+            iv_len,
+        );
+        let common = CommonContext {
+            id_context: cfg.id_context.clone(),
+            common_iv,
+            key_alg,
+            algs_cbor,
+            group,
+            master_secret: Zeroizing::new(cfg.master_secret.clone()),
+            master_salt: Zeroizing::new(cfg.master_salt.clone()),
+        };
+        if cfg.sender_id.len() > common.max_id_len() {
+            return Err(ConfigError::Invalid(format!(
+                "Sender ID of {} bytes is longer than the nonce allows ({})",
+                cfg.sender_id.len(),
+                common.max_id_len()
+            )));
+        }
+        let (private_key, cred) = match &common.group {
+            None => (None, None),
+            Some(g) => {
+                let sig = g.alg_signature.unwrap_or(SigAlg::EdDsa);
+                let pk = cfg
+                    .private_key
+                    .as_deref()
+                    .map(|k| PrivateKey::from_bytes(sig, k))
+                    .transpose()?;
+                let cred = cfg
+                    .sender_cred
+                    .as_deref()
+                    .map(Credential::from_ccs)
+                    .transpose()
+                    .map_err(|e| prefix(e, "own credential"))?;
+                match (&pk, &cred) {
+                    (Some(k), Some(c)) => {
+                        if !same_key(&k.public_key(), c.public_key()) {
+                            return Err(ConfigError::BadCredential(
+                                "own credential does not hold the public key of the private key"
+                                    .into(),
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(ConfigError::Invalid(
+                            "a group member needs its private key and credential".into(),
+                        ));
+                    }
+                }
+                (pk, cred)
+            }
+        };
+        let key = Zeroizing::new(common.derive_key(&cfg.sender_id));
+        let sender = SenderContext {
+            id: cfg.sender_id.clone(),
+            cipher: CipherKey::new(key_alg, &key),
+            key,
+            private_key,
+            cred,
+            ssn: 0,
+        };
+        let mut ctx = SecurityContext {
+            common,
+            sender,
+            recipients: HashMap::new(),
+            proxy_options: super::protect::DEFAULT_PROXY_OPTIONS,
+        };
+        for (id, cred) in &cfg.recipients {
+            ctx.add_recipient(id, (!cred.is_empty()).then_some(cred.as_slice()))?;
+        }
+        Ok(ctx)
+    }
+
+    pub fn is_group(&self) -> bool {
+        self.common.group.is_some()
+    }
+
+    pub fn group(&self) -> Option<&GroupCommon> {
+        self.common.group.as_ref()
+    }
+
+    /// Adds (or replaces) the Recipient Context of a peer.
+    pub fn add_recipient(&mut self, id: &[u8], cred: Option<&[u8]>) -> Result<(), ConfigError> {
+        if id.len() > self.common.max_id_len() {
+            return Err(ConfigError::Invalid(format!(
+                "Recipient ID {} is longer than the nonce allows",
+                hex::encode(id)
+            )));
+        }
+        if id == self.sender.id.as_slice() {
+            return Err(ConfigError::Invalid(format!(
+                "Recipient ID {} equals this endpoint's Sender ID",
+                hex::encode(id)
+            )));
+        }
+        if !self.recipients.contains_key(id) && self.recipients.len() >= MAX_RECIPIENTS {
+            return Err(ConfigError::Invalid(format!(
+                "more than {MAX_RECIPIENTS} recipient contexts"
+            )));
+        }
+        let cred =
+            match (cred, self.is_group()) {
+                (Some(c), true) => Some(Credential::from_ccs(c).map_err(|e| {
+                    prefix(e, &format!("credential of Sender ID {}", hex::encode(id)))
+                })?),
+                (None, true) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "group member {} has no credential",
+                        hex::encode(id)
+                    )));
+                }
+                (_, false) => None,
+            };
+        let key = Zeroizing::new(self.common.derive_key(id));
+        self.recipients.insert(
+            id.to_vec(),
+            RecipientContext {
+                id: id.to_vec(),
+                cipher: CipherKey::new(self.common.key_alg, &key),
+                key,
+                cred,
+                replay: ReplayWindow::new(),
+                pairwise: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops the Recipient Contexts of stale Sender IDs (RFC 10021 §2.6.3.2).
+    pub fn remove_recipients(&mut self, ids: &[Vec<u8>]) {
+        for id in ids {
+            self.recipients.remove(id);
+        }
+    }
+
+    /// Takes the next Sender Sequence Number.
+    pub fn next_ssn(&mut self) -> Result<u64, OscoreError> {
+        let s = self.sender.ssn;
+        if s > MAX_SSN {
+            return Err(OscoreError::SequenceExhausted);
+        }
+        self.sender.ssn = s + 1;
+        Ok(s)
+    }
+
+    /// The pairwise keys with `peer`, derived on first use (RFC 10021 §2.5.1).
+    pub fn pairwise_keys(&mut self, peer: &[u8]) -> Result<&PairwiseKeys, OscoreError> {
+        let g = self
+            .common
+            .group
+            .as_ref()
+            .ok_or(OscoreError::PairwiseModeUnavailable)?;
+        let (Some(aead), Some(_)) = (g.alg_aead, g.alg_ka) else {
+            return Err(OscoreError::PairwiseModeUnavailable);
+        };
+        let r = self
+            .recipients
+            .get_mut(peer)
+            .ok_or(OscoreError::UnknownKid)?;
+        if r.pairwise.is_none() {
+            let own = self
+                .sender
+                .private_key
+                .as_ref()
+                .ok_or(OscoreError::NoSenderContext)?;
+            let own_cred = self
+                .sender
+                .cred
+                .as_ref()
+                .ok_or(OscoreError::NoSenderContext)?;
+            let peer_cred = r.cred.as_ref().ok_or(OscoreError::UnknownKid)?;
+            let shared = Zeroizing::new(own.ecdh(peer_cred.public_key())?);
+            let gid = self.common.id_context.as_deref();
+            let len = aead.key_len();
+            let s_info = derive::info(&self.sender.id, gid, aead.cose_id(), "Key", len);
+            let r_info = derive::info(&r.id, gid, aead.cose_id(), "Key", len);
+            let sk = Zeroizing::new(derive::pairwise_key(
+                &self.sender.key,
+                own_cred.bytes(),
+                peer_cred.bytes(),
+                &shared[..],
+                &s_info,
+                len,
+            ));
+            let rk = Zeroizing::new(derive::pairwise_key(
+                &r.key,
+                peer_cred.bytes(),
+                own_cred.bytes(),
+                &shared[..],
+                &r_info,
+                len,
+            ));
+            r.pairwise = Some(PairwiseKeys {
+                sender: CipherKey::new(aead, &sk),
+                recipient: CipherKey::new(aead, &rk),
+            });
+        }
+        Ok(r.pairwise.as_ref().expect("set above"))
+    }
+}
+
+fn prefix(e: ConfigError, what: &str) -> ConfigError {
+    match e {
+        ConfigError::BadCredential(m) => ConfigError::BadCredential(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
+fn same_key(a: &super::cred::PublicKey, b: &super::cred::PublicKey) -> bool {
+    use super::cred::PublicKey::*;
+    match (a, b) {
+        (Ed25519(x), Ed25519(y)) => x == y,
+        (P256(x), P256(y)) => x == y,
+        _ => false,
+    }
+}

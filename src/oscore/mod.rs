@@ -1,0 +1,16 @@
+//! OSCORE (RFC 8613) and Group OSCORE (RFC 10021): no sockets, no clock, no tokio.
+
+pub mod aad;
+pub mod alg;
+pub mod context;
+pub mod cred;
+pub mod derive;
+pub mod error;
+pub mod option;
+pub mod protect;
+pub mod replay;
+
+pub use aad::TbsForm;
+pub use context::{ContextConfig, SecurityContext};
+pub use error::{ConfigError, OptionError, OscoreError};
+pub use protect::{Exchange, Mode, ResponseInfo};

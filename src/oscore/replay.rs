@@ -1,0 +1,217 @@
+//! Replay protection: the sliding window of RFC 8613 §7.4 for requests, and the Response
+//! Numbers of RFC 10021 §5.3.1 for the many responses of a long exchange.
+
+use super::error::OscoreError;
+
+/// Width of the window. RFC 8613 §7.4 asks for at least 32; multicast makes reordering
+/// and jumps common (RFC 10021 §5.3, §14.12), so 64.
+pub const WINDOW: u64 = 64;
+
+/// A sliding replay window over Partial IVs (sequence numbers up to 2^40 - 1).
+///
+/// [`check`](Self::check) is side-effect free so a receiver can reject early; the window only
+/// moves in [`accept`](Self::accept), which re-checks, so the two together are the atomic
+/// validate-and-update that RFC 10021 §5.3 requires when called under one `&mut`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayWindow {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing received yet: every number is new.
+    Empty,
+    /// `top` is the highest number accepted; bit i of `seen` is `top - i`.
+    Active { top: u64, seen: u64 },
+    /// State was lost (RFC 10021 §2.6.1.2): reject until re-established, e.g. by Echo (§9).
+    Invalid,
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplayWindow {
+    pub fn new() -> Self {
+        ReplayWindow {
+            state: State::Empty,
+        }
+    }
+
+    /// A window that accepts nothing until [`reinit`](Self::reinit).
+    pub fn invalid() -> Self {
+        ReplayWindow {
+            state: State::Invalid,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.state != State::Invalid
+    }
+
+    pub fn check(&self, seq: u64) -> Result<(), OscoreError> {
+        match self.state {
+            State::Empty => Ok(()),
+            State::Invalid => Err(OscoreError::ReplayWindowInvalid),
+            State::Active { top, seen } => {
+                if seq > top {
+                    Ok(())
+                } else if top - seq >= WINDOW {
+                    Err(OscoreError::TooOld)
+                } else if seen >> (top - seq) & 1 == 1 {
+                    Err(OscoreError::Replay)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Checks and records `seq`. Call only after the message verified (RFC 10021 §7.2:
+    /// a message that fails verification must not update replay state).
+    pub fn accept(&mut self, seq: u64) -> Result<(), OscoreError> {
+        self.check(seq)?;
+        self.state = match self.state {
+            State::Empty => State::Active { top: seq, seen: 1 },
+            State::Active { top, seen } if seq > top => {
+                let shift = seq - top;
+                let seen = if shift >= WINDOW { 0 } else { seen << shift };
+                State::Active {
+                    top: seq,
+                    seen: seen | 1,
+                }
+            }
+            State::Active { top, seen } => State::Active {
+                top,
+                seen: seen | 1 << (top - seq),
+            },
+            State::Invalid => unreachable!("check rejects an invalid window"),
+        };
+        Ok(())
+    }
+
+    /// Makes the window valid again with `seq` as the only number seen and everything
+    /// below it too old: what a server does once an Echo exchange proved the client's
+    /// current sequence number (RFC 10021 §9).
+    pub fn reinit(&mut self, seq: u64) {
+        self.state = State::Active {
+            top: seq,
+            seen: u64::MAX,
+        };
+    }
+}
+
+/// Response Numbers of one long exchange (RFC 10021 §5.3.1): per server, the Partial IVs
+/// already accepted (a window, so that reordered older responses are still processed, the
+/// permissive option of §5.3.1) and whether the one response without Partial IV came.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseNumbers {
+    servers: Vec<(Vec<u8>, ServerResponses)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ServerResponses {
+    window: ReplayWindow,
+    no_piv_seen: bool,
+}
+
+/// Servers tracked per exchange at most; a response from one more server is still
+/// processed once but its later replays cannot be told apart, so the client drops it.
+pub const MAX_SERVERS_PER_EXCHANGE: usize = 1024;
+
+impl ResponseNumbers {
+    fn entry(&mut self, server: &[u8]) -> Result<&mut ServerResponses, OscoreError> {
+        let i = match self.servers.iter().position(|(id, _)| id == server) {
+            Some(i) => i,
+            None => {
+                if self.servers.len() >= MAX_SERVERS_PER_EXCHANGE {
+                    return Err(OscoreError::Mismatch("too many servers in one exchange"));
+                }
+                self.servers
+                    .push((server.to_vec(), ServerResponses::default()));
+                self.servers.len() - 1
+            }
+        };
+        Ok(&mut self.servers[i].1)
+    }
+
+    /// Side-effect-free check of a response from `server` with Partial IV `piv`.
+    pub fn check(&self, server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
+        let Some(s) = self
+            .servers
+            .iter()
+            .find(|(id, _)| id == server)
+            .map(|(_, s)| s)
+        else {
+            return Ok(());
+        };
+        match piv {
+            None if s.no_piv_seen => Err(OscoreError::Replay),
+            None => Ok(()),
+            Some(p) => s.window.check(p),
+        }
+    }
+
+    /// Records a verified response.
+    pub fn accept(&mut self, server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
+        self.check(server, piv)?;
+        let s = self.entry(server)?;
+        match piv {
+            None => s.no_piv_seen = true,
+            Some(p) => s.window.accept(p)?,
+        }
+        Ok(())
+    }
+
+    /// After rekeying, Response Numbers start again (RFC 10021 §2.6.3.2).
+    pub fn reset(&mut self) {
+        self.servers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8613_s7_4_window() {
+        let mut w = ReplayWindow::new();
+        w.accept(5).unwrap();
+        assert_eq!(w.accept(5), Err(OscoreError::Replay));
+        w.accept(3).unwrap();
+        assert_eq!(w.check(3), Err(OscoreError::Replay));
+        w.accept(100).unwrap();
+        assert_eq!(w.check(36), Err(OscoreError::TooOld));
+        w.accept(37).unwrap();
+        assert_eq!(w.check(37), Err(OscoreError::Replay));
+        w.accept(1 << 39).unwrap();
+        assert_eq!(w.check(100), Err(OscoreError::TooOld));
+    }
+
+    #[test]
+    fn rfc10021_s2_6_1_2_invalid_window() {
+        let mut w = ReplayWindow::invalid();
+        assert_eq!(w.check(0), Err(OscoreError::ReplayWindowInvalid));
+        w.reinit(42);
+        assert_eq!(w.check(42), Err(OscoreError::Replay));
+        assert_eq!(w.check(41), Err(OscoreError::Replay));
+        assert_eq!(w.check(42 - WINDOW), Err(OscoreError::TooOld));
+        w.accept(43).unwrap();
+    }
+
+    #[test]
+    fn rfc10021_s5_3_1_response_numbers() {
+        let mut r = ResponseNumbers::default();
+        r.accept(b"A", None).unwrap();
+        assert_eq!(r.accept(b"A", None), Err(OscoreError::Replay));
+        r.accept(b"B", None).unwrap();
+        r.accept(b"A", Some(7)).unwrap();
+        assert_eq!(r.accept(b"A", Some(7)), Err(OscoreError::Replay));
+        r.accept(b"B", Some(7)).unwrap();
+        r.accept(b"A", Some(6)).unwrap();
+        r.reset();
+        r.accept(b"A", Some(7)).unwrap();
+    }
+}
