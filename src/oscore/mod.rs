@@ -2,15 +2,19 @@
 
 pub mod aad;
 pub mod alg;
+pub mod checker;
 pub mod context;
 pub mod cred;
 pub mod derive;
 pub mod error;
+pub mod group;
 pub mod option;
 pub mod protect;
 pub mod replay;
 
 pub use aad::TbsForm;
+pub use checker::{CheckerConfig, GroupChecker, SignatureChecker, Verdict};
 pub use context::{ContextConfig, SecurityContext};
 pub use error::{ConfigError, OptionError, OscoreError};
+pub use group::GroupMember;
 pub use protect::{Exchange, Mode, ResponseInfo};

@@ -528,7 +528,8 @@ impl SecurityContext {
             (None, None) => return Err(OscoreError::MissingKidOrPiv),
         };
         let seq = o.piv.map(piv_value);
-        exchange.response_numbers.check(&server, seq)?;
+        let ctx_gid = self.common.gid().to_vec();
+        exchange.response_numbers.check(&ctx_gid, &server, seq)?;
         let recipient = self
             .recipients
             .get(&server)
@@ -574,7 +575,7 @@ impl SecurityContext {
                 }
             }
         }
-        exchange.response_numbers.accept(&server, seq)?;
+        exchange.response_numbers.accept(&ctx_gid, &server, seq)?;
         let plain = reassemble(&view, &buf, &self.proxy_options)?;
         Ok((
             plain,

@@ -103,12 +103,14 @@ impl ReplayWindow {
     }
 }
 
-/// Response Numbers of one long exchange (RFC 10021 §5.3.1): per server, the Partial IVs
-/// already accepted (a window, so that reordered older responses are still processed, the
-/// permissive option of §5.3.1) and whether the one response without Partial IV came.
+/// Response Numbers of one long exchange (RFC 10021 §5.3.1): per server and Security
+/// Context, the Partial IVs already accepted (a window, so that reordered older responses
+/// are still processed, the permissive option of §5.3.1) and whether the one response
+/// without Partial IV came. Keying by the context's Gid makes a rekeyed group start
+/// "not initialized" (§2.6.3.2) without any reset that a forged message could trigger.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseNumbers {
-    servers: Vec<(Vec<u8>, ServerResponses)>,
+    servers: Vec<((Vec<u8>, Vec<u8>), ServerResponses)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,31 +124,34 @@ struct ServerResponses {
 pub const MAX_SERVERS_PER_EXCHANGE: usize = 1024;
 
 impl ResponseNumbers {
-    fn entry(&mut self, server: &[u8]) -> Result<&mut ServerResponses, OscoreError> {
-        let i = match self.servers.iter().position(|(id, _)| id == server) {
+    fn find(&self, gid: &[u8], server: &[u8]) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|((g, id), _)| g == gid && id == server)
+    }
+
+    fn entry(&mut self, gid: &[u8], server: &[u8]) -> Result<&mut ServerResponses, OscoreError> {
+        let i = match self.find(gid, server) {
             Some(i) => i,
             None => {
                 if self.servers.len() >= MAX_SERVERS_PER_EXCHANGE {
                     return Err(OscoreError::Mismatch("too many servers in one exchange"));
                 }
                 self.servers
-                    .push((server.to_vec(), ServerResponses::default()));
+                    .push(((gid.to_vec(), server.to_vec()), ServerResponses::default()));
                 self.servers.len() - 1
             }
         };
         Ok(&mut self.servers[i].1)
     }
 
-    /// Side-effect-free check of a response from `server` with Partial IV `piv`.
-    pub fn check(&self, server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
-        let Some(s) = self
-            .servers
-            .iter()
-            .find(|(id, _)| id == server)
-            .map(|(_, s)| s)
-        else {
+    /// Side-effect-free check of a response from `server`, protected under the context
+    /// of Gid `gid`, with Partial IV `piv`.
+    pub fn check(&self, gid: &[u8], server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
+        let Some(i) = self.find(gid, server) else {
             return Ok(());
         };
+        let s = &self.servers[i].1;
         match piv {
             None if s.no_piv_seen => Err(OscoreError::Replay),
             None => Ok(()),
@@ -155,19 +160,19 @@ impl ResponseNumbers {
     }
 
     /// Records a verified response.
-    pub fn accept(&mut self, server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
-        self.check(server, piv)?;
-        let s = self.entry(server)?;
+    pub fn accept(
+        &mut self,
+        gid: &[u8],
+        server: &[u8],
+        piv: Option<u64>,
+    ) -> Result<(), OscoreError> {
+        self.check(gid, server, piv)?;
+        let s = self.entry(gid, server)?;
         match piv {
             None => s.no_piv_seen = true,
             Some(p) => s.window.accept(p)?,
         }
         Ok(())
-    }
-
-    /// After rekeying, Response Numbers start again (RFC 10021 §2.6.3.2).
-    pub fn reset(&mut self) {
-        self.servers.clear();
     }
 }
 
@@ -204,14 +209,16 @@ mod tests {
     #[test]
     fn rfc10021_s5_3_1_response_numbers() {
         let mut r = ResponseNumbers::default();
-        r.accept(b"A", None).unwrap();
-        assert_eq!(r.accept(b"A", None), Err(OscoreError::Replay));
-        r.accept(b"B", None).unwrap();
-        r.accept(b"A", Some(7)).unwrap();
-        assert_eq!(r.accept(b"A", Some(7)), Err(OscoreError::Replay));
-        r.accept(b"B", Some(7)).unwrap();
-        r.accept(b"A", Some(6)).unwrap();
-        r.reset();
-        r.accept(b"A", Some(7)).unwrap();
+        let g = b"g1";
+        r.accept(g, b"A", None).unwrap();
+        assert_eq!(r.accept(g, b"A", None), Err(OscoreError::Replay));
+        r.accept(g, b"B", None).unwrap();
+        r.accept(g, b"A", Some(7)).unwrap();
+        assert_eq!(r.accept(g, b"A", Some(7)), Err(OscoreError::Replay));
+        r.accept(g, b"B", Some(7)).unwrap();
+        r.accept(g, b"A", Some(6)).unwrap();
+        // §2.6.3.2: under a new context the Response Numbers are not initialized.
+        r.accept(b"g2", b"A", Some(7)).unwrap();
+        assert_eq!(r.accept(g, b"A", Some(7)), Err(OscoreError::Replay));
     }
 }

@@ -1,0 +1,354 @@
+//! The external signature checker of RFC 10021 §7.5: verifies group-mode requests and
+//! responses from public material only (Gid, algorithms, Signature Encryption Key,
+//! member and Group Manager credentials, §12.3). It holds no Sender or Recipient Keys, so
+//! it cannot decrypt a payload or forge a message (§14.1).
+
+use std::collections::HashMap;
+
+use super::aad::{self, GroupAad, RequestIds, TbsForm};
+use super::alg::{EncAlg, KeyAgreementAlg, SigAlg};
+use super::cred::Credential;
+use super::derive;
+use super::error::{ConfigError, OscoreError};
+use super::option::{OscoreOption, piv_value};
+use super::protect::{KeystreamInput, verify_countersignature};
+use super::replay::ReplayWindow;
+use crate::cbor;
+use crate::coap::MessageView;
+use crate::coap::options::OSCORE;
+
+/// The public material of one key epoch of a group (§12.3).
+#[derive(Clone, Debug, Default)]
+pub struct CheckerConfig {
+    pub gid: Vec<u8>,
+    pub alg_aead: Option<i64>,
+    pub alg_group_enc: i64,
+    pub alg_signature: i64,
+    pub alg_pairwise_key_agreement: Option<i64>,
+    /// The Signature Encryption Key as handed out by the Group Manager...
+    pub sig_enc_key: Option<Vec<u8>>,
+    /// ...or the Master Secret and Salt to derive it from (§2.1.9).
+    pub master_secret: Option<Vec<u8>>,
+    pub master_salt: Vec<u8>,
+    pub gm_cred: Vec<u8>,
+    /// Members' credentials by Sender ID.
+    pub members: Vec<(Vec<u8>, Vec<u8>)>,
+    pub tbs_form: TbsForm,
+}
+
+/// Members a checker knows at most per epoch.
+pub const MAX_MEMBERS: usize = 4096;
+
+/// Verifies the countersignatures of one key epoch.
+#[derive(Debug)]
+pub struct SignatureChecker {
+    gid: Vec<u8>,
+    algs_cbor: Vec<u8>,
+    sig_enc_key: Vec<u8>,
+    enc: EncAlg,
+    sig: SigAlg,
+    gm_cred: Credential,
+    members: HashMap<Vec<u8>, Credential>,
+    tbs_form: TbsForm,
+}
+
+/// What a checked request is: who sent it, with which Partial IV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRequest {
+    pub kid: Vec<u8>,
+    pub piv: Vec<u8>,
+    pub kid_context: Vec<u8>,
+    pub seq: u64,
+}
+
+/// The outcome of looking at a message: verified, or pairwise mode, which carries no
+/// signature and cannot be checked (§8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<T> {
+    Verified(T),
+    Unverifiable,
+}
+
+/// A checked response: the server and its Partial IV, if it had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedResponse {
+    pub kid: Vec<u8>,
+    pub piv: Option<u64>,
+}
+
+impl SignatureChecker {
+    pub fn new(cfg: &CheckerConfig) -> Result<Self, ConfigError> {
+        let enc = EncAlg::from_cose(cfg.alg_group_enc)?;
+        let sig = SigAlg::from_cose(cfg.alg_signature)?;
+        let aead = cfg.alg_aead.map(EncAlg::from_cose).transpose()?;
+        let ka = cfg
+            .alg_pairwise_key_agreement
+            .map(KeyAgreementAlg::from_cose)
+            .transpose()?;
+        let sig_enc_key = match (&cfg.sig_enc_key, &cfg.master_secret) {
+            (Some(k), _) if k.len() == enc.key_len() => k.clone(),
+            (Some(k), _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "Signature Encryption Key has {} bytes, the Group Encryption Algorithm needs {}",
+                    k.len(),
+                    enc.key_len()
+                )));
+            }
+            (None, Some(ms)) => derive::derive(
+                ms,
+                &cfg.master_salt,
+                &[],
+                Some(&cfg.gid),
+                enc.cose_id(),
+                "SEKey",
+                enc.key_len(),
+            ),
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "a signature checker needs the Signature Encryption Key or the Master Secret"
+                        .into(),
+                ));
+            }
+        };
+        // All four algorithms enter external_aad, set or null (§3.4, §12.3).
+        let mut algs_cbor = Vec::new();
+        cbor::array(&mut algs_cbor, 4);
+        for id in [
+            aead.map(EncAlg::cose_id),
+            Some(enc.cose_id()),
+            Some(sig.cose_id()),
+            ka.map(KeyAgreementAlg::cose_id),
+        ] {
+            match id {
+                Some(v) => cbor::int(&mut algs_cbor, v),
+                None => cbor::null(&mut algs_cbor),
+            }
+        }
+        if cfg.members.len() > MAX_MEMBERS {
+            return Err(ConfigError::Invalid(format!(
+                "more than {MAX_MEMBERS} members"
+            )));
+        }
+        let mut members = HashMap::with_capacity(cfg.members.len());
+        for (id, cred) in &cfg.members {
+            let c = Credential::from_ccs(cred).map_err(|e| {
+                ConfigError::BadCredential(format!("member {}: {e}", hex::encode(id)))
+            })?;
+            if c.public_key().sig_alg() != sig {
+                return Err(ConfigError::BadCredential(format!(
+                    "member {}: key does not fit signature algorithm {}",
+                    hex::encode(id),
+                    sig.cose_id()
+                )));
+            }
+            members.insert(id.clone(), c);
+        }
+        Ok(SignatureChecker {
+            gid: cfg.gid.clone(),
+            algs_cbor,
+            sig_enc_key,
+            enc,
+            sig,
+            gm_cred: Credential::from_ccs(&cfg.gm_cred)
+                .map_err(|e| ConfigError::BadCredential(format!("Group Manager: {e}")))?,
+            members,
+            tbs_form: cfg.tbs_form,
+        })
+    }
+
+    pub fn gid(&self) -> &[u8] {
+        &self.gid
+    }
+
+    pub fn knows(&self, kid: &[u8]) -> bool {
+        self.members.contains_key(kid)
+    }
+
+    fn verify(
+        &self,
+        req: RequestIds,
+        oscore_option: &[u8],
+        cred: &Credential,
+        payload: &[u8],
+        ks: KeystreamInput,
+    ) -> Result<(), OscoreError> {
+        let mut ext = Vec::with_capacity(96 + cred.bytes().len() + self.gm_cred.bytes().len());
+        aad::external_aad(
+            &mut ext,
+            &self.algs_cbor,
+            req,
+            Some(GroupAad {
+                oscore_option,
+                sender_cred: cred.bytes(),
+                gm_cred: self.gm_cred.bytes(),
+            }),
+        );
+        verify_countersignature(
+            &self.sig_enc_key,
+            self.tbs_form,
+            self.enc.tag_len(),
+            self.sig.sig_len(),
+            &ext,
+            payload,
+            ks,
+            cred,
+        )
+        .map(|_| ())
+    }
+
+    /// Checks a request datagram. Errors: not OSCORE, malformed, another Gid, unknown kid,
+    /// bad signature.
+    pub fn check_request(&self, datagram: &[u8]) -> Result<Verdict<CheckedRequest>, OscoreError> {
+        let view = MessageView::parse(datagram)?;
+        let value = view.option(OSCORE).ok_or(OscoreError::NotProtected)?;
+        let o = OscoreOption::parse(value)?;
+        let kid_context = o.kid_context.ok_or(OscoreError::MissingKidContext)?;
+        if kid_context != self.gid.as_slice() {
+            return Err(OscoreError::UnknownGid);
+        }
+        let (Some(kid), Some(piv)) = (o.kid, o.piv) else {
+            return Err(OscoreError::MissingKidOrPiv);
+        };
+        if !o.group {
+            return Ok(Verdict::Unverifiable);
+        }
+        let cred = self.members.get(kid).ok_or(OscoreError::UnknownKid)?;
+        let req = RequestIds {
+            kid,
+            piv,
+            kid_context,
+        };
+        let ks = KeystreamInput {
+            piv,
+            id: kid,
+            gid: kid_context,
+            is_request: true,
+        };
+        self.verify(req, value, cred, view.payload(), ks)?;
+        Ok(Verdict::Verified(CheckedRequest {
+            kid: kid.to_vec(),
+            piv: piv.to_vec(),
+            kid_context: kid_context.to_vec(),
+            seq: piv_value(piv),
+        }))
+    }
+
+    /// Checks a response to `request` (matched by the caller by token). A response without
+    /// 'kid' is identified by `server_hint`, e.g. from its source address (§7.5).
+    pub fn check_response(
+        &self,
+        datagram: &[u8],
+        request: &CheckedRequest,
+        server_hint: Option<&[u8]>,
+    ) -> Result<Verdict<CheckedResponse>, OscoreError> {
+        let view = MessageView::parse(datagram)?;
+        let value = view.option(OSCORE).ok_or(OscoreError::NotProtected)?;
+        let o = OscoreOption::parse(value)?;
+        if !o.group {
+            return Ok(Verdict::Unverifiable);
+        }
+        let gid = o.kid_context.unwrap_or(&request.kid_context);
+        if gid != self.gid.as_slice() {
+            return Err(OscoreError::UnknownGid);
+        }
+        let kid = o.kid.or(server_hint).ok_or(OscoreError::MissingKidOrPiv)?;
+        let cred = self.members.get(kid).ok_or(OscoreError::UnknownKid)?;
+        let (ks_piv, ks_id) = match o.piv {
+            Some(p) => (p, kid),
+            None => (request.piv.as_slice(), request.kid.as_slice()),
+        };
+        let req = RequestIds {
+            kid: &request.kid,
+            piv: &request.piv,
+            kid_context: &request.kid_context,
+        };
+        let ks = KeystreamInput {
+            piv: ks_piv,
+            id: ks_id,
+            gid,
+            is_request: false,
+        };
+        self.verify(req, value, cred, view.payload(), ks)?;
+        Ok(Verdict::Verified(CheckedResponse {
+            kid: kid.to_vec(),
+            piv: o.piv.map(piv_value),
+        }))
+    }
+}
+
+/// A checker for one group across rekeying (§12.2, §14.1.1), with the replay filter that
+/// stops a captured, validly signed request from being multicast again (groupcomm-proxy
+/// §10): a window per (Gid, kid), moved only after the signature verified.
+#[derive(Debug)]
+pub struct GroupChecker {
+    current: SignatureChecker,
+    current_windows: HashMap<Vec<u8>, ReplayWindow>,
+    previous: Option<SignatureChecker>,
+}
+
+impl GroupChecker {
+    pub fn new(current: SignatureChecker) -> Self {
+        GroupChecker {
+            current,
+            current_windows: HashMap::new(),
+            previous: None,
+        }
+    }
+
+    pub fn current(&self) -> &SignatureChecker {
+        &self.current
+    }
+
+    /// Installs a new epoch. The old one stays only to check responses to requests already
+    /// forwarded; new requests under the old Gid are refused (§2.6.3.2: do not start new
+    /// processing with an old context). Windows start empty under the new Gid.
+    pub fn rekey(&mut self, next: SignatureChecker) {
+        let old = std::mem::replace(&mut self.current, next);
+        self.previous = Some(old);
+        self.current_windows.clear();
+    }
+
+    /// Ends the grace period of the previous epoch and erases it.
+    pub fn drop_previous(&mut self) {
+        self.previous = None;
+    }
+
+    /// Verifies a request and, only if it verified, records its Partial IV; a replay is
+    /// refused. Windows exist only for known members, so the table is bounded by them.
+    pub fn admit_request(
+        &mut self,
+        datagram: &[u8],
+    ) -> Result<Verdict<CheckedRequest>, OscoreError> {
+        let verdict = self.current.check_request(datagram)?;
+        if let Verdict::Verified(req) = &verdict {
+            let w = self.current_windows.entry(req.kid.clone()).or_default();
+            w.accept(req.seq)?;
+        }
+        Ok(verdict)
+    }
+
+    /// Checks a response under whichever epoch protected it: the epoch whose Gid the
+    /// response names, else the request's.
+    pub fn check_response(
+        &self,
+        datagram: &[u8],
+        request: &CheckedRequest,
+        server_hint: Option<&[u8]>,
+    ) -> Result<Verdict<CheckedResponse>, OscoreError> {
+        let view = MessageView::parse(datagram)?;
+        let named = view
+            .option(OSCORE)
+            .and_then(|v| OscoreOption::parse(v).ok())
+            .and_then(|o| o.kid_context.map(<[u8]>::to_vec))
+            .unwrap_or_else(|| request.kid_context.clone());
+        let epoch = if named == self.current.gid {
+            &self.current
+        } else {
+            self.previous
+                .as_ref()
+                .filter(|p| p.gid == named)
+                .ok_or(OscoreError::UnknownGid)?
+        };
+        epoch.check_response(datagram, request, server_hint)
+    }
+}
