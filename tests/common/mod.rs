@@ -1,0 +1,245 @@
+//! Shared test support: fresh group key material, and aiocoap 0.4.17 as the independent
+//! peer, installed into a venv under target/ on first use so that `cargo test` needs
+//! nothing but python3 and the package index.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+use groxy::oscore::alg::SigAlg;
+use groxy::oscore::cred::{Credential, PrivateKey};
+use groxy::oscore::{CheckerConfig, ContextConfig};
+use serde_json::{Value, json};
+
+pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap();
+    b
+}
+
+/// One member's identity.
+pub struct Member {
+    pub id: Vec<u8>,
+    pub key: PrivateKey,
+    pub cred: Credential,
+}
+
+impl Member {
+    pub fn new(id: &[u8], name: &str) -> Self {
+        let key = PrivateKey::generate(SigAlg::EdDsa);
+        let cred = Credential::ccs_for(name, &key.public_key());
+        Member {
+            id: id.to_vec(),
+            key,
+            cred,
+        }
+    }
+}
+
+/// A group with freshly generated keys: a new Gid and Master Secret per run, so no peer
+/// ever sees a replayed sequence number from an earlier run.
+pub struct Group {
+    pub gid: Vec<u8>,
+    pub master_secret: Vec<u8>,
+    pub master_salt: Vec<u8>,
+    pub gm: Member,
+    pub members: Vec<Member>,
+}
+
+impl Group {
+    pub fn new(ids: &[&[u8]]) -> Self {
+        Group {
+            gid: random_bytes(4),
+            master_secret: random_bytes(16),
+            master_salt: random_bytes(8),
+            gm: Member::new(b"", "gm"),
+            members: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Member::new(id, &format!("member{i}")))
+                .collect(),
+        }
+    }
+
+    pub fn member(&self, id: &[u8]) -> &Member {
+        self.members.iter().find(|m| m.id == id).unwrap()
+    }
+
+    /// The context of member `me`, knowing every other member.
+    pub fn config(&self, me: &[u8]) -> ContextConfig {
+        let m = self.member(me);
+        ContextConfig {
+            master_secret: self.master_secret.clone(),
+            master_salt: self.master_salt.clone(),
+            id_context: Some(self.gid.clone()),
+            alg_aead: Some(10),
+            alg_group_enc: Some(10),
+            alg_signature: Some(-8),
+            alg_pairwise_key_agreement: Some(-27),
+            gm_cred: Some(self.gm.cred.bytes().to_vec()),
+            sender_id: m.id.clone(),
+            private_key: Some(m.key.to_bytes().to_vec()),
+            sender_cred: Some(m.cred.bytes().to_vec()),
+            recipients: self
+                .members
+                .iter()
+                .filter(|o| o.id != me)
+                .map(|o| (o.id.clone(), o.cred.bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// What an external signature checker is given (RFC 10021 §12.3).
+    pub fn checker_config(&self) -> CheckerConfig {
+        CheckerConfig {
+            gid: self.gid.clone(),
+            alg_aead: Some(10),
+            alg_group_enc: 10,
+            alg_signature: -8,
+            alg_pairwise_key_agreement: Some(-27),
+            master_secret: Some(self.master_secret.clone()),
+            master_salt: self.master_salt.clone(),
+            gm_cred: self.gm.cred.bytes().to_vec(),
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.id.clone(), m.cred.bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The JSON the aiocoap scripts take for member `me`.
+    pub fn aiocoap_setup(&self, me: &[u8]) -> Value {
+        let m = self.member(me);
+        let peers: serde_json::Map<String, Value> = self
+            .members
+            .iter()
+            .filter(|o| o.id != me)
+            .map(|o| (hex::encode(&o.id), json!(hex::encode(o.cred.bytes()))))
+            .collect();
+        json!({
+            "gid": hex::encode(&self.gid),
+            "master_secret": hex::encode(&self.master_secret),
+            "master_salt": hex::encode(&self.master_salt),
+            "sender_id": hex::encode(&m.id),
+            "private_key": hex::encode(m.key.to_bytes()),
+            "sender_cred": hex::encode(m.cred.bytes()),
+            "peers": peers,
+            "gm_cred": hex::encode(self.gm.cred.bytes()),
+        })
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// A Python with aiocoap 0.4.17: `GROXY_PYTHON` if set, else a venv under target/,
+/// created on first use. Fails the test, never skips it, when that cannot be had.
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Some(p) = std::env::var_os("GROXY_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let venv = target_dir().join("interop-venv");
+        let py = venv.join("bin/python");
+        let has_aiocoap = |py: &Path| {
+            Command::new(py)
+                .args(["-c", "import aiocoap.meta, cbor2, cryptography; assert aiocoap.meta.version == '0.4.17'"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if py.exists() && has_aiocoap(&py) {
+            return py;
+        }
+        // Build in a private folder and rename, so parallel test processes never see a
+        // half-made venv.
+        let tmp = target_dir().join(format!("interop-venv.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().is_ok_and(|s| s.success())
+            && Command::new(tmp.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check", AIOCOAP])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "could not create a venv with {AIOCOAP}: interop tests need python3 and PyPI");
+        if std::fs::rename(&tmp, &venv).is_err() {
+            // Another process won the race; use its venv.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        assert!(has_aiocoap(&py), "{} lacks {AIOCOAP}", py.display());
+        py
+    })
+    .clone()
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(name)
+}
+
+/// aiocoap_peer.py: aiocoap's protect/unprotect behind JSON lines.
+pub struct Oracle {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Oracle {
+    pub fn start(setup: Value) -> Self {
+        let mut child = Command::new(python())
+            .arg(script("aiocoap_peer.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start aiocoap_peer.py");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut o = Oracle {
+            child,
+            stdin,
+            stdout,
+        };
+        let mut req = setup;
+        req["op"] = json!("setup");
+        o.ok(req);
+        o
+    }
+
+    /// Sends one request, returns the reply whatever it says.
+    pub fn call(&mut self, req: Value) -> Value {
+        writeln!(self.stdin, "{req}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("oracle said {line:?}: {e}"))
+    }
+
+    /// Sends one request that must succeed.
+    pub fn ok(&mut self, req: Value) -> Value {
+        let r = self.call(req.clone());
+        assert_eq!(r["ok"], json!(true), "aiocoap refused {req}: {r}");
+        r
+    }
+}
+
+impl Drop for Oracle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn unhex(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap()).unwrap()
+}
