@@ -392,6 +392,25 @@ impl SecurityContext {
         }
     }
 
+    /// Marks every Replay Window invalid, as after a restart that lost them (RFC 10021
+    /// §2.6.1.1, §2.6.1.2): requests are refused until a window is re-established.
+    pub fn invalidate_replay_windows(&mut self) {
+        for r in self.recipients.values_mut() {
+            r.replay = super::replay::ReplayWindow::invalid();
+        }
+    }
+
+    /// Re-establishes the window of `kid` at `seq`, once freshness was proven by the Echo
+    /// exchange of RFC 10021 §9.
+    pub fn reinit_replay_window(&mut self, kid: &[u8], seq: u64) -> Result<(), OscoreError> {
+        let r = self
+            .recipients
+            .get_mut(kid)
+            .ok_or(OscoreError::UnknownKid)?;
+        r.replay.reinit(seq);
+        Ok(())
+    }
+
     /// Takes the next Sender Sequence Number.
     pub fn next_ssn(&mut self) -> Result<u64, OscoreError> {
         let s = self.sender.ssn;
