@@ -5,5 +5,6 @@
 //! (the forwarding engine, the tokio runtime, operations) build on these two.
 
 pub mod cbor;
+pub mod cli;
 pub mod coap;
 pub mod oscore;

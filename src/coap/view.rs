@@ -117,9 +117,12 @@ impl<'a> MessageView<'a> {
     }
 }
 
+/// Options as (number, value) pairs in message order.
+pub type OptionList<'a> = Vec<(u16, &'a [u8])>;
+
 /// Splits option bytes followed by an optional payload marker and payload, the layout of
 /// a message after its header and of the OSCORE plaintext after its code (RFC 8613 §5.3).
-pub fn split_options(bytes: &[u8]) -> Result<(Vec<(u16, &[u8])>, &[u8]), ViewError> {
+pub fn split_options(bytes: &[u8]) -> Result<(OptionList<'_>, &[u8]), ViewError> {
     let mut it = OptionIter {
         rest: bytes,
         number: 0,

@@ -110,8 +110,11 @@ impl ReplayWindow {
 /// "not initialized" (§2.6.3.2) without any reset that a forged message could trigger.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseNumbers {
-    servers: Vec<((Vec<u8>, Vec<u8>), ServerResponses)>,
+    servers: Vec<(ServerKey, ServerResponses)>,
 }
+
+/// (Gid of the context, server's Sender ID).
+type ServerKey = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug, Clone, Default)]
 struct ServerResponses {
