@@ -22,6 +22,7 @@ const CONTENT: &str = "6245aa01beefff6f6e";
 /// the one that left.
 fn next_epoch(g: &Group, leaving: &[u8]) -> Group {
     let mut n = Group::new(&[]);
+    n.key_generation = g.key_generation + 1;
     n.gid = random_bytes(4);
     n.master_secret = random_bytes(16);
     n.master_salt = g.master_salt.clone();
@@ -76,14 +77,25 @@ fn rfc10021_s7_3_exchange_in_flight_survives_rekeying() {
     client.unprotect_response(&r1, &mut cex).unwrap();
 
     // Both rekey; the leaver's Sender ID is stale.
-    client.rekey(
-        SecurityContext::new(&g2.config(CLIENT)).unwrap(),
-        &[LEAVER.to_vec()],
+    // Going back to the old epoch, or to another one of the same generation, is refused.
+    assert!(
+        client
+            .rekey(SecurityContext::new(&g1.config(CLIENT)).unwrap(), &[])
+            .is_err()
     );
-    server.rekey(
-        SecurityContext::new(&g2.config(SERVER)).unwrap(),
-        &[LEAVER.to_vec()],
-    );
+    client
+        .rekey(
+            SecurityContext::new(&g2.config(CLIENT)).unwrap(),
+            &[LEAVER.to_vec()],
+        )
+        .unwrap();
+    server
+        .rekey(
+            SecurityContext::new(&g2.config(SERVER)).unwrap(),
+            &[LEAVER.to_vec()],
+        )
+        .unwrap();
+    assert_eq!(server.current().common.key_generation, 1);
 
     // The server answers the old request with its latest context: own Partial IV and the
     // new Gid in 'kid context' (§7.3); the new Sender Sequence Number starts at 0 (§2.6.3.2).
@@ -166,11 +178,21 @@ fn rfc10021_s12_2_checker_follows_rekeying() {
         Verdict::Verified(_)
     ));
 
-    checker.rekey(SignatureChecker::new(&g2.checker_config()).unwrap());
-    server.rekey(
-        SecurityContext::new(&g2.config(SERVER)).unwrap(),
-        &[LEAVER.to_vec()],
+    assert!(
+        checker
+            .rekey(SignatureChecker::new(&g1.checker_config()).unwrap())
+            .is_err()
     );
+    checker
+        .rekey(SignatureChecker::new(&g2.checker_config()).unwrap())
+        .unwrap();
+    assert_eq!(checker.current().key_generation(), 1);
+    server
+        .rekey(
+            SecurityContext::new(&g2.config(SERVER)).unwrap(),
+            &[LEAVER.to_vec()],
+        )
+        .unwrap();
 
     // A response under the new epoch to the request of the old one verifies (it names the
     // new Gid), and so does a late old-epoch response during the grace period.

@@ -34,6 +34,8 @@ pub struct CheckerConfig {
     /// Members' credentials by Sender ID.
     pub members: Vec<(Vec<u8>, Vec<u8>)>,
     pub tbs_form: TbsForm,
+    /// Key Generation Number of this epoch (§12.2).
+    pub key_generation: u64,
 }
 
 /// Members a checker knows at most per epoch.
@@ -50,6 +52,7 @@ pub struct SignatureChecker {
     gm_cred: Credential,
     members: HashMap<Vec<u8>, Credential>,
     tbs_form: TbsForm,
+    key_generation: u64,
 }
 
 /// What a checked request is: who sent it, with which Partial IV.
@@ -153,11 +156,16 @@ impl SignatureChecker {
                 .map_err(|e| ConfigError::BadCredential(format!("Group Manager: {e}")))?,
             members,
             tbs_form: cfg.tbs_form,
+            key_generation: cfg.key_generation,
         })
     }
 
     pub fn gid(&self) -> &[u8] {
         &self.gid
+    }
+
+    pub fn key_generation(&self) -> u64 {
+        self.key_generation
     }
 
     pub fn knows(&self, kid: &[u8]) -> bool {
@@ -302,10 +310,19 @@ impl GroupChecker {
     /// Installs a new epoch. The old one stays only to check responses to requests already
     /// forwarded; new requests under the old Gid are refused (§2.6.3.2: do not start new
     /// processing with an old context). Windows start empty under the new Gid.
-    pub fn rekey(&mut self, next: SignatureChecker) {
+    /// The new epoch must have a higher Key Generation Number and another Gid: going back
+    /// to old keying material would reopen replays the windows no longer remember.
+    pub fn rekey(&mut self, next: SignatureChecker) -> Result<(), ConfigError> {
+        if next.key_generation <= self.current.key_generation || next.gid == self.current.gid {
+            return Err(ConfigError::Invalid(format!(
+                "rekeying needs a new Gid and a Key Generation Number above {}",
+                self.current.key_generation
+            )));
+        }
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
         self.current_windows.clear();
+        Ok(())
     }
 
     /// Ends the grace period of the previous epoch and erases it.

@@ -42,6 +42,8 @@ pub struct ContextConfig {
     /// Peers: (Sender ID, credential; empty credential for plain OSCORE).
     pub recipients: Vec<(Vec<u8>, Vec<u8>)>,
     pub tbs_form: TbsForm,
+    /// Key Generation Number of this key epoch (RFC 10021 §12.2).
+    pub key_generation: u64,
 }
 
 /// The group-specific Common Context parameters (RFC 10021 §2.1.5-§2.1.10).
@@ -66,6 +68,7 @@ pub struct CommonContext {
     /// The `algorithms` element of external_aad, encoded once.
     pub algs_cbor: Vec<u8>,
     pub group: Option<GroupCommon>,
+    pub key_generation: u64,
     master_secret: Zeroizing<Vec<u8>>,
     master_salt: Zeroizing<Vec<u8>>,
 }
@@ -266,6 +269,7 @@ impl SecurityContext {
             key_alg,
             algs_cbor,
             group,
+            key_generation: cfg.key_generation,
             master_secret: Zeroizing::new(cfg.master_secret.clone()),
             master_salt: Zeroizing::new(cfg.master_salt.clone()),
         };

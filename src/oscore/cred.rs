@@ -312,3 +312,57 @@ impl PrivateKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: &[u8]) -> String {
+        match Credential::from_ccs(b) {
+            Err(ConfigError::BadCredential(m)) => m,
+            other => panic!("expected BadCredential, got {other:?}"),
+        }
+    }
+
+    // RFC 10021 §2.4: a credential that cannot give a public key is refused, and the
+    // error says why.
+    #[test]
+    fn bad_ccs_errors_name_the_problem() {
+        assert!(err(&[0x82, 0x01, 0x02]).contains("not a CBOR map"));
+        assert!(err(&[0xa1, 0x02, 0x61, b'x']).contains("no COSE_Key"));
+        assert!(err(&[0xa0, 0x00]).contains("trailing bytes"));
+        assert!(err(&[0xa1, 0x08]).contains("cnf"));
+        // kty OKP, crv X25519 (4): not a signature key.
+        assert!(
+            err(&hex::decode("a108a101a2010120 04".replace(' ', "")).unwrap())
+                .contains("not supported")
+        );
+        // Ed25519 x of 31 bytes.
+        let mut short = hex::decode("a108a101a30101200621581f").unwrap();
+        short.extend([7u8; 31]);
+        assert!(err(&short).contains("not 32 bytes"));
+        // The identity point (y = 1) is of small order (§2.5.2.1: abort if y = ±1).
+        let mut ident = hex::decode("a108a101a301012006215820").unwrap();
+        let mut y1 = [0u8; 32];
+        y1[0] = 1;
+        ident.extend(y1);
+        assert!(err(&ident).contains("small order"));
+        // Ed25519 key labelled with ES256.
+        let mut wrong_alg = hex::decode("a108a101a40101032620062158 20".replace(' ', "")).unwrap();
+        wrong_alg.extend(PrivateKey::generate(SigAlg::EdDsa).to_bytes());
+        assert!(err(&wrong_alg).contains("alg -7"));
+    }
+
+    #[test]
+    fn ccs_roundtrip_for_both_curves() {
+        for alg in [SigAlg::EdDsa, SigAlg::Es256] {
+            let k = PrivateKey::generate(alg);
+            let c = Credential::ccs_for("n", &k.public_key());
+            let back = Credential::from_ccs(c.bytes()).unwrap();
+            assert_eq!(back.public_key().sig_alg(), alg);
+            let sig = k.sign(b"msg");
+            assert!(back.public_key().verify(b"msg", &sig));
+            assert!(!back.public_key().verify(b"msh", &sig));
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! grace period the caller ends, only to verify responses in exchanges it started.
 
 use super::context::SecurityContext;
-use super::error::OscoreError;
+use super::error::{ConfigError, OscoreError};
 use super::option::OscoreOption;
 use super::protect::{Exchange, Mode, ResponseInfo};
 use crate::coap::MessageView;
@@ -34,10 +34,24 @@ impl GroupMember {
     /// Installs the context of a new key epoch, built from the new Gid and Master Secret
     /// (so its Sender Sequence Number is 0 and its replay windows are valid and empty),
     /// and removes the Recipient Contexts of stale Sender IDs (§2.6.3.2, §12.2.1.2).
-    pub fn rekey(&mut self, mut next: SecurityContext, stale: &[Vec<u8>]) {
+    /// The new context must have a higher Key Generation Number and another Gid, so
+    /// that no (key, nonce) pair of the old epoch can come back.
+    pub fn rekey(
+        &mut self,
+        mut next: SecurityContext,
+        stale: &[Vec<u8>],
+    ) -> Result<(), ConfigError> {
+        let cur = &self.current.common;
+        if next.common.key_generation <= cur.key_generation || next.common.gid() == cur.gid() {
+            return Err(ConfigError::Invalid(format!(
+                "rekeying needs a new Gid and a Key Generation Number above {}",
+                cur.key_generation
+            )));
+        }
         next.remove_recipients(stale);
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
+        Ok(())
     }
 
     /// Ends the grace period: the old epoch's keys are dropped (and zeroized).

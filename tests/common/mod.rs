@@ -44,6 +44,7 @@ impl Member {
 /// A group with freshly generated keys: a new Gid and Master Secret per run, so no peer
 /// ever sees a replayed sequence number from an earlier run.
 pub struct Group {
+    pub key_generation: u64,
     pub gid: Vec<u8>,
     pub master_secret: Vec<u8>,
     pub master_salt: Vec<u8>,
@@ -54,6 +55,7 @@ pub struct Group {
 impl Group {
     pub fn new(ids: &[&[u8]]) -> Self {
         Group {
+            key_generation: 0,
             gid: random_bytes(4),
             master_secret: random_bytes(16),
             master_salt: random_bytes(8),
@@ -91,6 +93,7 @@ impl Group {
                 .filter(|o| o.id != me)
                 .map(|o| (o.id.clone(), o.cred.bytes().to_vec()))
                 .collect(),
+            key_generation: self.key_generation,
             ..Default::default()
         }
     }
@@ -111,6 +114,7 @@ impl Group {
                 .iter()
                 .map(|m| (m.id.clone(), m.cred.bytes().to_vec()))
                 .collect(),
+            key_generation: self.key_generation,
             ..Default::default()
         }
     }
