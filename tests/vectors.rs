@@ -170,6 +170,7 @@ impl Group {
                 h(&self.v[peer]["auth_cred_ccs"]),
             )],
             tbs_form: TbsForm::FiveElement,
+            key_generation: 0,
         }
     }
     fn ctx(&self, me: &str, peer: &str) -> SecurityContext {
