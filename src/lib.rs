@@ -8,3 +8,4 @@ pub mod cbor;
 pub mod cli;
 pub mod coap;
 pub mod oscore;
+pub mod proxy;

@@ -2,7 +2,10 @@
 //! encoding that OSCORE needs for its inner plaintext, and a zero-copy view of a datagram for
 //! the paths that must not allocate.
 
+pub mod build;
+pub mod cri;
 pub mod options;
+pub mod uri;
 pub mod view;
 
 pub use options::{OptionClass, oscore_class};

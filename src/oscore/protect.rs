@@ -95,21 +95,17 @@ fn split<'a>(msg: &'a [u8], proxy_options: &[u16]) -> Result<Split<'a>, OscoreEr
     })
 }
 
-/// Serializes header, token, options (sorted by number, stable) and payload.
+/// Serializes the outer message: the view's type, message ID and token with new code,
+/// options and payload.
 fn assemble(view: &MessageView, code: u8, mut opts: Vec<(u16, &[u8])>, payload: &[u8]) -> Vec<u8> {
-    opts.sort_by_key(|(n, _)| *n);
-    let token = view.token();
-    let mut out = Vec::with_capacity(8 + token.len() + payload.len() + 16 * opts.len());
-    out.push(view.bytes()[0]);
-    out.push(code);
-    out.extend_from_slice(&view.message_id().to_be_bytes());
-    out.extend_from_slice(token);
-    encode_options(&mut out, opts);
-    if !payload.is_empty() {
-        out.push(0xff);
-        out.extend_from_slice(payload);
-    }
-    out
+    crate::coap::build::encode(
+        view.mtype(),
+        code,
+        view.message_id(),
+        view.token(),
+        &mut opts,
+        payload,
+    )
 }
 
 fn has_observe(opts: &[(u16, &[u8])]) -> bool {

@@ -1,0 +1,92 @@
+//! Serializing CoAP messages (RFC 7252 §3) from parts, for the paths that build messages
+//! from borrowed pieces of others without a coap-lite round trip.
+
+use super::options::encode_options;
+
+pub const CON: u8 = 0;
+pub const NON: u8 = 1;
+pub const ACK: u8 = 2;
+pub const RST: u8 = 3;
+
+/// Response codes the proxy sends (RFC 7252 §12.1.2, RFC 8516, RFC 8768).
+pub mod code {
+    pub const EMPTY: u8 = 0x00;
+    pub const GET: u8 = 0x01;
+    pub const POST: u8 = 0x02;
+    pub const CHANGED: u8 = 0x44;
+    pub const CONTENT: u8 = 0x45;
+    pub const BAD_REQUEST: u8 = 0x80;
+    pub const UNAUTHORIZED: u8 = 0x81;
+    pub const BAD_OPTION: u8 = 0x82;
+    pub const NOT_FOUND: u8 = 0x84;
+    pub const METHOD_NOT_ALLOWED: u8 = 0x85;
+    pub const REQUEST_ENTITY_TOO_LARGE: u8 = 0x8d;
+    pub const TOO_MANY_REQUESTS: u8 = 0x9d;
+    pub const NOT_IMPLEMENTED: u8 = 0xa1;
+    pub const BAD_GATEWAY: u8 = 0xa2;
+    pub const SERVICE_UNAVAILABLE: u8 = 0xa3;
+    pub const GATEWAY_TIMEOUT: u8 = 0xa4;
+    pub const PROXYING_NOT_SUPPORTED: u8 = 0xa5;
+    pub const HOP_LIMIT_REACHED: u8 = 0xa8;
+
+    /// "c.dd" form for logs.
+    pub fn dotted(code: u8) -> String {
+        format!("{}.{:02}", code >> 5, code & 0x1f)
+    }
+}
+
+/// Serializes a message. `opts` need not be sorted; equal numbers keep their order.
+pub fn encode(
+    mtype: u8,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    opts: &mut [(u16, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
+    debug_assert!(token.len() <= 8);
+    opts.sort_by_key(|(n, _)| *n);
+    let size =
+        4 + token.len() + payload.len() + 1 + opts.iter().map(|(_, v)| v.len() + 3).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(0x40 | (mtype << 4) | token.len() as u8);
+    out.push(code);
+    out.extend_from_slice(&mid.to_be_bytes());
+    out.extend_from_slice(token);
+    encode_options(&mut out, opts.iter().copied());
+    if !payload.is_empty() {
+        out.push(0xff);
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// An empty ACK or RST (RFC 7252 §4.2, §4.3).
+pub fn empty(mtype: u8, mid: u16) -> Vec<u8> {
+    vec![0x40 | (mtype << 4), 0, (mid >> 8) as u8, mid as u8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::MessageView;
+
+    #[test]
+    fn encode_sorts_options_and_marks_payload() {
+        let m = encode(
+            NON,
+            code::CONTENT,
+            7,
+            &[1, 2],
+            &mut [(12, &[0][..]), (2, &[])],
+            b"x",
+        );
+        let v = MessageView::parse(&m).unwrap();
+        assert_eq!(v.mtype(), NON);
+        assert_eq!(v.token(), &[1, 2]);
+        assert_eq!(v.options().map(|(n, _)| n).collect::<Vec<_>>(), vec![2, 12]);
+        assert_eq!(v.payload(), b"x");
+        assert_eq!(empty(ACK, 0x1234), vec![0x60, 0, 0x12, 0x34]);
+        assert_eq!(code::dotted(code::GATEWAY_TIMEOUT), "5.04");
+    }
+}

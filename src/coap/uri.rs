@@ -1,0 +1,283 @@
+//! The request target of a forward-proxy request (RFC 7252 §5.7.2, §6.4; RFC 10020 §3.5.1):
+//! either a Proxy-Uri, or Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path and Uri-Query.
+
+use std::net::IpAddr;
+
+use thiserror::Error;
+
+use super::options::{PROXY_SCHEME, PROXY_URI, URI_HOST, URI_PATH, URI_PORT, URI_QUERY, read_uint};
+use super::view::MessageView;
+
+/// Where a request is to be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: String,
+    pub host: Host,
+    pub port: Option<u16>,
+    /// Uri-Path and Uri-Query options taken out of a Proxy-Uri; with Proxy-Scheme they
+    /// stay in the request as they are.
+    pub uri_options: Vec<(u16, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A registered name, lowercased (RFC 3986 §3.2.2: case-insensitive).
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TargetError {
+    #[error("both Proxy-Uri and Proxy-Scheme are present")]
+    BothForms,
+    #[error("Proxy-Uri is not an absolute URI: {0}")]
+    BadUri(&'static str),
+    #[error("Proxy-Scheme without Uri-Host")]
+    MissingHost,
+    #[error("Uri-Port is not a port number")]
+    BadPort,
+    #[error("Uri-Host is not valid UTF-8")]
+    BadHost,
+}
+
+/// The proxy target of a request; `None` when it carries neither Proxy-Uri nor
+/// Proxy-Scheme, i.e. it is addressed to the proxy itself.
+pub fn proxy_target(view: &MessageView) -> Result<Option<Target>, TargetError> {
+    let proxy_uri = view.option(PROXY_URI);
+    let scheme = view.option(PROXY_SCHEME);
+    match (proxy_uri, scheme) {
+        (Some(_), Some(_)) => Err(TargetError::BothForms),
+        (Some(uri), None) => parse_proxy_uri(uri).map(Some),
+        (None, Some(scheme)) => {
+            let host = view.option(URI_HOST).ok_or(TargetError::MissingHost)?;
+            let host = std::str::from_utf8(host).map_err(|_| TargetError::BadHost)?;
+            let port = view
+                .option(URI_PORT)
+                .map(|p| {
+                    read_uint(p)
+                        .and_then(|v| u16::try_from(v).ok())
+                        .ok_or(TargetError::BadPort)
+                })
+                .transpose()?;
+            Ok(Some(Target {
+                scheme: String::from_utf8_lossy(scheme).to_ascii_lowercase(),
+                host: parse_host(host),
+                port,
+                uri_options: Vec::new(),
+            }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_host(h: &str) -> Host {
+    let bare = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Host::Ip(ip),
+        Err(_) => Host::Name(h.to_ascii_lowercase()),
+    }
+}
+
+/// Parses `scheme://host[:port][/path][?query]` (RFC 3986 §3) into a [`Target`] whose
+/// path segments and query parameters become Uri-Path and Uri-Query (RFC 7252 §6.4).
+pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target, TargetError> {
+    let s = std::str::from_utf8(bytes).map_err(|_| TargetError::BadUri("not UTF-8"))?;
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or(TargetError::BadUri("no scheme://"))?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err(TargetError::BadUri("bad scheme"));
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_query) = rest.split_at(auth_end);
+    if authority.contains('@') {
+        return Err(TargetError::BadUri("userinfo is not allowed"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or(TargetError::BadUri("unclosed ["))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or(TargetError::BadUri("junk after ]"))?,
+            ),
+        };
+        // A zone in a URI is percent-encoded as %25 (RFC 6874).
+        let h = h.replace("%25", "%");
+        let ip = h.split('%').next().unwrap_or_default();
+        (
+            Host::Ip(
+                ip.parse()
+                    .map_err(|_| TargetError::BadUri("bad IPv6 literal"))?,
+            ),
+            port,
+        )
+    } else {
+        let (h, p) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if h.is_empty() {
+            return Err(TargetError::BadUri("empty host"));
+        }
+        (
+            parse_host(
+                &percent_decode(h)?
+                    .iter()
+                    .map(|&b| b as char)
+                    .collect::<String>(),
+            ),
+            p,
+        )
+    };
+    let port = port
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| TargetError::BadUri("bad port"))
+        })
+        .transpose()?;
+    let (path, query) = match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    };
+    let mut uri_options = Vec::new();
+    // "/" alone is the empty path (RFC 7252 §6.4 step 8).
+    if !path.is_empty() && path != "/" {
+        for seg in path[1..].split('/') {
+            uri_options.push((URI_PATH, percent_decode(seg)?));
+        }
+    }
+    if let Some(q) = query {
+        for param in q.split('&') {
+            uri_options.push((URI_QUERY, percent_decode(param)?));
+        }
+    }
+    Ok(Target {
+        scheme: scheme.to_ascii_lowercase(),
+        host,
+        port,
+        uri_options,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<Vec<u8>, TargetError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .ok_or(TargetError::BadUri("truncated %-escape"))?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+                .map_err(|_| TargetError::BadUri("bad %-escape"))?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::build;
+
+    #[test]
+    fn rfc7252_s6_4_proxy_uri_decomposition() {
+        let t = parse_proxy_uri(b"coap://224.0.1.187:5683/r/a%20b?x=1&y").unwrap();
+        assert_eq!(t.scheme, "coap");
+        assert_eq!(t.host, Host::Ip("224.0.1.187".parse().unwrap()));
+        assert_eq!(t.port, Some(5683));
+        assert_eq!(
+            t.uri_options,
+            vec![
+                (URI_PATH, b"r".to_vec()),
+                (URI_PATH, b"a b".to_vec()),
+                (URI_QUERY, b"x=1".to_vec()),
+                (URI_QUERY, b"y".to_vec())
+            ]
+        );
+        let t = parse_proxy_uri(b"COAP://[ff05::fd]/").unwrap();
+        assert_eq!((t.scheme.as_str(), t.port), ("coap", None));
+        assert_eq!(t.host, Host::Ip("ff05::fd".parse().unwrap()));
+        assert!(t.uri_options.is_empty());
+        let t = parse_proxy_uri(b"coap://All-Lights.example:61616").unwrap();
+        assert_eq!(t.host, Host::Name("all-lights.example".into()));
+        for bad in [
+            &b"coap:/x"[..],
+            b"coap://",
+            b"coap://[ff05::fd",
+            b"coap://h:99999/",
+            b"coap://u@h/",
+            b"coap://h/%zz",
+        ] {
+            assert!(
+                parse_proxy_uri(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_scheme_form_and_missing_forms() {
+        let m = build::encode(
+            build::NON,
+            build::code::GET,
+            1,
+            &[],
+            &mut [
+                (URI_HOST, &b"ff05::fd"[..]),
+                (URI_PORT, &[0x16, 0x33]),
+                (PROXY_SCHEME, b"coap"),
+                (URI_PATH, b"x"),
+            ],
+            &[],
+        );
+        let t = proxy_target(&MessageView::parse(&m).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.host, Host::Ip("ff05::fd".parse().unwrap()));
+        assert_eq!(t.port, Some(5683));
+        assert!(t.uri_options.is_empty());
+        let plain = build::encode(
+            build::NON,
+            build::code::GET,
+            1,
+            &[],
+            &mut [(URI_PATH, &b"x"[..])],
+            &[],
+        );
+        assert_eq!(
+            proxy_target(&MessageView::parse(&plain).unwrap()).unwrap(),
+            None
+        );
+        let no_host = build::encode(
+            build::NON,
+            1,
+            1,
+            &[],
+            &mut [(PROXY_SCHEME, &b"coap"[..])],
+            &[],
+        );
+        assert_eq!(
+            proxy_target(&MessageView::parse(&no_host).unwrap()),
+            Err(TargetError::MissingHost)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! What the forwarding engine is told: groups, policy, option numbers and limits. Plain
+//! data; `crate::config` reads it from TOML and validates it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::prefix::Prefix;
+use crate::coap::options;
+
+/// One CoAP group the proxy fans requests out to (RFC 10020 §3.5.1).
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Multicast address and port of the group URI.
+    pub addr: SocketAddr,
+    /// Host names that name this group in Uri-Host or Proxy-Uri, lowercased.
+    pub host_names: Vec<String>,
+    /// Group proxying is processed only if explicitly enabled (§3.5.1: else 5.01).
+    pub enabled: bool,
+    /// Clients allowed to send group requests here (groupcomm-proxy §5.2.1 step 2).
+    pub allow: Vec<Prefix>,
+    /// Multicast-Timeout values above this are lowered to it.
+    pub max_timeout: Duration,
+}
+
+/// Ordinary forwarding to unicast targets (RFC 7252 §5.7.2).
+#[derive(Debug, Clone)]
+pub struct UnicastPolicy {
+    pub enabled: bool,
+    pub allow: Vec<Prefix>,
+    /// No response by then: 5.04 Gateway Timeout.
+    pub timeout: Duration,
+}
+
+/// Numbers of the groupcomm-proxy options: IANA suggestions by default (§11.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionNumbers {
+    pub multicast_timeout: u16,
+    pub reply_from: u16,
+    pub group_etag: u16,
+}
+
+impl Default for OptionNumbers {
+    fn default() -> Self {
+        OptionNumbers {
+            multicast_timeout: options::MULTICAST_TIMEOUT_DEFAULT,
+            reply_from: options::REPLY_FROM_DEFAULT,
+            group_etag: options::GROUP_ETAG_DEFAULT,
+        }
+    }
+}
+
+impl OptionNumbers {
+    pub fn as_array(&self) -> [u16; 3] {
+        [self.multicast_timeout, self.group_etag, self.reply_from]
+    }
+}
+
+/// Bounds of every table, and what keeps the proxy from being an amplifier.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Exchanges in flight; when full, new requests get 5.03 with Max-Age.
+    pub max_exchanges: usize,
+    /// Exchanges one client may have in flight; above it 4.29 with Max-Age.
+    pub max_exchanges_per_client: usize,
+    /// Fan-outs a client may start per second on average, and in a burst (4.29 beyond).
+    pub client_rate: f64,
+    pub client_burst: f64,
+    /// Clients tracked for the caps above; when full, requests from new clients get 5.03.
+    pub max_clients: usize,
+    /// Larger datagrams are dropped and counted.
+    pub max_datagram: usize,
+    /// (client, Message ID) pairs remembered for deduplication (RFC 7252 §4.5).
+    pub dedup_capacity: usize,
+    /// Freed proxy tokens remembered, to tell late responses from unknown ones.
+    pub late_memory: usize,
+    /// Confirmable messages awaiting an ACK (responses to CON clients, CON to origins).
+    pub max_retransmissions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_exchanges: 16_384,
+            max_exchanges_per_client: 256,
+            client_rate: 1_000.0,
+            client_burst: 2_000.0,
+            max_clients: 16_384,
+            max_datagram: 1_500,
+            dedup_capacity: 65_536,
+            late_memory: 16_384,
+            max_retransmissions: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub groups: Vec<GroupSpec>,
+    pub unicast: UnicastPolicy,
+    pub options: OptionNumbers,
+    pub limits: Limits,
+}
+
+impl Default for ProxyConfig {
+    /// The embedded defaults: one group on the All-CoAP-Nodes address 224.0.1.187:5683,
+    /// requests only from this host, unicast forwarding on for this host too.
+    fn default() -> Self {
+        let local: Vec<Prefix> = vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        ProxyConfig {
+            groups: vec![GroupSpec {
+                name: "all-coap-nodes".into(),
+                addr: "224.0.1.187:5683".parse().unwrap(),
+                host_names: vec!["all-coap-nodes".into()],
+                enabled: true,
+                allow: local.clone(),
+                max_timeout: Duration::from_secs(60),
+            }],
+            unicast: UnicastPolicy {
+                enabled: true,
+                allow: local,
+                timeout: Duration::from_secs(10),
+            },
+            options: OptionNumbers::default(),
+            limits: Limits::default(),
+        }
+    }
+}

@@ -1,0 +1,1040 @@
+//! The forwarding engine (groupcomm-proxy-07 §5, RFC 10020 §3.5, RFC 7252 §5.7), sans I/O:
+//! datagrams and the current time go in through [`Engine::handle`] and
+//! [`Engine::handle_timeout`]; datagrams to send and events come out of
+//! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::config::{GroupSpec, ProxyConfig};
+use super::events::{CloseReason, DropReason, Event, RejectReason};
+use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, LateTokens, NON_LIFETIME};
+use crate::coap::MessageView;
+use crate::coap::build::{self, ACK, CON, NON, RST, code};
+use crate::coap::cri;
+use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
+use crate::coap::uri::{Host, Target, proxy_target};
+
+/// RFC 7252 §4.8 transmission parameters.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_RETRANSMIT: u8 = 4;
+/// Period of the sweep that ages deduplication entries and idle clients.
+const SWEEP: Duration = Duration::from_secs(5);
+/// Devices' CON responses remembered per exchange for deduplication.
+const MAX_SEEN_PER_EXCHANGE: usize = 64;
+
+/// Where a datagram came in or goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Link {
+    /// A client-facing listener, by index.
+    Listener(usize),
+    /// The egress socket of a group, by index in the configuration; the devices'
+    /// responses arrive on it.
+    Group(usize),
+    /// The socket toward unicast origins (one per address family in the runtime).
+    Unicast,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transmit {
+    pub link: Link,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(Event),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Group(usize),
+    Unicast(SocketAddr),
+}
+
+impl Kind {
+    fn group(self) -> Option<usize> {
+        match self {
+            Kind::Group(g) => Some(g),
+            Kind::Unicast(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Exchange {
+    kind: Kind,
+    client: SocketAddr,
+    listener: usize,
+    client_token: Vec<u8>,
+    client_con: bool,
+    started: Instant,
+    deadline: Instant,
+    responses: u32,
+    /// Devices' CON responses seen, (source, Message ID).
+    seen_con: Vec<(SocketAddr, u16)>,
+    /// Message ID of the CON request sent to a unicast origin.
+    origin_mid: Option<u16>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    link: Link,
+    bytes: Vec<u8>,
+    attempts: u8,
+    timeout: Duration,
+    next: Instant,
+    /// The exchange a response to a client belongs to (an RST from the client stops it).
+    exchange: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Exchange(u64),
+    Retransmit(SocketAddr, u16),
+    Sweep,
+}
+
+#[derive(Debug)]
+struct Client {
+    active: usize,
+    bucket: Bucket,
+}
+
+/// A refusal: the code, the reason for counting, and what goes into the error response.
+struct Reject {
+    code: u8,
+    reason: RejectReason,
+    group: Option<usize>,
+    options: Vec<(u16, Vec<u8>)>,
+    diagnostic: &'static str,
+}
+
+impl Reject {
+    fn new(code: u8, reason: RejectReason, diagnostic: &'static str) -> Self {
+        Reject {
+            code,
+            reason,
+            group: None,
+            options: Vec::new(),
+            diagnostic,
+        }
+    }
+    fn group(mut self, g: usize) -> Self {
+        self.group = Some(g);
+        self
+    }
+    fn max_age(mut self, d: Duration) -> Self {
+        let secs = d.as_secs_f64().ceil().max(1.0) as u32;
+        self.options.push((opt::MAX_AGE, uint_value(secs)));
+        self
+    }
+}
+
+/// Options the engine understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
+/// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones.
+const KNOWN_OPTIONS: [u16; 24] = [
+    opt::IF_MATCH,
+    opt::URI_HOST,
+    opt::ETAG,
+    opt::IF_NONE_MATCH,
+    opt::OBSERVE,
+    opt::URI_PORT,
+    opt::LOCATION_PATH,
+    opt::OSCORE,
+    opt::URI_PATH,
+    opt::CONTENT_FORMAT,
+    opt::MAX_AGE,
+    opt::URI_QUERY,
+    opt::HOP_LIMIT,
+    opt::ACCEPT,
+    opt::LOCATION_QUERY,
+    opt::BLOCK2,
+    opt::BLOCK1,
+    opt::SIZE2,
+    opt::PROXY_URI,
+    opt::PROXY_SCHEME,
+    opt::SIZE1,
+    opt::ECHO,
+    opt::NO_RESPONSE,
+    opt::REQUEST_TAG,
+];
+
+pub struct Engine {
+    cfg: ProxyConfig,
+    exchanges: HashMap<u64, Exchange>,
+    /// (client, client token) of every exchange, for early stop and token reuse.
+    by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
+    clients: HashMap<IpAddr, Client>,
+    dedup: Dedup,
+    pending: HashMap<(SocketAddr, u16), Pending>,
+    late: LateTokens,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    token_counter: u64,
+    token_key: u64,
+    next_mid: u16,
+    rng: u64,
+    out: VecDeque<Output>,
+}
+
+impl Engine {
+    /// `seed` feeds the token space, Message IDs and retransmission jitter; give it
+    /// randomness in production so that tokens are not guessable (RFC 9175 §4.2).
+    pub fn new(cfg: ProxyConfig, now: Instant, seed: u64) -> Self {
+        let mut e = Engine {
+            dedup: Dedup::new(cfg.limits.dedup_capacity),
+            late: LateTokens::new(cfg.limits.late_memory),
+            cfg,
+            exchanges: HashMap::new(),
+            by_client: HashMap::new(),
+            clients: HashMap::new(),
+            pending: HashMap::new(),
+            timers: BinaryHeap::new(),
+            token_counter: 0,
+            token_key: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            next_mid: (seed >> 48) as u16,
+            rng: seed | 1,
+            out: VecDeque::new(),
+        };
+        e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
+        e
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Exchanges in flight, and the table's capacity.
+    pub fn exchanges(&self) -> (usize, usize) {
+        (self.exchanges.len(), self.cfg.limits.max_exchanges)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn send(&mut self, link: Link, to: SocketAddr, bytes: Vec<u8>) {
+        self.out
+            .push_back(Output::Transmit(Transmit { link, to, bytes }));
+    }
+
+    fn drop_msg(&mut self, reason: DropReason, from: SocketAddr) {
+        self.emit(Event::Dropped { reason, from });
+    }
+
+    fn mid(&mut self) -> u16 {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        self.next_mid
+    }
+
+    /// Tokens are a counter run through a bijection, so they never repeat (RFC 10020
+    /// §3.1.5: never reused) and are not sequential on the wire.
+    fn token(&mut self) -> u64 {
+        self.token_counter += 1;
+        let mut x = self.token_counter ^ self.token_key;
+        x = (x ^ (x >> 31)).wrapping_mul(0x7fb5_d329_728e_a185);
+        x = (x ^ (x >> 27)).wrapping_mul(0x81da_def4_bc2d_d44d);
+        x ^ (x >> 33)
+    }
+
+    fn jitter(&mut self) -> Duration {
+        // xorshift64: ACK_TIMEOUT * [1, ACK_RANDOM_FACTOR = 1.5] (RFC 7252 §4.8).
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        ACK_TIMEOUT + ACK_TIMEOUT.mul_f64((self.rng % 1000) as f64 / 2000.0)
+    }
+
+    /// A datagram arrived on `link` from `from`.
+    pub fn handle(&mut self, now: Instant, link: Link, from: SocketAddr, datagram: &[u8]) {
+        if datagram.len() > self.cfg.limits.max_datagram {
+            return self.drop_msg(DropReason::TooLarge, from);
+        }
+        let view = match MessageView::parse(datagram) {
+            Ok(v) => v,
+            Err(_) => {
+                // RFC 7252 §4.2: a CON with a format error is rejected with an RST.
+                if datagram.len() >= 4 && datagram[0] >> 6 == 1 && (datagram[0] >> 4) & 3 == CON {
+                    let mid = u16::from_be_bytes([datagram[2], datagram[3]]);
+                    self.send(link, from, build::empty(RST, mid));
+                }
+                return self.drop_msg(DropReason::Malformed, from);
+            }
+        };
+        match link {
+            Link::Listener(i) => self.on_client_datagram(now, i, from, &view),
+            Link::Group(_) | Link::Unicast => self.on_origin_datagram(now, link, from, &view),
+        }
+    }
+
+    fn on_client_datagram(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+    ) {
+        let mtype = view.mtype();
+        if mtype == ACK || mtype == RST {
+            return self.client_ack_or_reset(from, view);
+        }
+        if view.code() == code::EMPTY {
+            // A CON ping is answered with an RST (RFC 7252 §4.3).
+            if mtype == CON {
+                self.send(
+                    Link::Listener(listener),
+                    from,
+                    build::empty(RST, view.message_id()),
+                );
+            }
+            return;
+        }
+        if !view.is_request() {
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        }
+        let mid = view.message_id();
+        if let Dup::Seen(reply) = self.dedup.check(from, mid, now) {
+            // RFC 7252 §4.5: a duplicate is not processed again; a CON gets the same reply.
+            if let Some(r) = reply.map(<[u8]>::to_vec) {
+                self.send(Link::Listener(listener), from, r);
+            }
+            return self.drop_msg(DropReason::DuplicateRequest, from);
+        }
+        let con = mtype == CON;
+        self.dedup.insert(
+            from,
+            mid,
+            now,
+            if con { EXCHANGE_LIFETIME } else { NON_LIFETIME },
+        );
+        let reply = match self.request(now, listener, from, view) {
+            Ok(()) if con => Some(build::empty(ACK, mid)),
+            Ok(()) => None,
+            Err(r) => {
+                self.emit(Event::Rejected {
+                    group: r.group,
+                    reason: r.reason,
+                    code: r.code,
+                    client: from,
+                });
+                let mut opts: Vec<(u16, &[u8])> =
+                    r.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                // Errors to a CON ride in the ACK; to a NON, in a NON (RFC 7252 §5.2).
+                let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
+                Some(build::encode(
+                    t,
+                    r.code,
+                    m,
+                    view.token(),
+                    &mut opts,
+                    r.diagnostic.as_bytes(),
+                ))
+            }
+        };
+        if let Some(r) = reply {
+            if con {
+                self.dedup.set_reply(from, mid, r.clone());
+            }
+            self.send(Link::Listener(listener), from, r);
+        }
+    }
+
+    fn client_ack_or_reset(&mut self, from: SocketAddr, view: &MessageView) {
+        let Some(p) = self.pending.remove(&(from, view.message_id())) else {
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        };
+        // An RST to a relayed response means the client lost interest (§5.2.3).
+        if view.mtype() == RST
+            && let Some(t) = p.exchange
+        {
+            self.close(t, CloseReason::EarlyStopReset);
+        }
+    }
+
+    fn group_by_addr(&self, ip: IpAddr, port: Option<u16>) -> Option<usize> {
+        self.cfg
+            .groups
+            .iter()
+            .position(|g| g.addr.ip() == ip && port.is_none_or(|p| p == g.addr.port()))
+    }
+
+    fn group_by_name(&self, name: &str) -> Option<usize> {
+        self.cfg
+            .groups
+            .iter()
+            .position(|g| g.host_names.iter().any(|h| h == name))
+    }
+
+    /// Checks a request and forwards it, or says why not (groupcomm-proxy §5.2.1).
+    fn request(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+    ) -> Result<(), Reject> {
+        let mt_number = self.cfg.options.multicast_timeout;
+        let mt = view.option(mt_number);
+        let key = (from, view.token().to_vec());
+        let target = proxy_target(view).map_err(|_| {
+            Reject::new(
+                code::BAD_REQUEST,
+                RejectReason::BadTarget,
+                "bad proxy target",
+            )
+        })?;
+
+        // Early Stop Request (§5.1.3, §5.2.3): GET, the token of an ongoing exchange,
+        // Multicast-Timeout 0, no proxy or Uri-* options.
+        if target.is_none()
+            && view.code() == code::GET
+            && mt.is_some_and(|v| read_uint(v) == Some(0))
+        {
+            let no_uri = !view.options().any(|(n, _)| {
+                matches!(
+                    n,
+                    opt::URI_HOST | opt::URI_PORT | opt::URI_PATH | opt::URI_QUERY
+                )
+            });
+            if let (true, Some(&t)) = (no_uri, self.by_client.get(&key)) {
+                self.close(t, CloseReason::EarlyStopRequest);
+                return Ok(());
+            }
+        }
+        for (n, _) in view.options() {
+            if KNOWN_OPTIONS.contains(&n) || self.cfg.options.as_array().contains(&n) {
+                continue;
+            }
+            // RFC 7252 §5.4.1 and §5.7.1: unknown critical options, and unknown unsafe
+            // ones a proxy would forward blindly, get 4.02.
+            if is_critical(n) {
+                return Err(Reject::new(
+                    code::BAD_OPTION,
+                    RejectReason::UnknownCriticalOption,
+                    "unknown critical option",
+                ));
+            }
+            if is_unsafe(n) {
+                return Err(Reject::new(
+                    code::BAD_OPTION,
+                    RejectReason::UnsafeUnknownOption,
+                    "unknown unsafe option",
+                ));
+            }
+        }
+        let Some(target) = target else {
+            return Err(Reject::new(
+                code::NOT_FOUND,
+                RejectReason::NotForProxy,
+                "this proxy serves no resources of its own",
+            ));
+        };
+        if target.scheme != "coap" {
+            return Err(Reject::new(
+                code::PROXYING_NOT_SUPPORTED,
+                RejectReason::SchemeNotSupported,
+                "only coap:// is proxied",
+            ));
+        }
+        let group = match &target.host {
+            Host::Ip(ip) if ip.is_multicast() => match self.group_by_addr(*ip, target.port) {
+                Some(g) => Some(g),
+                // RFC 10020 §3.5.1: group URIs not enabled get 5.01.
+                None => {
+                    return Err(Reject::new(
+                        code::NOT_IMPLEMENTED,
+                        RejectReason::GroupNotEnabled,
+                        "group not served by this proxy",
+                    ));
+                }
+            },
+            Host::Ip(_) => None,
+            Host::Name(n) => match self.group_by_name(n) {
+                Some(g) => Some(g),
+                None => {
+                    return Err(Reject::new(
+                        code::PROXYING_NOT_SUPPORTED,
+                        RejectReason::UnknownHost,
+                        "unknown host name",
+                    ));
+                }
+            },
+        };
+        // A request with this client's token while one is running (RFC 10020 §3.5.2).
+        if let Some(&t) = self.by_client.get(&key) {
+            self.close(t, CloseReason::EarlyStopRequest);
+            return Err(Reject::new(
+                code::BAD_REQUEST,
+                RejectReason::TokenReuse,
+                "token still in use",
+            ));
+        }
+        let hop_limit = match view.option(opt::HOP_LIMIT) {
+            // RFC 8768 §3: decrement; reaching 0 is 5.08.
+            Some([h]) if *h > 1 => Some(h - 1),
+            Some(_) => {
+                return Err(Reject::new(
+                    code::HOP_LIMIT_REACHED,
+                    RejectReason::HopLimit,
+                    "hop limit reached",
+                ));
+            }
+            None => None,
+        };
+        match group {
+            Some(g) => self.forward_to_group(now, listener, from, view, g, target, mt, hop_limit),
+            None => self.forward_unicast(now, listener, from, view, target, hop_limit),
+        }
+    }
+
+    /// The per-client and global caps; called just before an exchange is created.
+    fn admit(&mut self, now: Instant, client: IpAddr, group: Option<usize>) -> Result<(), Reject> {
+        let l = &self.cfg.limits;
+        let (rate, burst, per_client, max_clients, max_ex) = (
+            l.client_rate,
+            l.client_burst,
+            l.max_exchanges_per_client,
+            l.max_clients,
+            l.max_exchanges,
+        );
+        let with_group = |r: Reject| match group {
+            Some(g) => r.group(g),
+            None => r,
+        };
+        if self.exchanges.len() >= max_ex {
+            // Max-Age: until the earliest exchange ends (only computed when refusing).
+            let next_free = self.exchanges.values().map(|e| e.deadline).min();
+            let wait =
+                next_free.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+            return Err(with_group(
+                Reject::new(
+                    code::SERVICE_UNAVAILABLE,
+                    RejectReason::TableFull,
+                    "exchange table full",
+                )
+                .max_age(wait),
+            ));
+        }
+        if !self.clients.contains_key(&client) && self.clients.len() >= max_clients {
+            return Err(with_group(
+                Reject::new(
+                    code::SERVICE_UNAVAILABLE,
+                    RejectReason::TooManyClients,
+                    "too many clients",
+                )
+                .max_age(SWEEP),
+            ));
+        }
+        let c = self.clients.entry(client).or_insert_with(|| Client {
+            active: 0,
+            bucket: Bucket::full(burst, now),
+        });
+        if c.active >= per_client {
+            return Err(with_group(
+                Reject::new(
+                    code::TOO_MANY_REQUESTS,
+                    RejectReason::ClientBusy,
+                    "too many requests in flight",
+                )
+                .max_age(Duration::from_secs(1)),
+            ));
+        }
+        if let Err(wait) = c.bucket.take(rate, burst, now) {
+            return Err(with_group(
+                Reject::new(
+                    code::TOO_MANY_REQUESTS,
+                    RejectReason::RateLimited,
+                    "request rate limit",
+                )
+                .max_age(wait),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Options to carry on: everything but the proxy options, Uri-Host/Port (the group
+    /// or origin is the destination address), Multicast-Timeout (removed, §5.2.1 step 4)
+    /// and Hop-Limit (re-added decremented).
+    fn forwarded_options<'v>(
+        &self,
+        view: &MessageView<'v>,
+        target: &'v Target,
+        hop: &'v Option<[u8; 1]>,
+    ) -> Vec<(u16, &'v [u8])> {
+        let mt = self.cfg.options.multicast_timeout;
+        let mut opts: Vec<(u16, &[u8])> = view
+            .options()
+            .filter(|(n, _)| {
+                !matches!(
+                    *n,
+                    opt::PROXY_URI
+                        | opt::PROXY_SCHEME
+                        | opt::URI_HOST
+                        | opt::URI_PORT
+                        | opt::HOP_LIMIT
+                ) && *n != mt
+            })
+            .collect();
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, v.as_slice())));
+        if let Some(h) = hop {
+            opts.push((opt::HOP_LIMIT, h));
+        }
+        opts
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to_group(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        g: usize,
+        target: Target,
+        mt: Option<&[u8]>,
+        hop_limit: Option<u8>,
+    ) -> Result<(), Reject> {
+        let spec: &GroupSpec = &self.cfg.groups[g];
+        if !spec.enabled {
+            return Err(Reject::new(
+                code::NOT_IMPLEMENTED,
+                RejectReason::GroupNotEnabled,
+                "group proxying not enabled",
+            )
+            .group(g));
+        }
+        if !spec.allow.iter().any(|p| p.contains(from.ip())) {
+            return Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::NotAllowed,
+                "client not allowed for this group",
+            )
+            .group(g));
+        }
+        // §5.2.1 step 3: no Multicast-Timeout, 4.00 with an empty one (value 0).
+        let Some(mt) = mt else {
+            let mut r = Reject::new(
+                code::BAD_REQUEST,
+                RejectReason::MissingMulticastTimeout,
+                "Multicast-Timeout option required",
+            )
+            .group(g);
+            r.options
+                .push((self.cfg.options.multicast_timeout, Vec::new()));
+            return Err(r);
+        };
+        let asked = read_uint(mt)
+            .map(|s| Duration::from_secs(s as u64))
+            .ok_or_else(|| {
+                Reject::new(
+                    code::BAD_REQUEST,
+                    RejectReason::BadMulticastTimeout,
+                    "Multicast-Timeout longer than 4 bytes",
+                )
+                .group(g)
+            })?;
+        let timeout = asked.min(spec.max_timeout);
+        let dest = spec.addr;
+        if !timeout.is_zero() {
+            self.admit(now, from.ip(), Some(g))?;
+        }
+        let token = self.token();
+        let tb = token.to_be_bytes();
+        let hop = hop_limit.map(|h| [h]);
+        let mut opts = self.forwarded_options(view, &target, &hop);
+        let mid = self.mid();
+        // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
+        let bytes = build::encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
+        self.send(Link::Group(g), dest, bytes);
+        self.emit(Event::FanOut {
+            group: g,
+            timeout,
+            asked,
+        });
+        // §5.2.1 step 6: with T' = 0 every response is ignored, so nothing is kept.
+        if !timeout.is_zero() {
+            self.open(
+                now,
+                Kind::Group(g),
+                listener,
+                from,
+                view,
+                token,
+                timeout,
+                None,
+            );
+        }
+        Ok(())
+    }
+
+    fn forward_unicast(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        target: Target,
+        hop_limit: Option<u8>,
+    ) -> Result<(), Reject> {
+        let Host::Ip(ip) = target.host else {
+            unreachable!("names resolve to groups or are refused")
+        };
+        let u = &self.cfg.unicast;
+        if !u.enabled {
+            return Err(Reject::new(
+                code::PROXYING_NOT_SUPPORTED,
+                RejectReason::UnicastNotAllowed,
+                "unicast forwarding disabled",
+            ));
+        }
+        if !u.allow.iter().any(|p| p.contains(from.ip())) {
+            return Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::NotAllowed,
+                "client not allowed to forward",
+            ));
+        }
+        let timeout = u.timeout;
+        self.admit(now, from.ip(), None)?;
+        let origin = SocketAddr::new(ip, target.port.unwrap_or(5683));
+        let token = self.token();
+        let tb = token.to_be_bytes();
+        let hop = hop_limit.map(|h| [h]);
+        let mut opts = self.forwarded_options(view, &target, &hop);
+        // A CON client gets reliability end to end: CON toward the origin too.
+        let con = view.mtype() == CON;
+        let mid = self.mid();
+        let bytes = build::encode(
+            if con { CON } else { NON },
+            view.code(),
+            mid,
+            &tb,
+            &mut opts,
+            view.payload(),
+        );
+        if con {
+            self.track(now, Link::Unicast, origin, mid, bytes.clone(), None);
+        }
+        self.send(Link::Unicast, origin, bytes);
+        self.emit(Event::UnicastForward);
+        self.open(
+            now,
+            Kind::Unicast(origin),
+            listener,
+            from,
+            view,
+            token,
+            timeout,
+            con.then_some(mid),
+        );
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        now: Instant,
+        kind: Kind,
+        listener: usize,
+        client: SocketAddr,
+        view: &MessageView,
+        token: u64,
+        timeout: Duration,
+        origin_mid: Option<u16>,
+    ) {
+        let deadline = now + timeout;
+        self.exchanges.insert(
+            token,
+            Exchange {
+                kind,
+                client,
+                listener,
+                client_token: view.token().to_vec(),
+                client_con: view.mtype() == CON,
+                started: now,
+                deadline,
+                responses: 0,
+                seen_con: Vec::new(),
+                origin_mid,
+            },
+        );
+        self.by_client
+            .insert((client, view.token().to_vec()), token);
+        if let Some(c) = self.clients.get_mut(&client.ip()) {
+            c.active += 1;
+        }
+        self.timers
+            .push(Reverse((deadline, Timer::Exchange(token))));
+    }
+
+    /// Ends an exchange and frees its token; later responses count as late (§5.4.1).
+    fn close(&mut self, token: u64, reason: CloseReason) {
+        let Some(ex) = self.exchanges.remove(&token) else {
+            return;
+        };
+        self.by_client.remove(&(ex.client, ex.client_token.clone()));
+        if let Some(c) = self.clients.get_mut(&ex.client.ip()) {
+            c.active = c.active.saturating_sub(1);
+        }
+        if let (Kind::Unicast(origin), Some(mid)) = (ex.kind, ex.origin_mid) {
+            self.pending.remove(&(origin, mid));
+        }
+        self.late.insert(token);
+        self.emit(Event::Closed {
+            group: ex.kind.group(),
+            responses: ex.responses,
+            reason,
+        });
+    }
+
+    /// Registers a CON for retransmission (RFC 7252 §4.2). At the table's bound the
+    /// message is sent once without retransmission.
+    fn track(
+        &mut self,
+        now: Instant,
+        link: Link,
+        to: SocketAddr,
+        mid: u16,
+        bytes: Vec<u8>,
+        exchange: Option<u64>,
+    ) -> bool {
+        if self.pending.len() >= self.cfg.limits.max_retransmissions {
+            return false;
+        }
+        let timeout = self.jitter();
+        let next = now + timeout;
+        self.pending.insert(
+            (to, mid),
+            Pending {
+                link,
+                bytes,
+                attempts: 0,
+                timeout,
+                next,
+                exchange,
+            },
+        );
+        self.timers
+            .push(Reverse((next, Timer::Retransmit(to, mid))));
+        true
+    }
+
+    /// A datagram from a device (on a group link) or a unicast origin.
+    fn on_origin_datagram(
+        &mut self,
+        now: Instant,
+        link: Link,
+        from: SocketAddr,
+        view: &MessageView,
+    ) {
+        let mtype = view.mtype();
+        if view.code() == code::EMPTY {
+            // An ACK or RST for our CON request to a unicast origin.
+            if self.pending.remove(&(from, view.message_id())).is_some() {
+                if mtype == RST {
+                    self.origin_reset(from, view.message_id());
+                }
+                return;
+            }
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        }
+        if !view.is_response() {
+            // Devices do not send requests to the proxy's egress port.
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        }
+        if mtype == ACK {
+            self.pending.remove(&(from, view.message_id()));
+        }
+        let token = match <[u8; 8]>::try_from(view.token()) {
+            Ok(t) => u64::from_be_bytes(t),
+            Err(_) => u64::MAX,
+        };
+        let matches = self
+            .exchanges
+            .get(&token)
+            .is_some_and(|ex| match (ex.kind, link) {
+                (Kind::Group(g), Link::Group(l)) => g == l,
+                (Kind::Unicast(origin), Link::Unicast) => origin == from,
+                _ => false,
+            });
+        if !matches {
+            // A CON we cannot use is rejected so the server stops retransmitting.
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            let reason = if self.late.contains(token) {
+                DropReason::LateResponse
+            } else {
+                DropReason::UnknownToken
+            };
+            return self.drop_msg(reason, from);
+        }
+        if mtype == CON {
+            self.send(link, from, build::empty(ACK, view.message_id()));
+            let ex = self.exchanges.get_mut(&token).expect("matched above");
+            let key = (from, view.message_id());
+            if ex.seen_con.contains(&key) {
+                return self.drop_msg(DropReason::DuplicateRequest, from);
+            }
+            if ex.seen_con.len() >= MAX_SEEN_PER_EXCHANGE {
+                ex.seen_con.remove(0);
+            }
+            ex.seen_con.push(key);
+        }
+        self.relay(now, token, from, view);
+    }
+
+    /// §5.4.1: each response goes to the client under its token; group responses with
+    /// Reply-From naming the origin server.
+    fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
+        let reply_from_no = self.cfg.options.reply_from;
+        let mid = self.mid();
+        let ex = self.exchanges.get_mut(&token).expect("caller checked");
+        ex.responses += 1;
+        let (kind, client, listener, con, started) =
+            (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
+        let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
+        let mut opts: Vec<(u16, &[u8])> = view
+            .options()
+            .filter(|(n, _)| *n != reply_from_no)
+            .collect();
+        if let Some(rf) = &reply_from {
+            opts.push((reply_from_no, rf));
+        }
+        let client_token = ex.client_token.clone();
+        let tracked = con && {
+            let bytes = build::encode(
+                CON,
+                view.code(),
+                mid,
+                &client_token,
+                &mut opts.clone(),
+                view.payload(),
+            );
+            self.track(
+                now,
+                Link::Listener(listener),
+                client,
+                mid,
+                bytes,
+                Some(token),
+            )
+        };
+        let t = if tracked { CON } else { NON };
+        let bytes = build::encode(
+            t,
+            view.code(),
+            mid,
+            &client_token,
+            &mut opts,
+            view.payload(),
+        );
+        self.send(Link::Listener(listener), client, bytes);
+        self.emit(Event::Relayed {
+            group: kind.group(),
+            after: now.saturating_duration_since(started),
+        });
+        if let Kind::Unicast(_) = kind {
+            self.close(token, CloseReason::UnicastAnswered);
+        }
+    }
+
+    fn origin_reset(&mut self, origin: SocketAddr, mid: u16) {
+        let token = self
+            .exchanges
+            .iter()
+            .find(|(_, ex)| ex.kind == Kind::Unicast(origin) && ex.origin_mid == Some(mid))
+            .map(|(t, _)| *t);
+        if let Some(t) = token {
+            self.reply_error(t, code::BAD_GATEWAY, "origin reset the request");
+            self.close(t, CloseReason::OriginReset);
+        }
+    }
+
+    /// A separate error response to the client of an exchange (as NON: the client's CON
+    /// was acknowledged already).
+    fn reply_error(&mut self, token: u64, c: u8, diagnostic: &str) {
+        let Some(ex) = self.exchanges.get(&token) else {
+            return;
+        };
+        let (client, listener, tok) = (ex.client, ex.listener, ex.client_token.clone());
+        let mid = self.mid();
+        let bytes = build::encode(NON, c, mid, &tok, &mut [], diagnostic.as_bytes());
+        self.send(Link::Listener(listener), client, bytes);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Exchange(t) => {
+                    let due = self.exchanges.get(&t).is_some_and(|ex| ex.deadline <= now);
+                    if !due {
+                        continue;
+                    }
+                    let kind = self.exchanges[&t].kind;
+                    match kind {
+                        Kind::Group(_) => self.close(t, CloseReason::Timeout),
+                        Kind::Unicast(_) => {
+                            self.reply_error(
+                                t,
+                                code::GATEWAY_TIMEOUT,
+                                "origin did not answer in time",
+                            );
+                            self.close(t, CloseReason::UnicastTimeout);
+                        }
+                    }
+                }
+                Timer::Retransmit(to, mid) => {
+                    let Some(p) = self.pending.get_mut(&(to, mid)) else {
+                        continue;
+                    };
+                    if p.next > now {
+                        continue;
+                    }
+                    if p.attempts >= MAX_RETRANSMIT {
+                        self.pending.remove(&(to, mid));
+                        self.drop_msg(DropReason::GaveUpRetransmitting, to);
+                        continue;
+                    }
+                    p.attempts += 1;
+                    p.timeout *= 2;
+                    p.next = now + p.timeout;
+                    let (link, bytes, next) = (p.link, p.bytes.clone(), p.next);
+                    self.timers
+                        .push(Reverse((next, Timer::Retransmit(to, mid))));
+                    self.send(link, to, bytes);
+                }
+                Timer::Sweep => {
+                    self.dedup.expire(now);
+                    let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
+                    self.clients
+                        .retain(|_, c| c.active > 0 || !c.bucket.is_full(rate, burst, now));
+                    self.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! What the engine reports besides datagrams: every accepted, relayed and dropped message
+//! with its reason, for metrics and rate-limited logs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a client's request was answered with an error instead of being forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    NotAllowed,
+    MissingMulticastTimeout,
+    BadMulticastTimeout,
+    UnknownCriticalOption,
+    UnsafeUnknownOption,
+    GroupNotEnabled,
+    UnicastNotAllowed,
+    SchemeNotSupported,
+    UnknownHost,
+    BadTarget,
+    NotForProxy,
+    HopLimit,
+    TableFull,
+    ClientBusy,
+    RateLimited,
+    TooManyClients,
+    TokenReuse,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        use RejectReason::*;
+        match self {
+            NotAllowed => "not_allowed",
+            MissingMulticastTimeout => "missing_multicast_timeout",
+            BadMulticastTimeout => "bad_multicast_timeout",
+            UnknownCriticalOption => "unknown_critical_option",
+            UnsafeUnknownOption => "unsafe_unknown_option",
+            GroupNotEnabled => "group_not_enabled",
+            UnicastNotAllowed => "unicast_not_allowed",
+            SchemeNotSupported => "scheme_not_supported",
+            UnknownHost => "unknown_host",
+            BadTarget => "bad_target",
+            NotForProxy => "not_for_proxy",
+            HopLimit => "hop_limit",
+            TableFull => "table_full",
+            ClientBusy => "client_busy",
+            RateLimited => "rate_limited",
+            TooManyClients => "too_many_clients",
+            TokenReuse => "token_reuse",
+        }
+    }
+}
+
+/// Why a datagram was dropped without any answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    TooLarge,
+    Malformed,
+    DuplicateRequest,
+    LateResponse,
+    UnknownToken,
+    UnexpectedMessage,
+    ResponseAfterStop,
+    GaveUpRetransmitting,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        use DropReason::*;
+        match self {
+            TooLarge => "too_large",
+            Malformed => "malformed",
+            DuplicateRequest => "duplicate_request",
+            LateResponse => "late_response",
+            UnknownToken => "unknown_token",
+            UnexpectedMessage => "unexpected_message",
+            ResponseAfterStop => "response_after_stop",
+            GaveUpRetransmitting => "gave_up_retransmitting",
+        }
+    }
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    Timeout,
+    EarlyStopReset,
+    EarlyStopRequest,
+    UnicastAnswered,
+    UnicastTimeout,
+    OriginReset,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A request was answered with an error code.
+    Rejected {
+        group: Option<usize>,
+        reason: RejectReason,
+        code: u8,
+        client: SocketAddr,
+    },
+    /// A group request was sent to the group; `timeout` is the Multicast-Timeout applied.
+    FanOut {
+        group: usize,
+        timeout: Duration,
+        asked: Duration,
+    },
+    /// A request was forwarded to a unicast origin.
+    UnicastForward,
+    /// A response went back to the client, `after` the request was forwarded.
+    Relayed {
+        group: Option<usize>,
+        after: Duration,
+    },
+    Dropped {
+        reason: DropReason,
+        from: SocketAddr,
+    },
+    Closed {
+        group: Option<usize>,
+        responses: u32,
+        reason: CloseReason,
+    },
+}

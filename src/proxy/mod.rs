@@ -1,0 +1,13 @@
+//! The forward proxy's state machine: exchanges, token mapping, deadlines, policy and
+//! limits. No sockets, no tokio, no clock: time comes in as an argument.
+
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod prefix;
+pub mod tables;
+
+pub use config::{GroupSpec, Limits, OptionNumbers, ProxyConfig, UnicastPolicy};
+pub use engine::{Engine, Link, Output, Transmit};
+pub use events::{CloseReason, DropReason, Event, RejectReason};
+pub use prefix::Prefix;
