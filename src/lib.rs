@@ -6,6 +6,10 @@
 
 pub mod cbor;
 pub mod cli;
+pub mod client;
 pub mod coap;
+pub mod config;
+pub mod device;
 pub mod oscore;
 pub mod proxy;
+pub mod runtime;

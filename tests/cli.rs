@@ -13,8 +13,8 @@ fn groxy(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn demo_verifies_forgery_and_replay_outcomes() {
-    let out = groxy(&["demo", "--payload", "ping"]);
+fn oscore_demo_verifies_forgery_and_replay_outcomes() {
+    let out = groxy(&["oscore-demo", "--payload", "ping"]);
     assert!(
         out.status.success(),
         "{}",
@@ -76,5 +76,57 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_a_parsable_ccs() {
     // Never overwrite an existing key.
     let again = groxy(&["keygen", "--out", prefix.to_str().unwrap()]);
     assert!(!again.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's first command: a proxy and devices on loopback multicast; every device's
+/// response arrives once, with its Reply-From (groupcomm-proxy §5.4.1).
+#[test]
+fn demo_relays_one_response_per_device_with_reply_from() {
+    let out = groxy(&["demo", "--devices", "4"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 1..=4 {
+        let line = text
+            .lines()
+            .find(|l| l.ends_with(&format!("hello from device{i}")))
+            .unwrap_or_else(|| panic!("no response from device{i}:\n{text}"));
+        assert!(
+            line.starts_with(&format!("2.05 from 127.0.0.{}:", 10 + i)),
+            "{line}"
+        );
+    }
+    assert!(text.contains("4 responses from 4 devices"), "{text}");
+}
+
+#[test]
+fn check_config_names_every_bad_key() {
+    let dir = std::env::temp_dir().join(format!("groxy-cc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[group]]\nname = \"g\"\nuri = \"coap://10.0.0.1\"\nmax_timeout = 0\n",
+    )
+    .unwrap();
+    let out = groxy(&["check-config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("group[0].uri: host must be a multicast address"),
+        "{text}"
+    );
+    assert!(text.contains("group[0].max_timeout"), "{text}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/groxy.toml");
+    let out = groxy(&["check-config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

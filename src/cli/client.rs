@@ -1,0 +1,87 @@
+//! `groxy client`: one request via the proxy, each response printed as it arrives.
+
+use std::time::Duration;
+
+use crate::client::{ClientRequest, Response, run as send};
+use crate::coap::build::code;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Target URI, e.g. coap://224.0.1.187/hello or coap://all-coap-nodes/hello.
+    pub uri: String,
+    /// The proxy's address.
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    pub proxy: String,
+    /// Multicast-Timeout in seconds: how long the proxy relays responses.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u32,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Send a Confirmable request.
+    #[arg(long)]
+    pub con: bool,
+    /// Use Proxy-Uri instead of Proxy-Scheme + Uri-* options.
+    #[arg(long)]
+    pub proxy_uri: bool,
+    /// One JSON object per response on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn method(m: &str) -> Result<u8, String> {
+    Ok(match m.to_ascii_uppercase().as_str() {
+        "GET" => code::GET,
+        "POST" => code::POST,
+        "PUT" => 0x03,
+        "DELETE" => 0x04,
+        "FETCH" => 0x05,
+        _ => return Err(format!("unknown method {m}")),
+    })
+}
+
+pub fn print(r: &Response, json: bool) {
+    let from = r.reply_from.map(|a| a.to_string());
+    let text = std::str::from_utf8(&r.payload).ok();
+    if json {
+        let mut o = serde_json::json!({
+            "code": code::dotted(r.code),
+            "reply_from": from,
+            "elapsed_ms": r.elapsed.as_millis() as u64,
+        });
+        match text {
+            Some(t) => o["payload"] = t.into(),
+            None => o["payload_hex"] = hex::encode(&r.payload).into(),
+        }
+        println!("{o}");
+    } else {
+        let p = text
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("0x{}", hex::encode(&r.payload)));
+        println!(
+            "{} from {} after {} ms: {p}",
+            code::dotted(r.code),
+            from.as_deref().unwrap_or("the proxy"),
+            r.elapsed.as_millis()
+        );
+    }
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let mut req = ClientRequest::get(super::parse_addr(&a.proxy)?, &a.uri, a.timeout);
+    req.method = method(&a.method)?;
+    req.payload = a.payload.unwrap_or_default().into_bytes();
+    req.confirmable = a.con;
+    req.proxy_uri = a.proxy_uri;
+    req.margin = Duration::from_secs(1);
+    let json = a.json;
+    let rt = super::runtime()?;
+    let got = rt
+        .block_on(send(&req, |r| print(r, json)))
+        .map_err(|e| e.to_string())?;
+    if !json {
+        eprintln!("{} response(s)", got.len());
+    }
+    Ok(())
+}

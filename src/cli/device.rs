@@ -1,0 +1,42 @@
+//! `groxy device`: a simulated group member.
+
+use std::time::Duration;
+
+use crate::device::{Device, DeviceConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Group address and port to join.
+    #[arg(long, default_value = "224.0.1.187:5683")]
+    pub group: String,
+    /// Interface to join on: an IPv4 address or an interface name.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub interface: String,
+    /// Unicast address to answer from.
+    #[arg(long, default_value = "127.0.0.11:5683")]
+    pub bind: String,
+    #[arg(long, default_value = "device")]
+    pub name: String,
+    /// Largest random delay before answering a group request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub leisure_ms: u64,
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let cfg = DeviceConfig {
+        name: a.name,
+        group: super::parse_addr(&a.group)?,
+        interface: a.interface.parse()?,
+        bind: super::parse_addr(&a.bind)?,
+        leisure: Duration::from_millis(a.leisure_ms),
+    };
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
+        tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
+        tokio::select! {
+            r = d.run() => r.map_err(|e| e.to_string()),
+            _ = super::shutdown_signal() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,155 @@
+//! What a cloud client does (groupcomm-proxy §5.1, §5.5): one request through the proxy
+//! with a Multicast-Timeout, every response as it arrives, then stop when the time is up.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+
+use crate::coap::MessageView;
+use crate::coap::build::{self, ACK, CON, NON, RST};
+use crate::coap::cri::parse_reply_from;
+use crate::coap::options::{self as opt, uint_value};
+use crate::coap::uri::{Host, parse_proxy_uri};
+
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub proxy: SocketAddr,
+    /// The target, e.g. `coap://224.0.1.187/hello`.
+    pub uri: String,
+    pub method: u8,
+    pub payload: Vec<u8>,
+    /// Multicast-Timeout T' in seconds (§2); the client waits T = T' + `margin`.
+    pub timeout: u32,
+    pub margin: Duration,
+    pub confirmable: bool,
+    /// Send the target as Proxy-Uri instead of Proxy-Scheme + Uri-* options.
+    pub proxy_uri: bool,
+    pub multicast_timeout_option: u16,
+    pub reply_from_option: u16,
+}
+
+impl ClientRequest {
+    pub fn get(proxy: SocketAddr, uri: &str, timeout: u32) -> Self {
+        ClientRequest {
+            proxy,
+            uri: uri.into(),
+            method: build::code::GET,
+            payload: Vec::new(),
+            timeout,
+            margin: Duration::from_secs(1),
+            confirmable: false,
+            proxy_uri: false,
+            multicast_timeout_option: opt::MULTICAST_TIMEOUT_DEFAULT,
+            reply_from_option: opt::REPLY_FROM_DEFAULT,
+        }
+    }
+}
+
+/// One response as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub code: u8,
+    /// The origin server named by Reply-From (§5.5.1 step 3), if any.
+    pub reply_from: Option<SocketAddr>,
+    pub payload: Vec<u8>,
+    pub elapsed: Duration,
+    /// The Multicast-Timeout option of an error response (§5.2.1 step 3), if any.
+    pub multicast_timeout: Option<Vec<u8>>,
+}
+
+/// Builds the request datagram.
+pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec<u8>, String> {
+    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
+    let mt = uint_value(req.timeout);
+    let host = match &target.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.clone(),
+    };
+    let port = target.port.map(|p| uint_value(p as u32));
+    let mut opts: Vec<(u16, &[u8])> = vec![(req.multicast_timeout_option, &mt)];
+    if req.proxy_uri {
+        opts.push((opt::PROXY_URI, req.uri.as_bytes()));
+    } else {
+        // aiocoap's form: Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path, Uri-Query.
+        opts.push((opt::PROXY_SCHEME, target.scheme.as_bytes()));
+        opts.push((opt::URI_HOST, host.as_bytes()));
+        if let Some(p) = &port {
+            opts.push((opt::URI_PORT, p));
+        }
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, v.as_slice())));
+    }
+    let t = if req.confirmable { CON } else { NON };
+    Ok(build::encode(
+        t,
+        req.method,
+        mid,
+        token,
+        &mut opts,
+        &req.payload,
+    ))
+}
+
+/// Sends the request and calls `each` for every response until T has passed.
+pub async fn run(
+    req: &ClientRequest,
+    mut each: impl FnMut(&Response),
+) -> io::Result<Vec<Response>> {
+    let bind: SocketAddr = if req.proxy.is_ipv6() {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    let mut rnd = [0u8; 10];
+    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
+    let token = &rnd[..8];
+    let mid = u16::from_be_bytes([rnd[8], rnd[9]]);
+    let msg = encode_request(req, mid, token).map_err(io::Error::other)?;
+    let started = Instant::now();
+    sock.send_to(&msg, req.proxy).await?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(req.timeout as u64) + req.margin;
+    let mut seen_mids = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => break,
+        };
+        let Ok(v) = MessageView::parse(&buf[..n]) else {
+            continue;
+        };
+        if from != req.proxy || v.code() == 0 {
+            continue;
+        }
+        if v.token() != token {
+            // Not ours (§5.5.1: after the token is freed, responses are rejected).
+            if v.mtype() == CON {
+                sock.send_to(&build::empty(RST, v.message_id()), from)
+                    .await?;
+            }
+            continue;
+        }
+        if v.mtype() == CON {
+            sock.send_to(&build::empty(ACK, v.message_id()), from)
+                .await?;
+            if seen_mids.contains(&v.message_id()) {
+                continue;
+            }
+            seen_mids.push(v.message_id());
+        }
+        let r = Response {
+            code: v.code(),
+            reply_from: v.option(req.reply_from_option).and_then(parse_reply_from),
+            payload: v.payload().to_vec(),
+            elapsed: started.elapsed(),
+            multicast_timeout: v.option(req.multicast_timeout_option).map(<[u8]>::to_vec),
+        };
+        each(&r);
+        out.push(r);
+    }
+    Ok(out)
+}

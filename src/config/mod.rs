@@ -1,0 +1,443 @@
+//! The configuration file (TOML, read with the `config` crate) and its validation into a
+//! [`RunConfig`]. Every error names the key it is about; `groxy check-config` prints all.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::proxy::{GroupSpec, Limits, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy};
+use crate::runtime::{Egress, Interface, RunConfig};
+
+/// The embedded default configuration: what `groxy run` uses without a file, and the
+/// documented example in config/groxy.toml starts from it.
+pub const DEFAULT_TOML: &str = include_str!("../../config/groxy.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    proxy: ProxySection,
+    #[serde(default)]
+    options: OptionsSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    unicast: UnicastSection,
+    #[serde(default, rename = "group")]
+    groups: Vec<GroupSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    #[serde(default = "default_listen")]
+    listen: Vec<String>,
+    #[serde(default)]
+    metrics: Option<String>,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            listen: default_listen(),
+            metrics: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:5683".into(), "[::1]:5683".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsSection {
+    #[serde(default = "d_mt")]
+    multicast_timeout: u16,
+    #[serde(default = "d_rf")]
+    reply_from: u16,
+    #[serde(default = "d_ge")]
+    group_etag: u16,
+}
+fn d_mt() -> u16 {
+    OptionNumbers::default().multicast_timeout
+}
+fn d_rf() -> u16 {
+    OptionNumbers::default().reply_from
+}
+fn d_ge() -> u16 {
+    OptionNumbers::default().group_etag
+}
+impl Default for OptionsSection {
+    fn default() -> Self {
+        OptionsSection {
+            multicast_timeout: d_mt(),
+            reply_from: d_rf(),
+            group_etag: d_ge(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_exchanges: Option<usize>,
+    max_exchanges_per_client: Option<usize>,
+    client_rate: Option<f64>,
+    client_burst: Option<f64>,
+    max_clients: Option<usize>,
+    max_datagram: Option<usize>,
+    dedup_capacity: Option<usize>,
+    late_memory: Option<usize>,
+    max_retransmissions: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnicastSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "local")]
+    allow: Vec<String>,
+    #[serde(default = "d_unicast_timeout")]
+    timeout: u64,
+}
+fn yes() -> bool {
+    true
+}
+fn local() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1".into()]
+}
+fn d_unicast_timeout() -> u64 {
+    10
+}
+impl Default for UnicastSection {
+    fn default() -> Self {
+        UnicastSection {
+            enabled: true,
+            allow: local(),
+            timeout: d_unicast_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupSection {
+    name: String,
+    uri: String,
+    #[serde(default)]
+    host_names: Vec<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "local")]
+    allow: Vec<String>,
+    #[serde(default = "d_max_timeout")]
+    max_timeout: u64,
+    #[serde(default)]
+    interface: String,
+    #[serde(default = "d_hops")]
+    hop_limit: u32,
+    #[serde(default)]
+    source: Option<String>,
+}
+fn d_max_timeout() -> u64 {
+    60
+}
+fn d_hops() -> u32 {
+    1
+}
+
+/// A validated configuration, with the metrics address kept for the operations layer.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub run: RunConfig,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Reads and validates a file; every problem is reported as `key: reason`.
+pub fn load_file(path: &Path) -> Result<Loaded, Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    load_str(&text)
+}
+
+pub fn load_default() -> Loaded {
+    load_str(DEFAULT_TOML).expect("the embedded default configuration is valid")
+}
+
+pub fn load_str(text: &str) -> Result<Loaded, Vec<String>> {
+    let file: File = ::config::Config::builder()
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| vec![e.to_string()])?;
+    validate(file)
+}
+
+fn prefixes(key: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prefix> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            p.parse()
+                .map_err(|e| errors.push(format!("{key}[{i}]: {e}")))
+                .ok()
+        })
+        .collect()
+}
+
+fn validate(f: File) -> Result<Loaded, Vec<String>> {
+    let mut errors = Vec::new();
+    let listen: Vec<SocketAddr> = f
+        .proxy
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.parse()
+                .map_err(|_| {
+                    errors.push(format!("proxy.listen[{i}]: {a:?} is not an address:port"))
+                })
+                .ok()
+        })
+        .collect();
+    if listen.is_empty() && errors.is_empty() {
+        errors.push("proxy.listen: at least one listener is needed".into());
+    }
+    let metrics = f.proxy.metrics.as_ref().and_then(|m| {
+        m.parse()
+            .map_err(|_| errors.push(format!("proxy.metrics: {m:?} is not an address:port")))
+            .ok()
+    });
+    let o = &f.options;
+    let options = OptionNumbers {
+        multicast_timeout: o.multicast_timeout,
+        reply_from: o.reply_from,
+        group_etag: o.group_etag,
+    };
+    let nums = options.as_array();
+    if nums[0] == nums[1] || nums[1] == nums[2] || nums[0] == nums[2] {
+        errors.push(
+            "options: multicast_timeout, reply_from and group_etag must be three different numbers"
+                .into(),
+        );
+    }
+    // These numbers must not collide with registered options the proxy interprets.
+    for (key, n) in [
+        ("options.multicast_timeout", o.multicast_timeout),
+        ("options.reply_from", o.reply_from),
+        ("options.group_etag", o.group_etag),
+    ] {
+        if [
+            1u16, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 20, 23, 27, 28, 35, 39, 60, 252,
+            258, 292,
+        ]
+        .contains(&n)
+        {
+            errors.push(format!("{key}: {n} is a registered CoAP option"));
+        }
+    }
+    let d = Limits::default();
+    let l = &f.limits;
+    let limits = Limits {
+        max_exchanges: l.max_exchanges.unwrap_or(d.max_exchanges),
+        max_exchanges_per_client: l
+            .max_exchanges_per_client
+            .unwrap_or(d.max_exchanges_per_client),
+        client_rate: l.client_rate.unwrap_or(d.client_rate),
+        client_burst: l.client_burst.unwrap_or(d.client_burst),
+        max_clients: l.max_clients.unwrap_or(d.max_clients),
+        max_datagram: l.max_datagram.unwrap_or(d.max_datagram),
+        dedup_capacity: l.dedup_capacity.unwrap_or(d.dedup_capacity),
+        late_memory: l.late_memory.unwrap_or(d.late_memory),
+        max_retransmissions: l.max_retransmissions.unwrap_or(d.max_retransmissions),
+    };
+    for (key, v) in [
+        ("limits.max_exchanges", limits.max_exchanges),
+        (
+            "limits.max_exchanges_per_client",
+            limits.max_exchanges_per_client,
+        ),
+        ("limits.max_clients", limits.max_clients),
+        ("limits.dedup_capacity", limits.dedup_capacity),
+    ] {
+        if v == 0 {
+            errors.push(format!("{key}: must be at least 1"));
+        }
+    }
+    if !(limits.client_rate > 0.0 && limits.client_rate.is_finite()) {
+        errors.push("limits.client_rate: must be a positive number".into());
+    }
+    if !(limits.client_burst >= 1.0 && limits.client_burst.is_finite()) {
+        errors.push("limits.client_burst: must be at least 1".into());
+    }
+    if !(64..=65_507).contains(&limits.max_datagram) {
+        errors.push("limits.max_datagram: must be 64..=65507".into());
+    }
+    let unicast = UnicastPolicy {
+        enabled: f.unicast.enabled,
+        allow: prefixes("unicast.allow", &f.unicast.allow, &mut errors),
+        timeout: Duration::from_secs(f.unicast.timeout),
+    };
+    if f.unicast.timeout == 0 {
+        errors.push("unicast.timeout: must be at least 1 second".into());
+    }
+    let mut groups = Vec::new();
+    let mut egress = Vec::new();
+    for (i, g) in f.groups.iter().enumerate() {
+        let key = format!("group[{i}]");
+        let addr = match parse_proxy_uri(g.uri.as_bytes()) {
+            Ok(t) if t.scheme != "coap" => {
+                errors.push(format!("{key}.uri: scheme must be coap"));
+                None
+            }
+            Ok(t) if !t.uri_options.is_empty() => {
+                errors.push(format!("{key}.uri: a group URI has no path or query"));
+                None
+            }
+            Ok(Target {
+                host: Host::Ip(ip),
+                port,
+                ..
+            }) if ip.is_multicast() => Some(SocketAddr::new(ip, port.unwrap_or(5683))),
+            Ok(_) => {
+                errors.push(format!("{key}.uri: host must be a multicast address"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{key}.uri: {e}"));
+                None
+            }
+        };
+        if g.name.is_empty() {
+            errors.push(format!("{key}.name: must not be empty"));
+        }
+        if f.groups[..i].iter().any(|o| o.name == g.name) {
+            errors.push(format!(
+                "{key}.name: {:?} is used by an earlier group",
+                g.name
+            ));
+        }
+        let interface: Option<Interface> = g
+            .interface
+            .parse()
+            .map_err(|e| errors.push(format!("{key}.interface: {e}")))
+            .ok();
+        if let (Some(Interface::Addr(_)), Some(SocketAddr::V6(_))) = (&interface, addr) {
+            errors.push(format!(
+                "{key}.interface: an IPv6 group needs an interface name"
+            ));
+        }
+        if g.max_timeout == 0 {
+            errors.push(format!("{key}.max_timeout: must be at least 1 second"));
+        }
+        if !(1..=255).contains(&g.hop_limit) {
+            errors.push(format!("{key}.hop_limit: must be 1..=255"));
+        }
+        let source: Option<IpAddr> = g.source.as_ref().and_then(|s| {
+            s.parse()
+                .map_err(|_| errors.push(format!("{key}.source: {s:?} is not an IP address")))
+                .ok()
+        });
+        let allow = prefixes(&format!("{key}.allow"), &g.allow, &mut errors);
+        if let (Some(addr), Some(interface)) = (addr, interface) {
+            if groups.iter().any(|o: &GroupSpec| o.addr == addr) {
+                errors.push(format!("{key}.uri: {addr} is used by an earlier group"));
+            }
+            groups.push(GroupSpec {
+                name: g.name.clone(),
+                addr,
+                host_names: g
+                    .host_names
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                enabled: g.enabled,
+                allow,
+                max_timeout: Duration::from_secs(g.max_timeout),
+            });
+            egress.push(Egress {
+                interface,
+                hop_limit: g.hop_limit,
+                bind: source,
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Loaded {
+        run: RunConfig {
+            proxy: ProxyConfig {
+                groups,
+                unicast,
+                options,
+                limits,
+            },
+            listen,
+            egress,
+        },
+        metrics,
+    })
+}
+
+use crate::coap::uri::Target;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_local() {
+        let l = load_default();
+        assert_eq!(
+            l.run.proxy.groups[0].addr,
+            "224.0.1.187:5683".parse().unwrap()
+        );
+        assert!(l.run.listen.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let errs = load_str(
+            r#"
+            [proxy]
+            listen = ["nope"]
+            [options]
+            reply_from = 2
+            [limits]
+            max_datagram = 10
+            [unicast]
+            allow = ["10.0.0.0/40"]
+            [[group]]
+            name = "a"
+            uri = "coap://10.0.0.1/x"
+            hop_limit = 0
+            [[group]]
+            name = "a"
+            uri = "coap://[ff05::fd]"
+            interface = "10.0.0.1"
+            "#,
+        )
+        .unwrap_err();
+        let joined = errs.join("\n");
+        for key in [
+            "proxy.listen[0]",
+            "options: multicast_timeout",
+            "limits.max_datagram",
+            "unicast.allow[0]",
+            "group[0].uri",
+            "group[0].hop_limit",
+            "group[1].name",
+            "group[1].interface",
+        ] {
+            assert!(joined.contains(key), "missing {key} in:\n{joined}");
+        }
+        // Unknown keys are refused by name.
+        let e = load_str("[proxy]\nlisten = []\nlisen = 1\n").unwrap_err();
+        assert!(e[0].contains("lisen"), "{e:?}");
+    }
+}

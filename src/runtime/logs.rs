@@ -1,0 +1,73 @@
+//! Engine events as tracing events: one structured event per rejected or dropped message,
+//! rate-limited per kind so a flood cannot flood the log; what was suppressed is counted
+//! and reported with the next event that gets through.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::coap::build::code;
+use crate::proxy::Event;
+
+/// Events of one kind logged per second at most.
+const PER_SECOND: u32 = 10;
+
+#[derive(Default)]
+pub struct EventLog {
+    windows: HashMap<&'static str, (Instant, u32, u64)>,
+}
+
+impl EventLog {
+    fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        let w = self.windows.entry(kind).or_insert((now, 0, 0));
+        if now.duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0, w.2);
+        }
+        if w.1 < PER_SECOND {
+            w.1 += 1;
+            let suppressed = std::mem::take(&mut w.2);
+            Some(suppressed)
+        } else {
+            w.2 += 1;
+            None
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        now: Instant,
+        e: &Event,
+        group_name: impl Fn(Option<usize>) -> String,
+    ) {
+        match e {
+            Event::Rejected {
+                group,
+                reason,
+                code: c,
+                client,
+            } => {
+                if let Some(s) = self.allow(reason.as_str(), now) {
+                    tracing::info!(event = "rejected", reason = reason.as_str(), code = %code::dotted(*c), group = %group_name(*group), %client, suppressed = s);
+                }
+            }
+            Event::Dropped { reason, from } => {
+                if let Some(s) = self.allow(reason.as_str(), now) {
+                    tracing::info!(event = "dropped", reason = reason.as_str(), %from, suppressed = s);
+                }
+            }
+            Event::FanOut { group, timeout, .. } => {
+                tracing::debug!(event = "fan_out", group = %group_name(Some(*group)), timeout_s = timeout.as_secs());
+            }
+            Event::Relayed { group, after } => {
+                tracing::trace!(event = "relayed", group = %group_name(*group), after_ms = after.as_millis() as u64);
+            }
+            Event::Closed {
+                group,
+                responses,
+                reason,
+            } => {
+                tracing::debug!(event = "closed", group = %group_name(*group), responses, reason = ?reason);
+            }
+            Event::UnicastForward => tracing::trace!(event = "unicast_forward"),
+        }
+    }
+}

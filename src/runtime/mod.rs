@@ -1,0 +1,228 @@
+//! The tokio driver around the engine: sockets in, engine, sockets out. It knows no CoAP:
+//! every decision is the engine's.
+
+mod logs;
+pub mod sockets;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+
+use crate::proxy::{Engine, Event, Link, Output, ProxyConfig};
+pub use sockets::Interface;
+
+/// How a group's multicast leaves this host.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub interface: Interface,
+    pub hop_limit: u32,
+    /// Source address for the egress socket (its unicast port receives responses).
+    pub bind: Option<std::net::IpAddr>,
+}
+
+/// Everything `groxy run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub proxy: ProxyConfig,
+    pub listen: Vec<SocketAddr>,
+    /// One per group, in the order of `proxy.groups`.
+    pub egress: Vec<Egress>,
+}
+
+/// A callback that sees every engine event.
+pub type EventObserver = Box<dyn FnMut(&Event) + Send>;
+
+/// Bound sockets, ready to run.
+pub struct Proxy {
+    engine: Engine,
+    sockets: Vec<(Link, Arc<UdpSocket>)>,
+    unicast_v4: Arc<UdpSocket>,
+    unicast_v6: Option<Arc<UdpSocket>>,
+    log: logs::EventLog,
+    names: Vec<String>,
+    observer: Option<EventObserver>,
+}
+
+impl Proxy {
+    /// Binds every socket; fails before serving anything if one cannot be had.
+    pub fn bind(cfg: RunConfig) -> io::Result<Self> {
+        if cfg.egress.len() != cfg.proxy.groups.len() {
+            return Err(io::Error::other("one egress per group"));
+        }
+        let mut sockets = Vec::new();
+        for (i, addr) in cfg.listen.iter().enumerate() {
+            let s = sockets::listener(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            sockets.push((Link::Listener(i), Arc::new(UdpSocket::from_std(s)?)));
+        }
+        for (i, (g, e)) in cfg.proxy.groups.iter().zip(&cfg.egress).enumerate() {
+            let s = sockets::group_egress(g.addr, &e.interface, e.hop_limit, e.bind)
+                .map_err(|err| io::Error::new(err.kind(), format!("group {}: {err}", g.name)))?;
+            sockets.push((Link::Group(i), Arc::new(UdpSocket::from_std(s)?)));
+        }
+        let unicast_v4 = Arc::new(UdpSocket::from_std(sockets::unicast_egress(false)?)?);
+        sockets.push((Link::Unicast, unicast_v4.clone()));
+        // IPv6 may be absent on a host; unicast forwarding to IPv6 then fails per request.
+        let unicast_v6 = sockets::unicast_egress(true)
+            .ok()
+            .map(UdpSocket::from_std)
+            .transpose()?
+            .map(Arc::new);
+        if let Some(s) = &unicast_v6 {
+            sockets.push((Link::Unicast, s.clone()));
+        }
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
+        let names = cfg.proxy.groups.iter().map(|g| g.name.clone()).collect();
+        Ok(Proxy {
+            engine: Engine::new(cfg.proxy, Instant::now(), u64::from_ne_bytes(seed)),
+            sockets,
+            unicast_v4,
+            unicast_v6,
+            log: logs::EventLog::default(),
+            names,
+            observer: None,
+        })
+    }
+
+    /// Addresses the listeners are bound to (port 0 resolved).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter(|(l, _)| matches!(l, Link::Listener(_)))
+            .filter_map(|(_, s)| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Address of a group's egress socket (where devices' responses arrive).
+    pub fn group_addr(&self, group: usize) -> Option<SocketAddr> {
+        self.sockets
+            .iter()
+            .find(|(l, _)| *l == Link::Group(group))
+            .and_then(|(_, s)| s.local_addr().ok())
+    }
+
+    /// Sees every engine event (metrics hook).
+    pub fn on_event(&mut self, f: impl FnMut(&Event) + Send + 'static) {
+        self.observer = Some(Box::new(f));
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; 65_536];
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+        let mut start = 0usize;
+        loop {
+            let wake = self
+                .engine
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(far);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep_until(wake) => {
+                    self.engine.handle_timeout(Instant::now());
+                }
+                r = recv_any(&self.sockets, &mut buf, start) => {
+                    let (idx, from, n) = r;
+                    start = idx + 1;
+                    let now = Instant::now();
+                    self.engine.handle(now, self.sockets[idx].0, from, &buf[..n]);
+                    // Drain what else is queued before going back to the reactor.
+                    self.drain_ready(now, &mut buf);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn drain_ready(&mut self, now: Instant, buf: &mut [u8]) {
+        for _ in 0..64 {
+            let mut got = false;
+            for i in 0..self.sockets.len() {
+                if let Ok((n, from)) = self.sockets[i].1.try_recv_from(buf) {
+                    self.engine.handle(now, self.sockets[i].0, from, &buf[..n]);
+                    got = true;
+                }
+            }
+            self.flush();
+            if !got {
+                break;
+            }
+        }
+    }
+
+    fn socket_for(&self, link: Link, to: &SocketAddr) -> Option<&UdpSocket> {
+        match link {
+            Link::Unicast if to.is_ipv6() => self.unicast_v6.as_deref(),
+            Link::Unicast => Some(&self.unicast_v4),
+            l => self
+                .sockets
+                .iter()
+                .find(|(x, _)| *x == l)
+                .map(|(_, s)| &**s),
+        }
+    }
+
+    fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Transmit(t) => match self.socket_for(t.link, &t.to) {
+                    Some(s) => {
+                        if let Err(e) = s.try_send_to(&t.bytes, t.to) {
+                            tracing::warn!(event = "send_failed", to = %t.to, error = %e);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(event = "send_failed", to = %t.to, error = "no socket for this address family")
+                    }
+                },
+                Output::Event(e) => {
+                    let names = &self.names;
+                    self.log.record(now, &e, |g| {
+                        g.and_then(|i| names.get(i).cloned())
+                            .unwrap_or_else(|| "unicast".into())
+                    });
+                    if let Some(f) = &mut self.observer {
+                        f(&e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a datagram on any socket, polling from `start` round-robin for fairness.
+async fn recv_any(
+    sockets: &[(Link, Arc<UdpSocket>)],
+    buf: &mut [u8],
+    start: usize,
+) -> (usize, SocketAddr, usize) {
+    std::future::poll_fn(|cx| {
+        let n = sockets.len();
+        for k in 0..n {
+            let i = (start + k) % n;
+            loop {
+                let mut rb = ReadBuf::new(buf);
+                match sockets[i].1.poll_recv_from(cx, &mut rb) {
+                    Poll::Ready(Ok(from)) => return Poll::Ready((i, from, rb.filled().len())),
+                    // An ICMP error surfaced on a UDP socket (e.g. port unreachable): nothing
+                    // to deliver; poll the same socket again so its waker gets registered.
+                    Poll::Ready(Err(_)) => continue,
+                    Poll::Pending => break,
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
