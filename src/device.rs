@@ -24,6 +24,8 @@ pub struct DeviceConfig {
     /// Responses to group requests wait a random time up to this (RFC 10020 §3.6.1's
     /// Leisure), spreading the answers of many devices.
     pub leisure: Duration,
+    /// A fixed delay before every answer to a group request (a slow device).
+    pub delay: Duration,
 }
 
 /// What a device answers to a request, or nothing. Error responses to group requests are
@@ -109,11 +111,12 @@ impl Device {
             let Some(resp) = respond(&self.cfg.name, req, multicast) else {
                 continue;
             };
-            if multicast && !self.cfg.leisure.is_zero() {
+            if multicast && !(self.cfg.leisure.is_zero() && self.cfg.delay.is_zero()) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let delay = self.cfg.leisure.mul_f64((rng % 10_000) as f64 / 10_000.0);
+                let delay =
+                    self.cfg.delay + self.cfg.leisure.mul_f64((rng % 10_000) as f64 / 10_000.0);
                 let sock = self.unicast.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

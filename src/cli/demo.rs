@@ -38,6 +38,7 @@ pub fn run(n: u8) -> Result<(), String> {
                 interface: Interface::Addr(Ipv4Addr::LOCALHOST),
                 bind,
                 leisure: Duration::from_millis(200),
+                delay: Duration::ZERO,
             })
             .map_err(|e| e.to_string())?;
             tasks.push(tokio::spawn(d.run()));

@@ -29,6 +29,7 @@ pub fn run(a: Args) -> Result<(), String> {
         interface: a.interface.parse()?,
         bind: super::parse_addr(&a.bind)?,
         leisure: Duration::from_millis(a.leisure_ms),
+        delay: Duration::ZERO,
     };
     let rt = super::runtime()?;
     rt.block_on(async {
