@@ -36,6 +36,7 @@ fn config() -> ProxyConfig {
         enabled: false,
         allow: vec!["0.0.0.0/0".parse().unwrap()],
         max_timeout: Duration::from_secs(60),
+        security: None,
     });
     c
 }
@@ -50,7 +51,7 @@ impl Harness {
     fn new(cfg: ProxyConfig) -> Self {
         let t0 = Instant::now();
         Harness {
-            e: Engine::new(cfg, t0, 42),
+            e: Engine::new(cfg, t0, 42).unwrap(),
             now: t0,
             t0,
         }

@@ -358,6 +358,7 @@ fn validate(f: File) -> Result<Loaded, Vec<String>> {
                 enabled: g.enabled,
                 allow,
                 max_timeout: Duration::from_secs(g.max_timeout),
+                security: None,
             });
             egress.push(Egress {
                 interface,

@@ -81,6 +81,11 @@ pub struct CheckedResponse {
 
 impl SignatureChecker {
     pub fn new(cfg: &CheckerConfig) -> Result<Self, ConfigError> {
+        if cfg.gid.len() > 255 {
+            return Err(ConfigError::Invalid(
+                "Gid longer than 255 bytes (RFC 8613 §6.1)".into(),
+            ));
+        }
         let enc = EncAlg::from_cose(cfg.alg_group_enc)?;
         let sig = SigAlg::from_cose(cfg.alg_signature)?;
         let aead = cfg.alg_aead.map(EncAlg::from_cose).transpose()?;

@@ -164,6 +164,12 @@ fn opt_alg<T>(
 
 impl SecurityContext {
     pub fn new(cfg: &ContextConfig) -> Result<Self, ConfigError> {
+        // The kid context length is one byte in the OSCORE option (RFC 8613 §6.1).
+        if cfg.id_context.as_ref().is_some_and(|c| c.len() > 255) {
+            return Err(ConfigError::Invalid(
+                "ID Context (Gid) longer than 255 bytes (RFC 8613 §6.1)".into(),
+            ));
+        }
         let alg_aead = opt_alg(cfg.alg_aead, EncAlg::from_cose)?;
         if alg_aead.is_some_and(|a| !a.is_aead()) {
             return Err(ConfigError::Invalid(
@@ -361,19 +367,34 @@ impl SecurityContext {
                 "more than {MAX_RECIPIENTS} recipient contexts"
             )));
         }
-        let cred =
-            match (cred, self.is_group()) {
-                (Some(c), true) => Some(Credential::from_ccs(c).map_err(|e| {
+        let cred = match (cred, self.is_group()) {
+            (Some(c), true) => {
+                let c = Credential::from_ccs(c).map_err(|e| {
                     prefix(e, &format!("credential of Sender ID {}", hex::encode(id)))
-                })?),
-                (None, true) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "group member {} has no credential",
+                })?;
+                // A key on another curve could never verify or agree on a key with us.
+                let want = self.group().and_then(|g| g.alg_signature).or_else(|| {
+                    self.sender
+                        .private_key
+                        .as_ref()
+                        .map(|k| k.public_key().sig_alg())
+                });
+                if want.is_some_and(|w| w != c.public_key().sig_alg()) {
+                    return Err(ConfigError::BadCredential(format!(
+                        "credential of Sender ID {} is on another curve than the group's",
                         hex::encode(id)
                     )));
                 }
-                (_, false) => None,
-            };
+                Some(c)
+            }
+            (None, true) => {
+                return Err(ConfigError::Invalid(format!(
+                    "group member {} has no credential",
+                    hex::encode(id)
+                )));
+            }
+            (_, false) => None,
+        };
         let key = Zeroizing::new(self.common.derive_key(id));
         self.recipients.insert(
             id.to_vec(),

@@ -96,6 +96,7 @@ impl<'a> OscoreOption<'a> {
             out.extend_from_slice(p);
         }
         if let Some(c) = self.kid_context {
+            debug_assert!(c.len() <= 255, "contexts refuse longer ID Contexts");
             out.push(c.len() as u8);
             out.extend_from_slice(c);
         }

@@ -124,8 +124,9 @@ fn reassemble(
         .options()
         .filter(|(n, _)| match oscore_class(*n, proxy_options) {
             OptionClass::U => *n != opt::OSCORE,
-            // The inner copy wins where there is one (RFC 8613 §4.1.3.5).
-            OptionClass::Both => !inner.iter().any(|(i, _)| i == n),
+            // Only the inner copy is protected between the endpoints; the outer one is for
+            // intermediaries (RFC 8613 §4.1.3.5), so an outer one alone is not trusted.
+            OptionClass::Both => false,
             // Outer class E options are not protected and so not trusted (RFC 8613 §4.1).
             OptionClass::E => false,
         })

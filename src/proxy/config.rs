@@ -6,6 +6,35 @@ use std::time::Duration;
 
 use super::prefix::Prefix;
 use crate::coap::options;
+use crate::oscore::CheckerConfig;
+
+/// What the proxy does with the countersignature check of a group's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Requests that fail the check are dropped: nothing reaches the group.
+    Enforce,
+    /// Everything is forwarded; what enforce would drop is counted.
+    Monitor,
+    /// No checking.
+    Off,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Enforce => "enforce",
+            Policy::Monitor => "monitor",
+            Policy::Off => "off",
+        }
+    }
+}
+
+/// The proxy as an external signature checker of one group (RFC 10021 §7.5, §12.3).
+#[derive(Debug, Clone)]
+pub struct GroupSecurity {
+    pub policy: Policy,
+    pub checker: CheckerConfig,
+}
 
 /// One CoAP group the proxy fans requests out to (RFC 10020 §3.5.1).
 #[derive(Debug, Clone)]
@@ -21,6 +50,8 @@ pub struct GroupSpec {
     pub allow: Vec<Prefix>,
     /// Multicast-Timeout values above this are lowered to it.
     pub max_timeout: Duration,
+    /// Signature checking of group-mode traffic, if configured.
+    pub security: Option<GroupSecurity>,
 }
 
 /// Ordinary forwarding to unicast targets (RFC 7252 §5.7.2).
@@ -115,6 +146,7 @@ impl Default for ProxyConfig {
                 enabled: true,
                 allow: local.clone(),
                 max_timeout: Duration::from_secs(60),
+                security: None,
             }],
             unicast: UnicastPolicy {
                 enabled: true,

@@ -8,14 +8,18 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
-use super::events::{CloseReason, DropReason, Event, RejectReason};
+use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, LateTokens, NON_LIFETIME};
 use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
 use crate::coap::uri::{Host, Target, proxy_target};
+use crate::oscore::checker::CheckedRequest;
+use crate::oscore::replay::ResponseNumbers;
+use crate::oscore::{ConfigError, GroupChecker, OscoreError, SignatureChecker, Verdict};
 
 /// RFC 7252 §4.8 transmission parameters.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,6 +83,10 @@ struct Exchange {
     seen_con: Vec<(SocketAddr, u16)>,
     /// Message ID of the CON request sent to a unicast origin.
     origin_mid: Option<u16>,
+    /// The verified group-mode request, for checking its responses (§7.5).
+    checked: Option<CheckedRequest>,
+    /// Partial IVs of verified responses per server (RFC 10021 §5.3.1).
+    response_numbers: ResponseNumbers,
 }
 
 #[derive(Debug)]
@@ -105,6 +113,22 @@ struct Client {
     bucket: Bucket,
 }
 
+/// A request the filter refused.
+enum Filtered {
+    Drop,
+}
+
+fn check_result(e: &OscoreError) -> CheckResult {
+    match e {
+        OscoreError::BadSignature | OscoreError::ShortPayload => CheckResult::BadSignature,
+        OscoreError::UnknownGid => CheckResult::UnknownGid,
+        OscoreError::UnknownKid => CheckResult::UnknownKid,
+        OscoreError::NotProtected => CheckResult::NotProtected,
+        OscoreError::Replay | OscoreError::TooOld => CheckResult::Replay,
+        _ => CheckResult::Malformed,
+    }
+}
+
 /// A refusal: the code, the reason for counting, and what goes into the error response.
 struct Reject {
     code: u8,
@@ -127,6 +151,10 @@ impl Reject {
     fn group(mut self, g: usize) -> Self {
         self.group = Some(g);
         self
+    }
+    /// No CoAP error: what the signature filter drops (see `on_client_datagram`).
+    fn silent() -> Self {
+        Reject::new(0, RejectReason::SignatureCheck, "")
     }
     fn max_age(mut self, d: Duration) -> Self {
         let secs = d.as_secs_f64().ceil().max(1.0) as u32;
@@ -166,6 +194,8 @@ const KNOWN_OPTIONS: [u16; 24] = [
 
 pub struct Engine {
     cfg: ProxyConfig,
+    /// Per group, the signature checker with its replay windows (None: checking off).
+    checkers: Vec<Option<GroupChecker>>,
     exchanges: HashMap<u64, Exchange>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
@@ -184,8 +214,19 @@ pub struct Engine {
 impl Engine {
     /// `seed` feeds the token space, Message IDs and retransmission jitter; give it
     /// randomness in production so that tokens are not guessable (RFC 9175 §4.2).
-    pub fn new(cfg: ProxyConfig, now: Instant, seed: u64) -> Self {
+    pub fn new(cfg: ProxyConfig, now: Instant, seed: u64) -> Result<Self, ConfigError> {
+        let checkers = cfg
+            .groups
+            .iter()
+            .map(|g| match &g.security {
+                Some(s) if s.policy != Policy::Off => {
+                    SignatureChecker::new(&s.checker).map(|c| Some(GroupChecker::new(c)))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut e = Engine {
+            checkers,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
             late: LateTokens::new(cfg.limits.late_memory),
             cfg,
@@ -201,7 +242,12 @@ impl Engine {
             out: VecDeque::new(),
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
-        e
+        Ok(e)
+    }
+
+    /// The checker of a group, if its traffic is checked.
+    pub fn checker(&self, group: usize) -> Option<&GroupChecker> {
+        self.checkers.get(group).and_then(Option::as_ref)
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -322,6 +368,11 @@ impl Engine {
         let reply = match self.request(now, listener, from, view) {
             Ok(()) if con => Some(build::empty(ACK, mid)),
             Ok(()) => None,
+            // A request dropped by the signature filter gets no CoAP error: a CON gets
+            // only its empty ACK, which confirms receipt (RFC 7252 §4.2) and says nothing
+            // of the check; a NON gets nothing, as servers send no error responses to
+            // group requests either (RFC 10021 §7, RFC 10020 §3.1.2).
+            Err(r) if r.code == 0 => con.then(|| build::empty(ACK, mid)),
             Err(r) => {
                 self.emit(Event::Rejected {
                     group: r.group,
@@ -650,6 +701,15 @@ impl Engine {
         if !timeout.is_zero() {
             self.admit(now, from.ip(), Some(g))?;
         }
+        // After the cheap checks and the rate limit, so that a flood of forgeries costs
+        // its sender its own rate budget before it costs signature verifications.
+        let checked = match self.check_request(g, view) {
+            Ok(c) => c,
+            Err(Filtered::Drop) => {
+                self.drop_msg(DropReason::RequestCheckFailed, from);
+                return Err(Reject::silent());
+            }
+        };
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
@@ -675,8 +735,91 @@ impl Engine {
                 timeout,
                 None,
             );
+            if let Some(ex) = self.exchanges.get_mut(&token) {
+                ex.checked = checked;
+            }
         }
         Ok(())
+    }
+
+    /// The request filter, before any fan-out: group-mode requests are verified and pass
+    /// the replay window; under `enforce` anything else is dropped, under `monitor` it is
+    /// forwarded and counted.
+    fn check_request(
+        &mut self,
+        g: usize,
+        view: &MessageView,
+    ) -> Result<Option<CheckedRequest>, Filtered> {
+        let Some(checker) = self.checkers.get_mut(g).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
+        let (result, checked) = match checker.admit_request(view.bytes()) {
+            Ok(Verdict::Verified(c)) => (CheckResult::Valid, Some(c)),
+            Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),
+            Err(e) => (check_result(&e), None),
+        };
+        let enforced = self.enforced(g);
+        self.emit(Event::Checked {
+            group: g,
+            request: true,
+            result,
+            enforced,
+        });
+        match result {
+            CheckResult::Valid => Ok(checked),
+            _ if enforced => Err(Filtered::Drop),
+            _ => Ok(None),
+        }
+    }
+
+    fn enforced(&self, g: usize) -> bool {
+        self.cfg.groups[g]
+            .security
+            .as_ref()
+            .is_some_and(|s| s.policy == Policy::Enforce)
+    }
+
+    /// The response filter: group-mode responses to a verified request are verified with
+    /// the request's Partial IV and kid context (§7.5) and pass the Response Numbers of
+    /// their server (§5.3.1); pairwise-mode ones cannot be checked and are relayed.
+    fn check_response(&mut self, token: u64, view: &MessageView) -> Result<(), DropReason> {
+        let Some(ex) = self.exchanges.get(&token) else {
+            return Ok(());
+        };
+        let (Kind::Group(g), Some(req)) = (ex.kind, ex.checked.as_ref()) else {
+            return Ok(());
+        };
+        let Some(checker) = self.checkers.get(g).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let verdict = checker.check_response(view.bytes(), req, None);
+        let (result, drop) = match verdict {
+            Ok(Verdict::Verified(r)) => {
+                let ex = self.exchanges.get_mut(&token).expect("looked up above");
+                let gid = ex
+                    .checked
+                    .as_ref()
+                    .map(|c| c.kid_context.clone())
+                    .unwrap_or_default();
+                match ex.response_numbers.accept(&gid, &r.kid, r.piv) {
+                    Ok(()) => (CheckResult::Valid, None),
+                    Err(_) => (CheckResult::Replay, Some(DropReason::ResponseReplay)),
+                }
+            }
+            Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),
+            Err(e) => (check_result(&e), Some(DropReason::ResponseCheckFailed)),
+        };
+        let enforced = self.enforced(g);
+        self.emit(Event::Checked {
+            group: g,
+            request: false,
+            result,
+            enforced,
+        });
+        match drop {
+            Some(reason) if enforced => Err(reason),
+            _ => Ok(()),
+        }
     }
 
     fn forward_unicast(
@@ -768,6 +911,8 @@ impl Engine {
                 responses: 0,
                 seen_con: Vec::new(),
                 origin_mid,
+                checked: None,
+                response_numbers: ResponseNumbers::default(),
             },
         );
         self.by_client
@@ -898,6 +1043,9 @@ impl Engine {
                 ex.seen_con.remove(0);
             }
             ex.seen_con.push(key);
+        }
+        if let Err(reason) = self.check_response(token, view) {
+            return self.drop_msg(reason, from);
         }
         self.relay(now, token, from, view);
     }

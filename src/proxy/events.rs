@@ -24,6 +24,8 @@ pub enum RejectReason {
     RateLimited,
     TooManyClients,
     TokenReuse,
+    /// Dropped by the signature filter (reported by a Checked event, no error response).
+    SignatureCheck,
 }
 
 impl RejectReason {
@@ -47,6 +49,39 @@ impl RejectReason {
             RateLimited => "rate_limited",
             TooManyClients => "too_many_clients",
             TokenReuse => "token_reuse",
+            SignatureCheck => "signature_check",
+        }
+    }
+}
+
+/// The outcome of a countersignature check (RFC 10021 §7.5) by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckResult {
+    Valid,
+    BadSignature,
+    UnknownGid,
+    UnknownKid,
+    Malformed,
+    /// Not OSCORE at all, sent to a group whose traffic must be Group OSCORE.
+    NotProtected,
+    /// Pairwise mode: no signature to check (§8).
+    Unverifiable,
+    /// Validly signed, but its Partial IV was seen already.
+    Replay,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        use CheckResult::*;
+        match self {
+            Valid => "valid",
+            BadSignature => "bad_signature",
+            UnknownGid => "unknown_gid",
+            UnknownKid => "unknown_kid",
+            Malformed => "malformed",
+            NotProtected => "not_protected",
+            Unverifiable => "unverifiable",
+            Replay => "replay",
         }
     }
 }
@@ -62,6 +97,12 @@ pub enum DropReason {
     UnexpectedMessage,
     ResponseAfterStop,
     GaveUpRetransmitting,
+    /// A request the signature check refused (the Checked event says why).
+    RequestCheckFailed,
+    /// A group-mode response whose signature did not verify.
+    ResponseCheckFailed,
+    /// A verified response whose Partial IV this server already used in the exchange.
+    ResponseReplay,
 }
 
 impl DropReason {
@@ -76,6 +117,9 @@ impl DropReason {
             UnexpectedMessage => "unexpected_message",
             ResponseAfterStop => "response_after_stop",
             GaveUpRetransmitting => "gave_up_retransmitting",
+            RequestCheckFailed => "request_check_failed",
+            ResponseCheckFailed => "response_check_failed",
+            ResponseReplay => "response_replay",
         }
     }
 }
@@ -121,5 +165,13 @@ pub enum Event {
         group: Option<usize>,
         responses: u32,
         reason: CloseReason,
+    },
+    /// A request (or response) of a group was checked; `enforced` is false when the
+    /// group's policy is monitor and a failure was forwarded anyway.
+    Checked {
+        group: usize,
+        request: bool,
+        result: CheckResult,
+        enforced: bool,
     },
 }

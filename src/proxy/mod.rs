@@ -7,7 +7,9 @@ pub mod events;
 pub mod prefix;
 pub mod tables;
 
-pub use config::{GroupSpec, Limits, OptionNumbers, ProxyConfig, UnicastPolicy};
+pub use config::{
+    GroupSecurity, GroupSpec, Limits, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,
+};
 pub use engine::{Engine, Link, Output, Transmit};
-pub use events::{CloseReason, DropReason, Event, RejectReason};
+pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 pub use prefix::Prefix;

@@ -68,6 +68,18 @@ impl EventLog {
                 tracing::debug!(event = "closed", group = %group_name(*group), responses, reason = ?reason);
             }
             Event::UnicastForward => tracing::trace!(event = "unicast_forward"),
+            Event::Checked {
+                group,
+                request,
+                result,
+                enforced,
+            } => {
+                if *result != crate::proxy::CheckResult::Valid
+                    && let Some(s) = self.allow(result.as_str(), now)
+                {
+                    tracing::info!(event = "check_failed", group = %group_name(Some(*group)), request, result = result.as_str(), enforced, suppressed = s);
+                }
+            }
         }
     }
 }

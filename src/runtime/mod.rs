@@ -81,7 +81,8 @@ impl Proxy {
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
         let names = cfg.proxy.groups.iter().map(|g| g.name.clone()).collect();
         Ok(Proxy {
-            engine: Engine::new(cfg.proxy, Instant::now(), u64::from_ne_bytes(seed)),
+            engine: Engine::new(cfg.proxy, Instant::now(), u64::from_ne_bytes(seed))
+                .map_err(|e| io::Error::other(e.to_string()))?,
             sockets,
             unicast_v4,
             unicast_v6,

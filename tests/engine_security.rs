@@ -1,0 +1,271 @@
+//! The proxy as an external signature checker (RFC 10021 §7.5, groupcomm-proxy §10) on a
+//! virtual clock: forged, unknown, replayed and unprotected group requests never reach
+//! the group under `enforce`; `monitor` forwards and counts; group-mode responses are
+//! verified, pairwise ones relayed unchecked, replayed ones dropped.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::Group;
+use groxy::coap::MessageView;
+use groxy::coap::build::{self, ACK, CON, NON, code};
+use groxy::coap::options as opt;
+use groxy::oscore::{Exchange, Mode, SecurityContext};
+use groxy::proxy::{
+    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Output, Policy, ProxyConfig,
+    Transmit,
+};
+
+const CLIENT: &[u8] = &[0x01];
+const DEV_A: &[u8] = &[0x0a];
+const DEV_B: &[u8] = &[0x0b];
+const LISTENER: Link = Link::Listener(0);
+const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
+
+fn client() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+fn device(i: u8) -> SocketAddr {
+    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
+}
+
+struct H {
+    e: Engine,
+    now: Instant,
+    mid: u16,
+}
+
+impl H {
+    fn new(g: &Group, policy: Policy) -> Self {
+        let mut cfg = ProxyConfig::default();
+        cfg.groups[0].security = Some(GroupSecurity {
+            policy,
+            checker: g.checker_config(),
+        });
+        let now = Instant::now();
+        H {
+            e: Engine::new(cfg, now, 7).unwrap(),
+            now,
+            mid: 100,
+        }
+    }
+    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
+        self.e.handle(self.now, link, from, msg);
+        let (mut t, mut ev) = (vec![], vec![]);
+        while let Some(o) = self.e.poll_output() {
+            match o {
+                Output::Transmit(x) => t.push(x),
+                Output::Event(e) => ev.push(e),
+            }
+        }
+        (t, ev)
+    }
+    /// Sends a protected request via the proxy: the Class U proxy options are added after
+    /// protection, as a client does (they are not in the external_aad, RFC 8613 §4.1).
+    fn proxied(&mut self, protected: &[u8], t: u8) -> (Vec<Transmit>, Vec<Event>) {
+        self.mid += 1;
+        let v = MessageView::parse(protected).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::URI_HOST, b"224.0.1.187"));
+        opts.push((opt::PROXY_SCHEME, b"coap"));
+        opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[10]));
+        let token = self.mid.to_be_bytes();
+        let msg = build::encode(t, v.code(), self.mid, &token, &mut opts, v.payload());
+        self.feed(LISTENER, client(), &msg)
+    }
+}
+
+fn multicast(tx: &[Transmit]) -> Option<&Transmit> {
+    tx.iter().find(|t| t.link == Link::Group(0))
+}
+
+fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Checked {
+                request,
+                result,
+                enforced,
+                ..
+            } => Some((*request, *result, *enforced)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drops(ev: &[Event]) -> Vec<DropReason> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Dropped { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn protect(ctx: &mut SecurityContext, mode: Mode) -> (Vec<u8>, Exchange) {
+    ctx.protect_request(&hex::decode(GET_HELLO).unwrap(), mode, Some(DEV_A))
+        .unwrap()
+}
+
+#[test]
+fn s7_5_enforce_forwards_only_verified_fresh_group_requests() {
+    let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
+    let mut h = H::new(&g, Policy::Enforce);
+    let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+
+    let (good, _) = protect(&mut client_ctx, Mode::Group);
+    let (tx, ev) = h.proxied(&good, NON);
+    assert!(
+        multicast(&tx).is_some(),
+        "a valid group-mode request is fanned out"
+    );
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+    // The OSCORE option and ciphertext pass untouched.
+    let fwd = MessageView::parse(&multicast(&tx).unwrap().bytes).unwrap();
+    let orig = MessageView::parse(&good).unwrap();
+    assert_eq!(
+        (fwd.option(opt::OSCORE), fwd.payload()),
+        (orig.option(opt::OSCORE), orig.payload())
+    );
+
+    // The same request under a new MID and token: a replay (groupcomm-proxy §10).
+    let (tx, ev) = h.proxied(&good, NON);
+    assert!(multicast(&tx).is_none() && tx.is_empty());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Replay, true)]);
+    assert_eq!(drops(&ev), vec![DropReason::RequestCheckFailed]);
+
+    // A flipped signature bit; a flipped ciphertext bit.
+    for at in [1usize, 70] {
+        let (fresh, _) = protect(&mut client_ctx, Mode::Group);
+        let mut bad = fresh.clone();
+        let i = bad.len() - at;
+        bad[i] ^= 0x10;
+        let (tx, ev) = h.proxied(&bad, NON);
+        assert!(
+            tx.is_empty(),
+            "nothing multicast, nothing answered to a NON"
+        );
+        assert_eq!(checked(&ev), vec![(true, CheckResult::BadSignature, true)]);
+        // The genuine one still passes: failures do not move the replay window.
+        let (tx, _) = h.proxied(&fresh, NON);
+        assert!(multicast(&tx).is_some());
+    }
+
+    // A CON forgery gets only the empty ACK of its message, no fan-out.
+    let (fresh, _) = protect(&mut client_ctx, Mode::Group);
+    let mut bad = fresh.clone();
+    let i = bad.len() - 1;
+    bad[i] ^= 1;
+    let (tx, _) = h.proxied(&bad, CON);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(tx[0].bytes, build::empty(ACK, h.mid));
+
+    // Unknown kid, wrong Gid, pairwise mode, plain CoAP: all dropped under enforce.
+    let mut stranger = Group::new(&[&[0x77], DEV_A]);
+    stranger.gid = g.gid.clone();
+    let (unknown, _) = protect(
+        &mut SecurityContext::new(&stranger.config(&[0x77])).unwrap(),
+        Mode::Group,
+    );
+    let other = Group::new(&[CLIENT, DEV_A]);
+    let (wrong_gid, _) = protect(
+        &mut SecurityContext::new(&other.config(CLIENT)).unwrap(),
+        Mode::Group,
+    );
+    let (pairwise, _) = protect(&mut client_ctx, Mode::Pairwise);
+    let plain = hex::decode(GET_HELLO).unwrap();
+    for (msg, want) in [
+        (unknown, CheckResult::UnknownKid),
+        (wrong_gid, CheckResult::UnknownGid),
+        (pairwise, CheckResult::Unverifiable),
+        (plain, CheckResult::NotProtected),
+    ] {
+        let (tx, ev) = h.proxied(&msg, NON);
+        assert!(tx.is_empty(), "{want:?}");
+        assert_eq!(checked(&ev), vec![(true, want, true)]);
+    }
+}
+
+#[test]
+fn monitor_forwards_what_enforce_would_drop_and_counts_it() {
+    let g = Group::new(&[CLIENT, DEV_A]);
+    let mut h = H::new(&g, Policy::Monitor);
+    let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let (good, _) = protect(&mut client_ctx, Mode::Group);
+    let mut bad = good.clone();
+    let i = bad.len() - 1;
+    bad[i] ^= 1;
+    let (tx, ev) = h.proxied(&bad, NON);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::BadSignature, false)]);
+}
+
+#[test]
+fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
+    let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
+    let mut h = H::new(&g, Policy::Enforce);
+    let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let mut dev_a = SecurityContext::new(&g.config(DEV_A)).unwrap();
+    let mut dev_b = SecurityContext::new(&g.config(DEV_B)).unwrap();
+    let (req, mut cex) = protect(&mut client_ctx, Mode::Group);
+    let (tx, _) = h.proxied(&req, NON);
+    let fwd = multicast(&tx).unwrap().bytes.clone();
+    let fv = MessageView::parse(&fwd).unwrap();
+    // The devices see the forwarded request (new token, same OSCORE content).
+    let (_, mut aex) = dev_a.unprotect_request(&fwd).unwrap();
+    let (_, mut bex) = dev_b.unprotect_request(&fwd).unwrap();
+    let content = build::encode(NON, code::CONTENT, 9, fv.token(), &mut [], b"21.5");
+
+    // A: group mode without Partial IV (uses the request's, §7.5): verified, relayed.
+    let ra = dev_a
+        .protect_response(&content, &mut aex, Mode::Group, false)
+        .unwrap();
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &ra);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+    // The client verifies what was relayed (end-to-end protection intact).
+    let relayed = &tx[0].bytes;
+    let rv = MessageView::parse(relayed).unwrap();
+    let mut back: Vec<(u16, &[u8])> = rv
+        .options()
+        .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+        .collect();
+    let stripped = build::encode(
+        NON,
+        rv.code(),
+        1,
+        &hex::decode(GET_HELLO).unwrap()[4..5],
+        &mut back,
+        rv.payload(),
+    );
+    let (plain, info) = client_ctx.unprotect_response(&stripped, &mut cex).unwrap();
+    assert_eq!(MessageView::parse(&plain).unwrap().payload(), b"21.5");
+    assert_eq!(info.server_id, DEV_A);
+
+    // The same response again: a replay of this server's response (§5.3.1), dropped.
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &ra);
+    assert!(tx.is_empty());
+    assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
+
+    // B: a forged signature is not relayed.
+    let mut rb = dev_b
+        .protect_response(&content, &mut bex, Mode::Group, false)
+        .unwrap();
+    let last = rb.len() - 1;
+    rb[last] ^= 0x40;
+    let (tx, ev) = h.feed(Link::Group(0), device(2), &rb);
+    assert!(tx.is_empty());
+    assert_eq!(checked(&ev), vec![(false, CheckResult::BadSignature, true)]);
+    assert_eq!(drops(&ev), vec![DropReason::ResponseCheckFailed]);
+
+    // B again in pairwise mode (aiocoap's default): cannot be checked, relayed.
+    let rp = dev_b
+        .protect_response(&content, &mut bex, Mode::Pairwise, true)
+        .unwrap();
+    let (tx, ev) = h.feed(Link::Group(0), device(2), &rp);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Unverifiable, true)]);
+    let _ = Duration::ZERO;
+}
