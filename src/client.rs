@@ -12,6 +12,7 @@ use crate::coap::build::{self, ACK, CON, NON, RST};
 use crate::coap::cri::parse_reply_from;
 use crate::coap::options::{self as opt, uint_value};
 use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
 
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
@@ -28,6 +29,9 @@ pub struct ClientRequest {
     pub proxy_uri: bool,
     pub multicast_timeout_option: u16,
     pub reply_from_option: u16,
+    /// Protect the request end to end in group mode with this member context and verify
+    /// every response (RFC 10021 §7; groupcomm-proxy §5.1).
+    pub oscore: Option<ContextConfig>,
 }
 
 impl ClientRequest {
@@ -43,6 +47,7 @@ impl ClientRequest {
             proxy_uri: false,
             multicast_timeout_option: opt::MULTICAST_TIMEOUT_DEFAULT,
             reply_from_option: opt::REPLY_FROM_DEFAULT,
+            oscore: None,
         }
     }
 }
@@ -57,6 +62,61 @@ pub struct Response {
     pub elapsed: Duration,
     /// The Multicast-Timeout option of an error response (§5.2.1 step 3), if any.
     pub multicast_timeout: Option<Vec<u8>>,
+    /// With OSCORE: how the response verified (mode and the server's Sender ID), or why
+    /// not. `code` and `payload` are then those of the decrypted response.
+    pub oscore: Option<Result<(Mode, Vec<u8>), String>>,
+}
+
+/// Builds the request and, with OSCORE, protects it in group mode: the inner request
+/// carries method, path, query and payload; the Class U proxy options are added outside
+/// (RFC 8613 §4.1), as the proxy must read them.
+pub fn protect_request(
+    req: &ClientRequest,
+    ctx: &mut SecurityContext,
+    mid: u16,
+    token: &[u8],
+) -> Result<(Vec<u8>, Exchange), String> {
+    if req.proxy_uri {
+        return Err("Proxy-Uri cannot be used with OSCORE; the Proxy-Scheme form is used".into());
+    }
+    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
+    let mut inner: Vec<(u16, &[u8])> = target
+        .uri_options
+        .iter()
+        .map(|(n, v)| (*n, v.as_slice()))
+        .collect();
+    let t = if req.confirmable { CON } else { NON };
+    let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
+    let (protected, ex) = ctx
+        .protect_request(&plain, Mode::Group, None)
+        .map_err(|e| e.to_string())?;
+    let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
+    let outer = outer_proxy_options(req, &target)?;
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
+    Ok((
+        build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
+        ex,
+    ))
+}
+
+fn outer_proxy_options(
+    req: &ClientRequest,
+    target: &crate::coap::uri::Target,
+) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    let host = match &target.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.clone(),
+    };
+    let mut o = vec![
+        (req.multicast_timeout_option, uint_value(req.timeout)),
+        (opt::PROXY_SCHEME, target.scheme.as_bytes().to_vec()),
+        (opt::URI_HOST, host.into_bytes()),
+    ];
+    if let Some(p) = target.port {
+        o.push((opt::URI_PORT, uint_value(p as u32)));
+    }
+    Ok(o)
 }
 
 /// Builds the request datagram.
@@ -106,7 +166,20 @@ pub async fn run(
     getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
     let token = &rnd[..8];
     let mid = u16::from_be_bytes([rnd[8], rnd[9]]);
-    let msg = encode_request(req, mid, token).map_err(io::Error::other)?;
+    let mut security = match &req.oscore {
+        Some(c) => Some(SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?),
+        None => None,
+    };
+    let (msg, mut exchange) = match &mut security {
+        Some(ctx) => {
+            let (m, ex) = protect_request(req, ctx, mid, token).map_err(io::Error::other)?;
+            (m, Some(ex))
+        }
+        None => (
+            encode_request(req, mid, token).map_err(io::Error::other)?,
+            None,
+        ),
+    };
     let started = Instant::now();
     sock.send_to(&msg, req.proxy).await?;
     let deadline =
@@ -141,13 +214,29 @@ pub async fn run(
             }
             seen_mids.push(v.message_id());
         }
-        let r = Response {
+        let mut r = Response {
             code: v.code(),
             reply_from: v.option(req.reply_from_option).and_then(parse_reply_from),
             payload: v.payload().to_vec(),
             elapsed: started.elapsed(),
             multicast_timeout: v.option(req.multicast_timeout_option).map(<[u8]>::to_vec),
+            oscore: None,
         };
+        // Errors of the proxy itself are not end-to-end protected; member answers are.
+        if let (Some(ctx), Some(ex)) = (&mut security, &mut exchange)
+            && v.option(opt::OSCORE).is_some()
+        {
+            r.oscore = Some(match ctx.unprotect_response(&buf[..n], ex) {
+                Ok((plain, info)) => {
+                    let pv =
+                        MessageView::parse(&plain).map_err(|e| io::Error::other(e.to_string()))?;
+                    r.code = pv.code();
+                    r.payload = pv.payload().to_vec();
+                    Ok((info.mode, info.server_id))
+                }
+                Err(e) => Err(e.to_string()),
+            });
+        }
         each(&r);
         out.push(r);
     }

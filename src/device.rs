@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, NON, code};
 use crate::coap::options as opt;
+use crate::oscore::{ContextConfig, GroupMember, Mode, SecurityContext};
 use crate::runtime::sockets::{self, Interface};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,30 @@ pub struct DeviceConfig {
     pub leisure: Duration,
     /// A fixed delay before every answer to a group request (a slow device).
     pub delay: Duration,
+    /// Group OSCORE membership: requests must be protected, and responses are protected
+    /// in this mode (aiocoap answers group-mode requests in pairwise mode).
+    pub oscore: Option<(ContextConfig, Mode)>,
+}
+
+/// A member's answer: verify the request (RFC 10021 §7.2, §8.4), answer the plaintext,
+/// protect the answer. Nothing goes back for a request that fails, as servers send no
+/// error responses to group requests (§7, RFC 10020 §3.1.2).
+fn respond_protected(
+    member: &mut GroupMember,
+    mode: Mode,
+    name: &str,
+    request: &[u8],
+    multicast: bool,
+) -> Option<Vec<u8>> {
+    let (plain, mut ex) = member.unprotect_request(request).ok()?;
+    let answer = respond(name, &plain, multicast)?;
+    // A pairwise request gets a pairwise answer; a group request the configured mode.
+    let mode = if ex.mode == Mode::Pairwise {
+        Mode::Pairwise
+    } else {
+        mode
+    };
+    member.protect_response(&answer, &mut ex, mode, false).ok()
 }
 
 /// What a device answers to a request, or nothing. Error responses to group requests are
@@ -73,6 +98,7 @@ pub fn respond(name: &str, request: &[u8], multicast: bool) -> Option<Vec<u8>> {
 
 pub struct Device {
     cfg: DeviceConfig,
+    member: Option<GroupMember>,
     group_socket: UdpSocket,
     unicast: Arc<UdpSocket>,
 }
@@ -83,7 +109,14 @@ impl Device {
             .map_err(|e| io::Error::new(e.kind(), format!("join {}: {e}", cfg.group)))?;
         let u = sockets::shared_unicast(cfg.bind)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", cfg.bind)))?;
+        let member = match &cfg.oscore {
+            Some((c, _)) => Some(GroupMember::new(
+                SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?,
+            )),
+            None => None,
+        };
         Ok(Device {
+            member,
             group_socket: UdpSocket::from_std(g)?,
             unicast: Arc::new(UdpSocket::from_std(u)?),
             cfg,
@@ -95,7 +128,7 @@ impl Device {
     }
 
     /// Serves until the task is dropped.
-    pub async fn run(self) -> io::Result<()> {
+    pub async fn run(mut self) -> io::Result<()> {
         let mut gbuf = vec![0u8; 2048];
         let mut ubuf = vec![0u8; 2048];
         // Leisure jitter: seeded per device so that devices on one host spread out.
@@ -108,7 +141,13 @@ impl Device {
                 r = self.unicast.recv_from(&mut ubuf) => { let (n, f) = r?; (n, f, false) }
             };
             let req = if multicast { &gbuf[..n] } else { &ubuf[..n] };
-            let Some(resp) = respond(&self.cfg.name, req, multicast) else {
+            let resp = match (&mut self.member, &self.cfg.oscore) {
+                (Some(m), Some((_, mode))) => {
+                    respond_protected(m, *mode, &self.cfg.name, req, multicast)
+                }
+                _ => respond(&self.cfg.name, req, multicast),
+            };
+            let Some(resp) = resp else {
                 continue;
             };
             if multicast && !(self.cfg.leisure.is_zero() && self.cfg.delay.is_zero()) {

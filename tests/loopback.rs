@@ -61,6 +61,7 @@ async fn setup(first: u8, n: u8, slow: u8, delay: Duration) -> Setup {
             bind,
             leisure: Duration::from_millis(50),
             delay: if i >= n { delay } else { Duration::ZERO },
+            oscore: None,
         })
         .unwrap();
         devices.push(bind);

@@ -28,6 +28,10 @@ pub struct Args {
     /// One JSON object per response on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Protect the request in group mode with this member context (a TOML file, see
+    /// config/member.toml) and verify every response.
+    #[arg(long)]
+    pub oscore: Option<std::path::PathBuf>,
 }
 
 fn method(m: &str) -> Result<u8, String> {
@@ -44,11 +48,21 @@ fn method(m: &str) -> Result<u8, String> {
 pub fn print(r: &Response, json: bool) {
     let from = r.reply_from.map(|a| a.to_string());
     let text = std::str::from_utf8(&r.payload).ok();
+    let security = match &r.oscore {
+        None => serde_json::Value::Null,
+        Some(Ok((mode, kid))) => serde_json::json!({
+            "verified": true,
+            "mode": if *mode == crate::oscore::Mode::Group { "group" } else { "pairwise" },
+            "kid": hex::encode(kid),
+        }),
+        Some(Err(e)) => serde_json::json!({ "verified": false, "error": e }),
+    };
     if json {
         let mut o = serde_json::json!({
             "code": code::dotted(r.code),
             "reply_from": from,
-            "elapsed_ms": r.elapsed.as_millis() as u64,
+                        "elapsed_ms": r.elapsed.as_millis() as u64,
+            "oscore": security,
         });
         match text {
             Some(t) => o["payload"] = t.into(),
@@ -59,8 +73,15 @@ pub fn print(r: &Response, json: bool) {
         let p = text
             .map(str::to_string)
             .unwrap_or_else(|| format!("0x{}", hex::encode(&r.payload)));
+        let sec = match &r.oscore {
+            None => String::new(),
+            Some(Ok((mode, kid))) => {
+                format!(" [verified, {mode:?} mode, kid {}]", hex::encode(kid))
+            }
+            Some(Err(e)) => format!(" [NOT verified: {e}]"),
+        };
         println!(
-            "{} from {} after {} ms: {p}",
+            "{} from {} after {} ms{sec}: {p}",
             code::dotted(r.code),
             from.as_deref().unwrap_or("the proxy"),
             r.elapsed.as_millis()
@@ -75,6 +96,9 @@ pub fn run(a: Args) -> Result<(), String> {
     req.confirmable = a.con;
     req.proxy_uri = a.proxy_uri;
     req.margin = Duration::from_secs(1);
+    if let Some(f) = &a.oscore {
+        req.oscore = Some(crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
+    }
     let json = a.json;
     let rt = super::runtime()?;
     let got = rt

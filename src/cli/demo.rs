@@ -39,6 +39,7 @@ pub fn run(n: u8) -> Result<(), String> {
                 bind,
                 leisure: Duration::from_millis(200),
                 delay: Duration::ZERO,
+                oscore: None,
             })
             .map_err(|e| e.to_string())?;
             tasks.push(tokio::spawn(d.run()));

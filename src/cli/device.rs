@@ -20,6 +20,12 @@ pub struct Args {
     /// Largest random delay before answering a group request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub leisure_ms: u64,
+    /// Be a Group OSCORE member with the context in this file (see config/member.toml).
+    #[arg(long)]
+    pub oscore: Option<std::path::PathBuf>,
+    /// Mode of responses to group-mode requests: group (signed) or pairwise.
+    #[arg(long, default_value = "group")]
+    pub response_mode: String,
 }
 
 pub fn run(a: Args) -> Result<(), String> {
@@ -30,6 +36,17 @@ pub fn run(a: Args) -> Result<(), String> {
         bind: super::parse_addr(&a.bind)?,
         leisure: Duration::from_millis(a.leisure_ms),
         delay: Duration::ZERO,
+        oscore: match &a.oscore {
+            Some(f) => Some((
+                crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?,
+                match a.response_mode.as_str() {
+                    "group" => crate::oscore::Mode::Group,
+                    "pairwise" => crate::oscore::Mode::Pairwise,
+                    m => return Err(format!("--response-mode {m}: group or pairwise")),
+                },
+            )),
+            None => None,
+        },
     };
     let rt = super::runtime()?;
     rt.block_on(async {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod security;
+
 use crate::coap::uri::{Host, parse_proxy_uri};
 use crate::proxy::{GroupSpec, Limits, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy};
 use crate::runtime::{Egress, Interface, RunConfig};
@@ -143,6 +145,8 @@ struct GroupSection {
     hop_limit: u32,
     #[serde(default)]
     source: Option<String>,
+    #[serde(default)]
+    security: Option<security::CheckerSection>,
 }
 fn d_max_timeout() -> u64 {
     60
@@ -162,20 +166,26 @@ pub struct Loaded {
 pub fn load_file(path: &Path) -> Result<Loaded, Vec<String>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    load_str(&text)
+    load_str_in(&text, path.parent().unwrap_or(Path::new(".")))
 }
 
 pub fn load_default() -> Loaded {
     load_str(DEFAULT_TOML).expect("the embedded default configuration is valid")
 }
 
+/// Reads a configuration whose relative file names are relative to the working directory.
 pub fn load_str(text: &str) -> Result<Loaded, Vec<String>> {
+    load_str_in(text, Path::new("."))
+}
+
+/// Reads a configuration whose relative file names are relative to `base`.
+pub fn load_str_in(text: &str, base: &Path) -> Result<Loaded, Vec<String>> {
     let file: File = ::config::Config::builder()
         .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| vec![e.to_string()])?;
-    validate(file)
+    validate(file, base)
 }
 
 fn prefixes(key: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prefix> {
@@ -189,7 +199,7 @@ fn prefixes(key: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prefix>
         .collect()
 }
 
-fn validate(f: File) -> Result<Loaded, Vec<String>> {
+fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
     let listen: Vec<SocketAddr> = f
         .proxy
@@ -343,6 +353,10 @@ fn validate(f: File) -> Result<Loaded, Vec<String>> {
                 .ok()
         });
         let allow = prefixes(&format!("{key}.allow"), &g.allow, &mut errors);
+        let security = g
+            .security
+            .as_ref()
+            .and_then(|s| s.resolve(&format!("{key}.security"), base, &mut errors));
         if let (Some(addr), Some(interface)) = (addr, interface) {
             if groups.iter().any(|o: &GroupSpec| o.addr == addr) {
                 errors.push(format!("{key}.uri: {addr} is used by an earlier group"));
@@ -358,7 +372,7 @@ fn validate(f: File) -> Result<Loaded, Vec<String>> {
                 enabled: g.enabled,
                 allow,
                 max_timeout: Duration::from_secs(g.max_timeout),
-                security: None,
+                security,
             });
             egress.push(Egress {
                 interface,

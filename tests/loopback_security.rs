@@ -1,0 +1,296 @@
+//! The signature-verifying proxy end to end on loopback multicast, configured from files
+//! as an operator would: the proxy checks group-mode requests and responses (RFC 10021
+//! §7.5) with public material only; OSCORE devices answer in group and pairwise mode; the
+//! client protects its request and verifies every answer (issue: client side).
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Group;
+use groxy::client::{ClientRequest, run as send};
+use groxy::config::security::MemberFile;
+use groxy::device::{Device, DeviceConfig};
+use groxy::oscore::Mode;
+use groxy::proxy::{CheckResult, Event};
+use groxy::runtime::{Interface, Proxy};
+
+const CLIENT: &[u8] = &[0x01];
+const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];
+
+fn free_port() -> u16 {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn secret(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, hex::encode(bytes)).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn members_toml(g: &Group) -> String {
+    g.members
+        .iter()
+        .map(|m| {
+            format!(
+                "  {{ id = \"{}\", credential = \"{}\" }},\n",
+                hex::encode(&m.id),
+                hex::encode(m.cred.bytes())
+            )
+        })
+        .collect()
+}
+
+/// A member file as `groxy device --oscore` and `groxy client --oscore` read it.
+fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
+    let m = g.member(id);
+    let name = hex::encode(id);
+    secret(dir, &format!("{name}.key"), &m.key.to_bytes(), 0o600);
+    let others = Group {
+        members: g
+            .members
+            .iter()
+            .filter(|o| o.id != id)
+            .map(|o| common::Member {
+                id: o.id.clone(),
+                key: o.key.clone(),
+                cred: o.cred.clone(),
+            })
+            .collect(),
+        ..clone_group(g)
+    };
+    let text = format!(
+        "gid = \"{}\"\nmaster_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"{name}\"\nprivate_key_file = \"{name}.key\"\ncredential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{}]\n",
+        hex::encode(&g.gid),
+        hex::encode(&g.master_salt),
+        hex::encode(m.cred.bytes()),
+        hex::encode(g.gm.cred.bytes()),
+        members_toml(&others),
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn clone_group(g: &Group) -> Group {
+    Group {
+        key_generation: g.key_generation,
+        gid: g.gid.clone(),
+        master_secret: g.master_secret.clone(),
+        master_salt: g.master_salt.clone(),
+        gm: common::Member {
+            id: vec![],
+            key: g.gm.key.clone(),
+            cred: g.gm.cred.clone(),
+        },
+        members: vec![],
+    }
+}
+
+/// The proxy's configuration: the group's public material plus the Signature
+/// Encryption Key, never the Master Secret (§12.3).
+fn proxy_toml(g: &Group, port: u16, sek_file: &str) -> String {
+    format!(
+        r#"[proxy]
+listen = ["127.0.0.1:0"]
+[[group]]
+name = "secure"
+uri = "coap://224.0.1.187:{port}"
+interface = "127.0.0.1"
+[group.security]
+policy = "enforce"
+gid = "{}"
+signature_encryption_key_file = "{sek_file}"
+gm_credential = "{}"
+members = [
+{}]
+"#,
+        hex::encode(&g.gid),
+        hex::encode(g.gm.cred.bytes()),
+        members_toml(g),
+    )
+}
+
+fn sek(g: &Group) -> Vec<u8> {
+    groxy::oscore::SecurityContext::new(&g.config(CLIENT))
+        .unwrap()
+        .group()
+        .unwrap()
+        .sig_enc_key
+        .clone()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
+    let dir = std::env::temp_dir().join(format!("groxy-sec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], DEVS[2]]);
+    secret(&dir, "master.secret", &g.master_secret, 0o600);
+    secret(&dir, "group.sek", &sek(&g), 0o600);
+    let port = free_port();
+    let cfg_path = dir.join("groxy.toml");
+    std::fs::write(&cfg_path, proxy_toml(&g, port, "group.sek")).unwrap();
+    let loaded = groxy::config::load_file(&cfg_path).unwrap();
+    let mut proxy = Proxy::bind(loaded.run).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    proxy.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let proxy_addr = proxy.listen_addrs()[0];
+    let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
+    // Devices 0a and 0b answer in group mode (signed), 0c in pairwise mode.
+    for (i, id) in DEVS.iter().enumerate() {
+        let member = MemberFile::load(&member_file(&dir, &g, id)).unwrap();
+        let mode = if i < 2 { Mode::Group } else { Mode::Pairwise };
+        let d = Device::bind(DeviceConfig {
+            name: format!("dev{}", hex::encode(id)),
+            group,
+            interface: Interface::Addr(Ipv4Addr::LOCALHOST),
+            bind: (Ipv4Addr::new(127, 0, 0, 61 + i as u8), port).into(),
+            leisure: Duration::from_millis(30),
+            delay: Duration::ZERO,
+            oscore: Some((member, mode)),
+        })
+        .unwrap();
+        tokio::spawn(d.run());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 1);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(MemberFile::load(&member_file(&dir, &g, CLIENT)).unwrap());
+    let got = send(&req, |_| {}).await.unwrap();
+    let mut verified: Vec<(Vec<u8>, Mode)> = got
+        .iter()
+        .map(|r| {
+            let (mode, kid) = r
+                .oscore
+                .clone()
+                .expect("protected")
+                .expect("verifies at the client");
+            assert_eq!(
+                r.payload,
+                format!("hello from dev{}", hex::encode(&kid)).as_bytes()
+            );
+            (kid, mode)
+        })
+        .collect();
+    verified.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        verified,
+        vec![
+            (DEVS[0].to_vec(), Mode::Group),
+            (DEVS[1].to_vec(), Mode::Group),
+            (DEVS[2].to_vec(), Mode::Pairwise)
+        ]
+    );
+    {
+        let ev = events.lock().unwrap();
+        let checks: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Checked {
+                    request, result, ..
+                } => Some((*request, *result)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            checks
+                .iter()
+                .filter(|c| **c == (true, CheckResult::Valid))
+                .count(),
+            1
+        );
+        assert_eq!(
+            checks
+                .iter()
+                .filter(|c| **c == (false, CheckResult::Valid))
+                .count(),
+            2
+        );
+        assert_eq!(
+            checks
+                .iter()
+                .filter(|c| **c == (false, CheckResult::Unverifiable))
+                .count(),
+            1
+        );
+    }
+
+    // An outsider with the group's public material but its own key: nothing reaches the
+    // devices, so nothing comes back.
+    let mut forger = clone_group(&g);
+    forger.members = vec![common::Member::new(CLIENT, "forger")];
+    forger.members.extend(
+        g.members
+            .iter()
+            .filter(|m| m.id != CLIENT)
+            .map(|m| common::Member {
+                id: m.id.clone(),
+                key: m.key.clone(),
+                cred: m.cred.clone(),
+            }),
+    );
+    let mut forged = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 1);
+    forged.margin = Duration::from_millis(300);
+    forged.oscore = Some(forger.config(CLIENT));
+    let got = send(&forged, |_| {}).await.unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        Event::Checked {
+            request: true,
+            result: CheckResult::BadSignature,
+            enforced: true,
+            ..
+        }
+    )));
+    let _ = stop_tx.send(());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn secrets_readable_by_others_are_refused() {
+    let dir = std::env::temp_dir().join(format!("groxy-perm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = Group::new(&[CLIENT, DEVS[0]]);
+    secret(&dir, "group.sek", &sek(&g), 0o644);
+    let cfg_path = dir.join("groxy.toml");
+    std::fs::write(&cfg_path, proxy_toml(&g, 5683, "group.sek")).unwrap();
+    let errs = groxy::config::load_file(&cfg_path).unwrap_err().join("\n");
+    assert!(
+        errs.contains("group[0].security.signature_encryption_key_file")
+            && errs.contains("readable by group or others"),
+        "{errs}"
+    );
+    // A bad member credential is named by its key.
+    std::fs::set_permissions(
+        dir.join("group.sek"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let text = proxy_toml(&g, 5683, "group.sek")
+        .replace(&hex::encode(g.member(DEVS[0]).cred.bytes()), "a0");
+    std::fs::write(&cfg_path, text).unwrap();
+    let errs = groxy::config::load_file(&cfg_path).unwrap_err().join("\n");
+    assert!(
+        errs.contains("group[0].security") && errs.contains("member 0a"),
+        "{errs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
