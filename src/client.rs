@@ -12,7 +12,7 @@ use crate::coap::build::{self, ACK, CON, NON, RST};
 use crate::coap::cri::parse_reply_from;
 use crate::coap::options::{self as opt, uint_value};
 use crate::coap::uri::{Host, parse_proxy_uri};
-use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
+use crate::oscore::{ContextConfig, Exchange, Layer, Mode, SecurityContext};
 
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
@@ -32,6 +32,10 @@ pub struct ClientRequest {
     /// Protect the request end to end in group mode with this member context and verify
     /// every response (RFC 10021 §7; groupcomm-proxy §5.1).
     pub oscore: Option<ContextConfig>,
+    /// Also wrap the request in a pairwise-mode layer with the proxy, a member of the same
+    /// group with this Sender ID (oscore-capable-proxies §2.3), and remove it from every
+    /// response (§2.6).
+    pub proxy_kid: Option<Vec<u8>>,
 }
 
 impl ClientRequest {
@@ -48,6 +52,7 @@ impl ClientRequest {
             multicast_timeout_option: opt::MULTICAST_TIMEOUT_DEFAULT,
             reply_from_option: opt::REPLY_FROM_DEFAULT,
             oscore: None,
+            proxy_kid: None,
         }
     }
 }
@@ -170,7 +175,7 @@ pub async fn run(
         Some(c) => Some(SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?),
         None => None,
     };
-    let (msg, mut exchange) = match &mut security {
+    let (mut msg, mut exchange) = match &mut security {
         Some(ctx) => {
             let (m, ex) = protect_request(req, ctx, mid, token).map_err(io::Error::other)?;
             (m, Some(ex))
@@ -180,6 +185,14 @@ pub async fn run(
             None,
         ),
     };
+    let mut hop = None;
+    if let (Some(ctx), Some(kid)) = (&mut security, &req.proxy_kid) {
+        let (m, ex) = ctx
+            .protect_request_layer(&msg, Mode::Pairwise, Some(kid), Layer::Hop)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        msg = m;
+        hop = Some(ex);
+    }
     let started = Instant::now();
     sock.send_to(&msg, req.proxy).await?;
     let deadline =
@@ -192,20 +205,38 @@ pub async fn run(
             Ok(r) => r?,
             Err(_) => break,
         };
-        let Ok(v) = MessageView::parse(&buf[..n]) else {
+        let Ok(outer_view) = MessageView::parse(&buf[..n]) else {
             continue;
         };
-        if from != req.proxy || v.code() == 0 {
+        if from != req.proxy || outer_view.code() == 0 {
             continue;
         }
-        if v.token() != token {
+        if outer_view.token() != token {
             // Not ours (§5.5.1: after the token is freed, responses are rejected).
-            if v.mtype() == CON {
-                sock.send_to(&build::empty(RST, v.message_id()), from)
+            if outer_view.mtype() == CON {
+                sock.send_to(&build::empty(RST, outer_view.message_id()), from)
                     .await?;
             }
             continue;
         }
+        // Remove the layer shared with the proxy first (oscore-capable-proxies §2.6).
+        let layered;
+        let (v, datagram) = match (&mut security, &mut hop) {
+            (Some(ctx), Some(h)) if outer_view.option(opt::OSCORE).is_some() => {
+                match ctx.unprotect_response(&buf[..n], h) {
+                    Ok((inner, _)) => {
+                        layered = inner;
+                        match MessageView::parse(&layered) {
+                            Ok(v) => (v, &layered[..]),
+                            Err(_) => continue,
+                        }
+                    }
+                    // Not from the proxy it shares the layer with: drop it.
+                    Err(_) => continue,
+                }
+            }
+            _ => (outer_view, &buf[..n]),
+        };
         if v.mtype() == CON {
             sock.send_to(&build::empty(ACK, v.message_id()), from)
                 .await?;
@@ -226,7 +257,7 @@ pub async fn run(
         if let (Some(ctx), Some(ex)) = (&mut security, &mut exchange)
             && v.option(opt::OSCORE).is_some()
         {
-            r.oscore = Some(match ctx.unprotect_response(&buf[..n], ex) {
+            r.oscore = Some(match ctx.unprotect_response(datagram, ex) {
                 Ok((plain, info)) => {
                     let pv =
                         MessageView::parse(&plain).map_err(|e| io::Error::other(e.to_string()))?;

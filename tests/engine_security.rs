@@ -43,6 +43,8 @@ impl H {
         cfg.groups[0].security = Some(GroupSecurity {
             policy,
             checker: g.checker_config(),
+            member: None,
+            allow_kids: None,
         });
         let now = Instant::now();
         H {

@@ -169,7 +169,7 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
         let _ = stop_rx.await;
     }));
 
-    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 1);
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 3);
     req.margin = Duration::from_millis(300);
     req.oscore = Some(MemberFile::load(&member_file(&dir, &g, CLIENT)).unwrap());
     let got = send(&req, |_| {}).await.unwrap();
@@ -245,7 +245,7 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
                 cred: m.cred.clone(),
             }),
     );
-    let mut forged = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 1);
+    let mut forged = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 3);
     forged.margin = Duration::from_millis(300);
     forged.oscore = Some(forger.config(CLIENT));
     let got = send(&forged, |_| {}).await.unwrap();
@@ -292,5 +292,122 @@ fn secrets_readable_by_others_are_refused() {
         errs.contains("group[0].security") && errs.contains("member 0a"),
         "{errs}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const PROXY: &[u8] = &[0x50];
+
+/// oscore-capable-proxies §2: the client wraps its group-mode request in a pairwise layer
+/// with the proxy, a member of the group; the proxy removes it, authenticates the client
+/// by its kid, forwards the inner request, and protects every relayed response with that
+/// layer. The proxy also answers pairwise requests to its own resources (RFC 10021 §8),
+/// and refuses a second layer it cannot remove with 4.01 (§2.1).
+#[tokio::test(flavor = "current_thread")]
+async fn oscore_capable_proxies_outer_layer_and_own_resources() {
+    let dir = std::env::temp_dir().join(format!("groxy-outer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], PROXY]);
+    secret(&dir, "master.secret", &g.master_secret, 0o600);
+    secret(&dir, "group.sek", &sek(&g), 0o600);
+    secret(&dir, "proxy.key", &g.member(PROXY).key.to_bytes(), 0o600);
+    let port = free_port();
+    let mut toml = proxy_toml(&g, port, "group.sek");
+    toml.push_str(&format!(
+        "master_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"50\"\nprivate_key_file = \"proxy.key\"\ncredential = \"{}\"\nallow_kids = [\"01\"]\n",
+        hex::encode(&g.master_salt),
+        hex::encode(g.member(PROXY).cred.bytes())
+    ));
+    let cfg_path = dir.join("groxy.toml");
+    std::fs::write(&cfg_path, toml).unwrap();
+    let proxy = Proxy::bind(groxy::config::load_file(&cfg_path).unwrap().run).unwrap();
+    let proxy_addr = proxy.listen_addrs()[0];
+    let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
+    for (i, id) in DEVS[..2].iter().enumerate() {
+        let d = Device::bind(DeviceConfig {
+            name: format!("dev{}", hex::encode(id)),
+            group,
+            interface: Interface::Addr(Ipv4Addr::LOCALHOST),
+            bind: (Ipv4Addr::new(127, 0, 0, 71 + i as u8), port).into(),
+            leisure: Duration::from_millis(30),
+            delay: Duration::ZERO,
+            oscore: Some((
+                MemberFile::load(&member_file(&dir, &g, id)).unwrap(),
+                Mode::Pairwise,
+            )),
+        })
+        .unwrap();
+        tokio::spawn(d.run());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let client_cfg = MemberFile::load(&member_file(&dir, &g, CLIENT)).unwrap();
+
+    // Through both layers: every device's answer, verified end to end.
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 3);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(client_cfg.clone());
+    req.proxy_kid = Some(PROXY.to_vec());
+    let got = send(&req, |_| {}).await.unwrap();
+    let mut kids: Vec<Vec<u8>> = got
+        .iter()
+        .map(|r| r.oscore.clone().unwrap().unwrap().1)
+        .collect();
+    kids.sort();
+    assert_eq!(kids, vec![DEVS[0].to_vec(), DEVS[1].to_vec()]);
+    for r in &got {
+        // Reply-From travelled inside the proxy's layer and still names the device.
+        assert!(
+            r.reply_from
+                .is_some_and(|a| a.ip().to_string().starts_with("127.0.0.7")),
+            "{r:?}"
+        );
+    }
+
+    // A pairwise request to the proxy's own /status, and a second layer it cannot remove.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut ctx = groxy::oscore::SecurityContext::new(&client_cfg).unwrap();
+    let get_status =
+        groxy::coap::build::encode(1, 1, 0x7001, &[7], &mut [(11, &b"status"[..])], &[]);
+    let (req, mut ex) = ctx
+        .protect_request(&get_status, Mode::Pairwise, Some(PROXY))
+        .unwrap();
+    sock.send_to(&req, proxy_addr).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let (plain, info) = ctx.unprotect_response(&buf[..n], &mut ex).unwrap();
+    assert_eq!(info.server_id, PROXY);
+    let pv = groxy::coap::MessageView::parse(&plain).unwrap();
+    assert_eq!(pv.code(), 0x45);
+    let status: serde_json::Value = serde_json::from_slice(pv.payload()).unwrap();
+    assert_eq!(status["groups"], 1);
+
+    let get_hello = groxy::coap::build::encode(1, 1, 0x7002, &[8], &mut [(11, &b"hello"[..])], &[]);
+    let (inner, _) = ctx.protect_request(&get_hello, Mode::Group, None).unwrap();
+    let (double, mut ex2) = ctx
+        .protect_request_layer(
+            &inner,
+            Mode::Pairwise,
+            Some(PROXY),
+            groxy::oscore::Layer::Hop,
+        )
+        .unwrap();
+    sock.send_to(&double, proxy_addr).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let (plain, _) = ctx.unprotect_response(&buf[..n], &mut ex2).unwrap();
+    assert_eq!(
+        groxy::coap::MessageView::parse(&plain).unwrap().code(),
+        0x81,
+        "4.01, protected"
+    );
+    let _ = stop_tx.send(());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,6 +32,10 @@ pub struct Args {
     /// config/member.toml) and verify every response.
     #[arg(long)]
     pub oscore: Option<std::path::PathBuf>,
+    /// With --oscore: also protect the hop to the proxy in pairwise mode; the proxy is the
+    /// group member with this Sender ID (hex).
+    #[arg(long, requires = "oscore")]
+    pub proxy_kid: Option<String>,
 }
 
 fn method(m: &str) -> Result<u8, String> {
@@ -96,6 +100,9 @@ pub fn run(a: Args) -> Result<(), String> {
     req.confirmable = a.con;
     req.proxy_uri = a.proxy_uri;
     req.margin = Duration::from_secs(1);
+    if let Some(k) = &a.proxy_kid {
+        req.proxy_kid = Some(hex::decode(k).map_err(|_| format!("--proxy-kid {k}: not hex"))?);
+    }
     if let Some(f) = &a.oscore {
         req.oscore = Some(crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
     }

@@ -67,6 +67,13 @@ pub struct CheckerSection {
     pub gm_credential: String,
     #[serde(default)]
     pub members: Vec<Member>,
+    /// The proxy's own membership: its Sender ID, private key file and credential (the
+    /// Master Secret file is then required), for the layer clients share with it.
+    pub sender_id: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    pub credential: Option<String>,
+    /// Sender IDs allowed to send group requests through that layer (default: all).
+    pub allow_kids: Option<Vec<String>>,
 }
 
 /// A member's Security Context file (for `groxy device --oscore` and `groxy client --oscore`).
@@ -205,7 +212,74 @@ impl CheckerSection {
             errors.push(format!("{key}: {e}"));
             return None;
         }
-        Some(GroupSecurity { policy, checker })
+        let member = match (&self.sender_id, &self.private_key_file, &self.credential) {
+            (None, None, None) => None,
+            (Some(id), Some(key_file), Some(cred)) => {
+                let Some(ms) = checker.master_secret.clone() else {
+                    errors.push(format!(
+                        "{key}: a member (sender_id) needs master_secret_file"
+                    ));
+                    return None;
+                };
+                let sender_id = hexval(&format!("{key}.sender_id"), id, errors);
+                let cfg = ContextConfig {
+                    master_secret: ms,
+                    master_salt: checker.master_salt.clone(),
+                    id_context: Some(checker.gid.clone()),
+                    alg_aead: checker.alg_aead,
+                    alg_group_enc: Some(checker.alg_group_enc),
+                    alg_signature: Some(checker.alg_signature),
+                    alg_pairwise_key_agreement: checker.alg_pairwise_key_agreement,
+                    gm_cred: Some(checker.gm_cred.clone()),
+                    sender_id: sender_id.clone(),
+                    private_key: Some(read_secret(
+                        &format!("{key}.private_key_file"),
+                        key_file,
+                        base,
+                        errors,
+                    )),
+                    sender_cred: Some(hexval(&format!("{key}.credential"), cred, errors)),
+                    // Every member but the proxy itself is a peer.
+                    recipients: checker
+                        .members
+                        .iter()
+                        .filter(|(m, _)| *m != sender_id)
+                        .cloned()
+                        .collect(),
+                    tbs_form: checker.tbs_form,
+                    key_generation: checker.key_generation,
+                };
+                if errors.len() > n {
+                    return None;
+                }
+                if let Err(e) = crate::oscore::SecurityContext::new(&cfg) {
+                    errors.push(format!("{key}: membership: {e}"));
+                    return None;
+                }
+                Some(cfg)
+            }
+            _ => {
+                errors.push(format!(
+                    "{key}: sender_id, private_key_file and credential go together"
+                ));
+                return None;
+            }
+        };
+        let allow_kids = self.allow_kids.as_ref().map(|l| {
+            l.iter()
+                .enumerate()
+                .map(|(i, k)| hexval(&format!("{key}.allow_kids[{i}]"), k, errors))
+                .collect()
+        });
+        if errors.len() > n {
+            return None;
+        }
+        Some(GroupSecurity {
+            policy,
+            checker,
+            member,
+            allow_kids,
+        })
     }
 }
 

@@ -17,4 +17,4 @@ pub use checker::{CheckerConfig, GroupChecker, SignatureChecker, Verdict};
 pub use context::{ContextConfig, SecurityContext};
 pub use error::{ConfigError, OptionError, OscoreError};
 pub use group::GroupMember;
-pub use protect::{Exchange, Mode, ResponseInfo};
+pub use protect::{Exchange, Layer, Mode, ResponseInfo};

@@ -52,6 +52,18 @@ pub const DEFAULT_PROXY_OPTIONS: [u16; 3] = [
     opt::REPLY_FROM_DEFAULT,
 ];
 
+/// Which OSCORE layer a protection is (oscore-capable-proxies §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// Between the application endpoints: class U options stay outside for proxies.
+    EndToEnd,
+    /// Between a client and the proxy next to it: the options the proxy consumes (Proxy-*,
+    /// Uri-Host/Port, Multicast-Timeout), those it adds for the client (Reply-From) and an
+    /// inner OSCORE option are all for this hop's endpoints only, so every outer-only
+    /// option is processed as class E (oscore-capable-proxies §2.2 steps 4-8).
+    Hop,
+}
+
 /// The parts an unprotected message splits into.
 struct Split<'a> {
     view: MessageView<'a>,
@@ -59,7 +71,7 @@ struct Split<'a> {
     outer: Vec<(u16, &'a [u8])>,
 }
 
-fn split<'a>(msg: &'a [u8], proxy_options: &[u16]) -> Result<Split<'a>, OscoreError> {
+fn split<'a>(msg: &'a [u8], proxy_options: &[u16], layer: Layer) -> Result<Split<'a>, OscoreError> {
     let view = MessageView::parse(msg)?;
     let mut plaintext = Vec::with_capacity(msg.len() + 8);
     plaintext.push(view.code());
@@ -68,6 +80,7 @@ fn split<'a>(msg: &'a [u8], proxy_options: &[u16]) -> Result<Split<'a>, OscoreEr
     for (n, v) in view.options() {
         match oscore_class(n, proxy_options) {
             OptionClass::E => inner.push((n, v)),
+            OptionClass::U if layer == Layer::Hop => inner.push((n, v)),
             OptionClass::U => {
                 if n == opt::PROXY_URI {
                     return Err(OscoreError::ProxyUriUnsupported);
@@ -232,12 +245,23 @@ impl SecurityContext {
         mode: Mode,
         peer: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Exchange), OscoreError> {
+        self.protect_request_layer(msg, mode, peer, Layer::EndToEnd)
+    }
+
+    /// [`protect_request`](Self::protect_request) as the given layer.
+    pub fn protect_request_layer(
+        &mut self,
+        msg: &[u8],
+        mode: Mode,
+        peer: Option<&[u8]>,
+        layer: Layer,
+    ) -> Result<(Vec<u8>, Exchange), OscoreError> {
         let proxy_options = self.proxy_options;
         let Split {
             view,
             mut plaintext,
             mut outer,
-        } = split(msg, &proxy_options)?;
+        } = split(msg, &proxy_options, layer)?;
         if mode == Mode::Group {
             self.group_common()?;
         }
@@ -436,12 +460,24 @@ impl SecurityContext {
         mode: Mode,
         fresh_piv: bool,
     ) -> Result<Vec<u8>, OscoreError> {
+        self.protect_response_layer(msg, exchange, mode, fresh_piv, Layer::EndToEnd)
+    }
+
+    /// [`protect_response`](Self::protect_response) as the given layer.
+    pub fn protect_response_layer(
+        &mut self,
+        msg: &[u8],
+        exchange: &mut Exchange,
+        mode: Mode,
+        fresh_piv: bool,
+        layer: Layer,
+    ) -> Result<Vec<u8>, OscoreError> {
         let proxy_options = self.proxy_options;
         let Split {
             view,
             mut plaintext,
             mut outer,
-        } = split(msg, &proxy_options)?;
+        } = split(msg, &proxy_options, layer)?;
         let gid = self.common.gid().to_vec();
         let context_changed = self.is_group() && gid != exchange.kid_context;
         let own_piv = fresh_piv || context_changed || exchange.responses_sent > 0;

@@ -34,6 +34,12 @@ impl Policy {
 pub struct GroupSecurity {
     pub policy: Policy,
     pub checker: CheckerConfig,
+    /// The proxy's own membership in the group, for the pairwise traffic it terminates
+    /// (RFC 10021 §8; oscore-capable-proxies §2).
+    pub member: Option<crate::oscore::ContextConfig>,
+    /// Members (by Sender ID) that may send group requests through the proxy's layer;
+    /// `None`: every member of the group.
+    pub allow_kids: Option<Vec<Vec<u8>>>,
 }
 
 /// One CoAP group the proxy fans requests out to (RFC 10020 §3.5.1).

@@ -26,6 +26,10 @@ pub enum RejectReason {
     TokenReuse,
     /// Dropped by the signature filter (reported by a Checked event, no error response).
     SignatureCheck,
+    /// The proxy's own OSCORE layer failed (RFC 8613 §8.2 error codes).
+    OscoreLayer,
+    /// More OSCORE layers than the proxy removes (oscore-capable-proxies §2.1).
+    TooManyLayers,
 }
 
 impl RejectReason {
@@ -50,6 +54,8 @@ impl RejectReason {
             TooManyClients => "too_many_clients",
             TokenReuse => "token_reuse",
             SignatureCheck => "signature_check",
+            OscoreLayer => "oscore_layer",
+            TooManyLayers => "too_many_layers",
         }
     }
 }

@@ -3,6 +3,8 @@
 //! [`Engine::handle_timeout`]; datagrams to send and events come out of
 //! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
 
+mod member;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +21,10 @@ use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_
 use crate::coap::uri::{Host, Target, proxy_target};
 use crate::oscore::checker::CheckedRequest;
 use crate::oscore::replay::ResponseNumbers;
-use crate::oscore::{ConfigError, GroupChecker, OscoreError, SignatureChecker, Verdict};
+use crate::oscore::{
+    ConfigError, GroupChecker, GroupMember, OscoreError, SecurityContext, SignatureChecker, Verdict,
+};
+use member::Outer;
 
 /// RFC 7252 §4.8 transmission parameters.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +92,8 @@ struct Exchange {
     checked: Option<CheckedRequest>,
     /// Partial IVs of verified responses per server (RFC 10021 §5.3.1).
     response_numbers: ResponseNumbers,
+    /// The OSCORE layer shared with the client, for protecting each relayed response.
+    outer: Option<Outer>,
 }
 
 #[derive(Debug)]
@@ -111,6 +118,13 @@ enum Timer {
 struct Client {
     active: usize,
     bucket: Bucket,
+}
+
+/// A response the proxy itself makes (its own resources).
+struct Local {
+    code: u8,
+    options: Vec<(u16, Vec<u8>)>,
+    payload: Vec<u8>,
 }
 
 /// A request the filter refused.
@@ -150,6 +164,11 @@ impl Reject {
     }
     fn group(mut self, g: usize) -> Self {
         self.group = Some(g);
+        self
+    }
+    /// Max-Age 0: an OSCORE error must not be cached (RFC 8613 §8.2).
+    fn no_cache(mut self) -> Self {
+        self.options.push((opt::MAX_AGE, Vec::new()));
         self
     }
     /// No CoAP error: what the signature filter drops (see `on_client_datagram`).
@@ -196,6 +215,8 @@ pub struct Engine {
     cfg: ProxyConfig,
     /// Per group, the signature checker with its replay windows (None: checking off).
     checkers: Vec<Option<GroupChecker>>,
+    /// Per group, the proxy's own membership (None: not a member).
+    members: Vec<Option<GroupMember>>,
     exchanges: HashMap<u64, Exchange>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
@@ -225,8 +246,19 @@ impl Engine {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let members = cfg
+            .groups
+            .iter()
+            .map(
+                |g| match g.security.as_ref().and_then(|s| s.member.as_ref()) {
+                    Some(m) => SecurityContext::new(m).map(|c| Some(GroupMember::new(c))),
+                    None => Ok(None),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
         let mut e = Engine {
             checkers,
+            members,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
             late: LateTokens::new(cfg.limits.late_memory),
             cfg,
@@ -365,34 +397,70 @@ impl Engine {
             now,
             if con { EXCHANGE_LIFETIME } else { NON_LIFETIME },
         );
-        let reply = match self.request(now, listener, from, view) {
-            Ok(()) if con => Some(build::empty(ACK, mid)),
-            Ok(()) => None,
+        // oscore-capable-proxies §2.4 steps 5-6: an OSCORE request that names no proxy
+        // target outside is for the proxy itself; its layer comes off first.
+        let mut outer = None;
+        let inner_bytes;
+        let inner_view;
+        let view = if self.is_for_proxy_layer(view) {
+            match self.remove_outer_layer(view) {
+                Ok((bytes, o)) => {
+                    inner_bytes = bytes;
+                    outer = Some(o);
+                    match MessageView::parse(&inner_bytes) {
+                        Ok(v) => {
+                            inner_view = v;
+                            &inner_view
+                        }
+                        Err(_) => return self.drop_msg(DropReason::Malformed, from),
+                    }
+                }
+                Err(r) => {
+                    // Not protected: no layer was removed to protect it with (RFC 8613 §8.2).
+                    let reply = self.error_reply(from, con, mid, view.token(), r);
+                    if con {
+                        self.dedup.set_reply(from, mid, reply.clone());
+                    }
+                    return self.send(Link::Listener(listener), from, reply);
+                }
+            }
+        } else {
+            view
+        };
+        let reply = match self.request(now, listener, from, view, &mut outer) {
+            Ok(Some(local)) => {
+                let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
+                let mut opts: Vec<(u16, &[u8])> = local
+                    .options
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_slice()))
+                    .collect();
+                Some(build::encode(
+                    t,
+                    local.code,
+                    m,
+                    view.token(),
+                    &mut opts,
+                    &local.payload,
+                ))
+            }
+            Ok(None) if con => Some(build::empty(ACK, mid)),
+            Ok(None) => None,
             // A request dropped by the signature filter gets no CoAP error: a CON gets
             // only its empty ACK, which confirms receipt (RFC 7252 §4.2) and says nothing
             // of the check; a NON gets nothing, as servers send no error responses to
             // group requests either (RFC 10021 §7, RFC 10020 §3.1.2).
             Err(r) if r.code == 0 => con.then(|| build::empty(ACK, mid)),
-            Err(r) => {
-                self.emit(Event::Rejected {
-                    group: r.group,
-                    reason: r.reason,
-                    code: r.code,
-                    client: from,
-                });
-                let mut opts: Vec<(u16, &[u8])> =
-                    r.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-                // Errors to a CON ride in the ACK; to a NON, in a NON (RFC 7252 §5.2).
-                let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
-                Some(build::encode(
-                    t,
-                    r.code,
-                    m,
-                    view.token(),
-                    &mut opts,
-                    r.diagnostic.as_bytes(),
-                ))
-            }
+            Err(r) => Some(self.error_reply(from, con, mid, view.token(), r)),
+        };
+        // Whatever answers a request that came through the proxy's own layer goes back
+        // through it (oscore-capable-proxies §2.5); an empty ACK is not a response.
+        let reply = match (reply, outer.as_mut()) {
+            (Some(r), Some(o)) if r.len() > 4 => match self.protect_for_client(o, &r) {
+                Some(p) => Some(p),
+                None => return self.drop_msg(DropReason::Malformed, from),
+            },
+            (r, _) => r,
         };
         if let Some(r) = reply {
             if con {
@@ -435,7 +503,8 @@ impl Engine {
         listener: usize,
         from: SocketAddr,
         view: &MessageView,
-    ) -> Result<(), Reject> {
+        outer: &mut Option<Outer>,
+    ) -> Result<Option<Local>, Reject> {
         let mt_number = self.cfg.options.multicast_timeout;
         let mt = view.option(mt_number);
         let key = (from, view.token().to_vec());
@@ -461,7 +530,7 @@ impl Engine {
             });
             if let (true, Some(&t)) = (no_uri, self.by_client.get(&key)) {
                 self.close(t, CloseReason::EarlyStopRequest);
-                return Ok(());
+                return Ok(None);
             }
         }
         for (n, _) in view.options() {
@@ -486,11 +555,21 @@ impl Engine {
             }
         }
         let Some(target) = target else {
-            return Err(Reject::new(
-                code::NOT_FOUND,
-                RejectReason::NotForProxy,
-                "this proxy serves no resources of its own",
-            ));
+            return match outer {
+                // §2.1: one layer is what this proxy removes; another one is too many.
+                Some(_) if view.option(opt::OSCORE).is_some() => Err(Reject::new(
+                    code::UNAUTHORIZED,
+                    RejectReason::TooManyLayers,
+                    "more OSCORE layers than this proxy removes",
+                )),
+                // Its own resources are served to authenticated members only.
+                Some(o) => Ok(Some(self.local_resource(o, view))),
+                None => Err(Reject::new(
+                    code::NOT_FOUND,
+                    RejectReason::NotForProxy,
+                    "this proxy serves its resources over OSCORE only",
+                )),
+            };
         };
         if target.scheme != "coap" {
             return Err(Reject::new(
@@ -545,8 +624,12 @@ impl Engine {
             None => None,
         };
         match group {
-            Some(g) => self.forward_to_group(now, listener, from, view, g, target, mt, hop_limit),
-            None => self.forward_unicast(now, listener, from, view, target, hop_limit),
+            Some(g) => self
+                .forward_to_group(now, listener, from, view, g, target, mt, hop_limit, outer)
+                .map(|()| None),
+            None => self
+                .forward_unicast(now, listener, from, view, target, hop_limit, outer)
+                .map(|()| None),
         }
     }
 
@@ -656,7 +739,9 @@ impl Engine {
         target: Target,
         mt: Option<&[u8]>,
         hop_limit: Option<u8>,
+        outer: &mut Option<Outer>,
     ) -> Result<(), Reject> {
+        let authenticated = outer.as_ref().map(|o| self.kid_allowed(o, g));
         let spec: &GroupSpec = &self.cfg.groups[g];
         if !spec.enabled {
             return Err(Reject::new(
@@ -666,7 +751,11 @@ impl Engine {
             )
             .group(g));
         }
-        if !spec.allow.iter().any(|p| p.contains(from.ip())) {
+        // §5.2.1 step 2: a client authenticated by its OSCORE layer is allowed by its
+        // kid; otherwise by its address.
+        let allowed =
+            authenticated.unwrap_or_else(|| spec.allow.iter().any(|p| p.contains(from.ip())));
+        if !allowed {
             return Err(Reject::new(
                 code::UNAUTHORIZED,
                 RejectReason::NotAllowed,
@@ -737,6 +826,7 @@ impl Engine {
             );
             if let Some(ex) = self.exchanges.get_mut(&token) {
                 ex.checked = checked;
+                ex.outer = outer.take();
             }
         }
         Ok(())
@@ -822,6 +912,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward_unicast(
         &mut self,
         now: Instant,
@@ -830,6 +921,7 @@ impl Engine {
         view: &MessageView,
         target: Target,
         hop_limit: Option<u8>,
+        outer: &mut Option<Outer>,
     ) -> Result<(), Reject> {
         let Host::Ip(ip) = target.host else {
             unreachable!("names resolve to groups or are refused")
@@ -882,6 +974,9 @@ impl Engine {
             timeout,
             con.then_some(mid),
         );
+        if let Some(ex) = self.exchanges.get_mut(&token) {
+            ex.outer = outer.take();
+        }
         Ok(())
     }
 
@@ -913,6 +1008,7 @@ impl Engine {
                 origin_mid,
                 checked: None,
                 response_numbers: ResponseNumbers::default(),
+                outer: None,
             },
         );
         self.by_client
@@ -1068,26 +1164,11 @@ impl Engine {
             opts.push((reply_from_no, rf));
         }
         let client_token = ex.client_token.clone();
-        let tracked = con && {
-            let bytes = build::encode(
-                CON,
-                view.code(),
-                mid,
-                &client_token,
-                &mut opts.clone(),
-                view.payload(),
-            );
-            self.track(
-                now,
-                Link::Listener(listener),
-                client,
-                mid,
-                bytes,
-                Some(token),
-            )
-        };
-        let t = if tracked { CON } else { NON };
-        let bytes = build::encode(
+        let mut outer = ex.outer.take();
+        // A CON client gets CON responses while the retransmission table has room.
+        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
+        let t = if con { CON } else { NON };
+        let mut bytes = build::encode(
             t,
             view.code(),
             mid,
@@ -1095,6 +1176,30 @@ impl Engine {
             &mut opts,
             view.payload(),
         );
+        if let Some(o) = outer.as_mut() {
+            match self.protect_for_client(o, &bytes) {
+                Some(p) => bytes = p,
+                None => {
+                    if let Some(ex) = self.exchanges.get_mut(&token) {
+                        ex.outer = outer;
+                    }
+                    return self.drop_msg(DropReason::Malformed, from);
+                }
+            }
+        }
+        if let Some(ex) = self.exchanges.get_mut(&token) {
+            ex.outer = outer;
+        }
+        if con {
+            self.track(
+                now,
+                Link::Listener(listener),
+                client,
+                mid,
+                bytes.clone(),
+                Some(token),
+            );
+        }
         self.send(Link::Listener(listener), client, bytes);
         self.emit(Event::Relayed {
             group: kind.group(),
@@ -1115,6 +1220,28 @@ impl Engine {
             self.reply_error(t, code::BAD_GATEWAY, "origin reset the request");
             self.close(t, CloseReason::OriginReset);
         }
+    }
+
+    /// The error response to a request: piggybacked in the ACK of a CON, a NON for a NON
+    /// (RFC 7252 §5.2); counted.
+    fn error_reply(
+        &mut self,
+        client: SocketAddr,
+        con: bool,
+        mid: u16,
+        token: &[u8],
+        r: Reject,
+    ) -> Vec<u8> {
+        self.emit(Event::Rejected {
+            group: r.group,
+            reason: r.reason,
+            code: r.code,
+            client,
+        });
+        let mut opts: Vec<(u16, &[u8])> =
+            r.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
+        build::encode(t, r.code, m, token, &mut opts, r.diagnostic.as_bytes())
     }
 
     /// A separate error response to the client of an exchange (as NON: the client's CON

@@ -1,0 +1,181 @@
+//! The proxy as a full group member for the traffic it terminates (RFC 10021 §8;
+//! oscore-capable-proxies §2): the OSCORE layer a client shares with the proxy comes off
+//! incoming requests, and every answer to such a request goes back under it.
+
+use super::{Engine, Local, Reject};
+use crate::coap::MessageView;
+use crate::coap::build::code;
+use crate::coap::options as opt;
+use crate::oscore::option::OscoreOption;
+use crate::oscore::{Exchange, Layer, OscoreError};
+use crate::proxy::events::RejectReason;
+
+/// The layer a request came in under: which group context removed it, and the request
+/// binding that protects every answer (RFC 10021 §8.5).
+#[derive(Debug)]
+pub(super) struct Outer {
+    group: usize,
+    ex: Exchange,
+}
+
+impl Engine {
+    /// An OSCORE request with no proxy target outside is addressed to the proxy, if it
+    /// is a member of any group.
+    pub(super) fn is_for_proxy_layer(&self, view: &MessageView) -> bool {
+        self.members.iter().any(Option::is_some)
+            && view.option(opt::OSCORE).is_some()
+            && view.option(opt::PROXY_URI).is_none()
+            && view.option(opt::PROXY_SCHEME).is_none()
+    }
+
+    /// Verifies and decrypts the proxy's layer with the context the kid context names.
+    /// Failures get the codes of RFC 8613 §8.2 (and RFC 10021 §8.4), unprotected.
+    pub(super) fn remove_outer_layer(
+        &mut self,
+        view: &MessageView,
+    ) -> Result<(Vec<u8>, Outer), Reject> {
+        let value = view.option(opt::OSCORE).unwrap_or_default();
+        let o = OscoreOption::parse(value).map_err(|_| {
+            Reject::new(
+                code::BAD_OPTION,
+                RejectReason::OscoreLayer,
+                "bad OSCORE option",
+            )
+            .no_cache()
+        })?;
+        let not_found = || {
+            Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::OscoreLayer,
+                "Security context not found",
+            )
+            .no_cache()
+        };
+        let gid = o.kid_context.ok_or_else(not_found)?;
+        let group = self
+            .members
+            .iter()
+            .position(|m| m.as_ref().is_some_and(|m| m.current().common.gid() == gid))
+            .ok_or_else(not_found)?;
+        let member = self.members[group].as_mut().expect("found above");
+        match member.unprotect_request(view.bytes()) {
+            Ok((inner, ex)) => Ok((inner, Outer { group, ex })),
+            Err(e) => Err(match e {
+                OscoreError::UnknownKid | OscoreError::UnknownGid => not_found(),
+                OscoreError::Replay | OscoreError::TooOld | OscoreError::ReplayWindowInvalid => {
+                    Reject::new(
+                        code::UNAUTHORIZED,
+                        RejectReason::OscoreLayer,
+                        "Replay detected",
+                    )
+                    .no_cache()
+                }
+                OscoreError::Option(_)
+                | OscoreError::MissingKidOrPiv
+                | OscoreError::MissingKidContext => Reject::new(
+                    code::BAD_OPTION,
+                    RejectReason::OscoreLayer,
+                    "bad OSCORE option",
+                )
+                .no_cache(),
+                _ => Reject::new(
+                    code::BAD_REQUEST,
+                    RejectReason::OscoreLayer,
+                    "Decryption failed",
+                )
+                .no_cache(),
+            }),
+        }
+    }
+
+    /// Protects an answer to the client under the layer its request came in: pairwise
+    /// mode, every outer-only option inside (oscore-capable-proxies §2.2, §2.5), a fresh
+    /// Partial IV from the second answer on (§2.5.1).
+    pub(super) fn protect_for_client(&mut self, outer: &mut Outer, msg: &[u8]) -> Option<Vec<u8>> {
+        let member = self.members.get_mut(outer.group)?.as_mut()?;
+        let mode = outer.ex.mode;
+        member
+            .current_mut()
+            .protect_response_layer(msg, &mut outer.ex, mode, false, Layer::Hop)
+            .ok()
+    }
+
+    /// Whether the client authenticated by `outer` may send group requests to group `g`:
+    /// it must be a member of that very group, and on its `allow_kids` list if it has one.
+    pub(super) fn kid_allowed(&self, outer: &Outer, g: usize) -> bool {
+        if outer.group != g {
+            return false;
+        }
+        match self.cfg.groups[g]
+            .security
+            .as_ref()
+            .and_then(|s| s.allow_kids.as_ref())
+        {
+            Some(list) => list.contains(&outer.ex.kid),
+            None => true,
+        }
+    }
+
+    /// The proxy's own resources (a member's pairwise requests to it, RFC 10021 §8).
+    pub(super) fn local_resource(&self, _outer: &Outer, view: &MessageView) -> Local {
+        let path: Vec<&[u8]> = view
+            .options()
+            .filter(|(n, _)| *n == opt::URI_PATH)
+            .map(|(_, v)| v)
+            .collect();
+        let link_format = opt::uint_value(40);
+        let json = opt::uint_value(50);
+        let (c, cf, payload) = match (view.code(), path.as_slice()) {
+            (code::GET, [b".well-known", b"core"]) => (
+                code::CONTENT,
+                Some(link_format),
+                b"</groups>;rt=\"groxy.groups\";ct=50,</status>;rt=\"groxy.status\";ct=50".to_vec(),
+            ),
+            (code::GET, [b"groups"]) => {
+                let groups: Vec<_> = self
+                    .cfg
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "name": g.name,
+                            "uri": format!("coap://{}", g.addr),
+                            "enabled": g.enabled,
+                            "policy": g.security.as_ref().map(|s| s.policy.as_str()),
+                        })
+                    })
+                    .collect();
+                (
+                    code::CONTENT,
+                    Some(json),
+                    serde_json::to_vec(&groups).unwrap_or_default(),
+                )
+            }
+            (code::GET, [b"status"]) => {
+                let (active, capacity) = self.exchanges();
+                let status = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "exchanges": active,
+                    "capacity": capacity,
+                    "groups": self.cfg.groups.len(),
+                });
+                (
+                    code::CONTENT,
+                    Some(json),
+                    serde_json::to_vec(&status).unwrap_or_default(),
+                )
+            }
+            (_, [b".well-known", b"core"] | [b"groups"] | [b"status"]) => {
+                (code::METHOD_NOT_ALLOWED, None, Vec::new())
+            }
+            _ => (code::NOT_FOUND, None, Vec::new()),
+        };
+        Local {
+            code: c,
+            options: cf
+                .map(|v| vec![(opt::CONTENT_FORMAT, v)])
+                .unwrap_or_default(),
+            payload,
+        }
+    }
+}
