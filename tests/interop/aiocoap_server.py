@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A real aiocoap 0.4.17 Group OSCORE server over UDP, for groxy's interop tests.
+"""A real aiocoap 0.4.17 Group OSCORE (or plain CoAP) server over UDP, for groxy's
+interop tests.
 
 Usage: aiocoap_server.py CONFIG.json (fields in README.md next to this file).
 
@@ -7,9 +8,10 @@ Requests are handled by aiocoap's own server stack (udp6 transport,
 OscoreSiteWrapper, CredentialsMap lookup). Additions: resources refuse
 requests that were not OSCORE protected (GroupOnlyResource), replays are
 reported the way aiocoap intends (aiocoap_peer.GroupContext), and the response
-mode can be switched to group mode (GroupRespondingContext). Prints
-"READY <port>" once listening and serves until stdin reaches EOF or SIGTERM
-arrives.
+mode can be switched to group mode (GroupRespondingContext). With
+"oscore": false it serves the same resources as plain CoAP instead (no group
+fields needed). Prints "READY <port>" once listening and serves until stdin
+reaches EOF or SIGTERM arrives.
 """
 
 import asyncio
@@ -60,18 +62,31 @@ class GroupOnlyResource(resource.Resource):
         return await super().render(request)
 
 
-class Hello(GroupOnlyResource):
-    def __init__(self, sender_id):
+class PlainHello(resource.Resource):
+    """GET /hello: a fixed text naming this server."""
+
+    def __init__(self, payload):
         super().__init__()
-        self.payload = b"hello from aiocoap " + sender_id.hex().encode()
+        self.payload = payload
 
     async def render_get(self, request):
         return aiocoap.Message(code=aiocoap.CONTENT, payload=self.payload)
 
 
-class Echo(GroupOnlyResource):
+class PlainEcho(resource.Resource):
+    """POST /echo: the request payload back."""
+
     async def render_post(self, request):
         return aiocoap.Message(code=aiocoap.CHANGED, payload=request.payload)
+
+
+class Hello(GroupOnlyResource, PlainHello):
+    def __init__(self, sender_id):
+        super().__init__(b"hello from aiocoap " + sender_id.hex().encode())
+
+
+class Echo(GroupOnlyResource, PlainEcho):
+    pass
 
 
 def bound_port(context):
@@ -102,7 +117,8 @@ def stop_on_stdin_eof(loop, stop):
     threading.Thread(target=wait_for_eof, daemon=True).start()
 
 
-async def serve(cfg):
+def oscore_site(cfg):
+    """The Group OSCORE server: /hello and /echo behind OscoreSiteWrapper."""
     response_mode = cfg.get("response_mode", "pairwise")
     if response_mode == "pairwise":
         group = build_group_context(cfg)
@@ -116,10 +132,27 @@ async def serve(cfg):
     site.add_resource(["echo"], Echo())
     credentials = CredentialsMap()
     credentials[":grp"] = group
+    return OscoreSiteWrapper(site, credentials)
+
+
+def plain_site(cfg):
+    """The plain CoAP server: /hello ("hello from <name>") and /echo, no OSCORE."""
+    site = resource.Site()
+    name = cfg.get("name", "aiocoap")
+    site.add_resource(["hello"], PlainHello(("hello from %s" % name).encode()))
+    site.add_resource(["echo"], PlainEcho())
+    return site
+
+
+async def serve(cfg):
+    oscore = cfg.get("oscore", True)
+    if not isinstance(oscore, bool):
+        raise ValueError("oscore must be true or false")
+    site = oscore_site(cfg) if oscore else plain_site(cfg)
 
     # Only udp6: the default transport list would also open TCP/TLS servers.
     context = await aiocoap.Context.create_server_context(
-        OscoreSiteWrapper(site, credentials),
+        site,
         bind=(cfg["bind"], cfg["port"]),
         # [group, interface] pairs or bare interface names, as aiocoap takes them.
         multicast=cfg.get("multicast", []),
