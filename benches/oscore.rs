@@ -427,13 +427,13 @@ fn pairwise_requests(c: &mut Criterion) {
     g.finish();
 }
 
-/// 19 benchmarks at ~1 s warm-up + 4 s measurement each keep the run near 2 minutes; 60
-/// samples are plenty for a median of operations in the microsecond range.
+/// 18 benchmarks at 1 s warm-up + 3 s measurement: about 1.5 minutes in all, setup and
+/// analysis included. 50 samples are plenty for the median of microsecond operations.
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(60)
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
 }
 
 criterion_group! {

@@ -36,6 +36,9 @@ pub struct ClientRequest {
     /// group with this Sender ID (oscore-capable-proxies §2.3), and remove it from every
     /// response (§2.6).
     pub proxy_kid: Option<Vec<u8>>,
+    /// First Sender Sequence Number to use: a client that runs again must continue
+    /// above every number it used before, or its requests are replays (RFC 10021 §5.3).
+    pub first_ssn: u64,
 }
 
 impl ClientRequest {
@@ -53,6 +56,7 @@ impl ClientRequest {
             reply_from_option: opt::REPLY_FROM_DEFAULT,
             oscore: None,
             proxy_kid: None,
+            first_ssn: 0,
         }
     }
 }
@@ -172,7 +176,11 @@ pub async fn run(
     let token = &rnd[..8];
     let mid = u16::from_be_bytes([rnd[8], rnd[9]]);
     let mut security = match &req.oscore {
-        Some(c) => Some(SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?),
+        Some(c) => {
+            let mut ctx = SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?;
+            ctx.sender.ssn = req.first_ssn;
+            Some(ctx)
+        }
         None => None,
     };
     let (mut msg, mut exchange) = match &mut security {
@@ -186,6 +194,9 @@ pub async fn run(
         ),
     };
     let mut hop = None;
+    // Kept to answer an Echo challenge of the proxy with the same end-to-end request.
+    let end_to_end = msg.clone();
+    let mut echoed = false;
     if let (Some(ctx), Some(kid)) = (&mut security, &req.proxy_kid) {
         let (m, ex) = ctx
             .protect_request_layer(&msg, Mode::Pairwise, Some(kid), Layer::Hop)
@@ -225,6 +236,38 @@ pub async fn run(
             (Some(ctx), Some(h)) if outer_view.option(opt::OSCORE).is_some() => {
                 match ctx.unprotect_response(&buf[..n], h) {
                     Ok((inner, _)) => {
+                        // RFC 10021 §9: the proxy lost its replay state and asks for
+                        // proof of freshness; send the request again with its Echo.
+                        if let (Ok(iv), Some(kid), false) =
+                            (MessageView::parse(&inner), &req.proxy_kid, echoed)
+                            && iv.code() == build::code::UNAUTHORIZED
+                            && let Some(echo) = iv.option(opt::ECHO)
+                        {
+                            echoed = true;
+                            let e2e = MessageView::parse(&end_to_end)
+                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            let mut opts: Vec<(u16, &[u8])> = e2e.options().collect();
+                            opts.push((opt::ECHO, echo));
+                            let retry = build::encode(
+                                e2e.mtype(),
+                                e2e.code(),
+                                e2e.message_id().wrapping_add(1),
+                                token,
+                                &mut opts,
+                                e2e.payload(),
+                            );
+                            let (m, ex) = ctx
+                                .protect_request_layer(
+                                    &retry,
+                                    Mode::Pairwise,
+                                    Some(kid),
+                                    Layer::Hop,
+                                )
+                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            *h = ex;
+                            sock.send_to(&m, req.proxy).await?;
+                            continue;
+                        }
                         layered = inner;
                         match MessageView::parse(&layered) {
                             Ok(v) => (v, &layered[..]),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod coap;
 pub mod config;
 pub mod device;
+pub mod ops;
 pub mod oscore;
 pub mod proxy;
 pub mod runtime;

@@ -66,6 +66,7 @@ impl Harness {
             match o {
                 Output::Transmit(x) => t.push(x),
                 Output::Event(e) => ev.push(e),
+                Output::ReserveSsn { .. } => {}
             }
         }
         (t, ev)

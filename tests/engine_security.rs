@@ -60,6 +60,7 @@ impl H {
             match o {
                 Output::Transmit(x) => t.push(x),
                 Output::Event(e) => ev.push(e),
+                Output::ReserveSsn { .. } => {}
             }
         }
         (t, ev)

@@ -303,7 +303,7 @@ const PROXY: &[u8] = &[0x50];
 /// layer. The proxy also answers pairwise requests to its own resources (RFC 10021 §8),
 /// and refuses a second layer it cannot remove with 4.01 (§2.1).
 #[tokio::test(flavor = "current_thread")]
-async fn oscore_capable_proxies_outer_layer_and_own_resources() {
+async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
     let dir = std::env::temp_dir().join(format!("groxy-outer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -312,7 +312,11 @@ async fn oscore_capable_proxies_outer_layer_and_own_resources() {
     secret(&dir, "group.sek", &sek(&g), 0o600);
     secret(&dir, "proxy.key", &g.member(PROXY).key.to_bytes(), 0o600);
     let port = free_port();
-    let mut toml = proxy_toml(&g, port, "group.sek");
+    let mut toml = proxy_toml(&g, port, "group.sek").replacen(
+        "[proxy]\n",
+        "[proxy]\nstate_dir = \"state\"\n",
+        1,
+    );
     toml.push_str(&format!(
         "master_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"50\"\nprivate_key_file = \"proxy.key\"\ncredential = \"{}\"\nallow_kids = [\"01\"]\n",
         hex::encode(&g.master_salt),
@@ -408,6 +412,50 @@ async fn oscore_capable_proxies_outer_layer_and_own_resources() {
         0x81,
         "4.01, protected"
     );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state/secure.ssn"))
+            .unwrap()
+            .trim(),
+        "4096"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A restart (RFC 10021 §2.6.1): the proxy continues above the reserved block, never
+    // reusing a Sender Sequence Number, and treats its peers' replay windows as invalid
+    // until the Echo exchange of §9, which groxy client answers by itself.
+    let proxy = Proxy::bind(groxy::config::load_file(&cfg_path).unwrap().run).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state/secure.ssn"))
+            .unwrap()
+            .trim(),
+        "8192"
+    );
+    let proxy_addr = proxy.listen_addrs()[0];
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let mut proxy = proxy;
+    proxy.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 3);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(client_cfg.clone());
+    req.proxy_kid = Some(PROXY.to_vec());
+    req.first_ssn = 100;
+    let got = send(&req, |_| {}).await.unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|r| matches!(r.oscore, Some(Ok(_)))));
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        Event::Rejected {
+            reason: groxy::proxy::RejectReason::EchoChallenge,
+            code: 0x81,
+            ..
+        }
+    )));
     let _ = stop_tx.send(());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -105,6 +105,7 @@ pub fn run(a: Args) -> Result<(), String> {
     }
     if let Some(f) = &a.oscore {
         req.oscore = Some(crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
+        req.first_ssn = reserve_ssn(f)?;
     }
     let json = a.json;
     let rt = super::runtime()?;
@@ -115,4 +116,33 @@ pub fn run(a: Args) -> Result<(), String> {
         eprintln!("{} response(s)", got.len());
     }
     Ok(())
+}
+
+/// Sequence numbers one invocation may use at most.
+const SSN_PER_RUN: u64 = 1000;
+
+/// Every run continues above the numbers of the last (`<member file>.ssn` next to the
+/// member file), reserving its own block on disk before sending anything, so that no
+/// two runs ever send the same Partial IV (RFC 10021 §5.3, §2.6.1.1).
+fn reserve_ssn(member_file: &std::path::Path) -> Result<u64, String> {
+    let dir = member_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let stem = member_file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| format!("{}: no file name", member_file.display()))?;
+    let path = dir.join(format!("{stem}.ssn"));
+    let next = match std::fs::read_to_string(&path) {
+        Ok(t) => t
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{}: not a number", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    crate::runtime::state::write(dir, stem, next + SSN_PER_RUN)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(next)
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::config;
+use crate::ops::{self, Health, Ops};
 use crate::runtime::Proxy;
 
 pub fn run(file: Option<&Path>) -> Result<(), String> {
@@ -12,17 +13,56 @@ pub fn run(file: Option<&Path>) -> Result<(), String> {
     };
     let rt = super::runtime()?;
     rt.block_on(async {
-        let proxy = Proxy::bind(loaded.run.clone()).map_err(|e| e.to_string())?;
+        // The operations endpoint first: /healthz answers (and /readyz says 503) while
+        // the proxy's sockets are being bound.
+        let ops = match loaded.metrics {
+            Some(addr) => {
+                let (o, m) = Ops::start(addr, &loaded.run.proxy).map_err(|e| e.to_string())?;
+                tracing::info!(event = "metrics", addr = %o.local_addr());
+                Some((o, m))
+            }
+            None => None,
+        };
+        let mut proxy = Proxy::bind(loaded.run.clone()).map_err(|e| e.to_string())?;
         for a in proxy.listen_addrs() {
             tracing::info!(event = "listening", addr = %a);
         }
         for (i, g) in loaded.run.proxy.groups.iter().enumerate() {
             tracing::info!(event = "group", name = %g.name, addr = %g.addr, egress = ?proxy.group_addr(i), enabled = g.enabled);
         }
-        proxy.run(super::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        let (ops, health) = match ops {
+            Some((o, m)) => {
+                proxy.observe(m);
+                let h = o.health();
+                (Some(o), h)
+            }
+            // Without an endpoint nobody reads readiness; no observer costs nothing.
+            None => (None, std::sync::Arc::new(Health::default())),
+        };
+        // Registered before readiness is reported, so that no SIGHUP sent after /readyz
+        // said 200 can meet the default action.
+        if let Ok(hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(ignore_hangup(hup));
+        }
+        ops::serve(proxy, health, super::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(ops);
         tracing::info!(event = "stopped");
         Ok(())
     })
+}
+
+/// SIGHUP will ask for a configuration reload (the systemd unit's ExecReload sends it);
+/// until reloading exists it is logged and ignored, rather than killing the proxy as its
+/// default action would.
+async fn ignore_hangup(mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        tracing::warn!(
+            event = "reload_ignored",
+            reason = "configuration reload is not implemented; restart to apply changes"
+        );
+    }
 }
 
 pub fn check(file: &Path) -> Result<(), String> {

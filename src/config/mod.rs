@@ -39,6 +39,9 @@ struct ProxySection {
     listen: Vec<String>,
     #[serde(default)]
     metrics: Option<String>,
+    /// Where the proxy keeps its Sender Sequence Numbers (when it is a group member).
+    #[serde(default)]
+    state_dir: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -46,6 +49,7 @@ impl Default for ProxySection {
         ProxySection {
             listen: default_listen(),
             metrics: None,
+            state_dir: None,
         }
     }
 }
@@ -394,6 +398,8 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
             },
             listen,
             egress,
+            // Relative to the configuration file, like every other path in it.
+            state_dir: f.proxy.state_dir.as_ref().map(|d| base.join(d)),
         },
         metrics,
     })

@@ -126,6 +126,10 @@ pub struct SenderContext {
     pub cred: Option<Credential>,
     /// Next Sender Sequence Number; one space for both modes (RFC 10021 §2.5.3).
     pub ssn: u64,
+    /// Numbers from here on are not yet recorded on stable storage: they must not be
+    /// used, so that a crash never leads to nonce reuse (RFC 10021 §2.6.1.1). `None`:
+    /// no persistence (tests, ephemeral clients).
+    pub ssn_ceiling: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -327,6 +331,7 @@ impl SecurityContext {
             private_key,
             cred,
             ssn: 0,
+            ssn_ceiling: None,
         };
         let mut ctx = SecurityContext {
             common,
@@ -441,6 +446,9 @@ impl SecurityContext {
         let s = self.sender.ssn;
         if s > MAX_SSN {
             return Err(OscoreError::SequenceExhausted);
+        }
+        if self.sender.ssn_ceiling.is_some_and(|c| s >= c) {
+            return Err(OscoreError::SequenceNotReserved);
         }
         self.sender.ssn = s + 1;
         Ok(s)

@@ -74,6 +74,8 @@ pub enum OscoreError {
     ReplayWindowInvalid,
     #[error("Sender Sequence Number space exhausted (RFC 10021 §2.6.2)")]
     SequenceExhausted,
+    #[error("Sender Sequence Number not yet reserved on stable storage")]
+    SequenceNotReserved,
     #[error("this endpoint has no sender context (silent server)")]
     NoSenderContext,
     #[error("message is from this endpoint's own Sender ID")]

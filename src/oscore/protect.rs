@@ -34,6 +34,10 @@ pub struct Exchange {
     pub responses_sent: u32,
     /// Client side: Response Numbers per server (§5.3.1).
     pub response_numbers: ResponseNumbers,
+    /// Server side: false when the request verified but its freshness is unknown, the
+    /// sender's replay window being invalid after lost state (RFC 10021 §2.6.1.2); the
+    /// caller then runs the Echo exchange of §9 before acting on it.
+    pub fresh: bool,
 }
 
 /// What a verified response tells about its origin.
@@ -329,6 +333,7 @@ impl SecurityContext {
             }),
             responses_sent: 0,
             response_numbers: ResponseNumbers::default(),
+            fresh: true,
         };
         Ok((out, exchange))
     }
@@ -363,7 +368,11 @@ impl SecurityContext {
         }
         let seq = piv_value(piv);
         let recipient = self.recipients.get(kid).ok_or(OscoreError::UnknownKid)?;
-        recipient.replay.check(seq)?;
+        // With an invalid window the request is still verified, for the Echo exchange.
+        let window_valid = recipient.replay.is_valid();
+        if window_valid {
+            recipient.replay.check(seq)?;
+        }
         let sender_cred = recipient.cred.as_ref().map(|c| c.bytes()).unwrap_or(&[]);
         let kid_context = o.kid_context.unwrap_or(&[]);
         let req = RequestIds {
@@ -403,11 +412,13 @@ impl SecurityContext {
                 }
             }
         }
-        self.recipients
-            .get_mut(kid)
-            .expect("looked up above")
-            .replay
-            .accept(seq)?;
+        if window_valid {
+            self.recipients
+                .get_mut(kid)
+                .expect("looked up above")
+                .replay
+                .accept(seq)?;
+        }
         let plain = reassemble(&view, &buf, &self.proxy_options)?;
         let exchange = Exchange {
             mode,
@@ -417,6 +428,7 @@ impl SecurityContext {
             peer: None,
             responses_sent: 0,
             response_numbers: ResponseNumbers::default(),
+            fresh: window_valid,
         };
         Ok((plain, exchange))
     }

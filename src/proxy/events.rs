@@ -30,6 +30,8 @@ pub enum RejectReason {
     OscoreLayer,
     /// More OSCORE layers than the proxy removes (oscore-capable-proxies §2.1).
     TooManyLayers,
+    /// A verified request of unknown freshness got the Echo challenge (RFC 10021 §9).
+    EchoChallenge,
 }
 
 impl RejectReason {
@@ -56,6 +58,7 @@ impl RejectReason {
             SignatureCheck => "signature_check",
             OscoreLayer => "oscore_layer",
             TooManyLayers => "too_many_layers",
+            EchoChallenge => "echo_challenge",
         }
     }
 }

@@ -3,13 +3,14 @@
 
 mod logs;
 pub mod sockets;
+pub mod state;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
@@ -33,10 +34,23 @@ pub struct RunConfig {
     pub listen: Vec<SocketAddr>,
     /// One per group, in the order of `proxy.groups`.
     pub egress: Vec<Egress>,
+    /// Where the proxy's Sender Sequence Numbers are kept (needed when it is a member).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A callback that sees every engine event.
 pub type EventObserver = Box<dyn FnMut(&Event) + Send>;
+
+/// What the operations layer sees of the driver: every event, and the engine after each
+/// datagram's or timer run's outputs went out (gauges such as the exchange table and key
+/// generations live in the engine, not in events). Called on the proxy's task: keep it
+/// cheap.
+pub trait Observer: Send {
+    fn event(&mut self, e: &Event);
+    /// `took` is how long `Engine::handle` took for the datagram whose outputs were just
+    /// flushed (the engine reads no clock, so the driver measures); `None` after timers.
+    fn handled(&mut self, engine: &Engine, took: Option<Duration>);
+}
 
 /// Bound sockets, ready to run.
 pub struct Proxy {
@@ -47,6 +61,8 @@ pub struct Proxy {
     log: logs::EventLog,
     names: Vec<String>,
     observer: Option<EventObserver>,
+    watcher: Option<Box<dyn Observer>>,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl Proxy {
@@ -89,6 +105,12 @@ impl Proxy {
             log: logs::EventLog::default(),
             names,
             observer: None,
+            watcher: None,
+            state_dir: cfg.state_dir.clone(),
+        })
+        .and_then(|mut p: Proxy| {
+            state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
+            Ok(p)
         })
     }
 
@@ -114,6 +136,11 @@ impl Proxy {
         self.observer = Some(Box::new(f));
     }
 
+    /// Sees every event and the engine after each flush (metrics hook, see [`Observer`]).
+    pub fn observe(&mut self, o: impl Observer + 'static) {
+        self.watcher = Some(Box::new(o));
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         tokio::pin!(shutdown);
@@ -136,7 +163,7 @@ impl Proxy {
                     let (idx, from, n) = r;
                     start = idx + 1;
                     let now = Instant::now();
-                    self.engine.handle(now, self.sockets[idx].0, from, &buf[..n]);
+                    self.handle(now, idx, from, &buf[..n]);
                     // Drain what else is queued before going back to the reactor.
                     self.drain_ready(now, &mut buf);
                 }
@@ -150,7 +177,7 @@ impl Proxy {
             let mut got = false;
             for i in 0..self.sockets.len() {
                 if let Ok((n, from)) = self.sockets[i].1.try_recv_from(buf) {
-                    self.engine.handle(now, self.sockets[i].0, from, &buf[..n]);
+                    self.handle(now, i, from, &buf[..n]);
                     got = true;
                 }
             }
@@ -173,7 +200,20 @@ impl Proxy {
         }
     }
 
+    /// One datagram through the engine, its outputs flushed at once so that an observer
+    /// can tell which datagram's handling they came from (and how long it took).
+    fn handle(&mut self, now: Instant, idx: usize, from: SocketAddr, datagram: &[u8]) {
+        let start = self.watcher.is_some().then(Instant::now);
+        self.engine.handle(now, self.sockets[idx].0, from, datagram);
+        let took = start.map(|s| s.elapsed());
+        self.flush_after(took);
+    }
+
     fn flush(&mut self) {
+        self.flush_after(None);
+    }
+
+    fn flush_after(&mut self, took: Option<Duration>) {
         let now = Instant::now();
         while let Some(o) = self.engine.poll_output() {
             match o {
@@ -187,6 +227,17 @@ impl Proxy {
                         tracing::warn!(event = "send_failed", to = %t.to, error = "no socket for this address family")
                     }
                 },
+                Output::ReserveSsn { group, up_to } => {
+                    // Synchronously: nothing past the old bound goes out before this.
+                    let dir = self.state_dir.as_deref();
+                    match dir.map(|d| state::write(d, &self.names[group], up_to)) {
+                        Some(Ok(())) => self.engine.ssn_reserved(group, up_to),
+                        Some(Err(e)) => {
+                            tracing::error!(event = "ssn_reservation_failed", group = %self.names[group], error = %e)
+                        }
+                        None => self.engine.ssn_reserved(group, up_to),
+                    }
+                }
                 Output::Event(e) => {
                     let names = &self.names;
                     self.log.record(now, &e, |g| {
@@ -196,8 +247,14 @@ impl Proxy {
                     if let Some(f) = &mut self.observer {
                         f(&e);
                     }
+                    if let Some(w) = &mut self.watcher {
+                        w.event(&e);
+                    }
                 }
             }
+        }
+        if let Some(w) = &mut self.watcher {
+            w.handled(&self.engine, took);
         }
     }
 }

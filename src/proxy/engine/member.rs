@@ -4,7 +4,7 @@
 
 use super::{Engine, Local, Reject};
 use crate::coap::MessageView;
-use crate::coap::build::code;
+use crate::coap::build::{self, code};
 use crate::coap::options as opt;
 use crate::oscore::option::OscoreOption;
 use crate::oscore::{Exchange, Layer, OscoreError};
@@ -94,10 +94,12 @@ impl Engine {
     pub(super) fn protect_for_client(&mut self, outer: &mut Outer, msg: &[u8]) -> Option<Vec<u8>> {
         let member = self.members.get_mut(outer.group)?.as_mut()?;
         let mode = outer.ex.mode;
-        member
+        let protected = member
             .current_mut()
             .protect_response_layer(msg, &mut outer.ex, mode, false, Layer::Hop)
-            .ok()
+            .ok();
+        self.maybe_reserve(outer.group);
+        protected
     }
 
     /// Whether the client authenticated by `outer` may send group requests to group `g`:
@@ -176,6 +178,122 @@ impl Engine {
                 .map(|v| vec![(opt::CONTENT_FORMAT, v)])
                 .unwrap_or_default(),
             payload,
+        }
+    }
+}
+
+/// Sender Sequence Numbers reserved on stable storage at a time; a new reservation is
+/// asked for when half of a block is used.
+pub const SSN_BLOCK: u64 = 4096;
+
+impl Engine {
+    /// RFC 10021 §9: a verified request whose sender's replay window is invalid (state
+    /// was lost) is acted on only with the Echo value the proxy sent it; otherwise it gets
+    /// 4.01 with a fresh Echo, protected with the proxy's own Partial IV. With the
+    /// value echoed, the window restarts at the request's Partial IV.
+    pub(super) fn check_freshness(
+        &mut self,
+        outer: &mut Outer,
+        inner: &MessageView,
+        con: bool,
+        mid: u16,
+    ) -> Result<(), Vec<u8>> {
+        if outer.ex.fresh {
+            return Ok(());
+        }
+        let key = (outer.group, outer.ex.kid.clone());
+        if let (Some(echo), Some(expected)) = (inner.option(opt::ECHO), self.echoes.get(&key))
+            && echo == expected
+        {
+            self.echoes.remove(&key);
+            let seq = crate::oscore::option::piv_value(&outer.ex.piv);
+            if let Some(m) = self.members.get_mut(outer.group).and_then(Option::as_mut) {
+                let _ = m.current_mut().reinit_replay_window(&outer.ex.kid, seq);
+            }
+            outer.ex.fresh = true;
+            return Ok(());
+        }
+        let mut value = [0u8; 8];
+        for b in value.chunks_mut(8) {
+            b.copy_from_slice(&self.next_random().to_be_bytes());
+        }
+        self.echoes.insert(key, value);
+        self.emit(crate::proxy::Event::Rejected {
+            group: Some(outer.group),
+            reason: RejectReason::EchoChallenge,
+            code: code::UNAUTHORIZED,
+            client: "0.0.0.0:0".parse().expect("literal"),
+        });
+        let (t, m) = if con {
+            (build::ACK, mid)
+        } else {
+            (build::NON, self.mid())
+        };
+        let reply = build::encode(
+            t,
+            code::UNAUTHORIZED,
+            m,
+            inner.token(),
+            &mut [(opt::ECHO, &value[..])],
+            &[],
+        );
+        let member = self
+            .members
+            .get_mut(outer.group)
+            .and_then(Option::as_mut)
+            .ok_or_else(Vec::new)?;
+        let mode = outer.ex.mode;
+        member
+            .current_mut()
+            .protect_response_layer(&reply, &mut outer.ex, mode, true, Layer::Hop)
+            .map_err(|_| Vec::new())
+            .and_then(Err)
+    }
+
+    /// Restores the proxy's membership state in `group` after a start: Sender Sequence
+    /// Numbers continue at `next_ssn` and may go up to `ceiling` (already on stable
+    /// storage); with `lost_state`, every peer's replay window is invalid until Echo.
+    pub fn restore_member(&mut self, group: usize, next_ssn: u64, ceiling: u64, lost_state: bool) {
+        if let Some(m) = self.members.get_mut(group).and_then(Option::as_mut) {
+            let c = m.current_mut();
+            c.sender.ssn = next_ssn;
+            c.sender.ssn_ceiling = Some(ceiling);
+            if lost_state {
+                c.invalidate_replay_windows();
+            }
+        }
+    }
+
+    /// Stable storage now allows Sender Sequence Numbers up to `up_to` in `group`.
+    pub fn ssn_reserved(&mut self, group: usize, up_to: u64) {
+        if let Some(m) = self.members.get_mut(group).and_then(Option::as_mut) {
+            let c = m.current_mut();
+            c.sender.ssn_ceiling = Some(c.sender.ssn_ceiling.map_or(up_to, |x| x.max(up_to)));
+        }
+        if let Some(r) = self.reserving.get_mut(group) {
+            *r = None;
+        }
+    }
+
+    /// The groups the proxy is a member of.
+    pub fn member_groups(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&g| self.members[g].is_some())
+            .collect()
+    }
+
+    /// Asks for the next reservation once half of the current block is used.
+    pub(super) fn maybe_reserve(&mut self, group: usize) {
+        let Some(m) = self.members.get(group).and_then(Option::as_ref) else {
+            return;
+        };
+        let s = &m.current().sender;
+        let Some(ceiling) = s.ssn_ceiling else { return };
+        if s.ssn + SSN_BLOCK / 2 >= ceiling && self.reserving[group].is_none() {
+            let up_to = s.ssn + SSN_BLOCK;
+            self.reserving[group] = Some(up_to);
+            self.out
+                .push_back(super::Output::ReserveSsn { group, up_to });
         }
     }
 }

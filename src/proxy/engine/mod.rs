@@ -5,6 +5,8 @@
 
 mod member;
 
+pub use member::SSN_BLOCK;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +59,13 @@ pub struct Transmit {
 pub enum Output {
     Transmit(Transmit),
     Event(Event),
+    /// Record on stable storage that the proxy's Sender Sequence Numbers in `group` may
+    /// go up to `up_to`, then call [`Engine::ssn_reserved`] (RFC 10021 §2.6.1.1: no
+    /// nonce reuse after a crash).
+    ReserveSsn {
+        group: usize,
+        up_to: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +226,12 @@ pub struct Engine {
     checkers: Vec<Option<GroupChecker>>,
     /// Per group, the proxy's own membership (None: not a member).
     members: Vec<Option<GroupMember>>,
+    /// Echo values sent per (group, kid) whose freshness is to be proven (RFC 10021 §9);
+    /// bounded by the group's members, since only verified senders get one.
+    echoes: HashMap<(usize, Vec<u8>), [u8; 8]>,
+    /// Per group: the Sender Sequence Number bound asked of stable storage, not yet
+    /// confirmed (see `Output::ReserveSsn`).
+    reserving: Vec<Option<u64>>,
     exchanges: HashMap<u64, Exchange>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
@@ -256,9 +271,12 @@ impl Engine {
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
+        let reserving = vec![None; members.len()];
         let mut e = Engine {
             checkers,
             members,
+            echoes: HashMap::new(),
+            reserving,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
             late: LateTokens::new(cfg.limits.late_memory),
             cfg,
@@ -327,12 +345,18 @@ impl Engine {
         x ^ (x >> 33)
     }
 
-    fn jitter(&mut self) -> Duration {
-        // xorshift64: ACK_TIMEOUT * [1, ACK_RANDOM_FACTOR = 1.5] (RFC 7252 §4.8).
+    /// xorshift64 over the seed: jitter and Echo values.
+    fn next_random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        ACK_TIMEOUT + ACK_TIMEOUT.mul_f64((self.rng % 1000) as f64 / 2000.0)
+        self.rng
+    }
+
+    /// ACK_TIMEOUT * [1, ACK_RANDOM_FACTOR = 1.5] (RFC 7252 §4.8).
+    fn jitter(&mut self) -> Duration {
+        let r = self.next_random();
+        ACK_TIMEOUT + ACK_TIMEOUT.mul_f64((r % 1000) as f64 / 2000.0)
     }
 
     /// A datagram arrived on `link` from `from`.
@@ -410,6 +434,14 @@ impl Engine {
                     match MessageView::parse(&inner_bytes) {
                         Ok(v) => {
                             inner_view = v;
+                            // RFC 10021 §9: after lost state, freshness first (Echo).
+                            if let Some(o) = outer.as_mut()
+                                && let Err(challenge) =
+                                    self.check_freshness(o, &inner_view, con, mid)
+                            {
+                                self.dedup.set_reply(from, mid, challenge.clone());
+                                return self.send(Link::Listener(listener), from, challenge);
+                            }
                             &inner_view
                         }
                         Err(_) => return self.drop_msg(DropReason::Malformed, from),

@@ -1,0 +1,658 @@
+//! The Prometheus metrics of a running proxy, fed by the driver's [`Observer`] hook.
+//!
+//! Every label is bounded: group names come from the configuration (plus `unicast` for
+//! requests that name no configured group), and outcome, reason, code, direction, result
+//! and policy from the engine's enumerations. No client address, token or kid ever
+//! becomes a label value, so a flood of clients cannot grow the series count.
+//!
+//! The hot path touches only pre-resolved handles (atomics): every per-group child is
+//! made once in [`Metrics::new`] and kept in a `Vec` indexed by group; reasons and results
+//! are found by a short linear search over handles (made at start for the values known
+//! today, on first use for any the engine gains), and codes by indexing an array. No
+//! label lookup or hashing happens per datagram once a series exists.
+
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::coap::build::code;
+use crate::proxy::{
+    CheckResult, CloseReason, DropReason, Engine, Event, Policy, ProxyConfig, RejectReason,
+};
+use crate::runtime::Observer;
+
+/// The `group` label of requests and exchanges that belong to no configured group:
+/// unicast forwarding, and requests refused before their target resolved to a group. The
+/// logs use the same word.
+pub const UNICAST: &str = "unicast";
+
+/// Multicast-Timeout values clients ask for are whole seconds; 0 is "fire and forget".
+const TIMEOUT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 3600.0,
+];
+/// From a device on the same link (ms) to a sleepy one answering near the timeout.
+const DELAY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// An Ed25519 verification is some 50 µs, a P-256 one a few hundred.
+const VERIFY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+];
+
+/// Error codes the engine answers with; made at start so that the series exist at 0.
+const ERROR_CODES: [u8; 11] = [
+    code::BAD_REQUEST,
+    code::UNAUTHORIZED,
+    code::BAD_OPTION,
+    code::NOT_FOUND,
+    code::TOO_MANY_REQUESTS,
+    code::NOT_IMPLEMENTED,
+    code::BAD_GATEWAY,
+    code::SERVICE_UNAVAILABLE,
+    code::GATEWAY_TIMEOUT,
+    code::PROXYING_NOT_SUPPORTED,
+    code::HOP_LIMIT_REACHED,
+];
+
+/// Drop reasons and check results known today, made at start so that their series exist
+/// at 0 (an alert's increase() needs a sample before the first event). Variants the
+/// engine gains later are counted too, their series made on first use, so this module
+/// never has to follow the engine's enumerations to compile.
+const DROP_REASONS: [DropReason; 11] = [
+    DropReason::TooLarge,
+    DropReason::Malformed,
+    DropReason::DuplicateRequest,
+    DropReason::LateResponse,
+    DropReason::UnknownToken,
+    DropReason::UnexpectedMessage,
+    DropReason::ResponseAfterStop,
+    DropReason::GaveUpRetransmitting,
+    DropReason::RequestCheckFailed,
+    DropReason::ResponseCheckFailed,
+    DropReason::ResponseReplay,
+];
+
+const CHECK_RESULTS: [CheckResult; 8] = [
+    CheckResult::Valid,
+    CheckResult::BadSignature,
+    CheckResult::UnknownGid,
+    CheckResult::UnknownKid,
+    CheckResult::Malformed,
+    CheckResult::NotProtected,
+    CheckResult::Unverifiable,
+    CheckResult::Replay,
+];
+
+/// The reason of rejections by the proxy's own OSCORE layer (RFC 8613 section 8.2),
+/// compared by name so that this module does not depend on that variant.
+const OSCORE_LAYER: &str = "oscore_layer";
+
+/// Children of a labeled counter keyed by a small enumeration, found by a linear search
+/// (a handful of entries: cheaper than hashing) and made on first use.
+struct Children<K> {
+    items: Vec<(K, IntCounter)>,
+}
+
+impl<K: Copy + PartialEq> Children<K> {
+    fn new() -> Self {
+        Children { items: Vec::new() }
+    }
+
+    fn with(keys: &[K], make: impl Fn(K) -> IntCounter) -> Self {
+        Children {
+            items: keys.iter().map(|&k| (k, make(k))).collect(),
+        }
+    }
+
+    fn inc(&mut self, key: K, make: impl FnOnce() -> IntCounter) {
+        match self.items.iter().find(|(k, _)| *k == key) {
+            Some((_, c)) => c.inc(),
+            None => {
+                let c = make();
+                c.inc();
+                self.items.push((key, c));
+            }
+        }
+    }
+}
+
+/// `CloseReason` has no `as_str` in the engine: its variant name in snake case (made once
+/// per series).
+fn close_label(r: CloseReason) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{r:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Handles of one group's checks, made only for groups whose traffic is checked.
+struct Checks {
+    /// [request, response]
+    results: [Children<CheckResult>; 2],
+    policy: Policy,
+    verify: [Histogram; 2],
+    replays: IntCounter,
+    key_generation: IntGauge,
+}
+
+/// Handles of what only a configured group does.
+struct FanOuts {
+    fanouts: IntCounter,
+    lowered: IntCounter,
+    asked: Histogram,
+}
+
+/// Pre-resolved handles of one group (or of `unicast`, the last entry).
+struct GroupHandles {
+    name: String,
+    forwarded: IntCounter,
+    rejected: IntCounter,
+    /// Only where the signature filter runs, the one thing that drops requests.
+    dropped: Option<IntCounter>,
+    relayed: IntCounter,
+    delay: Histogram,
+    /// None for `unicast`, so that no pseudo-group series that can never move are shown.
+    fan: Option<FanOuts>,
+    checks: Option<Checks>,
+    rejections: Children<RejectReason>,
+    closed: Children<CloseReason>,
+}
+
+/// The metrics registry and the observer that feeds it. Give the observer to
+/// [`crate::runtime::Proxy::observe`] and [`Metrics::registry`] to the HTTP endpoint.
+pub struct Metrics {
+    registry: Registry,
+    groups: Vec<GroupHandles>,
+    rejections: IntCounterVec,
+    closed: IntCounterVec,
+    errors: IntCounterVec,
+    error_codes: Vec<Option<IntCounter>>,
+    checks: IntCounterVec,
+    dropped_vec: IntCounterVec,
+    dropped: Children<DropReason>,
+    decryption: IntCounter,
+    late: IntCounter,
+    active: IntGauge,
+    capacity: IntGauge,
+    /// The check event of the datagram being handled, to time its verification.
+    pending_check: Option<(usize, usize)>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(v.clone())).expect("registered once");
+    v
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let v = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(v.clone())).expect("registered once");
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Metrics {
+    /// Registers every metric for this configuration in a registry of its own (several
+    /// proxies in one process, as in tests, do not collide).
+    pub fn new(cfg: &ProxyConfig) -> Self {
+        let r = Registry::new();
+        // The standard process_* metrics (CPU, resident memory, open fds, start time).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
+
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "groxy_build_info",
+                "Always 1; the version of the running groxy.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(info.clone())).expect("registered once");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let requests = counter_vec(
+            &r,
+            "groxy_requests_total",
+            "Client requests by outcome: forwarded (fanned out or sent to a unicast origin), \
+             rejected (answered with an error code) or dropped (by the signature filter).",
+            &["group", "outcome"],
+        );
+        let rejections = counter_vec(
+            &r,
+            "groxy_requests_rejected_total",
+            "Client requests answered with an error code, by reason.",
+            &["group", "reason"],
+        );
+        let fanouts = counter_vec(
+            &r,
+            "groxy_fanouts_total",
+            "Group requests sent to a group as one multicast request.",
+            &["group"],
+        );
+        let lowered = counter_vec(
+            &r,
+            "groxy_multicast_timeout_lowered_total",
+            "Fan-outs whose Multicast-Timeout was lowered to the group's max_timeout.",
+            &["group"],
+        );
+        let relayed = counter_vec(
+            &r,
+            "groxy_responses_relayed_total",
+            "Responses relayed to clients (group responses carry Reply-From).",
+            &["group"],
+        );
+        let closed = counter_vec(
+            &r,
+            "groxy_exchanges_closed_total",
+            "Exchanges ended, by reason.",
+            &["group", "reason"],
+        );
+        let late = counter(
+            &r,
+            "groxy_late_responses_total",
+            "Responses that arrived after their exchange ended (also in groxy_dropped_total \
+             with reason late_response); the engine does not know their group.",
+        );
+        let checks = counter_vec(
+            &r,
+            "groxy_signature_checks_total",
+            "Countersignature checks of group-mode traffic (RFC 10021 section 7.5), by \
+             direction and result; policy says whether failures are dropped (enforce) or \
+             forwarded (monitor).",
+            &["group", "direction", "result", "policy"],
+        );
+        let replays = counter_vec(
+            &r,
+            "groxy_replays_dropped_total",
+            "Validly signed requests or responses dropped because their Partial IV was seen \
+             already (enforce policy).",
+            &["group"],
+        );
+        let verify = histogram_vec(
+            &r,
+            "groxy_signature_verification_seconds",
+            "Time the engine took for a datagram whose signature it checked, measured by the \
+             driver around the engine call; the verification dominates it.",
+            &["group", "direction"],
+            VERIFY_BUCKETS,
+        );
+        let key_generation = IntGaugeVec::new(
+            Opts::new(
+                "groxy_key_generation",
+                "Key Generation Number of the group's active key material (checked groups).",
+            ),
+            &["group"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(key_generation.clone()))
+            .expect("registered once");
+        let decryption = counter(
+            &r,
+            "groxy_decryption_failures_total",
+            "Requests to the proxy's own OSCORE layer that failed to decrypt (answered 4.00, \
+             RFC 8613 section 8.2). The proxy decrypts only where a group makes it a member; \
+             where it only checks signatures this stays 0.",
+        );
+        let errors = counter_vec(
+            &r,
+            "groxy_error_responses_total",
+            "Error responses the proxy itself sent to clients, by CoAP code.",
+            &["code"],
+        );
+        let dropped_vec = counter_vec(
+            &r,
+            "groxy_dropped_total",
+            "Datagrams dropped without an answer, by reason.",
+            &["reason"],
+        );
+        let active = gauge(&r, "groxy_exchanges_active", "Exchanges in flight.");
+        let capacity = gauge(
+            &r,
+            "groxy_exchanges_capacity",
+            "Size of the exchange table (limits.max_exchanges); when full, requests get 5.03.",
+        );
+        // Right from the start, not only once traffic makes the driver report the engine.
+        capacity.set(cfg.limits.max_exchanges as i64);
+        let asked = histogram_vec(
+            &r,
+            "groxy_multicast_timeout_seconds",
+            "Multicast-Timeout asked for by clients, before the group's max_timeout applies.",
+            &["group"],
+            TIMEOUT_BUCKETS,
+        );
+        let delay = histogram_vec(
+            &r,
+            "groxy_response_delay_seconds",
+            "Time from forwarding a request to relaying a response to it.",
+            &["group"],
+            DELAY_BUCKETS,
+        );
+        let reloads = counter_vec(
+            &r,
+            "groxy_config_reloads_total",
+            "Configuration reloads by result (reloading is not implemented yet).",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+
+        let names = cfg
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.security.as_ref(), true))
+            .chain(std::iter::once((UNICAST, None, false)));
+        let groups = names
+            .map(|(name, security, is_group)| {
+                let checked = security.filter(|s| s.policy != Policy::Off);
+                let checks = checked.map(|s| {
+                    let p = s.policy;
+                    let dir = |d: &str| {
+                        Children::with(&CHECK_RESULTS, |res| {
+                            checks.with_label_values(&[name, d, res.as_str(), p.as_str()])
+                        })
+                    };
+                    Checks {
+                        results: [dir("request"), dir("response")],
+                        policy: p,
+                        verify: [
+                            verify.with_label_values(&[name, "request"]),
+                            verify.with_label_values(&[name, "response"]),
+                        ],
+                        replays: replays.with_label_values(&[name]),
+                        key_generation: {
+                            let g = key_generation.with_label_values(&[name]);
+                            g.set(s.checker.key_generation as i64);
+                            g
+                        },
+                    }
+                });
+                GroupHandles {
+                    name: name.to_string(),
+                    forwarded: requests.with_label_values(&[name, "forwarded"]),
+                    rejected: requests.with_label_values(&[name, "rejected"]),
+                    dropped: checked.map(|_| requests.with_label_values(&[name, "dropped"])),
+                    relayed: relayed.with_label_values(&[name]),
+                    delay: delay.with_label_values(&[name]),
+                    fan: is_group.then(|| FanOuts {
+                        fanouts: fanouts.with_label_values(&[name]),
+                        lowered: lowered.with_label_values(&[name]),
+                        asked: asked.with_label_values(&[name]),
+                    }),
+                    checks,
+                    rejections: Children::new(),
+                    closed: Children::new(),
+                }
+            })
+            .collect();
+
+        let mut error_codes = vec![None; 256];
+        for c in ERROR_CODES {
+            error_codes[c as usize] = Some(errors.with_label_values(&[&code::dotted(c)]));
+        }
+        Metrics {
+            dropped: Children::with(&DROP_REASONS, |d| {
+                dropped_vec.with_label_values(&[d.as_str()])
+            }),
+            dropped_vec,
+            checks,
+            decryption,
+            registry: r,
+            groups,
+            rejections,
+            closed,
+            errors,
+            error_codes,
+            late,
+            active,
+            capacity,
+            pending_check: None,
+        }
+    }
+
+    /// The registry to expose (a cheap clone sharing the same metrics).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    fn group(&mut self, g: Option<usize>) -> &mut GroupHandles {
+        let i = group_index(&self.groups, g);
+        &mut self.groups[i]
+    }
+
+    fn error_response(&mut self, c: u8) {
+        let errors = &self.errors;
+        self.error_codes[c as usize]
+            .get_or_insert_with(|| errors.with_label_values(&[&code::dotted(c)]))
+            .inc();
+    }
+}
+
+/// The entry of a group, `unicast` (the last) for none. An index the configuration did
+/// not have cannot come from the engine; counting it as unicast beats a panic on the
+/// proxy's task.
+fn group_index(groups: &[GroupHandles], g: Option<usize>) -> usize {
+    let last = groups.len() - 1;
+    g.filter(|&i| i < last).unwrap_or(last)
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Observer for Metrics {
+    fn event(&mut self, e: &Event) {
+        match *e {
+            Event::Rejected {
+                group,
+                reason,
+                code,
+                ..
+            } => {
+                let rejections = &self.rejections;
+                let i = group_index(&self.groups, group);
+                let h = &mut self.groups[i];
+                h.rejected.inc();
+                let name = &h.name;
+                h.rejections.inc(reason, || {
+                    rejections.with_label_values(&[name.as_str(), reason.as_str()])
+                });
+                if reason.as_str() == OSCORE_LAYER && code == code::BAD_REQUEST {
+                    self.decryption.inc();
+                }
+                self.error_response(code);
+            }
+            Event::FanOut {
+                group,
+                timeout,
+                asked,
+            } => {
+                let h = self.group(Some(group));
+                h.forwarded.inc();
+                if let Some(f) = &h.fan {
+                    f.fanouts.inc();
+                    f.asked.observe(seconds(asked));
+                    if timeout < asked {
+                        f.lowered.inc();
+                    }
+                }
+            }
+            Event::UnicastForward => self.group(None).forwarded.inc(),
+            Event::Relayed { group, after } => {
+                let h = self.group(group);
+                h.relayed.inc();
+                h.delay.observe(seconds(after));
+            }
+            Event::Dropped { reason, .. } => {
+                let v = &self.dropped_vec;
+                self.dropped
+                    .inc(reason, || v.with_label_values(&[reason.as_str()]));
+                if reason == DropReason::LateResponse {
+                    self.late.inc();
+                }
+            }
+            Event::Closed { group, reason, .. } => {
+                // The engine sends these errors itself when it gives up on an origin.
+                match reason {
+                    CloseReason::UnicastTimeout => self.error_response(code::GATEWAY_TIMEOUT),
+                    CloseReason::OriginReset => self.error_response(code::BAD_GATEWAY),
+                    _ => {}
+                }
+                let closed = &self.closed;
+                let i = group_index(&self.groups, group);
+                let h = &mut self.groups[i];
+                let name = &h.name;
+                h.closed.inc(reason, || {
+                    closed.with_label_values(&[name.as_str(), &close_label(reason)])
+                });
+            }
+            Event::Checked {
+                group,
+                request,
+                result,
+                enforced,
+            } => {
+                let dir = if request { 0 } else { 1 };
+                let checks = &self.checks;
+                let i = group_index(&self.groups, Some(group));
+                let h = &mut self.groups[i];
+                if request
+                    && result != CheckResult::Valid
+                    && enforced
+                    && let Some(d) = &h.dropped
+                {
+                    d.inc();
+                }
+                let name = &h.name;
+                if let Some(c) = &mut h.checks {
+                    let (d, p) = (["request", "response"][dir], c.policy.as_str());
+                    c.results[dir].inc(result, || {
+                        checks.with_label_values(&[name.as_str(), d, result.as_str(), p])
+                    });
+                    if result == CheckResult::Replay && enforced {
+                        c.replays.inc();
+                    }
+                    self.pending_check = Some((group, dir));
+                }
+            }
+        }
+    }
+
+    fn handled(&mut self, engine: &Engine, took: Option<Duration>) {
+        let (active, capacity) = engine.exchanges();
+        self.active.set(active as i64);
+        self.capacity.set(capacity as i64);
+        if let (Some((g, dir)), Some(t)) = (self.pending_check.take(), took)
+            && let Some(c) = self.groups.get(g).and_then(|h| h.checks.as_ref())
+        {
+            c.verify[dir].observe(seconds(t));
+        }
+        for (i, h) in self.groups.iter().enumerate() {
+            if let (Some(c), Some(k)) = (&h.checks, engine.checker(i)) {
+                c.key_generation.set(k.current().key_generation() as i64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&m.registry().gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn events_land_in_their_series_and_no_address_becomes_a_label() {
+        let mut m = Metrics::new(&ProxyConfig::default());
+        let client = "192.0.2.7:40000".parse().unwrap();
+        m.event(&Event::FanOut {
+            group: 0,
+            timeout: Duration::from_secs(60),
+            asked: Duration::from_secs(90),
+        });
+        m.event(&Event::Relayed {
+            group: Some(0),
+            after: Duration::from_millis(30),
+        });
+        m.event(&Event::Rejected {
+            group: None,
+            reason: RejectReason::NotForProxy,
+            code: code::NOT_FOUND,
+            client,
+        });
+        m.event(&Event::Dropped {
+            reason: DropReason::LateResponse,
+            from: client,
+        });
+        m.event(&Event::Closed {
+            group: None,
+            responses: 0,
+            reason: CloseReason::UnicastTimeout,
+        });
+        let t = text(&m);
+        for line in [
+            "groxy_fanouts_total{group=\"all-coap-nodes\"} 1",
+            "groxy_multicast_timeout_lowered_total{group=\"all-coap-nodes\"} 1",
+            "groxy_requests_total{group=\"all-coap-nodes\",outcome=\"forwarded\"} 1",
+            "groxy_responses_relayed_total{group=\"all-coap-nodes\"} 1",
+            "groxy_requests_total{group=\"unicast\",outcome=\"rejected\"} 1",
+            "groxy_requests_rejected_total{group=\"unicast\",reason=\"not_for_proxy\"} 1",
+            "groxy_error_responses_total{code=\"4.04\"} 1",
+            "groxy_error_responses_total{code=\"5.04\"} 1",
+            "groxy_late_responses_total 1",
+            "groxy_dropped_total{reason=\"late_response\"} 1",
+            "groxy_exchanges_closed_total{group=\"unicast\",reason=\"unicast_timeout\"} 1",
+            "groxy_build_info{version=\"",
+            "groxy_decryption_failures_total 0",
+            "groxy_config_reloads_total{result=\"failure\"} 0",
+        ] {
+            assert!(t.contains(line), "missing {line:?} in\n{t}");
+        }
+        assert!(!t.contains("192.0.2.7"), "a client address became a label");
+        // No pseudo-group fan-out series for unicast.
+        assert!(!t.contains("groxy_fanouts_total{group=\"unicast\"}"));
+    }
+}
