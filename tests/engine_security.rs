@@ -272,3 +272,107 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     assert_eq!(checked(&ev), vec![(false, CheckResult::Unverifiable, true)]);
     let _ = Duration::ZERO;
 }
+
+/// Rekeying on reload (RFC 10021 §12.2): the new epoch checks new requests at once; the
+/// old Gid starts nothing new; a response in flight under the old epoch still verifies
+/// until the grace period (the group's maximum Multicast-Timeout) ends. Reloads that
+/// would go back a key generation, or change the groups, leave everything as it was.
+#[test]
+fn s12_2_rekeying_on_reload_is_atomic() {
+    let g1 = Group::new(&[CLIENT, DEV_A]);
+    let mut h = H::new(&g1, Policy::Enforce);
+    let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
+    let mut dev_a1 = SecurityContext::new(&g1.config(DEV_A)).unwrap();
+    let (req, _) = protect(&mut c1, Mode::Group);
+    let (tx, _) = h.proxied(&req, NON);
+    let fwd = multicast(&tx).unwrap().bytes.clone();
+    let (_, mut aex) = dev_a1.unprotect_request(&fwd).unwrap();
+
+    // The next epoch: new Gid, new Master Secret, generation 1, same member keys.
+    let mut g2 = Group::new(&[]);
+    g2.key_generation = 1;
+    g2.master_salt = g1.master_salt.clone();
+    g2.gm = common::Member {
+        id: vec![],
+        key: g1.gm.key.clone(),
+        cred: g1.gm.cred.clone(),
+    };
+    g2.members = g1
+        .members
+        .iter()
+        .map(|m| common::Member {
+            id: m.id.clone(),
+            key: m.key.clone(),
+            cred: m.cred.clone(),
+        })
+        .collect();
+    let with = |g: &Group| {
+        let mut cfg = ProxyConfig::default();
+        cfg.groups[0].security = Some(GroupSecurity {
+            policy: Policy::Enforce,
+            checker: g.checker_config(),
+            member: None,
+            allow_kids: None,
+        });
+        cfg
+    };
+    // Same generation with another Gid: refused, nothing changes.
+    let mut stale = with(&g2);
+    stale.groups[0]
+        .security
+        .as_mut()
+        .unwrap()
+        .checker
+        .key_generation = 0;
+    assert!(h.e.reconfigure(h.now, stale).is_err());
+    let mut renamed = with(&g2);
+    renamed.groups[0].name = "other".into();
+    assert!(h.e.reconfigure(h.now, renamed).is_err());
+    assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
+
+    h.e.reconfigure(h.now, with(&g2)).unwrap();
+    assert_eq!(h.e.checker(0).unwrap().current().key_generation(), 1);
+    // New epoch: checked at once.
+    let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (req2, _) = protect(&mut c2, Mode::Group);
+    let (tx, ev) = h.proxied(&req2, NON);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+    // Old Gid: nothing new starts under it.
+    let (old, _) = protect(&mut c1, Mode::Group);
+    let (tx, ev) = h.proxied(&old, NON);
+    assert!(tx.is_empty());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::UnknownGid, true)]);
+    // The exchange in flight: its response under the old epoch is still verified.
+    let fv = MessageView::parse(&fwd).unwrap();
+    let content = build::encode(NON, code::CONTENT, 9, fv.token(), &mut [], b"ok");
+    let r = dev_a1
+        .protect_response(&content, &mut aex, Mode::Group, false)
+        .unwrap();
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &r);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+}
+
+/// SIGTERM: intake stops (5.03), exchanges in flight keep relaying.
+#[test]
+fn draining_refuses_new_requests_and_finishes_old_ones() {
+    let g = Group::new(&[CLIENT, DEV_A]);
+    let mut h = H::new(&g, Policy::Off);
+    let mut c = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let (req, _) = protect(&mut c, Mode::Group);
+    let (tx, _) = h.proxied(&req, NON);
+    let fwd = multicast(&tx).unwrap().bytes.clone();
+    h.e.drain();
+    let (req2, _) = protect(&mut c, Mode::Group);
+    let (tx, _) = h.proxied(&req2, NON);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(
+        MessageView::parse(&tx[0].bytes).unwrap().code(),
+        code::SERVICE_UNAVAILABLE
+    );
+    let fv = MessageView::parse(&fwd).unwrap();
+    let answer = build::encode(NON, code::CONTENT, 3, fv.token(), &mut [], b"x");
+    let (tx, _) = h.feed(Link::Group(0), device(1), &answer);
+    assert_eq!(tx.len(), 1, "the exchange in flight still relays");
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::config;
 use crate::ops::{self, Health, Ops};
-use crate::runtime::Proxy;
+use crate::runtime::{Control, Proxy};
 
 pub fn run(file: Option<&Path>) -> Result<(), String> {
     let loaded = match file {
@@ -39,11 +39,12 @@ pub fn run(file: Option<&Path>) -> Result<(), String> {
             // Without an endpoint nobody reads readiness; no observer costs nothing.
             None => (None, std::sync::Arc::new(Health::default())),
         };
-        // Registered before readiness is reported, so that no SIGHUP sent after /readyz
-        // said 200 can meet the default action.
-        if let Ok(hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            tokio::spawn(ignore_hangup(hup));
-        }
+                // Registered before readiness is reported, so that no SIGHUP sent after /readyz
+        // said 200 can meet the default action (which would kill the process).
+        let control = proxy.controller();
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("SIGHUP handler: {e}"))?;
+        tokio::spawn(reload_on_hangup(hup, file.map(Path::to_path_buf), control));
         ops::serve(proxy, health, super::shutdown_signal())
             .await
             .map_err(|e| e.to_string())?;
@@ -53,15 +54,24 @@ pub fn run(file: Option<&Path>) -> Result<(), String> {
     })
 }
 
-/// SIGHUP will ask for a configuration reload (the systemd unit's ExecReload sends it);
-/// until reloading exists it is logged and ignored, rather than killing the proxy as its
-/// default action would.
-async fn ignore_hangup(mut hup: tokio::signal::unix::Signal) {
+/// SIGHUP (the systemd unit's ExecReload) reads the configuration again and hands it to
+/// the proxy, which applies it atomically or keeps the running one; errors are logged
+/// with every key and counted.
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    file: Option<std::path::PathBuf>,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+) {
     while hup.recv().await.is_some() {
-        tracing::warn!(
-            event = "reload_ignored",
-            reason = "configuration reload is not implemented; restart to apply changes"
-        );
+        let loaded = match &file {
+            Some(f) => config::load_file(f)
+                .map(|l| l.run)
+                .map_err(|e| e.join("; ")),
+            None => Ok(config::load_default().run),
+        };
+        if control.send(Control::Reload(loaded)).is_err() {
+            return;
+        }
     }
 }
 

@@ -185,6 +185,7 @@ pub struct Metrics {
     late: IntCounter,
     active: IntGauge,
     capacity: IntGauge,
+    reloads: IntCounterVec,
     /// The check event of the datagram being handled, to time its verification.
     pending_check: Option<(usize, usize)>,
 }
@@ -366,7 +367,7 @@ impl Metrics {
         let reloads = counter_vec(
             &r,
             "groxy_config_reloads_total",
-            "Configuration reloads by result (reloading is not implemented yet).",
+            "Configuration reloads (SIGHUP) by result; a failed one leaves the running configuration.",
             &["result"],
         );
         for result in ["success", "failure"] {
@@ -442,6 +443,7 @@ impl Metrics {
             late,
             active,
             capacity,
+            reloads,
             pending_check: None,
         }
     }
@@ -479,6 +481,10 @@ fn seconds(d: Duration) -> f64 {
 impl Observer for Metrics {
     fn event(&mut self, e: &Event) {
         match *e {
+            Event::ConfigReload { ok } => {
+                let result = if ok { "success" } else { "failure" };
+                self.reloads.with_label_values(&[result]).inc();
+            }
             Event::Rejected {
                 group,
                 reason,

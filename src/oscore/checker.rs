@@ -330,6 +330,13 @@ impl GroupChecker {
         Ok(())
     }
 
+    /// Replaces the material of the current epoch (new members' credentials, a new
+    /// policy) without a new Gid: the replay windows stay, as the keys did not change.
+    pub fn update(&mut self, next: SignatureChecker) {
+        debug_assert_eq!(next.gid, self.current.gid);
+        self.current = next;
+    }
+
     /// Ends the grace period of the previous epoch and erases it.
     pub fn drop_previous(&mut self) {
         self.previous = None;

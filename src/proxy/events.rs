@@ -32,6 +32,8 @@ pub enum RejectReason {
     TooManyLayers,
     /// A verified request of unknown freshness got the Echo challenge (RFC 10021 §9).
     EchoChallenge,
+    /// The proxy is draining before exit.
+    ShuttingDown,
 }
 
 impl RejectReason {
@@ -59,6 +61,7 @@ impl RejectReason {
             OscoreLayer => "oscore_layer",
             TooManyLayers => "too_many_layers",
             EchoChallenge => "echo_challenge",
+            ShuttingDown => "shutting_down",
         }
     }
 }
@@ -175,6 +178,8 @@ pub enum Event {
         responses: u32,
         reason: CloseReason,
     },
+    /// A configuration reload was applied (`ok`) or refused, keeping the running one.
+    ConfigReload { ok: bool },
     /// A request (or response) of a group was checked; `enforced` is false when the
     /// group's policy is monitor and a failure was forwarded anyway.
     Checked {

@@ -68,6 +68,7 @@ impl EventLog {
                 tracing::debug!(event = "closed", group = %group_name(*group), responses, reason = ?reason);
             }
             Event::UnicastForward => tracing::trace!(event = "unicast_forward"),
+            Event::ConfigReload { ok } => tracing::info!(event = "config_reload", ok),
             Event::Checked {
                 group,
                 request,

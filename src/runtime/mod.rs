@@ -38,6 +38,16 @@ pub struct RunConfig {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
+/// Requests to a running proxy (from signal handlers).
+#[derive(Debug)]
+pub enum Control {
+    /// A configuration read anew (SIGHUP), or why it could not be.
+    Reload(Result<RunConfig, String>),
+}
+
+/// How long a draining proxy waits for exchanges in flight at most before it exits.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(75);
+
 /// A callback that sees every engine event.
 pub type EventObserver = Box<dyn FnMut(&Event) + Send>;
 
@@ -63,6 +73,8 @@ pub struct Proxy {
     observer: Option<EventObserver>,
     watcher: Option<Box<dyn Observer>>,
     state_dir: Option<std::path::PathBuf>,
+    control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+    listen: Vec<SocketAddr>,
 }
 
 impl Proxy {
@@ -107,6 +119,8 @@ impl Proxy {
             observer: None,
             watcher: None,
             state_dir: cfg.state_dir.clone(),
+            control: None,
+            listen: cfg.listen.clone(),
         })
         .and_then(|mut p: Proxy| {
             state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
@@ -141,21 +155,45 @@ impl Proxy {
         self.watcher = Some(Box::new(o));
     }
 
-    /// Serves until `shutdown` completes.
+    /// A handle to reload the running proxy.
+    pub fn controller(&mut self) -> tokio::sync::mpsc::UnboundedSender<Control> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.control = Some(rx);
+        tx
+    }
+
+    /// Serves until `shutdown` completes, then drains: new requests get 5.03 while the
+    /// exchanges in flight run to their timeouts (at most [`DRAIN_LIMIT`]), then returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65_536];
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
         let mut start = 0usize;
+        let mut control = self.control.take();
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(until) = drain_until
+                && (self.engine.exchanges().0 == 0 || tokio::time::Instant::now() >= until)
+            {
+                tracing::info!(event = "drained", left = self.engine.exchanges().0);
+                return Ok(());
+            }
             let wake = self
                 .engine
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
-                .unwrap_or(far);
+                .unwrap_or(far)
+                .min(drain_until.unwrap_or(far));
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown, if drain_until.is_none() => {
+                    tracing::info!(event = "draining", exchanges = self.engine.exchanges().0);
+                    self.engine.drain();
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                }
+                Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.apply(c);
+                }
                 _ = tokio::time::sleep_until(wake) => {
                     self.engine.handle_timeout(Instant::now());
                 }
@@ -170,6 +208,30 @@ impl Proxy {
             }
             self.flush();
         }
+    }
+
+    /// Applies a reloaded configuration, or keeps the running one and says why.
+    fn apply(&mut self, c: Control) {
+        let Control::Reload(r) = c;
+        let result = r.and_then(|cfg| {
+            if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
+                return Err("listeners or state_dir changed: restart to apply".into());
+            }
+            self.engine.reconfigure(Instant::now(), cfg.proxy)
+        });
+        match &result {
+            Ok(()) => tracing::info!(event = "config_reload", result = "success"),
+            Err(e) => tracing::error!(event = "config_reload", result = "failure", error = %e),
+        }
+        let e = Event::ConfigReload { ok: result.is_ok() };
+        if let Some(f) = &mut self.observer {
+            f(&e);
+        }
+        if let Some(w) = &mut self.watcher {
+            w.event(&e);
+            w.handled(&self.engine, None);
+        }
+        self.flush();
     }
 
     fn drain_ready(&mut self, now: Instant, buf: &mut [u8]) {

@@ -4,6 +4,7 @@
 //! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
 
 mod member;
+mod reconfigure;
 
 pub use member::SSN_BLOCK;
 
@@ -121,6 +122,8 @@ enum Timer {
     Exchange(u64),
     Retransmit(SocketAddr, u16),
     Sweep,
+    /// The grace period of a group's previous key epoch ends.
+    DropPrevious(usize),
 }
 
 #[derive(Debug)]
@@ -232,6 +235,8 @@ pub struct Engine {
     /// Per group: the Sender Sequence Number bound asked of stable storage, not yet
     /// confirmed (see `Output::ReserveSsn`).
     reserving: Vec<Option<u64>>,
+    /// Shutting down: no new exchanges.
+    draining: bool,
     exchanges: HashMap<u64, Exchange>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
@@ -277,6 +282,7 @@ impl Engine {
             members,
             echoes: HashMap::new(),
             reserving,
+            draining: false,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
             late: LateTokens::new(cfg.limits.late_memory),
             cfg,
@@ -564,6 +570,14 @@ impl Engine {
                 self.close(t, CloseReason::EarlyStopRequest);
                 return Ok(None);
             }
+        }
+        if self.draining {
+            return Err(Reject::new(
+                code::SERVICE_UNAVAILABLE,
+                RejectReason::ShuttingDown,
+                "shutting down",
+            )
+            .max_age(Duration::from_secs(30)));
         }
         for (n, _) in view.options() {
             if KNOWN_OPTIONS.contains(&n) || self.cfg.options.as_array().contains(&n) {
@@ -1334,6 +1348,7 @@ impl Engine {
                         .push(Reverse((next, Timer::Retransmit(to, mid))));
                     self.send(link, to, bytes);
                 }
+                Timer::DropPrevious(g) => self.drop_previous_epoch(g),
                 Timer::Sweep => {
                     self.dedup.expire(now);
                     let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);

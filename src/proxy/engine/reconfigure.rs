@@ -1,0 +1,139 @@
+//! Changing a running engine: a new configuration (SIGHUP), rekeying groups on the way
+//! (RFC 10021 §2.6.3.2, §12.2), and draining before exit (SIGTERM).
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use super::{Engine, Timer};
+use crate::oscore::{GroupChecker, GroupMember, SecurityContext, SignatureChecker};
+use crate::proxy::config::{Policy, ProxyConfig};
+
+impl Engine {
+    /// Applies a new configuration atomically, or changes nothing and says why. The groups
+    /// must be the same (names and addresses: their sockets stay); everything else may
+    /// change. A group whose Gid changed is rekeyed: new requests are checked under the
+    /// new epoch at once, exchanges in flight finish, and the old epoch is kept for the
+    /// group's maximum Multicast-Timeout and then erased.
+    pub fn reconfigure(&mut self, now: Instant, cfg: ProxyConfig) -> Result<(), String> {
+        if cfg.groups.len() != self.cfg.groups.len()
+            || cfg
+                .groups
+                .iter()
+                .zip(&self.cfg.groups)
+                .any(|(a, b)| a.name != b.name || a.addr != b.addr)
+        {
+            return Err("the set of groups (names, addresses) changed: restart to apply".into());
+        }
+        // Build everything first, so that a failure leaves the running state untouched.
+        let mut checkers = Vec::with_capacity(cfg.groups.len());
+        let mut members = Vec::with_capacity(cfg.groups.len());
+        for (g, spec) in cfg.groups.iter().enumerate() {
+            let name = &spec.name;
+            let sec = spec.security.as_ref().filter(|s| s.policy != Policy::Off);
+            checkers.push(match sec {
+                Some(s) => Some(
+                    SignatureChecker::new(&s.checker).map_err(|e| format!("group {name}: {e}"))?,
+                ),
+                None => None,
+            });
+            members.push(
+                match spec.security.as_ref().and_then(|s| s.member.as_ref()) {
+                    Some(m) => {
+                        let same = self.members[g].as_ref().is_some_and(|cur| {
+                            cur.current().common.gid()
+                                == m.id_context.as_deref().unwrap_or_default()
+                        });
+                        // The same epoch keeps its context: sequence numbers and windows.
+                        if same {
+                            None
+                        } else {
+                            Some(
+                                SecurityContext::new(m)
+                                    .map_err(|e| format!("group {name}: membership: {e}"))?,
+                            )
+                        }
+                    }
+                    None => None,
+                },
+            );
+            if let (Some(next), Some(cur)) = (&checkers[g], &self.checkers[g])
+                && next.gid() != cur.current().gid()
+                && next.key_generation() <= cur.current().key_generation()
+            {
+                return Err(format!(
+                    "group {name}: a new Gid needs a higher key_generation"
+                ));
+            }
+        }
+        for (g, (next, member)) in checkers.into_iter().zip(members).enumerate() {
+            let grace = cfg.groups[g].max_timeout.max(Duration::from_secs(1));
+            match (next, self.checkers[g].as_mut()) {
+                (Some(next), Some(cur)) if next.gid() != cur.current().gid() => {
+                    cur.rekey(next).map_err(|e| e.to_string())?;
+                    self.timers
+                        .push(Reverse((now + grace, Timer::DropPrevious(g))));
+                }
+                (Some(next), Some(cur)) => cur.update(next),
+                (Some(next), None) => self.checkers[g] = Some(GroupChecker::new(next)),
+                (None, _) => self.checkers[g] = None,
+            }
+            let keeps = cfg.groups[g]
+                .security
+                .as_ref()
+                .is_some_and(|s| s.member.is_some());
+            match (member, self.members[g].as_mut()) {
+                (Some(ctx), Some(cur)) => {
+                    // Peers no longer in the group are stale (§2.6.3.2).
+                    let stale: Vec<Vec<u8>> = cur
+                        .current()
+                        .recipients
+                        .keys()
+                        .filter(|k| !ctx.recipients.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    cur.rekey(ctx, &stale).map_err(|e| e.to_string())?;
+                    self.after_member_rekey(g, now + grace);
+                }
+                (Some(ctx), None) => {
+                    self.members[g] = Some(GroupMember::new(ctx));
+                    self.after_member_rekey(g, now + grace);
+                }
+                (None, _) if !keeps => self.members[g] = None,
+                (None, _) => {}
+            }
+        }
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// A new member epoch starts at Sender Sequence Number 0 (§2.6.3.2) with its first
+    /// block still to be reserved; Echo values of the old epoch are void (§9).
+    fn after_member_rekey(&mut self, g: usize, drop_at: Instant) {
+        self.echoes.retain(|(group, _), _| *group != g);
+        if let Some(m) = self.members[g].as_mut() {
+            m.current_mut().sender.ssn_ceiling = Some(0);
+        }
+        self.reserving[g] = None;
+        self.maybe_reserve(g);
+        self.timers.push(Reverse((drop_at, Timer::DropPrevious(g))));
+    }
+
+    /// The grace period of a group's previous key epoch is over.
+    pub(super) fn drop_previous_epoch(&mut self, g: usize) {
+        if let Some(c) = self.checkers.get_mut(g).and_then(Option::as_mut) {
+            c.drop_previous();
+        }
+        if let Some(m) = self.members.get_mut(g).and_then(Option::as_mut) {
+            m.drop_previous();
+        }
+    }
+
+    /// Stops intake before exit: new requests get 5.03, exchanges in flight run on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+}

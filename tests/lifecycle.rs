@@ -1,0 +1,169 @@
+//! `groxy run` as an operator runs it: SIGHUP reloads the configuration without losing
+//! anything (an invalid file is refused and counted), SIGTERM stops intake, lets the
+//! exchanges in flight run to their timeouts and exits 0.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use groxy::coap::MessageView;
+use groxy::coap::build::{self, NON, code};
+use groxy::coap::options as opt;
+
+fn free_udp() -> u16 {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(port: u16, line_start: &str) -> Option<f64> {
+    let (_, text) = http_get(port, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn config(listen: u16, metrics: u16, group: u16, max_exchanges: &str) -> String {
+    format!(
+        "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\n[limits]\nmax_exchanges = {max_exchanges}\n[[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187:{group}\"\ninterface = \"127.0.0.1\"\n"
+    )
+}
+
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) with the pid of our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+#[test]
+fn sighup_reloads_or_refuses_and_sigterm_drains_then_exits_0() {
+    let dir = std::env::temp_dir().join(format!("groxy-life-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, mport, gport) = (free_udp(), free_tcp(), free_udp());
+    let file = dir.join("groxy.toml");
+    std::fs::write(&file, config(listen, mport, gport, "1000")).unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_groxy"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("/readyz 200", || {
+        http_get(mport, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(metric(mport, "groxy_exchanges_capacity"), Some(1000.0));
+
+    // An invalid file: refused, counted, the running configuration stays.
+    std::fs::write(&file, config(listen, mport, gport, "0")).unwrap();
+    signal(&child.0, libc::SIGHUP);
+    wait_for("a counted reload failure", || {
+        metric(mport, "groxy_config_reloads_total{result=\"failure\"}") == Some(1.0)
+    });
+    assert_eq!(metric(mport, "groxy_exchanges_capacity"), Some(1000.0));
+    // A valid change: applied.
+    std::fs::write(&file, config(listen, mport, gport, "500")).unwrap();
+    signal(&child.0, libc::SIGHUP);
+    wait_for("a counted reload", || {
+        metric(mport, "groxy_config_reloads_total{result=\"success\"}") == Some(1.0)
+    });
+    wait_for("the new capacity", || {
+        metric(mport, "groxy_exchanges_capacity") == Some(500.0)
+    });
+
+    // An exchange in flight (T' = 2 s, no devices answer), then SIGTERM.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let request = |mid: u16, token: u8| {
+        let uri = format!("coap://224.0.1.187:{gport}/hello");
+        build::encode(
+            NON,
+            code::GET,
+            mid,
+            &[token],
+            &mut [
+                (opt::MULTICAST_TIMEOUT_DEFAULT, &[2][..]),
+                (opt::PROXY_URI, uri.as_bytes()),
+            ],
+            &[],
+        )
+    };
+    sock.send_to(&request(1, 1), ("127.0.0.1", listen)).unwrap();
+    wait_for("the exchange", || {
+        metric(mport, "groxy_exchanges_active") == Some(1.0)
+    });
+    let stopped_at = Instant::now();
+    signal(&child.0, libc::SIGTERM);
+    wait_for("/readyz 503", || {
+        http_get(mport, "/readyz").is_none_or(|(s, _)| s == 503)
+    });
+    // Intake is closed: a new request gets 5.03.
+    sock.send_to(&request(2, 2), ("127.0.0.1", listen)).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        MessageView::parse(&buf[..n]).unwrap().code(),
+        code::SERVICE_UNAVAILABLE
+    );
+    // It waits for the exchange's timeout, then exits 0.
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(10),
+            "did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(1500),
+        "exited before the exchange ended"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
