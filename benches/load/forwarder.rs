@@ -1,0 +1,80 @@
+//! A reference relay that knows no CoAP (`--floor`): datagrams from the client go to the
+//! origin unchanged, datagrams from the origin go to the last client. It is run in place
+//! of a proxy, under the same taskset, to show what the kernel's UDP path alone costs per
+//! forwarded request on this machine: with one recvfrom/sendto per datagram (as groxy's
+//! driver does today) and with recvmmsg/sendmmsg batches. No proxy can beat its figures
+//! with the same syscalls.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use super::net::{self, Batch};
+
+pub fn run(listen: SocketAddrV4, origin: SocketAddrV4, batched: bool) -> ! {
+    let l = net::udp(listen).expect("forwarder listen socket");
+    let u = net::udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("forwarder socket");
+    let (lfd, ufd) = (net::fd(&l), net::fd(&u));
+    let mut client = None;
+    let mut rb = Batch::new();
+    let mut sb = Batch::new();
+    let mut buf = vec![0u8; net::BUF];
+    loop {
+        net::wait_readable(&[lfd, ufd], -1);
+        loop {
+            let mut any = false;
+            if batched {
+                let n = rb.recv(lfd);
+                for i in 0..n {
+                    let (d, from) = rb.get(i);
+                    client = Some(from);
+                    sb.push(origin, |b| {
+                        b[..d.len()].copy_from_slice(d);
+                        d.len()
+                    });
+                }
+                sb.flush(ufd);
+                any |= n > 0;
+                let n = rb.recv(ufd);
+                if let Some(c) = client {
+                    for i in 0..n {
+                        let (d, _) = rb.get(i);
+                        sb.push(c, |b| {
+                            b[..d.len()].copy_from_slice(d);
+                            d.len()
+                        });
+                    }
+                    sb.flush(lfd);
+                }
+                any |= n > 0;
+            } else {
+                loop {
+                    match l.recv_from(&mut buf) {
+                        Ok((n, SocketAddr::V4(from))) => {
+                            client = Some(from);
+                            let _ = u.send_to(&buf[..n], origin);
+                            any = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => {}
+                    }
+                }
+                loop {
+                    match u.recv_from(&mut buf) {
+                        Ok((n, _)) => {
+                            if let Some(c) = client {
+                                let _ = l.send_to(&buf[..n], c);
+                            }
+                            any = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => {}
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+}

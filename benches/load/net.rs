@@ -1,0 +1,249 @@
+//! Batched UDP I/O (recvmmsg/sendmmsg), CPU pinning and CPU accounting from /proc, for
+//! the load generator. IPv4 only: everything in this bench is on 127.0.0.0/8.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Datagrams per recvmmsg/sendmmsg call.
+pub const BATCH: usize = 32;
+/// Room per datagram (everything here is far smaller).
+pub const BUF: usize = 1536;
+
+/// Buffers, addresses and headers for one recvmmsg or sendmmsg call.
+pub struct Batch {
+    bufs: Vec<[u8; BUF]>,
+    lens: [usize; BATCH],
+    addrs: [libc::sockaddr_in; BATCH],
+    iov: [libc::iovec; BATCH],
+    hdrs: [libc::mmsghdr; BATCH],
+    /// Datagrams held (received, or queued for sending).
+    pub n: usize,
+}
+
+fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut s: libc::sockaddr_in = unsafe { zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    s
+}
+
+fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    )
+}
+
+impl Batch {
+    pub fn new() -> Box<Self> {
+        Box::new(Batch {
+            bufs: vec![[0u8; BUF]; BATCH],
+            lens: [0; BATCH],
+            // SAFETY: these libc structs are plain old data; pointers are set per call.
+            addrs: unsafe { zeroed() },
+            iov: unsafe { zeroed() },
+            hdrs: unsafe { zeroed() },
+            n: 0,
+        })
+    }
+
+    fn prepare(&mut self, count: usize, recv: bool) {
+        for i in 0..count {
+            self.iov[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: if recv { BUF } else { self.lens[i] },
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+    }
+
+    /// Receives what is queued on `fd` without blocking (up to BATCH datagrams).
+    pub fn recv(&mut self, fd: RawFd) -> usize {
+        self.prepare(BATCH, true);
+        // SAFETY: every header points into self, which outlives the call.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        self.n = r.max(0) as usize;
+        for i in 0..self.n {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        self.n
+    }
+
+    /// The i-th datagram received and its source.
+    pub fn get(&self, i: usize) -> (&[u8], SocketAddrV4) {
+        (&self.bufs[i][..self.lens[i]], from_sockaddr(&self.addrs[i]))
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.n == BATCH
+    }
+
+    /// Queues a datagram to `to`, written by `fill` (which returns its length).
+    pub fn push(&mut self, to: SocketAddrV4, fill: impl FnOnce(&mut [u8]) -> usize) {
+        assert!(self.n < BATCH, "flush before pushing more");
+        let i = self.n;
+        self.lens[i] = fill(&mut self.bufs[i]);
+        self.addrs[i] = to_sockaddr(to);
+        self.n += 1;
+    }
+
+    /// Sends everything queued; returns how many datagrams the kernel refused.
+    pub fn flush(&mut self, fd: RawFd) -> usize {
+        let total = self.n;
+        self.prepare(total, false);
+        let mut sent = 0;
+        let mut refused = 0;
+        while sent < total {
+            // SAFETY: as in recv.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[sent..].as_mut_ptr(),
+                    (total - sent) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                sent += r as usize;
+            } else {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // EAGAIN (send buffer full) or an ICMP error from an earlier datagram
+                // surfacing here: skip this datagram and count it.
+                sent += 1;
+                refused += 1;
+            }
+        }
+        self.n = 0;
+        refused
+    }
+}
+
+/// A non-blocking UDP socket with roomy buffers.
+pub fn udp(bind: SocketAddrV4) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&SocketAddr::V4(bind).into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A group member's receiver on `group` joined on 127.0.0.1, as groxy's devices make it.
+pub fn multicast_receiver(group: SocketAddrV4) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)?;
+    s.bind(&SocketAddr::V4(group).into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A free UDP port on 127.0.0.1 (free when asked; nothing else here races for it).
+pub fn free_port() -> u16 {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port on 127.0.0.1")
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes.
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfd for the duration of the call.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}
+
+pub fn fd(s: &UdpSocket) -> RawFd {
+    s.as_raw_fd()
+}
+
+/// Pins the calling thread (and so the children it starts later) to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes the calling thread SCHED_FIFO at `prio`.
+pub fn set_fifo(prio: u8) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: prio as i32,
+    };
+    // SAFETY: a valid sched_param for the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Nanoseconds a process has run on any CPU, over all its threads (schedstat).
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let p = t.ok()?.path().join("schedstat");
+        let s = std::fs::read_to_string(p).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// (busy, total) clock ticks of one CPU from /proc/stat; busy includes irq and softirq
+/// (loopback delivery runs there), idle and iowait are not busy.
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&name))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some((total - v[3] - v[4], total))
+}
