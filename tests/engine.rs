@@ -717,3 +717,35 @@ fn malformed_and_oversized_datagrams_are_counted_drops() {
     assert_eq!(tx[0].bytes, build::empty(RST, 9));
     let _ = h.t0;
 }
+
+/// Bounded tables: the timers of exchanges that ended early (every unicast answer) do
+/// not pile up for the full timeout; the heap stays within a multiple of what is live.
+#[test]
+fn timer_heap_stays_bounded_by_live_exchanges() {
+    let mut h = Harness::new(config());
+    let origin: SocketAddr = "127.0.0.9:5683".parse().unwrap();
+    for i in 0..20_000u32 {
+        let token = i.to_be_bytes();
+        let m = req(
+            NON,
+            i as u16,
+            &token,
+            &[(opt::PROXY_URI, b"coap://127.0.0.9/x")],
+            &[],
+        );
+        let (tx, _) = h.feed(LISTENER, client(), &m);
+        let fwd = MessageView::parse(&tx[0].bytes).unwrap();
+        let answer = build::encode(NON, code::CONTENT, i as u16, fwd.token(), &mut [], b"");
+        h.feed(Link::Unicast, origin, &answer);
+        if i % 1000 == 0 {
+            // Message IDs are reused after NON_LIFETIME only; keep them fresh.
+            h.advance(Duration::from_secs(150));
+        }
+    }
+    assert_eq!(h.e.exchanges().0, 0);
+    assert!(
+        h.e.timers() < 2_000,
+        "{} timers for no live exchange",
+        h.e.timers()
+    );
+}

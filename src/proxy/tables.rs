@@ -1,6 +1,9 @@
 //! The engine's bounded tables, each with what happens at its bound written down.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,7 @@ pub enum Dup<'a> {
 impl Dedup {
     pub fn new(capacity: usize) -> Self {
         Dedup {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -101,7 +104,7 @@ impl Dedup {
 /// counted as late rather than unknown. At capacity the oldest is forgotten.
 #[derive(Debug)]
 pub struct LateTokens {
-    set: std::collections::HashSet<u64>,
+    set: HashSet<u64>,
     order: VecDeque<u64>,
     capacity: usize,
 }

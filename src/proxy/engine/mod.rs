@@ -9,7 +9,11 @@ mod reconfigure;
 pub use member::SSN_BLOCK;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+/// The engine's maps: hashed with a per-map random seed (keys are partly chosen by
+/// clients), faster than SipHash on the forwarding path.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -280,16 +284,16 @@ impl Engine {
         let mut e = Engine {
             checkers,
             members,
-            echoes: HashMap::new(),
+            echoes: HashMap::default(),
             reserving,
             draining: false,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
             late: LateTokens::new(cfg.limits.late_memory),
             cfg,
-            exchanges: HashMap::new(),
-            by_client: HashMap::new(),
-            clients: HashMap::new(),
-            pending: HashMap::new(),
+            exchanges: HashMap::default(),
+            by_client: HashMap::default(),
+            clients: HashMap::default(),
+            pending: HashMap::default(),
             timers: BinaryHeap::new(),
             token_counter: 0,
             token_key: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
@@ -299,6 +303,29 @@ impl Engine {
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
+    }
+
+    /// Schedules a timer. Timers of exchanges that ended early stay in the heap until
+    /// due; so that the heap stays bounded by what is live (not by rate x timeout), it is
+    /// compacted whenever it grows past four times the live timers.
+    fn push_timer(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+        let live = self.exchanges.len() + self.pending.len() + self.cfg.groups.len() + 1;
+        if self.timers.len() > 4 * live + 1024 {
+            let (exchanges, pending) = (&self.exchanges, &self.pending);
+            self.timers.retain(|Reverse((at, t))| match t {
+                Timer::Exchange(tok) => exchanges.get(tok).is_some_and(|e| e.deadline == *at),
+                Timer::Retransmit(to, mid) => {
+                    pending.get(&(*to, *mid)).is_some_and(|p| p.next == *at)
+                }
+                Timer::Sweep | Timer::DropPrevious(_) => true,
+            });
+        }
+    }
+
+    /// How many timers are scheduled (bounded, see `push_timer`).
+    pub fn timers(&self) -> usize {
+        self.timers.len()
     }
 
     /// The checker of a group, if its traffic is checked.
@@ -1062,8 +1089,7 @@ impl Engine {
         if let Some(c) = self.clients.get_mut(&client.ip()) {
             c.active += 1;
         }
-        self.timers
-            .push(Reverse((deadline, Timer::Exchange(token))));
+        self.push_timer(deadline, Timer::Exchange(token));
     }
 
     /// Ends an exchange and frees its token; later responses count as late (§5.4.1).
@@ -1113,8 +1139,7 @@ impl Engine {
                 exchange,
             },
         );
-        self.timers
-            .push(Reverse((next, Timer::Retransmit(to, mid))));
+        self.push_timer(next, Timer::Retransmit(to, mid));
         true
     }
 
@@ -1344,8 +1369,7 @@ impl Engine {
                     p.timeout *= 2;
                     p.next = now + p.timeout;
                     let (link, bytes, next) = (p.link, p.bytes.clone(), p.next);
-                    self.timers
-                        .push(Reverse((next, Timer::Retransmit(to, mid))));
+                    self.push_timer(next, Timer::Retransmit(to, mid));
                     self.send(link, to, bytes);
                 }
                 Timer::DropPrevious(g) => self.drop_previous_epoch(g),
@@ -1354,7 +1378,7 @@ impl Engine {
                     let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
                     self.clients
                         .retain(|_, c| c.active > 0 || !c.bucket.is_full(rate, burst, now));
-                    self.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
+                    self.push_timer(now + SWEEP, Timer::Sweep);
                 }
             }
         }

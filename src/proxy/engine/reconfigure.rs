@@ -1,7 +1,6 @@
 //! Changing a running engine: a new configuration (SIGHUP), rekeying groups on the way
 //! (RFC 10021 §2.6.3.2, §12.2), and draining before exit (SIGTERM).
 
-use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Timer};
@@ -70,8 +69,7 @@ impl Engine {
             match (next, self.checkers[g].as_mut()) {
                 (Some(next), Some(cur)) if next.gid() != cur.current().gid() => {
                     cur.rekey(next).map_err(|e| e.to_string())?;
-                    self.timers
-                        .push(Reverse((now + grace, Timer::DropPrevious(g))));
+                    self.push_timer(now + grace, Timer::DropPrevious(g));
                 }
                 (Some(next), Some(cur)) => cur.update(next),
                 (Some(next), None) => self.checkers[g] = Some(GroupChecker::new(next)),
@@ -115,7 +113,7 @@ impl Engine {
         }
         self.reserving[g] = None;
         self.maybe_reserve(g);
-        self.timers.push(Reverse((drop_at, Timer::DropPrevious(g))));
+        self.push_timer(drop_at, Timer::DropPrevious(g));
     }
 
     /// The grace period of a group's previous key epoch is over.
