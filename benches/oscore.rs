@@ -20,13 +20,28 @@
 //! sizes are printed when the bench starts. Keys, Gid and credentials are those of the
 //! RFC 10021 message vectors (tests/vectors/), so external_aad has its real size.
 //!
+//! Every operation, the baselines included, walks through the same 4096 distinct requests
+//! per size. Ed25519 verification is variable-time: its double-scalar multiplication
+//! branches on the signature's scalars, so verifying one message over and over trains the
+//! branch predictor on that message and runs ~3 % faster than verifying fresh ones (as a
+//! receiver does) -- enough to skew a ratio between a one-message baseline and a receiver
+//! that must see a new message every time.
+//!
 //! Ratios: divide each median in target/criterion/<group>/<bench>/new/estimates.json by
 //! the `raw_verify_strict` median of its group.
+//!
+//! Clock: on Unix the time is the benchmark thread's CPU time (CLOCK_THREAD_CPUTIME_ID),
+//! not wall time. Everything measured is single-threaded computation without I/O, so on an
+//! idle machine the two agree; on a shared one (CI runners, a build next door) wall time
+//! also counts the slices other processes run on this core, which swamps a 5 % overhead.
+//! (CPU time removes the largest part of that noise, not all of it: caches and, in a VM,
+//! the host are still shared.) `GROXY_BENCH_CLOCK=wall` measures wall time instead.
 
 use std::hint::black_box;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use criterion::measurement::WallTime;
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use groxy::coap::options::OSCORE;
@@ -44,13 +59,73 @@ use serde_json::Value;
 /// IV is 2 bytes, so all messages of one size have exactly the same length.
 const FIRST_SSN: u64 = 256;
 
-/// Distinct protected requests generated per size for the receivers, whose replay windows
-/// refuse a message seen before. More iterations than this reuse them with a fresh
-/// receiver (built outside the timing).
+/// Distinct protected requests generated per size (see the module comment). Receivers
+/// refuse a message seen before, so more iterations than this reuse them with a fresh
+/// receiver, built outside the timing.
 const DISTINCT_REQUESTS: usize = 4096;
 
 /// Plaintext sizes: a tiny sensor reading, the 100-byte reference, a large payload.
 const SIZES: [usize; 3] = [16, 100, 1000];
+
+// ---------------------------------------------------------------------------------------
+// Clock (see the module comment).
+
+static USE_WALL_CLOCK: LazyLock<bool> =
+    LazyLock::new(|| !cfg!(unix) || std::env::var("GROXY_BENCH_CLOCK").is_ok_and(|v| v == "wall"));
+
+/// Reading of the bench clock: thread CPU time, or wall time since the first reading.
+fn now() -> Duration {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    if *USE_WALL_CLOCK {
+        return EPOCH.elapsed();
+    }
+    thread_cpu_time()
+}
+
+#[cfg(unix)]
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock exists on Linux and macOS.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    unreachable!("USE_WALL_CLOCK is always set off Unix")
+}
+
+/// [`now`] as a criterion measurement; values are durations, printed like wall time.
+struct BenchClock;
+
+impl Measurement for BenchClock {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        now()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        now() - start
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL: WallTime = WallTime;
+        WALL.formatter()
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Fixture: the group of the RFC 10021 message vectors (client 0x25, server 0x52, Gid "Dal").
@@ -161,66 +236,74 @@ fn protected_requests(group: &Group, plain: &[u8], mode: Mode, count: usize) -> 
     msgs
 }
 
-/// The countersignature of a group-mode request taken apart with the crate's own building
-/// blocks: the exact ToBeSigned the checker and the members verify, and the decrypted
-/// signature. The raw baselines verify precisely these bytes.
-struct Countersignature {
+/// The countersignatures of group-mode requests taken apart with the crate's own building
+/// blocks: for each request the exact ToBeSigned that the checker and the members verify,
+/// and the decrypted signature. The raw baselines verify precisely these bytes.
+struct Signed {
     vk: VerifyingKey,
     sk: SigningKey,
-    tbs: Vec<u8>,
-    sig: Signature,
+    /// (ToBeSigned, signature) of each request, in order.
+    items: Vec<(Vec<u8>, Signature)>,
     external_aad_len: usize,
     ciphertext_len: usize,
 }
 
-fn countersignature(group: &Group, ctx: &SecurityContext, protected: &[u8]) -> Countersignature {
-    let view = MessageView::parse(protected).expect("CoAP");
-    let option = view.option(OSCORE).expect("OSCORE option");
-    let o = OscoreOption::parse(option).expect("OSCORE option value");
-    let (kid, piv, gid) = (o.kid.unwrap(), o.piv.unwrap(), o.kid_context.unwrap());
+fn signed(group: &Group, msgs: &[Vec<u8>]) -> Signed {
+    let ctx = group.context("client", "server");
+    let sek = ctx.group().unwrap().sig_enc_key.clone().unwrap();
     let client_cred = group.member("client", "auth_cred_ccs");
     let gm_cred = group.gm_cred();
-    let mut ext = Vec::new();
-    aad::external_aad(
-        &mut ext,
-        &ctx.common.algs_cbor,
-        RequestIds {
-            kid,
-            piv,
-            kid_context: gid,
-        },
-        Some(GroupAad {
-            oscore_option: option,
-            sender_cred: &client_cred,
-            gm_cred: &gm_cred,
-        }),
-    );
-    let (ciphertext, enc_sig) = view.payload().split_at(view.payload().len() - 64);
-    let mut tbs = Vec::new();
-    aad::to_be_signed(&mut tbs, TbsForm::FiveElement, &ext, ciphertext);
-    let mut sig = [0u8; 64];
-    let sek = ctx.group().unwrap().sig_enc_key.as_deref().unwrap();
-    derive::keystream(sek, piv, kid, gid, true, &mut sig);
-    for (s, e) in sig.iter_mut().zip(enc_sig) {
-        *s ^= e;
-    }
     let seed: [u8; 32] = group
         .member("client", "ed25519_private")
         .try_into()
         .unwrap();
     let sk = SigningKey::from_bytes(&seed);
     let vk = sk.verifying_key();
-    let sig = Signature::from_bytes(&sig);
-    // The baseline must be the very signature the checker accepts.
-    vk.verify_strict(&tbs, &sig)
-        .expect("reconstructed ToBeSigned and signature verify");
-    Countersignature {
+    let (mut external_aad_len, mut ciphertext_len) = (0, 0);
+    let items = msgs
+        .iter()
+        .map(|protected| {
+            let view = MessageView::parse(protected).expect("CoAP");
+            let option = view.option(OSCORE).expect("OSCORE option");
+            let o = OscoreOption::parse(option).expect("OSCORE option value");
+            let (kid, piv, gid) = (o.kid.unwrap(), o.piv.unwrap(), o.kid_context.unwrap());
+            let mut ext = Vec::new();
+            aad::external_aad(
+                &mut ext,
+                &ctx.common.algs_cbor,
+                RequestIds {
+                    kid,
+                    piv,
+                    kid_context: gid,
+                },
+                Some(GroupAad {
+                    oscore_option: option,
+                    sender_cred: &client_cred,
+                    gm_cred: &gm_cred,
+                }),
+            );
+            let (ciphertext, enc_sig) = view.payload().split_at(view.payload().len() - 64);
+            let mut tbs = Vec::new();
+            aad::to_be_signed(&mut tbs, TbsForm::FiveElement, &ext, ciphertext);
+            let mut sig = [0u8; 64];
+            derive::keystream(&sek, piv, kid, gid, true, &mut sig);
+            for (s, e) in sig.iter_mut().zip(enc_sig) {
+                *s ^= e;
+            }
+            let sig = Signature::from_bytes(&sig);
+            // The baseline must be the very signature the checker accepts.
+            vk.verify_strict(&tbs, &sig)
+                .expect("reconstructed ToBeSigned and signature verify");
+            (external_aad_len, ciphertext_len) = (ext.len(), ciphertext.len());
+            (tbs, sig)
+        })
+        .collect();
+    Signed {
         vk,
         sk,
-        tbs,
-        sig,
-        external_aad_len: ext.len(),
-        ciphertext_len: ciphertext.len(),
+        items,
+        external_aad_len,
+        ciphertext_len,
     }
 }
 
@@ -244,11 +327,11 @@ fn time_receiver<R>(
         let mut receiver = fresh();
         op(&mut receiver, &msgs[0]);
         let n = left.min(msgs.len() - 1);
-        let start = Instant::now();
+        let start = now();
         for m in &msgs[1..=n] {
             op(&mut receiver, black_box(m));
         }
-        total += start.elapsed();
+        total += now() - start;
         left -= n;
     }
     total
@@ -270,14 +353,14 @@ fn time_protect(
     while left > 0 {
         client.sender.ssn = FIRST_SSN;
         let n = left.min(CHUNK);
-        let start = Instant::now();
+        let start = now();
         for _ in 0..n {
             let (out, _exchange) = client
                 .protect_request(black_box(plain), mode, Some(peer))
                 .expect("protect");
             black_box(out);
         }
-        total += start.elapsed();
+        total += now() - start;
         left -= n;
     }
     total
@@ -286,37 +369,37 @@ fn time_protect(
 // ---------------------------------------------------------------------------------------
 // Benchmarks.
 
-/// Raw Ed25519 baselines over the exact ToBeSigned of a request.
-fn raw_verify(g: &mut BenchmarkGroup<WallTime>, cs: &Countersignature) {
+/// The baseline: raw Ed25519 strict verification of the requests' own ToBeSigned.
+fn raw_verify_strict(g: &mut BenchmarkGroup<BenchClock>, s: &Signed) {
+    let mut items = s.items.iter().cycle();
     g.bench_function("raw_verify_strict", |b| {
         b.iter(|| {
-            black_box(&cs.vk)
-                .verify_strict(black_box(&cs.tbs), black_box(&cs.sig))
+            let (tbs, sig) = items.next().unwrap();
+            s.vk.verify_strict(black_box(tbs), black_box(sig))
                 .expect("valid signature")
         })
     });
 }
 
-fn group_requests(c: &mut Criterion) {
+fn group_requests(c: &mut Criterion<BenchClock>) {
     let group = Group::load();
-    let client_ctx = group.context("client", "server");
     for size in SIZES {
         let plain = coap_request(size);
         let msgs = protected_requests(&group, &plain, Mode::Group, DISTINCT_REQUESTS);
-        let cs = countersignature(&group, &client_ctx, &msgs[0]);
-        assert_eq!(cs.ciphertext_len, size + 8, "plaintext + CCM tag");
+        let s = signed(&group, &msgs);
+        assert_eq!(s.ciphertext_len, size + 8, "plaintext + CCM tag");
         eprintln!(
             "group request {size}B: unprotected {} B, protected {} B, external_aad {} B, \
              ciphertext {} B, ToBeSigned {} B",
             plain.len(),
             msgs[0].len(),
-            cs.external_aad_len,
-            cs.ciphertext_len,
-            cs.tbs.len(),
+            s.external_aad_len,
+            s.ciphertext_len,
+            s.items[0].0.len(),
         );
         let checker = group.checker();
         let verified = |v| matches!(v, Ok(Verdict::Verified(_)));
-        assert!(verified(checker.check_request(&msgs[0])));
+        assert!(msgs.iter().all(|m| verified(checker.check_request(m))));
         // Round trip once, outside any timing: the server recovers the request.
         let (back, _) = group
             .context("server", "client")
@@ -325,19 +408,21 @@ fn group_requests(c: &mut Criterion) {
         assert_eq!(back, plain);
 
         let mut g = c.benchmark_group(format!("group_request_{size}B"));
-        raw_verify(&mut g, &cs);
+        raw_verify_strict(&mut g, &s);
+        let mut items = s.items.iter().cycle();
         g.bench_function("raw_verify", |b| {
             b.iter(|| {
-                black_box(&cs.vk)
-                    .verify(black_box(&cs.tbs), black_box(&cs.sig))
+                let (tbs, sig) = items.next().unwrap();
+                s.vk.verify(black_box(tbs), black_box(sig))
                     .expect("valid signature")
             })
         });
-        // Pure: one message, checked again and again.
+        // Pure, so no fresh checker is needed when the walk starts over.
+        let mut requests = msgs.iter().cycle();
         g.bench_function("checker_check_request", |b| {
             b.iter(|| {
-                let v = checker.check_request(black_box(&msgs[0]));
-                assert!(verified(v));
+                let m = requests.next().unwrap();
+                assert!(verified(checker.check_request(black_box(m))));
             })
         });
         g.bench_function("member_unprotect_request", |b| {
@@ -364,8 +449,10 @@ fn group_requests(c: &mut Criterion) {
                     )
                 })
             });
+            // The baseline of protection, which signs.
+            let mut items = s.items.iter().cycle();
             g.bench_function("raw_sign", |b| {
-                b.iter(|| black_box(black_box(&cs.sk).sign(black_box(&cs.tbs))))
+                b.iter(|| black_box(s.sk.sign(black_box(&items.next().unwrap().0))))
             });
             let mut client = group.context("client", "server");
             let server_id = group.member("server", "sender_id");
@@ -379,19 +466,19 @@ fn group_requests(c: &mut Criterion) {
     }
 }
 
-fn pairwise_requests(c: &mut Criterion) {
+fn pairwise_requests(c: &mut Criterion<BenchClock>) {
     const SIZE: usize = 100;
     let group = Group::load();
     let plain = coap_request(SIZE);
-    // The baseline: the signature check a group-mode request of the same size needs.
-    let group_msg = protected_requests(&group, &plain, Mode::Group, 1);
-    let cs = countersignature(&group, &group.context("client", "server"), &group_msg[0]);
+    // The baseline: the signature checks group-mode requests of the same size need.
+    let group_msgs = protected_requests(&group, &plain, Mode::Group, DISTINCT_REQUESTS);
+    let s = signed(&group, &group_msgs);
     let msgs = protected_requests(&group, &plain, Mode::Pairwise, DISTINCT_REQUESTS);
     eprintln!(
         "pairwise request {SIZE}B: unprotected {} B, protected {} B (baseline ToBeSigned {} B)",
         plain.len(),
         msgs[0].len(),
-        cs.tbs.len()
+        s.items[0].0.len()
     );
     let (back, _) = group
         .context("server", "client")
@@ -400,7 +487,7 @@ fn pairwise_requests(c: &mut Criterion) {
     assert_eq!(back, plain);
 
     let mut g = c.benchmark_group(format!("pairwise_{SIZE}B"));
-    raw_verify(&mut g, &cs);
+    raw_verify_strict(&mut g, &s);
     // Pairwise keys are derived (ECDH + HKDF) on first use and cached: derive them here,
     // so that the measurement is the steady state of an established peer.
     let server_id = group.member("server", "sender_id");
@@ -427,10 +514,20 @@ fn pairwise_requests(c: &mut Criterion) {
     g.finish();
 }
 
-/// 18 benchmarks at 1 s warm-up + 3 s measurement: about 1.5 minutes in all, setup and
-/// analysis included. 50 samples are plenty for the median of microsecond operations.
-fn config() -> Criterion {
+/// 18 benchmarks at 1 s warm-up + 3 s measurement: about 1.5 minutes in all on an idle
+/// machine, setup and analysis included (more on a busy one, where CPU time accrues more
+/// slowly than wall time). 50 samples are plenty for the median of microsecond operations.
+fn config() -> Criterion<BenchClock> {
+    eprintln!(
+        "clock: {}",
+        if *USE_WALL_CLOCK {
+            "wall time"
+        } else {
+            "thread CPU time (GROXY_BENCH_CLOCK=wall for wall time)"
+        }
+    );
     Criterion::default()
+        .with_measurement(BenchClock)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50)

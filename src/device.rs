@@ -1,7 +1,7 @@
 //! A simulated group member for demos, tests and load runs: joins a multicast group,
 //! answers a few resources from its own unicast address (RFC 10020 §3.1).
 
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,7 @@ pub struct Device {
     member: Option<GroupMember>,
     group_socket: UdpSocket,
     unicast: Arc<UdpSocket>,
+    log_requests: bool,
 }
 
 impl Device {
@@ -120,7 +121,16 @@ impl Device {
             group_socket: UdpSocket::from_std(g)?,
             unicast: Arc::new(UdpSocket::from_std(u)?),
             cfg,
+            log_requests: false,
         })
+    }
+
+    /// Prints one JSON line per received datagram on stdout (`groxy device
+    /// --log-requests`): the device's name, the sender, the socket it came in on (`group`
+    /// or `unicast`), the datagram in hex, and whether the device answers it. Lets a test
+    /// show from the device's side what reached it, and what did not.
+    pub fn log_requests(&mut self, on: bool) {
+        self.log_requests = on;
     }
 
     pub fn unicast_addr(&self) -> io::Result<SocketAddr> {
@@ -147,6 +157,17 @@ impl Device {
                 }
                 _ => respond(&self.cfg.name, req, multicast),
             };
+            if self.log_requests {
+                let line = serde_json::json!({
+                    "device": self.cfg.name,
+                    "from": from.to_string(),
+                    "via": if multicast { "group" } else { "unicast" },
+                    "bytes": hex::encode(req),
+                    "answered": resp.is_some(),
+                });
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            }
             let Some(resp) = resp else {
                 continue;
             };

@@ -792,7 +792,10 @@ fn groxy_run_serves_metrics_health_and_readiness_and_survives_sighup() {
     };
     assert!(status.success(), "{status}:\n{}", log());
     let log = log();
-    assert!(log.contains("\"config_reload\"") && log.contains("\"success\""), "{log}");
+    assert!(
+        log.contains("\"config_reload\"") && log.contains("\"success\""),
+        "{log}"
+    );
     assert!(log.contains("\"stopped\""), "{log}");
 }
 

@@ -20,6 +20,12 @@ pub struct Args {
     /// Largest random delay before answering a group request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub leisure_ms: u64,
+    /// A fixed delay before answering every group request, in milliseconds (a slow device).
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Print one JSON line per received datagram on stdout (what arrived, from where).
+    #[arg(long)]
+    pub log_requests: bool,
     /// Be a Group OSCORE member with the context in this file (see config/member.toml).
     #[arg(long)]
     pub oscore: Option<std::path::PathBuf>,
@@ -35,7 +41,7 @@ pub fn run(a: Args) -> Result<(), String> {
         interface: a.interface.parse()?,
         bind: super::parse_addr(&a.bind)?,
         leisure: Duration::from_millis(a.leisure_ms),
-        delay: Duration::ZERO,
+        delay: Duration::from_millis(a.delay_ms),
         oscore: match &a.oscore {
             Some(f) => Some((
                 crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?,
@@ -50,7 +56,8 @@ pub fn run(a: Args) -> Result<(), String> {
     };
     let rt = super::runtime()?;
     rt.block_on(async {
-        let d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
+        let mut d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
+        d.log_requests(a.log_requests);
         tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
         tokio::select! {
             r = d.run() => r.map_err(|e| e.to_string()),

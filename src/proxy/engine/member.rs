@@ -61,7 +61,7 @@ impl Engine {
         match member.unprotect_request(view.bytes()) {
             Ok((inner, ex)) => Ok((inner, Outer { group, ex })),
             Err(e) => Err(match e {
-                OscoreError::UnknownKid | OscoreError::UnknownGid => not_found(),
+                OscoreError::UnknownKid | OscoreError::UnknownGid => not_found().group(group),
                 OscoreError::Replay | OscoreError::TooOld | OscoreError::ReplayWindowInvalid => {
                     Reject::new(
                         code::UNAUTHORIZED,
@@ -69,6 +69,7 @@ impl Engine {
                         "Replay detected",
                     )
                     .no_cache()
+                    .group(group)
                 }
                 OscoreError::Option(_)
                 | OscoreError::MissingKidOrPiv
@@ -77,13 +78,15 @@ impl Engine {
                     RejectReason::OscoreLayer,
                     "bad OSCORE option",
                 )
-                .no_cache(),
+                .no_cache()
+                .group(group),
                 _ => Reject::new(
                     code::BAD_REQUEST,
                     RejectReason::OscoreLayer,
                     "Decryption failed",
                 )
-                .no_cache(),
+                .no_cache()
+                .group(group),
             }),
         }
     }

@@ -876,6 +876,11 @@ impl Engine {
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
         let mut opts = self.forwarded_options(view, &target, &hop);
+        // An Echo inside the proxy's own layer was the proxy's (RFC 10021 §9): it is
+        // consumed here and must not reach the next hop (RFC 9175 §2.3).
+        if outer.is_some() {
+            opts.retain(|(n, _)| *n != opt::ECHO);
+        }
         let mid = self.mid();
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
         let bytes = build::encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
@@ -1021,6 +1026,11 @@ impl Engine {
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
         let mut opts = self.forwarded_options(view, &target, &hop);
+        // An Echo inside the proxy's own layer was the proxy's (RFC 10021 §9): it is
+        // consumed here and must not reach the next hop (RFC 9175 §2.3).
+        if outer.is_some() {
+            opts.retain(|(n, _)| *n != opt::ECHO);
+        }
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self.mid();
