@@ -64,9 +64,11 @@ pub enum Command {
     },
 }
 
-fn init_logs(format: LogFormat) {
+/// `default` applies without RUST_LOG: `info` for the long-running jobs, `warn` for the
+/// ones whose output is their result (client, demo).
+fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -94,7 +96,11 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub fn run(cli: Cli) -> Result<(), String> {
-    init_logs(cli.log_format);
+    let default = match cli.command {
+        Command::Run { .. } | Command::Device(_) => "info",
+        _ => "warn",
+    };
+    init_logs(cli.log_format, default);
     match cli.command {
         Command::Run { config } => run::run(config.as_deref()),
         Command::CheckConfig { file } => run::check(&file),
