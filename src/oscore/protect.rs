@@ -173,7 +173,26 @@ impl SecurityContext {
         out
     }
 
-    /// Encrypts `plaintext` in place with `key`; AAD only for AEAD algorithms.
+    /// The nonce and AAD of a message for `key` (RFC 10021 §3.3, §3.4): the Enc_structure
+    /// for an AEAD, nothing for a non-AEAD Group Encryption Algorithm (§10, RFC 9459 §6).
+    fn nonce_and_aad(
+        &self,
+        key: &CipherKey,
+        id_piv: &[u8],
+        piv: &[u8],
+        ext_aad: &[u8],
+    ) -> ([u8; 13], usize, Vec<u8>) {
+        let mut nonce = [0u8; 13];
+        let n = self.common.nonce(key.alg(), id_piv, piv, &mut nonce);
+        let mut enc = Vec::new();
+        if key.alg().is_aead() {
+            enc.reserve(ext_aad.len() + 16);
+            aad::enc_structure(&mut enc, ext_aad);
+        }
+        (nonce, n, enc)
+    }
+
+    /// Encrypts the plaintext in `buf` in place with `key`.
     fn seal(
         &self,
         key: &CipherKey,
@@ -182,17 +201,11 @@ impl SecurityContext {
         ext_aad: &[u8],
         buf: &mut Vec<u8>,
     ) -> Result<(), OscoreError> {
-        let mut nonce = [0u8; 13];
-        let n = self.common.nonce(key.alg(), id_piv, piv, &mut nonce);
-        if key.alg().is_aead() {
-            let mut enc = Vec::with_capacity(ext_aad.len() + 16);
-            aad::enc_structure(&mut enc, ext_aad);
-            key.encrypt(&nonce[..n], &enc, buf)
-        } else {
-            key.encrypt(&nonce[..n], &[], buf)
-        }
+        let (nonce, n, enc) = self.nonce_and_aad(key, id_piv, piv, ext_aad);
+        key.encrypt(&nonce[..n], &enc, buf)
     }
 
+    /// Decrypts and verifies the ciphertext in `buf` in place with `key`.
     fn open(
         &self,
         key: &CipherKey,
@@ -201,15 +214,8 @@ impl SecurityContext {
         ext_aad: &[u8],
         buf: &mut Vec<u8>,
     ) -> Result<(), OscoreError> {
-        let mut nonce = [0u8; 13];
-        let n = self.common.nonce(key.alg(), id_piv, piv, &mut nonce);
-        if key.alg().is_aead() {
-            let mut enc = Vec::with_capacity(ext_aad.len() + 16);
-            aad::enc_structure(&mut enc, ext_aad);
-            key.decrypt(&nonce[..n], &enc, buf)
-        } else {
-            key.decrypt(&nonce[..n], &[], buf)
-        }
+        let (nonce, n, enc) = self.nonce_and_aad(key, id_piv, piv, ext_aad);
+        key.decrypt(&nonce[..n], &enc, buf)
     }
 
     /// Appends the encrypted countersignature (RFC 10021 §3.1, §4.1, §4.2).

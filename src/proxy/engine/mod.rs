@@ -773,12 +773,13 @@ impl Engine {
 
     /// Options to carry on: everything but the proxy options, Uri-Host/Port (the group
     /// or origin is the destination address), Multicast-Timeout (removed, §5.2.1 step 4)
-    /// and Hop-Limit (re-added decremented).
+    /// and Hop-Limit (re-added decremented); with `own_layer`, also the proxy's Echo.
     fn forwarded_options<'v>(
         &self,
         view: &MessageView<'v>,
         target: &'v Target,
         hop: &'v Option<[u8; 1]>,
+        own_layer: bool,
     ) -> Vec<(u16, &'v [u8])> {
         let mt = self.cfg.options.multicast_timeout;
         let mut opts: Vec<(u16, &[u8])> = view
@@ -792,6 +793,9 @@ impl Engine {
                         | opt::URI_PORT
                         | opt::HOP_LIMIT
                 ) && *n != mt
+                    // An Echo inside the proxy's own layer was the proxy's (RFC 10021 §9):
+                    // consumed here, it must not reach the next hop (RFC 9175 §2.3).
+                    && !(own_layer && *n == opt::ECHO)
             })
             .collect();
         opts.extend(target.uri_options.iter().map(|(n, v)| (*n, v.as_slice())));
@@ -875,12 +879,7 @@ impl Engine {
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &target, &hop);
-        // An Echo inside the proxy's own layer was the proxy's (RFC 10021 §9): it is
-        // consumed here and must not reach the next hop (RFC 9175 §2.3).
-        if outer.is_some() {
-            opts.retain(|(n, _)| *n != opt::ECHO);
-        }
+        let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
         let mid = self.mid();
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
         let bytes = build::encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
@@ -1025,12 +1024,7 @@ impl Engine {
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &target, &hop);
-        // An Echo inside the proxy's own layer was the proxy's (RFC 10021 §9): it is
-        // consumed here and must not reach the next hop (RFC 9175 §2.3).
-        if outer.is_some() {
-            opts.retain(|(n, _)| *n != opt::ECHO);
-        }
+        let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self.mid();
