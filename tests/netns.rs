@@ -27,11 +27,13 @@
 
 mod common;
 
+use common::netns::{ip, netns_pids, remove_stale_namespaces, run};
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Once, mpsc};
 use std::thread;
@@ -122,74 +124,6 @@ impl Family {
     }
 }
 
-/// Runs `program args` and returns its output, panicking with what it said on failure.
-fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
-}
-
-/// `ip ARGS`, the arguments split at spaces (no name used here has one).
-fn ip(args: &str) {
-    run("ip", &args.split(' ').collect::<Vec<_>>());
-}
-
-/// Process ids still running inside a namespace.
-fn netns_pids(ns: &str) -> Vec<i32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Namespaces left behind by earlier test processes that died without cleaning up
-/// (killed by a timeout, say): `gx<pid>-…` whose pid is gone. Their processes are ended
-/// and the namespaces deleted; those of live processes (parallel runs) are left alone.
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(pid) = name
-            .strip_prefix("gx")
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(p, _)| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        for p in netns_pids(name) {
-            // SAFETY: kill(2) on a pid taken from the stale namespace; no memory involved.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// One started process of the topology.
 struct Proc {
     what: String,
@@ -229,7 +163,7 @@ impl Topology {
             "these tests create network namespaces: run them as root"
         );
         static STALE: Once = Once::new();
-        STALE.call_once(remove_stale_namespaces);
+        STALE.call_once(|| remove_stale_namespaces("gx"));
         let prefix = format!(
             "gx{}-{}-",
             std::process::id(),

@@ -34,6 +34,8 @@
 
 mod common;
 
+use common::netns::{ip, netns_pids, remove_stale_namespaces, run};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -198,72 +200,6 @@ fn expected_answers(hosts: &[Host]) -> Vec<Answer> {
 
 // ---------------------------------------------------------------------------------------
 // Processes, namespaces
-
-/// Runs `program args`, panicking with what it said on failure.
-fn run(program: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
-}
-
-/// `ip ARGS`, the arguments split at spaces (no name used here has one).
-fn ip(args: &str) {
-    run("ip", &args.split(' ').collect::<Vec<_>>());
-}
-
-fn netns_pids(ns: &str) -> Vec<i32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Namespaces `gs<pid>-…` of earlier test processes that died without cleaning up: their
-/// processes are ended and the namespaces deleted (those of live processes stay).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(pid) = name
-            .strip_prefix("gs")
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(p, _)| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        for p in netns_pids(name) {
-            // SAFETY: kill(2) on a pid taken from the stale namespace; no memory involved.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Runs `f` on a thread that has entered network namespace `ns` (setns(2) moves only the
 /// calling thread). Sockets made there stay in that namespace wherever they are used,
@@ -442,7 +378,7 @@ impl Topology {
             0,
             "these tests create network namespaces: run them as root"
         );
-        STALE.call_once(remove_stale_namespaces);
+        STALE.call_once(|| remove_stale_namespaces("gs"));
         let prefix = format!(
             "gs{}-{}-",
             std::process::id(),
