@@ -3,8 +3,11 @@
 //! [`Engine::handle_timeout`]; datagrams to send and events come out of
 //! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
 
+mod filter;
 mod member;
 mod reconfigure;
+mod response;
+mod timers;
 
 pub use member::SSN_BLOCK;
 
@@ -146,17 +149,6 @@ struct Local {
 /// A request the filter refused.
 enum Filtered {
     Drop,
-}
-
-fn check_result(e: &OscoreError) -> CheckResult {
-    match e {
-        OscoreError::BadSignature | OscoreError::ShortPayload => CheckResult::BadSignature,
-        OscoreError::UnknownGid => CheckResult::UnknownGid,
-        OscoreError::UnknownKid => CheckResult::UnknownKid,
-        OscoreError::NotProtected => CheckResult::NotProtected,
-        OscoreError::Replay | OscoreError::TooOld => CheckResult::Replay,
-        _ => CheckResult::Malformed,
-    }
 }
 
 /// A refusal: the code, the reason for counting, and what goes into the error response.
@@ -303,24 +295,6 @@ impl Engine {
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
-    }
-
-    /// Schedules a timer. Timers of exchanges that ended early stay in the heap until
-    /// due; so that the heap stays bounded by what is live (not by rate x timeout), it is
-    /// compacted whenever it grows past four times the live timers.
-    fn push_timer(&mut self, at: Instant, timer: Timer) {
-        self.timers.push(Reverse((at, timer)));
-        let live = self.exchanges.len() + self.pending.len() + self.cfg.groups.len() + 1;
-        if self.timers.len() > 4 * live + 1024 {
-            let (exchanges, pending) = (&self.exchanges, &self.pending);
-            self.timers.retain(|Reverse((at, t))| match t {
-                Timer::Exchange(tok) => exchanges.get(tok).is_some_and(|e| e.deadline == *at),
-                Timer::Retransmit(to, mid) => {
-                    pending.get(&(*to, *mid)).is_some_and(|p| p.next == *at)
-                }
-                Timer::Sweep | Timer::DropPrevious(_) => true,
-            });
-        }
     }
 
     /// How many timers are scheduled (bounded, see `push_timer`).
@@ -909,86 +883,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The request filter, before any fan-out: group-mode requests are verified and pass
-    /// the replay window; under `enforce` anything else is dropped, under `monitor` it is
-    /// forwarded and counted.
-    fn check_request(
-        &mut self,
-        g: usize,
-        view: &MessageView,
-    ) -> Result<Option<CheckedRequest>, Filtered> {
-        let Some(checker) = self.checkers.get_mut(g).and_then(Option::as_mut) else {
-            return Ok(None);
-        };
-        let (result, checked) = match checker.admit_request(view.bytes()) {
-            Ok(Verdict::Verified(c)) => (CheckResult::Valid, Some(c)),
-            Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),
-            Err(e) => (check_result(&e), None),
-        };
-        let enforced = self.enforced(g);
-        self.emit(Event::Checked {
-            group: g,
-            request: true,
-            result,
-            enforced,
-        });
-        match result {
-            CheckResult::Valid => Ok(checked),
-            _ if enforced => Err(Filtered::Drop),
-            _ => Ok(None),
-        }
-    }
-
-    fn enforced(&self, g: usize) -> bool {
-        self.cfg.groups[g]
-            .security
-            .as_ref()
-            .is_some_and(|s| s.policy == Policy::Enforce)
-    }
-
-    /// The response filter: group-mode responses to a verified request are verified with
-    /// the request's Partial IV and kid context (§7.5) and pass the Response Numbers of
-    /// their server (§5.3.1); pairwise-mode ones cannot be checked and are relayed.
-    fn check_response(&mut self, token: u64, view: &MessageView) -> Result<(), DropReason> {
-        let Some(ex) = self.exchanges.get(&token) else {
-            return Ok(());
-        };
-        let (Kind::Group(g), Some(req)) = (ex.kind, ex.checked.as_ref()) else {
-            return Ok(());
-        };
-        let Some(checker) = self.checkers.get(g).and_then(Option::as_ref) else {
-            return Ok(());
-        };
-        let verdict = checker.check_response(view.bytes(), req, None);
-        let (result, drop) = match verdict {
-            Ok(Verdict::Verified(r)) => {
-                let ex = self.exchanges.get_mut(&token).expect("looked up above");
-                let gid = ex
-                    .checked
-                    .as_ref()
-                    .map(|c| c.kid_context.clone())
-                    .unwrap_or_default();
-                match ex.response_numbers.accept(&gid, &r.kid, r.piv) {
-                    Ok(()) => (CheckResult::Valid, None),
-                    Err(_) => (CheckResult::Replay, Some(DropReason::ResponseReplay)),
-                }
-            }
-            Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),
-            Err(e) => (check_result(&e), Some(DropReason::ResponseCheckFailed)),
-        };
-        let enforced = self.enforced(g);
-        self.emit(Event::Checked {
-            group: g,
-            request: false,
-            result,
-            enforced,
-        });
-        match drop {
-            Some(reason) if enforced => Err(reason),
-            _ => Ok(()),
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn forward_unicast(
         &mut self,
@@ -1116,187 +1010,6 @@ impl Engine {
         });
     }
 
-    /// Registers a CON for retransmission (RFC 7252 §4.2). At the table's bound the
-    /// message is sent once without retransmission.
-    fn track(
-        &mut self,
-        now: Instant,
-        link: Link,
-        to: SocketAddr,
-        mid: u16,
-        bytes: Vec<u8>,
-        exchange: Option<u64>,
-    ) -> bool {
-        if self.pending.len() >= self.cfg.limits.max_retransmissions {
-            return false;
-        }
-        let timeout = self.jitter();
-        let next = now + timeout;
-        self.pending.insert(
-            (to, mid),
-            Pending {
-                link,
-                bytes,
-                attempts: 0,
-                timeout,
-                next,
-                exchange,
-            },
-        );
-        self.push_timer(next, Timer::Retransmit(to, mid));
-        true
-    }
-
-    /// A datagram from a device (on a group link) or a unicast origin.
-    fn on_origin_datagram(
-        &mut self,
-        now: Instant,
-        link: Link,
-        from: SocketAddr,
-        view: &MessageView,
-    ) {
-        let mtype = view.mtype();
-        if view.code() == code::EMPTY {
-            // An ACK or RST for our CON request to a unicast origin.
-            if self.pending.remove(&(from, view.message_id())).is_some() {
-                if mtype == RST {
-                    self.origin_reset(from, view.message_id());
-                }
-                return;
-            }
-            if mtype == CON {
-                self.send(link, from, build::empty(RST, view.message_id()));
-            }
-            return self.drop_msg(DropReason::UnexpectedMessage, from);
-        }
-        if !view.is_response() {
-            // Devices do not send requests to the proxy's egress port.
-            if mtype == CON {
-                self.send(link, from, build::empty(RST, view.message_id()));
-            }
-            return self.drop_msg(DropReason::UnexpectedMessage, from);
-        }
-        if mtype == ACK {
-            self.pending.remove(&(from, view.message_id()));
-        }
-        let token = match <[u8; 8]>::try_from(view.token()) {
-            Ok(t) => u64::from_be_bytes(t),
-            Err(_) => u64::MAX,
-        };
-        let matches = self
-            .exchanges
-            .get(&token)
-            .is_some_and(|ex| match (ex.kind, link) {
-                (Kind::Group(g), Link::Group(l)) => g == l,
-                (Kind::Unicast(origin), Link::Unicast) => origin == from,
-                _ => false,
-            });
-        if !matches {
-            // A CON we cannot use is rejected so the server stops retransmitting.
-            if mtype == CON {
-                self.send(link, from, build::empty(RST, view.message_id()));
-            }
-            let reason = if self.late.contains(token) {
-                DropReason::LateResponse
-            } else {
-                DropReason::UnknownToken
-            };
-            return self.drop_msg(reason, from);
-        }
-        if mtype == CON {
-            self.send(link, from, build::empty(ACK, view.message_id()));
-            let ex = self.exchanges.get_mut(&token).expect("matched above");
-            let key = (from, view.message_id());
-            if ex.seen_con.contains(&key) {
-                return self.drop_msg(DropReason::DuplicateRequest, from);
-            }
-            if ex.seen_con.len() >= MAX_SEEN_PER_EXCHANGE {
-                ex.seen_con.remove(0);
-            }
-            ex.seen_con.push(key);
-        }
-        if let Err(reason) = self.check_response(token, view) {
-            return self.drop_msg(reason, from);
-        }
-        self.relay(now, token, from, view);
-    }
-
-    /// §5.4.1: each response goes to the client under its token; group responses with
-    /// Reply-From naming the origin server.
-    fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
-        let reply_from_no = self.cfg.options.reply_from;
-        let mid = self.mid();
-        let ex = self.exchanges.get_mut(&token).expect("caller checked");
-        ex.responses += 1;
-        let (kind, client, listener, con, started) =
-            (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
-        let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
-        let mut opts: Vec<(u16, &[u8])> = view
-            .options()
-            .filter(|(n, _)| *n != reply_from_no)
-            .collect();
-        if let Some(rf) = &reply_from {
-            opts.push((reply_from_no, rf));
-        }
-        let client_token = ex.client_token.clone();
-        let mut outer = ex.outer.take();
-        // A CON client gets CON responses while the retransmission table has room.
-        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
-        let t = if con { CON } else { NON };
-        let mut bytes = build::encode(
-            t,
-            view.code(),
-            mid,
-            &client_token,
-            &mut opts,
-            view.payload(),
-        );
-        if let Some(o) = outer.as_mut() {
-            match self.protect_for_client(o, &bytes) {
-                Some(p) => bytes = p,
-                None => {
-                    if let Some(ex) = self.exchanges.get_mut(&token) {
-                        ex.outer = outer;
-                    }
-                    return self.drop_msg(DropReason::Malformed, from);
-                }
-            }
-        }
-        if let Some(ex) = self.exchanges.get_mut(&token) {
-            ex.outer = outer;
-        }
-        if con {
-            self.track(
-                now,
-                Link::Listener(listener),
-                client,
-                mid,
-                bytes.clone(),
-                Some(token),
-            );
-        }
-        self.send(Link::Listener(listener), client, bytes);
-        self.emit(Event::Relayed {
-            group: kind.group(),
-            after: now.saturating_duration_since(started),
-        });
-        if let Kind::Unicast(_) = kind {
-            self.close(token, CloseReason::UnicastAnswered);
-        }
-    }
-
-    fn origin_reset(&mut self, origin: SocketAddr, mid: u16) {
-        let token = self
-            .exchanges
-            .iter()
-            .find(|(_, ex)| ex.kind == Kind::Unicast(origin) && ex.origin_mid == Some(mid))
-            .map(|(t, _)| *t);
-        if let Some(t) = token {
-            self.reply_error(t, code::BAD_GATEWAY, "origin reset the request");
-            self.close(t, CloseReason::OriginReset);
-        }
-    }
-
     /// The error response to a request: piggybacked in the ACK of a CON, a NON for a NON
     /// (RFC 7252 §5.2); counted.
     fn error_reply(
@@ -1329,62 +1042,5 @@ impl Engine {
         let mid = self.mid();
         let bytes = build::encode(NON, c, mid, &tok, &mut [], diagnostic.as_bytes());
         self.send(Link::Listener(listener), client, bytes);
-    }
-
-    /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, timer))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            match timer {
-                Timer::Exchange(t) => {
-                    let due = self.exchanges.get(&t).is_some_and(|ex| ex.deadline <= now);
-                    if !due {
-                        continue;
-                    }
-                    let kind = self.exchanges[&t].kind;
-                    match kind {
-                        Kind::Group(_) => self.close(t, CloseReason::Timeout),
-                        Kind::Unicast(_) => {
-                            self.reply_error(
-                                t,
-                                code::GATEWAY_TIMEOUT,
-                                "origin did not answer in time",
-                            );
-                            self.close(t, CloseReason::UnicastTimeout);
-                        }
-                    }
-                }
-                Timer::Retransmit(to, mid) => {
-                    let Some(p) = self.pending.get_mut(&(to, mid)) else {
-                        continue;
-                    };
-                    if p.next > now {
-                        continue;
-                    }
-                    if p.attempts >= MAX_RETRANSMIT {
-                        self.pending.remove(&(to, mid));
-                        self.drop_msg(DropReason::GaveUpRetransmitting, to);
-                        continue;
-                    }
-                    p.attempts += 1;
-                    p.timeout *= 2;
-                    p.next = now + p.timeout;
-                    let (link, bytes, next) = (p.link, p.bytes.clone(), p.next);
-                    self.push_timer(next, Timer::Retransmit(to, mid));
-                    self.send(link, to, bytes);
-                }
-                Timer::DropPrevious(g) => self.drop_previous_epoch(g),
-                Timer::Sweep => {
-                    self.dedup.expire(now);
-                    let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
-                    self.clients
-                        .retain(|_, c| c.active > 0 || !c.bucket.is_full(rate, burst, now));
-                    self.push_timer(now + SWEEP, Timer::Sweep);
-                }
-            }
-        }
     }
 }

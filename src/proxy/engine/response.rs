@@ -1,0 +1,156 @@
+//! What comes back from devices and origins: acknowledgements, responses matched to
+//! their exchange by token, relayed to the client with Reply-From (groupcomm-proxy §5.4).
+
+use super::*;
+
+impl Engine {
+    /// A datagram from a device (on a group link) or a unicast origin.
+    pub(super) fn on_origin_datagram(
+        &mut self,
+        now: Instant,
+        link: Link,
+        from: SocketAddr,
+        view: &MessageView,
+    ) {
+        let mtype = view.mtype();
+        if view.code() == code::EMPTY {
+            // An ACK or RST for our CON request to a unicast origin.
+            if self.pending.remove(&(from, view.message_id())).is_some() {
+                if mtype == RST {
+                    self.origin_reset(from, view.message_id());
+                }
+                return;
+            }
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        }
+        if !view.is_response() {
+            // Devices do not send requests to the proxy's egress port.
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            return self.drop_msg(DropReason::UnexpectedMessage, from);
+        }
+        if mtype == ACK {
+            self.pending.remove(&(from, view.message_id()));
+        }
+        let token = match <[u8; 8]>::try_from(view.token()) {
+            Ok(t) => u64::from_be_bytes(t),
+            Err(_) => u64::MAX,
+        };
+        let matches = self
+            .exchanges
+            .get(&token)
+            .is_some_and(|ex| match (ex.kind, link) {
+                (Kind::Group(g), Link::Group(l)) => g == l,
+                (Kind::Unicast(origin), Link::Unicast) => origin == from,
+                _ => false,
+            });
+        if !matches {
+            // A CON we cannot use is rejected so the server stops retransmitting.
+            if mtype == CON {
+                self.send(link, from, build::empty(RST, view.message_id()));
+            }
+            let reason = if self.late.contains(token) {
+                DropReason::LateResponse
+            } else {
+                DropReason::UnknownToken
+            };
+            return self.drop_msg(reason, from);
+        }
+        if mtype == CON {
+            self.send(link, from, build::empty(ACK, view.message_id()));
+            let ex = self.exchanges.get_mut(&token).expect("matched above");
+            let key = (from, view.message_id());
+            if ex.seen_con.contains(&key) {
+                return self.drop_msg(DropReason::DuplicateRequest, from);
+            }
+            if ex.seen_con.len() >= MAX_SEEN_PER_EXCHANGE {
+                ex.seen_con.remove(0);
+            }
+            ex.seen_con.push(key);
+        }
+        if let Err(reason) = self.check_response(token, view) {
+            return self.drop_msg(reason, from);
+        }
+        self.relay(now, token, from, view);
+    }
+
+    /// §5.4.1: each response goes to the client under its token; group responses with
+    /// Reply-From naming the origin server.
+    pub(super) fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
+        let reply_from_no = self.cfg.options.reply_from;
+        let mid = self.mid();
+        let ex = self.exchanges.get_mut(&token).expect("caller checked");
+        ex.responses += 1;
+        let (kind, client, listener, con, started) =
+            (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
+        let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
+        let mut opts: Vec<(u16, &[u8])> = view
+            .options()
+            .filter(|(n, _)| *n != reply_from_no)
+            .collect();
+        if let Some(rf) = &reply_from {
+            opts.push((reply_from_no, rf));
+        }
+        let client_token = ex.client_token.clone();
+        let mut outer = ex.outer.take();
+        // A CON client gets CON responses while the retransmission table has room.
+        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
+        let t = if con { CON } else { NON };
+        let mut bytes = build::encode(
+            t,
+            view.code(),
+            mid,
+            &client_token,
+            &mut opts,
+            view.payload(),
+        );
+        if let Some(o) = outer.as_mut() {
+            match self.protect_for_client(o, &bytes) {
+                Some(p) => bytes = p,
+                None => {
+                    if let Some(ex) = self.exchanges.get_mut(&token) {
+                        ex.outer = outer;
+                    }
+                    return self.drop_msg(DropReason::Malformed, from);
+                }
+            }
+        }
+        if let Some(ex) = self.exchanges.get_mut(&token) {
+            ex.outer = outer;
+        }
+        if con {
+            self.track(
+                now,
+                Link::Listener(listener),
+                client,
+                mid,
+                bytes.clone(),
+                Some(token),
+            );
+        }
+        self.send(Link::Listener(listener), client, bytes);
+        self.emit(Event::Relayed {
+            group: kind.group(),
+            after: now.saturating_duration_since(started),
+        });
+        if let Kind::Unicast(_) = kind {
+            self.close(token, CloseReason::UnicastAnswered);
+        }
+    }
+
+    pub(super) fn origin_reset(&mut self, origin: SocketAddr, mid: u16) {
+        let token = self
+            .exchanges
+            .iter()
+            .find(|(_, ex)| ex.kind == Kind::Unicast(origin) && ex.origin_mid == Some(mid))
+            .map(|(t, _)| *t);
+        if let Some(t) = token {
+            self.reply_error(t, code::BAD_GATEWAY, "origin reset the request");
+            self.close(t, CloseReason::OriginReset);
+        }
+    }
+}
