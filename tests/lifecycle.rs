@@ -2,8 +2,9 @@
 //! anything (an invalid file is refused and counted), SIGTERM stops intake, lets the
 //! exchanges in flight run to their timeouts and exits 0.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+mod common;
+
+use std::net::{Ipv4Addr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,17 +28,7 @@ fn free_tcp() -> u16 {
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text))
+    common::http_get((Ipv4Addr::LOCALHOST, port).into(), path).ok()
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

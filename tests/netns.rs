@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::netns::{ip, netns_pids, remove_stale_namespaces, run};
+use common::netns::{ip, netns_pids, remove_stale_namespaces, run, udp_bound};
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -448,11 +448,7 @@ max_timeout = 10
             if let Ok(Some(status)) = self.procs[i].child.try_wait() {
                 panic!("{} exited ({status})", self.procs[i].what);
             }
-            let out = run("ip", &["netns", "exec", &ns, "ss", "-Hnlu"]);
-            let bound: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
-                .collect();
+            let bound = udp_bound(&ns);
             if want.iter().all(|w| bound.contains(w)) {
                 return;
             }

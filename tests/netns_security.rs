@@ -34,13 +34,13 @@
 
 mod common;
 
-use common::netns::{ip, netns_pids, remove_stale_namespaces, run};
+use common::netns::{ip, netns_pids, remove_stale_namespaces, run, udp_bound};
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -599,11 +599,7 @@ impl Topology {
             if let Ok(Some(status)) = self.procs[i].child.try_wait() {
                 panic!("{} exited ({status}):\n{}", self.procs[i].what, self.logs());
             }
-            let out = run("ip", &["netns", "exec", &ns, "ss", "-Hnlu"]);
-            let bound: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
-                .collect();
+            let bound = udp_bound(&ns);
             if want.iter().all(|w| bound.contains(w)) {
                 return;
             }
@@ -773,20 +769,7 @@ members = [
         let path = path.to_string();
         in_ns(&self.ns("cli"), move || {
             let addr: SocketAddr = format!("{PRX_WAN}:{METRICS_PORT}").parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-            let mut raw = String::new();
-            s.read_to_string(&mut raw)?;
-            let (head, body) = raw
-                .split_once("\r\n\r\n")
-                .ok_or_else(|| std::io::Error::other(format!("no header end in {raw:?}")))?;
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| std::io::Error::other(format!("bad status line {head:?}")))?;
-            Ok((status, body.to_string()))
+            common::http_get(addr, &path)
         })
     }
 

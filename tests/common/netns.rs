@@ -71,3 +71,12 @@ pub fn remove_stale_namespaces(prefix: &str) {
             .status();
     }
 }
+
+/// The UDP addresses bound in namespace `ns` (`ss -Hnlu`, local address column).
+pub fn udp_bound(ns: &str) -> Vec<String> {
+    let out = run("ip", &["netns", "exec", ns, "ss", "-Hnlu"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
