@@ -44,21 +44,39 @@ pub fn encode(
     opts: &mut [(u16, &[u8])],
     payload: &[u8],
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, mtype, code, mid, token, opts, payload);
+    out
+}
+
+/// [`encode`] into `out` (cleared first), so that a buffer can be used again.
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    mtype: u8,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    opts: &mut [(u16, &[u8])],
+    payload: &[u8],
+) {
     debug_assert!(token.len() <= 8);
-    opts.sort_by_key(|(n, _)| *n);
+    // Usually sorted already (copied from a message in order, additions last).
+    if !opts.is_sorted_by_key(|(n, _)| *n) {
+        opts.sort_by_key(|(n, _)| *n);
+    }
     let size =
         4 + token.len() + payload.len() + 1 + opts.iter().map(|(_, v)| v.len() + 3).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
+    out.clear();
+    out.reserve(size);
     out.push(0x40 | (mtype << 4) | token.len() as u8);
     out.push(code);
     out.extend_from_slice(&mid.to_be_bytes());
     out.extend_from_slice(token);
-    encode_options(&mut out, opts.iter().copied());
+    encode_options(out, opts.iter().copied());
     if !payload.is_empty() {
         out.push(0xff);
         out.extend_from_slice(payload);
     }
-    out
 }
 
 /// An empty ACK or RST (RFC 7252 §4.2, §4.3).

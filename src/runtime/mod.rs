@@ -1,6 +1,7 @@
 //! The tokio driver around the engine: sockets in, engine, sockets out. It knows no CoAP:
 //! every decision is the engine's.
 
+mod batch;
 mod logs;
 pub mod sockets;
 pub mod state;
@@ -8,12 +9,15 @@ pub mod state;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use batch::{RecvBatch, SendQueue};
 
 use crate::proxy::{Engine, Event, Link, Output, ProxyConfig};
 pub use sockets::Interface;
@@ -66,8 +70,11 @@ pub trait Observer: Send {
 pub struct Proxy {
     engine: Engine,
     sockets: Vec<(Link, Arc<UdpSocket>)>,
-    unicast_v4: Arc<UdpSocket>,
-    unicast_v6: Option<Arc<UdpSocket>>,
+    /// Per socket (same index), what is to go out of it at the end of the batch.
+    queues: Vec<SendQueue>,
+    /// Indexes into `sockets` of the unicast egress per address family.
+    unicast_v4: usize,
+    unicast_v6: Option<usize>,
     log: logs::EventLog,
     names: Vec<String>,
     observer: Option<EventObserver>,
@@ -94,17 +101,16 @@ impl Proxy {
                 .map_err(|err| io::Error::new(err.kind(), format!("group {}: {err}", g.name)))?;
             sockets.push((Link::Group(i), Arc::new(UdpSocket::from_std(s)?)));
         }
-        let unicast_v4 = Arc::new(UdpSocket::from_std(sockets::unicast_egress(false)?)?);
-        sockets.push((Link::Unicast, unicast_v4.clone()));
+        let unicast_v4 = sockets.len();
+        let v4 = UdpSocket::from_std(sockets::unicast_egress(false)?)?;
+        sockets.push((Link::Unicast, Arc::new(v4)));
         // IPv6 may be absent on a host; unicast forwarding to IPv6 then fails per request.
-        let unicast_v6 = sockets::unicast_egress(true)
-            .ok()
-            .map(UdpSocket::from_std)
-            .transpose()?
-            .map(Arc::new);
-        if let Some(s) = &unicast_v6 {
-            sockets.push((Link::Unicast, s.clone()));
+        let mut unicast_v6 = None;
+        if let Ok(s) = sockets::unicast_egress(true) {
+            unicast_v6 = Some(sockets.len());
+            sockets.push((Link::Unicast, Arc::new(UdpSocket::from_std(s)?)));
         }
+        let queues = sockets.iter().map(|_| SendQueue::default()).collect();
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
         let names = cfg.proxy.groups.iter().map(|g| g.name.clone()).collect();
@@ -112,6 +118,7 @@ impl Proxy {
             engine: Engine::new(cfg.proxy, Instant::now(), u64::from_ne_bytes(seed))
                 .map_err(|e| io::Error::other(e.to_string()))?,
             sockets,
+            queues,
             unicast_v4,
             unicast_v6,
             log: logs::EventLog::default(),
@@ -166,7 +173,7 @@ impl Proxy {
     /// exchanges in flight run to their timeouts (at most [`DRAIN_LIMIT`]), then returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         tokio::pin!(shutdown);
-        let mut buf = vec![0u8; 65_536];
+        let mut rx = RecvBatch::new();
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
         let mut start = 0usize;
         let mut control = self.control.take();
@@ -197,16 +204,13 @@ impl Proxy {
                 _ = tokio::time::sleep_until(wake) => {
                     self.engine.handle_timeout(Instant::now());
                 }
-                r = recv_any(&self.sockets, &mut buf, start) => {
-                    let (idx, from, n) = r;
+                idx = ready_any(&self.sockets, start) => {
                     start = idx + 1;
-                    let now = Instant::now();
-                    self.handle(now, idx, from, &buf[..n]);
-                    // Drain what else is queued before going back to the reactor.
-                    self.drain_ready(now, &mut buf);
+                    self.serve_ready(&mut rx);
                 }
             }
             self.flush();
+            self.send_queued();
         }
     }
 
@@ -234,31 +238,76 @@ impl Proxy {
         self.flush();
     }
 
-    fn drain_ready(&mut self, now: Instant, buf: &mut [u8]) {
-        for _ in 0..64 {
+    /// Takes what is queued on every socket, a batch per socket and round, through the
+    /// engine, and sends what that produced after each round; stops when the sockets
+    /// are empty or after [`ROUNDS`] rounds, so that timers and signals get their turn.
+    fn serve_ready(&mut self, rx: &mut RecvBatch) {
+        for _ in 0..ROUNDS {
+            let now = Instant::now();
             let mut got = false;
             for i in 0..self.sockets.len() {
-                if let Ok((n, from)) = self.sockets[i].1.try_recv_from(buf) {
-                    self.handle(now, i, from, &buf[..n]);
-                    got = true;
+                let sock = &self.sockets[i].1;
+                let fd = sock.as_raw_fd();
+                // try_io clears the readiness only when the call says WouldBlock, so a
+                // socket left non-empty here is polled ready again.
+                match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    // An ICMP error surfaced on a UDP socket (e.g. port unreachable):
+                    // nothing to deliver.
+                    Err(_) => continue,
+                }
+                got = true;
+                for (from, datagram) in rx.datagrams() {
+                    self.handle(now, i, from, datagram);
                 }
             }
-            self.flush();
+            self.send_queued();
             if !got {
                 break;
             }
         }
     }
 
-    fn socket_for(&self, link: Link, to: &SocketAddr) -> Option<&UdpSocket> {
+    fn socket_for(&self, link: Link, to: &SocketAddr) -> Option<usize> {
         match link {
-            Link::Unicast if to.is_ipv6() => self.unicast_v6.as_deref(),
-            Link::Unicast => Some(&self.unicast_v4),
-            l => self
-                .sockets
-                .iter()
-                .find(|(x, _)| *x == l)
-                .map(|(_, s)| &**s),
+            Link::Unicast if to.is_ipv6() => self.unicast_v6,
+            Link::Unicast => Some(self.unicast_v4),
+            l => self.sockets.iter().position(|(x, _)| *x == l),
+        }
+    }
+
+    /// Sends every queued datagram, a `sendmmsg` per socket and [`batch::BATCH`], and
+    /// gives the buffers back to the engine for its next messages.
+    fn send_queued(&mut self) {
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if q.items.is_empty() {
+                continue;
+            }
+            let sock = &self.sockets[i].1;
+            let fd = sock.as_raw_fd();
+            let mut sent = 0;
+            while sent < q.items.len() {
+                match sock.try_io(Interest::WRITABLE, || q.send(fd, sent)) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The socket's send buffer is full: what is left is lost, as a
+                        // single send would have lost it.
+                        let left = q.items.len() - sent;
+                        tracing::warn!(event = "send_failed", datagrams = left, error = %e);
+                        break;
+                    }
+                    Err(e) => {
+                        // The first datagram of the call was refused (e.g. unreachable);
+                        // the others still go.
+                        tracing::warn!(event = "send_failed", to = %q.items[sent].0, error = %e);
+                        sent += 1;
+                    }
+                }
+            }
+            for (_, bytes) in q.items.drain(..) {
+                self.engine.recycle(bytes);
+            }
         }
     }
 
@@ -276,15 +325,12 @@ impl Proxy {
     }
 
     fn flush_after(&mut self, took: Option<Duration>) {
-        let now = Instant::now();
+        // Read once, and only if an event needs it (logs' rate limits).
+        let mut now = None;
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Transmit(t) => match self.socket_for(t.link, &t.to) {
-                    Some(s) => {
-                        if let Err(e) = s.try_send_to(&t.bytes, t.to) {
-                            tracing::warn!(event = "send_failed", to = %t.to, error = %e);
-                        }
-                    }
+                    Some(i) => self.queues[i].items.push((t.to, t.bytes)),
                     None => {
                         tracing::warn!(event = "send_failed", to = %t.to, error = "no socket for this address family")
                     }
@@ -302,6 +348,7 @@ impl Proxy {
                 }
                 Output::Event(e) => {
                     let names = &self.names;
+                    let now = *now.get_or_insert_with(Instant::now);
                     self.log.record(now, &e, |g| {
                         g.and_then(|i| names.get(i).cloned())
                             .unwrap_or_else(|| "unicast".into())
@@ -321,25 +368,19 @@ impl Proxy {
     }
 }
 
-/// Waits for a datagram on any socket, polling from `start` round-robin for fairness.
-async fn recv_any(
-    sockets: &[(Link, Arc<UdpSocket>)],
-    buf: &mut [u8],
-    start: usize,
-) -> (usize, SocketAddr, usize) {
+/// Rounds of batches [`Proxy::serve_ready`] takes before it yields to timers and signals.
+const ROUNDS: usize = 16;
+
+/// Waits until a socket has something to read; which one, polling from `start`
+/// round-robin. Every socket's waker is registered when it returns Pending.
+async fn ready_any(sockets: &[(Link, Arc<UdpSocket>)], start: usize) -> usize {
     std::future::poll_fn(|cx| {
         let n = sockets.len();
         for k in 0..n {
             let i = (start + k) % n;
-            loop {
-                let mut rb = ReadBuf::new(buf);
-                match sockets[i].1.poll_recv_from(cx, &mut rb) {
-                    Poll::Ready(Ok(from)) => return Poll::Ready((i, from, rb.filled().len())),
-                    // An ICMP error surfaced on a UDP socket (e.g. port unreachable): nothing
-                    // to deliver; poll the same socket again so its waker gets registered.
-                    Poll::Ready(Err(_)) => continue,
-                    Poll::Pending => break,
-                }
+            // An error (an ICMP report) also means: try reading, the read will say.
+            if sockets[i].1.poll_recv_ready(cx).is_ready() {
+                return Poll::Ready(i);
             }
         }
         Poll::Pending

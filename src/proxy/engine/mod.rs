@@ -246,7 +246,12 @@ pub struct Engine {
     next_mid: u16,
     rng: u64,
     out: VecDeque<Output>,
+    /// Buffers of sent datagrams, given back by the driver for the next messages.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Spare buffers kept at most (a burst's worth; more are freed).
+const MAX_SPARE: usize = 256;
 
 impl Engine {
     /// `seed` feeds the token space, Message IDs and retransmission jitter; give it
@@ -292,6 +297,7 @@ impl Engine {
             next_mid: (seed >> 48) as u16,
             rng: seed | 1,
             out: VecDeque::new(),
+            spare: Vec::new(),
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
@@ -318,6 +324,18 @@ impl Engine {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// Gives back the buffer of a datagram that was sent, to build later ones in.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE && buf.capacity() <= 2048 {
+            self.spare.push(buf);
+        }
+    }
+
+    /// A buffer to build a datagram in.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -856,7 +874,16 @@ impl Engine {
         let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
         let mid = self.mid();
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
-        let bytes = build::encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
+        let mut bytes = self.buffer();
+        build::encode_into(
+            &mut bytes,
+            NON,
+            view.code(),
+            mid,
+            &tb,
+            &mut opts,
+            view.payload(),
+        );
         self.send(Link::Group(g), dest, bytes);
         self.emit(Event::FanOut {
             group: g,
@@ -922,7 +949,9 @@ impl Engine {
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self.mid();
-        let bytes = build::encode(
+        let mut bytes = self.buffer();
+        build::encode_into(
+            &mut bytes,
             if con { CON } else { NON },
             view.code(),
             mid,
