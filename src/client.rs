@@ -92,7 +92,7 @@ pub fn protect_request(
     let mut inner: Vec<(u16, &[u8])> = target
         .uri_options
         .iter()
-        .map(|(n, v)| (*n, v.as_slice()))
+        .map(|(n, v)| (*n, &v[..]))
         .collect();
     let t = if req.confirmable { CON } else { NON };
     let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
@@ -111,11 +111,11 @@ pub fn protect_request(
 
 fn outer_proxy_options(
     req: &ClientRequest,
-    target: &crate::coap::uri::Target,
+    target: &crate::coap::uri::Target<'_>,
 ) -> Result<Vec<(u16, Vec<u8>)>, String> {
     let host = match &target.host {
         Host::Ip(ip) => ip.to_string(),
-        Host::Name(n) => n.clone(),
+        Host::Name(n) => n.to_string(),
     };
     let mut o = vec![
         (req.multicast_timeout_option, uint_value(req.timeout)),
@@ -134,7 +134,7 @@ pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec
     let mt = uint_value(req.timeout);
     let host = match &target.host {
         Host::Ip(ip) => ip.to_string(),
-        Host::Name(n) => n.clone(),
+        Host::Name(n) => n.to_string(),
     };
     let port = target.port.map(|p| uint_value(p as u32));
     let mut opts: Vec<(u16, &[u8])> = vec![(req.multicast_timeout_option, &mt)];
@@ -147,7 +147,7 @@ pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec
         if let Some(p) = &port {
             opts.push((opt::URI_PORT, p));
         }
-        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, v.as_slice())));
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, &v[..])));
     }
     let t = if req.confirmable { CON } else { NON };
     Ok(build::encode(

@@ -5,8 +5,10 @@
 pub mod build;
 pub mod cri;
 pub mod options;
+pub mod token;
 pub mod uri;
 pub mod view;
 
 pub use options::{OptionClass, oscore_class};
+pub use token::Token;
 pub use view::{MessageView, ViewError, split_options};

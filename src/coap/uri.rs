@@ -1,29 +1,43 @@
 //! The request target of a forward-proxy request (RFC 7252 §5.7.2, §6.4; RFC 10020 §3.5.1):
 //! either a Proxy-Uri, or Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path and Uri-Query.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use super::options::{PROXY_SCHEME, PROXY_URI, URI_HOST, URI_PATH, URI_PORT, URI_QUERY, read_uint};
 use super::view::MessageView;
 
-/// Where a request is to be forwarded.
+/// Where a request is to be forwarded. Its parts borrow from the request wherever they
+/// can (no escapes to decode, no case to fold), so that parsing it allocates nothing on
+/// the forwarding path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub scheme: String,
-    pub host: Host,
+pub struct Target<'a> {
+    /// Lowercased (RFC 3986 §3.1).
+    pub scheme: Cow<'a, str>,
+    pub host: Host<'a>,
     pub port: Option<u16>,
     /// Uri-Path and Uri-Query options taken out of a Proxy-Uri; with Proxy-Scheme they
     /// stay in the request as they are.
-    pub uri_options: Vec<(u16, Vec<u8>)>,
+    pub uri_options: SmallVec<[(u16, Cow<'a, [u8]>); 4]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
+pub enum Host<'a> {
     Ip(IpAddr),
     /// A registered name, lowercased (RFC 3986 §3.2.2: case-insensitive).
-    Name(String),
+    Name(Cow<'a, str>),
+}
+
+/// `s` lowercased, borrowed when it has no uppercase letters.
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,7 +56,7 @@ pub enum TargetError {
 
 /// The proxy target of a request; `None` when it carries neither Proxy-Uri nor
 /// Proxy-Scheme, i.e. it is addressed to the proxy itself.
-pub fn proxy_target(view: &MessageView) -> Result<Option<Target>, TargetError> {
+pub fn proxy_target<'a>(view: &MessageView<'a>) -> Result<Option<Target<'a>>, TargetError> {
     let proxy_uri = view.option(PROXY_URI);
     let scheme = view.option(PROXY_SCHEME);
     match (proxy_uri, scheme) {
@@ -59,31 +73,37 @@ pub fn proxy_target(view: &MessageView) -> Result<Option<Target>, TargetError> {
                         .ok_or(TargetError::BadPort)
                 })
                 .transpose()?;
+            let scheme = std::str::from_utf8(scheme)
+                .map(lowercase)
+                .unwrap_or_else(|_| Cow::Owned(String::from_utf8_lossy(scheme).into_owned()));
             Ok(Some(Target {
-                scheme: String::from_utf8_lossy(scheme).to_ascii_lowercase(),
-                host: parse_host(host),
+                scheme,
+                host: parse_host(Cow::Borrowed(host)),
                 port,
-                uri_options: Vec::new(),
+                uri_options: SmallVec::new(),
             }))
         }
         (None, None) => Ok(None),
     }
 }
 
-fn parse_host(h: &str) -> Host {
+fn parse_host(h: Cow<'_, str>) -> Host<'_> {
     let bare = h
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(h);
+        .unwrap_or(&h);
     match bare.parse::<IpAddr>() {
         Ok(ip) => Host::Ip(ip),
-        Err(_) => Host::Name(h.to_ascii_lowercase()),
+        Err(_) => Host::Name(match h {
+            Cow::Borrowed(b) => lowercase(b),
+            Cow::Owned(o) => Cow::Owned(o.to_ascii_lowercase()),
+        }),
     }
 }
 
 /// Parses `scheme://host[:port][/path][?query]` (RFC 3986 §3) into a [`Target`] whose
 /// path segments and query parameters become Uri-Path and Uri-Query (RFC 7252 §6.4).
-pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target, TargetError> {
+pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
     let s = std::str::from_utf8(bytes).map_err(|_| TargetError::BadUri("not UTF-8"))?;
     let (scheme, rest) = s
         .split_once("://")
@@ -130,15 +150,13 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target, TargetError> {
         if h.is_empty() {
             return Err(TargetError::BadUri("empty host"));
         }
-        (
-            parse_host(
-                &percent_decode(h)?
-                    .iter()
-                    .map(|&b| b as char)
-                    .collect::<String>(),
-            ),
-            p,
-        )
+        // Decoded bytes are taken as Latin-1 characters, as they always were here: a
+        // name with escapes is not one of the configured host names anyway.
+        let host = match percent_decode(h)? {
+            Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).unwrap_or(h)),
+            Cow::Owned(o) => Cow::Owned(o.iter().map(|&b| b as char).collect()),
+        };
+        (parse_host(host), p)
     };
     let port = port
         .filter(|p| !p.is_empty())
@@ -151,7 +169,7 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target, TargetError> {
         Some((p, q)) => (p, Some(q)),
         None => (path_query, None),
     };
-    let mut uri_options = Vec::new();
+    let mut uri_options = SmallVec::new();
     // "/" alone is the empty path (RFC 7252 §6.4 step 8).
     if !path.is_empty() && path != "/" {
         for seg in path[1..].split('/') {
@@ -164,15 +182,19 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target, TargetError> {
         }
     }
     Ok(Target {
-        scheme: scheme.to_ascii_lowercase(),
+        scheme: lowercase(scheme),
         host,
         port,
         uri_options,
     })
 }
 
-fn percent_decode(s: &str) -> Result<Vec<u8>, TargetError> {
+/// `s` with its %-escapes decoded (RFC 3986 §2.1); borrowed when it has none.
+fn percent_decode(s: &str) -> Result<Cow<'_, [u8]>, TargetError> {
     let b = s.as_bytes();
+    if !b.contains(&b'%') {
+        return Ok(Cow::Borrowed(b));
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -189,7 +211,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, TargetError> {
             i += 1;
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -203,17 +225,22 @@ mod tests {
         assert_eq!(t.scheme, "coap");
         assert_eq!(t.host, Host::Ip("224.0.1.187".parse().unwrap()));
         assert_eq!(t.port, Some(5683));
+        let opts: Vec<(u16, &[u8])> = t.uri_options.iter().map(|(n, v)| (*n, &v[..])).collect();
         assert_eq!(
-            t.uri_options,
+            opts,
             vec![
-                (URI_PATH, b"r".to_vec()),
-                (URI_PATH, b"a b".to_vec()),
-                (URI_QUERY, b"x=1".to_vec()),
-                (URI_QUERY, b"y".to_vec())
+                (URI_PATH, &b"r"[..]),
+                (URI_PATH, b"a b"),
+                (URI_QUERY, b"x=1"),
+                (URI_QUERY, b"y")
             ]
         );
+        // Nothing to decode or fold: the parts borrow from the request.
+        assert!(matches!(t.scheme, Cow::Borrowed(_)));
+        assert!(matches!(t.uri_options[0].1, Cow::Borrowed(_)));
+        assert!(matches!(t.uri_options[1].1, Cow::Owned(_)));
         let t = parse_proxy_uri(b"COAP://[ff05::fd]/").unwrap();
-        assert_eq!((t.scheme.as_str(), t.port), ("coap", None));
+        assert_eq!((&*t.scheme, t.port), ("coap", None));
         assert_eq!(t.host, Host::Ip("ff05::fd".parse().unwrap()));
         assert!(t.uri_options.is_empty());
         let t = parse_proxy_uri(b"coap://All-Lights.example:61616").unwrap();

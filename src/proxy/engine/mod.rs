@@ -24,11 +24,11 @@ use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
 use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, LateTokens, NON_LIFETIME};
-use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
 use crate::coap::uri::{Host, Target, proxy_target};
+use crate::coap::{MessageView, Token};
 use crate::oscore::checker::CheckedRequest;
 use crate::oscore::replay::ResponseNumbers;
 use crate::oscore::{
@@ -96,7 +96,7 @@ struct Exchange {
     kind: Kind,
     client: SocketAddr,
     listener: usize,
-    client_token: Vec<u8>,
+    client_token: Token,
     client_con: bool,
     started: Instant,
     deadline: Instant,
@@ -235,7 +235,7 @@ pub struct Engine {
     draining: bool,
     exchanges: HashMap<u64, Exchange>,
     /// (client, client token) of every exchange, for early stop and token reuse.
-    by_client: HashMap<(SocketAddr, Vec<u8>), u64>,
+    by_client: HashMap<(SocketAddr, Token), u64>,
     clients: HashMap<IpAddr, Client>,
     dedup: Dedup,
     pending: HashMap<(SocketAddr, u16), Pending>,
@@ -249,6 +249,10 @@ pub struct Engine {
     /// Buffers of sent datagrams, given back by the driver for the next messages.
     spare: Vec<Vec<u8>>,
 }
+
+/// A message's options on their way into another message: on the stack for the usual
+/// handful.
+type Options<'a> = smallvec::SmallVec<[(u16, &'a [u8]); 16]>;
 
 /// Spare buffers kept at most (a burst's worth; more are freed).
 const MAX_SPARE: usize = 256;
@@ -564,7 +568,7 @@ impl Engine {
     ) -> Result<Option<Local>, Reject> {
         let mt_number = self.cfg.options.multicast_timeout;
         let mt = view.option(mt_number);
-        let key = (from, view.token().to_vec());
+        let key = (from, client_token(view));
         let target = proxy_target(view).map_err(|_| {
             Reject::new(
                 code::BAD_REQUEST,
@@ -769,12 +773,12 @@ impl Engine {
     fn forwarded_options<'v>(
         &self,
         view: &MessageView<'v>,
-        target: &'v Target,
+        target: &'v Target<'_>,
         hop: &'v Option<[u8; 1]>,
         own_layer: bool,
-    ) -> Vec<(u16, &'v [u8])> {
+    ) -> Options<'v> {
         let mt = self.cfg.options.multicast_timeout;
-        let mut opts: Vec<(u16, &[u8])> = view
+        let mut opts: Options<'v> = view
             .options()
             .filter(|(n, _)| {
                 !matches!(
@@ -790,7 +794,7 @@ impl Engine {
                     && !(own_layer && *n == opt::ECHO)
             })
             .collect();
-        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, v.as_slice())));
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, &v[..])));
         if let Some(h) = hop {
             opts.push((opt::HOP_LIMIT, h));
         }
@@ -805,7 +809,7 @@ impl Engine {
         from: SocketAddr,
         view: &MessageView,
         g: usize,
-        target: Target,
+        target: Target<'_>,
         mt: Option<&[u8]>,
         hop_limit: Option<u8>,
         outer: &mut Option<Outer>,
@@ -917,7 +921,7 @@ impl Engine {
         listener: usize,
         from: SocketAddr,
         view: &MessageView,
-        target: Target,
+        target: Target<'_>,
         hop_limit: Option<u8>,
         outer: &mut Option<Outer>,
     ) -> Result<(), Reject> {
@@ -999,7 +1003,7 @@ impl Engine {
                 kind,
                 client,
                 listener,
-                client_token: view.token().to_vec(),
+                client_token: client_token(view),
                 client_con: view.mtype() == CON,
                 started: now,
                 deadline,
@@ -1011,8 +1015,7 @@ impl Engine {
                 outer: None,
             },
         );
-        self.by_client
-            .insert((client, view.token().to_vec()), token);
+        self.by_client.insert((client, client_token(view)), token);
         if let Some(c) = self.clients.get_mut(&client.ip()) {
             c.active += 1;
         }
@@ -1024,7 +1027,7 @@ impl Engine {
         let Some(ex) = self.exchanges.remove(&token) else {
             return;
         };
-        self.by_client.remove(&(ex.client, ex.client_token.clone()));
+        self.by_client.remove(&(ex.client, ex.client_token));
         if let Some(c) = self.clients.get_mut(&ex.client.ip()) {
             c.active = c.active.saturating_sub(1);
         }
@@ -1067,9 +1070,14 @@ impl Engine {
         let Some(ex) = self.exchanges.get(&token) else {
             return;
         };
-        let (client, listener, tok) = (ex.client, ex.listener, ex.client_token.clone());
+        let (client, listener, tok) = (ex.client, ex.listener, ex.client_token);
         let mid = self.mid();
-        let bytes = build::encode(NON, c, mid, &tok, &mut [], diagnostic.as_bytes());
+        let bytes = build::encode(NON, c, mid, tok.as_slice(), &mut [], diagnostic.as_bytes());
         self.send(Link::Listener(listener), client, bytes);
     }
+}
+
+/// The token of a parsed message (which has at most 8 bytes, RFC 7252 §3).
+fn client_token(view: &MessageView) -> Token {
+    Token::new(view.token()).unwrap_or_default()
 }

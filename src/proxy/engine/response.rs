@@ -88,14 +88,14 @@ impl Engine {
         let (kind, client, listener, con, started) =
             (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
         let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
-        let mut opts: Vec<(u16, &[u8])> = view
+        let mut opts: Options = view
             .options()
             .filter(|(n, _)| *n != reply_from_no)
             .collect();
         if let Some(rf) = &reply_from {
             opts.push((reply_from_no, rf));
         }
-        let client_token = ex.client_token.clone();
+        let client_token = ex.client_token;
         let mut outer = ex.outer.take();
         // A CON client gets CON responses while the retransmission table has room.
         let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
@@ -106,7 +106,7 @@ impl Engine {
             t,
             view.code(),
             mid,
-            &client_token,
+            client_token.as_slice(),
             &mut opts,
             view.payload(),
         );
