@@ -431,6 +431,17 @@ fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
         &response_to(&tx[0].bytes, NON, 5, b"x"),
     );
     assert!(tx2.is_empty());
+    // It carries a token the proxy gave out, and its timeout (0) has passed: late
+    // (§5.4.1), not unknown.
+    assert_eq!(dropped(&ev), vec![DropReason::LateResponse]);
+    // A token the proxy never gave out is unknown.
+    let mut forged = tx[0].bytes.clone();
+    forged[4..12].copy_from_slice(&[0xa5; 8]);
+    let (_, ev) = h.feed(
+        Link::Group(0),
+        device(1),
+        &response_to(&forged, NON, 6, b"x"),
+    );
     assert_eq!(dropped(&ev), vec![DropReason::UnknownToken]);
 }
 

@@ -109,7 +109,8 @@ pub struct Limits {
     pub max_datagram: usize,
     /// (client, Message ID) pairs remembered for deduplication (RFC 7252 §4.5).
     pub dedup_capacity: usize,
-    /// Freed proxy tokens remembered, to tell late responses from unknown ones.
+    /// How many of the proxy's latest tokens a response may carry to count as late
+    /// rather than unknown.
     pub late_memory: usize,
     /// Confirmable messages awaiting an ACK (responses to CON clients, CON to origins).
     pub max_retransmissions: usize,

@@ -1,9 +1,9 @@
 //! The engine's bounded tables, each with what happens at its bound written down.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,41 @@ pub const NON_LIFETIME: Duration = Duration::from_secs(145);
 /// the caller counts as an eviction).
 #[derive(Debug)]
 pub struct Dedup {
-    map: HashMap<(SocketAddr, u16), Seen>,
-    order: VecDeque<(Instant, SocketAddr, u16)>,
+    map: HashMap<Key, Seen>,
+    order: VecDeque<(Instant, Key)>,
     capacity: usize,
+}
+
+/// (sender, Message ID) packed into 24 bytes, hashed as two words: the table is consulted
+/// for every request, and SocketAddr's derived Hash feeds the hasher field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    ip: u128,
+    /// Port and Message ID.
+    port_mid: u32,
+    /// The IPv6 scope, with the top bit telling IPv6 from IPv4.
+    scope: u32,
+}
+
+impl Key {
+    fn new(from: SocketAddr, mid: u16) -> Key {
+        let (ip, scope) = match from {
+            SocketAddr::V4(a) => (u32::from(*a.ip()) as u128, 0),
+            SocketAddr::V6(a) => (u128::from(*a.ip()), a.scope_id() | 1 << 31),
+        };
+        Key {
+            ip,
+            port_mid: (from.port() as u32) << 16 | mid as u32,
+            scope,
+        }
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(self.ip);
+        h.write_u64((self.port_mid as u64) << 32 | self.scope as u64);
+    }
 }
 
 #[derive(Debug)]
@@ -45,7 +77,7 @@ impl Dedup {
     }
 
     pub fn check(&self, from: SocketAddr, mid: u16, now: Instant) -> Dup<'_> {
-        match self.map.get(&(from, mid)) {
+        match self.map.get(&Key::new(from, mid)) {
             Some(s) if s.expires > now => Dup::Seen(s.reply.as_deref()),
             _ => Dup::New,
         }
@@ -55,38 +87,42 @@ impl Dedup {
     pub fn insert(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) -> bool {
         let mut evicted = false;
         if self.map.len() >= self.capacity
-            && let Some((exp, a, m)) = self.order.pop_front()
-            && self.map.get(&(a, m)).is_some_and(|s| s.expires == exp)
+            && let Some((exp, old)) = self.order.pop_front()
+            && let Entry::Occupied(e) = self.map.entry(old)
+            && e.get().expires == exp
         {
-            self.map.remove(&(a, m));
+            e.remove();
             evicted = exp > now;
         }
+        let key = Key::new(from, mid);
         let expires = now + lifetime;
         self.map.insert(
-            (from, mid),
+            key,
             Seen {
                 expires,
                 reply: None,
             },
         );
-        self.order.push_back((expires, from, mid));
+        self.order.push_back((expires, key));
         evicted
     }
 
     pub fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
-        if let Some(s) = self.map.get_mut(&(from, mid)) {
+        if let Some(s) = self.map.get_mut(&Key::new(from, mid)) {
             s.reply = Some(reply);
         }
     }
 
     pub fn expire(&mut self, now: Instant) {
-        while let Some(&(exp, a, m)) = self.order.front() {
+        while let Some(&(exp, key)) = self.order.front() {
             if exp > now {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&(a, m)).is_some_and(|s| s.expires == exp) {
-                self.map.remove(&(a, m));
+            if let Entry::Occupied(e) = self.map.entry(key)
+                && e.get().expires == exp
+            {
+                e.remove();
             }
         }
     }
@@ -97,40 +133,6 @@ impl Dedup {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-}
-
-/// Proxy tokens freed recently, so a response that comes after its exchange ended is
-/// counted as late rather than unknown. At capacity the oldest is forgotten.
-#[derive(Debug)]
-pub struct LateTokens {
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-    capacity: usize,
-}
-
-impl LateTokens {
-    pub fn new(capacity: usize) -> Self {
-        LateTokens {
-            set: Default::default(),
-            order: VecDeque::new(),
-            capacity,
-        }
-    }
-    pub fn insert(&mut self, t: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.order.len() >= self.capacity
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        self.set.insert(t);
-        self.order.push_back(t);
-    }
-    pub fn contains(&self, t: u64) -> bool {
-        self.set.contains(&t)
     }
 }
 
@@ -195,6 +197,17 @@ mod tests {
         assert!(matches!(d.check(a, 1, t0), Dup::New));
         d.expire(t0 + NON_LIFETIME);
         assert!(d.is_empty());
+        // The sender is the whole endpoint: another port, family or scope is another one.
+        d.insert(a, 7, t0, NON_LIFETIME);
+        for other in [
+            "127.0.0.1:2",
+            "[::ffff:127.0.0.1]:1",
+            "[fe80::1%1]:1",
+            "[fe80::1%2]:1",
+        ] {
+            assert!(matches!(d.check(other.parse().unwrap(), 7, t0), Dup::New));
+        }
+        assert!(matches!(d.check(a, 7, t0), Dup::Seen(None)));
     }
 
     #[test]
@@ -207,14 +220,5 @@ mod tests {
         assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
         assert!(b.take(1.0, 2.0, t0 + Duration::from_secs(1)).is_ok());
         assert!(b.is_full(1.0, 2.0, t0 + Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn late_tokens_bounded() {
-        let mut l = LateTokens::new(2);
-        l.insert(1);
-        l.insert(2);
-        l.insert(3);
-        assert!(!l.contains(1) && l.contains(2) && l.contains(3));
     }
 }

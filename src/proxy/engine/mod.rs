@@ -8,6 +8,7 @@ mod member;
 mod reconfigure;
 mod response;
 mod timers;
+mod tokens;
 
 pub use member::SSN_BLOCK;
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
 use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
-use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, LateTokens, NON_LIFETIME};
+use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, NON_LIFETIME};
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
@@ -239,10 +240,8 @@ pub struct Engine {
     clients: HashMap<IpAddr, Client>,
     dedup: Dedup,
     pending: HashMap<(SocketAddr, u16), Pending>,
-    late: LateTokens,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    token_counter: u64,
-    token_key: u64,
+    tokens: tokens::TokenSpace,
     next_mid: u16,
     rng: u64,
     out: VecDeque<Output>,
@@ -289,15 +288,13 @@ impl Engine {
             reserving,
             draining: false,
             dedup: Dedup::new(cfg.limits.dedup_capacity),
-            late: LateTokens::new(cfg.limits.late_memory),
             cfg,
             exchanges: HashMap::default(),
             by_client: HashMap::default(),
             clients: HashMap::default(),
             pending: HashMap::default(),
             timers: BinaryHeap::new(),
-            token_counter: 0,
-            token_key: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            tokens: tokens::TokenSpace::new(seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15),
             next_mid: (seed >> 48) as u16,
             rng: seed | 1,
             out: VecDeque::new(),
@@ -364,14 +361,9 @@ impl Engine {
         self.next_mid
     }
 
-    /// Tokens are a counter run through a bijection, so they never repeat (RFC 10020
-    /// §3.1.5: never reused) and are not sequential on the wire.
+    /// A token of the proxy's, never used before (see [`tokens`]).
     fn token(&mut self) -> u64 {
-        self.token_counter += 1;
-        let mut x = self.token_counter ^ self.token_key;
-        x = (x ^ (x >> 31)).wrapping_mul(0x7fb5_d329_728e_a185);
-        x = (x ^ (x >> 27)).wrapping_mul(0x81da_def4_bc2d_d44d);
-        x ^ (x >> 33)
+        self.tokens.issue()
     }
 
     /// xorshift64 over the seed: jitter and Echo values.
@@ -1034,7 +1026,6 @@ impl Engine {
         if let (Kind::Unicast(origin), Some(mid)) = (ex.kind, ex.origin_mid) {
             self.pending.remove(&(origin, mid));
         }
-        self.late.insert(token);
         self.emit(Event::Closed {
             group: ex.kind.group(),
             responses: ex.responses,

@@ -53,7 +53,11 @@ impl Engine {
             if mtype == CON {
                 self.send(link, from, build::empty(RST, view.message_id()));
             }
-            let reason = if self.late.contains(token) {
+            // No exchange is open under it: if the token was issued among the last
+            // `late_memory`, its exchange ended (or never needed one: T' = 0).
+            let reason = if !self.exchanges.contains_key(&token)
+                && self.tokens.recent(token, self.cfg.limits.late_memory)
+            {
                 DropReason::LateResponse
             } else {
                 DropReason::UnknownToken
