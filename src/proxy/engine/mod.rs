@@ -106,12 +106,13 @@ struct Exchange {
     seen_con: Vec<(SocketAddr, u16)>,
     /// Message ID of the CON request sent to a unicast origin.
     origin_mid: Option<u16>,
-    /// The verified group-mode request, for checking its responses (§7.5).
-    checked: Option<CheckedRequest>,
+    /// The verified group-mode request, for checking its responses (§7.5). Boxed, as
+    /// is `outer`: only secured exchanges have them, and the table stays compact.
+    checked: Option<Box<CheckedRequest>>,
     /// Partial IVs of verified responses per server (RFC 10021 §5.3.1).
     response_numbers: ResponseNumbers,
     /// The OSCORE layer shared with the client, for protecting each relayed response.
-    outer: Option<Outer>,
+    outer: Option<Box<Outer>>,
 }
 
 #[derive(Debug)]
@@ -899,8 +900,8 @@ impl Engine {
                 None,
             );
             if let Some(ex) = self.exchanges.get_mut(&token) {
-                ex.checked = checked;
-                ex.outer = outer.take();
+                ex.checked = checked.map(Box::new);
+                ex.outer = outer.take().map(Box::new);
             }
         }
         Ok(())
@@ -971,7 +972,7 @@ impl Engine {
             con.then_some(mid),
         );
         if let Some(ex) = self.exchanges.get_mut(&token) {
-            ex.outer = outer.take();
+            ex.outer = outer.take().map(Box::new);
         }
         Ok(())
     }
