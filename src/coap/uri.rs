@@ -105,8 +105,11 @@ fn parse_host(h: Cow<'_, str>) -> Host<'_> {
 /// path segments and query parameters become Uri-Path and Uri-Query (RFC 7252 §6.4).
 pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
     let s = std::str::from_utf8(bytes).map_err(|_| TargetError::BadUri("not UTF-8"))?;
+    // A scheme has no ':' (checked below), so the first one must start "://".
     let (scheme, rest) = s
-        .split_once("://")
+        .find(':')
+        .filter(|&i| s[i..].starts_with("://"))
+        .map(|i| (&s[..i], &s[i + 3..]))
         .ok_or(TargetError::BadUri("no scheme://"))?;
     if scheme.is_empty()
         || !scheme
@@ -115,7 +118,7 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
     {
         return Err(TargetError::BadUri("bad scheme"));
     }
-    let rest = rest.split('#').next().unwrap_or_default();
+    let rest = rest.find('#').map_or(rest, |i| &rest[..i]);
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path_query) = rest.split_at(auth_end);
     if authority.contains('@') {
@@ -153,7 +156,7 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
         // Decoded bytes are taken as Latin-1 characters, as they always were here: a
         // name with escapes is not one of the configured host names anyway.
         let host = match percent_decode(h)? {
-            Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).unwrap_or(h)),
+            Cow::Borrowed(_) => Cow::Borrowed(h),
             Cow::Owned(o) => Cow::Owned(o.iter().map(|&b| b as char).collect()),
         };
         (parse_host(host), p)
