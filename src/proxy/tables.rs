@@ -13,8 +13,7 @@ pub const NON_LIFETIME: Duration = Duration::from_secs(145);
 
 /// Message deduplication (RFC 7252 §4.5): (sender, Message ID) pairs seen recently, with
 /// the reply sent to a CON so that a retransmission gets the same reply. At capacity the
-/// oldest entry is forgotten early (its duplicate could then be processed twice, which
-/// the caller counts as an eviction).
+/// oldest entry is forgotten early (a duplicate of it could then be processed twice).
 #[derive(Debug)]
 pub struct Dedup {
     map: HashMap<Key, Seen>,
@@ -26,7 +25,9 @@ pub struct Dedup {
 /// for every request, and SocketAddr's derived Hash feeds the hasher field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
-    ip: u128,
+    /// The address as two words (a u128 would align the key, and the queue's entries,
+    /// to 16 bytes).
+    ip: [u64; 2],
     /// Port and Message ID.
     port_mid: u32,
     /// The IPv6 scope, with the top bit telling IPv6 from IPv4.
@@ -36,8 +37,11 @@ struct Key {
 impl Key {
     fn new(from: SocketAddr, mid: u16) -> Key {
         let (ip, scope) = match from {
-            SocketAddr::V4(a) => (u32::from(*a.ip()) as u128, 0),
-            SocketAddr::V6(a) => (u128::from(*a.ip()), a.scope_id() | 1 << 31),
+            SocketAddr::V4(a) => ([u32::from(*a.ip()) as u64, 0], 0),
+            SocketAddr::V6(a) => {
+                let ip = u128::from(*a.ip());
+                ([ip as u64, (ip >> 64) as u64], a.scope_id() | 1 << 31)
+            }
         };
         Key {
             ip,
@@ -49,7 +53,8 @@ impl Key {
 
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u128(self.ip);
+        h.write_u64(self.ip[0]);
+        h.write_u64(self.ip[1]);
         h.write_u64((self.port_mid as u64) << 32 | self.scope as u64);
     }
 }
@@ -57,14 +62,15 @@ impl std::hash::Hash for Key {
 #[derive(Debug)]
 struct Seen {
     expires: Instant,
-    reply: Option<Vec<u8>>,
+    reply: Option<Box<[u8]>>,
 }
 
-/// What a lookup found.
-pub enum Dup<'a> {
+/// What [`Dedup::observe`] found: a new message (now recorded), or a duplicate with a
+/// copy of the reply given to it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Observed {
     New,
-    /// Seen before; the reply given then, if any.
-    Seen(Option<&'a [u8]>),
+    Duplicate(Option<Vec<u8>>),
 }
 
 impl Dedup {
@@ -76,40 +82,46 @@ impl Dedup {
         }
     }
 
-    pub fn check(&self, from: SocketAddr, mid: u16, now: Instant) -> Dup<'_> {
-        match self.map.get(&Key::new(from, mid)) {
-            Some(s) if s.expires > now => Dup::Seen(s.reply.as_deref()),
-            _ => Dup::New,
+    /// Whether a message was seen within its lifetime; if not, it is recorded now. At
+    /// capacity the oldest entry is forgotten early.
+    pub fn observe(
+        &mut self,
+        from: SocketAddr,
+        mid: u16,
+        now: Instant,
+        lifetime: Duration,
+    ) -> Observed {
+        let key = Key::new(from, mid);
+        let expires = now + lifetime;
+        let fresh = Seen {
+            expires,
+            reply: None,
+        };
+        match self.map.entry(key) {
+            Entry::Occupied(e) if e.get().expires > now => {
+                return Observed::Duplicate(e.get().reply.as_deref().map(<[u8]>::to_vec));
+            }
+            Entry::Occupied(mut e) => *e.get_mut() = fresh,
+            Entry::Vacant(e) => {
+                e.insert(fresh);
+            }
         }
-    }
-
-    /// Records a message; returns true if an unexpired entry had to be evicted for it.
-    pub fn insert(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) -> bool {
-        let mut evicted = false;
-        if self.map.len() >= self.capacity
+        self.order.push_back((expires, key));
+        // The entry just added is the newest, so the oldest is another one (a renewed
+        // entry's old record no longer matches its expiry and is skipped).
+        if self.map.len() > self.capacity
             && let Some((exp, old)) = self.order.pop_front()
             && let Entry::Occupied(e) = self.map.entry(old)
             && e.get().expires == exp
         {
             e.remove();
-            evicted = exp > now;
         }
-        let key = Key::new(from, mid);
-        let expires = now + lifetime;
-        self.map.insert(
-            key,
-            Seen {
-                expires,
-                reply: None,
-            },
-        );
-        self.order.push_back((expires, key));
-        evicted
+        Observed::New
     }
 
     pub fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
         if let Some(s) = self.map.get_mut(&Key::new(from, mid)) {
-            s.reply = Some(reply);
+            s.reply = Some(reply.into_boxed_slice());
         }
     }
 
@@ -186,28 +198,44 @@ mod tests {
         let t0 = Instant::now();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let mut d = Dedup::new(2);
-        assert!(matches!(d.check(a, 1, t0), Dup::New));
-        d.insert(a, 1, t0, NON_LIFETIME);
+        assert_eq!(d.observe(a, 1, t0, NON_LIFETIME), Observed::New);
         d.set_reply(a, 1, vec![9]);
-        assert!(matches!(d.check(a, 1, t0), Dup::Seen(Some([9]))));
-        assert!(matches!(d.check(a, 1, t0 + NON_LIFETIME), Dup::New));
-        d.insert(a, 2, t0, NON_LIFETIME);
-        // At capacity, the oldest unexpired entry goes, and that is reported.
-        assert!(d.insert(a, 3, t0, NON_LIFETIME));
-        assert!(matches!(d.check(a, 1, t0), Dup::New));
-        d.expire(t0 + NON_LIFETIME);
+        // A CON's duplicate gets the same reply.
+        assert_eq!(
+            d.observe(a, 1, t0, NON_LIFETIME),
+            Observed::Duplicate(Some(vec![9]))
+        );
+        assert_eq!(d.observe(a, 2, t0, NON_LIFETIME), Observed::New);
+        // At capacity the oldest goes.
+        assert_eq!(d.observe(a, 3, t0, NON_LIFETIME), Observed::New);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.observe(a, 1, t0, NON_LIFETIME), Observed::New);
+        // After its lifetime a Message ID is new again, and recorded anew.
+        let later = t0 + NON_LIFETIME;
+        assert_eq!(d.observe(a, 3, later, NON_LIFETIME), Observed::New);
+        assert_eq!(
+            d.observe(a, 3, later, NON_LIFETIME),
+            Observed::Duplicate(None)
+        );
+        d.expire(later);
+        assert_eq!(d.len(), 1);
+        d.expire(later + NON_LIFETIME);
         assert!(d.is_empty());
         // The sender is the whole endpoint: another port, family or scope is another one.
-        d.insert(a, 7, t0, NON_LIFETIME);
+        let mut d = Dedup::new(8);
+        d.observe(a, 7, t0, NON_LIFETIME);
         for other in [
             "127.0.0.1:2",
             "[::ffff:127.0.0.1]:1",
             "[fe80::1%1]:1",
             "[fe80::1%2]:1",
         ] {
-            assert!(matches!(d.check(other.parse().unwrap(), 7, t0), Dup::New));
+            assert_eq!(
+                d.observe(other.parse().unwrap(), 7, t0, NON_LIFETIME),
+                Observed::New
+            );
         }
-        assert!(matches!(d.check(a, 7, t0), Dup::Seen(None)));
+        assert_eq!(d.observe(a, 7, t0, NON_LIFETIME), Observed::Duplicate(None));
     }
 
     #[test]

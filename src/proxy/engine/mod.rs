@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
 use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
-use super::tables::{Bucket, Dedup, Dup, EXCHANGE_LIFETIME, NON_LIFETIME};
+use super::tables::{Bucket, Dedup, EXCHANGE_LIFETIME, NON_LIFETIME, Observed};
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
@@ -429,20 +429,15 @@ impl Engine {
             return self.drop_msg(DropReason::UnexpectedMessage, from);
         }
         let mid = view.message_id();
-        if let Dup::Seen(reply) = self.dedup.check(from, mid, now) {
+        let con = mtype == CON;
+        let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
+        if let Observed::Duplicate(reply) = self.dedup.observe(from, mid, now, lifetime) {
             // RFC 7252 §4.5: a duplicate is not processed again; a CON gets the same reply.
-            if let Some(r) = reply.map(<[u8]>::to_vec) {
+            if let Some(r) = reply {
                 self.send(Link::Listener(listener), from, r);
             }
             return self.drop_msg(DropReason::DuplicateRequest, from);
         }
-        let con = mtype == CON;
-        self.dedup.insert(
-            from,
-            mid,
-            now,
-            if con { EXCHANGE_LIFETIME } else { NON_LIFETIME },
-        );
         // oscore-capable-proxies §2.4 steps 5-6: an OSCORE request that names no proxy
         // target outside is for the proxy itself; its layer comes off first.
         let mut outer = None;
