@@ -830,6 +830,26 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
                     "NOT met"
                 }
             );
+            // The machine's speed can drift between runs (a shared VM); a run's two
+            // proxies ran back to back, so their ratio is less exposed to the drift.
+            let paired = |f: fn(&Row) -> f64| -> Vec<f64> {
+                rows[k]
+                    .iter()
+                    .zip(&rows[1])
+                    .map(|(g, l)| f(g) / f(l))
+                    .collect()
+            };
+            let rps = paired(|r| r.rps);
+            let (lo, hi) = rps
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            println!(
+                "{name}/libcoap, run by run: requests/s x{:.2} (median; from x{lo:.2} to x{hi:.2}), \
+                 p99 x{:.2}, CPU per request x{:.2}",
+                median(rps),
+                median(paired(|r| r.p99)),
+                median(paired(|r| r.cpu_us)),
+            );
         }
     } else {
         println!("\n(libcoap skipped by --skip-libcoap: no comparison)");

@@ -92,9 +92,18 @@ fn parse_host(h: Cow<'_, str>) -> Host<'_> {
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(&h);
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => Host::Ip(ip),
-        Err(_) => Host::Name(match h {
+    // Most hosts are IPv4 literals: only those are tried as one, only a host with a ':'
+    // as IPv6, and everything else is a name.
+    let ip = if bare.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        bare.parse::<std::net::Ipv4Addr>().map(IpAddr::V4).ok()
+    } else if bare.contains(':') {
+        bare.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).ok()
+    } else {
+        None
+    };
+    match ip {
+        Some(ip) => Host::Ip(ip),
+        None => Host::Name(match h {
             Cow::Borrowed(b) => lowercase(b),
             Cow::Owned(o) => Cow::Owned(o.to_ascii_lowercase()),
         }),
@@ -103,27 +112,47 @@ fn parse_host(h: Cow<'_, str>) -> Host<'_> {
 
 /// Parses `scheme://host[:port][/path][?query]` (RFC 3986 §3) into a [`Target`] whose
 /// path segments and query parameters become Uri-Path and Uri-Query (RFC 7252 §6.4).
+///
+/// Every request with a Proxy-Uri comes through here, so it scans the bytes once per
+/// part and copies nothing that needs no decoding.
 pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
     let s = std::str::from_utf8(bytes).map_err(|_| TargetError::BadUri("not UTF-8"))?;
-    // A scheme has no ':' (checked below), so the first one must start "://".
-    let (scheme, rest) = s
-        .find(':')
-        .filter(|&i| s[i..].starts_with("://"))
-        .map(|i| (&s[..i], &s[i + 3..]))
+    let b = s.as_bytes();
+    let is_scheme_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.');
+    let colon = b
+        .iter()
+        .position(|&c| !is_scheme_char(c))
         .ok_or(TargetError::BadUri("no scheme://"))?;
-    if scheme.is_empty()
-        || !scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-    {
+    if !b[colon..].starts_with(b"://") {
+        return Err(TargetError::BadUri(if b[colon] == b':' {
+            "no scheme://"
+        } else {
+            "bad scheme"
+        }));
+    }
+    if colon == 0 {
         return Err(TargetError::BadUri("bad scheme"));
     }
+    let scheme = &s[..colon];
+    let rest = &s[colon + 3..];
     let rest = rest.find('#').map_or(rest, |i| &rest[..i]);
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path_query) = rest.split_at(auth_end);
-    if authority.contains('@') {
+    // The authority ends at the first '/' or '?'; on the way, note what it holds.
+    let (mut auth_end, mut last_colon, mut at) = (rest.len(), None, false);
+    for (i, &c) in rest.as_bytes().iter().enumerate() {
+        match c {
+            b'/' | b'?' => {
+                auth_end = i;
+                break;
+            }
+            b':' => last_colon = Some(i),
+            b'@' => at = true,
+            _ => {}
+        }
+    }
+    if at {
         return Err(TargetError::BadUri("userinfo is not allowed"));
     }
+    let (authority, path_query) = rest.split_at(auth_end);
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
@@ -146,15 +175,15 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
             port,
         )
     } else {
-        let (h, p) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        let (h, p) = match last_colon {
+            Some(i) => (&authority[..i], Some(&authority[i + 1..])),
             None => (authority, None),
         };
         if h.is_empty() {
             return Err(TargetError::BadUri("empty host"));
         }
-        // Decoded bytes are taken as Latin-1 characters, as they always were here: a
-        // name with escapes is not one of the configured host names anyway.
+        // Decoded bytes are taken as Latin-1 characters: a name with escapes is not one
+        // of the configured host names anyway.
         let host = match percent_decode(h)? {
             Cow::Borrowed(_) => Cow::Borrowed(h),
             Cow::Owned(o) => Cow::Owned(o.iter().map(|&b| b as char).collect()),
@@ -168,8 +197,8 @@ pub fn parse_proxy_uri(bytes: &[u8]) -> Result<Target<'_>, TargetError> {
                 .map_err(|_| TargetError::BadUri("bad port"))
         })
         .transpose()?;
-    let (path, query) = match path_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (path, query) = match path_query.find('?') {
+        Some(i) => (&path_query[..i], Some(&path_query[i + 1..])),
         None => (path_query, None),
     };
     let mut uri_options = SmallVec::new();
