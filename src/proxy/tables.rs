@@ -14,11 +14,17 @@ pub const NON_LIFETIME: Duration = Duration::from_secs(145);
 /// Message deduplication (RFC 7252 §4.5): (sender, Message ID) pairs seen recently, with
 /// the reply sent to a CON so that a retransmission gets the same reply. At capacity the
 /// oldest entry is forgotten early (a duplicate of it could then be processed twice).
+///
+/// Consulted for every request, so its entries are small (32 bytes in the map and in the
+/// queue): expiry in whole seconds since the table's first use, rounded up so that no
+/// entry is forgotten before its lifetime, and the few replies to CONs kept aside.
 #[derive(Debug)]
 pub struct Dedup {
     map: HashMap<Key, Seen>,
-    order: VecDeque<(Instant, Key)>,
+    order: VecDeque<(u32, Key)>,
+    replies: HashMap<Key, Box<[u8]>>,
     capacity: usize,
+    base: Option<Instant>,
 }
 
 /// (sender, Message ID) packed into 24 bytes, hashed as two words: the table is consulted
@@ -59,10 +65,11 @@ impl std::hash::Hash for Key {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Seen {
-    expires: Instant,
-    reply: Option<Box<[u8]>>,
+    /// Seconds since `base`: live while the current second is below it.
+    expires: u32,
+    has_reply: bool,
 }
 
 /// What [`Dedup::observe`] found: a new message (now recorded), or a duplicate with a
@@ -78,8 +85,18 @@ impl Dedup {
         Dedup {
             map: HashMap::default(),
             order: VecDeque::new(),
+            replies: HashMap::default(),
             capacity,
+            base: None,
         }
+    }
+
+    /// `t` in whole seconds since the table's first use, rounded down or up.
+    fn seconds(&mut self, t: Instant, up: bool) -> u32 {
+        let base = *self.base.get_or_insert(t);
+        let d = t.saturating_duration_since(base);
+        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
+        s.min(u32::MAX as u64) as u32
     }
 
     /// Whether a message was seen within its lifetime; if not, it is recorded now. At
@@ -92,16 +109,23 @@ impl Dedup {
         lifetime: Duration,
     ) -> Observed {
         let key = Key::new(from, mid);
-        let expires = now + lifetime;
+        let now_s = self.seconds(now, false);
+        let expires = self.seconds(now + lifetime, true);
         let fresh = Seen {
             expires,
-            reply: None,
+            has_reply: false,
         };
         match self.map.entry(key) {
-            Entry::Occupied(e) if e.get().expires > now => {
-                return Observed::Duplicate(e.get().reply.as_deref().map(<[u8]>::to_vec));
+            Entry::Occupied(e) if e.get().expires > now_s => {
+                let reply = e.get().has_reply.then(|| self.replies.get(&key));
+                return Observed::Duplicate(reply.flatten().map(|r| r.to_vec()));
             }
-            Entry::Occupied(mut e) => *e.get_mut() = fresh,
+            Entry::Occupied(mut e) => {
+                if e.get().has_reply {
+                    self.replies.remove(&key);
+                }
+                *e.get_mut() = fresh;
+            }
             Entry::Vacant(e) => {
                 e.insert(fresh);
             }
@@ -111,31 +135,38 @@ impl Dedup {
         // entry's old record no longer matches its expiry and is skipped).
         if self.map.len() > self.capacity
             && let Some((exp, old)) = self.order.pop_front()
-            && let Entry::Occupied(e) = self.map.entry(old)
-            && e.get().expires == exp
         {
-            e.remove();
+            self.forget(old, exp);
         }
         Observed::New
     }
 
+    /// Removes `key` if its entry is the one that expires at `exp`.
+    fn forget(&mut self, key: Key, exp: u32) {
+        if let Entry::Occupied(e) = self.map.entry(key)
+            && e.get().expires == exp
+            && e.remove().has_reply
+        {
+            self.replies.remove(&key);
+        }
+    }
+
     pub fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
-        if let Some(s) = self.map.get_mut(&Key::new(from, mid)) {
-            s.reply = Some(reply.into_boxed_slice());
+        let key = Key::new(from, mid);
+        if let Some(s) = self.map.get_mut(&key) {
+            s.has_reply = true;
+            self.replies.insert(key, reply.into_boxed_slice());
         }
     }
 
     pub fn expire(&mut self, now: Instant) {
+        let now_s = self.seconds(now, false);
         while let Some(&(exp, key)) = self.order.front() {
-            if exp > now {
+            if exp > now_s {
                 break;
             }
             self.order.pop_front();
-            if let Entry::Occupied(e) = self.map.entry(key)
-                && e.get().expires == exp
-            {
-                e.remove();
-            }
+            self.forget(key, exp);
         }
     }
 
@@ -206,11 +237,18 @@ mod tests {
             Observed::Duplicate(Some(vec![9]))
         );
         assert_eq!(d.observe(a, 2, t0, NON_LIFETIME), Observed::New);
-        // At capacity the oldest goes.
+        // At capacity the oldest goes, with its reply.
         assert_eq!(d.observe(a, 3, t0, NON_LIFETIME), Observed::New);
         assert_eq!(d.len(), 2);
+        assert!(d.replies.is_empty());
         assert_eq!(d.observe(a, 1, t0, NON_LIFETIME), Observed::New);
-        // After its lifetime a Message ID is new again, and recorded anew.
+        // Remembered for at least its lifetime (expiry is rounded up to a second)...
+        let almost = t0 + NON_LIFETIME - Duration::from_millis(1);
+        assert!(matches!(
+            d.observe(a, 3, almost, NON_LIFETIME),
+            Observed::Duplicate(_)
+        ));
+        // ...after which a Message ID is new again, and recorded anew.
         let later = t0 + NON_LIFETIME;
         assert_eq!(d.observe(a, 3, later, NON_LIFETIME), Observed::New);
         assert_eq!(
