@@ -1,9 +1,9 @@
 //! A reference relay that knows no CoAP (`--floor`): datagrams from the client go to the
 //! origin unchanged, datagrams from the origin go to the last client. It is run in place
 //! of a proxy, under the same taskset, to show what the kernel's UDP path alone costs per
-//! forwarded request on this machine: with one recvfrom/sendto per datagram (as groxy's
-//! driver does today) and with recvmmsg/sendmmsg batches. No proxy can beat its figures
-//! with the same syscalls.
+//! forwarded request on this machine: with one recvfrom/sendto per datagram and with
+//! recvmmsg/sendmmsg batches (as groxy's driver does). No proxy can beat its figures with
+//! the same syscalls.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
