@@ -1,6 +1,6 @@
 //! The operations HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` and
 //! `/readyz`. It runs on a thread of its own with its own single-threaded runtime, so a
-//! scrape (encoding every series) never delays a datagram on the proxy's task, and a
+//! scrape (encoding every series) never delays a datagram on the forwarding thread, and a
 //! stuck or slow scraper cannot stall the proxy.
 
 use std::convert::Infallible;

@@ -468,7 +468,7 @@ impl Metrics {
 
 /// The entry of a group, `unicast` (the last) for none. An index the configuration did
 /// not have cannot come from the engine; counting it as unicast beats a panic on the
-/// proxy's task.
+/// forwarding thread.
 fn group_index(groups: &[GroupHandles], g: Option<usize>) -> usize {
     let last = groups.len() - 1;
     g.filter(|&i| i < last).unwrap_or(last)

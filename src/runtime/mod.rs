@@ -61,7 +61,7 @@ pub type EventObserver = Box<dyn FnMut(&Event) + Send>;
 
 /// What the operations layer sees of the driver: every event, and the engine after each
 /// datagram's or timer run's outputs went out (gauges such as the exchange table and key
-/// generations live in the engine, not in events). Called on the proxy's task: keep it
+/// generations live in the engine, not in events). Called on the forwarding thread: keep it
 /// cheap.
 pub trait Observer: Send {
     fn event(&mut self, e: &Event);
