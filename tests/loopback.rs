@@ -187,3 +187,49 @@ async fn s5_2_1_errors_and_unicast_forwarding_over_sockets() {
     assert_eq!((got[0].code, got[0].reply_from), (code::CONTENT, None));
     assert_eq!(got[0].payload, b"hello from d41");
 }
+
+/// The forwarding loop runs on a thread of its own; dropping the future of `Proxy::run`
+/// (an aborted task, a runtime shut down) must still stop it and close its sockets, as
+/// dropping a task did.
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_the_run_future_stops_the_proxy_and_frees_its_port() {
+    let mut cfg = groxy::config::load_default().run;
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.proxy.groups[0].addr = (Ipv4Addr::new(224, 0, 1, 187), free_port()).into();
+    let proxy = Proxy::bind(cfg).unwrap();
+    let addr = proxy.listen_addrs()[0];
+    let task = tokio::spawn(proxy.run(std::future::pending()));
+    // Serving: a request without a proxy target gets its 4.04 (the proxy's own resources
+    // are for OSCORE members only).
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ping = build::encode(
+        NON,
+        code::GET,
+        9,
+        &[9],
+        &mut [(opt::URI_PATH, &b"x"[..])],
+        &[],
+    );
+    sock.send_to(&ping, addr).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        MessageView::parse(&buf[..n]).unwrap().code(),
+        code::NOT_FOUND
+    );
+    task.abort();
+    let _ = task.await;
+    // The listener closes once the thread has seen the handle go.
+    let mut freed = false;
+    for _ in 0..100 {
+        if UdpSocket::bind(addr).is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "{addr} still bound after the run future was dropped");
+}

@@ -15,9 +15,10 @@ pub mod state;
 
 use std::future::Future;
 use std::io;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -183,7 +184,7 @@ impl Proxy {
     /// exchanges in flight run to their timeouts (at most [`DRAIN_LIMIT`]), then returns.
     /// The forwarding itself runs on a thread of its own (see the module's comment).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+        let (mut wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
         let (cmd_tx, cmd_rx) = mpsc::channel();
@@ -194,10 +195,11 @@ impl Proxy {
             .spawn(move || {
                 let _ = done_tx.send(self.forward(&cmd_rx, &wake_rx));
             })?;
-        // A byte on the socket pair wakes the thread from ppoll to read its commands.
-        let tell = |c: Command| {
+        // A byte on the socket pair wakes the thread from ppoll to read its commands;
+        // when this future is dropped, the pair's end closes and the thread stops.
+        let mut tell = |c: Command| {
             let _ = cmd_tx.send(c);
-            let _ = wake_tx.send(&[1]);
+            let _ = wake_tx.write(&[1]);
         };
         tokio::pin!(shutdown);
         let mut draining = false;
@@ -223,7 +225,7 @@ impl Proxy {
     fn forward(
         &mut self,
         commands: &mpsc::Receiver<Command>,
-        wake: &UnixDatagram,
+        mut wake: &UnixStream,
     ) -> io::Result<()> {
         let mut rx = RecvBatch::new();
         let mut fds: Vec<libc::pollfd> = self
@@ -263,11 +265,17 @@ impl Proxy {
             poll(&mut fds, timeout)?;
             if fds.last().is_some_and(|f| f.revents != 0) {
                 let mut b = [0u8; 64];
-                while wake.recv(&mut b).is_ok() {}
-                while let Ok(c) = commands.try_recv() {
-                    match c {
-                        Command::Control(c) => self.apply(*c),
-                        Command::Drain => {
+                while wake.read(&mut b).is_ok_and(|n| n > 0) {}
+                loop {
+                    match commands.try_recv() {
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        // `run` was dropped without a shutdown: stop, as a task would.
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            tracing::info!(event = "stopped", reason = "handle dropped");
+                            return Ok(());
+                        }
+                        Ok(Command::Control(c)) => self.apply(*c),
+                        Ok(Command::Drain) => {
                             tracing::info!(
                                 event = "draining",
                                 exchanges = self.engine.exchanges().0
