@@ -1,6 +1,8 @@
 //! The forwarding engine against every rule of groupcomm-proxy-07 §5, RFC 10020 §3.5 and
 //! RFC 7252 §4-§5.7 that it implements, on a virtual clock: no sockets, no sleeping.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,7 @@ use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::cri;
 use groxy::coap::options as opt;
 use groxy::proxy::{
-    CloseReason, DropReason, Engine, Event, GroupSpec, Link, Output, ProxyConfig, RejectReason,
-    Transmit,
+    CloseReason, DropReason, Engine, Event, GroupSpec, Link, ProxyConfig, RejectReason, Transmit,
 };
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
@@ -61,15 +62,7 @@ impl Harness {
         self.drain()
     }
     fn drain(&mut self) -> (Vec<Transmit>, Vec<Event>) {
-        let (mut t, mut ev) = (vec![], vec![]);
-        while let Some(o) = self.e.poll_output() {
-            match o {
-                Output::Transmit(x) => t.push(x),
-                Output::Event(e) => ev.push(e),
-                Output::ReserveSsn { .. } => {}
-            }
-        }
-        (t, ev)
+        common::outputs(&mut self.e)
     }
     fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
         self.now += d;

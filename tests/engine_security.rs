@@ -14,8 +14,7 @@ use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
 use groxy::oscore::{Exchange, Mode, SecurityContext};
 use groxy::proxy::{
-    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Output, Policy, ProxyConfig,
-    Transmit,
+    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, Transmit,
 };
 
 const CLIENT: &[u8] = &[0x01];
@@ -55,15 +54,7 @@ impl H {
     }
     fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
         self.e.handle(self.now, link, from, msg);
-        let (mut t, mut ev) = (vec![], vec![]);
-        while let Some(o) = self.e.poll_output() {
-            match o {
-                Output::Transmit(x) => t.push(x),
-                Output::Event(e) => ev.push(e),
-                Output::ReserveSsn { .. } => {}
-            }
-        }
-        (t, ev)
+        common::outputs(&mut self.e)
     }
     /// Sends a protected request via the proxy: the Class U proxy options are added after
     /// protection, as a client does (they are not in the external_aad, RFC 8613 §4.1).

@@ -27,8 +27,9 @@ pub struct RecvBatch {
     got: Vec<(usize, SocketAddr, usize)>,
 }
 
-// SAFETY: the raw pointers in `iovs` and `hdrs` point into this value's own vectors
-// and are rebuilt before every call; nothing is shared across threads.
+// SAFETY: the raw pointers in `iovs` and `hdrs` point into the heap buffers of this
+// value's own vectors, which are never resized after `new` (moving the value does not
+// move them); nothing is shared across threads.
 unsafe impl Send for RecvBatch {}
 
 impl Default for RecvBatch {
@@ -38,8 +39,10 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
+    /// Sets up the buffers and the headers pointing at them once; `recv` only resets what
+    /// the kernel writes.
     pub fn new() -> Self {
-        RecvBatch {
+        let mut b = RecvBatch {
             // Zeroed lazily by the allocator: only the bytes datagrams use are touched.
             bufs: vec![0; BATCH * SLOT],
             // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
@@ -47,34 +50,29 @@ impl RecvBatch {
             iovs: Vec::with_capacity(BATCH),
             hdrs: Vec::with_capacity(BATCH),
             got: Vec::with_capacity(BATCH),
-        }
+        };
+        b.iovs
+            .extend(b.bufs.chunks_exact_mut(SLOT).map(|slot| libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: SLOT,
+            }));
+        let storage = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        b.hdrs.extend(
+            b.addrs
+                .iter_mut()
+                .zip(b.iovs.iter_mut())
+                .map(|(a, iov)| header(a, storage, iov)),
+        );
+        b
     }
 
     /// Takes up to [`BATCH`] datagrams off `fd`; `Ok(0)` never happens (an empty queue
     /// is `WouldBlock`). A datagram from an address family other than IP is skipped.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.iovs.clear();
-        self.hdrs.clear();
         self.got.clear();
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..BATCH {
-            self.iovs.push(libc::iovec {
-                // SAFETY: slot i lies within `bufs` (BATCH * SLOT bytes).
-                iov_base: unsafe { base.add(i * SLOT) }.cast(),
-                iov_len: SLOT,
-            });
-        }
-        for i in 0..BATCH {
-            // SAFETY: msghdr is plain data; the fields that matter are set below.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            });
+        for h in &mut self.hdrs {
+            // The kernel wrote the last source's length here.
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         // SAFETY: `hdrs` holds BATCH headers whose name and iovec pointers refer to live
         // buffers of the stated sizes, owned by `self` for the duration of the call.
@@ -111,12 +109,13 @@ impl RecvBatch {
 #[derive(Default)]
 pub struct SendQueue {
     pub items: Vec<(SocketAddr, Vec<u8>)>,
-    addrs: Vec<libc::sockaddr_storage>,
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: as for `RecvBatch`: self-referential pointers rebuilt before every call.
+// SAFETY: the pointers in `hdrs` point into `addrs`, `iovs` and `items`, all filled
+// before every call and unchanged during it; nothing is shared across threads.
 unsafe impl Send for SendQueue {}
 
 impl SendQueue {
@@ -129,25 +128,19 @@ impl SendQueue {
         self.iovs.clear();
         self.hdrs.clear();
         for (to, bytes) in items {
-            let (storage, _) = to_storage(to);
-            self.addrs.push(storage);
+            self.addrs.push(to_storage(to));
             self.iovs.push(libc::iovec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),
             });
         }
-        for (i, (to, _)) in items.iter().enumerate() {
-            // SAFETY: msghdr is plain data; the fields that matter are set below.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = to_storage(to).1;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            });
-        }
+        // Built after both vectors are filled, so that no push moves what they point at.
+        self.hdrs.extend(
+            self.addrs
+                .iter_mut()
+                .zip(self.iovs.iter_mut())
+                .map(|((a, len), iov)| header(a, *len, iov)),
+        );
         // SAFETY: every header points at an address and a datagram that live in `self`
         // until the call returns; the kernel only reads them.
         let n = unsafe {
@@ -163,6 +156,25 @@ impl SendQueue {
         } else {
             Ok(n as usize)
         }
+    }
+}
+
+/// A header for one datagram: its address (`len` bytes of `name`) and its one buffer.
+fn header(
+    name: &mut libc::sockaddr_storage,
+    len: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: msghdr is plain data for which all-zero is valid; the fields that matter
+    // are set below.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    h.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = len;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: h,
+        msg_len: 0,
     }
 }
 

@@ -268,3 +268,20 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16,
 pub fn unhex(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap()).unwrap()
 }
+
+/// Everything the engine has to say, split into the datagrams it sends and its events
+/// (SSN reservations are ignored: the engine tests have no stable storage).
+pub fn outputs(
+    e: &mut groxy::proxy::Engine,
+) -> (Vec<groxy::proxy::Transmit>, Vec<groxy::proxy::Event>) {
+    use groxy::proxy::Output;
+    let (mut t, mut ev) = (vec![], vec![]);
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::Transmit(x) => t.push(x),
+            Output::Event(e) => ev.push(e),
+            Output::ReserveSsn { .. } => {}
+        }
+    }
+    (t, ev)
+}

@@ -335,9 +335,19 @@ impl Engine {
         }
     }
 
-    /// A buffer to build a datagram in.
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+    /// [`build::encode`] into a recycled buffer.
+    fn encode(
+        &mut self,
+        mtype: u8,
+        code: u8,
+        mid: u16,
+        token: &[u8],
+        opts: &mut [(u16, &[u8])],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        build::encode_into(&mut bytes, mtype, code, mid, token, opts, payload);
+        bytes
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -866,16 +876,7 @@ impl Engine {
         let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
         let mid = self.mid();
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
-        let mut bytes = self.buffer();
-        build::encode_into(
-            &mut bytes,
-            NON,
-            view.code(),
-            mid,
-            &tb,
-            &mut opts,
-            view.payload(),
-        );
+        let bytes = self.encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
         self.send(Link::Group(g), dest, bytes);
         self.emit(Event::FanOut {
             group: g,
@@ -941,9 +942,7 @@ impl Engine {
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self.mid();
-        let mut bytes = self.buffer();
-        build::encode_into(
-            &mut bytes,
+        let bytes = self.encode(
             if con { CON } else { NON },
             view.code(),
             mid,
@@ -985,13 +984,14 @@ impl Engine {
         origin_mid: Option<u16>,
     ) {
         let deadline = now + timeout;
+        let client_token = client_token(view);
         self.exchanges.insert(
             token,
             Exchange {
                 kind,
                 client,
                 listener,
-                client_token: client_token(view),
+                client_token,
                 client_con: view.mtype() == CON,
                 started: now,
                 deadline,
@@ -1003,7 +1003,7 @@ impl Engine {
                 outer: None,
             },
         );
-        self.by_client.insert((client, client_token(view)), token);
+        self.by_client.insert((client, client_token), token);
         if let Some(c) = self.clients.get_mut(&client.ip()) {
             c.active += 1;
         }

@@ -104,9 +104,7 @@ impl Engine {
         // A CON client gets CON responses while the retransmission table has room.
         let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
         let t = if con { CON } else { NON };
-        let mut bytes = self.buffer();
-        build::encode_into(
-            &mut bytes,
+        let mut bytes = self.encode(
             t,
             view.code(),
             mid,
