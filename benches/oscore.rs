@@ -337,6 +337,19 @@ fn time_receiver<R>(
     total
 }
 
+/// Times `iters` request unprotections by a fresh "server" context of `group`.
+fn time_server_unprotect(iters: u64, group: &Group, msgs: &[Vec<u8>]) -> Duration {
+    time_receiver(
+        iters,
+        msgs,
+        || group.context("server", "client"),
+        |server, m| {
+            let (plain, _exchange) = server.unprotect_request(m).expect("unprotect");
+            black_box(plain);
+        },
+    )
+}
+
 /// Times `iters` protections of `plain` by `client`. The Sender Sequence Number is reset
 /// (untimed) before it would leave the 2-byte Partial IV range, so every output has the
 /// same size; nobody receives these messages, so the nonce reuse is harmless here.
@@ -426,17 +439,7 @@ fn group_requests(c: &mut Criterion<BenchClock>) {
             })
         });
         g.bench_function("member_unprotect_request", |b| {
-            b.iter_custom(|iters| {
-                time_receiver(
-                    iters,
-                    &msgs,
-                    || group.context("server", "client"),
-                    |server, m| {
-                        let (plain, _exchange) = server.unprotect_request(m).expect("unprotect");
-                        black_box(plain);
-                    },
-                )
-            })
+            b.iter_custom(|iters| time_server_unprotect(iters, &group, &msgs))
         });
         if size == 100 {
             g.bench_function("group_checker_admit_request", |b| {
@@ -499,17 +502,7 @@ fn pairwise_requests(c: &mut Criterion<BenchClock>) {
         b.iter_custom(|iters| time_protect(iters, &mut client, &plain, Mode::Pairwise, &server_id))
     });
     g.bench_function("pairwise_unprotect", |b| {
-        b.iter_custom(|iters| {
-            time_receiver(
-                iters,
-                &msgs,
-                || group.context("server", "client"),
-                |server, m| {
-                    let (plain, _exchange) = server.unprotect_request(m).expect("unprotect");
-                    black_box(plain);
-                },
-            )
-        })
+        b.iter_custom(|iters| time_server_unprotect(iters, &group, &msgs))
     });
     g.finish();
 }
