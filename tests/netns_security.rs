@@ -34,7 +34,7 @@
 
 mod common;
 
-use common::netns::{ip, netns_pids, remove_stale_namespaces, run, udp_bound};
+use common::netns::{ip, netns_pids, remove_stale_namespaces, run, spawn_in, udp_bound};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -470,16 +470,7 @@ impl Topology {
             Some(p) => Stdio::from(File::create(p).unwrap()),
             None => Stdio::piped(),
         };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host)])
-            .arg(program)
-            .args(args)
-            .env("RUST_LOG", "groxy=debug")
-            .stdin(Stdio::piped())
-            .stdout(stdout)
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut child = spawn_in(&self.ns(host), what, program, args, stdout, &log);
         let stdin = child.stdin.take();
         self.procs.push(Proc {
             host: host.into(),

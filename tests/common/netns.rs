@@ -1,8 +1,9 @@
 //! Shared plumbing of the network-namespace tests (root only): running `ip`, and
 //! removing namespaces that earlier, dead test processes left behind.
 
+use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Runs `program args` and returns its output, panicking with what it said on failure.
 pub fn run(program: &str, args: &[&str]) -> Output {
@@ -24,6 +25,28 @@ pub fn run(program: &str, args: &[&str]) -> Output {
 /// `ip ARGS`, the arguments split at spaces (no name used here has one).
 pub fn ip(args: &str) {
     run("ip", &args.split(' ').collect::<Vec<_>>());
+}
+
+/// Starts `program args` inside namespace `ns` with debug logs to `log` (stderr), a
+/// stdin pipe, and `stdout` as given; `what` names it in a failure.
+pub fn spawn_in(
+    ns: &str,
+    what: &str,
+    program: &Path,
+    args: &[&str],
+    stdout: Stdio,
+    log: &Path,
+) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .env("RUST_LOG", "groxy=debug")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
 }
 
 /// Process ids still running inside a namespace.
