@@ -317,8 +317,11 @@ impl Proxy {
             f(&e);
         }
         if let Some(w) = &mut self.watcher {
-            w.event(&e);
+            // Gauges first (key generations, table size), then the reload's counter: the
+            // metrics endpoint runs on another thread, and a scrape that sees the reload
+            // counted must also see what it changed.
             w.handled(&self.engine, None);
+            w.event(&e);
         }
         self.flush();
     }
