@@ -105,44 +105,79 @@ impl RecvBatch {
     }
 }
 
+/// The largest datagram sent as a segment of a coalesced send. A segment and its headers
+/// must fit the path MTU or the kernel refuses the whole send (EINVAL); 1,152 bytes is
+/// RFC 7252 §4.6's upper bound for a CoAP message that needs no fragmentation, and most
+/// CoAP messages are far smaller. Larger datagrams go out one per message, as before.
+const MAX_SEGMENT: usize = 1_152;
+/// Segments per coalesced send: the kernel's limit (UDP_MAX_SEGMENTS) is 64 on older
+/// kernels and larger on newer ones.
+const MAX_SEGMENTS: usize = 64;
+/// `UDP_SEGMENT` from linux/udp.h (not in the libc crate for glibc targets).
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Room for one `UDP_SEGMENT` control message (CMSG_SPACE of a u16), aligned as a cmsghdr.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SegmentCmsg([u8; 24]);
+
 /// Datagrams queued for one socket.
-#[derive(Default)]
+///
+/// Consecutive datagrams to one address of one size (the last may be shorter) go out as
+/// one message with UDP generic segmentation offload (`UDP_SEGMENT`): the kernel takes
+/// them through its UDP and IP output path, routing included, once, and cuts them into
+/// ordinary datagrams at the device or, on loopback, on delivery. Receivers see the same
+/// datagrams as without it. A proxy's batches are full of such runs: requests of one
+/// client to one origin, that origin's responses back to the client. If the kernel or
+/// the route refuses segmentation, the queue stops using it and sends one by one.
 pub struct SendQueue {
     pub items: Vec<(SocketAddr, Vec<u8>)>,
+    /// Whether to coalesce; cleared for good the first time the kernel refuses.
+    segment: bool,
+    /// Per message of the current call: its address, how many items it carries, and
+    /// its control message if it carries more than one.
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    runs: Vec<usize>,
+    ctrl: Vec<SegmentCmsg>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: the pointers in `hdrs` point into `addrs`, `iovs` and `items`, all filled
-// before every call and unchanged during it; nothing is shared across threads.
+impl Default for SendQueue {
+    fn default() -> Self {
+        SendQueue {
+            items: Vec::new(),
+            segment: true,
+            addrs: Vec::new(),
+            runs: Vec::new(),
+            ctrl: Vec::new(),
+            iovs: Vec::new(),
+            hdrs: Vec::new(),
+        }
+    }
+}
+
+/// A send that went wrong: the error, and how many queued datagrams it cost (the first
+/// message of the call, which may carry several to one address).
+#[derive(Debug)]
+pub struct SendError {
+    pub error: io::Error,
+    pub dropped: usize,
+}
+
+// SAFETY: the pointers in `hdrs` point into `addrs`, `ctrl`, `iovs` and `items`, all
+// filled before every call and unchanged during it; nothing is shared across threads.
 unsafe impl Send for SendQueue {}
 
 impl SendQueue {
-    /// Sends the queued datagrams from `start` on, at most [`BATCH`] per call, until all
-    /// are sent or the socket refuses; returns how many of them went out. An error on
-    /// the first datagram of a call is returned (the caller drops that one and goes on).
-    pub fn send(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
-        let items = &self.items[start..self.items.len().min(start + BATCH)];
-        self.addrs.clear();
-        self.iovs.clear();
-        self.hdrs.clear();
-        for (to, bytes) in items {
-            self.addrs.push(to_storage(to));
-            self.iovs.push(libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            });
-        }
-        // Built after both vectors are filled, so that no push moves what they point at.
-        self.hdrs.extend(
-            self.addrs
-                .iter_mut()
-                .zip(self.iovs.iter_mut())
-                .map(|((a, len), iov)| header(a, *len, iov)),
-        );
-        // SAFETY: every header points at an address and a datagram that live in `self`
-        // until the call returns; the kernel only reads them.
+    /// Sends the queued datagrams from `start` on, at most [`BATCH`] messages per call,
+    /// until all are sent or the socket refuses; returns how many datagrams went out. An
+    /// error on the first message of a call is returned with the datagrams it carried
+    /// (the caller drops those and goes on).
+    pub fn send(&mut self, fd: RawFd, start: usize) -> Result<usize, SendError> {
+        self.build(start);
+        // SAFETY: every header points at an address, a control message and datagrams
+        // that live in `self` until the call returns; the kernel only reads them.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
@@ -151,12 +186,97 @@ impl SendQueue {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+        if n >= 0 {
+            return Ok(self.runs[..n as usize].iter().sum());
+        }
+        let error = io::Error::last_os_error();
+        let refused = matches!(
+            error.raw_os_error(),
+            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+        );
+        if self.runs[0] > 1 && refused {
+            // This kernel, device or route does not segment UDP: send one by one from
+            // now on; nothing of this call went out, so the caller retries it.
+            tracing::warn!(event = "udp_segmentation_off", error = %error);
+            self.segment = false;
+            return Ok(0);
+        }
+        Err(SendError {
+            error,
+            dropped: self.runs[0],
+        })
+    }
+
+    /// The headers of one call: items from `start` on, runs coalesced, up to [`BATCH`]
+    /// messages.
+    fn build(&mut self, start: usize) {
+        self.addrs.clear();
+        self.runs.clear();
+        self.ctrl.clear();
+        self.iovs.clear();
+        self.hdrs.clear();
+        let items = &self.items[start..];
+        let mut i = 0;
+        while i < items.len() && self.runs.len() < BATCH {
+            let (to, first) = &items[i];
+            let size = first.len();
+            let mut run = 1;
+            if self.segment && size <= MAX_SEGMENT {
+                // Same address, same size; the last of a run may be shorter.
+                while i + run < items.len() && run < MAX_SEGMENTS {
+                    let (next_to, next) = &items[i + run];
+                    if next_to != to || next.len() > size || next.is_empty() {
+                        break;
+                    }
+                    run += 1;
+                    if next.len() < size {
+                        break;
+                    }
+                }
+            }
+            self.addrs.push(to_storage(to));
+            self.runs.push(run);
+            self.ctrl.push(segment_cmsg(if run > 1 { size } else { 0 }));
+            for (_, bytes) in &items[i..i + run] {
+                self.iovs.push(libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                });
+            }
+            i += run;
+        }
+        // Built after every vector is filled, so that no push moves what they point at.
+        let mut iov = 0;
+        for m in 0..self.runs.len() {
+            let (name, len) = &mut self.addrs[m];
+            let run = self.runs[m];
+            let mut h = header(name, *len, &mut self.iovs[iov]);
+            h.msg_hdr.msg_iovlen = run;
+            if run > 1 {
+                h.msg_hdr.msg_control = self.ctrl[m].0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = self.ctrl[m].0.len();
+            }
+            self.hdrs.push(h);
+            iov += run;
         }
     }
+}
+
+/// A `UDP_SEGMENT` control message carrying `size` (unused when the message is single).
+fn segment_cmsg(size: usize) -> SegmentCmsg {
+    let mut c = SegmentCmsg([0; 24]);
+    // SAFETY: the buffer is aligned for a cmsghdr and CMSG_SPACE(2) = 24 bytes long on
+    // 64-bit Linux (checked by a test), which holds the header and the u16 after it.
+    unsafe {
+        let h = c.0.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*h).cmsg_level = libc::SOL_UDP;
+        (*h).cmsg_type = UDP_SEGMENT;
+        (*h).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        libc::CMSG_DATA(h)
+            .cast::<u16>()
+            .write_unaligned(size as u16);
+    }
+    c
 }
 
 /// A header for one datagram: its address (`len` bytes of `name`) and its one buffer.
@@ -232,6 +352,7 @@ fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -241,6 +362,152 @@ mod tests {
             let (s, len) = to_storage(&a);
             assert_eq!(from_storage(&s, len), Some(a));
         }
+    }
+
+    #[test]
+    fn the_segment_control_message_fits() {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        assert!(space <= size_of::<SegmentCmsg>());
+    }
+
+    /// Sends `q` whole from `tx` and reads what `rxs` receive, per receiver in order.
+    fn exchange(q: &mut SendQueue, tx: &UdpSocket, rxs: &[&UdpSocket]) -> Vec<Vec<Vec<u8>>> {
+        let mut sent = 0;
+        while sent < q.items.len() {
+            sent += q.send(tx.as_raw_fd(), sent).unwrap();
+        }
+        let mut b = RecvBatch::new();
+        let mut seen = vec![Vec::new(); rxs.len()];
+        let want = q.items.len();
+        while seen.iter().map(Vec::len).sum::<usize>() < want {
+            for (r, got) in rxs.iter().zip(seen.iter_mut()) {
+                match b.recv(r.as_raw_fd()) {
+                    Ok(_) => got.extend(b.datagrams().map(|(f, d)| {
+                        assert_eq!(f.port(), tx.local_addr().unwrap().port());
+                        d.to_vec()
+                    })),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        seen
+    }
+
+    fn bound() -> UdpSocket {
+        bound_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    fn bound_on(at: SocketAddr) -> UdpSocket {
+        let s = UdpSocket::bind(at).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    }
+
+    /// What each receiver should see: the queued datagrams to it, in queue order.
+    fn expected(q: &SendQueue, rxs: &[&UdpSocket]) -> Vec<Vec<Vec<u8>>> {
+        rxs.iter()
+            .map(|r| {
+                let at = r.local_addr().unwrap();
+                q.items
+                    .iter()
+                    .filter(|(to, _)| *to == at)
+                    .map(|(_, d)| d.clone())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn coalesced_runs_arrive_as_the_datagrams_they_were() {
+        let (a, b, tx) = (bound(), bound(), bound());
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut q = SendQueue::default();
+        // Runs of one size to one address (one ending shorter), runs broken by the other
+        // address, by a longer datagram, by one over MAX_SEGMENT, and one longer than the
+        // kernel's segment limit; each datagram numbered so that order and boundaries show.
+        let mut n = 0u8;
+        let mut push = |q: &mut SendQueue, to, len: usize| {
+            n = n.wrapping_add(1);
+            q.items.push((to, vec![n; len]));
+        };
+        for _ in 0..5 {
+            push(&mut q, to_a, 40);
+        }
+        push(&mut q, to_a, 17);
+        push(&mut q, to_a, 40);
+        push(&mut q, to_b, 40);
+        push(&mut q, to_a, 40);
+        push(&mut q, to_a, 41);
+        push(&mut q, to_a, MAX_SEGMENT + 1);
+        push(&mut q, to_a, MAX_SEGMENT + 1);
+        for _ in 0..MAX_SEGMENTS + 10 {
+            push(&mut q, to_b, 9);
+        }
+        let want = expected(&q, &[&a, &b]);
+        let before = q.items.len();
+        assert_eq!(exchange(&mut q, &tx, &[&a, &b]), want);
+        assert!(q.segment, "loopback segments UDP on this kernel");
+        // And it was coalesced: the first call's first message carried the first run.
+        q.build(0);
+        assert_eq!(q.runs[..3], [6, 1, 1]);
+        assert_eq!(q.items.len(), before);
+    }
+
+    #[test]
+    fn a_coalesced_run_to_a_multicast_group_reaches_a_member_as_datagrams() {
+        // Group requests to one group are runs too; a member on this host hears them
+        // through multicast loopback, which must cut them up like any delivery.
+        use std::net::Ipv4Addr;
+        let lo = Ipv4Addr::LOCALHOST;
+        let group = Ipv4Addr::new(239, 255, 0, 187);
+        let member = bound_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        member.join_multicast_v4(&group, &lo).unwrap();
+        let tx = crate::runtime::sockets::group_egress(
+            SocketAddr::from((group, 0)),
+            &crate::runtime::sockets::Interface::Addr(lo),
+            1,
+            None,
+        )
+        .unwrap();
+        let to = SocketAddr::from((group, member.local_addr().unwrap().port()));
+        let mut q = SendQueue::default();
+        for i in 0..6u8 {
+            q.items.push((to, vec![i; if i == 5 { 3 } else { 25 }]));
+        }
+        q.build(0);
+        assert_eq!(q.runs, [6]);
+        let want: Vec<Vec<u8>> = q.items.iter().map(|(_, d)| d.clone()).collect();
+        assert_eq!(exchange(&mut q, &tx, &[&member]), [want]);
+        assert!(q.segment);
+    }
+
+    #[test]
+    fn a_socket_that_refuses_segmentation_gets_one_datagram_per_message() {
+        // A socket without UDP checksums (SO_NO_CHECK) cannot have its datagrams
+        // segmented: the kernel refuses with EINVAL, as it does on routes and devices
+        // that cannot segment.
+        let (a, tx) = (bound(), bound());
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the stated size.
+        let r = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let mut q = SendQueue::default();
+        for i in 0..8u8 {
+            q.items.push((a.local_addr().unwrap(), vec![i; 30]));
+        }
+        let want = expected(&q, &[&a]);
+        assert_eq!(exchange(&mut q, &tx, &[&a]), want);
+        assert!(!q.segment);
     }
 
     #[test]

@@ -369,18 +369,18 @@ impl Proxy {
             while sent < q.items.len() {
                 match q.send(fd, sent) {
                     Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
                         // The socket's send buffer is full: what is left is lost, as a
                         // single send would have lost it.
                         let left = q.items.len() - sent;
-                        tracing::warn!(event = "send_failed", datagrams = left, error = %e);
+                        tracing::warn!(event = "send_failed", datagrams = left, error = %e.error);
                         break;
                     }
                     Err(e) => {
-                        // The first datagram of the call was refused (e.g. unreachable);
-                        // the others still go.
-                        tracing::warn!(event = "send_failed", to = %q.items[sent].0, error = %e);
-                        sent += 1;
+                        // The first message of the call was refused (e.g. unreachable):
+                        // its datagrams, all to one address, are lost; the others go.
+                        tracing::warn!(event = "send_failed", to = %q.items[sent].0, datagrams = e.dropped, error = %e.error);
+                        sent += e.dropped;
                     }
                 }
             }
