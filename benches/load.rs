@@ -15,7 +15,8 @@
 //! `--devices process`). All I/O is batched (recvmmsg/sendmmsg), allocation-free and
 //! busy-polling, so that core 0 is not what limits the proxy.
 //!
-//! The generator keeps exactly `--outstanding` NON requests in flight from one UDP socket:
+//! The generator keeps exactly `--outstanding` NON requests in flight from one UDP socket
+//! (or spread over `--clients` sockets):
 //! each answer (unicast) or the last of the expected answers (group) triggers the next
 //! request; a request without its answers after `--timeout-ms` is counted lost and
 //! replaced. Per run: requests/s and responses/s over the window after the warm-up, the
@@ -47,6 +48,8 @@ usage: cargo bench --bench load [-- OPTIONS]
   --seconds S          measured window per run (default 5)
   --warmup S           warm-up before each window (default 1)
   --outstanding N      requests kept in flight (default 16)
+  --clients N          client sockets sharing them, request i from client i mod N
+                       (default 1)
   --runs N             runs per proxy and of the group part (default 3)
   --timeout-ms MS      a request unanswered after this is lost and replaced (default 200;
                        group: 500)
@@ -79,6 +82,7 @@ struct Args {
     seconds: f64,
     warmup: f64,
     outstanding: usize,
+    clients: usize,
     runs: usize,
     timeout_ms: Option<u64>,
     proxy_uri: bool,
@@ -110,6 +114,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         seconds: 5.0,
         warmup: 1.0,
         outstanding: 16,
+        clients: 1,
         runs: 3,
         timeout_ms: None,
         proxy_uri: true,
@@ -144,6 +149,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seconds" => a.seconds = num(&k, val()?)?,
             "--warmup" => a.warmup = num(&k, val()?)?,
             "--outstanding" => a.outstanding = num(&k, val()?)?,
+            "--clients" => a.clients = num(&k, val()?)?,
             "--runs" => a.runs = num(&k, val()?)?,
             "--timeout-ms" => a.timeout_ms = Some(num(&k, val()?)?),
             "--form" => {
@@ -194,6 +200,9 @@ fn parse_args() -> Result<Option<Args>, String> {
     }
     if a.outstanding == 0 || a.outstanding > 0xffff || a.runs == 0 || a.seconds <= 0.0 {
         return Err("--outstanding 1..65535, --runs >= 1, --seconds > 0".into());
+    }
+    if a.clients == 0 || a.clients > a.outstanding {
+        return Err("--clients 1..=outstanding".into());
     }
     if a.rt.is_some() && a.poll.is_none() {
         // A spinning SCHED_FIFO thread would hit RT throttling every second.
@@ -269,10 +278,16 @@ struct Slot {
     got: u32,
 }
 
-struct Gen {
+/// One client of the generator: its socket and what it has queued to send.
+struct Client {
     sock: UdpSocket,
-    rb: Box<Batch>,
     sb: Box<Batch>,
+}
+
+struct Gen {
+    /// Slot `i` belongs to client `i % clients.len()`.
+    clients: Vec<Client>,
+    rb: Box<Batch>,
     mid: u16,
     seq: u64,
 }
@@ -317,19 +332,37 @@ struct Stats {
 }
 
 impl Gen {
-    fn new() -> Self {
+    fn new(clients: usize) -> Self {
         Gen {
-            sock: net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("client socket"),
+            clients: (0..clients)
+                .map(|_| Client {
+                    sock: net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+                        .expect("client socket"),
+                    sb: Batch::new(),
+                })
+                .collect(),
             rb: Batch::new(),
-            sb: Batch::new(),
             mid: 0,
             seq: 0,
         }
     }
 
+    /// Sends what every client has queued; returns the sends the kernel refused.
+    fn flush(&mut self) -> usize {
+        let mut refused = 0;
+        for c in &mut self.clients {
+            if c.sb.n > 0 {
+                refused += c.sb.flush(net::fd(&c.sock));
+            }
+        }
+        refused
+    }
+
     fn issue(&mut self, slots: &mut [Slot], i: usize, now: Instant, l: &Load) {
-        if self.sb.is_full() {
-            self.sb.flush(net::fd(&self.sock));
+        let n = self.clients.len();
+        let c = &mut self.clients[i % n];
+        if c.sb.is_full() {
+            c.sb.flush(net::fd(&c.sock));
         }
         self.seq += 1;
         self.mid = self.mid.wrapping_add(1);
@@ -340,16 +373,57 @@ impl Gen {
         };
         let token = (i as u64) << 48 | (self.seq & 0xffff_ffff_ffff);
         let mid = self.mid;
-        self.sb.push(l.proxy, |buf| {
+        c.sb.push(l.proxy, |buf| {
             coap::fill_request(buf, l.template, mid, token)
         });
     }
 
+    /// The `k`-th datagram of the last receive, read at `now`: counts it, and issues
+    /// the next request of its slot once the slot has all its answers.
+    fn answer(
+        &mut self,
+        slots: &mut [Slot],
+        st: &mut Stats,
+        k: usize,
+        now: Instant,
+        measuring: bool,
+        l: &Load,
+    ) {
+        let (d, _) = self.rb.get(k);
+        let Some((_, code, _, tok)) = coap::header(d) else {
+            return;
+        };
+        let Some(tok) = coap::token_u64(tok) else {
+            st.late += 1;
+            return;
+        };
+        let i = (tok >> 48) as usize;
+        if i >= slots.len() || slots[i].seq & 0xffff_ffff_ffff != tok & 0xffff_ffff_ffff {
+            st.late += 1;
+            return;
+        }
+        if code != coap::CONTENT {
+            st.errors += 1;
+            st.first_error.get_or_insert(code);
+        }
+        slots[i].got += 1;
+        if measuring {
+            st.responses += 1;
+        }
+        if slots[i].got >= l.expect {
+            if measuring {
+                let ns = now.duration_since(slots[i].sent).as_nanos();
+                st.lat.push(ns.min(u32::MAX as u128) as u32);
+                st.completed += 1;
+            }
+            self.issue(slots, i, now, l);
+        }
+    }
+
     fn run(&mut self, servers: &mut Servers, l: &Load) -> Stats {
         let mut st = Stats::default();
-        let fd = net::fd(&self.sock);
         let mut fds = servers.fds();
-        fds.push(fd);
+        fds.extend(self.clients.iter().map(|c| net::fd(&c.sock)));
         let t0 = Instant::now();
         let (win_start, end) = (t0 + l.warmup, t0 + l.warmup + l.window);
         let mut measuring = l.warmup.is_zero();
@@ -366,10 +440,9 @@ impl Gen {
         for i in 0..l.outstanding {
             self.issue(&mut slots, i, t0, l);
         }
-        st.refused_sends += self.sb.flush(fd) as u64;
+        st.refused_sends += self.flush() as u64;
         let done_at = loop {
             let busy = servers.service();
-            let n = self.rb.recv(fd);
             let now = Instant::now();
             if !measuring && now >= win_start {
                 measuring = true;
@@ -383,35 +456,14 @@ impl Gen {
             if now >= end {
                 break now;
             }
-            for k in 0..n {
-                let (d, _) = self.rb.get(k);
-                let Some((_, code, _, tok)) = coap::header(d) else {
-                    continue;
-                };
-                let Some(tok) = coap::token_u64(tok) else {
-                    st.late += 1;
-                    continue;
-                };
-                let i = (tok >> 48) as usize;
-                if i >= slots.len() || slots[i].seq & 0xffff_ffff_ffff != tok & 0xffff_ffff_ffff {
-                    st.late += 1;
-                    continue;
-                }
-                if code != coap::CONTENT {
-                    st.errors += 1;
-                    st.first_error.get_or_insert(code);
-                }
-                slots[i].got += 1;
-                if measuring {
-                    st.responses += 1;
-                }
-                if slots[i].got >= l.expect {
-                    if measuring {
-                        let ns = now.duration_since(slots[i].sent).as_nanos();
-                        st.lat.push(ns.min(u32::MAX as u128) as u32);
-                        st.completed += 1;
-                    }
-                    self.issue(&mut slots, i, now, l);
+            // Every client's answers, each client's batch timed when it was read.
+            let mut n = 0;
+            for c in 0..self.clients.len() {
+                let got = self.rb.recv(net::fd(&self.clients[c].sock));
+                n += got;
+                let now = if got > 0 { Instant::now() } else { now };
+                for k in 0..got {
+                    self.answer(&mut slots, &mut st, k, now, measuring, l);
                 }
             }
             for i in 0..slots.len() {
@@ -426,9 +478,7 @@ impl Gen {
                     self.issue(&mut slots, i, now, l);
                 }
             }
-            if self.sb.n > 0 {
-                st.refused_sends += self.sb.flush(fd) as u64;
-            }
+            st.refused_sends += self.flush() as u64;
             if l.stop_after.is_some_and(|s| st.completed >= s) {
                 break now;
             }
@@ -449,7 +499,9 @@ impl Gen {
         let stop = Instant::now() + Duration::from_millis(50);
         while Instant::now() < stop {
             servers.service();
-            self.rb.recv(fd);
+            for c in &self.clients {
+                self.rb.recv(net::fd(&c.sock));
+            }
         }
         st
     }
@@ -757,8 +809,9 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
     }
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(200));
     println!(
-        "\n## Unicast forwarding: NON GET, {} outstanding, {}, origin 127.0.0.1:{origin_port}\n",
+        "\n## Unicast forwarding: NON GET, {} outstanding from {} client socket(s), {}, origin 127.0.0.1:{origin_port}\n",
         a.outstanding,
+        a.clients,
         if a.proxy_uri {
             "Proxy-Uri"
         } else {
@@ -777,7 +830,7 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
             let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, net::free_port());
             let origin_addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, origin_port);
             let mut p = env.start_proxy(kind, listen, group, origin_addr);
-            let mut g = Gen::new();
+            let mut g = Gen::new(a.clients);
             env.ready(&mut p, &mut g, origin, listen, &t, 1)?;
             let st = g.run(
                 origin,
@@ -913,9 +966,10 @@ fn group_part(env: &Env) -> Result<(), String> {
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(500));
     let expect = a.devices as u32;
     println!(
-        "\n## Group requests: NON GET to coap://{group}/hello, Multicast-Timeout {} s, {} outstanding, {} devices ({}), complete when all {} answered\n",
+        "\n## Group requests: NON GET to coap://{group}/hello, Multicast-Timeout {} s, {} outstanding from {} client socket(s), {} devices ({}), complete when all {} answered\n",
         a.multicast_timeout,
         a.outstanding,
+        a.clients,
         a.devices,
         if a.device_processes {
             "`groxy device` processes on the load core"
@@ -943,7 +997,7 @@ fn group_part(env: &Env) -> Result<(), String> {
         }
         let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, net::free_port());
         let mut p = env.start_proxy(&Kind::Groxy(builds[b].1), listen, group, listen);
-        let mut g = Gen::new();
+        let mut g = Gen::new(a.clients);
         env.ready(&mut p, &mut g, &mut servers, listen, &t, expect)?;
         let st = g.run(
             &mut servers,
