@@ -62,7 +62,8 @@ usage: cargo bench --bench load [-- OPTIONS]
   --only unicast|group run one part only
   --skip-libcoap       unicast part with groxy alone (says so in the report)
   --floor              also run a relay that knows no CoAP in the proxy's place, with
-                       per-datagram syscalls and with recvmmsg/sendmmsg: the floor of
+                       per-datagram syscalls, with recvmmsg/sendmmsg, and with those
+                       plus UDP_SEGMENT coalescing (as groxy's driver): the floor of
                        what forwarding costs on this machine
   --groxy PATH         groxy binary (default: the one cargo built with this bench)
   --metrics            groxy with its metrics endpoint on (proxy.metrics), as deployed
@@ -641,10 +642,8 @@ enum Kind {
     /// groxy: the binary under test, or the i-th of `--also-groxy`.
     Groxy(Option<usize>),
     Libcoap,
-    /// The reference relay of `--floor`, per-datagram syscalls or batched.
-    Relay {
-        batched: bool,
-    },
+    /// The reference relay of `--floor`.
+    Relay(forwarder::Mode),
 }
 
 impl Env {
@@ -657,13 +656,13 @@ impl Env {
     ) -> Proc {
         let cpu = self.args.proxy_cpu;
         match kind {
-            Kind::Relay { batched } => {
+            Kind::Relay(mode) => {
                 let exe = std::env::current_exe().expect("this bench's path");
                 let args = vec![
                     "__relay".into(),
                     listen.to_string(),
                     origin.to_string(),
-                    if *batched { "mmsg" } else { "single" }.into(),
+                    mode.name().into(),
                 ];
                 Proc::start("relay", cpu, self.args.rt, &exe, &args, &self.dir)
             }
@@ -798,14 +797,14 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
         kinds.push((format!("groxy {name}"), Kind::Groxy(Some(i))));
     }
     if a.floor {
-        kinds.push((
-            "relay, recvfrom/sendto".into(),
-            Kind::Relay { batched: false },
-        ));
-        kinds.push((
-            "relay, recvmmsg/sendmmsg".into(),
-            Kind::Relay { batched: true },
-        ));
+        use forwarder::Mode;
+        for (name, mode) in [
+            ("relay, recvfrom/sendto", Mode::Single),
+            ("relay, recvmmsg/sendmmsg", Mode::Batched),
+            ("relay, mmsg + UDP_SEGMENT", Mode::Segmented),
+        ] {
+            kinds.push((name.into(), Kind::Relay(mode)));
+        }
     }
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(200));
     println!(
@@ -1049,7 +1048,8 @@ fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("__relay") && raw.len() == 5 {
         let addr = |s: &str| s.parse::<SocketAddrV4>().expect("relay address");
-        forwarder::run(addr(&raw[2]), addr(&raw[3]), raw[4] == "mmsg");
+        let mode = forwarder::Mode::from_name(&raw[4]).expect("relay mode");
+        forwarder::run(addr(&raw[2]), addr(&raw[3]), mode);
     }
     let args = match parse_args() {
         Ok(Some(a)) => a,

@@ -1,16 +1,46 @@
 //! A reference relay that knows no CoAP (`--floor`): datagrams from the client go to the
 //! origin unchanged, datagrams from the origin go to the last client. It is run in place
 //! of a proxy, under the same taskset, to show what the kernel's UDP path alone costs per
-//! forwarded request on this machine: with one recvfrom/sendto per datagram and with
-//! recvmmsg/sendmmsg batches (as groxy's driver does). No proxy can beat its figures with
-//! the same syscalls.
+//! forwarded request on this machine: with one recvfrom/sendto per datagram, with
+//! recvmmsg/sendmmsg batches, and with those batches' runs of equal-size datagrams sent
+//! as one message with UDP_SEGMENT (as groxy's driver does). No proxy can beat its
+//! figures with the same syscalls.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::net::{self, Batch};
 
-pub fn run(listen: SocketAddrV4, origin: SocketAddrV4, batched: bool) -> ! {
+/// How the relay moves datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// recvfrom/sendto, one datagram per call.
+    Single,
+    /// recvmmsg/sendmmsg.
+    Batched,
+    /// recvmmsg/sendmmsg, runs of equal-size datagrams coalesced with UDP_SEGMENT.
+    Segmented,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Single => "single",
+            Mode::Batched => "mmsg",
+            Mode::Segmented => "gso",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Mode> {
+        [Mode::Single, Mode::Batched, Mode::Segmented]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+pub fn run(listen: SocketAddrV4, origin: SocketAddrV4, mode: Mode) -> ! {
+    let segment = mode == Mode::Segmented;
+    let batched = mode != Mode::Single;
     let l = net::udp(listen).expect("forwarder listen socket");
     let u = net::udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("forwarder socket");
     let (lfd, ufd) = (net::fd(&l), net::fd(&u));
@@ -32,7 +62,7 @@ pub fn run(listen: SocketAddrV4, origin: SocketAddrV4, batched: bool) -> ! {
                         d.len()
                     });
                 }
-                sb.flush(ufd);
+                sb.flush_as(ufd, segment);
                 any |= n > 0;
                 let n = rb.recv(ufd);
                 if let Some(c) = client {
@@ -43,7 +73,7 @@ pub fn run(listen: SocketAddrV4, origin: SocketAddrV4, batched: bool) -> ! {
                             d.len()
                         });
                     }
-                    sb.flush(lfd);
+                    sb.flush_as(lfd, segment);
                 }
                 any |= n > 0;
             } else {

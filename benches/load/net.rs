@@ -20,6 +20,10 @@ pub struct Batch {
     addrs: [libc::sockaddr_in; BATCH],
     iov: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
+    /// A UDP_SEGMENT control message per header (CMSG_SPACE of a u16 is 24 bytes).
+    ctrl: [[u64; 3]; BATCH],
+    /// Datagrams per header of the last segmented send.
+    runs: [usize; BATCH],
     /// Datagrams held (received, or queued for sending).
     pub n: usize,
 }
@@ -49,6 +53,8 @@ impl Batch {
             addrs: unsafe { zeroed() },
             iov: unsafe { zeroed() },
             hdrs: unsafe { zeroed() },
+            ctrl: [[0; 3]; BATCH],
+            runs: [0; BATCH],
             n: 0,
         })
     }
@@ -107,6 +113,77 @@ impl Batch {
         self.lens[i] = fill(&mut self.bufs[i]);
         self.addrs[i] = to_sockaddr(to);
         self.n += 1;
+    }
+
+    /// Sends everything queued, coalescing runs of datagrams to one address of one size
+    /// (the last may be shorter) with UDP_SEGMENT if `segment`; returns how many
+    /// datagrams the kernel refused.
+    pub fn flush_as(&mut self, fd: RawFd, segment: bool) -> usize {
+        if !segment {
+            return self.flush(fd);
+        }
+        let total = self.n;
+        self.prepare(total, false);
+        let same_to = |a: &libc::sockaddr_in, b: &libc::sockaddr_in| {
+            a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port
+        };
+        // Headers in place: header m takes over the iovecs of its run, which are
+        // consecutive in `iov`.
+        let (mut m, mut i) = (0, 0);
+        while i < total {
+            let size = self.lens[i];
+            let mut run = 1;
+            while i + run < total
+                && same_to(&self.addrs[i + run], &self.addrs[i])
+                && self.lens[i + run] <= size
+            {
+                run += 1;
+                if self.lens[i + run - 1] < size {
+                    break;
+                }
+            }
+            let mut h = self.hdrs[i];
+            h.msg_hdr.msg_iovlen = run;
+            if run > 1 {
+                // SAFETY: `ctrl[m]` is 24 bytes aligned to 8, room for a cmsghdr and a u16.
+                unsafe {
+                    let c = self.ctrl[m].as_mut_ptr().cast::<libc::cmsghdr>();
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = 103; // UDP_SEGMENT
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    libc::CMSG_DATA(c)
+                        .cast::<u16>()
+                        .write_unaligned(size as u16);
+                }
+                h.msg_hdr.msg_control = self.ctrl[m].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = 24;
+            }
+            self.hdrs[m] = h;
+            self.runs[m] = run;
+            m += 1;
+            i += run;
+        }
+        let mut sent = 0;
+        let mut refused = 0;
+        while sent < m {
+            // SAFETY: as in recv.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[sent..].as_mut_ptr(),
+                    (m - sent) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                sent += r as usize;
+            } else {
+                refused += self.runs[sent];
+                sent += 1;
+            }
+        }
+        self.n = 0;
+        refused
     }
 
     /// Sends everything queued; returns how many datagrams the kernel refused.
