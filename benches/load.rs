@@ -22,7 +22,8 @@
 //! replaced. Per run: requests/s and responses/s over the window after the warm-up, the
 //! latency from send to (last) answer (p50, p99), losses, the proxy's CPU time per
 //! request (all its threads, from /proc/PID/task/*/schedstat) and how busy core 1 was
-//! (/proc/stat, including softirq time: loopback delivery of what the proxy sends).
+//! (/proc/stat, including softirq time: loopback delivery of what the proxy sends) and how
+//! much of it the hypervisor gave to other guests (steal: a run disturbed from outside).
 //! groxy and libcoap alternate (g,l / l,g / ...), each restarted for every run (libcoap
 //! keeps per-session state). The summary gives medians over the runs and the ratios.
 
@@ -329,6 +330,7 @@ struct Stats {
     window: f64,
     cpu_ns: Option<u64>,
     core_busy: Option<f64>,
+    core_steal: Option<f64>,
     rss_kib: Option<u64>,
 }
 
@@ -493,7 +495,9 @@ impl Gen {
             st.cpu_ns = Some(b - a);
         }
         if let (Some(a), Some(b)) = (core0, net::cpu_ticks(l.core)) {
-            st.core_busy = Some((b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64);
+            let total = (b.1 - a.1).max(1) as f64;
+            st.core_busy = Some((b.0 - a.0) as f64 / total);
+            st.core_steal = Some((b.2 - a.2) as f64 / total);
         }
         st.rss_kib = l.pid.and_then(vm_hwm_kib);
         // Answer what is still on its way so the proxy ends quietly.
@@ -529,6 +533,8 @@ struct Row {
     errors: u64,
     cpu_us: f64,
     busy: f64,
+    /// The share of the proxy's core the hypervisor gave to others (a disturbed run).
+    steal: f64,
     /// The proxy's own CPU time as a share of the window.
     share: f64,
     rss_mib: f64,
@@ -557,6 +563,7 @@ fn row(mut st: Stats) -> Row {
             .cpu_ns
             .map_or(f64::NAN, |c| c as f64 / 1000.0 / st.completed.max(1) as f64),
         busy: st.core_busy.unwrap_or(f64::NAN) * 100.0,
+        steal: st.core_steal.unwrap_or(f64::NAN) * 100.0,
         share: st
             .cpu_ns
             .map_or(f64::NAN, |c| c as f64 / 1e9 / st.window * 100.0),
@@ -591,27 +598,42 @@ fn median_row(rows: &[Row]) -> Row {
         errors: rows.iter().map(|r| r.errors).sum(),
         cpu_us: m(|r| r.cpu_us),
         busy: m(|r| r.busy),
+        steal: m(|r| r.steal),
         share: m(|r| r.share),
         rss_mib: m(|r| r.rss_mib),
     }
 }
 
-const UNICAST_HEAD: &str = "| run | proxy | requests/s | p50 µs | p99 µs | lost | late | errors | proxy CPU µs/req | proxy CPU % | core busy % | VmHWM MiB |";
-const UNICAST_SEP: &str = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+/// Steal (% of the proxy's core) above which a run counts as disturbed from outside.
+const MAX_STEAL: f64 = 1.0;
+
+const UNICAST_HEAD: &str = "| run | proxy | requests/s | p50 µs | p99 µs | lost | late | errors | proxy CPU µs/req | proxy CPU % | core busy % | steal % | VmHWM MiB |";
+const UNICAST_SEP: &str = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn unicast_line(run: &str, name: &str, r: &Row) -> String {
     format!(
-        "| {run} | {name} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} |",
-        r.rps, r.p50, r.p99, r.lost, r.late, r.errors, r.cpu_us, r.share, r.busy, r.rss_mib
+        "| {run} | {name} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        r.rps,
+        r.p50,
+        r.p99,
+        r.lost,
+        r.late,
+        r.errors,
+        r.cpu_us,
+        r.share,
+        r.busy,
+        r.steal,
+        r.rss_mib
     )
 }
 
-const GROUP_HEAD: &str = "| run | requests/s | relayed responses/s | p50 µs (last answer) | p99 µs | lost | partial | late | errors | proxy CPU µs/req | µs/relayed | proxy CPU % | core busy % | groxy VmHWM MiB |";
-const GROUP_SEP: &str = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+const GROUP_HEAD: &str = "| run | requests/s | relayed responses/s | p50 µs (last answer) | p99 µs | lost | partial | late | errors | proxy CPU µs/req | µs/relayed | proxy CPU % | core busy % | steal % | groxy VmHWM MiB |";
+const GROUP_SEP: &str =
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn group_line(run: &str, r: &Row, devices: u8) -> String {
     format!(
-        "| {run} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
+        "| {run} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
         r.rps,
         r.resp_s,
         r.p50,
@@ -624,6 +646,7 @@ fn group_line(run: &str, r: &Row, devices: u8) -> String {
         r.cpu_us / devices as f64,
         r.share,
         r.busy,
+        r.steal,
         r.rss_mib
     )
 }
@@ -901,6 +924,23 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
                 median(rps),
                 median(paired(|r| r.p99)),
                 median(paired(|r| r.cpu_us)),
+            );
+            // Runs in which the hypervisor took the proxy's core from either proxy are
+            // disturbed from outside; the same ratios without them.
+            let calm: Vec<(&Row, &Row)> = rows[k]
+                .iter()
+                .zip(&rows[1])
+                .filter(|(g, l)| g.steal <= MAX_STEAL && l.steal <= MAX_STEAL)
+                .collect();
+            let of = |f: fn(&Row) -> f64| median(calm.iter().map(|(g, l)| f(g) / f(l)).collect());
+            println!(
+                "{name}/libcoap, run by run, the {} of {} runs with at most {MAX_STEAL}% steal: \
+                 requests/s x{:.2}, p99 x{:.2}, CPU per request x{:.2}",
+                calm.len(),
+                rows[k].len(),
+                of(|r| r.rps),
+                of(|r| r.p99),
+                of(|r| r.cpu_us),
             );
         }
     } else {

@@ -306,7 +306,9 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 
 /// (busy, total) clock ticks of one CPU from /proc/stat; busy includes irq and softirq
 /// (loopback delivery runs there), idle and iowait are not busy.
-pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
+/// (busy, total, steal) ticks of core `cpu` so far. Busy includes softirq and steal: time
+/// the hypervisor gave another guest is time the proxy could not run.
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let name = format!("cpu{cpu}");
     let line = stat
@@ -322,5 +324,5 @@ pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
         return None;
     }
     let total: u64 = v.iter().sum();
-    Some((total - v[3] - v[4], total))
+    Some((total - v[3] - v[4], total, v[7]))
 }
