@@ -113,6 +113,10 @@ const MAX_SEGMENT: usize = 1_152;
 /// Segments per coalesced send: the kernel's limit (UDP_MAX_SEGMENTS) is 64 on older
 /// kernels and larger on newer ones.
 const MAX_SEGMENTS: usize = 64;
+/// Payload bytes per coalesced send: the segments together form one UDP datagram to the
+/// kernel until it cuts them, so they must fit one (65,535 less the IPv4 and UDP headers),
+/// or the kernel refuses the whole send (EMSGSIZE).
+const MAX_RUN_BYTES: usize = 65_507;
 /// `UDP_SEGMENT` from linux/udp.h (not in the libc crate for glibc targets).
 const UDP_SEGMENT: libc::c_int = 103;
 
@@ -223,7 +227,10 @@ impl SendQueue {
             let mut run = 1;
             if self.segment && size <= MAX_SEGMENT {
                 // Same address, same size; the last of a run may be shorter.
-                while i + run < items.len() && run < MAX_SEGMENTS {
+                while i + run < items.len()
+                    && run < MAX_SEGMENTS
+                    && (run + 1) * size <= MAX_RUN_BYTES
+                {
                     let (next_to, next) = &items[i + run];
                     if next_to != to || next.len() > size || next.is_empty() {
                         break;
@@ -445,6 +452,10 @@ mod tests {
         for _ in 0..MAX_SEGMENTS + 10 {
             push(&mut q, to_b, 9);
         }
+        // Runs of the largest segments: more bytes than one datagram can hold.
+        for _ in 0..MAX_SEGMENTS + 3 {
+            push(&mut q, to_a, MAX_SEGMENT);
+        }
         let want = expected(&q, &[&a, &b]);
         let before = q.items.len();
         assert_eq!(exchange(&mut q, &tx, &[&a, &b]), want);
@@ -452,6 +463,7 @@ mod tests {
         // And it was coalesced: the first call's first message carried the first run.
         q.build(0);
         assert_eq!(q.runs[..3], [6, 1, 1]);
+        assert!(q.runs.iter().all(|&r| r <= MAX_SEGMENTS));
         assert_eq!(q.items.len(), before);
     }
 
