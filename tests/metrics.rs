@@ -914,6 +914,29 @@ fn deploy_files_parse_and_query_only_metrics_a_real_scrape_has() {
         .find(|m| m["mountPath"] == "/etc/groxy/keys")
         .expect("groxy sees its keys at /etc/groxy/keys");
     assert_eq!(keys["readOnly"], true);
+    // A member's Sender Sequence Numbers must survive the pod (RFC 10021 §2.6.1.1): the
+    // ConfigMap's state_dir is a writable mount of a node directory.
+    let state_dir = loaded
+        .run
+        .state_dir
+        .as_ref()
+        .and_then(|d| d.to_str())
+        .expect("the ConfigMap sets proxy.state_dir");
+    let state = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == state_dir)
+        .unwrap_or_else(|| panic!("groxy has a volume at {state_dir}"));
+    assert_ne!(state["readOnly"], true, "state_dir is written");
+    let backing = volumes
+        .iter()
+        .find(|v| v["name"] == state["name"])
+        .expect("the state mount's volume");
+    assert!(
+        backing["hostPath"]["path"].is_string(),
+        "state_dir outlives the pod: {backing:?}"
+    );
     let endpoint = &kind("ServiceMonitor")["spec"]["endpoints"][0];
     assert_eq!(endpoint["port"], "metrics");
     assert_eq!(endpoint["path"], "/metrics");
