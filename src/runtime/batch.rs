@@ -16,6 +16,10 @@ use std::os::fd::RawFd;
 pub const BATCH: usize = 32;
 /// A slot holds any UDP datagram, so that nothing arrives cut short.
 const SLOT: usize = 65_536;
+/// Slots lie this far apart: a cache line more than a slot. At exactly 64 KiB apart,
+/// every slot's first bytes (where a CoAP datagram lies) would map to the same cache set
+/// and evict each other between the kernel's copy and the engine's parse.
+const STRIDE: usize = SLOT + 64;
 
 /// Receive buffers for one batch and the addresses they came from.
 pub struct RecvBatch {
@@ -44,7 +48,7 @@ impl RecvBatch {
     pub fn new() -> Self {
         let mut b = RecvBatch {
             // Zeroed lazily by the allocator: only the bytes datagrams use are touched.
-            bufs: vec![0; BATCH * SLOT],
+            bufs: vec![0; BATCH * STRIDE],
             // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
             addrs: vec![unsafe { zeroed() }; BATCH],
             iovs: Vec::with_capacity(BATCH),
@@ -52,7 +56,7 @@ impl RecvBatch {
             got: Vec::with_capacity(BATCH),
         };
         b.iovs
-            .extend(b.bufs.chunks_exact_mut(SLOT).map(|slot| libc::iovec {
+            .extend(b.bufs.chunks_exact_mut(STRIDE).map(|slot| libc::iovec {
                 iov_base: slot.as_mut_ptr().cast(),
                 iov_len: SLOT,
             }));
@@ -101,7 +105,7 @@ impl RecvBatch {
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.got
             .iter()
-            .map(|&(i, from, len)| (from, &self.bufs[i * SLOT..i * SLOT + len]))
+            .map(|&(i, from, len)| (from, &self.bufs[i * STRIDE..i * STRIDE + len]))
     }
 }
 
