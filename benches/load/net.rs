@@ -163,42 +163,29 @@ impl Batch {
             m += 1;
             i += run;
         }
-        let mut sent = 0;
-        let mut refused = 0;
-        while sent < m {
-            // SAFETY: as in recv.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[sent..].as_mut_ptr(),
-                    (m - sent) as u32,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r > 0 {
-                sent += r as usize;
-            } else {
-                refused += self.runs[sent];
-                sent += 1;
-            }
-        }
-        self.n = 0;
-        refused
+        self.send_headers(fd, m)
     }
 
     /// Sends everything queued; returns how many datagrams the kernel refused.
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let total = self.n;
         self.prepare(total, false);
+        self.runs[..total].fill(1);
+        self.send_headers(fd, total)
+    }
+
+    /// Sends the first `count` headers, each carrying `runs[i]` datagrams; returns how
+    /// many datagrams the kernel refused.
+    fn send_headers(&mut self, fd: RawFd, count: usize) -> usize {
         let mut sent = 0;
         let mut refused = 0;
-        while sent < total {
+        while sent < count {
             // SAFETY: as in recv.
             let r = unsafe {
                 libc::sendmmsg(
                     fd,
                     self.hdrs[sent..].as_mut_ptr(),
-                    (total - sent) as u32,
+                    (count - sent) as u32,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -210,9 +197,9 @@ impl Batch {
                     continue;
                 }
                 // EAGAIN (send buffer full) or an ICMP error from an earlier datagram
-                // surfacing here: skip this datagram and count it.
+                // surfacing here: skip this message and count its datagrams.
+                refused += self.runs[sent];
                 sent += 1;
-                refused += 1;
             }
         }
         self.n = 0;

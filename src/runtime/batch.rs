@@ -142,8 +142,8 @@ pub struct SendQueue {
     pub items: Vec<(SocketAddr, Vec<u8>)>,
     /// Whether to coalesce; cleared for good the first time the kernel refuses.
     segment: bool,
-    /// Per message of the current call: its address, how many items it carries, and
-    /// its control message if it carries more than one.
+    /// Per message of the current call: its address and how many items it carries;
+    /// and, in order, the control messages of those that carry more than one.
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     runs: Vec<usize>,
     ctrl: Vec<SegmentCmsg>,
@@ -247,7 +247,9 @@ impl SendQueue {
             }
             self.addrs.push(to_storage(to));
             self.runs.push(run);
-            self.ctrl.push(segment_cmsg(if run > 1 { size } else { 0 }));
+            if run > 1 {
+                self.ctrl.push(segment_cmsg(size));
+            }
             for (_, bytes) in &items[i..i + run] {
                 self.iovs.push(libc::iovec {
                     iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -257,15 +259,16 @@ impl SendQueue {
             i += run;
         }
         // Built after every vector is filled, so that no push moves what they point at.
-        let mut iov = 0;
+        let (mut iov, mut ctrl) = (0, 0);
         for m in 0..self.runs.len() {
             let (name, len) = &mut self.addrs[m];
             let run = self.runs[m];
             let mut h = header(name, *len, &mut self.iovs[iov]);
             h.msg_hdr.msg_iovlen = run;
             if run > 1 {
-                h.msg_hdr.msg_control = self.ctrl[m].0.as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = self.ctrl[m].0.len();
+                h.msg_hdr.msg_control = self.ctrl[ctrl].0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = self.ctrl[ctrl].0.len();
+                ctrl += 1;
             }
             self.hdrs.push(h);
             iov += run;
@@ -273,7 +276,7 @@ impl SendQueue {
     }
 }
 
-/// A `UDP_SEGMENT` control message carrying `size` (unused when the message is single).
+/// A `UDP_SEGMENT` control message carrying `size`.
 fn segment_cmsg(size: usize) -> SegmentCmsg {
     let mut c = SegmentCmsg([0; 24]);
     // SAFETY: the buffer is aligned for a cmsghdr and CMSG_SPACE(2) = 24 bytes long on
