@@ -2,10 +2,13 @@
 //! privileges: a proxy, devices answering from their own 127.0.0.x addresses, and the
 //! client library, all in one process (groupcomm-proxy-07 §5, RFC 10020 §3.5).
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{ask, free_port};
 use groxy::client::{ClientRequest, Response, run as send};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
@@ -28,14 +31,6 @@ impl Drop for Setup {
             let _ = s.send(());
         }
     }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A proxy and devices 127.0.0.`first`.. on a fresh group port; `slow` devices answer
@@ -158,7 +153,6 @@ async fn s5_4_1_responses_after_the_timeout_are_dropped_as_late() {
 async fn s5_2_1_errors_and_unicast_forwarding_over_sockets() {
     let s = setup(41, 1, 0, Duration::ZERO).await;
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut buf = [0u8; 1500];
     // No Multicast-Timeout: 4.00 with an empty Multicast-Timeout option.
     let m = build::encode(
         NON,
@@ -171,12 +165,8 @@ async fn s5_2_1_errors_and_unicast_forwarding_over_sockets() {
         )],
         &[],
     );
-    sock.send_to(&m, s.proxy).await.unwrap();
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let v = MessageView::parse(&buf[..n]).unwrap();
+    let answer = ask(&sock, s.proxy, &m).await;
+    let v = MessageView::parse(&answer).unwrap();
     assert_eq!(v.code(), code::BAD_REQUEST);
     assert_eq!(v.option(opt::MULTICAST_TIMEOUT_DEFAULT), Some(&[][..]));
     // Unicast target: forwarded as an ordinary proxy, one response, no Reply-From.
@@ -210,16 +200,8 @@ async fn dropping_the_run_future_stops_the_proxy_and_frees_its_port() {
         &mut [(opt::URI_PATH, &b"x"[..])],
         &[],
     );
-    sock.send_to(&ping, addr).await.unwrap();
-    let mut buf = [0u8; 1500];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        MessageView::parse(&buf[..n]).unwrap().code(),
-        code::NOT_FOUND
-    );
+    let answer = ask(&sock, addr, &ping).await;
+    assert_eq!(MessageView::parse(&answer).unwrap().code(), code::NOT_FOUND);
     task.abort();
     let _ = task.await;
     // The listener closes once the thread has seen the handle go.

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Group;
+use common::{Group, ask, free_port};
 use groxy::client::{ClientRequest, run as send};
 use groxy::config::security::MemberFile;
 use groxy::device::{Device, DeviceConfig};
@@ -21,14 +21,6 @@ use groxy::runtime::{Interface, Proxy};
 
 const CLIENT: &[u8] = &[0x01];
 const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];
-
-fn free_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn secret(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
     let p = dir.join(name);
@@ -378,13 +370,8 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
     let (req, mut ex) = ctx
         .protect_request(&get_status, Mode::Pairwise, Some(PROXY))
         .unwrap();
-    sock.send_to(&req, proxy_addr).await.unwrap();
-    let mut buf = [0u8; 1500];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let (plain, info) = ctx.unprotect_response(&buf[..n], &mut ex).unwrap();
+    let answer = ask(&sock, proxy_addr, &req).await;
+    let (plain, info) = ctx.unprotect_response(&answer, &mut ex).unwrap();
     assert_eq!(info.server_id, PROXY);
     let pv = groxy::coap::MessageView::parse(&plain).unwrap();
     assert_eq!(pv.code(), 0x45);
@@ -401,12 +388,8 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
             groxy::oscore::Layer::Hop,
         )
         .unwrap();
-    sock.send_to(&double, proxy_addr).await.unwrap();
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let (plain, _) = ctx.unprotect_response(&buf[..n], &mut ex2).unwrap();
+    let answer = ask(&sock, proxy_addr, &double).await;
+    let (plain, _) = ctx.unprotect_response(&answer, &mut ex2).unwrap();
     assert_eq!(
         groxy::coap::MessageView::parse(&plain).unwrap().code(),
         0x81,

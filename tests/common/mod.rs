@@ -18,6 +18,30 @@ use serde_json::{Value, json};
 
 pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
 
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `datagram` to `to` and returns the one datagram that comes back within 2 s.
+pub async fn ask(
+    sock: &tokio::net::UdpSocket,
+    to: std::net::SocketAddr,
+    datagram: &[u8],
+) -> Vec<u8> {
+    sock.send_to(datagram, to).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .expect("an answer within 2 s")
+        .unwrap();
+    buf[..n].to_vec()
+}
+
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).unwrap();
