@@ -638,6 +638,35 @@ fn limits_fan_out_rate_per_client() {
     assert_eq!(tx[0].link, Link::Group(0));
 }
 
+/// Every request that causes a multicast passes the limits, whatever its timeout
+/// (groupcomm-proxy §10, RFC 10020 §3.6): a Multicast-Timeout of 0 relays nothing but
+/// still makes every device answer.
+#[test]
+fn limits_apply_to_multicast_timeout_zero() {
+    let mut cfg = config();
+    cfg.limits.client_rate = 1.0;
+    cfg.limits.client_burst = 2.0;
+    let mut h = Harness::new(cfg);
+    let (mut fanouts, mut limited) = (0, 0);
+    for i in 0..20u16 {
+        let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, i, &[i as u8], Some(0)));
+        fanouts += tx.iter().filter(|t| t.link == Link::Group(0)).count();
+        if let Some((RejectReason::RateLimited, c)) = rejected(&ev) {
+            assert_eq!(c, code::TOO_MANY_REQUESTS);
+            limited += 1;
+        }
+    }
+    assert_eq!((fanouts, limited), (2, 18));
+    // The bucket refills at the configured rate, for T' = 0 as for any other.
+    h.advance(Duration::from_secs(1));
+    let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, 100, &[100], Some(0)));
+    assert_eq!(rejected(&ev), None);
+    assert_eq!(tx.len(), 1);
+    let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, 101, &[101], Some(0)));
+    assert_eq!(rejected(&ev).map(|r| r.0), Some(RejectReason::RateLimited));
+    assert!(tx.iter().all(|t| t.link == LISTENER));
+}
+
 #[test]
 fn rfc7252_s5_7_2_unicast_forwarding_and_gateway_timeout() {
     let mut h = Harness::new(config());

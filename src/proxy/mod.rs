@@ -10,6 +10,6 @@ pub mod tables;
 pub use config::{
     GroupSecurity, GroupSpec, Limits, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,
 };
-pub use engine::{Engine, Link, Output, Transmit};
+pub use engine::{Engine, Link, Output, Seed, Transmit};
 pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 pub use prefix::Prefix;

@@ -122,11 +122,11 @@ impl Proxy {
             sockets.push((Link::Unicast, s));
         }
         let queues = sockets.iter().map(|_| SendQueue::default()).collect();
-        let mut seed = [0u8; 8];
+        let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
         let names = cfg.proxy.groups.iter().map(|g| g.name.clone()).collect();
         Ok(Proxy {
-            engine: Engine::new(cfg.proxy, Instant::now(), u64::from_ne_bytes(seed))
+            engine: Engine::new(cfg.proxy, Instant::now(), seed)
                 .map_err(|e| io::Error::other(e.to_string()))?,
             sockets,
             queues,

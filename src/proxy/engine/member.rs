@@ -2,6 +2,9 @@
 //! oscore-capable-proxies §2): the OSCORE layer a client shares with the proxy comes off
 //! incoming requests, and every answer to such a request goes back under it.
 
+use chacha20::rand_core::Rng;
+use subtle::ConstantTimeEq;
+
 use super::{Engine, Local, Reject};
 use crate::coap::MessageView;
 use crate::coap::build::{self, code};
@@ -205,8 +208,9 @@ impl Engine {
             return Ok(());
         }
         let key = (outer.group, outer.ex.kid.clone());
+        // Compared in constant time: timing must not tell how much of a guess was right.
         if let (Some(echo), Some(expected)) = (inner.option(opt::ECHO), self.echoes.get(&key))
-            && echo == expected
+            && bool::from(echo.ct_eq(&expected[..]))
         {
             self.echoes.remove(&key);
             let seq = crate::oscore::option::piv_value(&outer.ex.piv);
@@ -216,10 +220,9 @@ impl Engine {
             outer.ex.fresh = true;
             return Ok(());
         }
+        // RFC 9175 §2.3: unpredictable, from the engine's CSPRNG.
         let mut value = [0u8; 8];
-        for b in value.chunks_mut(8) {
-            b.copy_from_slice(&self.next_random().to_be_bytes());
-        }
+        self.rng.fill_bytes(&mut value);
         self.echoes.insert(key, value);
         self.emit(crate::proxy::Event::Rejected {
             group: Some(outer.group),

@@ -35,7 +35,29 @@ use crate::oscore::replay::ResponseNumbers;
 use crate::oscore::{
     ConfigError, GroupChecker, GroupMember, OscoreError, SecurityContext, SignatureChecker, Verdict,
 };
+use chacha20::ChaCha20Rng;
+use chacha20::rand_core::{Rng, SeedableRng};
 use member::Outer;
+
+/// The engine's randomness, drawn once by the driver from the operating system (the
+/// engine itself does no I/O).
+#[derive(Clone, Copy)]
+pub struct Seed(pub [u8; 32]);
+
+impl From<[u8; 32]> for Seed {
+    fn from(bytes: [u8; 32]) -> Self {
+        Seed(bytes)
+    }
+}
+
+/// A deterministic seed for tests and benches: engines built from the same number draw
+/// the same tokens and values. Never for production, where 64 bits are too few.
+impl From<u64> for Seed {
+    fn from(n: u64) -> Self {
+        use sha2::Digest;
+        Seed(sha2::Sha256::digest(n.to_be_bytes()).into())
+    }
+}
 
 /// RFC 7252 §4.8 transmission parameters.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -244,7 +266,8 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     tokens: tokens::TokenSpace,
     next_mid: u16,
-    rng: u64,
+    /// Echo values, jitter: a CSPRNG seeded once by the driver (RFC 9175 §2).
+    rng: ChaCha20Rng,
     out: VecDeque<Output>,
     /// Buffers of sent datagrams, given back by the driver for the next messages.
     spare: Vec<Vec<u8>>,
@@ -258,9 +281,13 @@ type Options<'a> = smallvec::SmallVec<[(u16, &'a [u8]); 16]>;
 const MAX_SPARE: usize = 256;
 
 impl Engine {
-    /// `seed` feeds the token space, Message IDs and retransmission jitter; give it
-    /// randomness in production so that tokens are not guessable (RFC 9175 §4.2).
-    pub fn new(cfg: ProxyConfig, now: Instant, seed: u64) -> Result<Self, ConfigError> {
+    /// `seed` keys the token permutation and seeds the engine's CSPRNG (Echo values,
+    /// Message ID offsets, retransmission jitter); give it 32 bytes from the operating
+    /// system in production so that none of them can be guessed (RFC 9175 §2, §4).
+    pub fn new(cfg: ProxyConfig, now: Instant, seed: impl Into<Seed>) -> Result<Self, ConfigError> {
+        let mut rng = ChaCha20Rng::from_seed(seed.into().0);
+        let mut token_key = [0u8; 16];
+        rng.fill_bytes(&mut token_key);
         let checkers = cfg
             .groups
             .iter()
@@ -295,9 +322,9 @@ impl Engine {
             clients: HashMap::default(),
             pending: HashMap::default(),
             timers: BinaryHeap::new(),
-            tokens: tokens::TokenSpace::new(seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15),
-            next_mid: (seed >> 48) as u16,
-            rng: seed | 1,
+            tokens: tokens::TokenSpace::new(token_key),
+            next_mid: rng.next_u64() as u16,
+            rng,
             out: VecDeque::new(),
             spare: Vec::new(),
         };
@@ -377,17 +404,9 @@ impl Engine {
         self.tokens.issue()
     }
 
-    /// xorshift64 over the seed: jitter and Echo values.
-    fn next_random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
     /// ACK_TIMEOUT * [1, ACK_RANDOM_FACTOR = 1.5] (RFC 7252 §4.8).
     fn jitter(&mut self) -> Duration {
-        let r = self.next_random();
+        let r = self.rng.next_u64();
         ACK_TIMEOUT + ACK_TIMEOUT.mul_f64((r % 1000) as f64 / 2000.0)
     }
 
@@ -858,9 +877,9 @@ impl Engine {
             })?;
         let timeout = asked.min(spec.max_timeout);
         let dest = spec.addr;
-        if !timeout.is_zero() {
-            self.admit(now, from.ip(), Some(g))?;
-        }
+        // Every request that causes a multicast passes the limits, T' = 0 too: it relays
+        // nothing but makes every device answer (groupcomm-proxy §10).
+        self.admit(now, from.ip(), Some(g))?;
         // After the cheap checks and the rate limit, so that a flood of forgeries costs
         // its sender its own rate budget before it costs signature verifications.
         let checked = match self.check_request(g, view) {
