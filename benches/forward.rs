@@ -89,7 +89,7 @@ impl Run {
         );
         self.engine.recycle(fwd);
         self.engine
-            .handle(self.now, Link::Unicast, self.origin, &self.response);
+            .handle(self.now, Link::Unicast(0), self.origin, &self.response);
         while let Some(o) = self.engine.poll_output() {
             if let Output::Transmit(t) = o {
                 out += 1;

@@ -121,7 +121,7 @@ fn s5_2_1_fan_out_and_s5_4_1_relay_with_reply_from() {
     );
     assert_eq!(tx.len(), 1);
     let fwd = &tx[0];
-    assert_eq!((fwd.link, fwd.to), (Link::Group(0), group_addr()));
+    assert_eq!((fwd.link, fwd.to), (Link::Group(0, 0), group_addr()));
     let v = MessageView::parse(&fwd.bytes).unwrap();
     // A NON group request with the proxy's own token; Multicast-Timeout, Proxy-Scheme and
     // Uri-Host removed; Uri-Path kept.
@@ -140,7 +140,7 @@ fn s5_2_1_fan_out_and_s5_4_1_relay_with_reply_from() {
     for (i, d) in [(0u16, 1u8), (1, 2), (2, 3), (3, 1)] {
         h.now += Duration::from_millis(100);
         let r = response_to(&fwd.bytes, NON, 100 + i, format!("r{i}").as_bytes());
-        let (tx, ev) = h.feed(Link::Group(0), device(d), &r);
+        let (tx, ev) = h.feed(Link::Group(0, 0), device(d), &r);
         assert_eq!(tx.len(), 1);
         assert_eq!((tx[0].link, tx[0].to), (LISTENER, client()));
         let rv = MessageView::parse(&tx[0].bytes).unwrap();
@@ -165,12 +165,12 @@ fn s5_2_1_fan_out_and_s5_4_1_relay_with_reply_from() {
         reason: CloseReason::Timeout
     }));
     let late = response_to(&fwd.bytes, NON, 200, b"late");
-    let (tx, ev) = h.feed(Link::Group(0), device(4), &late);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(4), &late);
     assert!(tx.is_empty());
     assert_eq!(dropped(&ev), vec![DropReason::LateResponse]);
     // A response with a token the proxy never issued is unknown, not late.
     let (_, ev) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(4),
         &build::encode(NON, code::CONTENT, 7, &[1; 8], &mut [], b""),
     );
@@ -369,7 +369,7 @@ fn error_codes_of_rfc10020_s3_5_1_and_rfc7252_s5_7() {
             &[],
         ),
     );
-    assert_eq!(tx[0].link, Link::Group(0));
+    assert_eq!(tx[0].link, Link::Group(0, 0));
     assert_eq!(
         MessageView::parse(&tx[0].bytes).unwrap().option(2052),
         Some(&b"s"[..])
@@ -393,7 +393,7 @@ fn s5_2_1_step2_allow_list_gives_4_01() {
     // IPv4-mapped IPv6 clients match IPv4 prefixes.
     let mapped: SocketAddr = "[::ffff:127.0.0.1]:1234".parse().unwrap();
     let (tx, _) = h.feed(LISTENER, mapped, &group_get(NON, 2, &[2], Some(5)));
-    assert_eq!(tx[0].link, Link::Group(0));
+    assert_eq!(tx[0].link, Link::Group(0, 0));
 }
 
 #[test]
@@ -416,10 +416,10 @@ fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
     let _ = fwd;
     // T' = 0: the request still goes out (step 5) but no response is relayed (step 6).
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 2, &[2], Some(0)));
-    assert_eq!(tx[0].link, Link::Group(0));
+    assert_eq!(tx[0].link, Link::Group(0, 0));
     assert_eq!(h.e.exchanges().0, 0);
     let (tx2, ev) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(1),
         &response_to(&tx[0].bytes, NON, 5, b"x"),
     );
@@ -431,7 +431,7 @@ fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
     let mut forged = tx[0].bytes.clone();
     forged[4..12].copy_from_slice(&[0xa5; 8]);
     let (_, ev) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(1),
         &response_to(&forged, NON, 6, b"x"),
     );
@@ -447,7 +447,7 @@ fn rfc7252_s4_5_duplicate_requests_are_not_fanned_out_twice() {
     let acks: Vec<_> = tx.iter().filter(|t| t.link == LISTENER).collect();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].bytes, build::empty(ACK, 77));
-    assert_eq!(tx.iter().filter(|t| t.link == Link::Group(0)).count(), 1);
+    assert_eq!(tx.iter().filter(|t| t.link == Link::Group(0, 0)).count(), 1);
     // The retransmission gets the same ACK and no second multicast.
     let (tx, ev) = h.feed(LISTENER, client(), &m);
     assert_eq!(tx.len(), 1);
@@ -461,7 +461,7 @@ fn rfc7252_s4_5_duplicate_requests_are_not_fanned_out_twice() {
     // After NON_LIFETIME the Message ID may be reused (RFC 7252 §4.8.2).
     h.advance(Duration::from_secs(150));
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 78, &[7], Some(10)));
-    assert_eq!(tx[0].link, Link::Group(0));
+    assert_eq!(tx[0].link, Link::Group(0, 0));
 }
 
 #[test]
@@ -470,13 +470,13 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
     let (tx, _) = h.feed(LISTENER, client(), &group_get(CON, 1, &[0xaa], Some(30)));
     let fwd = tx
         .iter()
-        .find(|t| t.link == Link::Group(0))
+        .find(|t| t.link == Link::Group(0, 0))
         .unwrap()
         .bytes
         .clone();
     // A device answers with a CON: the proxy ACKs it and relays it as a CON.
     let (tx, _) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(1),
         &response_to(&fwd, CON, 500, b"a"),
     );
@@ -487,7 +487,7 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
     assert_eq!(rv.mtype(), CON);
     // The device's retransmission of the same CON is ACKed but not relayed again.
     let (tx, ev) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(1),
         &response_to(&fwd, CON, 500, b"a"),
     );
@@ -505,7 +505,7 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
         reason: CloseReason::EarlyStopReset
     }));
     let (tx, ev) = h.feed(
-        Link::Group(0),
+        Link::Group(0, 0),
         device(2),
         &response_to(&fwd, NON, 501, b"b"),
     );
@@ -521,7 +521,11 @@ fn s5_1_3_early_stop_request_ends_forwarding() {
     let mut h = Harness::new(config());
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, &[0xbb], Some(30)));
     let fwd = tx[0].bytes.clone();
-    h.feed(Link::Group(0), device(1), &response_to(&fwd, NON, 1, b"a"));
+    h.feed(
+        Link::Group(0, 0),
+        device(1),
+        &response_to(&fwd, NON, 1, b"a"),
+    );
     // GET, same token, Multicast-Timeout 0 (empty), no proxy or Uri-* options.
     let stop = req(NON, 2, &[0xbb], &[(MT, &[])], &[]);
     let (tx, ev) = h.feed(LISTENER, client(), &stop);
@@ -531,7 +535,11 @@ fn s5_1_3_early_stop_request_ends_forwarding() {
         responses: 1,
         reason: CloseReason::EarlyStopRequest
     }));
-    let (tx, _) = h.feed(Link::Group(0), device(2), &response_to(&fwd, NON, 2, b"b"));
+    let (tx, _) = h.feed(
+        Link::Group(0, 0),
+        device(2),
+        &response_to(&fwd, NON, 2, b"b"),
+    );
     assert!(tx.is_empty());
 }
 
@@ -635,7 +643,7 @@ fn limits_fan_out_rate_per_client() {
     h.advance(Duration::from_secs(1));
     let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, 10, &[10], Some(1)));
     assert_eq!(rejected(&ev), None);
-    assert_eq!(tx[0].link, Link::Group(0));
+    assert_eq!(tx[0].link, Link::Group(0, 0));
 }
 
 /// Every request that causes a multicast passes the limits, whatever its timeout
@@ -650,7 +658,7 @@ fn limits_apply_to_multicast_timeout_zero() {
     let (mut fanouts, mut limited) = (0, 0);
     for i in 0..20u16 {
         let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, i, &[i as u8], Some(0)));
-        fanouts += tx.iter().filter(|t| t.link == Link::Group(0)).count();
+        fanouts += tx.iter().filter(|t| t.link == Link::Group(0, 0)).count();
         if let Some((RejectReason::RateLimited, c)) = rejected(&ev) {
             assert_eq!(c, code::TOO_MANY_REQUESTS);
             limited += 1;
@@ -680,7 +688,7 @@ fn rfc7252_s5_7_2_unicast_forwarding_and_gateway_timeout() {
     );
     let (tx, ev) = h.feed(LISTENER, client(), &m);
     assert!(ev.contains(&Event::UnicastForward));
-    let fwd = tx.iter().find(|t| t.link == Link::Unicast).unwrap();
+    let fwd = tx.iter().find(|t| t.link == Link::Unicast(0)).unwrap();
     assert_eq!(fwd.to, origin);
     let fv = MessageView::parse(&fwd.bytes).unwrap();
     assert_eq!(fv.mtype(), CON, "a CON client's request goes on as CON");
@@ -693,7 +701,7 @@ fn rfc7252_s5_7_2_unicast_forwarding_and_gateway_timeout() {
         &mut [],
         b"hi",
     );
-    let (tx, ev) = h.feed(Link::Unicast, origin, &ans);
+    let (tx, ev) = h.feed(Link::Unicast(0), origin, &ans);
     let rv = MessageView::parse(&tx[0].bytes).unwrap();
     assert_eq!(
         (rv.token(), rv.payload(), rv.option(RF)),
@@ -769,7 +777,7 @@ fn timer_heap_stays_bounded_by_live_exchanges() {
         let (tx, _) = h.feed(LISTENER, client(), &m);
         let fwd = MessageView::parse(&tx[0].bytes).unwrap();
         let answer = build::encode(NON, code::CONTENT, i as u16, fwd.token(), &mut [], b"");
-        h.feed(Link::Unicast, origin, &answer);
+        h.feed(Link::Unicast(0), origin, &answer);
         if i % 1000 == 0 {
             // Message IDs are reused after NON_LIFETIME only; keep them fresh.
             h.advance(Duration::from_secs(150));

@@ -72,7 +72,7 @@ impl H {
 }
 
 fn multicast(tx: &[Transmit]) -> Option<&Transmit> {
-    tx.iter().find(|t| t.link == Link::Group(0))
+    tx.iter().find(|t| t.link == Link::Group(0, 0))
 }
 
 fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
@@ -216,7 +216,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     let ra = dev_a
         .protect_response(&content, &mut aex, Mode::Group, false)
         .unwrap();
-    let (tx, ev) = h.feed(Link::Group(0), device(1), &ra);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(1), &ra);
     assert_eq!(tx.len(), 1);
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
     // The client verifies what was relayed (end-to-end protection intact).
@@ -239,7 +239,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     assert_eq!(info.server_id, DEV_A);
 
     // The same response again: a replay of this server's response (§5.3.1), dropped.
-    let (tx, ev) = h.feed(Link::Group(0), device(1), &ra);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(1), &ra);
     assert!(tx.is_empty());
     assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
 
@@ -249,7 +249,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
         .unwrap();
     let last = rb.len() - 1;
     rb[last] ^= 0x40;
-    let (tx, ev) = h.feed(Link::Group(0), device(2), &rb);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(2), &rb);
     assert!(tx.is_empty());
     assert_eq!(checked(&ev), vec![(false, CheckResult::BadSignature, true)]);
     assert_eq!(drops(&ev), vec![DropReason::ResponseCheckFailed]);
@@ -258,7 +258,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     let rp = dev_b
         .protect_response(&content, &mut bex, Mode::Pairwise, true)
         .unwrap();
-    let (tx, ev) = h.feed(Link::Group(0), device(2), &rp);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(2), &rp);
     assert_eq!(tx.len(), 1);
     assert_eq!(checked(&ev), vec![(false, CheckResult::Unverifiable, true)]);
     let _ = Duration::ZERO;
@@ -340,7 +340,7 @@ fn s12_2_rekeying_on_reload_is_atomic() {
     let r = dev_a1
         .protect_response(&content, &mut aex, Mode::Group, false)
         .unwrap();
-    let (tx, ev) = h.feed(Link::Group(0), device(1), &r);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(1), &r);
     assert_eq!(tx.len(), 1);
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
 }
@@ -364,6 +364,6 @@ fn draining_refuses_new_requests_and_finishes_old_ones() {
     );
     let fv = MessageView::parse(&fwd).unwrap();
     let answer = build::encode(NON, code::CONTENT, 3, fv.token(), &mut [], b"x");
-    let (tx, _) = h.feed(Link::Group(0), device(1), &answer);
+    let (tx, _) = h.feed(Link::Group(0, 0), device(1), &answer);
     assert_eq!(tx.len(), 1, "the exchange in flight still relays");
 }

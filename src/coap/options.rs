@@ -26,6 +26,35 @@ pub const ECHO: u16 = 252;
 pub const NO_RESPONSE: u16 = 258;
 pub const REQUEST_TAG: u16 = 292;
 
+/// Options groxy understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
+/// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones.
+pub const KNOWN: [u16; 24] = [
+    IF_MATCH,
+    URI_HOST,
+    ETAG,
+    IF_NONE_MATCH,
+    OBSERVE,
+    URI_PORT,
+    LOCATION_PATH,
+    OSCORE,
+    URI_PATH,
+    CONTENT_FORMAT,
+    MAX_AGE,
+    URI_QUERY,
+    HOP_LIMIT,
+    ACCEPT,
+    LOCATION_QUERY,
+    BLOCK2,
+    BLOCK1,
+    SIZE2,
+    PROXY_URI,
+    PROXY_SCHEME,
+    SIZE1,
+    ECHO,
+    NO_RESPONSE,
+    REQUEST_TAG,
+];
+
 /// Default numbers of the groupcomm-proxy options: IANA suggestions (§11.1), so the proxy
 /// configuration can change them.
 pub const MULTICAST_TIMEOUT_DEFAULT: u16 = 2;

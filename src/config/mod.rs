@@ -10,7 +10,9 @@ use serde::Deserialize;
 pub mod security;
 
 use crate::coap::uri::{Host, parse_proxy_uri};
-use crate::proxy::{GroupSpec, Limits, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy};
+use crate::proxy::{
+    GroupSpec, Limits, LocalNames, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy,
+};
 use crate::runtime::{Egress, Interface, RunConfig};
 
 /// The embedded default configuration: what `groxy run` uses without a file, and the
@@ -42,6 +44,9 @@ struct ProxySection {
     /// Where the proxy keeps its Sender Sequence Numbers (when it is a group member).
     #[serde(default)]
     state_dir: Option<String>,
+    /// Host names of the proxy itself: a request whose target names one is served here.
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 impl Default for ProxySection {
@@ -50,6 +55,7 @@ impl Default for ProxySection {
             listen: default_listen(),
             metrics: None,
             state_dir: None,
+            names: Vec::new(),
         }
     }
 }
@@ -99,6 +105,8 @@ struct LimitsSection {
     dedup_capacity: Option<usize>,
     late_memory: Option<usize>,
     max_retransmissions: Option<usize>,
+    egress_ports: Option<u16>,
+    max_destinations: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,12 +253,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         ("options.reply_from", o.reply_from),
         ("options.group_etag", o.group_etag),
     ] {
-        if [
-            1u16, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 20, 23, 27, 28, 35, 39, 60, 252,
-            258, 292,
-        ]
-        .contains(&n)
-        {
+        if crate::coap::options::KNOWN.contains(&n) {
             errors.push(format!("{key}: {n} is a registered CoAP option"));
         }
     }
@@ -268,7 +271,12 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         dedup_capacity: l.dedup_capacity.unwrap_or(d.dedup_capacity),
         late_memory: l.late_memory.unwrap_or(d.late_memory),
         max_retransmissions: l.max_retransmissions.unwrap_or(d.max_retransmissions),
+        egress_ports: l.egress_ports.unwrap_or(d.egress_ports),
+        max_destinations: l.max_destinations.unwrap_or(d.max_destinations),
     };
+    if !(1..=256).contains(&limits.egress_ports) {
+        errors.push("limits.egress_ports: must be 1..=256".into());
+    }
     for (key, v) in [
         ("limits.max_exchanges", limits.max_exchanges),
         (
@@ -277,6 +285,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         ),
         ("limits.max_clients", limits.max_clients),
         ("limits.dedup_capacity", limits.dedup_capacity),
+        ("limits.max_destinations", limits.max_destinations),
     ] {
         if v == 0 {
             errors.push(format!("{key}: must be at least 1"));
@@ -395,6 +404,17 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                 unicast,
                 options,
                 limits,
+                local: LocalNames {
+                    // The listeners' addresses are added by the driver once bound.
+                    listen: Vec::new(),
+                    host_addrs: Vec::new(),
+                    names: f
+                        .proxy
+                        .names
+                        .iter()
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect(),
+                },
             },
             listen,
             egress,

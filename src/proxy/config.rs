@@ -114,6 +114,14 @@ pub struct Limits {
     pub late_memory: usize,
     /// Confirmable messages awaiting an ACK (responses to CON clients, CON to origins).
     pub max_retransmissions: usize,
+    /// Source ports of each group's egress and of the unicast egress (per address
+    /// family). Each port has 65,536 Message IDs per lifetime toward one destination
+    /// (RFC 7252 §4.4); when every port's are live, requests get 5.03 with Max-Age.
+    pub egress_ports: u16,
+    /// Destinations whose Message IDs are remembered for their lifetime. At the bound a
+    /// message to a new destination is not sent (counted): an error reply to a NON
+    /// request may start a new one only while the table is less than half full.
+    pub max_destinations: usize,
 }
 
 impl Default for Limits {
@@ -128,6 +136,8 @@ impl Default for Limits {
             dedup_capacity: 65_536,
             late_memory: 16_384,
             max_retransmissions: 16_384,
+            egress_ports: 8,
+            max_destinations: 65_536,
         }
     }
 }
@@ -138,6 +148,34 @@ pub struct ProxyConfig {
     pub unicast: UnicastPolicy,
     pub options: OptionNumbers,
     pub limits: Limits,
+    /// Where the proxy itself is reached: a request whose target names one of these is
+    /// served locally, never forwarded to itself.
+    pub local: LocalNames,
+}
+
+/// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
+/// proxy's own resources is not proxied).
+#[derive(Debug, Clone, Default)]
+pub struct LocalNames {
+    /// The listeners' addresses; an unspecified address stands for every address below.
+    pub listen: Vec<SocketAddr>,
+    /// Addresses of this host's interfaces (what an unspecified listener is reached at).
+    pub host_addrs: Vec<std::net::IpAddr>,
+    /// Host names of the proxy, lowercased.
+    pub names: Vec<String>,
+}
+
+impl LocalNames {
+    /// Whether `ip:port` reaches one of the proxy's listeners.
+    pub fn is_local(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        self.listen.iter().any(|l| {
+            l.port() == port
+                && (l.ip() == ip
+                    || (l.ip().is_unspecified()
+                        && l.is_ipv4() == ip.is_ipv4()
+                        && (ip.is_loopback() || self.host_addrs.contains(&ip))))
+        })
+    }
 }
 
 impl Default for ProxyConfig {
@@ -162,6 +200,7 @@ impl Default for ProxyConfig {
             },
             options: OptionNumbers::default(),
             limits: Limits::default(),
+            local: LocalNames::default(),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum RejectReason {
     EchoChallenge,
     /// The proxy is draining before exit.
     ShuttingDown,
+    /// No Message ID is free toward the group, the origin or the client within its
+    /// lifetime (RFC 7252 §4.4), on any egress port: 5.03 with Max-Age.
+    MessageIdsExhausted,
 }
 
 impl RejectReason {
@@ -62,6 +65,7 @@ impl RejectReason {
             TooManyLayers => "too_many_layers",
             EchoChallenge => "echo_challenge",
             ShuttingDown => "shutting_down",
+            MessageIdsExhausted => "message_ids_exhausted",
         }
     }
 }
@@ -115,6 +119,16 @@ pub enum DropReason {
     ResponseCheckFailed,
     /// A verified response whose Partial IV this server already used in the exchange.
     ResponseReplay,
+    /// Every Message ID toward the destination is still live (RFC 7252 §4.4): the
+    /// message is not sent rather than reuse one.
+    MessageIdsExhausted,
+    /// The table of destinations' Message IDs is full: a message to a new destination
+    /// is not sent.
+    DestinationsFull,
+    /// An RST or Early Stop Request that does not match what it would end: no response
+    /// with that Message ID went to that client, or the stop lacks the protection of the
+    /// request it names.
+    UnmatchedStop,
 }
 
 impl DropReason {
@@ -132,6 +146,9 @@ impl DropReason {
             RequestCheckFailed => "request_check_failed",
             ResponseCheckFailed => "response_check_failed",
             ResponseReplay => "response_replay",
+            MessageIdsExhausted => "message_ids_exhausted",
+            DestinationsFull => "destinations_full",
+            UnmatchedStop => "unmatched_stop",
         }
     }
 }

@@ -4,11 +4,12 @@
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod mids;
 pub mod prefix;
 pub mod tables;
 
 pub use config::{
-    GroupSecurity, GroupSpec, Limits, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,
+    GroupSecurity, GroupSpec, Limits, LocalNames, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,
 };
 pub use engine::{Engine, Link, Output, Seed, Transmit};
 pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};

@@ -84,9 +84,13 @@ pub struct Proxy {
     sockets: Vec<(Link, UdpSocket)>,
     /// Per socket (same index), what is to go out of it at the end of the batch.
     queues: Vec<SendQueue>,
-    /// Indexes into `sockets` of the unicast egress per address family.
-    unicast_v4: usize,
-    unicast_v6: Option<usize>,
+    /// Index into `sockets` of the first group egress socket: group g's port p is at
+    /// `group_base + g * ports + p`.
+    group_base: usize,
+    ports: usize,
+    /// Indexes into `sockets` of the unicast egress per address family, by pool port.
+    unicast_v4: Vec<usize>,
+    unicast_v6: Vec<usize>,
     log: logs::EventLog,
     names: Vec<String>,
     observer: Option<EventObserver>,
@@ -98,7 +102,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds every socket; fails before serving anything if one cannot be had.
-    pub fn bind(cfg: RunConfig) -> io::Result<Self> {
+    pub fn bind(mut cfg: RunConfig) -> io::Result<Self> {
         if cfg.egress.len() != cfg.proxy.groups.len() {
             return Err(io::Error::other("one egress per group"));
         }
@@ -108,19 +112,37 @@ impl Proxy {
                 .map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             sockets.push((Link::Listener(i), s));
         }
+        // Each egress is a pool of source ports: every port has Message IDs of its own
+        // toward a destination (RFC 7252 §4.4), so the pool sets the sustained rate.
+        let ports = cfg.proxy.limits.egress_ports.max(1);
+        let group_base = sockets.len();
         for (i, (g, e)) in cfg.proxy.groups.iter().zip(&cfg.egress).enumerate() {
-            let s = sockets::group_egress(g.addr, &e.interface, e.hop_limit, e.bind)
-                .map_err(|err| io::Error::new(err.kind(), format!("group {}: {err}", g.name)))?;
-            sockets.push((Link::Group(i), s));
+            for p in 0..ports {
+                let s = sockets::group_egress(g.addr, &e.interface, e.hop_limit, e.bind).map_err(
+                    |err| io::Error::new(err.kind(), format!("group {}: {err}", g.name)),
+                )?;
+                sockets.push((Link::Group(i, p), s));
+            }
         }
-        let unicast_v4 = sockets.len();
-        sockets.push((Link::Unicast, sockets::unicast_egress(false)?));
-        // IPv6 may be absent on a host; unicast forwarding to IPv6 then fails per request.
-        let mut unicast_v6 = None;
-        if let Ok(s) = sockets::unicast_egress(true) {
-            unicast_v6 = Some(sockets.len());
-            sockets.push((Link::Unicast, s));
+        let (mut unicast_v4, mut unicast_v6) = (Vec::new(), Vec::new());
+        for p in 0..ports {
+            unicast_v4.push(sockets.len());
+            sockets.push((Link::Unicast(p), sockets::unicast_egress(false)?));
+            // IPv6 may be absent on a host; unicast forwarding to IPv6 then fails per
+            // request.
+            if let Ok(s) = sockets::unicast_egress(true) {
+                unicast_v6.push(sockets.len());
+                sockets.push((Link::Unicast(p), s));
+            }
         }
+        // Where the proxy itself is reached, so that a request naming it is not forwarded
+        // to itself.
+        cfg.proxy.local.listen = sockets
+            .iter()
+            .filter(|(l, _)| matches!(l, Link::Listener(_)))
+            .filter_map(|(_, s)| s.local_addr().ok())
+            .collect();
+        cfg.proxy.local.host_addrs = sockets::host_addrs();
         let queues = sockets.iter().map(|_| SendQueue::default()).collect();
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
@@ -130,6 +152,8 @@ impl Proxy {
                 .map_err(|e| io::Error::other(e.to_string()))?,
             sockets,
             queues,
+            group_base,
+            ports: ports as usize,
             unicast_v4,
             unicast_v6,
             log: logs::EventLog::default(),
@@ -159,7 +183,7 @@ impl Proxy {
     pub fn group_addr(&self, group: usize) -> Option<SocketAddr> {
         self.sockets
             .iter()
-            .find(|(l, _)| *l == Link::Group(group))
+            .find(|(l, _)| *l == Link::Group(group, 0))
             .and_then(|(_, s)| s.local_addr().ok())
     }
 
@@ -351,9 +375,10 @@ impl Proxy {
 
     fn socket_for(&self, link: Link, to: &SocketAddr) -> Option<usize> {
         match link {
-            Link::Unicast if to.is_ipv6() => self.unicast_v6,
-            Link::Unicast => Some(self.unicast_v4),
-            l => self.sockets.iter().position(|(x, _)| *x == l),
+            Link::Unicast(p) if to.is_ipv6() => self.unicast_v6.get(p as usize).copied(),
+            Link::Unicast(p) => self.unicast_v4.get(p as usize).copied(),
+            Link::Group(g, p) => Some(self.group_base + g * self.ports + p as usize),
+            Link::Listener(i) => Some(i),
         }
     }
 

@@ -21,6 +21,13 @@ pub(super) struct Outer {
     ex: Exchange,
 }
 
+impl Outer {
+    /// The member this layer authenticated: its group and Sender ID.
+    pub(super) fn identity(&self) -> (usize, &[u8]) {
+        (self.group, &self.ex.kid)
+    }
+}
+
 impl Engine {
     /// An OSCORE request with no proxy target outside is addressed to the proxy, if it
     /// is a member of any group.
@@ -201,6 +208,7 @@ impl Engine {
         &mut self,
         outer: &mut Outer,
         inner: &MessageView,
+        (listener, from): (usize, std::net::SocketAddr),
         con: bool,
         mid: u16,
     ) -> Result<(), Vec<u8>> {
@@ -233,7 +241,11 @@ impl Engine {
         let (t, m) = if con {
             (build::ACK, mid)
         } else {
-            (build::NON, self.mid())
+            let link = super::Link::Listener(listener);
+            (
+                build::NON,
+                self.mid_to(link, from, false, false).ok_or_else(Vec::new)?,
+            )
         };
         let reply = build::encode(
             t,

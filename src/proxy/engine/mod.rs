@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
 use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
+use super::mids::{MessageIds, MidError};
 use super::tables::{Bucket, Dedup, EXCHANGE_LIFETIME, NON_LIFETIME, Observed};
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
@@ -72,11 +73,29 @@ const MAX_SEEN_PER_EXCHANGE: usize = 64;
 pub enum Link {
     /// A client-facing listener, by index.
     Listener(usize),
-    /// The egress socket of a group, by index in the configuration; the devices'
-    /// responses arrive on it.
-    Group(usize),
-    /// The socket toward unicast origins (one per address family in the runtime).
-    Unicast,
+    /// An egress socket of a group: the group's index in the configuration and the
+    /// port's in its pool (`limits.egress_ports`); the devices' responses arrive on it.
+    Group(usize, u16),
+    /// A socket toward unicast origins, by port in the pool (one socket per address
+    /// family and port in the runtime).
+    Unicast(u16),
+}
+
+/// A destination of the proxy's messages: the socket they leave by and the peer. Message
+/// IDs are per destination (RFC 7252 §4.4).
+type Dest = (Link, SocketAddr);
+
+/// How the request of an exchange was protected: an Early Stop Request must come with
+/// the same (groupcomm-proxy §5.2.3), or anyone who can send from the client's address
+/// could end an authenticated client's exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requester {
+    /// Known by its address only.
+    Address,
+    /// Through the proxy's OSCORE layer of `group`, as member `kid`.
+    Layer { group: usize, kid: Vec<u8> },
+    /// A group-mode request the signature checker verified as from `kid`.
+    Signed { kid: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +147,12 @@ struct Exchange {
     seen_con: Vec<(SocketAddr, u16)>,
     /// Message ID of the CON request sent to a unicast origin.
     origin_mid: Option<u16>,
+    /// The socket the request left by (a group's or the unicast pool's port).
+    egress: Link,
+    requester: Requester,
+    /// Message IDs of the NON responses relayed to the client, the latest at most
+    /// MAX_SEEN_PER_EXCHANGE (an RST names one of them, §5.2.3).
+    relayed_non: VecDeque<u16>,
     /// The verified group-mode request, for checking its responses (§7.5). Boxed, as
     /// is `outer`: only secured exchanges have them, and the table stays compact.
     checked: Option<Box<CheckedRequest>>,
@@ -139,7 +164,6 @@ struct Exchange {
 
 #[derive(Debug)]
 struct Pending {
-    link: Link,
     bytes: Vec<u8>,
     attempts: u8,
     timeout: Duration,
@@ -151,7 +175,7 @@ struct Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Exchange(u64),
-    Retransmit(SocketAddr, u16),
+    Retransmit(Link, SocketAddr, u16),
     Sweep,
     /// The grace period of a group's previous key epoch ends.
     DropPrevious(usize),
@@ -214,35 +238,6 @@ impl Reject {
     }
 }
 
-/// Options the engine understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
-/// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones.
-const KNOWN_OPTIONS: [u16; 24] = [
-    opt::IF_MATCH,
-    opt::URI_HOST,
-    opt::ETAG,
-    opt::IF_NONE_MATCH,
-    opt::OBSERVE,
-    opt::URI_PORT,
-    opt::LOCATION_PATH,
-    opt::OSCORE,
-    opt::URI_PATH,
-    opt::CONTENT_FORMAT,
-    opt::MAX_AGE,
-    opt::URI_QUERY,
-    opt::HOP_LIMIT,
-    opt::ACCEPT,
-    opt::LOCATION_QUERY,
-    opt::BLOCK2,
-    opt::BLOCK1,
-    opt::SIZE2,
-    opt::PROXY_URI,
-    opt::PROXY_SCHEME,
-    opt::SIZE1,
-    opt::ECHO,
-    opt::NO_RESPONSE,
-    opt::REQUEST_TAG,
-];
-
 pub struct Engine {
     cfg: ProxyConfig,
     /// Per group, the signature checker with its replay windows (None: checking off).
@@ -262,10 +257,16 @@ pub struct Engine {
     by_client: HashMap<(SocketAddr, Token), u64>,
     clients: HashMap<IpAddr, Client>,
     dedup: Dedup,
-    pending: HashMap<(SocketAddr, u16), Pending>,
+    /// CON messages awaiting their ACK, by destination and Message ID.
+    pending: HashMap<(Link, SocketAddr, u16), Pending>,
+    /// NON responses relayed to clients, by destination and Message ID: the exchange an
+    /// RST to one of them ends.
+    relayed_non: HashMap<(Link, SocketAddr, u16), u64>,
+    mids: MessageIds<Dest>,
+    /// The time of the datagram or timer being handled (given by the caller).
+    now: Instant,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     tokens: tokens::TokenSpace,
-    next_mid: u16,
     /// Echo values, jitter: a CSPRNG seeded once by the driver (RFC 9175 §2).
     rng: ChaCha20Rng,
     out: VecDeque<Output>,
@@ -309,6 +310,7 @@ impl Engine {
             )
             .collect::<Result<Vec<_>, _>>()?;
         let reserving = vec![None; members.len()];
+        let cfg_limits_destinations = cfg.limits.max_destinations;
         let mut e = Engine {
             checkers,
             members,
@@ -321,9 +323,11 @@ impl Engine {
             by_client: HashMap::default(),
             clients: HashMap::default(),
             pending: HashMap::default(),
+            relayed_non: HashMap::default(),
+            mids: MessageIds::new(cfg_limits_destinations),
+            now,
             timers: BinaryHeap::new(),
             tokens: tokens::TokenSpace::new(token_key),
-            next_mid: rng.next_u64() as u16,
             rng,
             out: VecDeque::new(),
             spare: Vec::new(),
@@ -394,9 +398,62 @@ impl Engine {
         self.emit(Event::Dropped { reason, from });
     }
 
-    fn mid(&mut self) -> u16 {
-        self.next_mid = self.next_mid.wrapping_add(1);
-        self.next_mid
+    /// A Message ID toward `to` through `link` that no message toward it still live
+    /// has (RFC 7252 §4.4), or a counted drop. `priority`: the message belongs to an
+    /// admitted exchange (see [`MessageIds`]).
+    fn mid_to(&mut self, link: Link, to: SocketAddr, con: bool, priority: bool) -> Option<u16> {
+        let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
+        let rng = &mut self.rng;
+        match self
+            .mids
+            .allocate(self.now, (link, to), lifetime, priority, || {
+                rng.next_u64() as u16
+            }) {
+            Ok(mid) => Some(mid),
+            Err(e) => {
+                let reason = match e {
+                    MidError::Exhausted { .. } => DropReason::MessageIdsExhausted,
+                    MidError::TableFull => DropReason::DestinationsFull,
+                };
+                self.drop_msg(reason, to);
+                None
+            }
+        }
+    }
+
+    /// The first port of the pool (`port` makes its link) with a Message ID free toward
+    /// `to`; else a 5.03 with Max-Age until one is free again.
+    fn egress_port(&mut self, to: SocketAddr, port: impl Fn(u16) -> Link) -> Result<Link, Reject> {
+        let mut free_at: Option<Instant> = None;
+        for p in 0..self.cfg.limits.egress_ports.max(1) {
+            match self.mids.check(self.now, (port(p), to), true) {
+                Ok(()) => return Ok(port(p)),
+                Err(MidError::Exhausted { free_at: t }) => {
+                    free_at = Some(free_at.map_or(t, |f| f.min(t)));
+                }
+                Err(MidError::TableFull) => {}
+            }
+        }
+        Err(self.mids_exhausted(free_at))
+    }
+
+    /// Room toward the client for the responses of a new exchange.
+    fn client_room(&mut self, link: Link, client: SocketAddr) -> Result<(), Reject> {
+        match self.mids.check(self.now, (link, client), true) {
+            Ok(()) => Ok(()),
+            Err(MidError::Exhausted { free_at }) => Err(self.mids_exhausted(Some(free_at))),
+            Err(MidError::TableFull) => Err(self.mids_exhausted(None)),
+        }
+    }
+
+    fn mids_exhausted(&self, free_at: Option<Instant>) -> Reject {
+        let wait = free_at.map_or(SWEEP, |t| t.saturating_duration_since(self.now));
+        Reject::new(
+            code::SERVICE_UNAVAILABLE,
+            RejectReason::MessageIdsExhausted,
+            "no Message ID free toward the destination",
+        )
+        .max_age(wait)
     }
 
     /// A token of the proxy's, never used before (see [`tokens`]).
@@ -412,6 +469,7 @@ impl Engine {
 
     /// A datagram arrived on `link` from `from`.
     pub fn handle(&mut self, now: Instant, link: Link, from: SocketAddr, datagram: &[u8]) {
+        self.now = now;
         if datagram.len() > self.cfg.limits.max_datagram {
             return self.drop_msg(DropReason::TooLarge, from);
         }
@@ -428,7 +486,7 @@ impl Engine {
         };
         match link {
             Link::Listener(i) => self.on_client_datagram(now, i, from, &view),
-            Link::Group(_) | Link::Unicast => self.on_origin_datagram(now, link, from, &view),
+            Link::Group(..) | Link::Unicast(_) => self.on_origin_datagram(now, link, from, &view),
         }
     }
 
@@ -441,7 +499,7 @@ impl Engine {
     ) {
         let mtype = view.mtype();
         if mtype == ACK || mtype == RST {
-            return self.client_ack_or_reset(from, view);
+            return self.client_ack_or_reset(Link::Listener(listener), from, view);
         }
         if view.code() == code::EMPTY {
             // A CON ping is answered with an RST (RFC 7252 §4.3).
@@ -483,7 +541,7 @@ impl Engine {
                             // RFC 10021 §9: after lost state, freshness first (Echo).
                             if let Some(o) = outer.as_mut()
                                 && let Err(challenge) =
-                                    self.check_freshness(o, &inner_view, con, mid)
+                                    self.check_freshness(o, &inner_view, (listener, from), con, mid)
                             {
                                 self.dedup.set_reply(from, mid, challenge.clone());
                                 return self.send(Link::Listener(listener), from, challenge);
@@ -495,7 +553,10 @@ impl Engine {
                 }
                 Err(r) => {
                     // Not protected: no layer was removed to protect it with (RFC 8613 §8.2).
-                    let reply = self.error_reply(from, con, mid, view.token(), r);
+                    let Some(reply) = self.error_reply(listener, from, con, mid, view.token(), r)
+                    else {
+                        return;
+                    };
                     if con {
                         self.dedup.set_reply(from, mid, reply.clone());
                     }
@@ -507,7 +568,14 @@ impl Engine {
         };
         let reply = match self.request(now, listener, from, view, &mut outer) {
             Ok(Some(local)) => {
-                let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
+                let (t, m) = if con {
+                    (ACK, mid)
+                } else {
+                    match self.mid_to(Link::Listener(listener), from, false, false) {
+                        Some(m) => (NON, m),
+                        None => return,
+                    }
+                };
                 let mut opts: Vec<(u16, &[u8])> = local
                     .options
                     .iter()
@@ -529,7 +597,7 @@ impl Engine {
             // of the check; a NON gets nothing, as servers send no error responses to
             // group requests either (RFC 10021 §7, RFC 10020 §3.1.2).
             Err(r) if r.code == 0 => con.then(|| build::empty(ACK, mid)),
-            Err(r) => Some(self.error_reply(from, con, mid, view.token(), r)),
+            Err(r) => self.error_reply(listener, from, con, mid, view.token(), r),
         };
         // Whatever answers a request that came through the proxy's own layer goes back
         // through it (oscore-capable-proxies §2.5); an empty ACK is not a response.
@@ -548,13 +616,22 @@ impl Engine {
         }
     }
 
-    fn client_ack_or_reset(&mut self, from: SocketAddr, view: &MessageView) {
-        let Some(p) = self.pending.remove(&(from, view.message_id())) else {
-            return self.drop_msg(DropReason::UnexpectedMessage, from);
+    /// An ACK or RST from a client: it must name the Message ID of a message the proxy
+    /// sent to that very client on that listener.
+    fn client_ack_or_reset(&mut self, link: Link, from: SocketAddr, view: &MessageView) {
+        let key = (link, from, view.message_id());
+        let exchange = match self.pending.remove(&key) {
+            Some(p) => p.exchange,
+            // An RST to a NON response (RFC 7252 §4.3) also tells lost interest.
+            None if view.mtype() == RST => match self.relayed_non.get(&key) {
+                Some(&t) => Some(t),
+                None => return self.drop_msg(DropReason::UnmatchedStop, from),
+            },
+            None => return self.drop_msg(DropReason::UnexpectedMessage, from),
         };
         // An RST to a relayed response means the client lost interest (§5.2.3).
         if view.mtype() == RST
-            && let Some(t) = p.exchange
+            && let Some(t) = exchange
         {
             self.close(t, CloseReason::EarlyStopReset);
         }
@@ -607,8 +684,17 @@ impl Engine {
                 )
             });
             if let (true, Some(&t)) = (no_uri, self.by_client.get(&key)) {
-                self.close(t, CloseReason::EarlyStopRequest);
-                return Ok(None);
+                // Only with the protection of the request it stops (§5.2.3).
+                if self.stop_matches(t, view, outer) {
+                    self.close(t, CloseReason::EarlyStopRequest);
+                    return Ok(None);
+                }
+                self.drop_msg(DropReason::UnmatchedStop, from);
+                return Err(Reject::new(
+                    code::UNAUTHORIZED,
+                    RejectReason::NotAllowed,
+                    "early stop without the protection of the request",
+                ));
             }
         }
         if self.draining {
@@ -620,7 +706,7 @@ impl Engine {
             .max_age(Duration::from_secs(30)));
         }
         for (n, _) in view.options() {
-            if KNOWN_OPTIONS.contains(&n) || self.cfg.options.as_array().contains(&n) {
+            if self.knows_option(n) {
                 continue;
             }
             // RFC 7252 §5.4.1 and §5.7.1: unknown critical options, and unknown unsafe
@@ -641,21 +727,7 @@ impl Engine {
             }
         }
         let Some(target) = target else {
-            return match outer {
-                // §2.1: one layer is what this proxy removes; another one is too many.
-                Some(_) if view.option(opt::OSCORE).is_some() => Err(Reject::new(
-                    code::UNAUTHORIZED,
-                    RejectReason::TooManyLayers,
-                    "more OSCORE layers than this proxy removes",
-                )),
-                // Its own resources are served to authenticated members only.
-                Some(o) => Ok(Some(self.local_resource(o, view))),
-                None => Err(Reject::new(
-                    code::NOT_FOUND,
-                    RejectReason::NotForProxy,
-                    "this proxy serves its resources over OSCORE only",
-                )),
-            };
+            return self.local_request(view, outer);
         };
         if target.scheme != "coap" {
             return Err(Reject::new(
@@ -663,6 +735,10 @@ impl Engine {
                 RejectReason::SchemeNotSupported,
                 "only coap:// is proxied",
             ));
+        }
+        // A target that names the proxy itself is served here, never sent to itself.
+        if self.names_proxy(&target) {
+            return self.local_request(view, outer);
         }
         let group = match &target.host {
             Host::Ip(ip) if ip.is_multicast() => match self.group_by_addr(*ip, target.port) {
@@ -716,6 +792,60 @@ impl Engine {
             None => self
                 .forward_unicast(now, listener, from, view, target, hop_limit, outer)
                 .map(|()| None),
+        }
+    }
+
+    /// A request for the proxy itself: its own resources, served to authenticated
+    /// members only.
+    fn local_request(
+        &mut self,
+        view: &MessageView,
+        outer: &mut Option<Outer>,
+    ) -> Result<Option<Local>, Reject> {
+        match outer {
+            // §2.1: one layer is what this proxy removes; another one is too many.
+            Some(_) if view.option(opt::OSCORE).is_some() => Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::TooManyLayers,
+                "more OSCORE layers than this proxy removes",
+            )),
+            Some(o) => Ok(Some(self.local_resource(o, view))),
+            None => Err(Reject::new(
+                code::NOT_FOUND,
+                RejectReason::NotForProxy,
+                "this proxy serves its resources over OSCORE only",
+            )),
+        }
+    }
+
+    /// Whether a proxy target names the proxy itself: one of its host names, or an
+    /// address and port its listeners are reached at.
+    fn names_proxy(&self, target: &Target<'_>) -> bool {
+        let local = &self.cfg.local;
+        match &target.host {
+            Host::Name(n) => local.names.iter().any(|m| m == n),
+            Host::Ip(ip) => local.is_local(*ip, target.port.unwrap_or(5683)),
+        }
+    }
+
+    /// Whether an Early Stop Request carries the protection of the request of exchange
+    /// `t`: the same member through the proxy's layer, or a group-mode request verified
+    /// as from the same kid, or neither where the request had neither.
+    fn stop_matches(&mut self, t: u64, view: &MessageView, outer: &Option<Outer>) -> bool {
+        let Some(ex) = self.exchanges.get(&t) else {
+            return false;
+        };
+        let (requester, group) = (ex.requester.clone(), ex.kind.group());
+        let layer = outer.as_ref().map(|o| o.identity());
+        match requester {
+            Requester::Address => layer.is_none() && view.option(opt::OSCORE).is_none(),
+            Requester::Layer { group, kid } => layer == Some((group, kid.as_slice())),
+            Requester::Signed { kid } => {
+                layer.is_none()
+                    && group.is_some_and(
+                        |g| matches!(self.check_request(g, view), Ok(Some(c)) if c.kid == kid),
+                    )
+            }
         }
     }
 
@@ -877,6 +1007,15 @@ impl Engine {
             })?;
         let timeout = asked.min(spec.max_timeout);
         let dest = spec.addr;
+        // Message IDs toward the group on some egress port, and toward the client for its
+        // responses (RFC 7252 §4.4), before anything is spent on the request.
+        let egress = self
+            .egress_port(dest, |p| Link::Group(g, p))
+            .map_err(|r| r.group(g))?;
+        if !timeout.is_zero() {
+            self.client_room(Link::Listener(listener), from)
+                .map_err(|r| r.group(g))?;
+        }
         // Every request that causes a multicast passes the limits, T' = 0 too: it relays
         // nothing but makes every device answer (groupcomm-proxy §10).
         self.admit(now, from.ip(), Some(g))?;
@@ -893,10 +1032,12 @@ impl Engine {
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
         let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
-        let mid = self.mid();
+        let mid = self
+            .mid_to(egress, dest, false, true)
+            .expect("egress_port found room");
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
         let bytes = self.encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
-        self.send(Link::Group(g), dest, bytes);
+        self.send(egress, dest, bytes);
         self.emit(Event::FanOut {
             group: g,
             timeout,
@@ -904,6 +1045,7 @@ impl Engine {
         });
         // §5.2.1 step 6: with T' = 0 every response is ignored, so nothing is kept.
         if !timeout.is_zero() {
+            let requester = requester(outer, checked.as_ref());
             self.open(
                 now,
                 Kind::Group(g),
@@ -912,7 +1054,8 @@ impl Engine {
                 view,
                 token,
                 timeout,
-                None,
+                (egress, None),
+                requester,
             );
             if let Some(ex) = self.exchanges.get_mut(&token) {
                 ex.checked = checked.map(Box::new);
@@ -952,15 +1095,19 @@ impl Engine {
             ));
         }
         let timeout = u.timeout;
-        self.admit(now, from.ip(), None)?;
         let origin = SocketAddr::new(ip, target.port.unwrap_or(5683));
+        let egress = self.egress_port(origin, Link::Unicast)?;
+        self.client_room(Link::Listener(listener), from)?;
+        self.admit(now, from.ip(), None)?;
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);
         let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
-        let mid = self.mid();
+        let mid = self
+            .mid_to(egress, origin, con, true)
+            .expect("egress_port found room");
         let bytes = self.encode(
             if con { CON } else { NON },
             view.code(),
@@ -970,10 +1117,11 @@ impl Engine {
             view.payload(),
         );
         if con {
-            self.track(now, Link::Unicast, origin, mid, bytes.clone(), None);
+            self.track(now, egress, origin, mid, bytes.clone(), None);
         }
-        self.send(Link::Unicast, origin, bytes);
+        self.send(egress, origin, bytes);
         self.emit(Event::UnicastForward);
+        let requester = requester(outer, None);
         self.open(
             now,
             Kind::Unicast(origin),
@@ -982,7 +1130,8 @@ impl Engine {
             view,
             token,
             timeout,
-            con.then_some(mid),
+            (egress, con.then_some(mid)),
+            requester,
         );
         if let Some(ex) = self.exchanges.get_mut(&token) {
             ex.outer = outer.take().map(Box::new);
@@ -1000,7 +1149,8 @@ impl Engine {
         view: &MessageView,
         token: u64,
         timeout: Duration,
-        origin_mid: Option<u16>,
+        (egress, origin_mid): (Link, Option<u16>),
+        requester: Requester,
     ) {
         let deadline = now + timeout;
         let client_token = client_token(view);
@@ -1017,6 +1167,9 @@ impl Engine {
                 responses: 0,
                 seen_con: Vec::new(),
                 origin_mid,
+                egress,
+                requester,
+                relayed_non: VecDeque::new(),
                 checked: None,
                 response_numbers: ResponseNumbers::default(),
                 outer: None,
@@ -1039,7 +1192,11 @@ impl Engine {
             c.active = c.active.saturating_sub(1);
         }
         if let (Kind::Unicast(origin), Some(mid)) = (ex.kind, ex.origin_mid) {
-            self.pending.remove(&(origin, mid));
+            self.pending.remove(&(ex.egress, origin, mid));
+        }
+        let to_client = Link::Listener(ex.listener);
+        for mid in ex.relayed_non {
+            self.relayed_non.remove(&(to_client, ex.client, mid));
         }
         self.emit(Event::Closed {
             group: ex.kind.group(),
@@ -1049,15 +1206,16 @@ impl Engine {
     }
 
     /// The error response to a request: piggybacked in the ACK of a CON, a NON for a NON
-    /// (RFC 7252 §5.2); counted.
+    /// (RFC 7252 §5.2); counted. None: no Message ID could be had for the NON (counted).
     fn error_reply(
         &mut self,
+        listener: usize,
         client: SocketAddr,
         con: bool,
         mid: u16,
         token: &[u8],
         r: Reject,
-    ) -> Vec<u8> {
+    ) -> Option<Vec<u8>> {
         self.emit(Event::Rejected {
             group: r.group,
             reason: r.reason,
@@ -1066,20 +1224,69 @@ impl Engine {
         });
         let mut opts: Vec<(u16, &[u8])> =
             r.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-        let (t, m) = if con { (ACK, mid) } else { (NON, self.mid()) };
-        build::encode(t, r.code, m, token, &mut opts, r.diagnostic.as_bytes())
+        let (t, m) = if con {
+            (ACK, mid)
+        } else {
+            (
+                NON,
+                self.mid_to(Link::Listener(listener), client, false, false)?,
+            )
+        };
+        Some(build::encode(
+            t,
+            r.code,
+            m,
+            token,
+            &mut opts,
+            r.diagnostic.as_bytes(),
+        ))
     }
 
     /// A separate error response to the client of an exchange (as NON: the client's CON
-    /// was acknowledged already).
+    /// was acknowledged already), under the client's OSCORE layer if its request came
+    /// through one (oscore-capable-proxies §2.5: every response, errors too).
     fn reply_error(&mut self, token: u64, c: u8, diagnostic: &str) {
-        let Some(ex) = self.exchanges.get(&token) else {
+        let Some(ex) = self.exchanges.get_mut(&token) else {
             return;
         };
         let (client, listener, tok) = (ex.client, ex.listener, ex.client_token);
-        let mid = self.mid();
-        let bytes = build::encode(NON, c, mid, tok.as_slice(), &mut [], diagnostic.as_bytes());
-        self.send(Link::Listener(listener), client, bytes);
+        let mut outer = ex.outer.take();
+        let link = Link::Listener(listener);
+        let Some(mid) = self.mid_to(link, client, false, true) else {
+            return;
+        };
+        let mut bytes = build::encode(NON, c, mid, tok.as_slice(), &mut [], diagnostic.as_bytes());
+        if let Some(o) = outer.as_mut() {
+            match self.protect_for_client(o, &bytes) {
+                Some(p) => bytes = p,
+                None => return self.drop_msg(DropReason::Malformed, client),
+            }
+        }
+        if let Some(ex) = self.exchanges.get_mut(&token) {
+            ex.outer = outer;
+        }
+        self.send(link, client, bytes);
+    }
+
+    /// Whether the proxy knows option `n` (RFC 7252 §5.4.1; oscore-capable-proxies §2.2:
+    /// an option it protects it must recognise).
+    fn knows_option(&self, n: u16) -> bool {
+        opt::KNOWN.contains(&n) || self.cfg.options.as_array().contains(&n)
+    }
+}
+
+/// Who the request of an exchange came from, as far as it was authenticated.
+fn requester(outer: &Option<Outer>, checked: Option<&CheckedRequest>) -> Requester {
+    match (outer, checked) {
+        (Some(o), _) => {
+            let (group, kid) = o.identity();
+            Requester::Layer {
+                group,
+                kid: kid.to_vec(),
+            }
+        }
+        (None, Some(c)) => Requester::Signed { kid: c.kid.clone() },
+        (None, None) => Requester::Address,
     }
 }
 

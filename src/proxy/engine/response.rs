@@ -15,9 +15,13 @@ impl Engine {
         let mtype = view.mtype();
         if view.code() == code::EMPTY {
             // An ACK or RST for our CON request to a unicast origin.
-            if self.pending.remove(&(from, view.message_id())).is_some() {
+            if self
+                .pending
+                .remove(&(link, from, view.message_id()))
+                .is_some()
+            {
                 if mtype == RST {
-                    self.origin_reset(from, view.message_id());
+                    self.origin_reset(link, from, view.message_id());
                 }
                 return;
             }
@@ -34,7 +38,7 @@ impl Engine {
             return self.drop_msg(DropReason::UnexpectedMessage, from);
         }
         if mtype == ACK {
-            self.pending.remove(&(from, view.message_id()));
+            self.pending.remove(&(link, from, view.message_id()));
         }
         let token = match <[u8; 8]>::try_from(view.token()) {
             Ok(t) => u64::from_be_bytes(t),
@@ -44,8 +48,8 @@ impl Engine {
             .exchanges
             .get(&token)
             .is_some_and(|ex| match (ex.kind, link) {
-                (Kind::Group(g), Link::Group(l)) => g == l,
-                (Kind::Unicast(origin), Link::Unicast) => origin == from,
+                (Kind::Group(g), Link::Group(l, _)) => g == l,
+                (Kind::Unicast(origin), Link::Unicast(_)) => origin == from,
                 _ => false,
             });
         if !matches {
@@ -86,11 +90,17 @@ impl Engine {
     /// Reply-From naming the origin server.
     pub(super) fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
         let reply_from_no = self.cfg.options.reply_from;
-        let mid = self.mid();
-        let ex = self.exchanges.get_mut(&token).expect("caller checked");
-        ex.responses += 1;
+        let ex = self.exchanges.get(&token).expect("caller checked");
         let (kind, client, listener, con, started) =
             (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
+        // A CON client gets CON responses while the retransmission table has room.
+        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
+        let to_client = Link::Listener(listener);
+        let Some(mid) = self.mid_to(to_client, client, con, true) else {
+            return;
+        };
+        let ex = self.exchanges.get_mut(&token).expect("caller checked");
+        ex.responses += 1;
         let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
         let mut opts: Options = view
             .options()
@@ -101,17 +111,30 @@ impl Engine {
         }
         let client_token = ex.client_token;
         let mut outer = ex.outer.take();
-        // A CON client gets CON responses while the retransmission table has room.
-        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
         let t = if con { CON } else { NON };
-        let mut bytes = self.encode(
-            t,
-            view.code(),
-            mid,
-            client_token.as_slice(),
-            &mut opts,
-            view.payload(),
-        );
+        // oscore-capable-proxies §2.2: a response the proxy protects must carry only
+        // options it recognises; otherwise the client gets 5.02 (Bad Gateway) instead.
+        let unknown = outer.is_some() && opts.iter().any(|(n, _)| !self.knows_option(*n));
+        let mut bytes = if unknown {
+            let diagnostic = b"response carried an option the proxy does not recognise";
+            build::encode(
+                t,
+                code::BAD_GATEWAY,
+                mid,
+                client_token.as_slice(),
+                &mut [],
+                diagnostic,
+            )
+        } else {
+            self.encode(
+                t,
+                view.code(),
+                mid,
+                client_token.as_slice(),
+                &mut opts,
+                view.payload(),
+            )
+        };
         if let Some(o) = outer.as_mut() {
             match self.protect_for_client(o, &bytes) {
                 Some(p) => bytes = p,
@@ -127,16 +150,18 @@ impl Engine {
             ex.outer = outer;
         }
         if con {
-            self.track(
-                now,
-                Link::Listener(listener),
-                client,
-                mid,
-                bytes.clone(),
-                Some(token),
-            );
+            self.track(now, to_client, client, mid, bytes.clone(), Some(token));
+        } else if let Some(ex) = self.exchanges.get_mut(&token) {
+            // Remembered so that an RST to it ends the exchange (§5.2.3).
+            if ex.relayed_non.len() >= MAX_SEEN_PER_EXCHANGE
+                && let Some(old) = ex.relayed_non.pop_front()
+            {
+                self.relayed_non.remove(&(to_client, client, old));
+            }
+            ex.relayed_non.push_back(mid);
+            self.relayed_non.insert((to_client, client, mid), token);
         }
-        self.send(Link::Listener(listener), client, bytes);
+        self.send(to_client, client, bytes);
         self.emit(Event::Relayed {
             group: kind.group(),
             after: now.saturating_duration_since(started),
@@ -146,11 +171,13 @@ impl Engine {
         }
     }
 
-    pub(super) fn origin_reset(&mut self, origin: SocketAddr, mid: u16) {
+    pub(super) fn origin_reset(&mut self, link: Link, origin: SocketAddr, mid: u16) {
         let token = self
             .exchanges
             .iter()
-            .find(|(_, ex)| ex.kind == Kind::Unicast(origin) && ex.origin_mid == Some(mid))
+            .find(|(_, ex)| {
+                ex.kind == Kind::Unicast(origin) && ex.egress == link && ex.origin_mid == Some(mid)
+            })
             .map(|(t, _)| *t);
         if let Some(t) = token {
             self.reply_error(t, code::BAD_GATEWAY, "origin reset the request");

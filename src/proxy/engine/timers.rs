@@ -14,16 +14,19 @@ impl Engine {
             let (exchanges, pending) = (&self.exchanges, &self.pending);
             self.timers.retain(|Reverse((at, t))| match t {
                 Timer::Exchange(tok) => exchanges.get(tok).is_some_and(|e| e.deadline == *at),
-                Timer::Retransmit(to, mid) => {
-                    pending.get(&(*to, *mid)).is_some_and(|p| p.next == *at)
-                }
+                Timer::Retransmit(link, to, mid) => pending
+                    .get(&(*link, *to, *mid))
+                    .is_some_and(|p| p.next == *at),
                 Timer::Sweep | Timer::DropPrevious(_) => true,
             });
         }
     }
 
     /// Registers a CON for retransmission (RFC 7252 §4.2). At the table's bound the
-    /// message is sent once without retransmission.
+    /// message is sent once without retransmission. A live entry is never replaced:
+    /// Message IDs are not reused toward a destination within their lifetime (see
+    /// [`super::MessageIds`]), so a clash would be a bug, and the earlier message keeps
+    /// its retransmissions.
     pub(super) fn track(
         &mut self,
         now: Instant,
@@ -38,23 +41,28 @@ impl Engine {
         }
         let timeout = self.jitter();
         let next = now + timeout;
-        self.pending.insert(
-            (to, mid),
-            Pending {
-                link,
-                bytes,
-                attempts: 0,
-                timeout,
-                next,
-                exchange,
-            },
-        );
-        self.push_timer(next, Timer::Retransmit(to, mid));
+        match self.pending.entry((link, to, mid)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                debug_assert!(false, "Message ID {mid} toward {to} reused while pending");
+                return false;
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Pending {
+                    bytes,
+                    attempts: 0,
+                    timeout,
+                    next,
+                    exchange,
+                });
+            }
+        }
+        self.push_timer(next, Timer::Retransmit(link, to, mid));
         true
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         while let Some(&Reverse((at, timer))) = self.timers.peek() {
             if at > now {
                 break;
@@ -79,28 +87,29 @@ impl Engine {
                         }
                     }
                 }
-                Timer::Retransmit(to, mid) => {
-                    let Some(p) = self.pending.get_mut(&(to, mid)) else {
+                Timer::Retransmit(link, to, mid) => {
+                    let Some(p) = self.pending.get_mut(&(link, to, mid)) else {
                         continue;
                     };
                     if p.next > now {
                         continue;
                     }
                     if p.attempts >= MAX_RETRANSMIT {
-                        self.pending.remove(&(to, mid));
+                        self.pending.remove(&(link, to, mid));
                         self.drop_msg(DropReason::GaveUpRetransmitting, to);
                         continue;
                     }
                     p.attempts += 1;
                     p.timeout *= 2;
                     p.next = now + p.timeout;
-                    let (link, bytes, next) = (p.link, p.bytes.clone(), p.next);
-                    self.push_timer(next, Timer::Retransmit(to, mid));
+                    let (bytes, next) = (p.bytes.clone(), p.next);
+                    self.push_timer(next, Timer::Retransmit(link, to, mid));
                     self.send(link, to, bytes);
                 }
                 Timer::DropPrevious(g) => self.drop_previous_epoch(g),
                 Timer::Sweep => {
                     self.dedup.expire(now);
+                    self.mids.expire(now);
                     let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
                     self.clients
                         .retain(|_, c| c.active > 0 || !c.bucket.is_full(rate, burst, now));
