@@ -12,7 +12,8 @@ use common::Group;
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
-use groxy::oscore::{Exchange, Mode, SecurityContext};
+use groxy::oscore::option::OscoreOption;
+use groxy::oscore::{Exchange, GroupMember, Mode, SecurityContext};
 use groxy::proxy::{
     CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, Transmit,
 };
@@ -366,4 +367,101 @@ fn draining_refuses_new_requests_and_finishes_old_ones() {
     let answer = build::encode(NON, code::CONTENT, 3, fv.token(), &mut [], b"x");
     let (tx, _) = h.feed(Link::Group(0), device(1), &answer);
     assert_eq!(tx.len(), 1, "the exchange in flight still relays");
+}
+
+/// The next key epoch of `g` (RFC 10021 §12.2): new Gid and Master Secret, the next Key
+/// Generation Number, the same members and Group Manager with their keys.
+fn next_epoch(g: &Group) -> Group {
+    let mut n = Group::new(&[]);
+    n.key_generation = g.key_generation + 1;
+    n.master_salt = g.master_salt.clone();
+    let copy = |m: &common::Member| common::Member {
+        id: m.id.clone(),
+        key: m.key.clone(),
+        cred: m.cred.clone(),
+    };
+    n.gm = copy(&g.gm);
+    n.members = g.members.iter().map(copy).collect();
+    n
+}
+
+/// One group checked under `policy`, with these checker settings.
+fn checked_config(g: &Group, policy: Policy, allow_kids: Option<Vec<Vec<u8>>>) -> ProxyConfig {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy,
+        checker: g.checker_config(),
+        member: None,
+        allow_kids,
+    });
+    cfg
+}
+
+/// Response Numbers across a rekey (RFC 10021 §5.3.1: per server and Security Context;
+/// §7.3: after a context change a server's responses carry the new Gid and a Partial IV
+/// of the new context). A server answers under the old epoch with Partial IV 0, is
+/// rekeyed mid-exchange, and answers under the new Gid with Partial IV 0 again: both are
+/// relayed once; a replay of either is dropped and counted.
+#[test]
+fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
+    let g1 = Group::new(&[CLIENT, DEV_A]);
+    let g2 = next_epoch(&g1);
+    let mut h = H::new(&g1, Policy::Enforce);
+    let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
+    let mut dev_a = GroupMember::new(SecurityContext::new(&g1.config(DEV_A)).unwrap());
+    let (req, _) = protect(&mut c1, Mode::Group);
+    let (tx, _) = h.proxied(&req, NON);
+    let fwd = multicast(&tx).unwrap().bytes.clone();
+    let (_, mut aex) = dev_a.unprotect_request(&fwd).unwrap();
+    let fv = MessageView::parse(&fwd).unwrap();
+    let content = build::encode(NON, code::CONTENT, 9, fv.token(), &mut [], b"ok");
+
+    // Old epoch, the server's own Partial IV 0.
+    let old = dev_a
+        .protect_response(&content, &mut aex, Mode::Group, true)
+        .unwrap();
+    let old_o = OscoreOption::parse(
+        MessageView::parse(&old)
+            .unwrap()
+            .option(opt::OSCORE)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((old_o.piv, old_o.kid_context), (Some(&[0u8][..]), None));
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &old);
+    assert_eq!(tx.len(), 1, "the old-epoch response is relayed");
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+
+    // The proxy and the server are rekeyed while the exchange runs.
+    h.e.reconfigure(h.now, checked_config(&g2, Policy::Enforce, None))
+        .unwrap();
+    dev_a
+        .rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
+        .unwrap();
+    let new = dev_a
+        .protect_response(&content, &mut aex, Mode::Group, false)
+        .unwrap();
+    let new_o = OscoreOption::parse(
+        MessageView::parse(&new)
+            .unwrap()
+            .option(opt::OSCORE)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (new_o.piv, new_o.kid_context),
+        (Some(&[0u8][..]), Some(g2.gid.as_slice())),
+        "the same Partial IV, under the new Gid (§7.3)"
+    );
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &new);
+    assert_eq!(tx.len(), 1, "the new-epoch response is relayed");
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+
+    // A replay of either is dropped and counted.
+    for replay in [&old, &new] {
+        let (tx, ev) = h.feed(Link::Group(0), device(1), replay);
+        assert!(tx.is_empty());
+        assert_eq!(checked(&ev), vec![(false, CheckResult::Replay, true)]);
+        assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
+    }
 }

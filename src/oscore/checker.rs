@@ -72,11 +72,15 @@ pub enum Verdict<T> {
     Unverifiable,
 }
 
-/// A checked response: the server and its Partial IV, if it had one.
+/// A checked response: the server, its Partial IV if it had one, and the Gid of the
+/// Security Context that protected it (the one the response names, else the request's):
+/// after a rekey a server's responses come under the new Gid with Partial IVs of the new
+/// context (§7.3), so their Response Numbers are kept per that Gid (§5.3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedResponse {
     pub kid: Vec<u8>,
     pub piv: Option<u64>,
+    pub gid: Vec<u8>,
 }
 
 impl SignatureChecker {
@@ -285,6 +289,7 @@ impl SignatureChecker {
         Ok(Verdict::Verified(CheckedResponse {
             kid: kid.to_vec(),
             piv: o.piv.map(piv_value),
+            gid: gid.to_vec(),
         }))
     }
 }

@@ -43,7 +43,8 @@ impl Engine {
 
     /// The response filter: group-mode responses to a verified request are verified with
     /// the request's Partial IV and kid context (§7.5) and pass the Response Numbers of
-    /// their server (§5.3.1); pairwise-mode ones cannot be checked and are relayed.
+    /// their server under the context that protected them (§5.3.1); pairwise-mode ones
+    /// cannot be checked and are relayed.
     pub(super) fn check_response(
         &mut self,
         token: u64,
@@ -62,12 +63,11 @@ impl Engine {
         let (result, drop) = match verdict {
             Ok(Verdict::Verified(r)) => {
                 let ex = self.exchanges.get_mut(&token).expect("looked up above");
-                let gid = ex
-                    .checked
-                    .as_ref()
-                    .map(|c| c.kid_context.clone())
-                    .unwrap_or_default();
-                match ex.response_numbers.accept(&gid, &r.kid, r.piv) {
+                // Per server and Security Context that protected the response (§5.3.1):
+                // the Gid the response names, not the request's, so that a server's
+                // new-epoch Partial IVs (§7.3) are neither taken for replays of its
+                // old-epoch ones nor let those replays through.
+                match ex.response_numbers.accept(&r.gid, &r.kid, r.piv) {
                     Ok(()) => (CheckResult::Valid, None),
                     Err(_) => (CheckResult::Replay, Some(DropReason::ResponseReplay)),
                 }
