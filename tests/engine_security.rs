@@ -465,3 +465,65 @@ fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
         assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
     }
 }
+
+/// A reload is all or nothing across groups (RFC 10021 §12.2: rekeying needs a new Gid
+/// and a higher Key Generation Number). The first group's rekey is valid; the second is
+/// a member-only group (policy off, no checker) whose new Gid comes without a higher Key
+/// Generation Number, which only its membership can refuse. The reload fails and the
+/// first group is unchanged: requests under its old Gid still pass, under the new one
+/// are refused. With the second group fixed, the same reload applies.
+#[test]
+fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
+    const PROXY: &[u8] = &[0x50];
+    let g1 = Group::new(&[CLIENT, DEV_A]);
+    let g2 = next_epoch(&g1);
+    let m1 = Group::new(&[PROXY, DEV_A]);
+    let mut m2 = next_epoch(&m1);
+    let two = |checked: &Group, member: &Group| {
+        let mut cfg = checked_config(checked, Policy::Enforce, None);
+        let mut second = cfg.groups[0].clone();
+        second.name = "second".into();
+        second.addr = "224.0.1.188:5683".parse().unwrap();
+        second.security = Some(GroupSecurity {
+            policy: Policy::Off,
+            checker: member.checker_config(),
+            member: Some(member.config(PROXY)),
+            allow_kids: None,
+        });
+        cfg.groups.push(second);
+        cfg
+    };
+    let now = Instant::now();
+    let mut h = H {
+        e: Engine::new(two(&g1, &m1), now, 7).unwrap(),
+        now,
+        mid: 100,
+    };
+    assert_eq!(h.e.member_groups(), vec![1]);
+
+    m2.key_generation = m1.key_generation;
+    let err = h.e.reconfigure(h.now, two(&g2, &m2)).unwrap_err();
+    assert!(err.contains("second"), "{err}");
+    assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
+    let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
+    let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (old, _) = protect(&mut c1, Mode::Group);
+    let (tx, ev) = h.proxied(&old, NON);
+    assert!(
+        multicast(&tx).is_some(),
+        "the old epoch still checks requests"
+    );
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+    let (new, _) = protect(&mut c2, Mode::Group);
+    let (tx, ev) = h.proxied(&new, NON);
+    assert!(tx.is_empty(), "the new epoch was not installed");
+    assert_eq!(checked(&ev), vec![(true, CheckResult::UnknownGid, true)]);
+
+    m2.key_generation = m1.key_generation + 1;
+    h.e.reconfigure(h.now, two(&g2, &m2)).unwrap();
+    assert_eq!(h.e.checker(0).unwrap().current().gid(), g2.gid.as_slice());
+    let (new, _) = protect(&mut c2, Mode::Group);
+    let (tx, ev) = h.proxied(&new, NON);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+}

@@ -323,16 +323,30 @@ impl GroupChecker {
     /// The new epoch must have a higher Key Generation Number and another Gid: going back
     /// to old keying material would reopen replays the windows no longer remember.
     pub fn rekey(&mut self, next: SignatureChecker) -> Result<(), ConfigError> {
+        self.check_rekey(&next)?;
+        self.install(next);
+        Ok(())
+    }
+
+    /// Whether [`rekey`](Self::rekey) would accept `next`, changing nothing: a reload
+    /// checks every group with this before it changes any (all or nothing).
+    pub fn check_rekey(&self, next: &SignatureChecker) -> Result<(), ConfigError> {
         if next.key_generation <= self.current.key_generation || next.gid == self.current.gid {
             return Err(ConfigError::Invalid(format!(
                 "rekeying needs a new Gid and a Key Generation Number above {}",
                 self.current.key_generation
             )));
         }
+        Ok(())
+    }
+
+    /// The rekey itself, for a caller that had [`check_rekey`](Self::check_rekey) accept
+    /// `next` with nothing changed since.
+    pub(crate) fn install(&mut self, next: SignatureChecker) {
+        debug_assert!(self.check_rekey(&next).is_ok());
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
         self.current_windows.clear();
-        Ok(())
     }
 
     /// Replaces the material of the current epoch (new members' credentials, a new
