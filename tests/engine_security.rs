@@ -15,7 +15,8 @@ use groxy::coap::options as opt;
 use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{Exchange, GroupMember, Mode, SecurityContext};
 use groxy::proxy::{
-    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, Transmit,
+    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    Transmit,
 };
 
 const CLIENT: &[u8] = &[0x01];
@@ -375,11 +376,13 @@ fn next_epoch(g: &Group) -> Group {
     let mut n = Group::new(&[]);
     n.key_generation = g.key_generation + 1;
     n.master_salt = g.master_salt.clone();
-    let copy = |m: &common::Member| common::Member {
-        id: m.id.clone(),
-        key: m.key.clone(),
-        cred: m.cred.clone(),
-    };
+    fn copy(m: &common::Member) -> common::Member {
+        common::Member {
+            id: m.id.clone(),
+            key: m.key.clone(),
+            cred: m.cred.clone(),
+        }
+    }
     n.gm = copy(&g.gm);
     n.members = g.members.iter().map(copy).collect();
     n
@@ -526,4 +529,65 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
     let (tx, ev) = h.proxied(&new, NON);
     assert!(multicast(&tx).is_some());
     assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+}
+
+/// groupcomm-proxy §10.1: the proxy may authenticate the client as a signature checker.
+/// Where the group lists `allow_kids`, a request whose countersignature the checker
+/// verified under another member's kid is refused with 4.01 and a diagnostic, not
+/// forwarded, and counted as `kid_not_allowed`; a listed kid is forwarded. The allow-list
+/// is an authorization decision, so `monitor` refuses as `enforce` does.
+#[test]
+fn s10_1_allow_kids_applies_to_the_kid_the_checker_verified() {
+    let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
+    for policy in [Policy::Enforce, Policy::Monitor] {
+        let now = Instant::now();
+        let mut h = H {
+            e: Engine::new(
+                checked_config(&g, policy, Some(vec![CLIENT.to_vec()])),
+                now,
+                7,
+            )
+            .unwrap(),
+            now,
+            mid: 100,
+        };
+        let enforced = policy == Policy::Enforce;
+        let mut listed = SecurityContext::new(&g.config(CLIENT)).unwrap();
+        let (req, _) = protect(&mut listed, Mode::Group);
+        let (tx, ev) = h.proxied(&req, NON);
+        assert!(
+            multicast(&tx).is_some(),
+            "{policy:?}: a listed kid is forwarded"
+        );
+        assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, enforced)]);
+
+        let mut other = SecurityContext::new(&g.config(DEV_B)).unwrap();
+        let (req, _) = protect(&mut other, Mode::Group);
+        let (tx, ev) = h.proxied(&req, NON);
+        assert!(multicast(&tx).is_none(), "{policy:?}: not forwarded");
+        assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, enforced)]);
+        assert_eq!(tx.len(), 1);
+        let reply = MessageView::parse(&tx[0].bytes).unwrap();
+        assert_eq!((tx[0].link, tx[0].to), (LISTENER, client()));
+        assert_eq!(reply.code(), code::UNAUTHORIZED);
+        assert_eq!(reply.token(), h.mid.to_be_bytes());
+        assert_eq!(reply.payload(), b"kid not allowed for this group");
+        let rejected: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected {
+                    group,
+                    reason,
+                    code,
+                    ..
+                } => Some((*group, *reason, *code)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![(Some(0), RejectReason::KidNotAllowed, code::UNAUTHORIZED)]
+        );
+        assert_eq!(RejectReason::KidNotAllowed.as_str(), "kid_not_allowed");
+    }
 }

@@ -34,6 +34,32 @@ impl Engine {
         }
     }
 
+    /// groupcomm-proxy §10.1: the signature checker authenticates a group request's
+    /// sender, so where the group lists `allow_kids` the kid it verified must be on the
+    /// list, like the kid of the proxy's own layer. An allow-list is an authorization
+    /// decision, not a check result: refused under `monitor` as under `enforce`. A request
+    /// that did not verify has no authenticated kid; `monitor` forwards it as it forwards
+    /// every check failure, `enforce` has dropped it already.
+    pub(super) fn signer_allowed(
+        &self,
+        g: usize,
+        checked: Option<&CheckedRequest>,
+    ) -> Result<(), Reject> {
+        let list = self.cfg.groups[g]
+            .security
+            .as_ref()
+            .and_then(|s| s.allow_kids.as_ref());
+        match (checked, list) {
+            (Some(c), Some(list)) if !list.contains(&c.kid) => Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::KidNotAllowed,
+                "kid not allowed for this group",
+            )
+            .group(g)),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn enforced(&self, g: usize) -> bool {
         self.cfg.groups[g]
             .security
