@@ -12,9 +12,11 @@ use common::Group;
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
-use groxy::oscore::{Exchange, Mode, SecurityContext};
+use groxy::oscore::option::OscoreOption;
+use groxy::oscore::{Exchange, GroupMember, Mode, SecurityContext};
 use groxy::proxy::{
-    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, Transmit,
+    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    Transmit,
 };
 
 const CLIENT: &[u8] = &[0x01];
@@ -366,4 +368,226 @@ fn draining_refuses_new_requests_and_finishes_old_ones() {
     let answer = build::encode(NON, code::CONTENT, 3, fv.token(), &mut [], b"x");
     let (tx, _) = h.feed(Link::Group(0, 0), device(1), &answer);
     assert_eq!(tx.len(), 1, "the exchange in flight still relays");
+}
+
+/// The next key epoch of `g` (RFC 10021 §12.2): new Gid and Master Secret, the next Key
+/// Generation Number, the same members and Group Manager with their keys.
+fn next_epoch(g: &Group) -> Group {
+    let mut n = Group::new(&[]);
+    n.key_generation = g.key_generation + 1;
+    n.master_salt = g.master_salt.clone();
+    fn copy(m: &common::Member) -> common::Member {
+        common::Member {
+            id: m.id.clone(),
+            key: m.key.clone(),
+            cred: m.cred.clone(),
+        }
+    }
+    n.gm = copy(&g.gm);
+    n.members = g.members.iter().map(copy).collect();
+    n
+}
+
+/// One group checked under `policy`, with these checker settings.
+fn checked_config(g: &Group, policy: Policy, allow_kids: Option<Vec<Vec<u8>>>) -> ProxyConfig {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy,
+        checker: g.checker_config(),
+        member: None,
+        allow_kids,
+    });
+    cfg
+}
+
+/// Response Numbers across a rekey (RFC 10021 §5.3.1: per server and Security Context;
+/// §7.3: after a context change a server's responses carry the new Gid and a Partial IV
+/// of the new context). A server answers under the old epoch with Partial IV 0, is
+/// rekeyed mid-exchange, and answers under the new Gid with Partial IV 0 again: both are
+/// relayed once; a replay of either is dropped and counted.
+#[test]
+fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
+    let g1 = Group::new(&[CLIENT, DEV_A]);
+    let g2 = next_epoch(&g1);
+    let mut h = H::new(&g1, Policy::Enforce);
+    let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
+    let mut dev_a = GroupMember::new(SecurityContext::new(&g1.config(DEV_A)).unwrap());
+    let (req, _) = protect(&mut c1, Mode::Group);
+    let (tx, _) = h.proxied(&req, NON);
+    let fwd = multicast(&tx).unwrap().bytes.clone();
+    let (_, mut aex) = dev_a.unprotect_request(&fwd).unwrap();
+    let fv = MessageView::parse(&fwd).unwrap();
+    let content = build::encode(NON, code::CONTENT, 9, fv.token(), &mut [], b"ok");
+
+    // Old epoch, the server's own Partial IV 0.
+    let old = dev_a
+        .protect_response(&content, &mut aex, Mode::Group, true)
+        .unwrap();
+    let old_o = OscoreOption::parse(
+        MessageView::parse(&old)
+            .unwrap()
+            .option(opt::OSCORE)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((old_o.piv, old_o.kid_context), (Some(&[0u8][..]), None));
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &old);
+    assert_eq!(tx.len(), 1, "the old-epoch response is relayed");
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+
+    // The proxy and the server are rekeyed while the exchange runs.
+    h.e.reconfigure(h.now, checked_config(&g2, Policy::Enforce, None))
+        .unwrap();
+    dev_a
+        .rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
+        .unwrap();
+    let new = dev_a
+        .protect_response(&content, &mut aex, Mode::Group, false)
+        .unwrap();
+    let new_o = OscoreOption::parse(
+        MessageView::parse(&new)
+            .unwrap()
+            .option(opt::OSCORE)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (new_o.piv, new_o.kid_context),
+        (Some(&[0u8][..]), Some(g2.gid.as_slice())),
+        "the same Partial IV, under the new Gid (§7.3)"
+    );
+    let (tx, ev) = h.feed(Link::Group(0), device(1), &new);
+    assert_eq!(tx.len(), 1, "the new-epoch response is relayed");
+    assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
+
+    // A replay of either is dropped and counted.
+    for replay in [&old, &new] {
+        let (tx, ev) = h.feed(Link::Group(0), device(1), replay);
+        assert!(tx.is_empty());
+        assert_eq!(checked(&ev), vec![(false, CheckResult::Replay, true)]);
+        assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
+    }
+}
+
+/// A reload is all or nothing across groups (RFC 10021 §12.2: rekeying needs a new Gid
+/// and a higher Key Generation Number). The first group's rekey is valid; the second is
+/// a member-only group (policy off, no checker) whose new Gid comes without a higher Key
+/// Generation Number, which only its membership can refuse. The reload fails and the
+/// first group is unchanged: requests under its old Gid still pass, under the new one
+/// are refused. With the second group fixed, the same reload applies.
+#[test]
+fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
+    const PROXY: &[u8] = &[0x50];
+    let g1 = Group::new(&[CLIENT, DEV_A]);
+    let g2 = next_epoch(&g1);
+    let m1 = Group::new(&[PROXY, DEV_A]);
+    let mut m2 = next_epoch(&m1);
+    let two = |checked: &Group, member: &Group| {
+        let mut cfg = checked_config(checked, Policy::Enforce, None);
+        let mut second = cfg.groups[0].clone();
+        second.name = "second".into();
+        second.addr = "224.0.1.188:5683".parse().unwrap();
+        second.security = Some(GroupSecurity {
+            policy: Policy::Off,
+            checker: member.checker_config(),
+            member: Some(member.config(PROXY)),
+            allow_kids: None,
+        });
+        cfg.groups.push(second);
+        cfg
+    };
+    let now = Instant::now();
+    let mut h = H {
+        e: Engine::new(two(&g1, &m1), now, 7).unwrap(),
+        now,
+        mid: 100,
+    };
+    assert_eq!(h.e.member_groups(), vec![1]);
+
+    m2.key_generation = m1.key_generation;
+    let err = h.e.reconfigure(h.now, two(&g2, &m2)).unwrap_err();
+    assert!(err.contains("second"), "{err}");
+    assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
+    let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
+    let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (old, _) = protect(&mut c1, Mode::Group);
+    let (tx, ev) = h.proxied(&old, NON);
+    assert!(
+        multicast(&tx).is_some(),
+        "the old epoch still checks requests"
+    );
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+    let (new, _) = protect(&mut c2, Mode::Group);
+    let (tx, ev) = h.proxied(&new, NON);
+    assert!(tx.is_empty(), "the new epoch was not installed");
+    assert_eq!(checked(&ev), vec![(true, CheckResult::UnknownGid, true)]);
+
+    m2.key_generation = m1.key_generation + 1;
+    h.e.reconfigure(h.now, two(&g2, &m2)).unwrap();
+    assert_eq!(h.e.checker(0).unwrap().current().gid(), g2.gid.as_slice());
+    let (new, _) = protect(&mut c2, Mode::Group);
+    let (tx, ev) = h.proxied(&new, NON);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, true)]);
+}
+
+/// groupcomm-proxy §10.1: the proxy may authenticate the client as a signature checker.
+/// Where the group lists `allow_kids`, a request whose countersignature the checker
+/// verified under another member's kid is refused with 4.01 and a diagnostic, not
+/// forwarded, and counted as `kid_not_allowed`; a listed kid is forwarded. The allow-list
+/// is an authorization decision, so `monitor` refuses as `enforce` does.
+#[test]
+fn s10_1_allow_kids_applies_to_the_kid_the_checker_verified() {
+    let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
+    for policy in [Policy::Enforce, Policy::Monitor] {
+        let now = Instant::now();
+        let mut h = H {
+            e: Engine::new(
+                checked_config(&g, policy, Some(vec![CLIENT.to_vec()])),
+                now,
+                7,
+            )
+            .unwrap(),
+            now,
+            mid: 100,
+        };
+        let enforced = policy == Policy::Enforce;
+        let mut listed = SecurityContext::new(&g.config(CLIENT)).unwrap();
+        let (req, _) = protect(&mut listed, Mode::Group);
+        let (tx, ev) = h.proxied(&req, NON);
+        assert!(
+            multicast(&tx).is_some(),
+            "{policy:?}: a listed kid is forwarded"
+        );
+        assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, enforced)]);
+
+        let mut other = SecurityContext::new(&g.config(DEV_B)).unwrap();
+        let (req, _) = protect(&mut other, Mode::Group);
+        let (tx, ev) = h.proxied(&req, NON);
+        assert!(multicast(&tx).is_none(), "{policy:?}: not forwarded");
+        assert_eq!(checked(&ev), vec![(true, CheckResult::Valid, enforced)]);
+        assert_eq!(tx.len(), 1);
+        let reply = MessageView::parse(&tx[0].bytes).unwrap();
+        assert_eq!((tx[0].link, tx[0].to), (LISTENER, client()));
+        assert_eq!(reply.code(), code::UNAUTHORIZED);
+        assert_eq!(reply.token(), h.mid.to_be_bytes());
+        assert_eq!(reply.payload(), b"kid not allowed for this group");
+        let rejected: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected {
+                    group,
+                    reason,
+                    code,
+                    ..
+                } => Some((*group, *reason, *code)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![(Some(0), RejectReason::KidNotAllowed, code::UNAUTHORIZED)]
+        );
+        assert_eq!(RejectReason::KidNotAllowed.as_str(), "kid_not_allowed");
+    }
 }

@@ -1338,6 +1338,7 @@ proptest! {
             Mode::Group => prop_assert_eq!(verdict, Verdict::Verified(CheckedResponse {
                 kid: p.ids[SERVER].clone(),
                 piv: fresh_piv.then_some(0),
+                gid: p.gid.clone(),
             })),
             Mode::Pairwise => prop_assert_eq!(verdict, Verdict::Unverifiable),
         }

@@ -72,7 +72,8 @@ pub struct CheckerSection {
     pub sender_id: Option<String>,
     pub private_key_file: Option<PathBuf>,
     pub credential: Option<String>,
-    /// Sender IDs allowed to send group requests through that layer (default: all).
+    /// Sender IDs allowed to send group requests, through that layer or verified by the
+    /// signature check (default: all).
     pub allow_kids: Option<Vec<String>>,
 }
 

@@ -72,11 +72,15 @@ pub enum Verdict<T> {
     Unverifiable,
 }
 
-/// A checked response: the server and its Partial IV, if it had one.
+/// A checked response: the server, its Partial IV if it had one, and the Gid of the
+/// Security Context that protected it (the one the response names, else the request's):
+/// after a rekey a server's responses come under the new Gid with Partial IVs of the new
+/// context (§7.3), so their Response Numbers are kept per that Gid (§5.3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedResponse {
     pub kid: Vec<u8>,
     pub piv: Option<u64>,
+    pub gid: Vec<u8>,
 }
 
 impl SignatureChecker {
@@ -285,6 +289,7 @@ impl SignatureChecker {
         Ok(Verdict::Verified(CheckedResponse {
             kid: kid.to_vec(),
             piv: o.piv.map(piv_value),
+            gid: gid.to_vec(),
         }))
     }
 }
@@ -318,16 +323,30 @@ impl GroupChecker {
     /// The new epoch must have a higher Key Generation Number and another Gid: going back
     /// to old keying material would reopen replays the windows no longer remember.
     pub fn rekey(&mut self, next: SignatureChecker) -> Result<(), ConfigError> {
+        self.check_rekey(&next)?;
+        self.install(next);
+        Ok(())
+    }
+
+    /// Whether [`rekey`](Self::rekey) would accept `next`, changing nothing: a reload
+    /// checks every group with this before it changes any (all or nothing).
+    pub fn check_rekey(&self, next: &SignatureChecker) -> Result<(), ConfigError> {
         if next.key_generation <= self.current.key_generation || next.gid == self.current.gid {
             return Err(ConfigError::Invalid(format!(
                 "rekeying needs a new Gid and a Key Generation Number above {}",
                 self.current.key_generation
             )));
         }
+        Ok(())
+    }
+
+    /// The rekey itself, for a caller that had [`check_rekey`](Self::check_rekey) accept
+    /// `next` with nothing changed since.
+    pub(crate) fn install(&mut self, next: SignatureChecker) {
+        debug_assert!(self.check_rekey(&next).is_ok());
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
         self.current_windows.clear();
-        Ok(())
     }
 
     /// Replaces the material of the current epoch (new members' credentials, a new

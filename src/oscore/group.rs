@@ -36,11 +36,15 @@ impl GroupMember {
     /// and removes the Recipient Contexts of stale Sender IDs (§2.6.3.2, §12.2.1.2).
     /// The new context must have a higher Key Generation Number and another Gid, so
     /// that no (key, nonce) pair of the old epoch can come back.
-    pub fn rekey(
-        &mut self,
-        mut next: SecurityContext,
-        stale: &[Vec<u8>],
-    ) -> Result<(), ConfigError> {
+    pub fn rekey(&mut self, next: SecurityContext, stale: &[Vec<u8>]) -> Result<(), ConfigError> {
+        self.check_rekey(&next)?;
+        self.install(next, stale);
+        Ok(())
+    }
+
+    /// Whether [`rekey`](Self::rekey) would accept `next`, changing nothing: a reload
+    /// checks every group with this before it changes any (all or nothing).
+    pub fn check_rekey(&self, next: &SecurityContext) -> Result<(), ConfigError> {
         let cur = &self.current.common;
         if next.common.key_generation <= cur.key_generation || next.common.gid() == cur.gid() {
             return Err(ConfigError::Invalid(format!(
@@ -48,10 +52,16 @@ impl GroupMember {
                 cur.key_generation
             )));
         }
+        Ok(())
+    }
+
+    /// The rekey itself, for a caller that had [`check_rekey`](Self::check_rekey) accept
+    /// `next` with nothing changed since.
+    pub(crate) fn install(&mut self, mut next: SecurityContext, stale: &[Vec<u8>]) {
+        debug_assert!(self.check_rekey(&next).is_ok());
         next.remove_recipients(stale);
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
-        Ok(())
     }
 
     /// Ends the grace period: the old epoch's keys are dropped (and zeroized).

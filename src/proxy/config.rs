@@ -37,8 +37,9 @@ pub struct GroupSecurity {
     /// The proxy's own membership in the group, for the pairwise traffic it terminates
     /// (RFC 10021 §8; oscore-capable-proxies §2).
     pub member: Option<crate::oscore::ContextConfig>,
-    /// Members (by Sender ID) that may send group requests through the proxy's layer;
-    /// `None`: every member of the group.
+    /// Members (by Sender ID) that may send group requests: the kid of the proxy's layer
+    /// and the kid the signature checker verified (groupcomm-proxy §10.1) must both be
+    /// on it; `None`: every member of the group.
     pub allow_kids: Option<Vec<Vec<u8>>>,
 }
 

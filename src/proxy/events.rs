@@ -30,6 +30,9 @@ pub enum RejectReason {
     OscoreLayer,
     /// More OSCORE layers than the proxy removes (oscore-capable-proxies §2.1).
     TooManyLayers,
+    /// The kid the signature checker authenticated is not on the group's `allow_kids`
+    /// (groupcomm-proxy §10.1).
+    KidNotAllowed,
     /// A verified request of unknown freshness got the Echo challenge (RFC 10021 §9).
     EchoChallenge,
     /// The proxy is draining before exit.
@@ -63,6 +66,7 @@ impl RejectReason {
             SignatureCheck => "signature_check",
             OscoreLayer => "oscore_layer",
             TooManyLayers => "too_many_layers",
+            KidNotAllowed => "kid_not_allowed",
             EchoChallenge => "echo_challenge",
             ShuttingDown => "shutting_down",
             MessageIdsExhausted => "message_ids_exhausted",

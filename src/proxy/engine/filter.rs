@@ -34,6 +34,32 @@ impl Engine {
         }
     }
 
+    /// groupcomm-proxy §10.1: the signature checker authenticates a group request's
+    /// sender, so where the group lists `allow_kids` the kid it verified must be on the
+    /// list, like the kid of the proxy's own layer. An allow-list is an authorization
+    /// decision, not a check result: refused under `monitor` as under `enforce`. A request
+    /// that did not verify has no authenticated kid; `monitor` forwards it as it forwards
+    /// every check failure, `enforce` has dropped it already.
+    pub(super) fn signer_allowed(
+        &self,
+        g: usize,
+        checked: Option<&CheckedRequest>,
+    ) -> Result<(), Reject> {
+        let list = self.cfg.groups[g]
+            .security
+            .as_ref()
+            .and_then(|s| s.allow_kids.as_ref());
+        match (checked, list) {
+            (Some(c), Some(list)) if !list.contains(&c.kid) => Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::KidNotAllowed,
+                "kid not allowed for this group",
+            )
+            .group(g)),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn enforced(&self, g: usize) -> bool {
         self.cfg.groups[g]
             .security
@@ -43,7 +69,8 @@ impl Engine {
 
     /// The response filter: group-mode responses to a verified request are verified with
     /// the request's Partial IV and kid context (§7.5) and pass the Response Numbers of
-    /// their server (§5.3.1); pairwise-mode ones cannot be checked and are relayed.
+    /// their server under the context that protected them (§5.3.1); pairwise-mode ones
+    /// cannot be checked and are relayed.
     pub(super) fn check_response(
         &mut self,
         token: u64,
@@ -62,12 +89,11 @@ impl Engine {
         let (result, drop) = match verdict {
             Ok(Verdict::Verified(r)) => {
                 let ex = self.exchanges.get_mut(&token).expect("looked up above");
-                let gid = ex
-                    .checked
-                    .as_ref()
-                    .map(|c| c.kid_context.clone())
-                    .unwrap_or_default();
-                match ex.response_numbers.accept(&gid, &r.kid, r.piv) {
+                // Per server and Security Context that protected the response (§5.3.1):
+                // the Gid the response names, not the request's, so that a server's
+                // new-epoch Partial IVs (§7.3) are neither taken for replays of its
+                // old-epoch ones nor let those replays through.
+                match ex.response_numbers.accept(&r.gid, &r.kid, r.piv) {
                     Ok(()) => (CheckResult::Valid, None),
                     Err(_) => (CheckResult::Replay, Some(DropReason::ResponseReplay)),
                 }

@@ -1028,6 +1028,7 @@ impl Engine {
                 return Err(Reject::silent());
             }
         };
+        self.signer_allowed(g, checked.as_ref())?;
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = hop_limit.map(|h| [h]);

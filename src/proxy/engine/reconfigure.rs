@@ -8,7 +8,8 @@ use crate::oscore::{GroupChecker, GroupMember, SecurityContext, SignatureChecker
 use crate::proxy::config::{Policy, ProxyConfig};
 
 impl Engine {
-    /// Applies a new configuration atomically, or changes nothing and says why. The groups
+    /// Applies a new configuration atomically, or changes nothing and says why: every
+    /// group's new state is built and checked before any group is changed. The groups
     /// must be the same (names and addresses: their sockets stay); everything else may
     /// change. A group whose Gid changed is rekeyed: new requests are checked under the
     /// new epoch at once, exchanges in flight finish, and the old epoch is kept for the
@@ -55,20 +56,27 @@ impl Engine {
                     None => None,
                 },
             );
+            // Every condition a rekey below can fail on, for the checker and the
+            // membership of every group kind (a member-only group with policy off has no
+            // checker to be refused by), so that the loop that applies cannot fail
+            // half-way with earlier groups already changed.
             if let (Some(next), Some(cur)) = (&checkers[g], &self.checkers[g])
                 && next.gid() != cur.current().gid()
-                && next.key_generation() <= cur.current().key_generation()
             {
-                return Err(format!(
-                    "group {name}: a new Gid needs a higher key_generation"
-                ));
+                cur.check_rekey(next)
+                    .map_err(|e| format!("group {name}: {e}"))?;
+            }
+            if let (Some(next), Some(cur)) = (&members[g], &self.members[g]) {
+                cur.check_rekey(next)
+                    .map_err(|e| format!("group {name}: membership: {e}"))?;
             }
         }
+        // Nothing below fails: everything was checked above.
         for (g, (next, member)) in checkers.into_iter().zip(members).enumerate() {
             let grace = cfg.groups[g].max_timeout.max(Duration::from_secs(1));
             match (next, self.checkers[g].as_mut()) {
                 (Some(next), Some(cur)) if next.gid() != cur.current().gid() => {
-                    cur.rekey(next).map_err(|e| e.to_string())?;
+                    cur.install(next);
                     self.push_timer(now + grace, Timer::DropPrevious(g));
                 }
                 (Some(next), Some(cur)) => cur.update(next),
@@ -89,7 +97,7 @@ impl Engine {
                         .filter(|k| !ctx.recipients.contains_key(*k))
                         .cloned()
                         .collect();
-                    cur.rekey(ctx, &stale).map_err(|e| e.to_string())?;
+                    cur.install(ctx, &stale);
                     self.after_member_rekey(g, now + grace);
                 }
                 (Some(ctx), None) => {
