@@ -431,7 +431,7 @@ fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
     )
     .unwrap();
     assert_eq!((old_o.piv, old_o.kid_context), (Some(&[0u8][..]), None));
-    let (tx, ev) = h.feed(Link::Group(0), device(1), &old);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(1), &old);
     assert_eq!(tx.len(), 1, "the old-epoch response is relayed");
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
 
@@ -456,13 +456,13 @@ fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
         (Some(&[0u8][..]), Some(g2.gid.as_slice())),
         "the same Partial IV, under the new Gid (§7.3)"
     );
-    let (tx, ev) = h.feed(Link::Group(0), device(1), &new);
+    let (tx, ev) = h.feed(Link::Group(0, 0), device(1), &new);
     assert_eq!(tx.len(), 1, "the new-epoch response is relayed");
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
 
     // A replay of either is dropped and counted.
     for replay in [&old, &new] {
-        let (tx, ev) = h.feed(Link::Group(0), device(1), replay);
+        let (tx, ev) = h.feed(Link::Group(0, 0), device(1), replay);
         assert!(tx.is_empty());
         assert_eq!(checked(&ev), vec![(false, CheckResult::Replay, true)]);
         assert_eq!(drops(&ev), vec![DropReason::ResponseReplay]);
