@@ -15,8 +15,8 @@ use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::options as opt;
 use groxy::oscore::{Layer, Mode, SecurityContext};
 use groxy::proxy::{
-    CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig,
-    RejectReason, Transmit,
+    CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    Transmit,
 };
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
@@ -241,7 +241,11 @@ fn s5_2_3_rst_must_name_a_response_sent_to_that_client() {
     let fwd = tx[0].clone();
     let (tx, _) = h.feed(fwd.link, device(1), &answer(&fwd.bytes, NON, 7));
     let relayed = MessageView::parse(&tx[0].bytes).unwrap().message_id();
-    let (_, ev) = h.feed(LISTENER, client(), &build::empty(RST, relayed.wrapping_add(1)));
+    let (_, ev) = h.feed(
+        LISTENER,
+        client(),
+        &build::empty(RST, relayed.wrapping_add(1)),
+    );
     assert_eq!(drops(&ev), vec![DropReason::UnmatchedStop]);
     // Another address with the right Message ID: not that client.
     let other: SocketAddr = "127.0.0.2:40000".parse().unwrap();
@@ -323,7 +327,9 @@ fn s5_2_3_early_stop_needs_the_protection_of_the_request() {
     let mut dev = SecurityContext::new(&g.config(DEV_A)).unwrap();
     let (_, mut ex) = dev.unprotect_request(&fwd.bytes).unwrap();
     let resp = build::encode(NON, code::CONTENT, 9, &[], &mut [], b"21");
-    let protected = dev.protect_response(&resp, &mut ex, Mode::Pairwise, false).unwrap();
+    let protected = dev
+        .protect_response(&resp, &mut ex, Mode::Pairwise, false)
+        .unwrap();
     let pv = MessageView::parse(&protected).unwrap();
     let resp = build::encode(
         NON,
@@ -390,7 +396,10 @@ fn a_target_naming_the_proxy_is_not_forwarded_to_itself() {
             &unicast_get(CON, 100 + i as u16, &[100 + i as u8], uri),
         );
         assert_eq!(rejected(&ev), None, "{uri}");
-        assert!(tx.iter().any(|t| matches!(t.link, Link::Unicast(_))), "{uri}");
+        assert!(
+            tx.iter().any(|t| matches!(t.link, Link::Unicast(_))),
+            "{uri}"
+        );
     }
 }
 
@@ -413,24 +422,27 @@ fn s2_5_gateway_timeout_goes_back_under_the_clients_layer() {
         code::GET,
         3,
         b"lay",
-        &mut [
-            (opt::URI_HOST, b"127.0.0.9"),
-            (opt::PROXY_SCHEME, b"coap"),
-        ],
+        &mut [(opt::URI_HOST, b"127.0.0.9"), (opt::PROXY_SCHEME, b"coap")],
         &[],
     );
     let (wrapped, mut ex) = ctx
         .protect_request_layer(&inner, Mode::Pairwise, Some(PROXY_ID), Layer::Hop)
         .unwrap();
     let (tx, _) = h.feed(LISTENER, client(), &wrapped);
-    assert!(tx.iter().any(|t| t.to == origin()), "forwarded to the origin");
+    assert!(
+        tx.iter().any(|t| t.to == origin()),
+        "forwarded to the origin"
+    );
     let (tx, _) = h.advance(Duration::from_secs(11));
     let to_client: Vec<_> = tx.iter().filter(|t| t.to == client()).collect();
     assert_eq!(to_client.len(), 1);
     let (plain, _) = ctx
         .unprotect_response(&to_client[0].bytes, &mut ex)
         .expect("the 5.04 is protected under the layer");
-    assert_eq!(MessageView::parse(&plain).unwrap().code(), code::GATEWAY_TIMEOUT);
+    assert_eq!(
+        MessageView::parse(&plain).unwrap().code(),
+        code::GATEWAY_TIMEOUT
+    );
 }
 
 /// oscore-capable-proxies §2.2: a response the proxy must protect may carry only options
@@ -453,10 +465,7 @@ fn s2_2_unknown_option_in_a_response_to_protect_gives_5_02() {
         code::GET,
         3,
         b"opt",
-        &mut [
-            (opt::URI_HOST, b"127.0.0.9"),
-            (opt::PROXY_SCHEME, b"coap"),
-        ],
+        &mut [(opt::URI_HOST, b"127.0.0.9"), (opt::PROXY_SCHEME, b"coap")],
         &[],
     );
     let (wrapped, mut ex) = ctx
@@ -469,7 +478,9 @@ fn s2_2_unknown_option_in_a_response_to_protect_gives_5_02() {
     let (tx, _) = h.feed(fwd.link, origin(), &odd);
     let to_client: Vec<_> = tx.iter().filter(|t| t.to == client()).collect();
     assert_eq!(to_client.len(), 1);
-    let (plain, _) = ctx.unprotect_response(&to_client[0].bytes, &mut ex).unwrap();
+    let (plain, _) = ctx
+        .unprotect_response(&to_client[0].bytes, &mut ex)
+        .unwrap();
     let p = MessageView::parse(&plain).unwrap();
     assert_eq!(p.code(), code::BAD_GATEWAY);
     assert!(p.option(65000).is_none());
