@@ -403,10 +403,10 @@ fn a_target_naming_the_proxy_is_not_forwarded_to_itself() {
     }
 }
 
-/// oscore-capable-proxies §2.5: every response to a request that came through the
-/// proxy's layer goes back under it, the 5.04 of an origin that never answered too.
-#[test]
-fn s2_5_gateway_timeout_goes_back_under_the_clients_layer() {
+/// A proxy that is a member of group 0, and a request of `t` from member CLIENT_ID
+/// through the proxy's layer to the origin: the harness, the client's context and
+/// exchange, and what the proxy sent.
+fn layered_unicast(t: u8) -> (H, SecurityContext, groxy::oscore::Exchange, Vec<Transmit>) {
     let g = Group::new(&[CLIENT_ID, PROXY_ID]);
     let mut cfg = ProxyConfig::default();
     cfg.groups[0].security = Some(GroupSecurity {
@@ -418,17 +418,25 @@ fn s2_5_gateway_timeout_goes_back_under_the_clients_layer() {
     let mut h = H::new(cfg);
     let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let inner = build::encode(
-        CON,
+        t,
         code::GET,
         3,
         b"lay",
         &mut [(opt::URI_HOST, b"127.0.0.9"), (opt::PROXY_SCHEME, b"coap")],
         &[],
     );
-    let (wrapped, mut ex) = ctx
+    let (wrapped, ex) = ctx
         .protect_request_layer(&inner, Mode::Pairwise, Some(PROXY_ID), Layer::Hop)
         .unwrap();
     let (tx, _) = h.feed(LISTENER, client(), &wrapped);
+    (h, ctx, ex, tx)
+}
+
+/// oscore-capable-proxies §2.5: every response to a request that came through the
+/// proxy's layer goes back under it, the 5.04 of an origin that never answered too.
+#[test]
+fn s2_5_gateway_timeout_goes_back_under_the_clients_layer() {
+    let (mut h, mut ctx, mut ex, tx) = layered_unicast(CON);
     assert!(
         tx.iter().any(|t| t.to == origin()),
         "forwarded to the origin"
@@ -450,28 +458,7 @@ fn s2_5_gateway_timeout_goes_back_under_the_clients_layer() {
 /// under the layer.
 #[test]
 fn s2_2_unknown_option_in_a_response_to_protect_gives_5_02() {
-    let g = Group::new(&[CLIENT_ID, PROXY_ID]);
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Off,
-        checker: g.checker_config(),
-        member: Some(g.config(PROXY_ID)),
-        allow_kids: None,
-    });
-    let mut h = H::new(cfg);
-    let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
-    let inner = build::encode(
-        NON,
-        code::GET,
-        3,
-        b"opt",
-        &mut [(opt::URI_HOST, b"127.0.0.9"), (opt::PROXY_SCHEME, b"coap")],
-        &[],
-    );
-    let (wrapped, mut ex) = ctx
-        .protect_request_layer(&inner, Mode::Pairwise, Some(PROXY_ID), Layer::Hop)
-        .unwrap();
-    let (tx, _) = h.feed(LISTENER, client(), &wrapped);
+    let (mut h, mut ctx, mut ex, tx) = layered_unicast(NON);
     let fwd = tx.iter().find(|t| t.to == origin()).unwrap().clone();
     let v = MessageView::parse(&fwd.bytes).unwrap();
     let odd = build::encode(NON, code::CONTENT, 1, v.token(), &mut [(65000, b"?")], b"x");

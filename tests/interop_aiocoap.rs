@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Group, Oracle, unhex};
@@ -260,24 +258,7 @@ fn rfc10021_aiocoap_server_over_udp_answers_groxy_requests() {
         cfg["bind"] = json!("127.0.0.1");
         cfg["port"] = json!(0);
         cfg["response_mode"] = json!(response_mode);
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let mut child = Command::new(common::python())
-            .arg(common::script("aiocoap_server.py"))
-            .arg(&cfg_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("aiocoap server said {line:?}"))
-            .trim()
-            .parse()
-            .unwrap();
+        let (mut child, port) = common::aiocoap_server(&cfg_path, &cfg);
 
         let mut client = SecurityContext::new(&g.config(CLIENT)).unwrap();
         let checker = SignatureChecker::new(&g.checker_config()).unwrap();

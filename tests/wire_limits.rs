@@ -5,9 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -261,24 +259,7 @@ fn rfc7252_s4_5_aiocoap_behind_the_proxy_answers_after_100k_requests() {
     let cfg_path = dir.join("server.json");
     let setup =
         serde_json::json!({"oscore": false, "bind": "127.0.0.1", "port": 0, "name": "wire"});
-    std::fs::write(&cfg_path, setup.to_string()).unwrap();
-    let mut child = Command::new(common::python())
-        .arg(common::script("aiocoap_server.py"))
-        .arg(&cfg_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("aiocoap server said {line:?}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let (mut child, port) = common::aiocoap_server(&cfg_path, &setup);
     let mut cfg = groxy::config::load_default().run;
     cfg.proxy.limits.client_rate = 1e9;
     cfg.proxy.limits.client_burst = 1e9;

@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use super::tables::Seconds;
+
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Message IDs one endpoint pair has (16 bits, RFC 7252 §3).
@@ -55,7 +57,7 @@ impl Space {
 pub struct MessageIds<K> {
     spaces: HashMap<K, Space>,
     capacity: usize,
-    base: Option<Instant>,
+    clock: Seconds,
 }
 
 impl<K: Hash + Eq + Copy> MessageIds<K> {
@@ -63,24 +65,13 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
         MessageIds {
             spaces: HashMap::default(),
             capacity,
-            base: None,
+            clock: Seconds::default(),
         }
-    }
-
-    fn seconds(&mut self, t: Instant, up: bool) -> u32 {
-        let base = *self.base.get_or_insert(t);
-        let d = t.saturating_duration_since(base);
-        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
-        s.min(u32::MAX as u64) as u32
-    }
-
-    fn instant(&self, s: u32) -> Instant {
-        self.base.expect("set by seconds()") + Duration::from_secs(s as u64)
     }
 
     /// Whether a Message ID toward `to` could be had now (without taking one).
     pub fn check(&mut self, now: Instant, to: K, priority: bool) -> Result<(), MidError> {
-        let now_s = self.seconds(now, false);
+        let now_s = self.clock.at(now, false);
         let room = self.spaces.len() < self.limit(priority);
         let exhausted = match self.spaces.get_mut(&to) {
             Some(s) => {
@@ -93,7 +84,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
         match exhausted {
             None => Ok(()),
             Some(exp) => Err(MidError::Exhausted {
-                free_at: self.instant(exp),
+                free_at: self.clock.instant(exp).unwrap_or(now),
             }),
         }
     }
@@ -121,7 +112,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
         offset: impl FnOnce() -> u16,
     ) -> Result<u16, MidError> {
         self.check(now, to, priority)?;
-        let exp = self.seconds(now + lifetime, true);
+        let exp = self.clock.at(now + lifetime, true);
         let s = self.spaces.entry(to).or_insert_with(|| Space {
             next: offset(),
             live: 0,
@@ -139,7 +130,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
 
     /// Forgets the destinations all of whose Message IDs have expired.
     pub fn expire(&mut self, now: Instant) {
-        let now_s = self.seconds(now, false);
+        let now_s = self.clock.at(now, false);
         self.spaces.retain(|_, s| {
             s.expire(now_s);
             s.live > 0

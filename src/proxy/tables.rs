@@ -11,6 +11,28 @@ use std::time::{Duration, Instant};
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 pub const NON_LIFETIME: Duration = Duration::from_secs(145);
 
+/// Time in whole seconds since a table's first use: entries that expire by the second
+/// stay small (u32) and are never forgotten early (expiries round up).
+#[derive(Debug, Default)]
+pub(crate) struct Seconds {
+    base: Option<Instant>,
+}
+
+impl Seconds {
+    /// `t` in whole seconds since the first call, rounded down or up.
+    pub(crate) fn at(&mut self, t: Instant, up: bool) -> u32 {
+        let base = *self.base.get_or_insert(t);
+        let d = t.saturating_duration_since(base);
+        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
+        s.min(u32::MAX as u64) as u32
+    }
+
+    /// The instant of second `s` (after a first call to [`Self::at`]).
+    pub(crate) fn instant(&self, s: u32) -> Option<Instant> {
+        self.base.map(|b| b + Duration::from_secs(s as u64))
+    }
+}
+
 /// Message deduplication (RFC 7252 §4.5): (sender, Message ID) pairs seen recently, with
 /// the reply sent to a CON so that a retransmission gets the same reply. At capacity the
 /// oldest entry is forgotten early (a duplicate of it could then be processed twice).
@@ -24,7 +46,7 @@ pub struct Dedup {
     order: VecDeque<(u32, Key)>,
     replies: HashMap<Key, Box<[u8]>>,
     capacity: usize,
-    base: Option<Instant>,
+    clock: Seconds,
 }
 
 /// (sender, Message ID) packed into 24 bytes, hashed as two words: the table is consulted
@@ -87,16 +109,8 @@ impl Dedup {
             order: VecDeque::new(),
             replies: HashMap::default(),
             capacity,
-            base: None,
+            clock: Seconds::default(),
         }
-    }
-
-    /// `t` in whole seconds since the table's first use, rounded down or up.
-    fn seconds(&mut self, t: Instant, up: bool) -> u32 {
-        let base = *self.base.get_or_insert(t);
-        let d = t.saturating_duration_since(base);
-        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
-        s.min(u32::MAX as u64) as u32
     }
 
     /// Whether a message was seen within its lifetime; if not, it is recorded now. At
@@ -109,8 +123,8 @@ impl Dedup {
         lifetime: Duration,
     ) -> Observed {
         let key = Key::new(from, mid);
-        let now_s = self.seconds(now, false);
-        let expires = self.seconds(now + lifetime, true);
+        let now_s = self.clock.at(now, false);
+        let expires = self.clock.at(now + lifetime, true);
         let fresh = Seen {
             expires,
             has_reply: false,
@@ -160,7 +174,7 @@ impl Dedup {
     }
 
     pub fn expire(&mut self, now: Instant) {
-        let now_s = self.seconds(now, false);
+        let now_s = self.clock.at(now, false);
         while let Some(&(exp, key)) = self.order.front() {
             if exp > now_s {
                 break;

@@ -309,3 +309,28 @@ pub fn outputs(
     }
     (t, ev)
 }
+
+/// A real aiocoap 0.4.17 server (tests/interop/aiocoap_server.py) with the setup `cfg`,
+/// started and listening: the child (stop it by closing stdin) and its UDP port.
+pub fn aiocoap_server(cfg_path: &Path, cfg: &Value) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    std::fs::write(cfg_path, cfg.to_string()).unwrap();
+    let mut child = std::process::Command::new(python())
+        .arg(script("aiocoap_server.py"))
+        .arg(cfg_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("aiocoap server said {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (child, port)
+}
