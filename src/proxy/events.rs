@@ -115,6 +115,10 @@ pub enum DropReason {
     ResponseCheckFailed,
     /// A verified response whose Partial IV this server already used in the exchange.
     ResponseReplay,
+    /// A datagram to a group not sent because the replay state its admission moved could
+    /// not be written to stable storage (counted by the driver, per datagram; `from` is
+    /// the address it was for).
+    ReplayStateUnsaved,
 }
 
 impl DropReason {
@@ -132,6 +136,7 @@ impl DropReason {
             RequestCheckFailed => "request_check_failed",
             ResponseCheckFailed => "response_check_failed",
             ResponseReplay => "response_replay",
+            ReplayStateUnsaved => "replay_state_unsaved",
         }
     }
 }

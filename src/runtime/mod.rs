@@ -10,6 +10,7 @@
 
 mod batch;
 mod logs;
+pub mod replay;
 pub mod sockets;
 pub mod state;
 
@@ -43,7 +44,8 @@ pub struct RunConfig {
     pub listen: Vec<SocketAddr>,
     /// One per group, in the order of `proxy.groups`.
     pub egress: Vec<Egress>,
-    /// Where the proxy's Sender Sequence Numbers are kept (needed when it is a member).
+    /// Where the proxy's Sender Sequence Numbers (needed when it is a member) and the
+    /// signature checker's replay windows (needed when a group is checked) are kept.
     pub state_dir: Option<std::path::PathBuf>,
 }
 
@@ -92,6 +94,8 @@ pub struct Proxy {
     observer: Option<EventObserver>,
     watcher: Option<Box<dyn Observer>>,
     state_dir: Option<std::path::PathBuf>,
+    /// The checked groups' replay windows on stable storage (None: no group checked).
+    replay: Option<replay::ReplayStore>,
     control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
     listen: Vec<SocketAddr>,
 }
@@ -137,11 +141,13 @@ impl Proxy {
             observer: None,
             watcher: None,
             state_dir: cfg.state_dir.clone(),
+            replay: None,
             control: None,
             listen: cfg.listen.clone(),
         })
         .and_then(|mut p: Proxy| {
             state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
+            p.replay = replay::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
             Ok(p)
         })
     }
@@ -306,7 +312,55 @@ impl Proxy {
             if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
                 return Err("listeners or state_dir changed: restart to apply".into());
             }
-            self.engine.reconfigure(Instant::now(), cfg.proxy)
+            // A group whose checking starts now (its policy was off) takes back the
+            // windows recorded for it, as at start; keying material that went back is
+            // refused before anything changes.
+            let starting: Vec<usize> = cfg
+                .proxy
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(g, s)| {
+                    self.engine.checker(*g).is_none()
+                        && s.security
+                            .as_ref()
+                            .is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+                })
+                .map(|(g, _)| g)
+                .collect();
+            for &g in &starting {
+                let name = &self.names[g];
+                let dir = self.state_dir.as_deref().ok_or_else(|| {
+                    format!("group {name}: a checked group needs proxy.state_dir")
+                })?;
+                if let Some((_, st)) = replay::read(dir, name).map_err(|e| e.to_string())? {
+                    let c = &cfg.proxy.groups[g]
+                        .security
+                        .as_ref()
+                        .expect("checked")
+                        .checker;
+                    crate::oscore::checker::restore_decision(&st, &c.gid, c.key_generation)
+                        .map_err(|e| format!("group {name}: {e}"))?;
+                }
+            }
+            self.engine.reconfigure(Instant::now(), cfg.proxy)?;
+            for g in starting {
+                let dir = self.state_dir.as_deref().expect("checked above");
+                let store = match self.replay.as_mut() {
+                    Some(s) => s,
+                    None => self.replay.insert(
+                        replay::ReplayStore::new(dir, self.names.len())
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                replay::attach_group(&mut self.engine, store, g, &self.names[g]).map_err(|e| {
+                    format!(
+                        "applied, but the replay state of group {}: {e}",
+                        self.names[g]
+                    )
+                })?;
+            }
+            Ok(())
         });
         match &result {
             Ok(()) => tracing::info!(event = "config_reload", result = "success"),
@@ -324,6 +378,9 @@ impl Proxy {
             w.event(&e);
         }
         self.flush();
+        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
+        // a restart under the old keys is refused from here on.
+        self.persist_replay();
     }
 
     /// Takes a batch off every socket `ppoll` found readable, through the engine, and
@@ -357,9 +414,51 @@ impl Proxy {
         }
     }
 
+    /// Puts the replay windows that the queued datagrams' admission moved on stable
+    /// storage, before any of them is sent (see [`Engine::take_replay_state`]): one write
+    /// and one `fdatasync` per changed group per batch. If a write fails, what is queued
+    /// for that group's egress under policy enforce does not leave: its admission might
+    /// not survive a crash, and a copy of it could then be multicast again. Under monitor
+    /// the filter decides nothing, so its traffic goes; the failure is logged either way.
+    fn persist_replay(&mut self) {
+        let states = self.engine.take_replay_state();
+        for (g, st) in states {
+            let r = match self.replay.as_mut() {
+                Some(store) => store.write(g, &st),
+                None => Err(io::Error::other("no state_dir for the replay windows")),
+            };
+            let Err(e) = r else { continue };
+            let mut dropped = 0usize;
+            if self.engine.enforced(g) {
+                for (i, (link, _)) in self.sockets.iter().enumerate() {
+                    if *link != Link::Group(g) {
+                        continue;
+                    }
+                    for (to, bytes) in self.queues[i].items.drain(..) {
+                        dropped += 1;
+                        let ev = Event::Dropped {
+                            reason: crate::proxy::DropReason::ReplayStateUnsaved,
+                            from: to,
+                        };
+                        if let Some(f) = &mut self.observer {
+                            f(&ev);
+                        }
+                        if let Some(w) = &mut self.watcher {
+                            w.event(&ev);
+                        }
+                        self.engine.recycle(bytes);
+                    }
+                }
+            }
+            tracing::error!(event = "replay_state_write_failed", group = %self.names[g], dropped, error = %e);
+        }
+    }
+
     /// Sends every queued datagram, a `sendmmsg` per socket and [`batch::BATCH`], and
-    /// gives the buffers back to the engine for its next messages.
+    /// gives the buffers back to the engine for its next messages. The replay state goes
+    /// to stable storage first.
     fn send_queued(&mut self) {
+        self.persist_replay();
         for (i, q) in self.queues.iter_mut().enumerate() {
             if q.items.is_empty() {
                 continue;
