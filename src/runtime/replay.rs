@@ -255,6 +255,18 @@ impl ReplayStore {
         }
     }
 
+    /// Makes every later write of `group` fail (`/dev/full`), as a full or failing disk
+    /// would.
+    #[cfg(test)]
+    pub(super) fn fail_writes(&mut self, group: usize) {
+        if let Some(s) = self.groups[group].as_mut() {
+            s.files = [
+                File::open("/dev/full").expect("/dev/full"),
+                File::open("/dev/full").expect("/dev/full"),
+            ];
+        }
+    }
+
     pub fn has(&self, group: usize) -> bool {
         self.groups.get(group).is_some_and(Option::is_some)
     }
@@ -369,4 +381,129 @@ pub fn attach_group(
         key_generation = state.key_generation
     );
     store.attach(g, name, recorded.map(|r| r.0), &state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(gid: &[u8], kg: u64, seqs: &[(u8, u64)]) -> ReplayState {
+        let mut windows: Vec<(Vec<u8>, WindowState)> = seqs
+            .iter()
+            .map(|&(kid, top)| (vec![kid], WindowState::Active { top, seen: 0b1011 }))
+            .collect();
+        windows.push((vec![0xee, 0xff], WindowState::Invalid));
+        windows.push((vec![], WindowState::Empty));
+        windows.sort_by(|a, b| a.0.cmp(&b.0));
+        ReplayState {
+            gid: gid.to_vec(),
+            key_generation: kg,
+            windows,
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("groxy-rs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn rfc8613_s7_4_state_round_trips_and_every_damage_is_refused() {
+        let s = state(b"gid1", 3, &[(1, 7), (2, 1 << 39)]);
+        let b = encode(42, &s).unwrap();
+        assert_eq!(decode(&b), Ok((42, s.clone())));
+        // Trailing bytes (an older, longer state before its ftruncate) do not matter.
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[0xab; 40]);
+        assert_eq!(decode(&longer), Ok((42, s)));
+        // Torn at every length: never a state.
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_err(), "torn at {n}");
+        }
+        // Any flipped bit: the checksum (or the structure) refuses it.
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(decode(&c).is_err(), "flip at {i}");
+        }
+        let mut c = b.clone();
+        let last = c.len() - 1;
+        c[last] ^= 1;
+        assert_eq!(decode(&c), Err(FormatError::Checksum));
+        // A count no file of this size can hold is refused before any allocation.
+        let mut huge = b[..8 + 8 + 8 + 1 + 4].to_vec();
+        let at = huge.len() - 4;
+        huge[at..].copy_from_slice(&(MAX_RECORDED_WINDOWS as u32).to_be_bytes());
+        assert_eq!(decode(&huge), Err(FormatError::Truncated));
+    }
+
+    #[test]
+    fn both_slots_the_valid_one_with_the_higher_sequence_wins() {
+        let dir = tmp("slots");
+        let (old, new) = (state(b"g", 1, &[(1, 5)]), state(b"g", 1, &[(1, 6)]));
+        assert_eq!(read(&dir, "grp").unwrap(), None, "nothing recorded yet");
+        std::fs::write(slot_path(&dir, "grp", 0), encode(8, &new).unwrap()).unwrap();
+        std::fs::write(slot_path(&dir, "grp", 1), encode(7, &old).unwrap()).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((8, new.clone())));
+        // The newer slot torn by a crash in its write: the other one, the state before
+        // that write, is used.
+        let torn = encode(9, &new).unwrap();
+        std::fs::write(slot_path(&dir, "grp", 1), &torn[..torn.len() / 2]).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((8, new.clone())));
+        // A wrong checksum is damage like a tear.
+        let mut bad = encode(10, &new).unwrap();
+        let n = bad.len();
+        bad[n - 3] ^= 0xff;
+        std::fs::write(slot_path(&dir, "grp", 1), &bad).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((8, new)));
+        // Both damaged: the proxy must not start with empty windows.
+        std::fs::write(slot_path(&dir, "grp", 0), b"GRXRPLY1 garbage").unwrap();
+        let e = read(&dir, "grp").unwrap_err().to_string();
+        assert!(
+            e.contains("no valid replay state") && e.contains("refusing to start"),
+            "{e}"
+        );
+        // Only one file, damaged: refused too (slots are created whole by rename).
+        std::fs::remove_file(slot_path(&dir, "grp", 0)).unwrap();
+        assert!(read(&dir, "grp").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn writes_alternate_slots_and_a_failed_write_keeps_the_newest_slot() {
+        let dir = tmp("alt");
+        let mut store = ReplayStore::new(&dir, 2).unwrap();
+        let s0 = state(b"g", 0, &[]);
+        store.attach(1, "grp", None, &s0).unwrap();
+        assert!(!store.has(0) && store.has(1));
+        // Both slots hold the initial state, with sequence numbers 0 and 1.
+        for (slot, seq) in [(0, 0), (1, 1)] {
+            let b = std::fs::read(slot_path(&dir, "grp", slot)).unwrap();
+            assert_eq!(decode(&b).unwrap(), (seq, s0.clone()));
+        }
+        let s1 = state(b"g", 0, &[(1, 1), (2, 2), (3, 3)]);
+        store.write(1, &s1).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((2, s1.clone())));
+        // A shorter state over a longer slot: truncated, and still the newest.
+        let s2 = state(b"g", 0, &[(1, 9)]);
+        store.write(1, &s2).unwrap();
+        store.write(1, &s2).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((4, s2.clone())));
+        let len = std::fs::metadata(slot_path(&dir, "grp", 0)).unwrap().len();
+        assert_eq!(len, encode(4, &s2).unwrap().len() as u64);
+        // A write that fails leaves the sequence number for the same slot next time.
+        let Some(slots) = store.groups[1].as_mut() else {
+            panic!()
+        };
+        let good = std::mem::replace(&mut slots.files[1], File::open("/dev/full").unwrap());
+        assert!(store.write(1, &s1).is_err());
+        assert_eq!(read(&dir, "grp").unwrap(), Some((4, s2)));
+        store.groups[1].as_mut().unwrap().files[1] = good;
+        store.write(1, &s1).unwrap();
+        assert_eq!(read(&dir, "grp").unwrap(), Some((5, s1)));
+        assert!(store.write(0, &s0).is_err(), "group 0 is not checked");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
