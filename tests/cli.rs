@@ -130,3 +130,49 @@ fn check_config_names_every_bad_key() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A checked group's replay windows, like a member's sequence numbers, are kept in
+/// state_dir across restarts (groupcomm-proxy §10, RFC 10021 §2.6.1.1): without it the
+/// file is refused by key, under enforce and monitor alike, and accepted with it.
+#[test]
+fn check_config_requires_state_dir_for_a_checked_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("groxy-cc-sd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sek = dir.join("g.sek");
+    std::fs::write(&sek, "00112233445566778899aabbccddeeff").unwrap();
+    std::fs::set_permissions(&sek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let gm = groxy::oscore::cred::PrivateKey::generate(groxy::oscore::alg::SigAlg::EdDsa);
+    let gm_cred = Credential::ccs_for("gm", &gm.public_key());
+    let file = |policy: &str, state_dir: &str| {
+        format!(
+            "[proxy]\n{state_dir}[[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\n\
+             interface = \"127.0.0.1\"\n[group.security]\npolicy = \"{policy}\"\ngid = \"01\"\n\
+             signature_encryption_key_file = \"g.sek\"\ngm_credential = \"{}\"\n",
+            hex::encode(gm_cred.bytes())
+        )
+    };
+    let path = dir.join("groxy.toml");
+    for policy in ["enforce", "monitor"] {
+        std::fs::write(&path, file(policy, "")).unwrap();
+        let out = groxy(&["check-config", path.to_str().unwrap()]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!out.status.success(), "{policy}: {text}");
+        assert!(
+            text.contains("proxy.state_dir: required by group[0]")
+                && text.contains("replay windows"),
+            "{policy}: {text}"
+        );
+    }
+    for (policy, state_dir) in [("enforce", "state_dir = \"state\"\n"), ("off", "")] {
+        std::fs::write(&path, file(policy, state_dir)).unwrap();
+        let out = groxy(&["check-config", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{policy}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -89,11 +89,13 @@ fn clone_group(g: &Group) -> Group {
 }
 
 /// The proxy's configuration: the group's public material plus the Signature
-/// Encryption Key, never the Master Secret (§12.3).
+/// Encryption Key, never the Master Secret (§12.3), and the state_dir that keeps its
+/// replay windows.
 fn proxy_toml(g: &Group, port: u16, sek_file: &str) -> String {
     format!(
         r#"[proxy]
 listen = ["127.0.0.1:0"]
+state_dir = "state"
 [[group]]
 name = "secure"
 uri = "coap://224.0.1.187:{port}"
@@ -304,11 +306,7 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
     secret(&dir, "group.sek", &sek(&g), 0o600);
     secret(&dir, "proxy.key", &g.member(PROXY).key.to_bytes(), 0o600);
     let port = free_port();
-    let mut toml = proxy_toml(&g, port, "group.sek").replacen(
-        "[proxy]\n",
-        "[proxy]\nstate_dir = \"state\"\n",
-        1,
-    );
+    let mut toml = proxy_toml(&g, port, "group.sek");
     toml.push_str(&format!(
         "master_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"50\"\nprivate_key_file = \"proxy.key\"\ncredential = \"{}\"\nallow_kids = [\"01\"]\n",
         hex::encode(&g.master_salt),

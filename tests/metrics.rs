@@ -159,7 +159,7 @@ impl World {
             })
             .collect();
         let toml = format!(
-            "[proxy]\nlisten = [\"127.0.0.1:0\"]\nmetrics = \"127.0.0.1:0\"\n\
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
              [[group]]\nname = \"plain\"\nuri = \"coap://{plain}\"\nhost_names = [\"plain\"]\n\
              interface = \"127.0.0.1\"\n\
              [[group]]\nname = \"secure\"\nuri = \"coap://{secure}\"\nhost_names = [\"secure\"]\n\

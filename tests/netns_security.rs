@@ -657,11 +657,8 @@ gm_credential = "{gm}"
 members = [
 {members}]
 "#,
-            state_dir = if self.member {
-                "state_dir = \"state\"\n"
-            } else {
-                ""
-            },
+            // Always: the replay windows are kept there, and a member's sequence numbers.
+            state_dir = "state_dir = \"state\"\n",
             gid = hex::encode(&g.gid),
             kg = g.key_generation,
             sek = e.rel(&e.dir.join(format!("{GROUP_NAME}.sek"))),

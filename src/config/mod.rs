@@ -394,6 +394,28 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
             });
         }
     }
+    // What must outlive the process: a member's Sender Sequence Numbers (RFC 10021
+    // §2.6.1.1) and a checker's replay windows (a request captured before a restart must
+    // not pass after it).
+    if f.proxy.state_dir.is_none()
+        && let Some((i, why)) = f.groups.iter().enumerate().find_map(|(i, g)| {
+            let s = g.security.as_ref()?;
+            if s.policy != "off" {
+                Some((
+                    i,
+                    "its requests are checked (policy enforce or monitor): the replay windows",
+                ))
+            } else if s.sender_id.is_some() {
+                Some((i, "the proxy is a member: its Sender Sequence Numbers"))
+            } else {
+                None
+            }
+        })
+    {
+        errors.push(format!(
+            "proxy.state_dir: required by group[{i}], as {why} are kept there across restarts"
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -61,7 +61,7 @@ const ERROR_CODES: [u8; 11] = [
 /// at 0 (an alert's increase() needs a sample before the first event). Variants the
 /// engine gains later are counted too, their series made on first use, so this module
 /// never has to follow the engine's enumerations to compile.
-const DROP_REASONS: [DropReason; 14] = [
+const DROP_REASONS: [DropReason; 15] = [
     DropReason::TooLarge,
     DropReason::Malformed,
     DropReason::DuplicateRequest,
@@ -76,6 +76,7 @@ const DROP_REASONS: [DropReason; 14] = [
     DropReason::MessageIdsExhausted,
     DropReason::DestinationsFull,
     DropReason::UnmatchedStop,
+    DropReason::ReplayStateUnsaved,
 ];
 
 const CHECK_RESULTS: [CheckResult; 8] = [

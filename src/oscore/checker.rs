@@ -12,7 +12,7 @@ use super::derive;
 use super::error::{ConfigError, OscoreError};
 use super::option::{OscoreOption, piv_value};
 use super::protect::{KeystreamInput, verify_countersignature};
-use super::replay::ReplayWindow;
+use super::replay::{ReplayWindow, WindowState};
 use crate::cbor;
 use crate::coap::MessageView;
 use crate::coap::options::OSCORE;
@@ -297,11 +297,75 @@ impl SignatureChecker {
 /// A checker for one group across rekeying (§12.2, §14.1.1), with the replay filter that
 /// stops a captured, validly signed request from being multicast again (groupcomm-proxy
 /// §10): a window per (Gid, kid), moved only after the signature verified.
+///
+/// The windows must outlive the process, or a request captured before a restart passes
+/// again after it: every change marks the checker dirty, and [`take_dirty`] hands the
+/// whole state of the current epoch to whoever keeps it on stable storage.
+///
+/// [`take_dirty`]: Self::take_dirty
 #[derive(Debug)]
 pub struct GroupChecker {
     current: SignatureChecker,
     current_windows: HashMap<Vec<u8>, ReplayWindow>,
     previous: Option<SignatureChecker>,
+    /// The windows changed (or the epoch did) since [`take_dirty`](Self::take_dirty).
+    dirty: bool,
+}
+
+/// The replay filter's state of a group's current key epoch, as stable storage keeps it:
+/// windows are per (Gid, kid), so the Gid and Key Generation Number say which epoch they
+/// belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayState {
+    pub gid: Vec<u8>,
+    pub key_generation: u64,
+    /// One window per sender, sorted by kid.
+    pub windows: Vec<(Vec<u8>, WindowState)>,
+}
+
+/// Windows a recorded state may hold at most: every member of an epoch (reloads that
+/// replace members keep the windows of the ones that left, so a few times that).
+pub const MAX_RECORDED_WINDOWS: usize = 16 * MAX_MEMBERS;
+
+/// What [`GroupChecker::restore`] did with a recorded state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Same Gid: the windows are back as they were.
+    Windows,
+    /// The configured epoch is newer (higher Key Generation Number, another Gid): new
+    /// keys, so empty windows; the recorded ones belong to keys no longer in use.
+    NewEpoch,
+}
+
+/// What a checker of epoch (`gid`, `key_generation`) may do with a recorded state (see
+/// [`GroupChecker::restore`]); side-effect free, so that a reload can ask before it
+/// changes anything.
+pub fn restore_decision(
+    recorded: &ReplayState,
+    gid: &[u8],
+    key_generation: u64,
+) -> Result<Restored, ConfigError> {
+    if recorded.gid == gid {
+        if recorded.windows.len() > MAX_RECORDED_WINDOWS {
+            return Err(ConfigError::Invalid(format!(
+                "recorded replay state has {} windows, more than {MAX_RECORDED_WINDOWS}",
+                recorded.windows.len()
+            )));
+        }
+        return Ok(Restored::Windows);
+    }
+    if key_generation > recorded.key_generation {
+        return Ok(Restored::NewEpoch);
+    }
+    Err(ConfigError::Invalid(format!(
+        "the recorded replay state is of Gid {} with key generation {}; the configured Gid \
+         {} has key generation {}, not higher: the keying material went back, and requests \
+         of that epoch could be replayed (a new Gid needs a higher key_generation)",
+        hex::encode(&recorded.gid),
+        recorded.key_generation,
+        hex::encode(gid),
+        key_generation
+    )))
 }
 
 impl GroupChecker {
@@ -310,7 +374,58 @@ impl GroupChecker {
             current,
             current_windows: HashMap::new(),
             previous: None,
+            // Nothing is on stable storage yet: even empty windows are worth recording,
+            // as they name the epoch.
+            dirty: true,
         }
+    }
+
+    /// The state of the current epoch's windows.
+    pub fn replay_state(&self) -> ReplayState {
+        let mut windows: Vec<(Vec<u8>, WindowState)> = self
+            .current_windows
+            .iter()
+            .map(|(k, w)| (k.clone(), w.state()))
+            .collect();
+        windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ReplayState {
+            gid: self.current.gid.clone(),
+            key_generation: self.current.key_generation,
+            windows,
+        }
+    }
+
+    /// The state, if it changed since the last call; the checker is clean afterwards.
+    pub fn take_dirty(&mut self) -> Option<ReplayState> {
+        std::mem::take(&mut self.dirty).then(|| self.replay_state())
+    }
+
+    /// Whether the state changed since it was last taken.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Takes back a recorded state at start. Same Gid: its windows replace the current
+    /// ones. Another Gid under a higher configured Key Generation Number: rekeyed while
+    /// stopped, the windows start empty. Anything else means the keying material went
+    /// back to an epoch whose replays the windows no longer cover (§2.6.3.2): refused,
+    /// and nothing changes.
+    pub fn restore(&mut self, recorded: &ReplayState) -> Result<Restored, ConfigError> {
+        let decision = restore_decision(recorded, &self.current.gid, self.current.key_generation)?;
+        match decision {
+            Restored::Windows => {
+                self.current_windows = recorded
+                    .windows
+                    .iter()
+                    .map(|(kid, s)| (kid.clone(), ReplayWindow::from_state(*s)))
+                    .collect();
+            }
+            Restored::NewEpoch => {
+                self.current_windows.clear();
+                self.dirty = true;
+            }
+        }
+        Ok(decision)
     }
 
     pub fn current(&self) -> &SignatureChecker {
@@ -347,6 +462,9 @@ impl GroupChecker {
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
         self.current_windows.clear();
+        // The new epoch's empty windows replace the old ones on stable storage too, so
+        // that a restart under the old keys is refused (see `restore`).
+        self.dirty = true;
     }
 
     /// Replaces the material of the current epoch (new members' credentials, a new
@@ -371,6 +489,7 @@ impl GroupChecker {
         if let Verdict::Verified(req) = &verdict {
             let w = self.current_windows.entry(req.kid.clone()).or_default();
             w.accept(req.seq)?;
+            self.dirty = true;
         }
         Ok(verdict)
     }

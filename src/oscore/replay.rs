@@ -14,11 +14,13 @@ pub const WINDOW: u64 = 64;
 /// validate-and-update that RFC 10021 §5.3 requires when called under one `&mut`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayWindow {
-    state: State,
+    state: WindowState,
 }
 
+/// What a window remembers, whole: what stable storage keeps so that a restarted
+/// receiver refuses exactly what it refused before (see [`ReplayWindow::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum WindowState {
     /// Nothing received yet: every number is new.
     Empty,
     /// `top` is the highest number accepted; bit i of `seen` is `top - i`.
@@ -36,26 +38,36 @@ impl Default for ReplayWindow {
 impl ReplayWindow {
     pub fn new() -> Self {
         ReplayWindow {
-            state: State::Empty,
+            state: WindowState::Empty,
         }
     }
 
     /// A window that accepts nothing until [`reinit`](Self::reinit).
     pub fn invalid() -> Self {
         ReplayWindow {
-            state: State::Invalid,
+            state: WindowState::Invalid,
         }
     }
 
     pub fn is_valid(&self) -> bool {
-        self.state != State::Invalid
+        self.state != WindowState::Invalid
+    }
+
+    /// The window's whole state, to be kept on stable storage.
+    pub fn state(&self) -> WindowState {
+        self.state
+    }
+
+    /// A window as [`state`](Self::state) described it, e.g. read back after a restart.
+    pub fn from_state(state: WindowState) -> Self {
+        ReplayWindow { state }
     }
 
     pub fn check(&self, seq: u64) -> Result<(), OscoreError> {
         match self.state {
-            State::Empty => Ok(()),
-            State::Invalid => Err(OscoreError::ReplayWindowInvalid),
-            State::Active { top, seen } => {
+            WindowState::Empty => Ok(()),
+            WindowState::Invalid => Err(OscoreError::ReplayWindowInvalid),
+            WindowState::Active { top, seen } => {
                 if seq > top {
                     Ok(())
                 } else if top - seq >= WINDOW {
@@ -74,20 +86,20 @@ impl ReplayWindow {
     pub fn accept(&mut self, seq: u64) -> Result<(), OscoreError> {
         self.check(seq)?;
         self.state = match self.state {
-            State::Empty => State::Active { top: seq, seen: 1 },
-            State::Active { top, seen } if seq > top => {
+            WindowState::Empty => WindowState::Active { top: seq, seen: 1 },
+            WindowState::Active { top, seen } if seq > top => {
                 let shift = seq - top;
                 let seen = if shift >= WINDOW { 0 } else { seen << shift };
-                State::Active {
+                WindowState::Active {
                     top: seq,
                     seen: seen | 1,
                 }
             }
-            State::Active { top, seen } => State::Active {
+            WindowState::Active { top, seen } => WindowState::Active {
                 top,
                 seen: seen | 1 << (top - seq),
             },
-            State::Invalid => unreachable!("check rejects an invalid window"),
+            WindowState::Invalid => unreachable!("check rejects an invalid window"),
         };
         Ok(())
     }
@@ -96,7 +108,7 @@ impl ReplayWindow {
     /// below it too old: what a server does once an Echo exchange proved the client's
     /// current sequence number (RFC 10021 §9).
     pub fn reinit(&mut self, seq: u64) {
-        self.state = State::Active {
+        self.state = WindowState::Active {
             top: seq,
             seen: u64::MAX,
         };

@@ -133,6 +133,10 @@ pub enum DropReason {
     /// with that Message ID went to that client, or the stop lacks the protection of the
     /// request it names.
     UnmatchedStop,
+    /// A datagram to a group not sent because the replay state its admission moved could
+    /// not be written to stable storage (counted by the driver, per datagram; `from` is
+    /// the address it was for).
+    ReplayStateUnsaved,
 }
 
 impl DropReason {
@@ -153,6 +157,7 @@ impl DropReason {
             MessageIdsExhausted => "message_ids_exhausted",
             DestinationsFull => "destinations_full",
             UnmatchedStop => "unmatched_stop",
+            ReplayStateUnsaved => "replay_state_unsaved",
         }
     }
 }

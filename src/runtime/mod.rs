@@ -10,6 +10,7 @@
 
 mod batch;
 mod logs;
+pub mod replay;
 pub mod sockets;
 pub mod state;
 
@@ -43,7 +44,8 @@ pub struct RunConfig {
     pub listen: Vec<SocketAddr>,
     /// One per group, in the order of `proxy.groups`.
     pub egress: Vec<Egress>,
-    /// Where the proxy's Sender Sequence Numbers are kept (needed when it is a member).
+    /// Where the proxy's Sender Sequence Numbers (needed when it is a member) and the
+    /// signature checker's replay windows (needed when a group is checked) are kept.
     pub state_dir: Option<std::path::PathBuf>,
 }
 
@@ -96,6 +98,8 @@ pub struct Proxy {
     observer: Option<EventObserver>,
     watcher: Option<Box<dyn Observer>>,
     state_dir: Option<std::path::PathBuf>,
+    /// The checked groups' replay windows on stable storage (None: no group checked).
+    replay: Option<replay::ReplayStore>,
     control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
     listen: Vec<SocketAddr>,
 }
@@ -161,11 +165,13 @@ impl Proxy {
             observer: None,
             watcher: None,
             state_dir: cfg.state_dir.clone(),
+            replay: None,
             control: None,
             listen: cfg.listen.clone(),
         })
         .and_then(|mut p: Proxy| {
             state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
+            p.replay = replay::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
             Ok(p)
         })
     }
@@ -330,7 +336,55 @@ impl Proxy {
             if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
                 return Err("listeners or state_dir changed: restart to apply".into());
             }
-            self.engine.reconfigure(Instant::now(), cfg.proxy)
+            // A group whose checking starts now (its policy was off) takes back the
+            // windows recorded for it, as at start; keying material that went back is
+            // refused before anything changes.
+            let starting: Vec<usize> = cfg
+                .proxy
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(g, s)| {
+                    self.engine.checker(*g).is_none()
+                        && s.security
+                            .as_ref()
+                            .is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+                })
+                .map(|(g, _)| g)
+                .collect();
+            for &g in &starting {
+                let name = &self.names[g];
+                let dir = self.state_dir.as_deref().ok_or_else(|| {
+                    format!("group {name}: a checked group needs proxy.state_dir")
+                })?;
+                if let Some((_, st)) = replay::read(dir, name).map_err(|e| e.to_string())? {
+                    let c = &cfg.proxy.groups[g]
+                        .security
+                        .as_ref()
+                        .expect("checked")
+                        .checker;
+                    crate::oscore::checker::restore_decision(&st, &c.gid, c.key_generation)
+                        .map_err(|e| format!("group {name}: {e}"))?;
+                }
+            }
+            self.engine.reconfigure(Instant::now(), cfg.proxy)?;
+            for g in starting {
+                let dir = self.state_dir.as_deref().expect("checked above");
+                let store = match self.replay.as_mut() {
+                    Some(s) => s,
+                    None => self.replay.insert(
+                        replay::ReplayStore::new(dir, self.names.len())
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                replay::attach_group(&mut self.engine, store, g, &self.names[g]).map_err(|e| {
+                    format!(
+                        "applied, but the replay state of group {}: {e}",
+                        self.names[g]
+                    )
+                })?;
+            }
+            Ok(())
         });
         match &result {
             Ok(()) => tracing::info!(event = "config_reload", result = "success"),
@@ -348,6 +402,9 @@ impl Proxy {
             w.event(&e);
         }
         self.flush();
+        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
+        // a restart under the old keys is refused from here on.
+        self.persist_replay();
     }
 
     /// Takes a batch off every socket `ppoll` found readable, through the engine, and
@@ -382,9 +439,51 @@ impl Proxy {
         }
     }
 
+    /// Puts the replay windows that the queued datagrams' admission moved on stable
+    /// storage, before any of them is sent (see [`Engine::take_replay_state`]): one write
+    /// and one `fdatasync` per changed group per batch. If a write fails, what is queued
+    /// for that group's egress under policy enforce does not leave: its admission might
+    /// not survive a crash, and a copy of it could then be multicast again. Under monitor
+    /// the filter decides nothing, so its traffic goes; the failure is logged either way.
+    fn persist_replay(&mut self) {
+        let states = self.engine.take_replay_state();
+        for (g, st) in states {
+            let r = match self.replay.as_mut() {
+                Some(store) => store.write(g, &st),
+                None => Err(io::Error::other("no state_dir for the replay windows")),
+            };
+            let Err(e) = r else { continue };
+            let mut dropped = 0usize;
+            if self.engine.enforced(g) {
+                for (i, (link, _)) in self.sockets.iter().enumerate() {
+                    if !matches!(link, Link::Group(x, _) if *x == g) {
+                        continue;
+                    }
+                    for (to, bytes) in self.queues[i].items.drain(..) {
+                        dropped += 1;
+                        let ev = Event::Dropped {
+                            reason: crate::proxy::DropReason::ReplayStateUnsaved,
+                            from: to,
+                        };
+                        if let Some(f) = &mut self.observer {
+                            f(&ev);
+                        }
+                        if let Some(w) = &mut self.watcher {
+                            w.event(&ev);
+                        }
+                        self.engine.recycle(bytes);
+                    }
+                }
+            }
+            tracing::error!(event = "replay_state_write_failed", group = %self.names[g], dropped, error = %e);
+        }
+    }
+
     /// Sends every queued datagram, a `sendmmsg` per socket and [`batch::BATCH`], and
-    /// gives the buffers back to the engine for its next messages.
+    /// gives the buffers back to the engine for its next messages. The replay state goes
+    /// to stable storage first.
     fn send_queued(&mut self) {
+        self.persist_replay();
         for (i, q) in self.queues.iter_mut().enumerate() {
             if q.items.is_empty() {
                 continue;
@@ -498,4 +597,238 @@ fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
         fds.iter_mut().for_each(|f| f.revents = 0);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::build::{self, NON};
+    use crate::coap::{MessageView, options as opt};
+    use crate::oscore::alg::SigAlg;
+    use crate::oscore::cred::{Credential, PrivateKey};
+    use crate::oscore::{CheckerConfig, ContextConfig, Mode, SecurityContext};
+    use crate::proxy::{DropReason, GroupSecurity, Policy};
+    use std::sync::{Arc, Mutex};
+
+    /// A checking proxy's configuration (policy `policy`, epoch `gid` / `kg`) on
+    /// loopback with its state in `dir`, and the client context whose group requests it
+    /// admits.
+    fn run_config(
+        dir: Option<&std::path::Path>,
+        policy: Policy,
+        gid: &[u8],
+        kg: u64,
+    ) -> (RunConfig, SecurityContext) {
+        let gm = PrivateKey::generate(SigAlg::EdDsa);
+        let key = PrivateKey::generate(SigAlg::EdDsa);
+        let (gm_cred, cred) = (
+            Credential::ccs_for("gm", &gm.public_key()),
+            Credential::ccs_for("client", &key.public_key()),
+        );
+        let (secret, salt) = (vec![7u8; 16], vec![9u8; 8]);
+        let ctx = SecurityContext::new(&ContextConfig {
+            master_secret: secret.clone(),
+            master_salt: salt.clone(),
+            id_context: Some(gid.to_vec()),
+            alg_aead: Some(10),
+            alg_group_enc: Some(10),
+            alg_signature: Some(-8),
+            alg_pairwise_key_agreement: Some(-27),
+            gm_cred: Some(gm_cred.bytes().to_vec()),
+            sender_id: vec![0x25],
+            private_key: Some(key.to_bytes().to_vec()),
+            sender_cred: Some(cred.bytes().to_vec()),
+            key_generation: kg,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut cfg = ProxyConfig::default();
+        cfg.groups[0].security = Some(GroupSecurity {
+            policy,
+            checker: CheckerConfig {
+                gid: gid.to_vec(),
+                alg_aead: Some(10),
+                alg_group_enc: 10,
+                alg_signature: -8,
+                alg_pairwise_key_agreement: Some(-27),
+                master_secret: Some(secret),
+                master_salt: salt,
+                gm_cred: gm_cred.bytes().to_vec(),
+                members: vec![(vec![0x25], cred.bytes().to_vec())],
+                key_generation: kg,
+                ..Default::default()
+            },
+            member: None,
+            allow_kids: None,
+        });
+        let run = RunConfig {
+            proxy: cfg,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            egress: vec![Egress {
+                interface: Interface::Addr(std::net::Ipv4Addr::LOCALHOST),
+                hop_limit: 1,
+                bind: None,
+            }],
+            state_dir: dir.map(std::path::Path::to_path_buf),
+        };
+        (run, ctx)
+    }
+
+    fn proxy(dir: &std::path::Path, policy: Policy) -> (Proxy, SecurityContext) {
+        let (run, ctx) = run_config(Some(dir), policy, &[0x44, 0x61], 0);
+        (Proxy::bind(run).unwrap(), ctx)
+    }
+
+    fn bind_error(run: RunConfig) -> String {
+        match Proxy::bind(run) {
+            Ok(_) => panic!("started"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// At start (RFC 10021 §2.6.3.2, groupcomm-proxy §10): the recorded windows come back
+    /// under the same Gid; a rekeying while stopped starts empty and is recorded; keying
+    /// material that went back, damaged state, or no state_dir refuse the start.
+    #[test]
+    fn restart_restores_follows_rekeying_and_refuses_what_could_replay() {
+        let dir = std::env::temp_dir().join(format!("groxy-rst-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (g1, g2) = (&[0x44, 0x61][..], &[0x44, 0x62][..]);
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let (run, mut client) = run_config(Some(&dir), Policy::Enforce, g1, 0);
+        let mut p = Proxy::bind(run).unwrap();
+        let req = request(&mut client, 1);
+        p.handle(Instant::now(), 0, from, &req);
+        p.persist_replay();
+        assert_eq!(to_group(&p), 1);
+        drop(p);
+        // One slot torn by a crash: the other holds the state, the start goes on.
+        let slot = |i: u8| dir.join(format!("all-coap-nodes.replay.{i}"));
+        let newest = (0..2)
+            .max_by_key(|&i| replay::decode(&std::fs::read(slot(i)).unwrap()).unwrap().0)
+            .unwrap();
+        let whole = std::fs::read(slot(newest)).unwrap();
+        std::fs::write(slot(newest), &whole[..whole.len() - 5]).unwrap();
+        let (run, _) = run_config(Some(&dir), Policy::Enforce, g1, 0);
+        let mut p = Proxy::bind(run).unwrap();
+        p.handle(Instant::now(), 0, from, &req);
+        p.persist_replay();
+        assert_eq!(to_group(&p), 0, "the restored window refuses the request");
+        drop(p);
+        // Both slots damaged: refused, naming the files.
+        for i in 0..2 {
+            let mut b = std::fs::read(slot(i)).unwrap();
+            let n = b.len();
+            b[n - 1] ^= 1;
+            std::fs::write(slot(i), b).unwrap();
+        }
+        let e = bind_error(run_config(Some(&dir), Policy::Enforce, g1, 0).0);
+        assert!(
+            e.contains("no valid replay state") && e.contains("replay.0"),
+            "{e}"
+        );
+        // Put back, then rekeyed while stopped: empty windows, recorded at once.
+        std::fs::write(slot(0), &whole).unwrap();
+        std::fs::write(slot(1), &whole).unwrap();
+        let (run, mut client2) = run_config(Some(&dir), Policy::Enforce, g2, 1);
+        let mut p = Proxy::bind(run).unwrap();
+        for i in 0..2 {
+            let (_, st) = replay::decode(&std::fs::read(slot(i)).unwrap()).unwrap();
+            assert_eq!((st.gid.as_slice(), st.key_generation), (g2, 1));
+            assert!(st.windows.is_empty());
+        }
+        p.handle(Instant::now(), 0, from, &request(&mut client2, 2));
+        p.persist_replay();
+        assert_eq!(to_group(&p), 1);
+        drop(p);
+        // Back to the old keys, or another Gid under the same generation: refused.
+        let e = bind_error(run_config(Some(&dir), Policy::Enforce, g1, 0).0);
+        assert!(e.contains("keying material went back"), "{e}");
+        let e = bind_error(run_config(Some(&dir), Policy::Enforce, &[0x44, 0x63], 1).0);
+        assert!(e.contains("keying material went back"), "{e}");
+        // A checked group with nowhere to keep its windows does not start.
+        let e = bind_error(run_config(None, Policy::Monitor, g2, 1).0);
+        assert!(e.contains("proxy.state_dir is needed"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn request(ctx: &mut SecurityContext, mid: u16) -> Vec<u8> {
+        let plain = build::encode(NON, 1, 1, &[1], &mut [(opt::URI_PATH, &b"x"[..])], &[]);
+        let (p, _) = ctx.protect_request(&plain, Mode::Group, None).unwrap();
+        let v = MessageView::parse(&p).unwrap();
+        let mut o: Vec<(u16, &[u8])> = v.options().collect();
+        o.extend([
+            (opt::URI_HOST, &b"224.0.1.187"[..]),
+            (opt::PROXY_SCHEME, b"coap"),
+            (opt::MULTICAST_TIMEOUT_DEFAULT, &[1]),
+        ]);
+        build::encode(NON, v.code(), mid, &mid.to_be_bytes(), &mut o, v.payload())
+    }
+
+    /// Datagrams queued on the group's egress.
+    fn to_group(p: &Proxy) -> usize {
+        let i = p.sockets.iter().position(|(l, _)| *l == Link::Group(0, 0));
+        p.queues[i.unwrap()].items.len()
+    }
+
+    #[test]
+    fn a_failed_replay_state_write_keeps_the_batch_from_the_group() {
+        let dir = std::env::temp_dir().join(format!("groxy-rwf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut p, mut client) = proxy(&dir, Policy::Enforce);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        p.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Instant::now();
+
+        // Written: the fan-out stays queued for sending.
+        p.handle(now, 0, from, &request(&mut client, 1));
+        assert_eq!(to_group(&p), 1);
+        p.persist_replay();
+        assert_eq!(to_group(&p), 1, "state written: the fan-out may leave");
+        p.queues.iter_mut().for_each(|q| q.items.clear());
+
+        // The disk fails: a batch of two admitted requests does not leave, and each is
+        // counted.
+        p.replay.as_mut().unwrap().fail_writes(0);
+        p.handle(now, 0, from, &request(&mut client, 2));
+        p.handle(now, 0, from, &request(&mut client, 3));
+        assert_eq!(to_group(&p), 2);
+        p.persist_replay();
+        assert_eq!(to_group(&p), 0, "nothing that relied on the write leaves");
+        let unsaved = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Dropped {
+                        reason: DropReason::ReplayStateUnsaved,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(unsaved, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn under_monitor_a_failed_write_is_logged_and_traffic_goes() {
+        let dir = std::env::temp_dir().join(format!("groxy-rwm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut p, mut client) = proxy(&dir, Policy::Monitor);
+        p.replay.as_mut().unwrap().fail_writes(0);
+        p.handle(
+            Instant::now(),
+            0,
+            "127.0.0.1:40000".parse().unwrap(),
+            &request(&mut client, 1),
+        );
+        p.persist_replay();
+        assert_eq!(to_group(&p), 1, "monitor decides nothing: the fan-out goes");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -60,7 +60,53 @@ impl Engine {
         }
     }
 
-    pub(super) fn enforced(&self, g: usize) -> bool {
+    /// The replay state of every group whose windows changed since the last call (a
+    /// rekeyed group's new, empty epoch included), each a whole snapshot of the group's
+    /// current epoch.
+    ///
+    /// The contract with the driver: call this after handling a batch and before sending
+    /// any datagram it produced, and put every state on stable storage first (synced).
+    /// A group request is multicast only after the window that admitted it moved, so a
+    /// state written before the send covers every request sent; after a crash, restored
+    /// with [`restore_replay`](Self::restore_replay), none of them passes again. If a
+    /// write fails, nothing queued for that group since the last successful write may
+    /// leave. Since each state is whole, a failed write needs no retry: the next change
+    /// writes everything again, and what the failed one covered never left.
+    pub fn take_replay_state(&mut self) -> Vec<(usize, ReplayState)> {
+        let mut out = Vec::new();
+        for (g, c) in self.checkers.iter_mut().enumerate() {
+            if let Some(s) = c.as_mut().and_then(GroupChecker::take_dirty) {
+                out.push((g, s));
+            }
+        }
+        out
+    }
+
+    /// Takes back a group's recorded replay state at start (see
+    /// [`GroupChecker::restore`]): the same Gid restores the windows, a newer configured
+    /// epoch starts empty (and is dirty, so that it is recorded), older or equal keying
+    /// material under another Gid is refused. A group without a checker ignores it.
+    pub fn restore_replay(
+        &mut self,
+        group: usize,
+        recorded: &ReplayState,
+    ) -> Result<Option<Restored>, ConfigError> {
+        match self.checkers.get_mut(group).and_then(Option::as_mut) {
+            Some(c) => c.restore(recorded).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The groups whose requests are checked (policy enforce or monitor): those with
+    /// replay state to keep.
+    pub fn checked_groups(&self) -> Vec<usize> {
+        (0..self.checkers.len())
+            .filter(|&g| self.checkers[g].is_some())
+            .collect()
+    }
+
+    /// Whether group `g`'s filter drops what fails (policy enforce).
+    pub fn enforced(&self, g: usize) -> bool {
         self.cfg.groups[g]
             .security
             .as_ref()

@@ -34,7 +34,8 @@ use crate::coap::{MessageView, Token};
 use crate::oscore::checker::CheckedRequest;
 use crate::oscore::replay::ResponseNumbers;
 use crate::oscore::{
-    ConfigError, GroupChecker, GroupMember, OscoreError, SecurityContext, SignatureChecker, Verdict,
+    ConfigError, GroupChecker, GroupMember, OscoreError, ReplayState, Restored, SecurityContext,
+    SignatureChecker, Verdict,
 };
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
