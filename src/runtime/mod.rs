@@ -454,6 +454,7 @@ impl Proxy {
             };
             let Err(e) = r else { continue };
             let mut dropped = 0usize;
+            let now = Instant::now();
             if self.engine.enforced(g) {
                 for (i, (link, _)) in self.sockets.iter().enumerate() {
                     if !matches!(link, Link::Group(x, _) if *x == g) {
@@ -465,6 +466,11 @@ impl Proxy {
                             reason: crate::proxy::DropReason::ReplayStateUnsaved,
                             from: to,
                         };
+                        let names = &self.names;
+                        self.log.record(now, &ev, |g| {
+                            g.and_then(|i| names.get(i).cloned())
+                                .unwrap_or_else(|| "unicast".into())
+                        });
                         if let Some(f) = &mut self.observer {
                             f(&ev);
                         }
