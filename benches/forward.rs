@@ -5,6 +5,15 @@
 //! measures adds the kernel's UDP path to this; here the figure is steady enough to
 //! compare two builds of the engine.
 //!
+//! Beside it, the refusal paths (issue 17): a request refused with 4.04 (no proxy
+//! target) and one refused with 5.03 at a full exchange table, whose Max-Age comes from
+//! the earliest live deadline; a refusal must cost no more than a 4.04, or a full table
+//! turns every further request into CPU work.
+//!
+//! The virtual clock moves 1 ms per request, and the client rotates over 64 source
+//! ports: at that rate no Message ID is reused toward the origin or a client endpoint
+//! within its lifetime (RFC 7252 §4.4), as the engine requires.
+//!
 //! Run: `cargo bench --bench forward`.
 
 use std::hint::black_box;
@@ -13,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use groxy::coap::MessageView;
-use groxy::coap::build::{self, NON, code};
+use groxy::coap::build::{self, CON, NON, code};
 use groxy::coap::options as opt;
 use groxy::proxy::{Engine, Link, Output, ProxyConfig};
 
@@ -47,7 +56,7 @@ impl Run {
     /// One request and its response through the engine; returns the datagrams out.
     fn exchange(&mut self) -> usize {
         self.n += 1;
-        self.now += Duration::from_micros(1);
+        self.now += Duration::from_millis(1);
         let n = self.n;
         // 64 client ports x 65,536 Message IDs before a (port, MID) pair comes back.
         let client: SocketAddr = ([127, 0, 0, 1], 40_000 + (n % 64) as u16).into();
@@ -100,6 +109,77 @@ impl Run {
     }
 }
 
+/// A request that the engine refuses, over and over, with what it answers.
+struct Refusal {
+    engine: Engine,
+    now: Instant,
+    n: u64,
+    request: fn(u64) -> Vec<u8>,
+}
+
+impl Refusal {
+    /// `full`: the exchange table is filled first (long group exchanges), so that every
+    /// request after it gets 5.03.
+    fn new(full: bool, request: fn(u64) -> Vec<u8>) -> Self {
+        let mut cfg = ProxyConfig::default();
+        cfg.limits.client_rate = 1e12;
+        cfg.limits.client_burst = 1e12;
+        cfg.limits.max_exchanges_per_client = 1 << 20;
+        let now = Instant::now();
+        let mut engine = Engine::new(cfg, now, 42).unwrap();
+        if full {
+            let client: SocketAddr = ([127, 0, 0, 2], 40_000).into();
+            for i in 0..16_384u32 {
+                let m = group_request(i as u16, &i.to_be_bytes(), 60);
+                engine.handle(now, Link::Listener(0), client, &m);
+                while engine.poll_output().is_some() {}
+            }
+            assert_eq!(engine.exchanges().0, 16_384);
+        }
+        Refusal {
+            engine,
+            now,
+            n: 0,
+            request,
+        }
+    }
+
+    /// CON requests, so that each refusal is piggybacked on the ACK (no Message ID of
+    /// the proxy's); the clock moves 1 ns, so that the table's exchanges stay live.
+    fn refuse(&mut self) -> u8 {
+        self.n += 1;
+        self.now += Duration::from_nanos(1);
+        let n = self.n;
+        let client: SocketAddr = ([127, 0, 0, 1], 40_000 + (n % 64) as u16).into();
+        let request = (self.request)(n);
+        self.engine
+            .handle(self.now, Link::Listener(0), client, &request);
+        let mut code = 0;
+        while let Some(o) = self.engine.poll_output() {
+            if let Output::Transmit(t) = o {
+                code = t.bytes[1];
+                self.engine.recycle(black_box(t.bytes));
+            }
+        }
+        code
+    }
+}
+
+fn group_request(mid: u16, token: &[u8], timeout: u8) -> Vec<u8> {
+    build::encode(
+        NON,
+        code::GET,
+        mid,
+        token,
+        &mut [
+            (opt::URI_HOST, &b"224.0.1.187"[..]),
+            (2, &[timeout]),
+            (opt::PROXY_SCHEME, b"coap"),
+        ],
+        &[],
+    )
+}
+
 fn bench(c: &mut Criterion) {
     let mut run = Run::new();
     // Sanity: a request and its relayed response, every time.
@@ -108,6 +188,24 @@ fn bench(c: &mut Criterion) {
     }
     c.bench_function("unicast_exchange_through_engine", |b| {
         b.iter(|| black_box(run.exchange()))
+    });
+    let mut not_found = Refusal::new(false, |n| {
+        let token = n.to_be_bytes();
+        build::encode(CON, code::GET, (n >> 6) as u16, &token[4..], &mut [], &[])
+    });
+    assert_eq!(not_found.refuse(), code::NOT_FOUND);
+    c.bench_function("refusal_4_04_through_engine", |b| {
+        b.iter(|| black_box(not_found.refuse()))
+    });
+    let mut full = Refusal::new(true, |n| {
+        let token = n.to_be_bytes();
+        let mut m = group_request((n >> 6) as u16, &token[4..], 10);
+        m[0] = (m[0] & 0xcf) | (CON << 4);
+        m
+    });
+    assert_eq!(full.refuse(), code::SERVICE_UNAVAILABLE);
+    c.bench_function("refusal_5_03_table_full_through_engine", |b| {
+        b.iter(|| black_box(full.refuse()))
     });
 }
 

@@ -472,3 +472,86 @@ fn s2_2_unknown_option_in_a_response_to_protect_gives_5_02() {
     assert_eq!(p.code(), code::BAD_GATEWAY);
     assert!(p.option(65000).is_none());
 }
+
+/// Issue 17, RFC 7252 §4.5: a flood from other addresses, allowed or not, cannot make a
+/// retransmitted CON request of a client be processed twice within EXCHANGE_LIFETIME.
+/// Refusals are not recorded (a retransmission is refused again, the same), each sender
+/// holds at most its share, and a full table refuses newcomers with 5.03 instead of
+/// forgetting anyone's entries.
+#[test]
+fn rfc7252_s4_5_a_flood_cannot_make_a_con_request_run_twice() {
+    let mut cfg = ProxyConfig::default();
+    cfg.limits.client_rate = 1e9;
+    cfg.limits.client_burst = 1e9;
+    cfg.limits.dedup_capacity = 65_536;
+    cfg.limits.dedup_per_client = 4_096;
+    let mut h = H::new(cfg);
+    let post = build::encode(
+        CON,
+        code::POST,
+        77,
+        b"act",
+        &mut [(opt::PROXY_URI, b"coap://127.0.0.9/actuate")],
+        b"on",
+    );
+    let (tx, _) = h.feed(LISTENER, client(), &post);
+    let first = tx.iter().filter(|t| t.to == origin()).count();
+    assert_eq!(first, 1);
+    let ack = tx.iter().find(|t| t.to == client()).unwrap().bytes.clone();
+    // 65,536 cheap refused requests (4.04: no proxy target) from another address...
+    let stranger: SocketAddr = "127.0.0.2:1".parse().unwrap();
+    for i in 0..65_536u32 {
+        let from = SocketAddr::new(stranger.ip(), 1 + (i % 60_000) as u16);
+        let m = build::encode(NON, code::GET, i as u16, &[1], &mut [], &[]);
+        h.feed(LISTENER, from, &m);
+    }
+    // ...and 100,000 forwarded ones from 64 allowed addresses, more than the table holds
+    // (a forwarded request is recorded).
+    let mut refused_full = 0;
+    for i in 0..100_000u32 {
+        let from: SocketAddr = format!("127.0.2.{}:7", i % 64).parse().unwrap();
+        // Multicast-Timeout 0: forwarded, no exchange kept, so only the table bounds it.
+        let m = group_get(NON, (i / 64) as u16, &i.to_be_bytes(), 0);
+        let (_, ev) = h.feed(LISTENER, from, &m);
+        if rejected(&ev).map(|r| r.0) == Some(RejectReason::DedupFull) {
+            refused_full += 1;
+        }
+    }
+    assert!(
+        refused_full > 0,
+        "the table filled and newcomers were refused"
+    );
+    // The client's retransmission, 60 s later: the same ACK, nothing forwarded again.
+    h.now += Duration::from_secs(60);
+    let (tx, ev) = h.feed(LISTENER, client(), &post);
+    assert_eq!(drops(&ev), vec![DropReason::DuplicateRequest]);
+    assert!(tx.iter().all(|t| t.to != origin()), "processed twice");
+    assert_eq!(tx.iter().find(|t| t.to == client()).unwrap().bytes, ack);
+}
+
+/// Issue 17: at a full exchange table the refusal's Max-Age comes from the earliest live
+/// deadline without a scan, and exchanges that ended early do not count.
+#[test]
+fn table_full_refusal_max_age_is_the_earliest_live_deadline() {
+    let mut cfg = ProxyConfig::default();
+    cfg.limits.max_exchanges = 3;
+    let mut h = H::new(cfg);
+    let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, b"a", 5));
+    let first = tx[0].clone();
+    h.now += Duration::from_secs(1);
+    h.feed(LISTENER, client(), &group_get(NON, 2, b"b", 20));
+    h.feed(LISTENER, client(), &group_get(NON, 3, b"c", 30));
+    // The earliest one ends early (an Early Stop Request): the next is 20 s after 1 s.
+    let stop = build::encode(NON, code::GET, 4, b"a", &mut [(MT, &[])], &[]);
+    let (_, ev) = h.feed(LISTENER, client(), &stop);
+    assert_eq!(closed(&ev), Some(CloseReason::EarlyStopRequest));
+    drop(first);
+    h.feed(LISTENER, client(), &group_get(NON, 5, b"d", 40));
+    let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, 6, b"e", 40));
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::TableFull, code::SERVICE_UNAVAILABLE))
+    );
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!(opt::read_uint(v.option(opt::MAX_AGE).unwrap()), Some(20));
+}

@@ -103,6 +103,7 @@ struct LimitsSection {
     max_clients: Option<usize>,
     max_datagram: Option<usize>,
     dedup_capacity: Option<usize>,
+    dedup_per_client: Option<usize>,
     late_memory: Option<usize>,
     max_retransmissions: Option<usize>,
     egress_ports: Option<u16>,
@@ -269,11 +270,15 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         max_clients: l.max_clients.unwrap_or(d.max_clients),
         max_datagram: l.max_datagram.unwrap_or(d.max_datagram),
         dedup_capacity: l.dedup_capacity.unwrap_or(d.dedup_capacity),
+        dedup_per_client: l.dedup_per_client.unwrap_or(d.dedup_per_client),
         late_memory: l.late_memory.unwrap_or(d.late_memory),
         max_retransmissions: l.max_retransmissions.unwrap_or(d.max_retransmissions),
         egress_ports: l.egress_ports.unwrap_or(d.egress_ports),
         max_destinations: l.max_destinations.unwrap_or(d.max_destinations),
     };
+    if limits.dedup_per_client > limits.dedup_capacity {
+        errors.push("limits.dedup_per_client: must not exceed limits.dedup_capacity".into());
+    }
     if !(1..=256).contains(&limits.egress_ports) {
         errors.push("limits.egress_ports: must be 1..=256".into());
     }
@@ -285,6 +290,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         ),
         ("limits.max_clients", limits.max_clients),
         ("limits.dedup_capacity", limits.dedup_capacity),
+        ("limits.dedup_per_client", limits.dedup_per_client),
         ("limits.max_destinations", limits.max_destinations),
     ] {
         if v == 0 {

@@ -108,8 +108,12 @@ pub struct Limits {
     pub max_clients: usize,
     /// Larger datagrams are dropped and counted.
     pub max_datagram: usize,
-    /// (client, Message ID) pairs remembered for deduplication (RFC 7252 §4.5).
+    /// (client, Message ID) pairs remembered for deduplication (RFC 7252 §4.5). When
+    /// full, a client below its share gets 5.03 with Max-Age: nobody's entries are
+    /// evicted by another's traffic.
     pub dedup_capacity: usize,
+    /// Entries one client address may hold; past it, its own oldest is forgotten early.
+    pub dedup_per_client: usize,
     /// How many of the proxy's latest tokens a response may carry to count as late
     /// rather than unknown.
     pub late_memory: usize,
@@ -135,6 +139,7 @@ impl Default for Limits {
             max_clients: 16_384,
             max_datagram: 1_500,
             dedup_capacity: 65_536,
+            dedup_per_client: 4_096,
             late_memory: 16_384,
             max_retransmissions: 16_384,
             egress_ports: 8,

@@ -40,6 +40,9 @@ pub enum RejectReason {
     /// No Message ID is free toward the group, the origin or the client within its
     /// lifetime (RFC 7252 §4.4), on any egress port: 5.03 with Max-Age.
     MessageIdsExhausted,
+    /// The deduplication table is full and the client has not reached its share: 5.03
+    /// with Max-Age until an entry expires (RFC 7252 §4.5, see `Dedup`).
+    DedupFull,
 }
 
 impl RejectReason {
@@ -70,6 +73,7 @@ impl RejectReason {
             EchoChallenge => "echo_challenge",
             ShuttingDown => "shutting_down",
             MessageIdsExhausted => "message_ids_exhausted",
+            DedupFull => "dedup_full",
         }
     }
 }

@@ -34,19 +34,31 @@ impl Seconds {
 }
 
 /// Message deduplication (RFC 7252 §4.5): (sender, Message ID) pairs seen recently, with
-/// the reply sent to a CON so that a retransmission gets the same reply. At capacity the
-/// oldest entry is forgotten early (a duplicate of it could then be processed twice).
+/// the reply sent to a CON so that a retransmission gets the same reply.
+///
+/// No sender can make the table forget another's entries: each sender address has a
+/// share of at most `per_sender` entries (one that sends more within a lifetime replaces
+/// its own oldest), and when the whole table is full a sender below its share cannot get
+/// a new entry until one expires ([`Dedup::room`] says so, and the engine refuses the
+/// request with 5.03 rather than process it unrecorded). Only requests that the proxy
+/// processed are recorded (see the engine): a refusal needs no entry, as refusing again
+/// is the same answer.
 ///
 /// Consulted for every request, so its entries are small (32 bytes in the map and in the
-/// queue): expiry in whole seconds since the table's first use, rounded up so that no
+/// queues): expiry in whole seconds since the table's first use, rounded up so that no
 /// entry is forgotten before its lifetime, and the few replies to CONs kept aside.
 #[derive(Debug)]
 pub struct Dedup {
     map: HashMap<Key, Seen>,
-    order: VecDeque<(u32, Key)>,
+    /// Each sender's entries, oldest first.
+    senders: HashMap<Sender, VecDeque<(u32, Key)>>,
     replies: HashMap<Key, Box<[u8]>>,
     capacity: usize,
+    per_sender: usize,
     clock: Seconds,
+    /// The earliest expiry among the entries, as of the last [`Dedup::expire`] (the
+    /// engine's sweep): a full table is not scanned per request.
+    next_expiry: u32,
 }
 
 /// (sender, Message ID) packed into 24 bytes, hashed as two words: the table is consulted
@@ -61,6 +73,9 @@ struct Key {
     /// The IPv6 scope, with the top bit telling IPv6 from IPv4.
     scope: u32,
 }
+
+/// A sender's address (its share is per address, as the per-client limits are).
+type Sender = ([u64; 2], u32);
 
 impl Key {
     fn new(from: SocketAddr, mid: u16) -> Key {
@@ -77,6 +92,10 @@ impl Key {
             scope,
         }
     }
+
+    fn sender(&self) -> Sender {
+        (self.ip, self.scope)
+    }
 }
 
 impl std::hash::Hash for Key {
@@ -89,80 +108,80 @@ impl std::hash::Hash for Key {
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    /// Seconds since `base`: live while the current second is below it.
+    /// Seconds since the clock's base: live while the current second is below it.
     expires: u32,
     has_reply: bool,
 }
 
-/// What [`Dedup::observe`] found: a new message (now recorded), or a duplicate with a
-/// copy of the reply given to it.
+/// What [`Dedup::lookup`] found: a duplicate, with a copy of the reply given to it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Observed {
-    New,
-    Duplicate(Option<Vec<u8>>),
-}
+pub struct Duplicate(pub Option<Vec<u8>>);
 
 impl Dedup {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, per_sender: usize) -> Self {
         Dedup {
             map: HashMap::default(),
-            order: VecDeque::new(),
+            senders: HashMap::default(),
             replies: HashMap::default(),
             capacity,
+            per_sender: per_sender.clamp(1, capacity.max(1)),
             clock: Seconds::default(),
+            next_expiry: 0,
         }
     }
 
-    /// Whether a message was seen within its lifetime; if not, it is recorded now. At
-    /// capacity the oldest entry is forgotten early.
-    pub fn observe(
-        &mut self,
-        from: SocketAddr,
-        mid: u16,
-        now: Instant,
-        lifetime: Duration,
-    ) -> Observed {
+    /// Whether the message was seen within its lifetime (nothing is recorded).
+    pub fn lookup(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<Duplicate> {
         let key = Key::new(from, mid);
         let now_s = self.clock.at(now, false);
-        let expires = self.clock.at(now + lifetime, true);
-        let fresh = Seen {
-            expires,
-            has_reply: false,
-        };
-        match self.map.entry(key) {
-            Entry::Occupied(e) if e.get().expires > now_s => {
-                let reply = e.get().has_reply.then(|| self.replies.get(&key));
-                return Observed::Duplicate(reply.flatten().map(|r| r.to_vec()));
-            }
-            Entry::Occupied(mut e) => {
-                if e.get().has_reply {
-                    self.replies.remove(&key);
-                }
-                *e.get_mut() = fresh;
-            }
-            Entry::Vacant(e) => {
-                e.insert(fresh);
-            }
-        }
-        self.order.push_back((expires, key));
-        // The entry just added is the newest, so the oldest is another one (a renewed
-        // entry's old record no longer matches its expiry and is skipped).
-        if self.map.len() > self.capacity
-            && let Some((exp, old)) = self.order.pop_front()
-        {
-            self.forget(old, exp);
-        }
-        Observed::New
+        let seen = self.map.get(&key).filter(|s| s.expires > now_s)?;
+        let reply = seen.has_reply.then(|| self.replies.get(&key));
+        Some(Duplicate(reply.flatten().map(|r| r.to_vec())))
     }
 
-    /// Removes `key` if its entry is the one that expires at `exp`.
-    fn forget(&mut self, key: Key, exp: u32) {
-        if let Entry::Occupied(e) = self.map.entry(key)
+    /// Whether a new message from `from` can be recorded now; if not, when the table's
+    /// next entry expires (it is freed by the [`Dedup::expire`] after that). No scan:
+    /// refusing costs no more than a lookup.
+    pub fn room(&mut self, from: SocketAddr, now: Instant) -> Result<(), Instant> {
+        let sender = Key::new(from, 0).sender();
+        let held = self.senders.get(&sender).map_or(0, VecDeque::len);
+        if held >= self.per_sender || self.map.len() < self.capacity {
+            return Ok(());
+        }
+        let at = self.clock.instant(self.next_expiry).unwrap_or(now);
+        Err(at.max(now))
+    }
+
+    /// Records a message (after [`Self::room`] allowed it). A sender at its share
+    /// forgets its own oldest entry early; nobody else's.
+    pub fn record(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) {
+        let key = Key::new(from, mid);
+        // The clock's base is the first time it is given: `now`, not the expiry.
+        self.clock.at(now, false);
+        let expires = self.clock.at(now + lifetime, true);
+        let queue = self.senders.entry(key.sender()).or_default();
+        if queue.len() >= self.per_sender
+            && let Some((exp, old)) = queue.pop_front()
+            && let Entry::Occupied(e) = self.map.entry(old)
             && e.get().expires == exp
             && e.remove().has_reply
         {
+            self.replies.remove(&old);
+        }
+        if let Some(old) = self.map.insert(
+            key,
+            Seen {
+                expires,
+                has_reply: false,
+            },
+        ) && old.has_reply
+        {
             self.replies.remove(&key);
         }
+        // A renewed key's older queue record no longer matches its expiry: it is skipped
+        // when it comes up, but still counts against the share until then.
+        queue.push_back((expires, key));
+        debug_assert!(self.map.len() <= self.capacity + self.per_sender);
     }
 
     pub fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
@@ -173,15 +192,31 @@ impl Dedup {
         }
     }
 
+    /// Forgets what has outlived its lifetime, and senders with nothing left.
     pub fn expire(&mut self, now: Instant) {
         let now_s = self.clock.at(now, false);
-        while let Some(&(exp, key)) = self.order.front() {
-            if exp > now_s {
-                break;
+        let (map, replies) = (&mut self.map, &mut self.replies);
+        self.senders.retain(|_, queue| {
+            while let Some(&(exp, key)) = queue.front() {
+                if exp > now_s {
+                    break;
+                }
+                queue.pop_front();
+                if let Entry::Occupied(e) = map.entry(key)
+                    && e.get().expires == exp
+                    && e.remove().has_reply
+                {
+                    replies.remove(&key);
+                }
             }
-            self.order.pop_front();
-            self.forget(key, exp);
-        }
+            !queue.is_empty()
+        });
+        self.next_expiry = self
+            .senders
+            .values()
+            .filter_map(|q| q.front().map(|e| e.0))
+            .min()
+            .unwrap_or(now_s);
     }
 
     pub fn len(&self) -> usize {
@@ -238,56 +273,78 @@ impl Bucket {
 mod tests {
     use super::*;
 
+    /// A duplicate of a recorded message, with its reply.
+    fn dup(d: &mut Dedup, a: SocketAddr, mid: u16, t: Instant) -> Option<Option<Vec<u8>>> {
+        d.lookup(a, mid, t).map(|Duplicate(r)| r)
+    }
+
     #[test]
     fn rfc7252_s4_5_dedup_remembers_and_forgets() {
         let t0 = Instant::now();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let mut d = Dedup::new(2);
-        assert_eq!(d.observe(a, 1, t0, NON_LIFETIME), Observed::New);
+        let mut d = Dedup::new(4, 2);
+        assert_eq!(dup(&mut d, a, 1, t0), None);
+        d.record(a, 1, t0, NON_LIFETIME);
         d.set_reply(a, 1, vec![9]);
         // A CON's duplicate gets the same reply.
-        assert_eq!(
-            d.observe(a, 1, t0, NON_LIFETIME),
-            Observed::Duplicate(Some(vec![9]))
-        );
-        assert_eq!(d.observe(a, 2, t0, NON_LIFETIME), Observed::New);
-        // At capacity the oldest goes, with its reply.
-        assert_eq!(d.observe(a, 3, t0, NON_LIFETIME), Observed::New);
+        assert_eq!(dup(&mut d, a, 1, t0), Some(Some(vec![9])));
+        d.record(a, 2, t0, NON_LIFETIME);
+        // At its share a sender forgets its own oldest, with its reply.
+        assert_eq!(d.room(a, t0), Ok(()));
+        d.record(a, 3, t0, NON_LIFETIME);
         assert_eq!(d.len(), 2);
         assert!(d.replies.is_empty());
-        assert_eq!(d.observe(a, 1, t0, NON_LIFETIME), Observed::New);
+        assert_eq!(dup(&mut d, a, 1, t0), None);
         // Remembered for at least its lifetime (expiry is rounded up to a second)...
         let almost = t0 + NON_LIFETIME - Duration::from_millis(1);
-        assert!(matches!(
-            d.observe(a, 3, almost, NON_LIFETIME),
-            Observed::Duplicate(_)
-        ));
-        // ...after which a Message ID is new again, and recorded anew.
+        assert_eq!(dup(&mut d, a, 3, almost), Some(None));
+        // ...after which a Message ID is new again.
         let later = t0 + NON_LIFETIME;
-        assert_eq!(d.observe(a, 3, later, NON_LIFETIME), Observed::New);
-        assert_eq!(
-            d.observe(a, 3, later, NON_LIFETIME),
-            Observed::Duplicate(None)
-        );
+        assert_eq!(dup(&mut d, a, 3, later), None);
         d.expire(later);
-        assert_eq!(d.len(), 1);
-        d.expire(later + NON_LIFETIME);
         assert!(d.is_empty());
         // The sender is the whole endpoint: another port, family or scope is another one.
-        let mut d = Dedup::new(8);
-        d.observe(a, 7, t0, NON_LIFETIME);
+        let mut d = Dedup::new(8, 8);
+        d.record(a, 7, t0, NON_LIFETIME);
         for other in [
             "127.0.0.1:2",
             "[::ffff:127.0.0.1]:1",
             "[fe80::1%1]:1",
             "[fe80::1%2]:1",
         ] {
-            assert_eq!(
-                d.observe(other.parse().unwrap(), 7, t0, NON_LIFETIME),
-                Observed::New
-            );
+            assert_eq!(dup(&mut d, other.parse().unwrap(), 7, t0), None);
         }
-        assert_eq!(d.observe(a, 7, t0, NON_LIFETIME), Observed::Duplicate(None));
+        assert_eq!(dup(&mut d, a, 7, t0), Some(None));
+    }
+
+    /// Issue 17: no sender evicts another's entries. When the table is full a sender
+    /// below its share has no room (the engine refuses its request); the entries already
+    /// there stay for their lifetime.
+    #[test]
+    fn rfc7252_s4_5_other_senders_cannot_evict_an_entry() {
+        let t0 = Instant::now();
+        let victim: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut d = Dedup::new(10, 4);
+        d.record(victim, 42, t0, EXCHANGE_LIFETIME);
+        for i in 0..100u16 {
+            let other: SocketAddr = format!("198.51.100.{}:1", i % 50).parse().unwrap();
+            if d.room(other, t0).is_ok() {
+                d.record(other, i, t0, NON_LIFETIME);
+            }
+        }
+        assert_eq!(d.len(), 10);
+        assert_eq!(
+            dup(&mut d, victim, 42, t0 + Duration::from_secs(200)),
+            Some(None)
+        );
+        let newcomer: SocketAddr = "203.0.113.9:1".parse().unwrap();
+        d.expire(t0);
+        let free_at = d.room(newcomer, t0).unwrap_err();
+        assert_eq!(free_at, t0 + NON_LIFETIME);
+        // Freed by the sweep once expired.
+        assert!(d.room(newcomer, free_at).is_err());
+        d.expire(free_at);
+        assert_eq!(d.room(newcomer, free_at), Ok(()));
     }
 
     #[test]

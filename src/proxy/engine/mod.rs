@@ -25,7 +25,7 @@ use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
 use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 use super::mids::{MessageIds, MidError};
-use super::tables::{Bucket, Dedup, EXCHANGE_LIFETIME, NON_LIFETIME, Observed};
+use super::tables::{Bucket, Dedup, Duplicate, EXCHANGE_LIFETIME, NON_LIFETIME};
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
@@ -267,6 +267,9 @@ pub struct Engine {
     /// The time of the datagram or timer being handled (given by the caller).
     now: Instant,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Exchange deadlines, earliest first, cleaned lazily (an exchange that ended early
+    /// stays until it comes up): the Max-Age of a refusal at a full table without a scan.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     tokens: tokens::TokenSpace,
     /// Echo values, jitter: a CSPRNG seeded once by the driver (RFC 9175 §2).
     rng: ChaCha20Rng,
@@ -318,7 +321,7 @@ impl Engine {
             echoes: HashMap::default(),
             reserving,
             draining: false,
-            dedup: Dedup::new(cfg.limits.dedup_capacity),
+            dedup: Dedup::new(cfg.limits.dedup_capacity, cfg.limits.dedup_per_client),
             cfg,
             exchanges: HashMap::default(),
             by_client: HashMap::default(),
@@ -328,6 +331,7 @@ impl Engine {
             mids: MessageIds::new(cfg_limits_destinations),
             now,
             timers: BinaryHeap::new(),
+            deadlines: BinaryHeap::new(),
             tokens: tokens::TokenSpace::new(token_key),
             rng,
             out: VecDeque::new(),
@@ -519,12 +523,27 @@ impl Engine {
         let mid = view.message_id();
         let con = mtype == CON;
         let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
-        if let Observed::Duplicate(reply) = self.dedup.observe(from, mid, now, lifetime) {
+        if let Some(Duplicate(reply)) = self.dedup.lookup(from, mid, now) {
             // RFC 7252 §4.5: a duplicate is not processed again; a CON gets the same reply.
             if let Some(r) = reply {
                 self.send(Link::Listener(listener), from, r);
             }
             return self.drop_msg(DropReason::DuplicateRequest, from);
+        }
+        // A request is processed only if it can be recorded: a full table (other senders
+        // cannot evict this one's entries, see `Dedup`) refuses it, as processing it
+        // unrecorded could let a retransmission be processed twice.
+        if let Err(free_at) = self.dedup.room(from, now) {
+            let r = Reject::new(
+                code::SERVICE_UNAVAILABLE,
+                RejectReason::DedupFull,
+                "deduplication table full",
+            )
+            .max_age(free_at.saturating_duration_since(now));
+            if let Some(reply) = self.error_reply(listener, from, con, mid, view.token(), r) {
+                self.send(Link::Listener(listener), from, reply);
+            }
+            return;
         }
         // oscore-capable-proxies §2.4 steps 5-6: an OSCORE request that names no proxy
         // target outside is for the proxy itself; its layer comes off first.
@@ -544,7 +563,8 @@ impl Engine {
                                 && let Err(challenge) =
                                     self.check_freshness(o, &inner_view, (listener, from), con, mid)
                             {
-                                self.dedup.set_reply(from, mid, challenge.clone());
+                                // Not processed, so not recorded: a retransmission gets
+                                // a challenge of its own.
                                 return self.send(Link::Listener(listener), from, challenge);
                             }
                             &inner_view
@@ -558,16 +578,23 @@ impl Engine {
                     else {
                         return;
                     };
-                    if con {
-                        self.dedup.set_reply(from, mid, reply.clone());
-                    }
                     return self.send(Link::Listener(listener), from, reply);
                 }
             }
         } else {
             view
         };
-        let reply = match self.request(now, listener, from, view, &mut outer) {
+        let result = self.request(now, listener, from, view, &mut outer);
+        // Recorded for deduplication only if processed: a refusal is made again, the
+        // same, for a retransmission (a token reuse ended an exchange: processed).
+        let processed = match &result {
+            Ok(_) => true,
+            Err(r) => r.reason == RejectReason::TokenReuse,
+        };
+        if processed {
+            self.dedup.record(from, mid, now, lifetime);
+        }
+        let reply = match result {
             Ok(Some(local)) => {
                 let (t, m) = if con {
                     (ACK, mid)
@@ -850,6 +877,18 @@ impl Engine {
         }
     }
 
+    /// When the earliest live exchange ends: the deadlines heap's top, once the entries
+    /// of exchanges that ended early are popped (each once: amortised O(log n)).
+    fn earliest_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, token))) = self.deadlines.peek() {
+            if self.exchanges.get(&token).is_some_and(|e| e.deadline == at) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
     /// The per-client and global caps; called just before an exchange is created.
     fn admit(&mut self, now: Instant, client: IpAddr, group: Option<usize>) -> Result<(), Reject> {
         let l = &self.cfg.limits;
@@ -865,10 +904,10 @@ impl Engine {
             None => r,
         };
         if self.exchanges.len() >= max_ex {
-            // Max-Age: until the earliest exchange ends (only computed when refusing).
-            let next_free = self.exchanges.values().map(|e| e.deadline).min();
-            let wait =
-                next_free.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+            // Max-Age: until the earliest exchange ends.
+            let wait = self
+                .earliest_deadline()
+                .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
             return Err(with_group(
                 Reject::new(
                     code::SERVICE_UNAVAILABLE,
@@ -1182,6 +1221,13 @@ impl Engine {
             c.active += 1;
         }
         self.push_timer(deadline, Timer::Exchange(token));
+        self.deadlines.push(Reverse((deadline, token)));
+        // Bounded by what is live, as the timer heap is (see `push_timer`).
+        if self.deadlines.len() > 4 * self.exchanges.len() + 1024 {
+            let exchanges = &self.exchanges;
+            self.deadlines
+                .retain(|Reverse((at, t))| exchanges.get(t).is_some_and(|e| e.deadline == *at));
+        }
     }
 
     /// Ends an exchange and frees its token; later responses count as late (§5.4.1).
