@@ -555,3 +555,53 @@ fn table_full_refusal_max_age_is_the_earliest_live_deadline() {
     let v = MessageView::parse(&tx[0].bytes).unwrap();
     assert_eq!(opt::read_uint(v.option(opt::MAX_AGE).unwrap()), Some(20));
 }
+
+/// RFC 10021 §9 with RFC 9175 §2: after lost state the proxy challenges with an Echo
+/// value drawn from its CSPRNG, a new one per challenge; only the value it sent restores
+/// freshness (a wrong value of the same length is challenged again).
+#[test]
+fn rfc9175_s2_echo_values_are_fresh_and_only_the_sent_one_passes() {
+    let g = Group::new(&[CLIENT_ID, PROXY_ID]);
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy: Policy::Off,
+        checker: g.checker_config(),
+        member: Some(g.config(PROXY_ID)),
+        allow_kids: None,
+    });
+    let mut h = H::new(cfg);
+    h.e.restore_member(0, 0, 4096, true);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
+    let mut mid = 10u16;
+    // A request for the proxy's own /status through its layer, with an Echo value or
+    // not; returns the code and the Echo option of the answer.
+    let mut ask = |h: &mut H, echo: Option<&[u8]>| -> (u8, Option<Vec<u8>>) {
+        mid += 1;
+        let mut opts: Vec<(u16, &[u8])> = vec![(opt::URI_PATH, b"status")];
+        if let Some(e) = echo {
+            opts.push((opt::ECHO, e));
+        }
+        let inner = build::encode(CON, code::GET, mid, &mid.to_be_bytes(), &mut opts, &[]);
+        let (wrapped, mut ex) = ctx
+            .protect_request_layer(&inner, Mode::Pairwise, Some(PROXY_ID), Layer::Hop)
+            .unwrap();
+        let (tx, _) = h.feed(LISTENER, client(), &wrapped);
+        let (plain, _) = ctx.unprotect_response(&tx[0].bytes, &mut ex).unwrap();
+        let v = MessageView::parse(&plain).unwrap();
+        (v.code(), v.option(opt::ECHO).map(<[u8]>::to_vec))
+    };
+    let (c1, e1) = ask(&mut h, None);
+    let (c2, e2) = ask(&mut h, None);
+    assert_eq!((c1, c2), (code::UNAUTHORIZED, code::UNAUTHORIZED));
+    let (e1, e2) = (e1.unwrap(), e2.unwrap());
+    assert_eq!(e1.len(), 8);
+    assert_ne!(e1, e2, "each challenge has a value of its own");
+    // The superseded value, and a guess of the right length, are challenged again.
+    assert_eq!(ask(&mut h, Some(&e1)).0, code::UNAUTHORIZED);
+    let (_, e3) = ask(&mut h, Some(&[0; 8]));
+    let e3 = e3.unwrap();
+    let (c, _) = ask(&mut h, Some(&e3));
+    assert_eq!(c, code::CONTENT);
+    // Freshness holds from then on, without Echo.
+    assert_eq!(ask(&mut h, None).0, code::CONTENT);
+}
