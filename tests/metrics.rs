@@ -810,11 +810,11 @@ fn strings_in(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn yaml_docs(path: &str) -> Vec<serde_yaml::Value> {
+fn yaml_docs(path: &str) -> Vec<serde_yaml_ng::Value> {
     let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| {
-            <serde_yaml::Value as serde::Deserialize>::deserialize(d)
+            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(d)
                 .unwrap_or_else(|e| panic!("{path}: {e}"))
         })
         .filter(|d| !d.is_null())
@@ -887,7 +887,7 @@ fn deploy_files_parse_and_query_only_metrics_a_real_scrape_has() {
         .find(|v| v["secret"].is_mapping())
         .expect("the keys come from a Secret");
     assert_eq!(secret["secret"]["defaultMode"], 0o400);
-    let mounts = |containers: &serde_yaml::Value| -> Vec<serde_yaml::Value> {
+    let mounts = |containers: &serde_yaml_ng::Value| -> Vec<serde_yaml_ng::Value> {
         containers
             .as_sequence()
             .into_iter()

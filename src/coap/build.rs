@@ -20,7 +20,6 @@ pub mod code {
     pub const BAD_OPTION: u8 = 0x82;
     pub const NOT_FOUND: u8 = 0x84;
     pub const METHOD_NOT_ALLOWED: u8 = 0x85;
-    pub const REQUEST_ENTITY_TOO_LARGE: u8 = 0x8d;
     pub const TOO_MANY_REQUESTS: u8 = 0x9d;
     pub const NOT_IMPLEMENTED: u8 = 0xa1;
     pub const BAD_GATEWAY: u8 = 0xa2;

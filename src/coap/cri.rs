@@ -1,4 +1,4 @@
-//! CRIs (RFC 9844, formerly draft-ietf-core-href) for the Reply-From option
+//! CRIs (Constrained Resource Identifiers, draft-ietf-core-href-27) for the Reply-From option
 //! (groupcomm-proxy §3): `[scheme-id, [host-ip, port]]` with path, query and fragment left
 //! off as trailing defaults. coap is scheme number 0, so scheme-id -1.
 
@@ -66,7 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc9844_cri_for_ipv4_and_ipv6() {
+    fn href_cri_for_ipv4_and_ipv6() {
         // [-1, [h'c0000201', 5683]]
         let v = reply_from("192.0.2.1:5683".parse().unwrap());
         assert_eq!(hex::encode(&v), "822082 44c0000201 191633".replace(' ', ""));

@@ -57,43 +57,6 @@ const ERROR_CODES: [u8; 11] = [
     code::HOP_LIMIT_REACHED,
 ];
 
-/// Drop reasons and check results known today, made at start so that their series exist
-/// at 0 (an alert's increase() needs a sample before the first event). Variants the
-/// engine gains later are counted too, their series made on first use, so this module
-/// never has to follow the engine's enumerations to compile.
-const DROP_REASONS: [DropReason; 15] = [
-    DropReason::TooLarge,
-    DropReason::Malformed,
-    DropReason::DuplicateRequest,
-    DropReason::LateResponse,
-    DropReason::UnknownToken,
-    DropReason::UnexpectedMessage,
-    DropReason::ResponseAfterStop,
-    DropReason::GaveUpRetransmitting,
-    DropReason::RequestCheckFailed,
-    DropReason::ResponseCheckFailed,
-    DropReason::ResponseReplay,
-    DropReason::MessageIdsExhausted,
-    DropReason::DestinationsFull,
-    DropReason::UnmatchedStop,
-    DropReason::ReplayStateUnsaved,
-];
-
-const CHECK_RESULTS: [CheckResult; 8] = [
-    CheckResult::Valid,
-    CheckResult::BadSignature,
-    CheckResult::UnknownGid,
-    CheckResult::UnknownKid,
-    CheckResult::Malformed,
-    CheckResult::NotProtected,
-    CheckResult::Unverifiable,
-    CheckResult::Replay,
-];
-
-/// The reason of rejections by the proxy's own OSCORE layer (RFC 8613 section 8.2),
-/// compared by name so that this module does not depend on that variant.
-const OSCORE_LAYER: &str = "oscore_layer";
-
 /// Children of a labeled counter keyed by a small enumeration, found by a linear search
 /// (a handful of entries: cheaper than hashing) and made on first use.
 struct Children<K> {
@@ -121,23 +84,6 @@ impl<K: Copy + PartialEq> Children<K> {
             }
         }
     }
-}
-
-/// `CloseReason` has no `as_str` in the engine: its variant name in snake case (made once
-/// per series).
-fn close_label(r: CloseReason) -> String {
-    let mut out = String::new();
-    for (i, ch) in format!("{r:?}").chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// Handles of one group's checks, made only for groups whose traffic is checked.
@@ -389,7 +335,7 @@ impl Metrics {
                 let checks = checked.map(|s| {
                     let p = s.policy;
                     let dir = |d: &str| {
-                        Children::with(&CHECK_RESULTS, |res| {
+                        Children::with(CheckResult::ALL, |res| {
                             checks.with_label_values(&[name, d, res.as_str(), p.as_str()])
                         })
                     };
@@ -432,7 +378,7 @@ impl Metrics {
             error_codes[c as usize] = Some(errors.with_label_values(&[&code::dotted(c)]));
         }
         Metrics {
-            dropped: Children::with(&DROP_REASONS, |d| {
+            dropped: Children::with(DropReason::ALL, |d| {
                 dropped_vec.with_label_values(&[d.as_str()])
             }),
             dropped_vec,
@@ -503,7 +449,9 @@ impl Observer for Metrics {
                 h.rejections.inc(reason, || {
                     rejections.with_label_values(&[name.as_str(), reason.as_str()])
                 });
-                if reason.as_str() == OSCORE_LAYER && code == code::BAD_REQUEST {
+                // A failure of the proxy's own layer that is a decryption failure (RFC 8613
+                // §8.2: 4.00).
+                if reason == RejectReason::OscoreLayer && code == code::BAD_REQUEST {
                     self.decryption.inc();
                 }
                 self.error_response(code);
@@ -549,7 +497,7 @@ impl Observer for Metrics {
                 let h = &mut self.groups[i];
                 let name = &h.name;
                 h.closed.inc(reason, || {
-                    closed.with_label_values(&[name.as_str(), &close_label(reason)])
+                    closed.with_label_values(&[name.as_str(), reason.as_str()])
                 });
             }
             Event::Checked {

@@ -3,8 +3,9 @@
 //! most of a forwarding proxy's time is the kernel's per-call cost, so fewer calls is
 //! the largest saving there is (see `benches/load.rs`).
 //!
-//! Both work on non-blocking sockets and return `WouldBlock` like the single calls, so
-//! the tokio readiness protocol is kept: wrap them in `UdpSocket::try_io`.
+//! Both work on non-blocking sockets and return `WouldBlock` like the single calls; the
+//! forwarding loop (`runtime::Proxy::forward`) calls them on the sockets `ppoll` found
+//! readable.
 
 use std::io;
 use std::mem::{size_of, zeroed};

@@ -138,8 +138,4 @@ impl Engine {
     pub fn drain(&mut self) {
         self.draining = true;
     }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining
-    }
 }
