@@ -188,6 +188,38 @@ struct Client {
     bucket: Bucket,
 }
 
+/// Where a request goes, resolved once from its proxy target.
+#[derive(Debug, Clone, Copy)]
+enum Destination {
+    Group(usize),
+    Origin(SocketAddr),
+}
+
+/// A request on its way out: where it came from and what it carries on.
+struct Forward<'a> {
+    listener: usize,
+    from: SocketAddr,
+    view: &'a MessageView<'a>,
+    target: Target<'a>,
+    /// Hop-Limit decremented (RFC 8768), if the request had one.
+    hop_limit: Option<u8>,
+}
+
+/// What a new exchange starts with.
+struct Opening {
+    kind: Kind,
+    listener: usize,
+    client: SocketAddr,
+    /// The proxy's token for the forwarded request.
+    token: u64,
+    timeout: Duration,
+    /// The socket the request left by.
+    egress: Link,
+    /// Message ID of a CON request sent to a unicast origin.
+    origin_mid: Option<u16>,
+    requester: Requester,
+}
+
 /// A response the proxy itself makes (its own resources).
 struct Local {
     code: u8,
@@ -768,30 +800,7 @@ impl Engine {
         if self.names_proxy(&target) {
             return self.local_request(view, outer);
         }
-        let group = match &target.host {
-            Host::Ip(ip) if ip.is_multicast() => match self.group_by_addr(*ip, target.port) {
-                Some(g) => Some(g),
-                // RFC 10020 §3.5.1: group URIs not enabled get 5.01.
-                None => {
-                    return Err(Reject::new(
-                        code::NOT_IMPLEMENTED,
-                        RejectReason::GroupNotEnabled,
-                        "group not served by this proxy",
-                    ));
-                }
-            },
-            Host::Ip(_) => None,
-            Host::Name(n) => match self.group_by_name(n) {
-                Some(g) => Some(g),
-                None => {
-                    return Err(Reject::new(
-                        code::PROXYING_NOT_SUPPORTED,
-                        RejectReason::UnknownHost,
-                        "unknown host name",
-                    ));
-                }
-            },
-        };
+        let destination = self.destination(&target)?;
         // A request with this client's token while one is running (RFC 10020 §3.5.2).
         if let Some(&t) = self.by_client.get(&key) {
             self.close(t, CloseReason::EarlyStopRequest);
@@ -813,13 +822,49 @@ impl Engine {
             }
             None => None,
         };
-        match group {
-            Some(g) => self
-                .forward_to_group(now, listener, from, view, g, target, mt, hop_limit, outer)
-                .map(|()| None),
-            None => self
-                .forward_unicast(now, listener, from, view, target, hop_limit, outer)
-                .map(|()| None),
+        let out = Forward {
+            listener,
+            from,
+            view,
+            target,
+            hop_limit,
+        };
+        match destination {
+            Destination::Group(g) => self.forward_to_group(now, &out, g, mt, outer),
+            Destination::Origin(origin) => self.forward_unicast(now, &out, origin, outer),
+        }
+        .map(|()| None)
+    }
+
+    /// Where a proxy target leads: a configured group, by multicast address or host name,
+    /// or a unicast origin by address; anything else is refused here.
+    fn destination(&self, target: &Target<'_>) -> Result<Destination, Reject> {
+        match &target.host {
+            Host::Ip(ip) if ip.is_multicast() => self
+                .group_by_addr(*ip, target.port)
+                .map(Destination::Group)
+                // RFC 10020 §3.5.1: group URIs not enabled get 5.01.
+                .ok_or_else(|| {
+                    Reject::new(
+                        code::NOT_IMPLEMENTED,
+                        RejectReason::GroupNotEnabled,
+                        "group not served by this proxy",
+                    )
+                }),
+            Host::Ip(ip) => Ok(Destination::Origin(SocketAddr::new(
+                *ip,
+                target.port.unwrap_or(5683),
+            ))),
+            Host::Name(n) => self
+                .group_by_name(n)
+                .map(Destination::Group)
+                .ok_or_else(|| {
+                    Reject::new(
+                        code::PROXYING_NOT_SUPPORTED,
+                        RejectReason::UnknownHost,
+                        "unknown host name",
+                    )
+                }),
         }
     }
 
@@ -988,19 +1033,15 @@ impl Engine {
         opts
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward_to_group(
         &mut self,
         now: Instant,
-        listener: usize,
-        from: SocketAddr,
-        view: &MessageView,
+        out: &Forward<'_>,
         g: usize,
-        target: Target<'_>,
         mt: Option<&[u8]>,
-        hop_limit: Option<u8>,
         outer: &mut Option<Outer>,
     ) -> Result<(), Reject> {
+        let (listener, from, view) = (out.listener, out.from, out.view);
         let authenticated = outer.as_ref().map(|o| self.kid_allowed(o, g));
         let spec: &GroupSpec = &self.cfg.groups[g];
         if !spec.enabled {
@@ -1071,8 +1112,8 @@ impl Engine {
         self.signer_allowed(g, checked.as_ref())?;
         let token = self.token();
         let tb = token.to_be_bytes();
-        let hop = hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
+        let hop = out.hop_limit.map(|h| [h]);
+        let mut opts = self.forwarded_options(view, &out.target, &hop, outer.is_some());
         let mid = self
             .mid_to(egress, dest, false, true)
             .expect("egress_port found room");
@@ -1089,14 +1130,17 @@ impl Engine {
             let requester = requester(outer, checked.as_ref());
             self.open(
                 now,
-                Kind::Group(g),
-                listener,
-                from,
                 view,
-                token,
-                timeout,
-                (egress, None),
-                requester,
+                Opening {
+                    kind: Kind::Group(g),
+                    listener,
+                    client: from,
+                    token,
+                    timeout,
+                    egress,
+                    origin_mid: None,
+                    requester,
+                },
             );
             if let Some(ex) = self.exchanges.get_mut(&token) {
                 ex.checked = checked.map(Box::new);
@@ -1106,20 +1150,14 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward_unicast(
         &mut self,
         now: Instant,
-        listener: usize,
-        from: SocketAddr,
-        view: &MessageView,
-        target: Target<'_>,
-        hop_limit: Option<u8>,
+        out: &Forward<'_>,
+        origin: SocketAddr,
         outer: &mut Option<Outer>,
     ) -> Result<(), Reject> {
-        let Host::Ip(ip) = target.host else {
-            unreachable!("names resolve to groups or are refused")
-        };
+        let (listener, from, view) = (out.listener, out.from, out.view);
         let u = &self.cfg.unicast;
         if !u.enabled {
             return Err(Reject::new(
@@ -1136,14 +1174,13 @@ impl Engine {
             ));
         }
         let timeout = u.timeout;
-        let origin = SocketAddr::new(ip, target.port.unwrap_or(5683));
         let egress = self.egress_port(origin, Link::Unicast)?;
         self.client_room(Link::Listener(listener), from)?;
         self.admit(now, from.ip(), None)?;
         let token = self.token();
         let tb = token.to_be_bytes();
-        let hop = hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &target, &hop, outer.is_some());
+        let hop = out.hop_limit.map(|h| [h]);
+        let mut opts = self.forwarded_options(view, &out.target, &hop, outer.is_some());
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self
@@ -1165,14 +1202,17 @@ impl Engine {
         let requester = requester(outer, None);
         self.open(
             now,
-            Kind::Unicast(origin),
-            listener,
-            from,
             view,
-            token,
-            timeout,
-            (egress, con.then_some(mid)),
-            requester,
+            Opening {
+                kind: Kind::Unicast(origin),
+                listener,
+                client: from,
+                token,
+                timeout,
+                egress,
+                origin_mid: con.then_some(mid),
+                requester,
+            },
         );
         if let Some(ex) = self.exchanges.get_mut(&token) {
             ex.outer = outer.take().map(Box::new);
@@ -1180,19 +1220,18 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        &mut self,
-        now: Instant,
-        kind: Kind,
-        listener: usize,
-        client: SocketAddr,
-        view: &MessageView,
-        token: u64,
-        timeout: Duration,
-        (egress, origin_mid): (Link, Option<u16>),
-        requester: Requester,
-    ) {
+    /// Starts an exchange for the request `view` (its token and type are the client's).
+    fn open(&mut self, now: Instant, view: &MessageView, o: Opening) {
+        let Opening {
+            kind,
+            listener,
+            client,
+            token,
+            timeout,
+            egress,
+            origin_mid,
+            requester,
+        } = o;
         let deadline = now + timeout;
         let client_token = client_token(view);
         self.exchanges.insert(
