@@ -125,23 +125,35 @@ impl Engine {
         let Some(ex) = self.exchanges.get(&token) else {
             return Ok(());
         };
-        let (Kind::Group(g), Some(req)) = (ex.kind, ex.checked.as_ref()) else {
+        let Route::Group {
+            group: g,
+            checked: Some(req),
+            ..
+        } = &ex.route
+        else {
             return Ok(());
         };
+        let g = *g;
         let Some(checker) = self.checkers.get(g).and_then(Option::as_ref) else {
             return Ok(());
         };
         let verdict = checker.check_response(view.bytes(), req, None);
         let (result, drop) = match verdict {
             Ok(Verdict::Verified(r)) => {
-                let ex = self.exchanges.get_mut(&token).expect("looked up above");
                 // Per server and Security Context that protected the response (§5.3.1):
                 // the Gid the response names, not the request's, so that a server's
                 // new-epoch Partial IVs (§7.3) are neither taken for replays of its
                 // old-epoch ones nor let those replays through.
-                match ex.response_numbers.accept(&r.gid, &r.kid, r.piv) {
-                    Ok(()) => (CheckResult::Valid, None),
-                    Err(_) => (CheckResult::Replay, Some(DropReason::ResponseReplay)),
+                let fresh = match self.exchanges.get_mut(&token).map(|ex| &mut ex.route) {
+                    Some(Route::Group { numbers, .. }) => {
+                        numbers.accept(&r.gid, &r.kid, r.piv).is_ok()
+                    }
+                    _ => true,
+                };
+                if fresh {
+                    (CheckResult::Valid, None)
+                } else {
+                    (CheckResult::Replay, Some(DropReason::ResponseReplay))
                 }
             }
             Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),

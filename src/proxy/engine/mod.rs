@@ -134,9 +134,44 @@ impl Kind {
     }
 }
 
+/// What an exchange forwards to, with the state only that kind has.
+#[derive(Debug)]
+enum Route {
+    /// A group request: until T', every device's response is relayed with Reply-From.
+    Group {
+        group: usize,
+        /// The verified group-mode request, for checking its responses (§7.5). Boxed:
+        /// only checked groups have one, and the table stays compact.
+        checked: Option<Box<CheckedRequest>>,
+        /// Partial IVs of verified responses per server (RFC 10021 §5.3.1).
+        numbers: ResponseNumbers,
+        /// Devices' CON responses seen, (source, Message ID).
+        seen_con: Vec<(SocketAddr, u16)>,
+    },
+    /// A unicast request: the first response ends it.
+    Unicast {
+        origin: SocketAddr,
+        /// Message ID of the CON request sent to the origin (an ACK or RST names it).
+        con_mid: Option<u16>,
+    },
+}
+
+impl Route {
+    fn kind(&self) -> Kind {
+        match self {
+            Route::Group { group, .. } => Kind::Group(*group),
+            Route::Unicast { origin, .. } => Kind::Unicast(*origin),
+        }
+    }
+
+    fn group(&self) -> Option<usize> {
+        self.kind().group()
+    }
+}
+
 #[derive(Debug)]
 struct Exchange {
-    kind: Kind,
+    route: Route,
     client: SocketAddr,
     listener: usize,
     client_token: Token,
@@ -144,22 +179,14 @@ struct Exchange {
     started: Instant,
     deadline: Instant,
     responses: u32,
-    /// Devices' CON responses seen, (source, Message ID).
-    seen_con: Vec<(SocketAddr, u16)>,
-    /// Message ID of the CON request sent to a unicast origin.
-    origin_mid: Option<u16>,
     /// The socket the request left by (a group's or the unicast pool's port).
     egress: Link,
     requester: Requester,
     /// Message IDs of the NON responses relayed to the client, the latest at most
     /// MAX_SEEN_PER_EXCHANGE (an RST names one of them, §5.2.3).
     relayed_non: VecDeque<u16>,
-    /// The verified group-mode request, for checking its responses (§7.5). Boxed, as
-    /// is `outer`: only secured exchanges have them, and the table stays compact.
-    checked: Option<Box<CheckedRequest>>,
-    /// Partial IVs of verified responses per server (RFC 10021 §5.3.1).
-    response_numbers: ResponseNumbers,
-    /// The OSCORE layer shared with the client, for protecting each relayed response.
+    /// The OSCORE layer shared with the client, for protecting each relayed response
+    /// (boxed: only secured exchanges have one).
     outer: Option<Box<Outer>>,
 }
 
@@ -207,7 +234,7 @@ struct Forward<'a> {
 
 /// What a new exchange starts with.
 struct Opening {
-    kind: Kind,
+    route: Route,
     listener: usize,
     client: SocketAddr,
     /// The proxy's token for the forwarded request.
@@ -215,8 +242,6 @@ struct Opening {
     timeout: Duration,
     /// The socket the request left by.
     egress: Link,
-    /// Message ID of a CON request sent to a unicast origin.
-    origin_mid: Option<u16>,
     requester: Requester,
 }
 
@@ -908,7 +933,7 @@ impl Engine {
         let Some(ex) = self.exchanges.get(&t) else {
             return false;
         };
-        let (requester, group) = (ex.requester.clone(), ex.kind.group());
+        let (requester, group) = (ex.requester.clone(), ex.route.group());
         let layer = outer.as_ref().map(|o| o.identity());
         match requester {
             Requester::Address => layer.is_none() && view.option(opt::OSCORE).is_none(),
@@ -1128,22 +1153,26 @@ impl Engine {
         // §5.2.1 step 6: with T' = 0 every response is ignored, so nothing is kept.
         if !timeout.is_zero() {
             let requester = requester(outer, checked.as_ref());
+            let route = Route::Group {
+                group: g,
+                checked: checked.map(Box::new),
+                numbers: ResponseNumbers::default(),
+                seen_con: Vec::new(),
+            };
             self.open(
                 now,
                 view,
                 Opening {
-                    kind: Kind::Group(g),
+                    route,
                     listener,
                     client: from,
                     token,
                     timeout,
                     egress,
-                    origin_mid: None,
                     requester,
                 },
             );
             if let Some(ex) = self.exchanges.get_mut(&token) {
-                ex.checked = checked.map(Box::new);
                 ex.outer = outer.take().map(Box::new);
             }
         }
@@ -1204,13 +1233,15 @@ impl Engine {
             now,
             view,
             Opening {
-                kind: Kind::Unicast(origin),
+                route: Route::Unicast {
+                    origin,
+                    con_mid: con.then_some(mid),
+                },
                 listener,
                 client: from,
                 token,
                 timeout,
                 egress,
-                origin_mid: con.then_some(mid),
                 requester,
             },
         );
@@ -1223,13 +1254,12 @@ impl Engine {
     /// Starts an exchange for the request `view` (its token and type are the client's).
     fn open(&mut self, now: Instant, view: &MessageView, o: Opening) {
         let Opening {
-            kind,
+            route,
             listener,
             client,
             token,
             timeout,
             egress,
-            origin_mid,
             requester,
         } = o;
         let deadline = now + timeout;
@@ -1237,7 +1267,7 @@ impl Engine {
         self.exchanges.insert(
             token,
             Exchange {
-                kind,
+                route,
                 client,
                 listener,
                 client_token,
@@ -1245,13 +1275,9 @@ impl Engine {
                 started: now,
                 deadline,
                 responses: 0,
-                seen_con: Vec::new(),
-                origin_mid,
                 egress,
                 requester,
                 relayed_non: VecDeque::new(),
-                checked: None,
-                response_numbers: ResponseNumbers::default(),
                 outer: None,
             },
         );
@@ -1278,7 +1304,11 @@ impl Engine {
         if let Some(c) = self.clients.get_mut(&ex.client.ip()) {
             c.active = c.active.saturating_sub(1);
         }
-        if let (Kind::Unicast(origin), Some(mid)) = (ex.kind, ex.origin_mid) {
+        if let Route::Unicast {
+            origin,
+            con_mid: Some(mid),
+        } = ex.route
+        {
             self.pending.remove(&(ex.egress, origin, mid));
         }
         let to_client = Link::Listener(ex.listener);
@@ -1286,7 +1316,7 @@ impl Engine {
             self.relayed_non.remove(&(to_client, ex.client, mid));
         }
         self.emit(Event::Closed {
-            group: ex.kind.group(),
+            group: ex.route.group(),
             responses: ex.responses,
             reason,
         });

@@ -47,9 +47,9 @@ impl Engine {
         let matches = self
             .exchanges
             .get(&token)
-            .is_some_and(|ex| match (ex.kind, link) {
-                (Kind::Group(g), Link::Group(l, _)) => g == l,
-                (Kind::Unicast(origin), Link::Unicast(_)) => origin == from,
+            .is_some_and(|ex| match (&ex.route, link) {
+                (Route::Group { group, .. }, Link::Group(l, _)) => *group == l,
+                (Route::Unicast { origin, .. }, Link::Unicast(_)) => *origin == from,
                 _ => false,
             });
         if !matches {
@@ -71,14 +71,17 @@ impl Engine {
         if mtype == CON {
             self.send(link, from, build::empty(ACK, view.message_id()));
             let ex = self.exchanges.get_mut(&token).expect("matched above");
-            let key = (from, view.message_id());
-            if ex.seen_con.contains(&key) {
-                return self.drop_msg(DropReason::DuplicateRequest, from);
+            // A unicast exchange ends at its first response: only groups see more.
+            if let Route::Group { seen_con, .. } = &mut ex.route {
+                let key = (from, view.message_id());
+                if seen_con.contains(&key) {
+                    return self.drop_msg(DropReason::DuplicateRequest, from);
+                }
+                if seen_con.len() >= MAX_SEEN_PER_EXCHANGE {
+                    seen_con.remove(0);
+                }
+                seen_con.push(key);
             }
-            if ex.seen_con.len() >= MAX_SEEN_PER_EXCHANGE {
-                ex.seen_con.remove(0);
-            }
-            ex.seen_con.push(key);
         }
         if let Err(reason) = self.check_response(token, view) {
             return self.drop_msg(reason, from);
@@ -91,8 +94,13 @@ impl Engine {
     pub(super) fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
         let reply_from_no = self.cfg.options.reply_from;
         let ex = self.exchanges.get(&token).expect("caller checked");
-        let (kind, client, listener, con, started) =
-            (ex.kind, ex.client, ex.listener, ex.client_con, ex.started);
+        let (kind, client, listener, con, started) = (
+            ex.route.kind(),
+            ex.client,
+            ex.listener,
+            ex.client_con,
+            ex.started,
+        );
         // A CON client gets CON responses while the retransmission table has room.
         let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
         let to_client = Link::Listener(listener);
@@ -176,7 +184,9 @@ impl Engine {
             .exchanges
             .iter()
             .find(|(_, ex)| {
-                ex.kind == Kind::Unicast(origin) && ex.egress == link && ex.origin_mid == Some(mid)
+                ex.egress == link
+                    && matches!(ex.route, Route::Unicast { origin: o, con_mid: Some(m) }
+                        if o == origin && m == mid)
             })
             .map(|(t, _)| *t);
         if let Some(t) = token {

@@ -74,7 +74,7 @@ impl Engine {
                     if !due {
                         continue;
                     }
-                    let kind = self.exchanges[&t].kind;
+                    let kind = self.exchanges[&t].route.kind();
                     match kind {
                         Kind::Group(_) => self.close(t, CloseReason::Timeout),
                         Kind::Unicast(_) => {
