@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Group, ask, free_port};
-use groxy::client::{ClientRequest, run as send};
+use groxy::tools::client::{ClientRequest, run as send};
 use groxy::config::security::MemberFile;
-use groxy::device::{Device, DeviceConfig};
+use groxy::tools::device::{Device, DeviceConfig};
 use groxy::oscore::Mode;
 use groxy::proxy::{CheckResult, Event};
 use groxy::runtime::{Interface, Proxy};

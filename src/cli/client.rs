@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::client::{ClientRequest, Response, run as send};
+use crate::tools::client::{ClientRequest, Response, run as send};
 use crate::coap::build::code;
 
 #[derive(clap::Args, Debug)]

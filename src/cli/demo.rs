@@ -5,9 +5,9 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use crate::client::{ClientRequest, run as send};
+use crate::tools::client::{ClientRequest, run as send};
 use crate::config;
-use crate::device::{Device, DeviceConfig};
+use crate::tools::device::{Device, DeviceConfig};
 use crate::runtime::{Interface, Proxy};
 
 /// A port no one on this host is bound to right now, for the demo group.
