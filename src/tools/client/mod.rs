@@ -1,18 +1,25 @@
 //! What a cloud client does (groupcomm-proxy §5.1, §5.5): one request through the proxy
 //! with a Multicast-Timeout, every response as it arrives, then stop when the time is up.
+//!
+//! [`protocol`] is the client's protocol logic without I/O (message layer, deadline,
+//! hop layer, Echo, verification), [`message`] its message layer's parts, and [`run`]
+//! the socket loop that drives it for `groxy client`.
 
-use std::io;
+mod driver;
+pub mod message;
+pub mod protocol;
+
+pub use driver::run;
+pub use protocol::{Client, ClientEvent, Datagram, Discard, End, RequestId};
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use tokio::net::UdpSocket;
+use std::time::Duration;
 
 use crate::coap::MessageView;
-use crate::coap::build::{self, ACK, CON, NON, RST};
-use crate::coap::cri::parse_reply_from;
+use crate::coap::build::{self, CON, NON};
 use crate::coap::options::{self as opt, uint_value};
 use crate::coap::uri::{Host, parse_proxy_uri};
-use crate::oscore::{ContextConfig, Exchange, Layer, Mode, SecurityContext};
+use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
 
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
@@ -158,161 +165,4 @@ pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec
         &mut opts,
         &req.payload,
     ))
-}
-
-/// Sends the request and calls `each` for every response until T has passed.
-pub async fn run(
-    req: &ClientRequest,
-    mut each: impl FnMut(&Response),
-) -> io::Result<Vec<Response>> {
-    let bind: SocketAddr = if req.proxy.is_ipv6() {
-        "[::]:0".parse().unwrap()
-    } else {
-        "0.0.0.0:0".parse().unwrap()
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    let mut rnd = [0u8; 10];
-    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
-    let token = &rnd[..8];
-    let mid = u16::from_be_bytes([rnd[8], rnd[9]]);
-    let mut security = match &req.oscore {
-        Some(c) => {
-            let mut ctx = SecurityContext::new(c).map_err(|e| io::Error::other(e.to_string()))?;
-            ctx.sender.ssn = req.first_ssn;
-            Some(ctx)
-        }
-        None => None,
-    };
-    let (mut msg, mut exchange) = match &mut security {
-        Some(ctx) => {
-            let (m, ex) = protect_request(req, ctx, mid, token).map_err(io::Error::other)?;
-            (m, Some(ex))
-        }
-        None => (
-            encode_request(req, mid, token).map_err(io::Error::other)?,
-            None,
-        ),
-    };
-    let mut hop = None;
-    // Kept to answer an Echo challenge of the proxy with the same end-to-end request.
-    let end_to_end = msg.clone();
-    let mut echoed = false;
-    if let (Some(ctx), Some(kid)) = (&mut security, &req.proxy_kid) {
-        let (m, ex) = ctx
-            .protect_request_layer(&msg, Mode::Pairwise, Some(kid), Layer::Hop)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        msg = m;
-        hop = Some(ex);
-    }
-    let started = Instant::now();
-    sock.send_to(&msg, req.proxy).await?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(req.timeout as u64) + req.margin;
-    let mut seen_mids = Vec::new();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, from) = match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => break,
-        };
-        let Ok(outer_view) = MessageView::parse(&buf[..n]) else {
-            continue;
-        };
-        if from != req.proxy || outer_view.code() == 0 {
-            continue;
-        }
-        if outer_view.token() != token {
-            // Not ours (§5.5.1: after the token is freed, responses are rejected).
-            if outer_view.mtype() == CON {
-                sock.send_to(&build::empty(RST, outer_view.message_id()), from)
-                    .await?;
-            }
-            continue;
-        }
-        // Remove the layer shared with the proxy first (oscore-capable-proxies §2.6).
-        let layered;
-        let (v, datagram) = match (&mut security, &mut hop) {
-            (Some(ctx), Some(h)) if outer_view.option(opt::OSCORE).is_some() => {
-                match ctx.unprotect_response(&buf[..n], h) {
-                    Ok((inner, _)) => {
-                        // RFC 10021 §9: the proxy lost its replay state and asks for
-                        // proof of freshness; send the request again with its Echo.
-                        if let (Ok(iv), Some(kid), false) =
-                            (MessageView::parse(&inner), &req.proxy_kid, echoed)
-                            && iv.code() == build::code::UNAUTHORIZED
-                            && let Some(echo) = iv.option(opt::ECHO)
-                        {
-                            echoed = true;
-                            let e2e = MessageView::parse(&end_to_end)
-                                .map_err(|e| io::Error::other(e.to_string()))?;
-                            let mut opts: Vec<(u16, &[u8])> = e2e.options().collect();
-                            opts.push((opt::ECHO, echo));
-                            let retry = build::encode(
-                                e2e.mtype(),
-                                e2e.code(),
-                                e2e.message_id().wrapping_add(1),
-                                token,
-                                &mut opts,
-                                e2e.payload(),
-                            );
-                            let (m, ex) = ctx
-                                .protect_request_layer(
-                                    &retry,
-                                    Mode::Pairwise,
-                                    Some(kid),
-                                    Layer::Hop,
-                                )
-                                .map_err(|e| io::Error::other(e.to_string()))?;
-                            *h = ex;
-                            sock.send_to(&m, req.proxy).await?;
-                            continue;
-                        }
-                        layered = inner;
-                        match MessageView::parse(&layered) {
-                            Ok(v) => (v, &layered[..]),
-                            Err(_) => continue,
-                        }
-                    }
-                    // Not from the proxy it shares the layer with: drop it.
-                    Err(_) => continue,
-                }
-            }
-            _ => (outer_view, &buf[..n]),
-        };
-        if v.mtype() == CON {
-            sock.send_to(&build::empty(ACK, v.message_id()), from)
-                .await?;
-            if seen_mids.contains(&v.message_id()) {
-                continue;
-            }
-            seen_mids.push(v.message_id());
-        }
-        let mut r = Response {
-            code: v.code(),
-            reply_from: v.option(req.reply_from_option).and_then(parse_reply_from),
-            payload: v.payload().to_vec(),
-            elapsed: started.elapsed(),
-            multicast_timeout: v.option(req.multicast_timeout_option).map(<[u8]>::to_vec),
-            oscore: None,
-        };
-        // Errors of the proxy itself are not end-to-end protected; member answers are.
-        if let (Some(ctx), Some(ex)) = (&mut security, &mut exchange)
-            && v.option(opt::OSCORE).is_some()
-        {
-            r.oscore = Some(match ctx.unprotect_response(datagram, ex) {
-                Ok((plain, info)) => {
-                    let pv =
-                        MessageView::parse(&plain).map_err(|e| io::Error::other(e.to_string()))?;
-                    r.code = pv.code();
-                    r.payload = pv.payload().to_vec();
-                    Ok((info.mode, info.server_id))
-                }
-                Err(e) => Err(e.to_string()),
-            });
-        }
-        each(&r);
-        out.push(r);
-    }
-    Ok(out)
 }
