@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ask, free_port};
-use groxy::client::{ClientRequest, Response, run as send};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
-use groxy::device::{Device, DeviceConfig};
 use groxy::proxy::{DropReason, Event};
 use groxy::runtime::{Interface, Proxy};
+use groxy::tools::client::{ClientRequest, Response, run as send};
+use groxy::tools::device::{Device, DeviceConfig};
 
 struct Setup {
     proxy: SocketAddr,

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Group, ask, free_port};
-use groxy::client::{ClientRequest, run as send};
 use groxy::config::security::MemberFile;
-use groxy::device::{Device, DeviceConfig};
 use groxy::oscore::Mode;
 use groxy::proxy::{CheckResult, Event};
 use groxy::runtime::{Interface, Proxy};
+use groxy::tools::client::{ClientRequest, run as send};
+use groxy::tools::device::{Device, DeviceConfig};
 
 const CLIENT: &[u8] = &[0x01];
 const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];

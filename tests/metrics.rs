@@ -29,14 +29,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Group, http_get};
-use groxy::client::{ClientRequest, run as send};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
-use groxy::device::{Device, DeviceConfig};
 use groxy::ops::{self, Ops};
 use groxy::oscore::{Mode, SecurityContext};
 use groxy::runtime::{Interface, Proxy};
+use groxy::tools::client::{ClientRequest, run as send};
+use groxy::tools::device::{Device, DeviceConfig};
 use serde_json::Value;
 
 const GROXY: &str = env!("CARGO_BIN_EXE_groxy");

@@ -51,13 +51,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{Group, Member};
-use groxy::client::{ClientRequest, protect_request};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::cri::parse_reply_from;
 use groxy::coap::options as opt;
 use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{ContextConfig, Exchange, Mode, ResponseInfo, SecurityContext};
+use groxy::tools::client::{ClientRequest, protect_request};
 use serde_json::{Value, json};
 
 const GROXY: &str = env!("CARGO_BIN_EXE_groxy");
@@ -985,7 +985,7 @@ impl Listener {
                 let Ok((plain, mut ex)) = ctx.unprotect_request(request) else {
                     continue;
                 };
-                let Some(answer) = groxy::device::respond(name, &plain, true) else {
+                let Some(answer) = groxy::tools::device::respond(name, &plain, true) else {
                     continue;
                 };
                 // The encrypted countersignature is the last bytes of the payload (§4.1).

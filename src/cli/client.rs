@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::client::{ClientRequest, Response, run as send};
 use crate::coap::build::code;
+use crate::tools::client::{ClientRequest, Response, run as send};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

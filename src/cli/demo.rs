@@ -5,10 +5,10 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use crate::client::{ClientRequest, run as send};
 use crate::config;
-use crate::device::{Device, DeviceConfig};
 use crate::runtime::{Interface, Proxy};
+use crate::tools::client::{ClientRequest, run as send};
+use crate::tools::device::{Device, DeviceConfig};
 
 /// A port no one on this host is bound to right now, for the demo group.
 fn free_port() -> Result<u16, String> {

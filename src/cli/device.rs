@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::device::{Device, DeviceConfig};
+use crate::tools::device::{Device, DeviceConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -1,0 +1,168 @@
+//! What a cloud client does (groupcomm-proxy §5.1, §5.5): one request through the proxy
+//! with a Multicast-Timeout, every response as it arrives, then stop when the time is up.
+//!
+//! [`protocol`] is the client's protocol logic without I/O (message layer, deadline,
+//! hop layer, Echo, verification), [`message`] its message layer's parts, and [`run`]
+//! the socket loop that drives it for `groxy client`.
+
+mod driver;
+pub mod message;
+pub mod protocol;
+
+pub use driver::run;
+pub use protocol::{Client, ClientEvent, Datagram, Discard, End, RequestId};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::coap::MessageView;
+use crate::coap::build::{self, CON, NON};
+use crate::coap::options::{self as opt, uint_value};
+use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
+
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub proxy: SocketAddr,
+    /// The target, e.g. `coap://224.0.1.187/hello`.
+    pub uri: String,
+    pub method: u8,
+    pub payload: Vec<u8>,
+    /// Multicast-Timeout T' in seconds (§2); the client waits T = T' + `margin`.
+    pub timeout: u32,
+    pub margin: Duration,
+    pub confirmable: bool,
+    /// Send the target as Proxy-Uri instead of Proxy-Scheme + Uri-* options.
+    pub proxy_uri: bool,
+    pub multicast_timeout_option: u16,
+    pub reply_from_option: u16,
+    /// Protect the request end to end in group mode with this member context and verify
+    /// every response (RFC 10021 §7; groupcomm-proxy §5.1).
+    pub oscore: Option<ContextConfig>,
+    /// Also wrap the request in a pairwise-mode layer with the proxy, a member of the same
+    /// group with this Sender ID (oscore-capable-proxies §2.3), and remove it from every
+    /// response (§2.6).
+    pub proxy_kid: Option<Vec<u8>>,
+    /// First Sender Sequence Number to use: a client that runs again must continue
+    /// above every number it used before, or its requests are replays (RFC 10021 §5.3).
+    pub first_ssn: u64,
+}
+
+impl ClientRequest {
+    pub fn get(proxy: SocketAddr, uri: &str, timeout: u32) -> Self {
+        ClientRequest {
+            proxy,
+            uri: uri.into(),
+            method: build::code::GET,
+            payload: Vec::new(),
+            timeout,
+            margin: Duration::from_secs(1),
+            confirmable: false,
+            proxy_uri: false,
+            multicast_timeout_option: opt::MULTICAST_TIMEOUT_DEFAULT,
+            reply_from_option: opt::REPLY_FROM_DEFAULT,
+            oscore: None,
+            proxy_kid: None,
+            first_ssn: 0,
+        }
+    }
+}
+
+/// One response as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub code: u8,
+    /// The origin server named by Reply-From (§5.5.1 step 3), if any.
+    pub reply_from: Option<SocketAddr>,
+    pub payload: Vec<u8>,
+    pub elapsed: Duration,
+    /// The Multicast-Timeout option of an error response (§5.2.1 step 3), if any.
+    pub multicast_timeout: Option<Vec<u8>>,
+    /// With OSCORE: how the response verified (mode and the server's Sender ID), or why
+    /// not. `code` and `payload` are then those of the decrypted response.
+    pub oscore: Option<Result<(Mode, Vec<u8>), String>>,
+}
+
+/// Builds the request and, with OSCORE, protects it in group mode: the inner request
+/// carries method, path, query and payload; the Class U proxy options are added outside
+/// (RFC 8613 §4.1), as the proxy must read them.
+pub fn protect_request(
+    req: &ClientRequest,
+    ctx: &mut SecurityContext,
+    mid: u16,
+    token: &[u8],
+) -> Result<(Vec<u8>, Exchange), String> {
+    if req.proxy_uri {
+        return Err("Proxy-Uri cannot be used with OSCORE; the Proxy-Scheme form is used".into());
+    }
+    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
+    let mut inner: Vec<(u16, &[u8])> = target
+        .uri_options
+        .iter()
+        .map(|(n, v)| (*n, &v[..]))
+        .collect();
+    let t = if req.confirmable { CON } else { NON };
+    let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
+    let (protected, ex) = ctx
+        .protect_request(&plain, Mode::Group, None)
+        .map_err(|e| e.to_string())?;
+    let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
+    let outer = outer_proxy_options(req, &target)?;
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
+    Ok((
+        build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
+        ex,
+    ))
+}
+
+fn outer_proxy_options(
+    req: &ClientRequest,
+    target: &crate::coap::uri::Target<'_>,
+) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    let host = match &target.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.to_string(),
+    };
+    let mut o = vec![
+        (req.multicast_timeout_option, uint_value(req.timeout)),
+        (opt::PROXY_SCHEME, target.scheme.as_bytes().to_vec()),
+        (opt::URI_HOST, host.into_bytes()),
+    ];
+    if let Some(p) = target.port {
+        o.push((opt::URI_PORT, uint_value(p as u32)));
+    }
+    Ok(o)
+}
+
+/// Builds the request datagram.
+pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec<u8>, String> {
+    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
+    let mt = uint_value(req.timeout);
+    let host = match &target.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.to_string(),
+    };
+    let port = target.port.map(|p| uint_value(p as u32));
+    let mut opts: Vec<(u16, &[u8])> = vec![(req.multicast_timeout_option, &mt)];
+    if req.proxy_uri {
+        opts.push((opt::PROXY_URI, req.uri.as_bytes()));
+    } else {
+        // aiocoap's form: Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path, Uri-Query.
+        opts.push((opt::PROXY_SCHEME, target.scheme.as_bytes()));
+        opts.push((opt::URI_HOST, host.as_bytes()));
+        if let Some(p) = &port {
+            opts.push((opt::URI_PORT, p));
+        }
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, &v[..])));
+    }
+    let t = if req.confirmable { CON } else { NON };
+    Ok(build::encode(
+        t,
+        req.method,
+        mid,
+        token,
+        &mut opts,
+        &req.payload,
+    ))
+}
