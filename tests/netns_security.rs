@@ -806,9 +806,10 @@ impl Listener {
                     &ctx.protect_response(&answer, &mut ex, Mode::Group, false)
                         .unwrap(),
                 );
+                forged2.lock().unwrap().push(bad.clone());
+                // Back to back, no pause: datagrams from one socket to one address reach
+                // the proxy in the order sent, so the tampered one is checked first.
                 let _ = sock.send_to(&bad, from);
-                forged2.lock().unwrap().push(bad);
-                thread::sleep(Duration::from_millis(50));
                 let good = ctx
                     .protect_response(&answer, &mut ex, Mode::Group, false)
                     .unwrap();
