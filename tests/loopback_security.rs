@@ -334,7 +334,7 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
         tokio::spawn(d.run());
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(proxy.run(async move {
+    let running = tokio::spawn(proxy.run(async move {
         let _ = stop_rx.await;
     }));
     let client_cfg = MemberFile::load(&member_file(&dir, &g, CLIENT)).unwrap();
@@ -399,8 +399,14 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
             .trim(),
         "4096"
     );
+    // The first run has ended (its run future returned) before the second starts, so
+    // that the restart is a restart and not a second proxy beside the first.
     let _ = stop_tx.send(());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the proxy stops within 10 s of its stop signal")
+        .expect("the proxy task")
+        .expect("the proxy's run");
 
     // A restart (RFC 10021 §2.6.1): the proxy continues above the reserved block, never
     // reusing a Sender Sequence Number, and treats its peers' replay windows as invalid

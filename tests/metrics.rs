@@ -696,8 +696,19 @@ async fn readiness_follows_the_proxy() {
     let task = tokio::spawn(ops::serve(proxy, health.clone(), async move {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(http_get(at, "/readyz").unwrap(), (200, "ready\n".into()));
+    // Ready once the proxy runs: polled, since serve() marks it from its own task.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http_get(at, "/readyz").unwrap();
+        if r == (200, "ready\n".into()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {r:?} 10 s after the proxy started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     assert!(!health.is_ready());
@@ -757,10 +768,36 @@ fn groxy_run_serves_metrics_health_and_readiness_and_survives_sighup() {
     );
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
 
-    // SIGHUP (systemd's ExecReload) reloads the same file: applied, not fatal.
+    // SIGHUP (systemd's ExecReload) reloads the same file: applied, not fatal. The
+    // reload is confirmed by its counter, not assumed after a pause.
+    let reloads = "groxy_config_reloads_total{result=\"success\"}";
+    assert_eq!(sample(&text, reloads), Some(0.0), "{text}");
+    // SAFETY: kill(2) on the pid of our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP killed groxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "SIGHUP killed groxy:\n{}",
+            log()
+        );
+        let text = scrape(metrics);
+        assert_eq!(
+            sample(&text, "groxy_config_reloads_total{result=\"failure\"}"),
+            Some(0.0),
+            "the reload failed:\n{}",
+            log()
+        );
+        if sample(&text, reloads) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful reload 10 s after SIGHUP:\n{text}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(http_get(metrics, "/readyz").unwrap().0, 200);
 
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };

@@ -27,16 +27,13 @@
 
 mod common;
 
-use common::netns::{ip, netns_pids, remove_stale_namespaces, run, spawn_in, udp_bound};
+use common::netns::{
+    CLI_WAN4, CLI_WAN6, Net, Out, PRX_LAN4, PRX_WAN4, PRX_WAN6, device_ip4, device_ip6, run,
+};
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Once, mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
 
 use serde_json::{Value, json};
 
@@ -45,13 +42,6 @@ const GROXY: &str = env!("CARGO_BIN_EXE_groxy");
 const GROUP4: &str = "224.0.1.187";
 const GROUP6: &str = "ff05::fd";
 const COAP_PORT: u16 = 5683;
-
-const CLI_WAN4: &str = "10.77.1.1";
-const CLI_WAN6: &str = "fd00:a::1";
-const PRX_WAN4: &str = "10.77.1.2";
-const PRX_WAN6: &str = "fd00:a::2";
-const PRX_LAN4: &str = "10.77.2.1";
-const PRX_LAN6: &str = "fd00:b::1";
 
 /// The client's Sender ID in the OSCORE group; the servers' are in [`HOSTS`].
 const CLIENT_ID: &[u8] = &[0x0c];
@@ -105,8 +95,8 @@ impl Family {
     /// IPv4 and as the same digits in hex for IPv6: 10.77.2.11 and fd00:b::11).
     fn device_ip(self, octet: u8) -> String {
         match self {
-            V4 => format!("10.77.2.{octet}"),
-            V6 => format!("fd00:b::{octet}"),
+            V4 => device_ip4(octet),
+            V6 => device_ip6(octet),
         }
     }
 
@@ -123,22 +113,10 @@ impl Family {
     }
 }
 
-/// One started process of the topology.
-struct Proc {
-    what: String,
-    child: Child,
-    /// Kept open: aiocoap_server.py serves until its stdin closes.
-    stdin: Option<ChildStdin>,
-    log: PathBuf,
-}
-
-/// Namespaces, links, addresses and every process of one test. Dropping it (also when
-/// the test panics) ends the processes and deletes the namespaces.
+/// The network and processes of one test ([`Net`]), and the client's OSCORE state.
+/// Dropping it (also when the test panics) ends the processes and deletes the namespaces.
 struct Topology {
-    prefix: String,
-    namespaces: Vec<String>,
-    procs: Vec<Proc>,
-    dir: PathBuf,
+    net: Net,
     /// The OSCORE group of the client and the Group OSCORE devices, fresh per topology.
     group: common::Group,
     /// The client's next Sender Sequence Number: every client run is a new aiocoap
@@ -147,31 +125,9 @@ struct Topology {
 }
 
 impl Topology {
-    fn ns(&self, host: &str) -> String {
-        format!("{}{host}", self.prefix)
-    }
-
     /// Builds the namespaces and starts the proxy and every device; returns once all
     /// of them listen.
     fn start() -> Self {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        // SAFETY: geteuid(2) has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "these tests create network namespaces: run them as root"
-        );
-        static STALE: Once = Once::new();
-        STALE.call_once(|| remove_stale_namespaces("gx"));
-        let prefix = format!(
-            "gx{}-{}-",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir =
-            std::env::temp_dir().join(format!("groxy-netns-{}", prefix.trim_end_matches('-')));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let oscore_ids: Vec<&[u8]> = HOSTS
             .iter()
             .filter_map(|(_, _, r)| match r {
@@ -180,112 +136,20 @@ impl Topology {
             })
             .chain([CLIENT_ID])
             .collect();
+        // The venv may have to be built first; do it before any clock starts.
+        common::python();
+        let devices: Vec<(&str, u8)> = HOSTS.iter().map(|(h, o, _)| (*h, *o)).collect();
         let mut t = Topology {
-            prefix,
-            namespaces: Vec::new(),
-            procs: Vec::new(),
-            dir,
+            net: Net::build("gx", &devices, true),
             group: common::Group::new(&oscore_ids),
             next_ssn: 0,
         };
-        // The venv may have to be built first; do it before any clock starts.
-        common::python();
-        t.build_network();
         t.start_processes();
         t
     }
 
-    fn add_ns(&mut self, host: &str) -> String {
-        let ns = self.ns(host);
-        ip(&format!("netns add {ns}"));
-        self.namespaces.push(ns.clone());
-        ip(&format!("-n {ns} link set lo up"));
-        ns
-    }
-
-    /// Gives `dev` in `ns` an IPv4 and an IPv6 address and brings it up. IPv6 Duplicate
-    /// Address Detection is off (`nodad`), so the address can be bound at once instead
-    /// of staying tentative for a second or more.
-    fn addresses(ns: &str, dev: &str, v4: &str, v6: &str) {
-        ip(&format!("-n {ns} addr add {v4}/24 dev {dev}"));
-        ip(&format!("-n {ns} addr add {v6}/64 dev {dev} nodad"));
-        ip(&format!("-n {ns} link set {dev} up"));
-    }
-
-    fn build_network(&mut self) {
-        let cli = self.add_ns("cli");
-        let prx = self.add_ns("prx");
-        let br = self.add_ns("br");
-
-        // WAN: a veth pair straight from the client host to the proxy host. Created
-        // inside the namespaces, so no name can clash with the machine's interfaces.
-        ip(&format!(
-            "-n {cli} link add wan0 type veth peer name wan0 netns {prx}"
-        ));
-        Self::addresses(&cli, "wan0", CLI_WAN4, CLI_WAN6);
-        Self::addresses(&prx, "wan0", PRX_WAN4, PRX_WAN6);
-
-        // LAN: a bridge in its own namespace. Without snooping it floods multicast to
-        // every port, whatever IGMP/MLD reports it has or has not seen.
-        ip(&format!(
-            "-n {br} link add br0 type bridge mcast_snooping 0"
-        ));
-        ip(&format!("-n {br} link set br0 up"));
-        let mut ports = vec![(
-            "p0".to_string(),
-            prx,
-            "lan0",
-            PRX_LAN4.to_string(),
-            PRX_LAN6.to_string(),
-        )];
-        for (i, (host, octet, _)) in HOSTS.iter().enumerate() {
-            let ns = self.add_ns(host);
-            ports.push((
-                format!("p{}", i + 1),
-                ns,
-                "eth0",
-                V4.device_ip(*octet),
-                V6.device_ip(*octet),
-            ));
-        }
-        for (port, ns, dev, v4, v6) in &ports {
-            ip(&format!(
-                "-n {br} link add {port} type veth peer name {dev} netns {ns}"
-            ));
-            ip(&format!("-n {br} link set {port} master br0 up"));
-            Self::addresses(ns, dev, v4, v6);
-            // IPv4 multicast follows this route unless a socket names its interface.
-            // IPv6 needs nothing added: the kernel puts `multicast ff00::/8 dev <if>`
-            // into the local table of every interface that is up, and groxy's group
-            // socket names lan0 (IPV6_MULTICAST_IF); members join on eth0 by index.
-            ip(&format!("-n {ns} route add 224.0.0.0/4 dev {dev}"));
-        }
-    }
-
-    /// Starts `program args` inside host's namespace; stderr goes to a log file, which
-    /// a failing test prints (groxy logs its fan-outs and closed exchanges at debug).
-    fn spawn(
-        &mut self,
-        host: &str,
-        what: &str,
-        program: &Path,
-        args: &[&str],
-        stdout: Stdio,
-    ) -> usize {
-        let log = self.dir.join(format!("{what}.log"));
-        let mut child = spawn_in(&self.ns(host), what, program, args, stdout, &log);
-        let stdin = child.stdin.take();
-        self.procs.push(Proc {
-            what: what.into(),
-            child,
-            stdin,
-            log,
-        });
-        self.procs.len() - 1
-    }
-
     fn write_json(&self, name: &str, v: &Value) -> PathBuf {
-        let p = self.dir.join(name);
+        let p = self.net.dir.join(name);
         std::fs::write(&p, v.to_string()).unwrap();
         p
     }
@@ -308,14 +172,14 @@ impl Topology {
             cfg["multicast"] = json!([[GROUP4, "eth0"], [GROUP6, "eth0"]]);
             let file = self.write_json(&format!("{host}-aiocoap.json"), &cfg);
             let script = common::script("aiocoap_server.py");
-            let i = self.spawn(
+            let i = self.net.spawn(
                 host,
                 &format!("{host}-aiocoap"),
                 &common::python(),
                 &[script.to_str().unwrap(), file.to_str().unwrap()],
-                Stdio::piped(),
+                Out::Pipe,
             );
-            ready.push(self.ready_line(i));
+            ready.push(self.net.ready_line(i));
         }
 
         // groxy devices: one per family, each answering from its own unicast address.
@@ -331,7 +195,7 @@ impl Topology {
                 });
                 let bind = fam.device(octet);
                 let what = format!("{host}-groxy-{fam:?}");
-                let i = self.spawn(
+                let i = self.net.spawn(
                     host,
                     &what,
                     Path::new(GROXY),
@@ -348,7 +212,7 @@ impl Topology {
                         "--name",
                         host,
                     ],
-                    Stdio::null(),
+                    Out::Null,
                 );
                 sockets.push((host.to_string(), vec![group, bind], i));
             }
@@ -356,7 +220,7 @@ impl Topology {
 
         // The proxy (§5.2): listeners on the WAN side, both groups out of lan0 (named by
         // its IPv4 address for the IPv4 group, by name for the IPv6 one).
-        let cfg = self.dir.join("groxy.toml");
+        let cfg = self.net.dir.join("groxy.toml");
         let allow = format!(r#"["{CLI_WAN4}/32", "{CLI_WAN6}/128"]"#);
         std::fs::write(
             &cfg,
@@ -388,7 +252,7 @@ max_timeout = 10
         )
         .unwrap();
         run(GROXY, &["check-config", cfg.to_str().unwrap()]);
-        let i = self.spawn(
+        let i = self.net.spawn(
             "prx",
             "proxy",
             Path::new(GROXY),
@@ -399,73 +263,22 @@ max_timeout = 10
                 "--config",
                 cfg.to_str().unwrap(),
             ],
-            Stdio::null(),
+            Out::Null,
         );
         sockets.push(("prx".into(), vec![V4.proxy(), V6.proxy()], i));
 
         for (host, want, i) in sockets {
-            self.wait_sockets(&host, &want, i);
+            self.net.wait_sockets(&host, &want, i);
         }
-        for (i, rx) in ready {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Some(line)) if line.trim() == format!("READY {COAP_PORT}") => {}
-                other => panic!("{} did not become ready: {other:?}", self.procs[i].what),
-            }
+        for r in ready {
+            self.net.wait_ready(r, COAP_PORT);
         }
-    }
-
-    /// Reads the first stdout line of process `i` on a thread (aiocoap's READY).
-    fn ready_line(&mut self, i: usize) -> (usize, mpsc::Receiver<Option<String>>) {
-        let stdout = self.procs[i].child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let got = BufReader::new(stdout)
-                .read_line(&mut line)
-                .ok()
-                .filter(|n| *n > 0);
-            let _ = tx.send(got.map(|_| line));
-        });
-        (i, rx)
-    }
-
-    /// Polls the host's UDP sockets until every `ip:port` in `want` is bound, failing
-    /// early if process `i` exits.
-    fn wait_sockets(&mut self, host: &str, want: &[String], i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ns = self.ns(host);
-        loop {
-            if let Ok(Some(status)) = self.procs[i].child.try_wait() {
-                panic!("{} exited ({status})", self.procs[i].what);
-            }
-            let bound = udp_bound(&ns);
-            if want.iter().all(|w| bound.contains(w)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {want:?} not bound after 10 s (bound: {bound:?})",
-                self.procs[i].what
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Every process's log, for failure messages.
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            s += &format!("--- {} ---\n{}\n", p.what, text.trim_end());
-        }
-        s
     }
 
     /// Starts a command in the client host.
     fn client(&self, program: &Path, args: &[String]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns("cli")])
-            .arg(program)
+        self.net
+            .command("cli", program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -537,28 +350,6 @@ max_timeout = 10
             args.extend(["--oscore".into(), file.display().to_string()]);
         }
         self.client(&common::python(), &args)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            drop(p.stdin.take());
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!("logs of {}*:\n{}", self.prefix, self.logs());
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            // Anything a failed start left running in there goes too.
-            for pid in netns_pids(&ns) {
-                // SAFETY: kill(2) on a pid inside a namespace this test created.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -293,16 +293,16 @@ fn restart_does_not_reopen_replays(stop: Stop) {
     wait_for("both devices to get the next request", || {
         delivered(&next_id) == [1, 1]
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // The proxy's side: counted as a replay, dropped by the request filter. Once it is
+    // counted the proxy has decided on it, so no copy of it can still be on its way.
+    wait_for("the replay to be counted", || {
+        metric(metrics, "groxy_replays_dropped_total{group=\"secure\"}") == Some(1.0)
+    });
     assert_eq!(
         delivered(&captured_id),
         [1, 1],
         "the replay reached a device"
     );
-    // The proxy's side: counted as a replay, dropped by the request filter.
-    wait_for("the replay to be counted", || {
-        metric(metrics, "groxy_replays_dropped_total{group=\"secure\"}") == Some(1.0)
-    });
     assert_eq!(
         metric(
             metrics,
