@@ -1,5 +1,5 @@
 //! Serializing CoAP messages (RFC 7252 §3) from parts, for the paths that build messages
-//! from borrowed pieces of others without a coap-lite round trip.
+//! from borrowed pieces of others into reused buffers, without a parsed packet in between.
 
 use super::options::encode_options;
 

@@ -1,5 +1,6 @@
 //! A zero-copy, validating view of a CoAP datagram (RFC 7252 §3). The signature checker and
-//! the forwarding engine read messages through it without building a coap-lite `Packet`.
+//! the forwarding engine read messages through it without building a parsed packet (written
+//! by hand for that: no crate offers a borrowed, allocation-free view).
 
 use thiserror::Error;
 
