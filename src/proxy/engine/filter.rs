@@ -1,7 +1,13 @@
 //! The signature filters (RFC 10021 §7.5): requests before any fan-out, responses
 //! before they are relayed, under the group's policy.
 
-use super::*;
+use super::{Engine, Filtered, Reject, Route};
+use crate::coap::MessageView;
+use crate::coap::build::code;
+use crate::oscore::checker::CheckedRequest;
+use crate::oscore::{ConfigError, GroupChecker, OscoreError, ReplayState, Restored, Verdict};
+use crate::proxy::config::Policy;
+use crate::proxy::events::{CheckResult, DropReason, Event, RejectReason};
 
 impl Engine {
     /// The request filter, before any fan-out: group-mode requests are verified and pass

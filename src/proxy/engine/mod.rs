@@ -23,20 +23,16 @@ use std::time::{Duration, Instant};
 
 use super::config::Policy;
 use super::config::{GroupSpec, ProxyConfig};
-use super::events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
+use super::events::{CloseReason, DropReason, Event, RejectReason};
 use super::mids::{MessageIds, MidError};
 use super::tables::{Bucket, Dedup, Duplicate, EXCHANGE_LIFETIME, NON_LIFETIME};
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
-use crate::coap::cri;
 use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint, uint_value};
 use crate::coap::uri::{Host, Target, proxy_target};
 use crate::coap::{MessageView, Token};
 use crate::oscore::checker::CheckedRequest;
 use crate::oscore::replay::ResponseNumbers;
-use crate::oscore::{
-    ConfigError, GroupChecker, GroupMember, OscoreError, ReplayState, Restored, SecurityContext,
-    SignatureChecker, Verdict,
-};
+use crate::oscore::{ConfigError, GroupChecker, GroupMember, SecurityContext, SignatureChecker};
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
 use member::Outer;

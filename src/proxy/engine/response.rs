@@ -1,7 +1,14 @@
 //! What comes back from devices and origins: acknowledgements, responses matched to
 //! their exchange by token, relayed to the client with Reply-From (groupcomm-proxy §5.4).
 
-use super::*;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Engine, Kind, Link, MAX_SEEN_PER_EXCHANGE, Options, Route};
+use crate::coap::MessageView;
+use crate::coap::build::{self, ACK, CON, NON, RST, code};
+use crate::coap::cri;
+use crate::proxy::events::{CloseReason, DropReason, Event};
 
 impl Engine {
     /// A datagram from a device (on a group link) or a unicast origin.

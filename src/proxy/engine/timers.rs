@@ -1,7 +1,13 @@
 //! Timers: exchange deadlines, retransmissions of CON messages (RFC 7252 §4.2), the
 //! sweep of aged table entries, and the end of a previous key epoch's grace period.
 
-use super::*;
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Engine, Kind, Link, MAX_RETRANSMIT, Pending, SWEEP, Timer};
+use crate::coap::build::code;
+use crate::proxy::events::{CloseReason, DropReason};
 
 impl Engine {
     /// Schedules a timer. Timers of exchanges that ended early stay in the heap until
