@@ -212,10 +212,65 @@ fn prefixes(key: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prefix>
         .collect()
 }
 
+/// Checks a parsed file section by section; every error is collected with its key.
 fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
-    let listen: Vec<SocketAddr> = f
-        .proxy
+    let (listen, metrics) = proxy_section(&f.proxy, &mut errors);
+    let options = options_section(&f.options, &mut errors);
+    let limits = limits_section(&f.limits, &mut errors);
+    let unicast = unicast_section(&f.unicast, &mut errors);
+    let mut groups = Vec::new();
+    let mut egress = Vec::new();
+    for (i, g) in f.groups.iter().enumerate() {
+        if let Some((spec, e)) = group_section(i, g, &f.groups[..i], base, &mut errors) {
+            if groups.iter().any(|o: &GroupSpec| o.addr == spec.addr) {
+                errors.push(format!(
+                    "group[{i}].uri: {} is used by an earlier group",
+                    spec.addr
+                ));
+            }
+            groups.push(spec);
+            egress.push(e);
+        }
+    }
+    state_dir_needed(&f, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Loaded {
+        run: RunConfig {
+            proxy: ProxyConfig {
+                groups,
+                unicast,
+                options,
+                limits,
+                local: LocalNames {
+                    // The listeners' addresses are added by the driver once bound.
+                    listen: Vec::new(),
+                    host_addrs: Vec::new(),
+                    names: f
+                        .proxy
+                        .names
+                        .iter()
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect(),
+                },
+            },
+            listen,
+            egress,
+            // Relative to the configuration file, like every other path in it.
+            state_dir: f.proxy.state_dir.as_ref().map(|d| base.join(d)),
+        },
+        metrics,
+    })
+}
+
+/// `[proxy]`: the listeners and the metrics endpoint.
+fn proxy_section(
+    p: &ProxySection,
+    errors: &mut Vec<String>,
+) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+    let listen: Vec<SocketAddr> = p
         .listen
         .iter()
         .enumerate()
@@ -230,12 +285,16 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     if listen.is_empty() && errors.is_empty() {
         errors.push("proxy.listen: at least one listener is needed".into());
     }
-    let metrics = f.proxy.metrics.as_ref().and_then(|m| {
+    let metrics = p.metrics.as_ref().and_then(|m| {
         m.parse()
             .map_err(|_| errors.push(format!("proxy.metrics: {m:?} is not an address:port")))
             .ok()
     });
-    let o = &f.options;
+    (listen, metrics)
+}
+
+/// `[options]`: three distinct numbers, none a registered option the proxy interprets.
+fn options_section(o: &OptionsSection, errors: &mut Vec<String>) -> OptionNumbers {
     let options = OptionNumbers {
         multicast_timeout: o.multicast_timeout,
         reply_from: o.reply_from,
@@ -248,7 +307,6 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                 .into(),
         );
     }
-    // These numbers must not collide with registered options the proxy interprets.
     for (key, n) in [
         ("options.multicast_timeout", o.multicast_timeout),
         ("options.reply_from", o.reply_from),
@@ -258,8 +316,12 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
             errors.push(format!("{key}: {n} is a registered CoAP option"));
         }
     }
+    options
+}
+
+/// `[limits]`: the defaults where a key is absent, every bound checked.
+fn limits_section(l: &LimitsSection, errors: &mut Vec<String>) -> Limits {
     let d = Limits::default();
-    let l = &f.limits;
     let limits = Limits {
         max_exchanges: l.max_exchanges.unwrap_or(d.max_exchanges),
         max_exchanges_per_client: l
@@ -306,151 +368,140 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     if !(64..=65_507).contains(&limits.max_datagram) {
         errors.push("limits.max_datagram: must be 64..=65507".into());
     }
-    let unicast = UnicastPolicy {
-        enabled: f.unicast.enabled,
-        allow: prefixes("unicast.allow", &f.unicast.allow, &mut errors),
-        timeout: Duration::from_secs(f.unicast.timeout),
-    };
-    if f.unicast.timeout == 0 {
+    limits
+}
+
+/// `[unicast]`.
+fn unicast_section(u: &UnicastSection, errors: &mut Vec<String>) -> UnicastPolicy {
+    if u.timeout == 0 {
         errors.push("unicast.timeout: must be at least 1 second".into());
     }
-    let mut groups = Vec::new();
-    let mut egress = Vec::new();
-    for (i, g) in f.groups.iter().enumerate() {
-        let key = format!("group[{i}]");
-        let addr = match parse_proxy_uri(g.uri.as_bytes()) {
-            Ok(t) if t.scheme != "coap" => {
-                errors.push(format!("{key}.uri: scheme must be coap"));
-                None
-            }
-            Ok(t) if !t.uri_options.is_empty() => {
-                errors.push(format!("{key}.uri: a group URI has no path or query"));
-                None
-            }
-            Ok(Target {
-                host: Host::Ip(ip),
-                port,
-                ..
-            }) if ip.is_multicast() => Some(SocketAddr::new(ip, port.unwrap_or(5683))),
-            Ok(_) => {
-                errors.push(format!("{key}.uri: host must be a multicast address"));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("{key}.uri: {e}"));
-                None
-            }
-        };
-        if g.name.is_empty() {
-            errors.push(format!("{key}.name: must not be empty"));
+    UnicastPolicy {
+        enabled: u.enabled,
+        allow: prefixes("unicast.allow", &u.allow, errors),
+        timeout: Duration::from_secs(u.timeout),
+    }
+}
+
+/// One `[[group]]` (the `i`th, after `earlier`): the group and its egress, if valid.
+fn group_section(
+    i: usize,
+    g: &GroupSection,
+    earlier: &[GroupSection],
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> Option<(GroupSpec, Egress)> {
+    let key = format!("group[{i}]");
+    let addr = group_addr(&key, &g.uri, errors);
+    if g.name.is_empty() {
+        errors.push(format!("{key}.name: must not be empty"));
+    }
+    if earlier.iter().any(|o| o.name == g.name) {
+        errors.push(format!(
+            "{key}.name: {:?} is used by an earlier group",
+            g.name
+        ));
+    }
+    let interface: Option<Interface> = g
+        .interface
+        .parse()
+        .map_err(|e| errors.push(format!("{key}.interface: {e}")))
+        .ok();
+    if let (Some(Interface::Addr(_)), Some(SocketAddr::V6(_))) = (&interface, addr) {
+        errors.push(format!(
+            "{key}.interface: an IPv6 group needs an interface name"
+        ));
+    }
+    if g.max_timeout == 0 {
+        errors.push(format!("{key}.max_timeout: must be at least 1 second"));
+    }
+    if !(1..=255).contains(&g.hop_limit) {
+        errors.push(format!("{key}.hop_limit: must be 1..=255"));
+    }
+    let source: Option<IpAddr> = g.source.as_ref().and_then(|s| {
+        s.parse()
+            .map_err(|_| errors.push(format!("{key}.source: {s:?} is not an IP address")))
+            .ok()
+    });
+    let allow = prefixes(&format!("{key}.allow"), &g.allow, errors);
+    let security = g
+        .security
+        .as_ref()
+        .and_then(|s| s.resolve(&format!("{key}.security"), base, errors));
+    let (addr, interface) = (addr?, interface?);
+    let spec = GroupSpec {
+        name: g.name.clone(),
+        addr,
+        host_names: g
+            .host_names
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        enabled: g.enabled,
+        allow,
+        max_timeout: Duration::from_secs(g.max_timeout),
+        security,
+    };
+    let egress = Egress {
+        interface,
+        hop_limit: g.hop_limit,
+        bind: source,
+    };
+    Some((spec, egress))
+}
+
+/// A group URI: `coap://` and a multicast address, no path or query.
+fn group_addr(key: &str, uri: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    match parse_proxy_uri(uri.as_bytes()) {
+        Ok(t) if t.scheme != "coap" => {
+            errors.push(format!("{key}.uri: scheme must be coap"));
+            None
         }
-        if f.groups[..i].iter().any(|o| o.name == g.name) {
-            errors.push(format!(
-                "{key}.name: {:?} is used by an earlier group",
-                g.name
-            ));
+        Ok(t) if !t.uri_options.is_empty() => {
+            errors.push(format!("{key}.uri: a group URI has no path or query"));
+            None
         }
-        let interface: Option<Interface> = g
-            .interface
-            .parse()
-            .map_err(|e| errors.push(format!("{key}.interface: {e}")))
-            .ok();
-        if let (Some(Interface::Addr(_)), Some(SocketAddr::V6(_))) = (&interface, addr) {
-            errors.push(format!(
-                "{key}.interface: an IPv6 group needs an interface name"
-            ));
+        Ok(Target {
+            host: Host::Ip(ip),
+            port,
+            ..
+        }) if ip.is_multicast() => Some(SocketAddr::new(ip, port.unwrap_or(5683))),
+        Ok(_) => {
+            errors.push(format!("{key}.uri: host must be a multicast address"));
+            None
         }
-        if g.max_timeout == 0 {
-            errors.push(format!("{key}.max_timeout: must be at least 1 second"));
-        }
-        if !(1..=255).contains(&g.hop_limit) {
-            errors.push(format!("{key}.hop_limit: must be 1..=255"));
-        }
-        let source: Option<IpAddr> = g.source.as_ref().and_then(|s| {
-            s.parse()
-                .map_err(|_| errors.push(format!("{key}.source: {s:?} is not an IP address")))
-                .ok()
-        });
-        let allow = prefixes(&format!("{key}.allow"), &g.allow, &mut errors);
-        let security = g
-            .security
-            .as_ref()
-            .and_then(|s| s.resolve(&format!("{key}.security"), base, &mut errors));
-        if let (Some(addr), Some(interface)) = (addr, interface) {
-            if groups.iter().any(|o: &GroupSpec| o.addr == addr) {
-                errors.push(format!("{key}.uri: {addr} is used by an earlier group"));
-            }
-            groups.push(GroupSpec {
-                name: g.name.clone(),
-                addr,
-                host_names: g
-                    .host_names
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-                enabled: g.enabled,
-                allow,
-                max_timeout: Duration::from_secs(g.max_timeout),
-                security,
-            });
-            egress.push(Egress {
-                interface,
-                hop_limit: g.hop_limit,
-                bind: source,
-            });
+        Err(e) => {
+            errors.push(format!("{key}.uri: {e}"));
+            None
         }
     }
-    // What must outlive the process: a member's Sender Sequence Numbers (RFC 10021
-    // §2.6.1.1) and a checker's replay windows (a request captured before a restart must
-    // not pass after it).
-    if f.proxy.state_dir.is_none()
-        && let Some((i, why)) = f.groups.iter().enumerate().find_map(|(i, g)| {
-            let s = g.security.as_ref()?;
-            if s.policy != "off" {
-                Some((
-                    i,
-                    "its requests are checked (policy enforce or monitor): the replay windows",
-                ))
-            } else if s.sender_id.is_some() {
-                Some((i, "the proxy is a member: its Sender Sequence Numbers"))
-            } else {
-                None
-            }
-        })
-    {
+}
+
+/// What must outlive the process: a member's Sender Sequence Numbers (RFC 10021
+/// §2.6.1.1) and a checker's replay windows (a request captured before a restart must
+/// not pass after it) are kept in `proxy.state_dir`.
+fn state_dir_needed(f: &File, errors: &mut Vec<String>) {
+    if f.proxy.state_dir.is_some() {
+        return;
+    }
+    let needed = f.groups.iter().enumerate().find_map(|(i, g)| {
+        let s = g.security.as_ref()?;
+        if s.policy != "off" {
+            Some((
+                i,
+                "its requests are checked (policy enforce or monitor): the replay windows",
+            ))
+        } else if s.sender_id.is_some() {
+            Some((i, "the proxy is a member: its Sender Sequence Numbers"))
+        } else {
+            None
+        }
+    });
+    if let Some((i, why)) = needed {
         errors.push(format!(
             "proxy.state_dir: required by group[{i}], as {why} are kept there across restarts"
         ));
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Loaded {
-        run: RunConfig {
-            proxy: ProxyConfig {
-                groups,
-                unicast,
-                options,
-                limits,
-                local: LocalNames {
-                    // The listeners' addresses are added by the driver once bound.
-                    listen: Vec::new(),
-                    host_addrs: Vec::new(),
-                    names: f
-                        .proxy
-                        .names
-                        .iter()
-                        .map(|n| n.to_ascii_lowercase())
-                        .collect(),
-                },
-            },
-            listen,
-            egress,
-            // Relative to the configuration file, like every other path in it.
-            state_dir: f.proxy.state_dir.as_ref().map(|d| base.join(d)),
-        },
-        metrics,
-    })
 }
 
 use crate::coap::uri::Target;
