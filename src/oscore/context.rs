@@ -166,7 +166,162 @@ fn opt_alg<T>(
     id.map(parse).transpose()
 }
 
+impl GroupCommon {
+    /// The group's algorithms, checked for a mode that can work (RFC 10021 §2.1), its Group
+    /// Manager's credential and the Signature Encryption Key (§2.1.9).
+    fn new(
+        cfg: &ContextConfig,
+        alg_aead: Option<EncAlg>,
+        gm: &[u8],
+    ) -> Result<GroupCommon, ConfigError> {
+        let alg_group_enc = opt_alg(cfg.alg_group_enc, EncAlg::from_cose)?;
+        let alg_signature = opt_alg(cfg.alg_signature, SigAlg::from_cose)?;
+        let alg_ka = opt_alg(cfg.alg_pairwise_key_agreement, KeyAgreementAlg::from_cose)?;
+        if alg_group_enc.is_some() != alg_signature.is_some() {
+            return Err(ConfigError::Invalid(
+                "group mode needs both the Group Encryption and the Signature Algorithm (RFC 10021 §2.1.7, §2.1.8)".into(),
+            ));
+        }
+        if alg_aead.is_some() != alg_ka.is_some() {
+            return Err(ConfigError::Invalid(
+                "pairwise mode needs both the AEAD and the Pairwise Key Agreement Algorithm (RFC 10021 §2.1.1, §2.1.10)".into(),
+            ));
+        }
+        if alg_group_enc.is_none() && alg_aead.is_none() {
+            return Err(ConfigError::Invalid(
+                "neither group nor pairwise mode is set".into(),
+            ));
+        }
+        if cfg.id_context.is_none() {
+            return Err(ConfigError::Invalid(
+                "a group context needs its Gid as ID Context".into(),
+            ));
+        }
+        let sig_enc_key = alg_group_enc.map(|enc| {
+            derive::derive(
+                &cfg.master_secret,
+                &cfg.master_salt,
+                &[],
+                cfg.id_context.as_deref(),
+                enc.cose_id(),
+                "SEKey",
+                enc.key_len(),
+            )
+        });
+        Ok(GroupCommon {
+            alg_aead,
+            alg_group_enc,
+            alg_signature,
+            alg_ka,
+            gm_cred: Credential::from_ccs(gm).map_err(|e| prefix(e, "Group Manager credential"))?,
+            sig_enc_key,
+            tbs_form: cfg.tbs_form,
+        })
+    }
+
+    /// The algorithm that keys the Sender and Recipient Keys, the Common IV's length (the
+    /// longest nonce of the algorithms in use) and the external_aad's algorithms array
+    /// (RFC 10021 §2.1, §3.4).
+    fn key_alg_iv_and_algs(&self) -> (EncAlg, usize, Vec<u8>) {
+        let key_alg = match (self.alg_group_enc, self.alg_aead) {
+            (Some(a), _) | (None, Some(a)) => a,
+            // GroupCommon::new refuses a group with neither mode.
+            (None, None) => EncAlg::AesCcm16_64_128,
+        };
+        let iv_len = [self.alg_aead, self.alg_group_enc]
+            .into_iter()
+            .flatten()
+            .map(EncAlg::nonce_len)
+            .max()
+            .unwrap_or(13);
+        let mut algs = Vec::new();
+        cbor::array(&mut algs, 4);
+        let ids = [
+            self.alg_aead.map(EncAlg::cose_id),
+            self.alg_group_enc.map(EncAlg::cose_id),
+            self.alg_signature.map(SigAlg::cose_id),
+            self.alg_ka.map(KeyAgreementAlg::cose_id),
+        ];
+        for id in ids {
+            match id {
+                Some(v) => cbor::int(&mut algs, v),
+                None => cbor::null(&mut algs),
+            }
+        }
+        (key_alg, iv_len, algs)
+    }
+}
+
+impl CommonContext {
+    /// The Common Context (RFC 8613 §3.2.1): its key algorithm, Common IV and the
+    /// algorithms the external_aad names.
+    fn new(cfg: &ContextConfig, alg_aead: Option<EncAlg>, group: Option<GroupCommon>) -> Self {
+        let (key_alg, iv_len, algs_cbor) = match &group {
+            None => {
+                let a = alg_aead.unwrap_or(EncAlg::AesCcm16_64_128);
+                let mut algs = Vec::new();
+                cbor::array(&mut algs, 1);
+                cbor::int(&mut algs, a.cose_id());
+                (a, a.nonce_len(), algs)
+            }
+            Some(g) => g.key_alg_iv_and_algs(),
+        };
+        let common_iv = derive::derive(
+            &cfg.master_secret,
+            &cfg.master_salt,
+            &[],
+            cfg.id_context.as_deref(),
+            key_alg.cose_id(),
+            "IV",
+            iv_len,
+        );
+        CommonContext {
+            id_context: cfg.id_context.clone(),
+            common_iv,
+            key_alg,
+            algs_cbor,
+            group,
+            key_generation: cfg.key_generation,
+            master_secret: Zeroizing::new(cfg.master_secret.clone()),
+            master_salt: Zeroizing::new(cfg.master_salt.clone()),
+        }
+    }
+}
+
+/// A group member's private key and credential, which must hold its public key
+/// (RFC 10021 §2.4).
+fn signing_identity(
+    cfg: &ContextConfig,
+    sig: SigAlg,
+) -> Result<(Option<PrivateKey>, Option<Credential>), ConfigError> {
+    let pk = cfg
+        .private_key
+        .as_deref()
+        .map(|k| PrivateKey::from_bytes(sig, k))
+        .transpose()?;
+    let cred = cfg
+        .sender_cred
+        .as_deref()
+        .map(Credential::from_ccs)
+        .transpose()
+        .map_err(|e| prefix(e, "own credential"))?;
+    let (Some(k), Some(c)) = (&pk, &cred) else {
+        return Err(ConfigError::Invalid(
+            "a group member needs its private key and credential".into(),
+        ));
+    };
+    if !same_key(&k.public_key(), c.public_key()) {
+        return Err(ConfigError::BadCredential(
+            "own credential does not hold the public key of the private key".into(),
+        ));
+    }
+    Ok((pk, cred))
+}
+
 impl SecurityContext {
+    /// Derives a Security Context from its configuration (RFC 8613 §3.2, RFC 10021 §2):
+    /// the group's algorithms and Signature Encryption Key, the Common Context, the
+    /// Sender Context with its signing key, then one Recipient Context per peer.
     pub fn new(cfg: &ContextConfig) -> Result<Self, ConfigError> {
         // The kid context length is one byte in the OSCORE option (RFC 8613 §6.1).
         if cfg.id_context.as_ref().is_some_and(|c| c.len() > 255) {
@@ -183,106 +338,9 @@ impl SecurityContext {
         }
         let group = match &cfg.gm_cred {
             None => None,
-            Some(gm) => {
-                let alg_group_enc = opt_alg(cfg.alg_group_enc, EncAlg::from_cose)?;
-                let alg_signature = opt_alg(cfg.alg_signature, SigAlg::from_cose)?;
-                let alg_ka = opt_alg(cfg.alg_pairwise_key_agreement, KeyAgreementAlg::from_cose)?;
-                if alg_group_enc.is_some() != alg_signature.is_some() {
-                    return Err(ConfigError::Invalid(
-                        "group mode needs both the Group Encryption and the Signature Algorithm (RFC 10021 §2.1.7, §2.1.8)".into(),
-                    ));
-                }
-                if alg_aead.is_some() != alg_ka.is_some() {
-                    return Err(ConfigError::Invalid(
-                        "pairwise mode needs both the AEAD and the Pairwise Key Agreement Algorithm (RFC 10021 §2.1.1, §2.1.10)".into(),
-                    ));
-                }
-                if alg_group_enc.is_none() && alg_aead.is_none() {
-                    return Err(ConfigError::Invalid(
-                        "neither group nor pairwise mode is set".into(),
-                    ));
-                }
-                if cfg.id_context.is_none() {
-                    return Err(ConfigError::Invalid(
-                        "a group context needs its Gid as ID Context".into(),
-                    ));
-                }
-                let sig_enc_key = alg_group_enc.map(|enc| {
-                    let gid = cfg.id_context.as_deref();
-                    derive::derive(
-                        &cfg.master_secret,
-                        &cfg.master_salt,
-                        &[],
-                        gid,
-                        enc.cose_id(),
-                        "SEKey",
-                        enc.key_len(),
-                    )
-                });
-                Some(GroupCommon {
-                    alg_aead,
-                    alg_group_enc,
-                    alg_signature,
-                    alg_ka,
-                    gm_cred: Credential::from_ccs(gm)
-                        .map_err(|e| prefix(e, "Group Manager credential"))?,
-                    sig_enc_key,
-                    tbs_form: cfg.tbs_form,
-                })
-            }
+            Some(gm) => Some(GroupCommon::new(cfg, alg_aead, gm)?),
         };
-        let (key_alg, iv_len, algs_cbor) = match &group {
-            None => {
-                let a = alg_aead.unwrap_or(EncAlg::AesCcm16_64_128);
-                let mut algs = Vec::new();
-                cbor::array(&mut algs, 1);
-                cbor::int(&mut algs, a.cose_id());
-                (a, a.nonce_len(), algs)
-            }
-            Some(g) => {
-                let key_alg = g.alg_group_enc.or(g.alg_aead).expect("checked above");
-                let iv_len = [g.alg_aead, g.alg_group_enc]
-                    .into_iter()
-                    .flatten()
-                    .map(EncAlg::nonce_len)
-                    .max()
-                    .unwrap_or(13);
-                let mut algs = Vec::new();
-                cbor::array(&mut algs, 4);
-                let ids = [
-                    g.alg_aead.map(EncAlg::cose_id),
-                    g.alg_group_enc.map(EncAlg::cose_id),
-                    g.alg_signature.map(SigAlg::cose_id),
-                    g.alg_ka.map(KeyAgreementAlg::cose_id),
-                ];
-                for id in ids {
-                    match id {
-                        Some(v) => cbor::int(&mut algs, v),
-                        None => cbor::null(&mut algs),
-                    }
-                }
-                (key_alg, iv_len, algs)
-            }
-        };
-        let common_iv = derive::derive(
-            &cfg.master_secret,
-            &cfg.master_salt,
-            &[],
-            cfg.id_context.as_deref(),
-            key_alg.cose_id(),
-            "IV",
-            iv_len,
-        );
-        let common = CommonContext {
-            id_context: cfg.id_context.clone(),
-            common_iv,
-            key_alg,
-            algs_cbor,
-            group,
-            key_generation: cfg.key_generation,
-            master_secret: Zeroizing::new(cfg.master_secret.clone()),
-            master_salt: Zeroizing::new(cfg.master_salt.clone()),
-        };
+        let common = CommonContext::new(cfg, alg_aead, group);
         if cfg.sender_id.len() > common.max_id_len() {
             return Err(ConfigError::Invalid(format!(
                 "Sender ID of {} bytes is longer than the nonce allows ({})",
@@ -292,41 +350,12 @@ impl SecurityContext {
         }
         let (private_key, cred) = match &common.group {
             None => (None, None),
-            Some(g) => {
-                let sig = g.alg_signature.unwrap_or(SigAlg::EdDsa);
-                let pk = cfg
-                    .private_key
-                    .as_deref()
-                    .map(|k| PrivateKey::from_bytes(sig, k))
-                    .transpose()?;
-                let cred = cfg
-                    .sender_cred
-                    .as_deref()
-                    .map(Credential::from_ccs)
-                    .transpose()
-                    .map_err(|e| prefix(e, "own credential"))?;
-                match (&pk, &cred) {
-                    (Some(k), Some(c)) => {
-                        if !same_key(&k.public_key(), c.public_key()) {
-                            return Err(ConfigError::BadCredential(
-                                "own credential does not hold the public key of the private key"
-                                    .into(),
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(ConfigError::Invalid(
-                            "a group member needs its private key and credential".into(),
-                        ));
-                    }
-                }
-                (pk, cred)
-            }
+            Some(g) => signing_identity(cfg, g.alg_signature.unwrap_or(SigAlg::EdDsa))?,
         };
         let key = Zeroizing::new(common.derive_key(&cfg.sender_id));
         let sender = SenderContext {
             id: cfg.sender_id.clone(),
-            cipher: CipherKey::new(key_alg, &key),
+            cipher: CipherKey::new(common.key_alg, &key),
             key,
             private_key,
             cred,
