@@ -575,7 +575,6 @@ impl Engine {
         }
         let mid = view.message_id();
         let con = mtype == CON;
-        let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
         if let Some(Duplicate(reply)) = self.dedup.lookup(from, mid, now) {
             // RFC 7252 §4.5: a duplicate is not processed again; a CON gets the same reply.
             if let Some(r) = reply {
@@ -598,53 +597,63 @@ impl Engine {
             }
             return;
         }
-        // oscore-capable-proxies §2.4 steps 5-6: an OSCORE request that names no proxy
-        // target outside is for the proxy itself; its layer comes off first.
-        let mut outer = None;
-        let inner_bytes;
-        let inner_view;
-        let view = if self.is_for_proxy_layer(view) {
-            match self.remove_outer_layer(view) {
-                Ok((bytes, o)) => {
-                    inner_bytes = bytes;
-                    outer = Some(o);
-                    match MessageView::parse(&inner_bytes) {
-                        Ok(v) => {
-                            inner_view = v;
-                            // RFC 10021 §9: after lost state, freshness first (Echo).
-                            if let Some(o) = outer.as_mut()
-                                && let Err(challenge) =
-                                    self.check_freshness(o, &inner_view, (listener, from), con, mid)
-                            {
-                                // Not processed, so not recorded: a retransmission gets
-                                // a challenge of its own.
-                                return self.send(Link::Listener(listener), from, challenge);
-                            }
-                            &inner_view
-                        }
-                        Err(_) => return self.drop_msg(DropReason::Malformed, from),
-                    }
+        self.client_request(now, listener, from, view);
+    }
+
+    /// A request from a client, new to the message layer. oscore-capable-proxies §2.4
+    /// steps 5-6: an OSCORE request that names no proxy target outside is for the proxy
+    /// itself; its layer comes off first, and after lost state freshness is proven first
+    /// (RFC 10021 §9, Echo).
+    fn client_request(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+    ) {
+        let (con, mid) = (view.mtype() == CON, view.message_id());
+        if !self.is_for_proxy_layer(view) {
+            return self.process(now, listener, from, (view, None), (con, mid));
+        }
+        let (inner_bytes, mut o) = match self.remove_outer_layer(view) {
+            Ok(removed) => removed,
+            Err(r) => {
+                // Not protected: no layer was removed to protect it with (RFC 8613 §8.2).
+                if let Some(reply) = self.error_reply(listener, from, con, mid, view.token(), r) {
+                    self.send(Link::Listener(listener), from, reply);
                 }
-                Err(r) => {
-                    // Not protected: no layer was removed to protect it with (RFC 8613 §8.2).
-                    let Some(reply) = self.error_reply(listener, from, con, mid, view.token(), r)
-                    else {
-                        return;
-                    };
-                    return self.send(Link::Listener(listener), from, reply);
-                }
+                return;
             }
-        } else {
-            view
         };
+        let Ok(inner) = MessageView::parse(&inner_bytes) else {
+            return self.drop_msg(DropReason::Malformed, from);
+        };
+        if let Err(challenge) = self.check_freshness(&mut o, &inner, (listener, from), con, mid) {
+            // Not processed, so not recorded: a retransmission gets a challenge of its own.
+            return self.send(Link::Listener(listener), from, challenge);
+        }
+        self.process(now, listener, from, (&inner, Some(o)), (con, mid));
+    }
+
+    /// Checks a request (without the proxy's layer, `outer` if it had one) and forwards
+    /// or answers it; the answer goes back under the layer. Recorded for deduplication
+    /// only if processed: a refusal is made again, the same, for a retransmission (a
+    /// token reuse ended an exchange: processed). `con` and `mid` are the message's.
+    fn process(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        (view, mut outer): (&MessageView, Option<Outer>),
+        (con, mid): (bool, u16),
+    ) {
         let result = self.request(now, listener, from, view, &mut outer);
-        // Recorded for deduplication only if processed: a refusal is made again, the
-        // same, for a retransmission (a token reuse ended an exchange: processed).
         let processed = match &result {
             Ok(_) => true,
             Err(r) => r.reason == RejectReason::TokenReuse,
         };
         if processed {
+            let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
             self.dedup.record(from, mid, now, lifetime);
         }
         let reply = match result {
