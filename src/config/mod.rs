@@ -171,7 +171,9 @@ fn d_hops() -> u32 {
 /// A validated configuration, with the metrics address kept for the operations layer.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// What `groxy run` needs: the engine's configuration, listeners, egress, state.
     pub run: RunConfig,
+    /// Address of /metrics, /healthz and /readyz, if configured.
     pub metrics: Option<SocketAddr>,
 }
 
@@ -182,6 +184,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, Vec<String>> {
     load_str_in(&text, path.parent().unwrap_or(Path::new(".")))
 }
 
+/// The embedded default (config/groxy.toml), which is valid by construction (tested).
 pub fn load_default() -> Loaded {
     load_str(DEFAULT_TOML).expect("the embedded default configuration is valid")
 }

@@ -12,18 +12,18 @@ use crate::proxy::{GroupSecurity, Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Algorithms {
+pub(crate) struct Algorithms {
     #[serde(default = "ccm")]
-    pub alg_aead: Option<i64>,
+    pub(crate) alg_aead: Option<i64>,
     #[serde(default = "ccm_i")]
-    pub alg_group_enc: i64,
+    pub(crate) alg_group_enc: i64,
     #[serde(default = "eddsa")]
-    pub alg_signature: i64,
+    pub(crate) alg_signature: i64,
     #[serde(default = "ecdh")]
-    pub alg_pairwise_key_agreement: Option<i64>,
+    pub(crate) alg_pairwise_key_agreement: Option<i64>,
     /// "five" (aiocoap, Californium) or "four" (RFC 9338 §3.3 read literally).
     #[serde(default = "five")]
-    pub tobesigned: String,
+    pub(crate) tobesigned: String,
 }
 fn ccm() -> Option<i64> {
     Some(10)
@@ -43,58 +43,58 @@ fn five() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Member {
-    pub id: String,
-    pub credential: String,
+pub(crate) struct Member {
+    pub(crate) id: String,
+    pub(crate) credential: String,
 }
 
 /// `[group.security]`: the proxy as external signature checker.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CheckerSection {
-    pub policy: String,
-    pub gid: String,
+pub(crate) struct CheckerSection {
+    pub(crate) policy: String,
+    pub(crate) gid: String,
     #[serde(default)]
-    pub key_generation: u64,
+    pub(crate) key_generation: u64,
     #[serde(flatten)]
-    pub algorithms: Algorithms,
+    pub(crate) algorithms: Algorithms,
     /// Hex Signature Encryption Key as the Group Manager hands it out (§12.3)...
-    pub signature_encryption_key_file: Option<PathBuf>,
+    pub(crate) signature_encryption_key_file: Option<PathBuf>,
     /// ...or the Master Secret it derives from, with the (public) Master Salt.
-    pub master_secret_file: Option<PathBuf>,
+    pub(crate) master_secret_file: Option<PathBuf>,
     #[serde(default)]
-    pub master_salt: String,
-    pub gm_credential: String,
+    pub(crate) master_salt: String,
+    pub(crate) gm_credential: String,
     #[serde(default)]
-    pub members: Vec<Member>,
+    pub(crate) members: Vec<Member>,
     /// The proxy's own membership: its Sender ID, private key file and credential (the
     /// Master Secret file is then required), for the layer clients share with it.
-    pub sender_id: Option<String>,
-    pub private_key_file: Option<PathBuf>,
-    pub credential: Option<String>,
+    pub(crate) sender_id: Option<String>,
+    pub(crate) private_key_file: Option<PathBuf>,
+    pub(crate) credential: Option<String>,
     /// Sender IDs allowed to send group requests, through that layer or verified by the
     /// signature check (default: all).
-    pub allow_kids: Option<Vec<String>>,
+    pub(crate) allow_kids: Option<Vec<String>>,
 }
 
 /// A member's Security Context file (for `groxy device --oscore` and `groxy client --oscore`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberFile {
-    pub gid: String,
+    pub(crate) gid: String,
     #[serde(default)]
-    pub key_generation: u64,
+    pub(crate) key_generation: u64,
     #[serde(flatten)]
-    pub algorithms: Algorithms,
-    pub master_secret_file: PathBuf,
+    pub(crate) algorithms: Algorithms,
+    pub(crate) master_secret_file: PathBuf,
     #[serde(default)]
-    pub master_salt: String,
-    pub sender_id: String,
-    pub private_key_file: PathBuf,
-    pub credential: String,
-    pub gm_credential: String,
+    pub(crate) master_salt: String,
+    pub(crate) sender_id: String,
+    pub(crate) private_key_file: PathBuf,
+    pub(crate) credential: String,
+    pub(crate) gm_credential: String,
     #[serde(default)]
-    pub members: Vec<Member>,
+    pub(crate) members: Vec<Member>,
 }
 
 fn hexval(key: &str, v: &str, errors: &mut Vec<String>) -> Vec<u8> {
@@ -157,7 +157,7 @@ fn members(key: &str, list: &[Member], errors: &mut Vec<String>) -> Vec<(Vec<u8>
 
 impl CheckerSection {
     /// Validates into what the engine takes; `base` resolves relative file names.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         key: &str,
         base: &Path,
@@ -285,6 +285,8 @@ impl CheckerSection {
 }
 
 impl MemberFile {
+    /// Reads a member file and resolves it to a Security Context's configuration, with
+    /// every error as `key: reason`.
     pub fn load(path: &Path) -> Result<ContextConfig, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;

@@ -24,23 +24,32 @@ pub const MAX_RECIPIENTS: usize = 4096;
 /// Everything needed to build a context, as configured or handed out by a Group Manager.
 #[derive(Clone, Debug, Default)]
 pub struct ContextConfig {
+    /// Master Secret (RFC 8613 §3.1).
     pub master_secret: Vec<u8>,
+    /// Master Salt, possibly empty (RFC 8613 §3.1).
     pub master_salt: Vec<u8>,
     /// ID Context; the Gid in a group.
     pub id_context: Option<Vec<u8>>,
-    /// COSE ids; `None` = not set in the Common Context.
+    /// AEAD Algorithm, a COSE id (RFC 10021 §2.1.1); `None`: not set in the Common
+    /// Context (no pairwise mode in a group).
     pub alg_aead: Option<i64>,
+    /// Group Encryption Algorithm (§2.1.7); `None`: no group mode.
     pub alg_group_enc: Option<i64>,
+    /// Signature Algorithm (§2.1.8), with the Group Encryption Algorithm.
     pub alg_signature: Option<i64>,
+    /// Pairwise Key Agreement Algorithm (§2.1.10), with the AEAD Algorithm.
     pub alg_pairwise_key_agreement: Option<i64>,
     /// Group Manager credential; its presence makes this a Group OSCORE context.
     pub gm_cred: Option<Vec<u8>>,
+    /// This endpoint's Sender ID.
     pub sender_id: Vec<u8>,
-    /// This endpoint's private key and credential (group contexts).
+    /// This endpoint's private key (group contexts).
     pub private_key: Option<Vec<u8>>,
+    /// This endpoint's credential, a CCS holding the private key's public key.
     pub sender_cred: Option<Vec<u8>>,
     /// Peers: (Sender ID, credential; empty credential for plain OSCORE).
     pub recipients: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Which ToBeSigned this group signs (see [`TbsForm`]).
     pub tbs_form: TbsForm,
     /// Key Generation Number of this key epoch (RFC 10021 §12.2).
     pub key_generation: u64,
@@ -49,31 +58,43 @@ pub struct ContextConfig {
 /// The group-specific Common Context parameters (RFC 10021 §2.1.5-§2.1.10).
 #[derive(Debug)]
 pub struct GroupCommon {
+    /// AEAD Algorithm, for pairwise mode (§2.1.1).
     pub alg_aead: Option<EncAlg>,
+    /// Group Encryption Algorithm, for group mode (§2.1.7).
     pub alg_group_enc: Option<EncAlg>,
+    /// Signature Algorithm, for group mode (§2.1.8).
     pub alg_signature: Option<SigAlg>,
+    /// Pairwise Key Agreement Algorithm (§2.1.10).
     pub alg_ka: Option<KeyAgreementAlg>,
+    /// The Group Manager's credential, part of every external_aad (§3.4).
     pub gm_cred: Credential,
     /// Signature Encryption Key (§2.1.9); set when group mode is.
     pub sig_enc_key: Option<Vec<u8>>,
+    /// Which ToBeSigned the group signs.
     pub tbs_form: TbsForm,
 }
 
+/// The Common Context (RFC 8613 §3.1, RFC 10021 §2.1).
 #[derive(Debug)]
 pub struct CommonContext {
+    /// ID Context: the Gid in a group.
     pub id_context: Option<Vec<u8>>,
+    /// Common IV, as long as the longest nonce in use (§2.1).
     pub common_iv: Vec<u8>,
     /// The algorithm named in key derivation (Group Encryption Algorithm if set, §2.3).
     pub key_alg: EncAlg,
     /// The `algorithms` element of external_aad, encoded once.
     pub algs_cbor: Vec<u8>,
+    /// The group parameters; `None` for plain OSCORE.
     pub group: Option<GroupCommon>,
+    /// Key Generation Number of this epoch (RFC 10021 §12.2).
     pub key_generation: u64,
     master_secret: Zeroizing<Vec<u8>>,
     master_salt: Zeroizing<Vec<u8>>,
 }
 
 impl CommonContext {
+    /// The Gid (ID Context), empty if none.
     pub fn gid(&self) -> &[u8] {
         self.id_context.as_deref().unwrap_or(&[])
     }
@@ -116,13 +137,18 @@ impl CommonContext {
     }
 }
 
+/// This endpoint's Sender Context (RFC 8613 §3.1, RFC 10021 §2.2).
 #[derive(Debug)]
 pub struct SenderContext {
+    /// Sender ID.
     pub id: Vec<u8>,
+    /// Sender Key.
     pub key: Zeroizing<Vec<u8>>,
     /// Key for this endpoint's messages in group mode (or plain OSCORE).
     pub cipher: CipherKey,
+    /// The private key group-mode messages are signed with.
     pub private_key: Option<PrivateKey>,
+    /// This endpoint's credential (in the external_aad of what it sends, §3.4).
     pub cred: Option<Credential>,
     /// Next Sender Sequence Number; one space for both modes (RFC 10021 §2.5.3).
     pub ssn: u64,
@@ -132,12 +158,18 @@ pub struct SenderContext {
     pub ssn_ceiling: Option<u64>,
 }
 
+/// A peer's Recipient Context (RFC 8613 §3.1, RFC 10021 §2.3).
 #[derive(Debug)]
 pub struct RecipientContext {
+    /// Recipient ID: the peer's Sender ID.
     pub id: Vec<u8>,
+    /// Recipient Key.
     pub key: Zeroizing<Vec<u8>>,
+    /// The Recipient Key as a keyed cipher.
     pub cipher: CipherKey,
+    /// The peer's credential (its signatures verify against it).
     pub cred: Option<Credential>,
+    /// Replay window of the peer's requests (RFC 8613 §7.4).
     pub replay: ReplayWindow,
     pairwise: Option<PairwiseKeys>,
 }
@@ -145,15 +177,20 @@ pub struct RecipientContext {
 /// The two pairwise keys with one peer (RFC 10021 §2.5.1).
 #[derive(Debug)]
 pub struct PairwiseKeys {
+    /// Pairwise Sender Key toward the peer.
     pub sender: CipherKey,
+    /// Pairwise Recipient Key from the peer.
     pub recipient: CipherKey,
 }
 
 /// A complete Security Context of this endpoint: plain OSCORE or a Group OSCORE member.
 #[derive(Debug)]
 pub struct SecurityContext {
+    /// The Common Context.
     pub common: CommonContext,
+    /// This endpoint's Sender Context.
     pub sender: SenderContext,
+    /// The peers' Recipient Contexts by Recipient ID, at most [`MAX_RECIPIENTS`].
     pub recipients: HashMap<Vec<u8>, RecipientContext>,
     /// Option numbers treated as class U besides RFC 8613's (the groupcomm-proxy options).
     pub proxy_options: [u16; 3],
@@ -374,10 +411,12 @@ impl SecurityContext {
         Ok(ctx)
     }
 
+    /// Whether this is a Group OSCORE context.
     pub fn is_group(&self) -> bool {
         self.common.group.is_some()
     }
 
+    /// The group parameters, if a group context.
     pub fn group(&self) -> Option<&GroupCommon> {
         self.common.group.as_ref()
     }

@@ -22,7 +22,7 @@ const SPACE: u32 = 1 << 16;
 
 /// Why no Message ID could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MidError {
+pub(crate) enum MidError {
     /// Every Message ID toward this destination is live; one is free again at `free_at`.
     Exhausted { free_at: Instant },
     /// The table holds as many destinations as it may (for this kind of message).
@@ -54,14 +54,14 @@ impl Space {
 
 /// Message ID spaces per destination `K`, at most `capacity` of them.
 #[derive(Debug)]
-pub struct MessageIds<K> {
+pub(crate) struct MessageIds<K> {
     spaces: HashMap<K, Space>,
     capacity: usize,
     clock: Seconds,
 }
 
 impl<K: Hash + Eq + Copy> MessageIds<K> {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         MessageIds {
             spaces: HashMap::default(),
             capacity,
@@ -70,7 +70,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
     }
 
     /// Whether a Message ID toward `to` could be had now (without taking one).
-    pub fn check(&mut self, now: Instant, to: K, priority: bool) -> Result<(), MidError> {
+    pub(crate) fn check(&mut self, now: Instant, to: K, priority: bool) -> Result<(), MidError> {
         let now_s = self.clock.at(now, false);
         let room = self.spaces.len() < self.limit(priority);
         let exhausted = match self.spaces.get_mut(&to) {
@@ -103,7 +103,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
     /// A Message ID toward `to` not used for a message toward it that may still be live,
     /// live itself for `lifetime`. `offset` gives a new destination's first ID (random,
     /// so that IDs toward a client are not guessable from another's).
-    pub fn allocate(
+    pub(crate) fn allocate(
         &mut self,
         now: Instant,
         to: K,
@@ -129,7 +129,7 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
     }
 
     /// Forgets the destinations all of whose Message IDs have expired.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         let now_s = self.clock.at(now, false);
         self.spaces.retain(|_, s| {
             s.expire(now_s);
@@ -137,11 +137,13 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
         });
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.spaces.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.spaces.is_empty()
     }
 }

@@ -4,9 +4,9 @@
 pub mod config;
 pub mod engine;
 pub mod events;
-pub mod mids;
+pub(crate) mod mids;
 pub mod prefix;
-pub mod tables;
+pub(crate) mod tables;
 
 pub use config::{
     GroupSecurity, GroupSpec, Limits, LocalNames, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// RFC 7252 §4.8.2: how long a CON and a NON Message ID must be remembered.
-pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
-pub const NON_LIFETIME: Duration = Duration::from_secs(145);
+pub(crate) const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+pub(crate) const NON_LIFETIME: Duration = Duration::from_secs(145);
 
 /// Time in whole seconds since a table's first use: entries that expire by the second
 /// stay small (u32) and are never forgotten early (expiries round up).
@@ -48,7 +48,7 @@ impl Seconds {
 /// queues): expiry in whole seconds since the table's first use, rounded up so that no
 /// entry is forgotten before its lifetime, and the few replies to CONs kept aside.
 #[derive(Debug)]
-pub struct Dedup {
+pub(crate) struct Dedup {
     map: HashMap<Key, Seen>,
     /// Each sender's entries, oldest first.
     senders: HashMap<Sender, VecDeque<(u32, Key)>>,
@@ -115,10 +115,10 @@ struct Seen {
 
 /// What [`Dedup::lookup`] found: a duplicate, with a copy of the reply given to it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Duplicate(pub Option<Vec<u8>>);
+pub(crate) struct Duplicate(pub Option<Vec<u8>>);
 
 impl Dedup {
-    pub fn new(capacity: usize, per_sender: usize) -> Self {
+    pub(crate) fn new(capacity: usize, per_sender: usize) -> Self {
         Dedup {
             map: HashMap::default(),
             senders: HashMap::default(),
@@ -131,7 +131,7 @@ impl Dedup {
     }
 
     /// Whether the message was seen within its lifetime (nothing is recorded).
-    pub fn lookup(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<Duplicate> {
+    pub(crate) fn lookup(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<Duplicate> {
         let key = Key::new(from, mid);
         let now_s = self.clock.at(now, false);
         let seen = self.map.get(&key).filter(|s| s.expires > now_s)?;
@@ -142,7 +142,7 @@ impl Dedup {
     /// Whether a new message from `from` can be recorded now; if not, when the table's
     /// next entry expires (it is freed by the [`Dedup::expire`] after that). No scan:
     /// refusing costs no more than a lookup.
-    pub fn room(&mut self, from: SocketAddr, now: Instant) -> Result<(), Instant> {
+    pub(crate) fn room(&mut self, from: SocketAddr, now: Instant) -> Result<(), Instant> {
         let sender = Key::new(from, 0).sender();
         let held = self.senders.get(&sender).map_or(0, VecDeque::len);
         if held >= self.per_sender || self.map.len() < self.capacity {
@@ -154,7 +154,7 @@ impl Dedup {
 
     /// Records a message (after [`Self::room`] allowed it). A sender at its share
     /// forgets its own oldest entry early; nobody else's.
-    pub fn record(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) {
+    pub(crate) fn record(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) {
         let key = Key::new(from, mid);
         // The clock's base is the first time it is given: `now`, not the expiry.
         self.clock.at(now, false);
@@ -184,7 +184,7 @@ impl Dedup {
         debug_assert!(self.map.len() <= self.capacity + self.per_sender);
     }
 
-    pub fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
+    pub(crate) fn set_reply(&mut self, from: SocketAddr, mid: u16, reply: Vec<u8>) {
         let key = Key::new(from, mid);
         if let Some(s) = self.map.get_mut(&key) {
             s.has_reply = true;
@@ -193,7 +193,7 @@ impl Dedup {
     }
 
     /// Forgets what has outlived its lifetime, and senders with nothing left.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         let now_s = self.clock.at(now, false);
         let (map, replies) = (&mut self.map, &mut self.replies);
         self.senders.retain(|_, queue| {
@@ -219,11 +219,13 @@ impl Dedup {
             .unwrap_or(now_s);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 }
@@ -231,13 +233,13 @@ impl Dedup {
 /// A token bucket per client for the fan-out rate (the proxy must not be an amplifier:
 /// groupcomm-proxy §10, RFC 10020 §3.6).
 #[derive(Debug, Clone)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    pub fn full(burst: f64, now: Instant) -> Self {
+    pub(crate) fn full(burst: f64, now: Instant) -> Self {
         Bucket {
             tokens: burst,
             at: now,
@@ -251,7 +253,7 @@ impl Bucket {
     }
 
     /// Takes one token, or says how long until one is there.
-    pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
         self.refill(rate, burst, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -263,7 +265,7 @@ impl Bucket {
         }
     }
 
-    pub fn is_full(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+    pub(crate) fn is_full(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
         self.refill(rate, burst, now);
         self.tokens >= burst
     }

@@ -95,22 +95,31 @@ enum Requester {
     Signed { kid: Vec<u8> },
 }
 
+/// A datagram for the driver to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transmit {
+    /// The socket it leaves by.
     pub link: Link,
+    /// Its destination.
     pub to: SocketAddr,
+    /// The whole datagram; give the buffer back with [`Engine::recycle`] once sent.
     pub bytes: Vec<u8>,
 }
 
+/// What the engine asks of its driver, in order (see [`Engine::poll_output`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
+    /// Send a datagram.
     Transmit(Transmit),
+    /// Count or log something that happened (metrics, logs).
     Event(Event),
     /// Record on stable storage that the proxy's Sender Sequence Numbers in `group` may
     /// go up to `up_to`, then call [`Engine::ssn_reserved`] (RFC 10021 §2.6.1.1: no
     /// nonce reuse after a crash).
     ReserveSsn {
+        /// The group, by index in the configuration.
         group: usize,
+        /// The bound to record.
         up_to: u64,
     },
 }
@@ -292,6 +301,13 @@ impl Reject {
     }
 }
 
+/// The forwarding engine: one proxy's protocol state, driven by datagrams and time.
+///
+/// The driver feeds it every datagram with [`Engine::handle`] and calls
+/// [`Engine::handle_timeout`] when [`Engine::poll_timeout`] says; after each call it
+/// takes every [`Output`] with [`Engine::poll_output`] and carries them out in order
+/// (replay state first, see [`Engine::take_replay_state`]). The engine does no I/O and
+/// reads no clock, so every rule can be tested on a virtual clock.
 pub struct Engine {
     cfg: ProxyConfig,
     /// Per group, the signature checker with its replay windows (None: checking off).
@@ -404,6 +420,7 @@ impl Engine {
         self.checkers.get(group).and_then(Option::as_ref)
     }
 
+    /// The configuration in force (the latest applied by [`Engine::reconfigure`]).
     pub fn config(&self) -> &ProxyConfig {
         &self.cfg
     }
@@ -413,6 +430,9 @@ impl Engine {
         (self.exchanges.len(), self.cfg.limits.max_exchanges)
     }
 
+    /// The next thing for the driver to do, oldest first; `None` when there is nothing
+    /// left from the calls so far.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
@@ -439,6 +459,9 @@ impl Engine {
         bytes
     }
 
+    /// When [`Engine::handle_timeout`] must be called next (the earliest deadline,
+    /// retransmission, sweep or end of a key epoch's grace period).
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
