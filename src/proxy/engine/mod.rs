@@ -174,8 +174,10 @@ impl Route {
     }
 }
 
+/// An exchange in flight: a forwarded request whose responses the proxy relays until it
+/// ends (named apart from `oscore::Exchange`, the request binding of a protected message).
 #[derive(Debug)]
-struct Exchange {
+struct InFlight {
     route: Route,
     client: SocketAddr,
     listener: usize,
@@ -322,7 +324,7 @@ pub struct Engine {
     reserving: Vec<Option<u64>>,
     /// Shutting down: no new exchanges.
     draining: bool,
-    exchanges: HashMap<u64, Exchange>,
+    exchanges: HashMap<u64, InFlight>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Token), u64>,
     clients: HashMap<IpAddr, Client>,
@@ -1294,7 +1296,7 @@ impl Engine {
         let client_token = client_token(view);
         self.exchanges.insert(
             token,
-            Exchange {
+            InFlight {
                 route,
                 client,
                 listener,
