@@ -309,3 +309,54 @@ fn rfc7252_s4_5_aiocoap_behind_the_proxy_answers_after_100k_requests() {
     assert_eq!((late, late_lost), (1, 0));
     assert!(answered >= 99_900, "{answered} answered, {lost} lost");
 }
+
+/// Issue point 9: a request whose Proxy-Uri names the proxy's own listener (its address
+/// and port, as the runtime learns them once bound) is answered by the proxy itself
+/// (4.04: its resources are for members over OSCORE) and never forwarded to itself.
+#[test]
+fn a_request_naming_the_proxy_itself_is_not_forwarded() {
+    let mut cfg = groxy::config::load_default().run;
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut proxy = Proxy::bind(cfg).unwrap();
+    let addr = proxy.listen_addrs()[0];
+    let forwarded = Arc::new(Mutex::new(0usize));
+    let seen = forwarded.clone();
+    proxy.on_event(move |e| {
+        if matches!(e, groxy::proxy::Event::UnicastForward) {
+            *seen.lock().unwrap() += 1;
+        }
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(proxy.run(async move {
+            let _ = rx.await;
+        }))
+        .unwrap();
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let uri = format!("coap://{addr}/status");
+    let req = build::encode(
+        groxy::coap::build::CON,
+        code::GET,
+        1,
+        b"me",
+        &mut [(opt::PROXY_URI, uri.as_bytes())],
+        &[],
+    );
+    client.send_to(&req, addr).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = client.recv_from(&mut buf).expect("an answer");
+    let v = MessageView::parse(&buf[..n]).unwrap();
+    // Piggybacked in the ACK: had the request been forwarded (to itself), the client
+    // would first have had an empty ACK, and the forwarding event before any answer.
+    assert_eq!((v.code(), v.token()), (code::NOT_FOUND, &b"me"[..]));
+    assert_eq!(*forwarded.lock().unwrap(), 0, "forwarded to itself");
+    let _ = tx.send(());
+}
