@@ -10,6 +10,7 @@
 //! the table holds the destinations of the last lifetime, up to a configured bound.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -111,13 +112,26 @@ impl<K: Hash + Eq + Copy> MessageIds<K> {
         priority: bool,
         offset: impl FnOnce() -> u16,
     ) -> Result<u16, MidError> {
-        self.check(now, to, priority)?;
+        let now_s = self.clock.at(now, false);
         let exp = self.clock.at(now + lifetime, true);
-        let s = self.spaces.entry(to).or_insert_with(|| Space {
-            next: offset(),
-            live: 0,
-            buckets: VecDeque::new(),
-        });
+        let room = self.spaces.len() < self.limit(priority);
+        // One lookup: this runs for every message the proxy sends.
+        let s = match self.spaces.entry(to) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if !room => return Err(MidError::TableFull),
+            Entry::Vacant(v) => v.insert(Space {
+                next: offset(),
+                live: 0,
+                buckets: VecDeque::new(),
+            }),
+        };
+        s.expire(now_s);
+        if s.live >= SPACE {
+            let oldest = s.buckets.front().map_or(now_s, |b| b.0);
+            return Err(MidError::Exhausted {
+                free_at: self.clock.instant(oldest).unwrap_or(now),
+            });
+        }
         let mid = s.next;
         s.next = s.next.wrapping_add(1);
         s.live += 1;

@@ -166,8 +166,11 @@ impl Engine {
         }
         if con {
             self.track(now, to_client, client, mid, bytes.clone(), Some(token));
-        } else if let Some(ex) = self.exchanges.get_mut(&token) {
-            // Remembered so that an RST to it ends the exchange (§5.2.3).
+        } else if let Some(ex) = self.exchanges.get_mut(&token)
+            && matches!(ex.route, Route::Group { .. })
+        {
+            // Remembered so that an RST to it ends the exchange (§5.2.3); a unicast
+            // exchange ends with this response anyway.
             if ex.relayed_non.len() >= MAX_SEEN_PER_EXCHANGE
                 && let Some(old) = ex.relayed_non.pop_front()
             {
