@@ -19,6 +19,7 @@ impl Token {
         })
     }
 
+    /// The token's bytes, 0 to 8 of them.
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
