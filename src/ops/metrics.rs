@@ -120,7 +120,7 @@ struct GroupHandles {
 }
 
 /// The metrics registry and the observer that feeds it. Give the observer to
-/// [`crate::runtime::Proxy::observe`] and [`Metrics::registry`] to the HTTP endpoint.
+/// [`crate::runtime::Proxy::observe`] and `Metrics::registry` to the HTTP endpoint.
 pub struct Metrics {
     registry: Registry,
     groups: Vec<GroupHandles>,

@@ -320,10 +320,8 @@ impl SignatureChecker {
 /// §10): a window per (Gid, kid), moved only after the signature verified.
 ///
 /// The windows must outlive the process, or a request captured before a restart passes
-/// again after it: every change marks the checker dirty, and [`take_dirty`] hands the
+/// again after it: every change marks the checker dirty, and `take_dirty` hands the
 /// whole state of the current epoch to whoever keeps it on stable storage.
-///
-/// [`take_dirty`]: Self::take_dirty
 #[derive(Debug)]
 pub struct GroupChecker {
     current: SignatureChecker,

@@ -9,8 +9,8 @@ pub(crate) const WINDOW: u64 = 64;
 
 /// A sliding replay window over Partial IVs (sequence numbers up to 2^40 - 1).
 ///
-/// [`check`](Self::check) is side-effect free so a receiver can reject early; the window only
-/// moves in [`accept`](Self::accept), which re-checks, so the two together are the atomic
+/// `check` is side-effect free so a receiver can reject early; the window only
+/// moves in `accept`, which re-checks, so the two together are the atomic
 /// validate-and-update that RFC 10021 §5.3 requires when called under one `&mut`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayWindow {
@@ -18,7 +18,7 @@ pub struct ReplayWindow {
 }
 
 /// What a window remembers, whole: what stable storage keeps so that a restarted
-/// receiver refuses exactly what it refused before (see [`ReplayWindow::state`]).
+/// receiver refuses exactly what it refused before (see `ReplayWindow::state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowState {
     /// Nothing received yet: every number is new.

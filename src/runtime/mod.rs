@@ -215,7 +215,7 @@ impl Proxy {
     }
 
     /// Serves until `shutdown` completes, then drains: new requests get 5.03 while the
-    /// exchanges in flight run to their timeouts (at most [`DRAIN_LIMIT`]), then returns.
+    /// exchanges in flight run to their timeouts (at most `DRAIN_LIMIT`, 75 s), then returns.
     /// The forwarding itself runs on a thread of its own (see the module's comment).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (mut wake_tx, wake_rx) = UnixStream::pair()?;

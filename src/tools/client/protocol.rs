@@ -4,7 +4,7 @@
 //! [`Client::poll_event`]; [`Client::poll_timeout`] says when to call back. No socket,
 //! clock, randomness source or sleep inside: [`super::run`] is the socket loop.
 //!
-//! A [`Client`] holds several requests (at most [`MAX_REQUESTS`]), each open until its own
+//! A [`Client`] holds several requests (at most `MAX_REQUESTS`, 64), each open until its own
 //! end ([`End`]): a group request has many responses (groupcomm-proxy §5.5), and so that
 //! a request may later stay open past its first response (an Observe registration) its
 //! end is a state of its own, not the arrival of an answer.
