@@ -23,24 +23,24 @@ fn head(buf: &mut Vec<u8>, major: u8, value: u64) {
 }
 
 /// Array header of `len` items.
-pub fn array(buf: &mut Vec<u8>, len: usize) {
+pub(crate) fn array(buf: &mut Vec<u8>, len: usize) {
     head(buf, 4, len as u64);
 }
 
 /// Byte string.
-pub fn bytes(buf: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn bytes(buf: &mut Vec<u8>, b: &[u8]) {
     head(buf, 2, b.len() as u64);
     buf.extend_from_slice(b);
 }
 
 /// Text string.
-pub fn text(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn text(buf: &mut Vec<u8>, s: &str) {
     head(buf, 3, s.len() as u64);
     buf.extend_from_slice(s.as_bytes());
 }
 
 /// Signed integer (major type 0 or 1).
-pub fn int(buf: &mut Vec<u8>, v: i64) {
+pub(crate) fn int(buf: &mut Vec<u8>, v: i64) {
     if v >= 0 {
         head(buf, 0, v as u64);
     } else {
@@ -49,23 +49,13 @@ pub fn int(buf: &mut Vec<u8>, v: i64) {
 }
 
 /// The simple value null.
-pub fn null(buf: &mut Vec<u8>) {
+pub(crate) fn null(buf: &mut Vec<u8>) {
     buf.push(0xf6);
 }
 
 /// The simple values false and true.
-pub fn boolean(buf: &mut Vec<u8>, v: bool) {
+pub(crate) fn boolean(buf: &mut Vec<u8>, v: bool) {
     buf.push(if v { 0xf5 } else { 0xf4 });
-}
-
-/// Length of the head that [`bytes`] writes in front of `len` bytes.
-pub fn bytes_head_len(len: usize) -> usize {
-    match len {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        _ => 5,
-    }
 }
 
 #[cfg(test)]
@@ -104,8 +94,5 @@ mod tests {
         boolean(&mut b, false);
         array(&mut b, 25);
         assert_eq!(hex::encode(&b), "44010203046449455446f6f5f49819");
-        assert_eq!(bytes_head_len(23), 1);
-        assert_eq!(bytes_head_len(24), 2);
-        assert_eq!(bytes_head_len(300), 3);
     }
 }

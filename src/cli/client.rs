@@ -49,7 +49,7 @@ fn method(m: &str) -> Result<u8, String> {
     })
 }
 
-pub fn print(r: &Response, json: bool) {
+pub(crate) fn print(r: &Response, json: bool) {
     let from = r.reply_from.map(|a| a.to_string());
     let text = std::str::from_utf8(&r.payload).ok();
     let security = match &r.oscore {
@@ -93,7 +93,7 @@ pub fn print(r: &Response, json: bool) {
     }
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub(crate) fn run(a: Args) -> Result<(), String> {
     let mut req = ClientRequest::get(super::parse_addr(&a.proxy)?, &a.uri, a.timeout);
     req.method = method(&a.method)?;
     req.payload = a.payload.unwrap_or_default().into_bytes();

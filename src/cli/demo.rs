@@ -16,7 +16,7 @@ fn free_port() -> Result<u16, String> {
     Ok(s.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-pub fn run(n: u8) -> Result<(), String> {
+pub(crate) fn run(n: u8) -> Result<(), String> {
     if n == 0 || n > 200 {
         return Err("--devices must be 1..=200".into());
     }

@@ -19,13 +19,13 @@ pub struct Args {
     pub name: String,
     /// Largest random delay before answering a group request, in milliseconds.
     #[arg(long, default_value_t = 0)]
-    pub leisure_ms: u64,
+    pub(crate) leisure_ms: u64,
     /// A fixed delay before answering every group request, in milliseconds (a slow device).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
     /// Print one JSON line per received datagram on stdout (what arrived, from where).
     #[arg(long)]
-    pub log_requests: bool,
+    pub(crate) log_requests: bool,
     /// Be a Group OSCORE member with the context in this file (see config/member.toml).
     #[arg(long)]
     pub oscore: Option<std::path::PathBuf>,
@@ -34,7 +34,7 @@ pub struct Args {
     pub response_mode: String,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub(crate) fn run(a: Args) -> Result<(), String> {
     let cfg = DeviceConfig {
         name: a.name,
         group: super::parse_addr(&a.group)?,

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::oscore::alg::SigAlg;
 use crate::oscore::cred::{Credential, PrivateKey};
 
-pub fn run(subject: &str, out: Option<&Path>) -> Result<(), String> {
+pub(crate) fn run(subject: &str, out: Option<&Path>) -> Result<(), String> {
     let key = PrivateKey::generate(SigAlg::EdDsa);
     let cred = Credential::ccs_for(subject, &key.public_key());
     let key_hex = hex::encode(key.to_bytes());

@@ -12,31 +12,38 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// The command line of `groxy`.
 #[derive(Parser, Debug)]
 #[command(name = "groxy", version, about = "Group OSCORE forward proxy")]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
+    /// The job to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
+/// The jobs of the `groxy` binary.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy (embedded defaults without --config).
     Run {
+        /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Validate a configuration file; print every error with its key.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The configuration file to check.
+        file: PathBuf,
+    },
     /// Send one request through the proxy and print every response as it arrives.
     Client(client::Args),
     /// A simulated group member that answers /hello, /echo and /.well-known/core.
@@ -44,6 +51,7 @@ pub enum Command {
     /// With no root and no config: a proxy and N devices on loopback multicast, one
     /// request, every response printed.
     Demo {
+        /// Number of simulated devices.
         #[arg(long, default_value_t = 3)]
         devices: u8,
     },
@@ -95,6 +103,7 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Runs the chosen job; the error is the message to print.
 pub fn run(cli: Cli) -> Result<(), String> {
     let default = match cli.command {
         Command::Run { .. } | Command::Device(_) => "info",

@@ -82,7 +82,7 @@ fn err(e: OscoreError) -> String {
     e.to_string()
 }
 
-pub fn run(payload: &str) -> Result<(), String> {
+pub(crate) fn run(payload: &str) -> Result<(), String> {
     let (client_id, server_id) = (identity(&[0x01], "client"), identity(&[0x02], "device"));
     let gm = identity(&[], "group-manager");
     let (gid, secret, salt) = (random(4)?, random(16)?, random(8)?);

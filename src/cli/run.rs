@@ -6,7 +6,7 @@ use crate::config;
 use crate::ops::{self, Health, Ops};
 use crate::runtime::{Control, Proxy};
 
-pub fn run(file: Option<&Path>) -> Result<(), String> {
+pub(crate) fn run(file: Option<&Path>) -> Result<(), String> {
     let loaded = match file {
         Some(f) => config::load_file(f).map_err(|e| e.join("\n"))?,
         None => config::load_default(),
@@ -75,7 +75,7 @@ async fn reload_on_hangup(
     }
 }
 
-pub fn check(file: &Path) -> Result<(), String> {
+pub(crate) fn check(file: &Path) -> Result<(), String> {
     match config::load_file(file) {
         Ok(l) => {
             println!(

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::cbor;
 
-pub const SCHEME_COAP: i64 = -1;
+pub(crate) const SCHEME_COAP: i64 = -1;
 
 /// The Reply-From value for an origin server at `addr` reached over plain CoAP: a CBOR
 /// sequence of one CRI with scheme and authority only (§5.4.1 step 1). An IPv6 zone

@@ -1,34 +1,45 @@
 //! Option numbers (RFC 7252 §12.2 and later registrations) and how OSCORE treats each one
 //! (RFC 8613 §4.1, RFC 8768 as updated by oscore-capable-proxies §3, groupcomm-proxy §2-§3, §7).
 
-pub const IF_MATCH: u16 = 1;
+pub(crate) const IF_MATCH: u16 = 1;
+/// Uri-Host (RFC 7252 §5.10.1).
 pub const URI_HOST: u16 = 3;
-pub const ETAG: u16 = 4;
-pub const IF_NONE_MATCH: u16 = 5;
-pub const OBSERVE: u16 = 6;
+pub(crate) const ETAG: u16 = 4;
+pub(crate) const IF_NONE_MATCH: u16 = 5;
+pub(crate) const OBSERVE: u16 = 6;
+/// Uri-Port (RFC 7252 §5.10.1).
 pub const URI_PORT: u16 = 7;
-pub const LOCATION_PATH: u16 = 8;
+pub(crate) const LOCATION_PATH: u16 = 8;
+/// OSCORE (RFC 8613 §2).
 pub const OSCORE: u16 = 9;
+/// Uri-Path, one per segment (RFC 7252 §5.10.1).
 pub const URI_PATH: u16 = 11;
+/// Content-Format (RFC 7252 §5.10.3).
 pub const CONTENT_FORMAT: u16 = 12;
+/// Max-Age, in seconds (RFC 7252 §5.10.5).
 pub const MAX_AGE: u16 = 14;
+/// Uri-Query, one per parameter (RFC 7252 §5.10.1).
 pub const URI_QUERY: u16 = 15;
+/// Hop-Limit (RFC 8768 §3).
 pub const HOP_LIMIT: u16 = 16;
-pub const ACCEPT: u16 = 17;
-pub const LOCATION_QUERY: u16 = 20;
-pub const BLOCK2: u16 = 23;
-pub const BLOCK1: u16 = 27;
-pub const SIZE2: u16 = 28;
+pub(crate) const ACCEPT: u16 = 17;
+pub(crate) const LOCATION_QUERY: u16 = 20;
+pub(crate) const BLOCK2: u16 = 23;
+pub(crate) const BLOCK1: u16 = 27;
+pub(crate) const SIZE2: u16 = 28;
+/// Proxy-Uri (RFC 7252 §5.10.2).
 pub const PROXY_URI: u16 = 35;
+/// Proxy-Scheme (RFC 7252 §5.10.2).
 pub const PROXY_SCHEME: u16 = 39;
-pub const SIZE1: u16 = 60;
+pub(crate) const SIZE1: u16 = 60;
+/// Echo (RFC 9175 §2.2.1).
 pub const ECHO: u16 = 252;
-pub const NO_RESPONSE: u16 = 258;
-pub const REQUEST_TAG: u16 = 292;
+pub(crate) const NO_RESPONSE: u16 = 258;
+pub(crate) const REQUEST_TAG: u16 = 292;
 
 /// Options groxy understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
 /// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones.
-pub const KNOWN: [u16; 24] = [
+pub(crate) const KNOWN: [u16; 24] = [
     IF_MATCH,
     URI_HOST,
     ETAG,
@@ -55,10 +66,12 @@ pub const KNOWN: [u16; 24] = [
     REQUEST_TAG,
 ];
 
-/// Default numbers of the groupcomm-proxy options: IANA suggestions (§11.1), so the proxy
-/// configuration can change them.
+// Default numbers of the groupcomm-proxy options: IANA suggestions (§11.1), so the proxy
+// configuration can change them.
+/// Multicast-Timeout (groupcomm-proxy §2), suggested number.
 pub const MULTICAST_TIMEOUT_DEFAULT: u16 = 2;
-pub const GROUP_ETAG_DEFAULT: u16 = 24;
+pub(crate) const GROUP_ETAG_DEFAULT: u16 = 24;
+/// Reply-From (groupcomm-proxy §3), suggested number.
 pub const REPLY_FROM_DEFAULT: u16 = 248;
 
 /// Where OSCORE puts an option (RFC 8613 §4.1).
@@ -86,12 +99,12 @@ pub fn oscore_class(number: u16, proxy_options: &[u16]) -> OptionClass {
 }
 
 /// Critical options have an odd number (RFC 7252 §5.4.6).
-pub fn is_critical(number: u16) -> bool {
+pub(crate) fn is_critical(number: u16) -> bool {
     number & 1 == 1
 }
 
 /// Unsafe-to-forward options have bit 1 set (RFC 7252 §5.4.6).
-pub fn is_unsafe(number: u16) -> bool {
+pub(crate) fn is_unsafe(number: u16) -> bool {
     number & 2 == 2
 }
 

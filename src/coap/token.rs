@@ -10,7 +10,7 @@ pub struct Token {
 
 impl Token {
     /// `None` for more than 8 bytes (a message parsed by `MessageView` never has them).
-    pub fn new(t: &[u8]) -> Option<Token> {
+    pub(crate) fn new(t: &[u8]) -> Option<Token> {
         let mut bytes = [0; 8];
         bytes.get_mut(..t.len())?.copy_from_slice(t);
         Some(Token {
@@ -19,7 +19,8 @@ impl Token {
         })
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    /// The token's bytes, 0 to 8 of them.
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
 }

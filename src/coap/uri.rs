@@ -17,15 +17,19 @@ use super::view::MessageView;
 pub struct Target<'a> {
     /// Lowercased (RFC 3986 §3.1).
     pub scheme: Cow<'a, str>,
+    /// An IP literal or a registered name (RFC 3986 §3.2.2).
     pub host: Host<'a>,
+    /// `None` when the URI or Uri-Port gives none: the scheme's default applies.
     pub port: Option<u16>,
     /// Uri-Path and Uri-Query options taken out of a Proxy-Uri; with Proxy-Scheme they
     /// stay in the request as they are.
     pub uri_options: SmallVec<[(u16, Cow<'a, [u8]>); 4]>,
 }
 
+/// The host of a [`Target`] (RFC 3986 §3.2.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host<'a> {
+    /// An IPv4 or IPv6 literal (the brackets of the latter removed).
     Ip(IpAddr),
     /// A registered name, lowercased (RFC 3986 §3.2.2: case-insensitive).
     Name(Cow<'a, str>),
@@ -40,23 +44,29 @@ fn lowercase(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Why a request's target cannot be taken from its options (RFC 7252 §5.10.2, §6.4).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TargetError {
+    /// RFC 7252 §5.10.2: a request carries one form of the target, not both.
     #[error("both Proxy-Uri and Proxy-Scheme are present")]
     BothForms,
+    /// The Proxy-Uri fails the decomposition of RFC 7252 §6.4 (the reason in words).
     #[error("Proxy-Uri is not an absolute URI: {0}")]
     BadUri(&'static str),
+    /// RFC 7252 §5.10.2: Proxy-Scheme needs Uri-Host to name the server.
     #[error("Proxy-Scheme without Uri-Host")]
     MissingHost,
+    /// Not an unsigned integer of at most 65535 (RFC 7252 §5.10.1, §3.2).
     #[error("Uri-Port is not a port number")]
     BadPort,
+    /// RFC 7252 §5.10.1: Uri-Host is a string option.
     #[error("Uri-Host is not valid UTF-8")]
     BadHost,
 }
 
 /// The proxy target of a request; `None` when it carries neither Proxy-Uri nor
 /// Proxy-Scheme, i.e. it is addressed to the proxy itself.
-pub fn proxy_target<'a>(view: &MessageView<'a>) -> Result<Option<Target<'a>>, TargetError> {
+pub(crate) fn proxy_target<'a>(view: &MessageView<'a>) -> Result<Option<Target<'a>>, TargetError> {
     let proxy_uri = view.option(PROXY_URI);
     let scheme = view.option(PROXY_SCHEME);
     match (proxy_uri, scheme) {

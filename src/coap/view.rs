@@ -7,18 +7,25 @@ use thiserror::Error;
 /// Why a datagram is not a well-formed CoAP message (RFC 7252 §3, §4.2 "message format error").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ViewError {
+    /// Fewer than 4 bytes, or fewer than the token length says (RFC 7252 §3).
     #[error("datagram shorter than the 4-byte header")]
     TooShort,
+    /// RFC 7252 §3: an unknown version is silently ignored.
     #[error("CoAP version is not 1")]
     Version,
+    /// RFC 7252 §3: lengths 9 to 15 are a message format error.
     #[error("token length 9-15 is reserved")]
     TokenLength,
+    /// An option's extended delta or length, or its value, runs past the datagram.
     #[error("option runs past the end of the datagram")]
     Truncated,
+    /// RFC 7252 §3.1: 15 is reserved except as the payload marker 0xff.
     #[error("option delta or length nibble 15 is reserved")]
     ReservedNibble,
+    /// A delta sums past 65535.
     #[error("option number exceeds 65535")]
     OptionNumber,
+    /// RFC 7252 §3: a marker followed by a zero-length payload is a format error.
     #[error("payload marker followed by an empty payload")]
     EmptyPayload,
 }
@@ -75,6 +82,7 @@ impl<'a> MessageView<'a> {
         })
     }
 
+    /// The whole datagram.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -82,19 +90,24 @@ impl<'a> MessageView<'a> {
     pub fn mtype(&self) -> u8 {
         (self.bytes[0] >> 4) & 0x03
     }
+    /// The code as one byte, class in the top 3 bits (RFC 7252 §3, §12.1).
     pub fn code(&self) -> u8 {
         self.bytes[1]
     }
+    /// RFC 7252 §3.
     pub fn message_id(&self) -> u16 {
         u16::from_be_bytes([self.bytes[2], self.bytes[3]])
     }
+    /// 0 to 8 bytes (RFC 7252 §5.3.1).
     pub fn token(&self) -> &'a [u8] {
         &self.bytes[4..self.token_end]
     }
+    /// A code of class 0 other than 0.00 (RFC 7252 §12.1.1).
     pub fn is_request(&self) -> bool {
         let c = self.code();
         c != 0 && c >> 5 == 0
     }
+    /// A code of class 2 to 7 (RFC 7252 §12.1.2).
     pub fn is_response(&self) -> bool {
         self.code() >> 5 >= 2
     }
@@ -113,13 +126,14 @@ impl<'a> MessageView<'a> {
             .find(|(n, _)| *n == number)
             .map(|(_, v)| v)
     }
+    /// Everything after the payload marker; empty without one.
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.payload_start..]
     }
 }
 
 /// Options as (number, value) pairs in message order.
-pub type OptionList<'a> = Vec<(u16, &'a [u8])>;
+pub(crate) type OptionList<'a> = Vec<(u16, &'a [u8])>;
 
 /// Splits option bytes followed by an optional payload marker and payload, the layout of
 /// a message after its header and of the OSCORE plaintext after its code (RFC 8613 §5.3).

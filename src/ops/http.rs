@@ -32,7 +32,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// The running endpoint; dropping it stops the server and joins its thread.
-pub struct Server {
+pub(crate) struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -41,7 +41,11 @@ pub struct Server {
 impl Server {
     /// Binds `addr` now (so a taken port fails `groxy run` at start) and serves on a new
     /// thread.
-    pub fn start(addr: SocketAddr, registry: Registry, health: Arc<Health>) -> io::Result<Self> {
+    pub(crate) fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        health: Arc<Health>,
+    ) -> io::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("metrics {addr}: {e}")))?;
         listener.set_nonblocking(true)?;
@@ -68,7 +72,7 @@ impl Server {
     }
 
     /// The bound address (port 0 resolved).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 }

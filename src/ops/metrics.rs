@@ -27,7 +27,7 @@ use crate::runtime::Observer;
 /// The `group` label of requests and exchanges that belong to no configured group:
 /// unicast forwarding, and requests refused before their target resolved to a group. The
 /// logs use the same word.
-pub const UNICAST: &str = "unicast";
+pub(crate) const UNICAST: &str = "unicast";
 
 /// Multicast-Timeout values clients ask for are whole seconds; 0 is "fire and forget".
 const TIMEOUT_BUCKETS: &[f64] = &[
@@ -120,7 +120,7 @@ struct GroupHandles {
 }
 
 /// The metrics registry and the observer that feeds it. Give the observer to
-/// [`crate::runtime::Proxy::observe`] and [`Metrics::registry`] to the HTTP endpoint.
+/// [`crate::runtime::Proxy::observe`] and `Metrics::registry` to the HTTP endpoint.
 pub struct Metrics {
     registry: Registry,
     groups: Vec<GroupHandles>,
@@ -399,7 +399,7 @@ impl Metrics {
     }
 
     /// The registry to expose (a cheap clone sharing the same metrics).
-    pub fn registry(&self) -> Registry {
+    pub(crate) fn registry(&self) -> Registry {
         self.registry.clone()
     }
 

@@ -33,10 +33,11 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Whether the proxy has started and is not draining.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -58,10 +59,12 @@ impl Ops {
         Ok((Ops { server, health }, metrics))
     }
 
+    /// Where the endpoint listens (the port chosen when `addr` had 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
+    /// The readiness `/readyz` reports, shared with [`serve`].
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
     }

@@ -19,16 +19,22 @@ pub enum TbsForm {
 /// The request-bound part of external_aad (RFC 10021 §3.4): always the original request's.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestIds<'a> {
+    /// The request's sender's kid.
     pub kid: &'a [u8],
+    /// The request's Partial IV.
     pub piv: &'a [u8],
+    /// The request's kid context: the Gid in Group OSCORE.
     pub kid_context: &'a [u8],
 }
 
 /// Group parts of external_aad; `None` gives the 5-element RFC 8613 array.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupAad<'a> {
+    /// The OSCORE option value of this message (RFC 10021 §3.4).
     pub oscore_option: &'a [u8],
+    /// The sender's authentication credential, as the group uses it (RFC 10021 §2.4).
     pub sender_cred: &'a [u8],
+    /// The Group Manager's authentication credential (RFC 10021 §2.1.6).
     pub gm_cred: &'a [u8],
 }
 

@@ -21,7 +21,9 @@ type Aes128Ctr = ctr::Ctr32BE<Aes128>;
 /// A content encryption algorithm: AEAD Algorithm or Group Encryption Algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EncAlg {
+    /// AES-CCM-16-64-128 (COSE 10): the OSCORE default (RFC 8613 §3.2).
     AesCcm16_64_128,
+    /// AES-GCM with a 128-bit key (COSE 1).
     A128Gcm,
     /// Non-authenticated; allowed only as Group Encryption Algorithm (RFC 10021 §2.1.7).
     A128Ctr,
@@ -30,7 +32,7 @@ pub enum EncAlg {
 impl EncAlg {
     const SUPPORTED: &'static str = "10 (AES-CCM-16-64-128), 1 (A128GCM), -65534 (A128CTR)";
 
-    pub fn from_cose(id: i64) -> Result<Self, ConfigError> {
+    pub(crate) fn from_cose(id: i64) -> Result<Self, ConfigError> {
         match id {
             10 => Ok(Self::AesCcm16_64_128),
             1 => Ok(Self::A128Gcm),
@@ -42,31 +44,31 @@ impl EncAlg {
             }),
         }
     }
-    pub fn cose_id(self) -> i64 {
+    pub(crate) fn cose_id(self) -> i64 {
         match self {
             Self::AesCcm16_64_128 => 10,
             Self::A128Gcm => 1,
             Self::A128Ctr => -65534,
         }
     }
-    pub fn key_len(self) -> usize {
+    pub(crate) fn key_len(self) -> usize {
         16
     }
     /// Nonce length; 12 for A128CTR per RFC 10021 §2.1.4 and §2.1.7.
-    pub fn nonce_len(self) -> usize {
+    pub(crate) fn nonce_len(self) -> usize {
         match self {
             Self::AesCcm16_64_128 => 13,
             Self::A128Gcm | Self::A128Ctr => 12,
         }
     }
-    pub fn tag_len(self) -> usize {
+    pub(crate) fn tag_len(self) -> usize {
         match self {
             Self::AesCcm16_64_128 => 8,
             Self::A128Gcm => 16,
             Self::A128Ctr => 0,
         }
     }
-    pub fn is_aead(self) -> bool {
+    pub(crate) fn is_aead(self) -> bool {
         !matches!(self, Self::A128Ctr)
     }
 }
@@ -74,8 +76,11 @@ impl EncAlg {
 /// A key bound to its algorithm, with the cipher's key schedule already done.
 #[derive(Clone)]
 pub enum CipherKey {
+    /// AES-CCM-16-64-128, key schedule done.
     Ccm(Box<AesCcm16_64_128>),
+    /// A128GCM, key schedule done.
     Gcm(Box<Aes128Gcm>),
+    /// A128CTR: the raw key, the counter mode needs no more.
     Ctr([u8; 16]),
 }
 
@@ -91,7 +96,7 @@ impl std::fmt::Debug for CipherKey {
 }
 
 impl CipherKey {
-    pub fn new(alg: EncAlg, key: &[u8]) -> Self {
+    pub(crate) fn new(alg: EncAlg, key: &[u8]) -> Self {
         let k: [u8; 16] = key
             .try_into()
             .expect("derived keys have the algorithm's length");
@@ -102,7 +107,7 @@ impl CipherKey {
         }
     }
 
-    pub fn alg(&self) -> EncAlg {
+    pub(crate) fn alg(&self) -> EncAlg {
         match self {
             Self::Ccm(_) => EncAlg::AesCcm16_64_128,
             Self::Gcm(_) => EncAlg::A128Gcm,
@@ -112,7 +117,12 @@ impl CipherKey {
 
     /// Encrypts `buf` in place and appends the tag. `nonce` has the algorithm's length.
     /// No AAD goes to a non-AEAD algorithm (RFC 10021 §10, RFC 9459 §6).
-    pub fn encrypt(&self, nonce: &[u8], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), OscoreError> {
+    pub(crate) fn encrypt(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), OscoreError> {
         match self {
             Self::Ccm(c) => {
                 let tag = c
@@ -140,7 +150,12 @@ impl CipherKey {
     }
 
     /// Decrypts `buf` (ciphertext with tag) in place and truncates the tag.
-    pub fn decrypt(&self, nonce: &[u8], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), OscoreError> {
+    pub(crate) fn decrypt(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), OscoreError> {
         let tag_len = self.alg().tag_len();
         let body = buf
             .len()
@@ -182,12 +197,14 @@ fn ctr_apply(key: &[u8; 16], nonce: &[u8], buf: &mut [u8]) {
 /// Signature Algorithm (RFC 10021 §2.1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SigAlg {
+    /// EdDSA with Ed25519 (COSE -8).
     EdDsa,
+    /// ECDSA with P-256 and SHA-256 (COSE -7).
     Es256,
 }
 
 impl SigAlg {
-    pub fn from_cose(id: i64) -> Result<Self, ConfigError> {
+    pub(crate) fn from_cose(id: i64) -> Result<Self, ConfigError> {
         match id {
             -8 => Ok(Self::EdDsa),
             -7 => Ok(Self::Es256),
@@ -198,6 +215,7 @@ impl SigAlg {
             }),
         }
     }
+    /// The COSE algorithm identifier.
     pub fn cose_id(self) -> i64 {
         match self {
             Self::EdDsa => -8,
@@ -205,7 +223,7 @@ impl SigAlg {
         }
     }
     /// Length of the signature, and so of the keystream (RFC 10021 §4.2).
-    pub fn sig_len(self) -> usize {
+    pub(crate) fn sig_len(self) -> usize {
         64
     }
 }
@@ -213,11 +231,12 @@ impl SigAlg {
 /// Pairwise Key Agreement Algorithm (RFC 10021 §2.1.10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyAgreementAlg {
+    /// ECDH-SS + HKDF-256 (COSE -27), the only one this build implements.
     EcdhSsHkdf256,
 }
 
 impl KeyAgreementAlg {
-    pub fn from_cose(id: i64) -> Result<Self, ConfigError> {
+    pub(crate) fn from_cose(id: i64) -> Result<Self, ConfigError> {
         match id {
             -27 => Ok(Self::EcdhSsHkdf256),
             _ => Err(ConfigError::UnsupportedAlgorithm {
@@ -227,7 +246,7 @@ impl KeyAgreementAlg {
             }),
         }
     }
-    pub fn cose_id(self) -> i64 {
+    pub(crate) fn cose_id(self) -> i64 {
         -27
     }
 }

@@ -20,26 +20,34 @@ use crate::coap::options::OSCORE;
 /// The public material of one key epoch of a group (§12.3).
 #[derive(Clone, Debug, Default)]
 pub struct CheckerConfig {
+    /// Gid of the epoch, at most 255 bytes (RFC 8613 §6.1).
     pub gid: Vec<u8>,
+    /// AEAD Algorithm, COSE id; `None` when the group uses group mode only (§2.1.1).
     pub alg_aead: Option<i64>,
+    /// Group Encryption Algorithm, COSE id (§2.1.7).
     pub alg_group_enc: i64,
+    /// Signature Algorithm, COSE id (§2.1.8).
     pub alg_signature: i64,
+    /// Pairwise Key Agreement Algorithm, COSE id (§2.1.10).
     pub alg_pairwise_key_agreement: Option<i64>,
     /// The Signature Encryption Key as handed out by the Group Manager...
     pub sig_enc_key: Option<Vec<u8>>,
     /// ...or the Master Secret and Salt to derive it from (§2.1.9).
     pub master_secret: Option<Vec<u8>>,
+    /// Needed with `master_secret`, to derive the Signature Encryption Key (§2.1.9).
     pub master_salt: Vec<u8>,
+    /// The Group Manager's authentication credential, a CCS (§2.1.6).
     pub gm_cred: Vec<u8>,
     /// Members' credentials by Sender ID.
     pub members: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Which ToBeSigned array the group's members sign.
     pub tbs_form: TbsForm,
     /// Key Generation Number of this epoch (§12.2).
     pub key_generation: u64,
 }
 
 /// Members a checker knows at most per epoch.
-pub const MAX_MEMBERS: usize = 4096;
+pub(crate) const MAX_MEMBERS: usize = 4096;
 
 /// Verifies the countersignatures of one key epoch.
 #[derive(Debug)]
@@ -58,9 +66,13 @@ pub struct SignatureChecker {
 /// What a checked request is: who sent it, with which Partial IV.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRequest {
+    /// The sender's Sender ID.
     pub kid: Vec<u8>,
+    /// As in the OSCORE option: the nonce and the replay window use it.
     pub piv: Vec<u8>,
+    /// The Gid the request names.
     pub kid_context: Vec<u8>,
+    /// `piv` as a number, the Sender Sequence Number.
     pub seq: u64,
 }
 
@@ -68,7 +80,9 @@ pub struct CheckedRequest {
 /// signature and cannot be checked (§8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict<T> {
+    /// A group-mode message whose countersignature verifies.
     Verified(T),
+    /// A pairwise-mode message (§8): for the recipient to authenticate.
     Unverifiable,
 }
 
@@ -78,12 +92,16 @@ pub enum Verdict<T> {
 /// context (§7.3), so their Response Numbers are kept per that Gid (§5.3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedResponse {
+    /// The server's Sender ID.
     pub kid: Vec<u8>,
+    /// `None` when the response reuses the request's nonce (§7.3).
     pub piv: Option<u64>,
+    /// The Gid of the context that protected the response.
     pub gid: Vec<u8>,
 }
 
 impl SignatureChecker {
+    /// Checks the algorithms and credentials; an error names what is wrong.
     pub fn new(cfg: &CheckerConfig) -> Result<Self, ConfigError> {
         if cfg.gid.len() > 255 {
             return Err(ConfigError::Invalid(
@@ -169,14 +187,17 @@ impl SignatureChecker {
         })
     }
 
+    /// The Gid of this epoch.
     pub fn gid(&self) -> &[u8] {
         &self.gid
     }
 
+    /// Key Generation Number of this epoch (§12.2).
     pub fn key_generation(&self) -> u64 {
         self.key_generation
     }
 
+    /// Whether `kid` is a member of this epoch.
     pub fn knows(&self, kid: &[u8]) -> bool {
         self.members.contains_key(kid)
     }
@@ -299,10 +320,8 @@ impl SignatureChecker {
 /// §10): a window per (Gid, kid), moved only after the signature verified.
 ///
 /// The windows must outlive the process, or a request captured before a restart passes
-/// again after it: every change marks the checker dirty, and [`take_dirty`] hands the
+/// again after it: every change marks the checker dirty, and `take_dirty` hands the
 /// whole state of the current epoch to whoever keeps it on stable storage.
-///
-/// [`take_dirty`]: Self::take_dirty
 #[derive(Debug)]
 pub struct GroupChecker {
     current: SignatureChecker,
@@ -317,7 +336,9 @@ pub struct GroupChecker {
 /// belong to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayState {
+    /// Gid of the epoch the windows belong to.
     pub gid: Vec<u8>,
+    /// Key Generation Number of that epoch.
     pub key_generation: u64,
     /// One window per sender, sorted by kid.
     pub windows: Vec<(Vec<u8>, WindowState)>,
@@ -325,7 +346,7 @@ pub struct ReplayState {
 
 /// Windows a recorded state may hold at most: every member of an epoch (reloads that
 /// replace members keep the windows of the ones that left, so a few times that).
-pub const MAX_RECORDED_WINDOWS: usize = 16 * MAX_MEMBERS;
+pub(crate) const MAX_RECORDED_WINDOWS: usize = 16 * MAX_MEMBERS;
 
 /// What [`GroupChecker::restore`] did with a recorded state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +361,7 @@ pub enum Restored {
 /// What a checker of epoch (`gid`, `key_generation`) may do with a recorded state (see
 /// [`GroupChecker::restore`]); side-effect free, so that a reload can ask before it
 /// changes anything.
-pub fn restore_decision(
+pub(crate) fn restore_decision(
     recorded: &ReplayState,
     gid: &[u8],
     key_generation: u64,
@@ -369,6 +390,7 @@ pub fn restore_decision(
 }
 
 impl GroupChecker {
+    /// A group's filter starting from one epoch, with no replay state yet.
     pub fn new(current: SignatureChecker) -> Self {
         GroupChecker {
             current,
@@ -396,13 +418,8 @@ impl GroupChecker {
     }
 
     /// The state, if it changed since the last call; the checker is clean afterwards.
-    pub fn take_dirty(&mut self) -> Option<ReplayState> {
+    pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
         std::mem::take(&mut self.dirty).then(|| self.replay_state())
-    }
-
-    /// Whether the state changed since it was last taken.
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
     }
 
     /// Takes back a recorded state at start. Same Gid: its windows replace the current
@@ -428,6 +445,7 @@ impl GroupChecker {
         Ok(decision)
     }
 
+    /// The newest epoch: the one requests are checked under.
     pub fn current(&self) -> &SignatureChecker {
         &self.current
     }
@@ -445,7 +463,7 @@ impl GroupChecker {
 
     /// Whether [`rekey`](Self::rekey) would accept `next`, changing nothing: a reload
     /// checks every group with this before it changes any (all or nothing).
-    pub fn check_rekey(&self, next: &SignatureChecker) -> Result<(), ConfigError> {
+    pub(crate) fn check_rekey(&self, next: &SignatureChecker) -> Result<(), ConfigError> {
         if next.key_generation <= self.current.key_generation || next.gid == self.current.gid {
             return Err(ConfigError::Invalid(format!(
                 "rekeying needs a new Gid and a Key Generation Number above {}",

@@ -17,12 +17,14 @@ use super::error::ConfigError;
 /// A public key usable for signatures and (mapped or directly) for ECDH.
 #[derive(Clone, Debug)]
 pub enum PublicKey {
+    /// An Ed25519 key (RFC 8032), for EdDSA; mapped to X25519 for ECDH (RFC 10021 §2.5.2).
     Ed25519(ed25519_dalek::VerifyingKey),
+    /// A P-256 key, for ES256 and ECDH.
     P256(p256::PublicKey),
 }
 
 impl PublicKey {
-    pub fn sig_alg(&self) -> SigAlg {
+    pub(crate) fn sig_alg(&self) -> SigAlg {
         match self {
             Self::Ed25519(_) => SigAlg::EdDsa,
             Self::P256(_) => SigAlg::Es256,
@@ -105,9 +107,11 @@ impl Credential {
         }
     }
 
+    /// The credential's bytes as the group uses them: the CCS that enters external_aad and pairwise keys.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The key the credential carries.
     pub fn public_key(&self) -> &PublicKey {
         &self.key
     }
@@ -225,7 +229,9 @@ fn parse_cose_key(d: &mut Decoder) -> Result<PublicKey, String> {
 /// A private key of this endpoint: its own signatures and ECDH.
 #[derive(Clone)]
 pub enum PrivateKey {
+    /// An Ed25519 seed (RFC 8032 §5.1.5).
     Ed25519(ed25519_dalek::SigningKey),
+    /// A P-256 scalar.
     P256(p256::SecretKey),
 }
 
@@ -263,6 +269,7 @@ impl PrivateKey {
         }
     }
 
+    /// The 32 bytes that [`from_bytes`](Self::from_bytes) takes back.
     pub fn to_bytes(&self) -> [u8; 32] {
         match self {
             Self::Ed25519(k) => k.to_bytes(),
@@ -270,6 +277,7 @@ impl PrivateKey {
         }
     }
 
+    /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
         match self {
             Self::Ed25519(k) => PublicKey::Ed25519(k.verifying_key()),

@@ -8,7 +8,7 @@ use sha2::Sha256;
 use crate::cbor;
 
 /// HKDF-SHA-256 (the mandatory HKDF, RFC 8613 §3.2.1, RFC 10021 §10) into `out`.
-pub fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
+pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
     Hkdf::<Sha256>::new(Some(salt), ikm)
         .expand(info, out)
         .expect("OSCORE output lengths are far below 255 * 32");

@@ -9,6 +9,7 @@ use super::protect::{Exchange, Mode, ResponseInfo};
 use crate::coap::MessageView;
 use crate::coap::options::OSCORE;
 
+/// One member's contexts of a group: the current key epoch and, during the grace period after a rekey, the previous one.
 #[derive(Debug)]
 pub struct GroupMember {
     current: SecurityContext,
@@ -16,6 +17,7 @@ pub struct GroupMember {
 }
 
 impl GroupMember {
+    /// A member with one epoch and no previous one.
     pub fn new(ctx: SecurityContext) -> Self {
         GroupMember {
             current: ctx,
@@ -23,11 +25,12 @@ impl GroupMember {
         }
     }
 
+    /// The latest epoch's context.
     pub fn current(&self) -> &SecurityContext {
         &self.current
     }
 
-    pub fn current_mut(&mut self) -> &mut SecurityContext {
+    pub(crate) fn current_mut(&mut self) -> &mut SecurityContext {
         &mut self.current
     }
 
@@ -44,7 +47,7 @@ impl GroupMember {
 
     /// Whether [`rekey`](Self::rekey) would accept `next`, changing nothing: a reload
     /// checks every group with this before it changes any (all or nothing).
-    pub fn check_rekey(&self, next: &SecurityContext) -> Result<(), ConfigError> {
+    pub(crate) fn check_rekey(&self, next: &SecurityContext) -> Result<(), ConfigError> {
         let cur = &self.current.common;
         if next.common.key_generation <= cur.key_generation || next.common.gid() == cur.gid() {
             return Err(ConfigError::Invalid(format!(
@@ -69,6 +72,7 @@ impl GroupMember {
         self.previous = None;
     }
 
+    /// Protects a request under the current epoch (RFC 10021 §7.1, §8.3).
     pub fn protect_request(
         &mut self,
         msg: &[u8],

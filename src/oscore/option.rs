@@ -7,23 +7,27 @@
 
 use super::error::OptionError;
 
-pub const FLAG_RESERVED: u8 = 0xc0;
-pub const FLAG_GROUP: u8 = 0x20;
-pub const FLAG_KID_CONTEXT: u8 = 0x10;
-pub const FLAG_KID: u8 = 0x08;
-pub const MAX_PIV_LEN: usize = 5;
+pub(crate) const FLAG_RESERVED: u8 = 0xc0;
+pub(crate) const FLAG_GROUP: u8 = 0x20;
+pub(crate) const FLAG_KID_CONTEXT: u8 = 0x10;
+pub(crate) const FLAG_KID: u8 = 0x08;
+pub(crate) const MAX_PIV_LEN: usize = 5;
 
 /// A borrowed, parsed OSCORE option value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OscoreOption<'a> {
     /// Group Flag: 1 = group mode, 0 = pairwise mode or plain OSCORE (RFC 10021 §4.1).
     pub group: bool,
+    /// The Partial IV, 1 to 5 bytes when present (RFC 8613 §6.1).
     pub piv: Option<&'a [u8]>,
+    /// The kid context: the Gid in Group OSCORE (RFC 10021 §3.2).
     pub kid_context: Option<&'a [u8]>,
+    /// The kid: the sender's Sender ID.
     pub kid: Option<&'a [u8]>,
 }
 
 impl<'a> OscoreOption<'a> {
+    /// Parses an option value; the empty value has every flag zero.
     pub fn parse(value: &'a [u8]) -> Result<Self, OptionError> {
         let Some((&flags, mut rest)) = value.split_first() else {
             return Ok(Self::default());
@@ -105,6 +109,7 @@ impl<'a> OscoreOption<'a> {
         }
     }
 
+    /// The option value; the inverse of [`parse`](Self::parse).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16);
         self.encode_into(&mut v);
@@ -123,7 +128,7 @@ pub fn piv_bytes(seq: u64) -> ([u8; 8], usize) {
 }
 
 /// Reads a Partial IV as a number.
-pub fn piv_value(piv: &[u8]) -> u64 {
+pub(crate) fn piv_value(piv: &[u8]) -> u64 {
     piv.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64)
 }
 

@@ -15,7 +15,9 @@ use crate::coap::{MessageView, split_options};
 /// have [`Mode::Pairwise`], which there means RFC 8613 with the Sender and Recipient Keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Group mode: group keys and a countersignature (RFC 10021 §7).
     Group,
+    /// Pairwise mode: keys derived for one pair of members (RFC 10021 §8), or plain OSCORE.
     Pairwise,
 }
 
@@ -24,16 +26,20 @@ pub enum Mode {
 /// and nonce of every response even after the Sender ID or Gid changed.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// The mode the request was protected in; responses normally use the same.
     pub mode: Mode,
+    /// The request's sender's Sender ID.
     pub kid: Vec<u8>,
+    /// The request's Partial IV.
     pub piv: Vec<u8>,
+    /// The request's kid context (the Gid in Group OSCORE).
     pub kid_context: Vec<u8>,
     /// Client side: the server a pairwise request went to.
     pub peer: Option<Vec<u8>>,
     /// Server side: responses protected so far.
     pub responses_sent: u32,
     /// Client side: Response Numbers per server (§5.3.1).
-    pub response_numbers: ResponseNumbers,
+    pub(crate) response_numbers: ResponseNumbers,
     /// Server side: false when the request verified but its freshness is unknown, the
     /// sender's replay window being invalid after lost state (RFC 10021 §2.6.1.2); the
     /// caller then runs the Echo exchange of §9 before acting on it.
@@ -43,8 +49,11 @@ pub struct Exchange {
 /// What a verified response tells about its origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseInfo {
+    /// The mode the response was protected in.
     pub mode: Mode,
+    /// The Sender ID of the server that protected it.
     pub server_id: Vec<u8>,
+    /// Its Partial IV as a number; `None` when it used the request's nonce.
     pub piv: Option<u64>,
 }
 
@@ -641,7 +650,7 @@ impl SecurityContext {
 
 /// Inputs of the countersignature keystream (RFC 10021 §4.2).
 #[derive(Debug, Clone, Copy)]
-pub struct KeystreamInput<'a> {
+pub(crate) struct KeystreamInput<'a> {
     /// The Partial IV used to protect the message (the request's for a response without one).
     pub piv: &'a [u8],
     /// Sender ID of the endpoint that generated that Partial IV.
@@ -654,7 +663,7 @@ pub struct KeystreamInput<'a> {
 /// Decrypts and verifies the countersignature at the end of a group-mode payload; returns
 /// the ciphertext before it. Shared by members and by the external checker (§7.5).
 #[allow(clippy::too_many_arguments)]
-pub fn verify_countersignature<'p>(
+pub(crate) fn verify_countersignature<'p>(
     sig_enc_key: &[u8],
     form: aad::TbsForm,
     tag_len: usize,

@@ -5,12 +5,12 @@ use super::error::OscoreError;
 
 /// Width of the window. RFC 8613 §7.4 asks for at least 32; multicast makes reordering
 /// and jumps common (RFC 10021 §5.3, §14.12), so 64.
-pub const WINDOW: u64 = 64;
+pub(crate) const WINDOW: u64 = 64;
 
 /// A sliding replay window over Partial IVs (sequence numbers up to 2^40 - 1).
 ///
-/// [`check`](Self::check) is side-effect free so a receiver can reject early; the window only
-/// moves in [`accept`](Self::accept), which re-checks, so the two together are the atomic
+/// `check` is side-effect free so a receiver can reject early; the window only
+/// moves in `accept`, which re-checks, so the two together are the atomic
 /// validate-and-update that RFC 10021 §5.3 requires when called under one `&mut`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayWindow {
@@ -18,13 +18,18 @@ pub struct ReplayWindow {
 }
 
 /// What a window remembers, whole: what stable storage keeps so that a restarted
-/// receiver refuses exactly what it refused before (see [`ReplayWindow::state`]).
+/// receiver refuses exactly what it refused before (see `ReplayWindow::state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowState {
     /// Nothing received yet: every number is new.
     Empty,
-    /// `top` is the highest number accepted; bit i of `seen` is `top - i`.
-    Active { top: u64, seen: u64 },
+    /// Something accepted: the window around the highest number.
+    Active {
+        /// The highest number accepted.
+        top: u64,
+        /// Bit i set: `top - i` was accepted.
+        seen: u64,
+    },
     /// State was lost (RFC 10021 §2.6.1.2): reject until re-established, e.g. by Echo (§9).
     Invalid,
 }
@@ -36,34 +41,34 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ReplayWindow {
             state: WindowState::Empty,
         }
     }
 
     /// A window that accepts nothing until [`reinit`](Self::reinit).
-    pub fn invalid() -> Self {
+    pub(crate) fn invalid() -> Self {
         ReplayWindow {
             state: WindowState::Invalid,
         }
     }
 
-    pub fn is_valid(&self) -> bool {
+    pub(crate) fn is_valid(&self) -> bool {
         self.state != WindowState::Invalid
     }
 
     /// The window's whole state, to be kept on stable storage.
-    pub fn state(&self) -> WindowState {
+    pub(crate) fn state(&self) -> WindowState {
         self.state
     }
 
     /// A window as [`state`](Self::state) described it, e.g. read back after a restart.
-    pub fn from_state(state: WindowState) -> Self {
+    pub(crate) fn from_state(state: WindowState) -> Self {
         ReplayWindow { state }
     }
 
-    pub fn check(&self, seq: u64) -> Result<(), OscoreError> {
+    pub(crate) fn check(&self, seq: u64) -> Result<(), OscoreError> {
         match self.state {
             WindowState::Empty => Ok(()),
             WindowState::Invalid => Err(OscoreError::ReplayWindowInvalid),
@@ -83,7 +88,7 @@ impl ReplayWindow {
 
     /// Checks and records `seq`. Call only after the message verified (RFC 10021 §7.2:
     /// a message that fails verification must not update replay state).
-    pub fn accept(&mut self, seq: u64) -> Result<(), OscoreError> {
+    pub(crate) fn accept(&mut self, seq: u64) -> Result<(), OscoreError> {
         self.check(seq)?;
         self.state = match self.state {
             WindowState::Empty => WindowState::Active { top: seq, seen: 1 },
@@ -107,7 +112,7 @@ impl ReplayWindow {
     /// Makes the window valid again with `seq` as the only number seen and everything
     /// below it too old: what a server does once an Echo exchange proved the client's
     /// current sequence number (RFC 10021 §9).
-    pub fn reinit(&mut self, seq: u64) {
+    pub(crate) fn reinit(&mut self, seq: u64) {
         self.state = WindowState::Active {
             top: seq,
             seen: u64::MAX,
@@ -121,7 +126,7 @@ impl ReplayWindow {
 /// without Partial IV came. Keying by the context's Gid makes a rekeyed group start
 /// "not initialized" (§2.6.3.2) without any reset that a forged message could trigger.
 #[derive(Debug, Clone, Default)]
-pub struct ResponseNumbers {
+pub(crate) struct ResponseNumbers {
     servers: Vec<(ServerKey, ServerResponses)>,
 }
 
@@ -136,7 +141,7 @@ struct ServerResponses {
 
 /// Servers tracked per exchange at most; a response from one more server is still
 /// processed once but its later replays cannot be told apart, so the client drops it.
-pub const MAX_SERVERS_PER_EXCHANGE: usize = 1024;
+pub(crate) const MAX_SERVERS_PER_EXCHANGE: usize = 1024;
 
 impl ResponseNumbers {
     fn find(&self, gid: &[u8], server: &[u8]) -> Option<usize> {
@@ -162,7 +167,12 @@ impl ResponseNumbers {
 
     /// Side-effect-free check of a response from `server`, protected under the context
     /// of Gid `gid`, with Partial IV `piv`.
-    pub fn check(&self, gid: &[u8], server: &[u8], piv: Option<u64>) -> Result<(), OscoreError> {
+    pub(crate) fn check(
+        &self,
+        gid: &[u8],
+        server: &[u8],
+        piv: Option<u64>,
+    ) -> Result<(), OscoreError> {
         let Some(i) = self.find(gid, server) else {
             return Ok(());
         };
@@ -175,7 +185,7 @@ impl ResponseNumbers {
     }
 
     /// Records a verified response.
-    pub fn accept(
+    pub(crate) fn accept(
         &mut self,
         gid: &[u8],
         server: &[u8],

@@ -20,6 +20,7 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The policy's name in the configuration, metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Policy::Enforce => "enforce",
@@ -32,7 +33,9 @@ impl Policy {
 /// The proxy as an external signature checker of one group (RFC 10021 §7.5, §12.3).
 #[derive(Debug, Clone)]
 pub struct GroupSecurity {
+    /// Whether failed checks drop requests, are only counted, or are not made.
     pub policy: Policy,
+    /// The group's public material: algorithms, Gid, members' credentials.
     pub checker: CheckerConfig,
     /// The proxy's own membership in the group, for the pairwise traffic it terminates
     /// (RFC 10021 §8; oscore-capable-proxies §2).
@@ -46,6 +49,7 @@ pub struct GroupSecurity {
 /// One CoAP group the proxy fans requests out to (RFC 10020 §3.5.1).
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
+    /// The group's name in the configuration, metrics and logs.
     pub name: String,
     /// Multicast address and port of the group URI.
     pub addr: SocketAddr,
@@ -64,7 +68,9 @@ pub struct GroupSpec {
 /// Ordinary forwarding to unicast targets (RFC 7252 §5.7.2).
 #[derive(Debug, Clone)]
 pub struct UnicastPolicy {
+    /// Off: requests to unicast targets get 5.05 Proxying Not Supported.
     pub enabled: bool,
+    /// Clients allowed to send unicast proxy requests; others get 4.01.
     pub allow: Vec<Prefix>,
     /// No response by then: 5.04 Gateway Timeout.
     pub timeout: Duration,
@@ -73,9 +79,11 @@ pub struct UnicastPolicy {
 /// Numbers of the groupcomm-proxy options: IANA suggestions by default (§11.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionNumbers {
+    /// Multicast-Timeout (groupcomm-proxy §2).
     pub multicast_timeout: u16,
+    /// Reply-From (groupcomm-proxy §3).
     pub reply_from: u16,
-    pub group_etag: u16,
+    pub(crate) group_etag: u16,
 }
 
 impl Default for OptionNumbers {
@@ -89,6 +97,7 @@ impl Default for OptionNumbers {
 }
 
 impl OptionNumbers {
+    /// The three numbers: Multicast-Timeout, Group-ETag, Reply-From.
     pub fn as_array(&self) -> [u16; 3] {
         [self.multicast_timeout, self.group_etag, self.reply_from]
     }
@@ -103,11 +112,12 @@ pub struct Limits {
     pub max_exchanges_per_client: usize,
     /// Fan-outs a client may start per second on average, and in a burst (4.29 beyond).
     pub client_rate: f64,
+    /// The bucket size for `client_rate`.
     pub client_burst: f64,
     /// Clients tracked for the caps above; when full, requests from new clients get 5.03.
     pub max_clients: usize,
     /// Larger datagrams are dropped and counted.
-    pub max_datagram: usize,
+    pub(crate) max_datagram: usize,
     /// (client, Message ID) pairs remembered for deduplication (RFC 7252 §4.5). When
     /// full, a client below its share gets 5.03 with Max-Age: nobody's entries are
     /// evicted by another's traffic.
@@ -118,7 +128,7 @@ pub struct Limits {
     /// rather than unknown.
     pub late_memory: usize,
     /// Confirmable messages awaiting an ACK (responses to CON clients, CON to origins).
-    pub max_retransmissions: usize,
+    pub(crate) max_retransmissions: usize,
     /// Source ports of each group's egress and of the unicast egress (per address
     /// family). Each port has 65,536 Message IDs per lifetime toward one destination
     /// (RFC 7252 §4.4); when every port's are live, requests get 5.03 with Max-Age.
@@ -126,7 +136,7 @@ pub struct Limits {
     /// Destinations whose Message IDs are remembered for their lifetime. At the bound a
     /// message to a new destination is not sent (counted): an error reply to a NON
     /// request may start a new one only while the table is less than half full.
-    pub max_destinations: usize,
+    pub(crate) max_destinations: usize,
 }
 
 impl Default for Limits {
@@ -148,11 +158,16 @@ impl Default for Limits {
     }
 }
 
+/// Everything the forwarding engine is configured with; a reload replaces it whole.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The groups; a target host names at most one.
     pub groups: Vec<GroupSpec>,
+    /// Forwarding to targets that are not groups.
     pub unicast: UnicastPolicy,
+    /// The groupcomm-proxy option numbers in use.
     pub options: OptionNumbers,
+    /// Bounds of the tables and rates.
     pub limits: Limits,
     /// Where the proxy itself is reached: a request whose target names one of these is
     /// served locally, never forwarded to itself.
@@ -173,7 +188,7 @@ pub struct LocalNames {
 
 impl LocalNames {
     /// Whether `ip:port` reaches one of the proxy's listeners.
-    pub fn is_local(&self, ip: std::net::IpAddr, port: u16) -> bool {
+    pub(crate) fn is_local(&self, ip: std::net::IpAddr, port: u16) -> bool {
         self.listen.iter().any(|l| {
             l.port() == port
                 && (l.ip() == ip

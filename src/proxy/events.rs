@@ -21,8 +21,10 @@ macro_rules! labelled {
         }
 
         impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// Every variant, in declaration order: the metrics register a series per
+            /// variant; the tests check every label.
+            #[allow(dead_code, reason = "not every vocabulary is listed outside the tests")]
+            pub(crate) const ALL: &'static [$name] = &[$($name::$v,)*];
 
             /// The label in metrics and logs.
             pub fn as_str(self) -> &'static str {
@@ -37,22 +39,39 @@ macro_rules! labelled {
 labelled! {
     /// Why a client's request was answered with an error instead of being forwarded.
     pub enum RejectReason {
+        /// The client is not on the group's or unicast allow-list: 4.01 (groupcomm-proxy §5.2.1 step 2).
         NotAllowed => "not_allowed",
+        /// A group request without Multicast-Timeout: 4.00 (groupcomm-proxy §5.2.1 step 3).
         MissingMulticastTimeout => "missing_multicast_timeout",
+        /// A Multicast-Timeout value that is not a uint: 4.00 (groupcomm-proxy §2).
         BadMulticastTimeout => "bad_multicast_timeout",
+        /// RFC 7252 §5.4.1: an unrecognized critical option: 4.02.
         UnknownCriticalOption => "unknown_critical_option",
+        /// RFC 7252 §5.7.1: an unrecognized Unsafe option a proxy cannot forward: 4.02.
         UnsafeUnknownOption => "unsafe_unknown_option",
+        /// Group proxying is off for the group: 5.01 (RFC 10020 §3.5.1).
         GroupNotEnabled => "group_not_enabled",
+        /// Unicast forwarding is off: 5.05.
         UnicastNotAllowed => "unicast_not_allowed",
+        /// A target scheme other than coap: 5.05 (RFC 7252 §5.7.2).
         SchemeNotSupported => "scheme_not_supported",
+        /// A host name that is neither a group's nor the proxy's: 5.05.
         UnknownHost => "unknown_host",
+        /// The target options are malformed (see `TargetError`): 4.00.
         BadTarget => "bad_target",
+        /// A plain request to the proxy's own resources, which it serves over OSCORE only: 4.04.
         NotForProxy => "not_for_proxy",
+        /// Hop-Limit reaches 0 when decremented, or is malformed: 5.08 (RFC 8768 §3).
         HopLimit => "hop_limit",
+        /// `max_exchanges` reached: 5.03 with Max-Age.
         TableFull => "table_full",
+        /// The client has `max_exchanges_per_client` in flight: 4.29 with Max-Age.
         ClientBusy => "client_busy",
+        /// The client exceeded `client_rate` and `client_burst`: 4.29 with Max-Age.
         RateLimited => "rate_limited",
+        /// `max_clients` tracked already and this one is new: 5.03 with Max-Age.
         TooManyClients => "too_many_clients",
+        /// A new request with the token of the client's running exchange, which it ends: 4.00 (RFC 10020 §3.5.2).
         TokenReuse => "token_reuse",
         /// Dropped by the signature filter (reported by a Checked event, no error response).
         SignatureCheck => "signature_check",
@@ -79,10 +98,15 @@ labelled! {
 labelled! {
     /// The outcome of a countersignature check (RFC 10021 §7.5) by the proxy.
     pub enum CheckResult {
+        /// The countersignature verifies under the sender's credential.
         Valid => "valid",
+        /// The countersignature does not verify (RFC 10021 §7.2, §7.4).
         BadSignature => "bad_signature",
+        /// The kid context names no epoch the proxy knows.
         UnknownGid => "unknown_gid",
+        /// The kid is not a member of the epoch.
         UnknownKid => "unknown_kid",
+        /// The OSCORE option or payload cannot be parsed.
         Malformed => "malformed",
         /// Not OSCORE at all, sent to a group whose traffic must be Group OSCORE.
         NotProtected => "not_protected",
@@ -96,12 +120,19 @@ labelled! {
 labelled! {
     /// Why a datagram was dropped without any answer.
     pub enum DropReason {
+        /// Longer than `max_datagram`.
         TooLarge => "too_large",
+        /// Not a CoAP message, or a malformed one (RFC 7252 §3).
         Malformed => "malformed",
+        /// A Message ID seen before within its lifetime (RFC 7252 §4.5).
         DuplicateRequest => "duplicate_request",
+        /// For one of the proxy's recent tokens whose exchange has ended (`late_memory`).
         LateResponse => "late_response",
+        /// A response with a token the proxy never used or has forgotten.
         UnknownToken => "unknown_token",
+        /// A message the receiving socket has no use for, e.g. a request on an egress port.
         UnexpectedMessage => "unexpected_message",
+        /// A CON left unacknowledged after MAX_RETRANSMIT retransmissions (RFC 7252 §4.2).
         GaveUpRetransmitting => "gave_up_retransmitting",
         /// A request the signature check refused (the Checked event says why).
         RequestCheckFailed => "request_check_failed",
@@ -129,54 +160,85 @@ labelled! {
 labelled! {
     /// How an exchange ended.
     pub enum CloseReason {
+        /// The Multicast-Timeout (or a unicast exchange's deadline) passed.
         Timeout => "timeout",
+        /// The client reset a relayed response (groupcomm-proxy §5.2.3).
         EarlyStopReset => "early_stop_reset",
+        /// The client sent an Early Stop Request (groupcomm-proxy §5.2.3), or a new request under the token.
         EarlyStopRequest => "early_stop_request",
+        /// A unicast exchange got its response.
         UnicastAnswered => "unicast_answered",
+        /// A unicast origin did not answer in time: 5.04 to the client.
         UnicastTimeout => "unicast_timeout",
+        /// A unicast origin reset the forwarded request.
         OriginReset => "origin_reset",
     }
 }
 
+/// One thing the engine did, for metrics and logs; `group` is an index into
+/// [`ProxyConfig::groups`](super::ProxyConfig::groups), `None` for unicast.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A request was answered with an error code.
     Rejected {
+        /// The group the request was for, if it got as far as naming one.
         group: Option<usize>,
+        /// The rule the request broke.
         reason: RejectReason,
+        /// The response code sent.
         code: u8,
+        /// Where the request came from.
         client: SocketAddr,
     },
     /// A group request was sent to the group; `timeout` is the Multicast-Timeout applied.
     FanOut {
+        /// Index into `ProxyConfig::groups`.
         group: usize,
+        /// The Multicast-Timeout applied: `asked`, lowered to the group's `max_timeout`.
         timeout: Duration,
+        /// The Multicast-Timeout the client asked for.
         asked: Duration,
     },
     /// A request was forwarded to a unicast origin.
     UnicastForward,
     /// A response went back to the client, `after` the request was forwarded.
     Relayed {
+        /// The group, `None` for a unicast origin's response.
         group: Option<usize>,
+        /// Time since the request was forwarded.
         after: Duration,
     },
+    /// A datagram was dropped without an answer.
     Dropped {
+        /// The rule the datagram broke.
         reason: DropReason,
+        /// The sender (for [`DropReason::ReplayStateUnsaved`], the destination).
         from: SocketAddr,
     },
+    /// An exchange ended.
     Closed {
+        /// The group, `None` for a unicast exchange.
         group: Option<usize>,
+        /// Responses relayed to the client in the exchange.
         responses: u32,
+        /// How it ended.
         reason: CloseReason,
     },
     /// A configuration reload was applied (`ok`) or refused, keeping the running one.
-    ConfigReload { ok: bool },
+    ConfigReload {
+        /// Whether the new configuration was applied.
+        ok: bool,
+    },
     /// A request (or response) of a group was checked; `enforced` is false when the
     /// group's policy is monitor and a failure was forwarded anyway.
     Checked {
+        /// Index into `ProxyConfig::groups`.
         group: usize,
+        /// A request, else a response.
         request: bool,
+        /// Valid, or what failed.
         result: CheckResult,
+        /// Whether a failure dropped the message (policy enforce).
         enforced: bool,
     },
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+/// An IPv4 or IPv6 prefix; an IPv4 prefix also matches IPv4-mapped IPv6 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
     addr: IpAddr,
@@ -11,7 +12,7 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

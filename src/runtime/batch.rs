@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 
 /// Datagrams per call. 32 covers the bursts seen under load (16 requests outstanding
 /// per client, each with its fan-out) without much memory.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// A slot holds any UDP datagram, so that nothing arrives cut short.
 const SLOT: usize = 65_536;
 /// Slots lie this far apart: a cache line more than a slot. At exactly 64 KiB apart,
@@ -23,7 +23,7 @@ const SLOT: usize = 65_536;
 const STRIDE: usize = SLOT + 64;
 
 /// Receive buffers for one batch and the addresses they came from.
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
@@ -46,7 +46,7 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Sets up the buffers and the headers pointing at them once; `recv` only resets what
     /// the kernel writes.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut b = RecvBatch {
             // Zeroed lazily by the allocator: only the bytes datagrams use are touched.
             bufs: vec![0; BATCH * STRIDE],
@@ -73,7 +73,7 @@ impl RecvBatch {
 
     /// Takes up to [`BATCH`] datagrams off `fd`; `Ok(0)` never happens (an empty queue
     /// is `WouldBlock`). A datagram from an address family other than IP is skipped.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.got.clear();
         for h in &mut self.hdrs {
             // The kernel wrote the last source's length here.
@@ -103,7 +103,7 @@ impl RecvBatch {
     }
 
     /// The datagrams of the last [`RecvBatch::recv`], with their sources.
-    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+    pub(crate) fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.got
             .iter()
             .map(|&(i, from, len)| (from, &self.bufs[i * STRIDE..i * STRIDE + len]))
@@ -139,7 +139,7 @@ struct SegmentCmsg([u8; 24]);
 /// datagrams as without it. A proxy's batches are full of such runs: requests of one
 /// client to one origin, that origin's responses back to the client. If the kernel or
 /// the route refuses segmentation, the queue stops using it and sends one by one.
-pub struct SendQueue {
+pub(crate) struct SendQueue {
     pub items: Vec<(SocketAddr, Vec<u8>)>,
     /// Whether to coalesce; cleared for good the first time the kernel refuses.
     segment: bool,
@@ -169,7 +169,7 @@ impl Default for SendQueue {
 /// A send that went wrong: the error, and how many queued datagrams it cost (the first
 /// message of the call, which may carry several to one address).
 #[derive(Debug)]
-pub struct SendError {
+pub(crate) struct SendError {
     pub error: io::Error,
     pub dropped: usize,
 }
@@ -183,7 +183,7 @@ impl SendQueue {
     /// until all are sent or the socket refuses; returns how many datagrams went out. An
     /// error on the first message of a call is returned with the datagrams it carried
     /// (the caller drops those and goes on).
-    pub fn send(&mut self, fd: RawFd, start: usize) -> Result<usize, SendError> {
+    pub(crate) fn send(&mut self, fd: RawFd, start: usize) -> Result<usize, SendError> {
         self.build(start);
         // SAFETY: every header points at an address, a control message and datagrams
         // that live in `self` until the call returns; the kernel only reads them.

@@ -12,7 +12,7 @@ use crate::proxy::Event;
 const PER_SECOND: u32 = 10;
 
 #[derive(Default)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     windows: HashMap<&'static str, (Instant, u32, u64)>,
 }
 
@@ -32,7 +32,7 @@ impl EventLog {
         }
     }
 
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         now: Instant,
         e: &Event,

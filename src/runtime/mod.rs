@@ -31,8 +31,9 @@ pub use sockets::Interface;
 /// How a group's multicast leaves this host.
 #[derive(Debug, Clone)]
 pub struct Egress {
+    /// The interface multicast leaves by (`IP_MULTICAST_IF`, `IPV6_MULTICAST_IF`).
     pub interface: Interface,
-    pub hop_limit: u32,
+    pub(crate) hop_limit: u32,
     /// Source address for the egress socket (its unicast port receives responses).
     pub bind: Option<std::net::IpAddr>,
 }
@@ -40,7 +41,9 @@ pub struct Egress {
 /// Everything `groxy run` needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// The engine's configuration.
     pub proxy: ProxyConfig,
+    /// The addresses clients reach the proxy at, one socket each.
     pub listen: Vec<SocketAddr>,
     /// One per group, in the order of `proxy.groups`.
     pub egress: Vec<Egress>,
@@ -51,22 +54,23 @@ pub struct RunConfig {
 
 /// Requests to a running proxy (from signal handlers).
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// A configuration read anew (SIGHUP), or why it could not be.
     Reload(Result<RunConfig, String>),
 }
 
 /// How long a draining proxy waits for exchanges in flight at most before it exits.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(75);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(75);
 
 /// A callback that sees every engine event.
-pub type EventObserver = Box<dyn FnMut(&Event) + Send>;
+pub(crate) type EventObserver = Box<dyn FnMut(&Event) + Send>;
 
 /// What the operations layer sees of the driver: every event, and the engine after each
 /// datagram's or timer run's outputs went out (gauges such as the exchange table and key
 /// generations live in the engine, not in events). Called on the forwarding thread: keep it
 /// cheap.
 pub trait Observer: Send {
+    /// Every event, as the engine emits it.
     fn event(&mut self, e: &Event);
     /// `took` is how long `Engine::handle` took for the datagram whose outputs were just
     /// flushed (the engine reads no clock, so the driver measures); `None` after timers.
@@ -204,14 +208,14 @@ impl Proxy {
     }
 
     /// A handle to reload the running proxy.
-    pub fn controller(&mut self) -> tokio::sync::mpsc::UnboundedSender<Control> {
+    pub(crate) fn controller(&mut self) -> tokio::sync::mpsc::UnboundedSender<Control> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.control = Some(rx);
         tx
     }
 
     /// Serves until `shutdown` completes, then drains: new requests get 5.03 while the
-    /// exchanges in flight run to their timeouts (at most [`DRAIN_LIMIT`]), then returns.
+    /// exchanges in flight run to their timeouts (at most `DRAIN_LIMIT`, 75 s), then returns.
     /// The forwarding itself runs on a thread of its own (see the module's comment).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (mut wake_tx, wake_rx) = UnixStream::pair()?;

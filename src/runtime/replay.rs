@@ -40,14 +40,19 @@ const DIGEST: usize = 32;
 /// Why a slot's bytes are not a state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    /// The first bytes are not this format's magic and version.
     #[error("not a replay state file (bad magic or version)")]
     Magic,
+    /// Shorter than its header or its windows say.
     #[error("truncated")]
     Truncated,
+    /// The checksum disagrees: a torn or corrupted write.
     #[error("checksum mismatch")]
     Checksum,
+    /// A window kind other than empty, active or invalid.
     #[error("bad window tag {0}")]
     Tag(u8),
+    /// More windows than a group's checker can hold.
     #[error("{0} windows, more than {MAX_RECORDED_WINDOWS}")]
     TooMany(usize),
 }
@@ -267,6 +272,7 @@ impl ReplayStore {
         }
     }
 
+    /// Whether `group`'s replay state files are open (the group is checked).
     pub fn has(&self, group: usize) -> bool {
         self.groups.get(group).is_some_and(Option::is_some)
     }
@@ -354,7 +360,7 @@ pub fn restore(
 }
 
 /// Reads group `g`'s recorded state, restores it into the engine, and opens its slots.
-pub fn attach_group(
+pub(crate) fn attach_group(
     engine: &mut Engine,
     store: &mut ReplayStore,
     g: usize,

@@ -39,7 +39,7 @@ impl std::str::FromStr for Interface {
 }
 
 /// Index of an interface by name (if_nametoindex).
-pub fn if_index(name: &str) -> io::Result<u32> {
+pub(crate) fn if_index(name: &str) -> io::Result<u32> {
     let c =
         std::ffi::CString::new(name).map_err(|_| io::Error::other("interface name has a NUL"))?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.
@@ -118,7 +118,7 @@ pub fn host_addrs() -> Vec<IpAddr> {
 }
 
 /// An unbound-port socket for one address family, for unicast origins.
-pub fn unicast_egress(v6: bool) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn unicast_egress(v6: bool) -> io::Result<std::net::UdpSocket> {
     let addr: SocketAddr = if v6 {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -135,7 +135,7 @@ pub fn unicast_egress(v6: bool) -> io::Result<std::net::UdpSocket> {
 /// The egress socket of a group: multicast out of `iface` with `hops`, and its unicast
 /// port receives the devices' responses. Loopback delivery stays on so that members on
 /// this host hear the request.
-pub fn group_egress(
+pub(crate) fn group_egress(
     group: SocketAddr,
     iface: &Interface,
     hops: u32,
@@ -228,7 +228,7 @@ pub fn multicast_receiver(group: SocketAddr, iface: &Interface) -> io::Result<st
 }
 
 /// A unicast socket that may share its port with others on this host.
-pub fn shared_unicast(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn shared_unicast(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = udp(&addr)?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {

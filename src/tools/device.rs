@@ -14,11 +14,14 @@ use crate::coap::options as opt;
 use crate::oscore::{ContextConfig, GroupMember, Mode, SecurityContext};
 use crate::runtime::sockets::{self, Interface};
 
+/// What a simulated device is and how it answers.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
+    /// In the answer to /hello (`hello from NAME`) and in log lines.
     pub name: String,
     /// Multicast group address and port to join.
     pub group: SocketAddr,
+    /// The interface the group is joined on.
     pub interface: Interface,
     /// Unicast address the device answers from (and serves unicast requests on).
     pub bind: SocketAddr,
@@ -96,6 +99,7 @@ pub fn respond(name: &str, request: &[u8], multicast: bool) -> Option<Vec<u8>> {
     Some(build::encode(t, c, mid, v.token(), &mut opts, &payload))
 }
 
+/// A simulated group member: its sockets and, with OSCORE, its member contexts.
 pub struct Device {
     cfg: DeviceConfig,
     member: Option<GroupMember>,
@@ -105,6 +109,7 @@ pub struct Device {
 }
 
 impl Device {
+    /// Joins the group and binds the unicast socket.
     pub fn bind(cfg: DeviceConfig) -> io::Result<Self> {
         let g = sockets::multicast_receiver(cfg.group, &cfg.interface)
             .map_err(|e| io::Error::new(e.kind(), format!("join {}: {e}", cfg.group)))?;
@@ -129,11 +134,11 @@ impl Device {
     /// --log-requests`): the device's name, the sender, the socket it came in on (`group`
     /// or `unicast`), the datagram in hex, and whether the device answers it. Lets a test
     /// show from the device's side what reached it, and what did not.
-    pub fn log_requests(&mut self, on: bool) {
+    pub(crate) fn log_requests(&mut self, on: bool) {
         self.log_requests = on;
     }
 
-    pub fn unicast_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn unicast_addr(&self) -> io::Result<SocketAddr> {
         self.unicast.local_addr()
     }
 

@@ -7,24 +7,26 @@ use std::time::{Duration, Instant};
 
 /// RFC 7252 §4.8 transmission parameters (the defaults; the proxy uses the same).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retransmissions before a CON is given up (RFC 7252 §4.8).
 pub const MAX_RETRANSMIT: u8 = 4;
 /// RFC 7252 §4.8.2: how long a Message ID of a CON and of a NON is remembered.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+/// RFC 7252 §4.8.2.
 pub const NON_LIFETIME: Duration = Duration::from_secs(145);
 /// (source, Message ID) pairs remembered at most: a source has 65,536 Message IDs, and
 /// the proxy reuses none toward the client within their lifetime, so this holds every
 /// live one of a proxy. Past it the oldest is forgotten first.
-pub const DEDUP_CAPACITY: usize = 65_536;
+pub(crate) const DEDUP_CAPACITY: usize = 65_536;
 
 /// The initial timeout of a new CON: ACK_TIMEOUT * [1, ACK_RANDOM_FACTOR = 1.5)
 /// (RFC 7252 §4.2, §4.8), from a random number the caller draws.
-pub fn initial_timeout(random: u64) -> Duration {
+pub(crate) fn initial_timeout(random: u64) -> Duration {
     ACK_TIMEOUT + ACK_TIMEOUT.mul_f64((random % 1000) as f64 / 2000.0)
 }
 
 /// What a Confirmable message waiting for its acknowledgement does when a timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Not due yet.
     Wait,
     /// Send the same bytes again.
@@ -37,6 +39,7 @@ pub enum Step {
 /// The retransmission state of one CON (RFC 7252 §4.2): a timeout and a counter.
 #[derive(Debug, Clone)]
 pub struct Retransmission {
+    /// The datagram, sent again unchanged.
     pub bytes: Vec<u8>,
     attempts: u8,
     timeout: Duration,
@@ -45,7 +48,7 @@ pub struct Retransmission {
 }
 
 impl Retransmission {
-    pub fn new(bytes: Vec<u8>, sent: Instant, initial: Duration) -> Self {
+    pub(crate) fn new(bytes: Vec<u8>, sent: Instant, initial: Duration) -> Self {
         Retransmission {
             bytes,
             attempts: 0,
@@ -56,7 +59,7 @@ impl Retransmission {
 
     /// At a timeout with the counter below MAX_RETRANSMIT: retransmit, count, double the
     /// timeout; with the counter at MAX_RETRANSMIT: give up.
-    pub fn on_timer(&mut self, now: Instant) -> Step {
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Step {
         if now < self.next {
             return Step::Wait;
         }
@@ -76,6 +79,7 @@ impl Retransmission {
 /// challenge with a new Message ID).
 #[derive(Debug, Clone)]
 pub struct Sent {
+    /// The Message ID, new for each message of the request.
     pub mid: u16,
     /// While a CON waits for its acknowledgement.
     pub retransmission: Option<Retransmission>,
@@ -90,7 +94,7 @@ type Key = (SocketAddr, u16);
 /// lifetime is acknowledged again (a CON) but processed only once. Bounded by
 /// [`DEDUP_CAPACITY`].
 #[derive(Debug)]
-pub struct Dedup {
+pub(crate) struct Dedup {
     expiry: HashMap<Key, Instant>,
     /// Insertion order, to age and to forget the oldest; an entry whose expiry differs
     /// from the map's is stale (its key was seen again after it expired).
@@ -99,7 +103,7 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Dedup {
             expiry: HashMap::new(),
             order: VecDeque::new(),
@@ -108,7 +112,13 @@ impl Dedup {
     }
 
     /// Whether (`from`, `mid`) is new at `now`; if so it is remembered for `lifetime`.
-    pub fn first(&mut self, from: SocketAddr, mid: u16, now: Instant, lifetime: Duration) -> bool {
+    pub(crate) fn first(
+        &mut self,
+        from: SocketAddr,
+        mid: u16,
+        now: Instant,
+        lifetime: Duration,
+    ) -> bool {
         while let Some(&(k, t)) = self.order.front() {
             if t > now && self.order.len() < self.capacity {
                 break;
@@ -128,14 +138,6 @@ impl Dedup {
         self.expiry.insert(key, t);
         self.order.push_back((key, t));
         true
-    }
-
-    pub fn len(&self) -> usize {
-        self.expiry.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.expiry.is_empty()
     }
 }
 
@@ -184,7 +186,7 @@ mod tests {
         assert!(d.first(a, 7, t0 + NON_LIFETIME, NON_LIFETIME), "expired");
         for m in 0..100 {
             d.first(a, 100 + m, t0, EXCHANGE_LIFETIME);
-            assert!(d.len() <= 3 && d.order.len() <= 3);
+            assert!(d.expiry.len() <= 3 && d.order.len() <= 3);
         }
     }
 }

@@ -21,21 +21,27 @@ use crate::coap::options::{self as opt, uint_value};
 use crate::coap::uri::{Host, parse_proxy_uri};
 use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
 
+/// A request for the client to send through a proxy, and how.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
+    /// The proxy's address.
     pub proxy: SocketAddr,
     /// The target, e.g. `coap://224.0.1.187/hello`.
     pub uri: String,
+    /// The request code, e.g. [`build::code::GET`].
     pub method: u8,
+    /// Empty for none.
     pub payload: Vec<u8>,
     /// Multicast-Timeout T' in seconds (§2); the client waits T = T' + `margin`.
     pub timeout: u32,
+    /// Waited beyond T' for late responses.
     pub margin: Duration,
+    /// CON instead of NON (RFC 7252 §4.2, §4.3).
     pub confirmable: bool,
     /// Send the target as Proxy-Uri instead of Proxy-Scheme + Uri-* options.
     pub proxy_uri: bool,
-    pub multicast_timeout_option: u16,
-    pub reply_from_option: u16,
+    pub(crate) multicast_timeout_option: u16,
+    pub(crate) reply_from_option: u16,
     /// Protect the request end to end in group mode with this member context and verify
     /// every response (RFC 10021 §7; groupcomm-proxy §5.1).
     pub oscore: Option<ContextConfig>,
@@ -49,6 +55,7 @@ pub struct ClientRequest {
 }
 
 impl ClientRequest {
+    /// A GET for `uri` through `proxy` with Multicast-Timeout `timeout`; NON, no OSCORE.
     pub fn get(proxy: SocketAddr, uri: &str, timeout: u32) -> Self {
         ClientRequest {
             proxy,
@@ -71,10 +78,13 @@ impl ClientRequest {
 /// One response as the client saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The response code (of the inner message with OSCORE).
     pub code: u8,
     /// The origin server named by Reply-From (§5.5.1 step 3), if any.
     pub reply_from: Option<SocketAddr>,
+    /// Empty for none.
     pub payload: Vec<u8>,
+    /// Time from sending the request to this response.
     pub elapsed: Duration,
     /// The Multicast-Timeout option of an error response (§5.2.1 step 3), if any.
     pub multicast_timeout: Option<Vec<u8>>,
@@ -136,7 +146,11 @@ fn outer_proxy_options(
 }
 
 /// Builds the request datagram.
-pub fn encode_request(req: &ClientRequest, mid: u16, token: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_request(
+    req: &ClientRequest,
+    mid: u16,
+    token: &[u8],
+) -> Result<Vec<u8>, String> {
     let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
     let mt = uint_value(req.timeout);
     let host = match &target.host {

@@ -4,7 +4,7 @@
 //! [`Client::poll_event`]; [`Client::poll_timeout`] says when to call back. No socket,
 //! clock, randomness source or sleep inside: [`super::run`] is the socket loop.
 //!
-//! A [`Client`] holds several requests (at most [`MAX_REQUESTS`]), each open until its own
+//! A [`Client`] holds several requests (at most `MAX_REQUESTS`, 64), each open until its own
 //! end ([`End`]): a group request has many responses (groupcomm-proxy §5.5), and so that
 //! a request may later stay open past its first response (an Observe registration) its
 //! end is a state of its own, not the arrival of an answer.
@@ -28,7 +28,7 @@ use crate::coap::options as opt;
 use crate::oscore::{Exchange, Layer, Mode, SecurityContext};
 
 /// Requests open at once in one client.
-pub const MAX_REQUESTS: usize = 64;
+pub(crate) const MAX_REQUESTS: usize = 64;
 
 /// A request of this client, as events name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,7 +37,9 @@ pub struct RequestId(pub u64);
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
+    /// The destination.
     pub to: SocketAddr,
+    /// A whole CoAP message.
     pub bytes: Vec<u8>,
 }
 
@@ -77,24 +79,34 @@ pub enum Discard {
     HopLayer,
 }
 
+/// Something that happened to a request, or to a datagram that matched none.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
+    /// A response to one of the requests.
     Response {
+        /// The request it answers.
         request: RequestId,
+        /// What the client made of it.
         response: Response,
     },
     /// The proxy asked for proof of freshness with Echo (RFC 10021 §9, RFC 9175 §2.3)
     /// and the request was sent again with it.
     EchoRetry {
+        /// The request resent with the Echo value.
         request: RequestId,
     },
     /// The request is over; nothing more is reported for it.
     Ended {
+        /// The request that ended.
         request: RequestId,
+        /// Why it ended.
         end: End,
     },
+    /// A datagram that no request could use.
     Discarded {
+        /// Its sender.
         from: SocketAddr,
+        /// Why it was discarded.
         why: Discard,
     },
 }
@@ -279,10 +291,12 @@ impl Client {
             .min()
     }
 
+    /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.transmits.pop_front()
     }
 
+    /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
