@@ -37,34 +37,66 @@ pub const ECHO: u16 = 252;
 pub(crate) const NO_RESPONSE: u16 = 258;
 pub(crate) const REQUEST_TAG: u16 = 292;
 
-/// Options groxy understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
-/// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones.
-pub(crate) const KNOWN: [u16; 24] = [
-    IF_MATCH,
-    URI_HOST,
-    ETAG,
-    IF_NONE_MATCH,
-    OBSERVE,
-    URI_PORT,
-    LOCATION_PATH,
-    OSCORE,
-    URI_PATH,
-    CONTENT_FORMAT,
-    MAX_AGE,
-    URI_QUERY,
-    HOP_LIMIT,
-    ACCEPT,
-    LOCATION_QUERY,
-    BLOCK2,
-    BLOCK1,
-    SIZE2,
-    PROXY_URI,
-    PROXY_SCHEME,
-    SIZE1,
-    ECHO,
-    NO_RESPONSE,
-    REQUEST_TAG,
-];
+/// One option groxy knows: its number and where OSCORE puts it (RFC 8613 §4.1, with
+/// Hop-Limit per RFC 8768 and oscore-capable-proxies §3). Whether it is critical or
+/// unsafe to forward follows from the number itself ([`is_critical`], [`is_unsafe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub(crate) number: u16,
+    pub(crate) class: OptionClass,
+}
+
+const fn known(number: u16, class: OptionClass) -> Known {
+    Known { number, class }
+}
+
+/// The options groxy understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 8613,
+/// RFC 8768, RFC 9175, RFC 7967) besides the configured groupcomm-proxy ones, in
+/// number order: the one list the engine (unknown critical or unsafe options get 4.02;
+/// a response it must protect may carry only these), OSCORE (the class) and the
+/// configuration check (a groupcomm-proxy number may not be one of these) consult.
+pub(crate) const KNOWN: [Known; 24] = {
+    use OptionClass::{Both, E, U};
+    [
+        known(IF_MATCH, E),
+        known(URI_HOST, U),
+        known(ETAG, E),
+        known(IF_NONE_MATCH, E),
+        known(OBSERVE, Both),
+        known(URI_PORT, U),
+        known(LOCATION_PATH, E),
+        known(OSCORE, U),
+        known(URI_PATH, E),
+        known(CONTENT_FORMAT, E),
+        known(MAX_AGE, E),
+        known(URI_QUERY, E),
+        known(HOP_LIMIT, U),
+        known(ACCEPT, E),
+        known(LOCATION_QUERY, E),
+        known(BLOCK2, E),
+        known(BLOCK1, E),
+        known(SIZE2, E),
+        known(PROXY_URI, U),
+        known(PROXY_SCHEME, U),
+        known(SIZE1, E),
+        known(ECHO, E),
+        known(NO_RESPONSE, Both),
+        known(REQUEST_TAG, E),
+    ]
+};
+
+/// The entry of a known option.
+pub(crate) fn lookup(number: u16) -> Option<&'static Known> {
+    KNOWN
+        .binary_search_by_key(&number, |k| k.number)
+        .ok()
+        .map(|i| &KNOWN[i])
+}
+
+/// Whether groxy knows option `number` (besides the configured groupcomm-proxy ones).
+pub(crate) fn is_known(number: u16) -> bool {
+    lookup(number).is_some()
+}
 
 // Default numbers of the groupcomm-proxy options: IANA suggestions (§11.1), so the proxy
 // configuration can change them.
@@ -90,11 +122,10 @@ pub enum OptionClass {
 /// groupcomm-proxy options, which a proxy must see and which that draft makes class U;
 /// their numbers are passed in because they are configurable.
 pub fn oscore_class(number: u16, proxy_options: &[u16]) -> OptionClass {
-    match number {
-        URI_HOST | URI_PORT | OSCORE | PROXY_URI | PROXY_SCHEME | HOP_LIMIT => OptionClass::U,
-        OBSERVE | NO_RESPONSE => OptionClass::Both,
-        n if proxy_options.contains(&n) => OptionClass::U,
-        _ => OptionClass::E,
+    match lookup(number) {
+        Some(k) => k.class,
+        None if proxy_options.contains(&number) => OptionClass::U,
+        None => OptionClass::E,
     }
 }
 
@@ -162,6 +193,39 @@ pub fn read_uint(v: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one table is in number order (it is binary searched), each number once, and
+    /// gives RFC 8613 §4.1's classes: Uri-Host, Uri-Port, OSCORE, Proxy-Uri, Proxy-Scheme
+    /// and Hop-Limit (RFC 8768, oscore-capable-proxies §3) outer only, Observe and
+    /// No-Response both, the rest inner; an unknown option is inner unless it is one of
+    /// the configured groupcomm-proxy options.
+    #[test]
+    fn rfc8613_s4_1_one_table_of_known_options() {
+        assert!(KNOWN.windows(2).all(|w| w[0].number < w[1].number));
+        let outer: Vec<u16> = KNOWN
+            .iter()
+            .filter(|k| k.class == OptionClass::U)
+            .map(|k| k.number)
+            .collect();
+        assert_eq!(
+            outer,
+            [
+                URI_HOST,
+                URI_PORT,
+                OSCORE,
+                HOP_LIMIT,
+                PROXY_URI,
+                PROXY_SCHEME
+            ]
+        );
+        assert_eq!(oscore_class(OBSERVE, &[]), OptionClass::Both);
+        assert_eq!(oscore_class(NO_RESPONSE, &[]), OptionClass::Both);
+        assert_eq!(oscore_class(URI_PATH, &[]), OptionClass::E);
+        assert_eq!(oscore_class(65000, &[]), OptionClass::E);
+        assert_eq!(oscore_class(2, &[2, 24, 248]), OptionClass::U);
+        assert!(KNOWN.iter().all(|k| is_known(k.number)));
+        assert!(!is_known(2) && !is_known(65000));
+    }
 
     #[test]
     fn rfc8613_s4_1_classes() {

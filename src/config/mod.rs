@@ -315,7 +315,7 @@ fn options_section(o: &OptionsSection, errors: &mut Vec<String>) -> OptionNumber
         ("options.reply_from", o.reply_from),
         ("options.group_etag", o.group_etag),
     ] {
-        if crate::coap::options::KNOWN.contains(&n) {
+        if crate::coap::options::is_known(n) {
             errors.push(format!("{key}: {n} is a registered CoAP option"));
         }
     }

@@ -1418,7 +1418,7 @@ impl Engine {
     /// Whether the proxy knows option `n` (RFC 7252 §5.4.1; oscore-capable-proxies §2.2:
     /// an option it protects it must recognise).
     fn knows_option(&self, n: u16) -> bool {
-        opt::KNOWN.contains(&n) || self.cfg.options.as_array().contains(&n)
+        opt::is_known(n) || self.cfg.options.as_array().contains(&n)
     }
 }
 
