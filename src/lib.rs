@@ -15,10 +15,10 @@
 pub(crate) mod cbor;
 pub mod cli;
 pub mod coap;
-pub mod config;
 pub mod ops;
 pub mod oscore;
 pub mod proxy;
 #[allow(unsafe_code)]
 pub mod runtime;
+pub mod settings;
 pub mod tools;

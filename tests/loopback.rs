@@ -38,7 +38,7 @@ impl Drop for Setup {
 async fn setup(first: u8, n: u8, slow: u8, delay: Duration) -> Setup {
     let port = free_port();
     let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.proxy.groups[0].addr = group;
     let mut proxy = Proxy::bind(cfg).unwrap();
@@ -183,7 +183,7 @@ async fn s5_2_1_errors_and_unicast_forwarding_over_sockets() {
 /// dropping a task did.
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_the_run_future_stops_the_proxy_and_frees_its_port() {
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.proxy.groups[0].addr = (Ipv4Addr::new(224, 0, 1, 187), free_port()).into();
     let proxy = Proxy::bind(cfg).unwrap();

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Group, ask, free_port};
-use groxy::config::security::MemberFile;
 use groxy::oscore::Mode;
 use groxy::proxy::{CheckResult, Event};
 use groxy::runtime::{Interface, Proxy};
+use groxy::settings::security::MemberFile;
 use groxy::tools::client::{ClientRequest, run as send};
 use groxy::tools::device::{Device, DeviceConfig};
 
@@ -135,7 +135,7 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
     let port = free_port();
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, proxy_toml(&g, port, "group.sek")).unwrap();
-    let loaded = groxy::config::load_file(&cfg_path).unwrap();
+    let loaded = groxy::settings::load_file(&cfg_path).unwrap();
     let mut proxy = Proxy::bind(loaded.run).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
@@ -266,7 +266,9 @@ fn secrets_readable_by_others_are_refused() {
     secret(&dir, "group.sek", &sek(&g), 0o644);
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, proxy_toml(&g, 5683, "group.sek")).unwrap();
-    let errs = groxy::config::load_file(&cfg_path).unwrap_err().join("\n");
+    let errs = groxy::settings::load_file(&cfg_path)
+        .unwrap_err()
+        .join("\n");
     assert!(
         errs.contains("group[0].security.signature_encryption_key_file")
             && errs.contains("readable by group or others"),
@@ -281,7 +283,9 @@ fn secrets_readable_by_others_are_refused() {
     let text = proxy_toml(&g, 5683, "group.sek")
         .replace(&hex::encode(g.member(DEVS[0]).cred.bytes()), "a0");
     std::fs::write(&cfg_path, text).unwrap();
-    let errs = groxy::config::load_file(&cfg_path).unwrap_err().join("\n");
+    let errs = groxy::settings::load_file(&cfg_path)
+        .unwrap_err()
+        .join("\n");
     assert!(
         errs.contains("group[0].security") && errs.contains("member 0a"),
         "{errs}"
@@ -314,7 +318,7 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
     ));
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, toml).unwrap();
-    let proxy = Proxy::bind(groxy::config::load_file(&cfg_path).unwrap().run).unwrap();
+    let proxy = Proxy::bind(groxy::settings::load_file(&cfg_path).unwrap().run).unwrap();
     let proxy_addr = proxy.listen_addrs()[0];
     let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
     for (i, id) in DEVS[..2].iter().enumerate() {
@@ -411,7 +415,7 @@ async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
     // A restart (RFC 10021 §2.6.1): the proxy continues above the reserved block, never
     // reusing a Sender Sequence Number, and treats its peers' replay windows as invalid
     // until the Echo exchange of §9, which groxy client answers by itself.
-    let proxy = Proxy::bind(groxy::config::load_file(&cfg_path).unwrap().run).unwrap();
+    let proxy = Proxy::bind(groxy::settings::load_file(&cfg_path).unwrap().run).unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.join("state/secure.ssn"))
             .unwrap()

@@ -174,7 +174,7 @@ impl World {
         );
         let path = dir.0.join("groxy.toml");
         std::fs::write(&path, toml).unwrap();
-        let loaded = groxy::config::load_file(&path)
+        let loaded = groxy::settings::load_file(&path)
             .unwrap_or_else(|e| panic!("test configuration: {}", e.join("\n")));
         let (cfg, metrics_at) = (loaded.run, loaded.metrics.expect("metrics configured"));
         let first = 51 + 3 * NEXT_DEVICE.fetch_add(1, Ordering::Relaxed) as u8;
@@ -681,7 +681,7 @@ fn promtool_accepts_the_deploy_prometheus_files() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn readiness_follows_the_proxy() {
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.proxy.groups[0].addr = (Ipv4Addr::new(224, 0, 1, 187), free_udp_port()).into();
     let (o, m) = Ops::start("127.0.0.1:0".parse().unwrap(), &cfg.proxy).unwrap();
@@ -889,7 +889,7 @@ fn deploy_files_parse_and_query_only_metrics_a_real_scrape_has() {
     let toml = kind("ConfigMap")["data"]["groxy.toml"]
         .as_str()
         .expect("the ConfigMap carries groxy.toml");
-    let loaded = groxy::config::load_str(toml)
+    let loaded = groxy::settings::load_str(toml)
         .unwrap_or_else(|e| panic!("the ConfigMap's groxy.toml: {}", e.join("\n")));
     let port = loaded.metrics.expect("metrics on in the ConfigMap").port() as u64;
     let pod = &kind("DaemonSet")["spec"]["template"];

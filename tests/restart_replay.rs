@@ -203,7 +203,7 @@ fn restart_does_not_reopen_replays(stop: Stop) {
         ),
     )
     .unwrap();
-    let listen: u16 = groxy::config::load_file(&cfg).unwrap().run.listen[0].port();
+    let listen: u16 = groxy::settings::load_file(&cfg).unwrap().run.listen[0].port();
 
     // The devices, each printing a JSON line per datagram that reaches it.
     let mut devices = Vec::new();

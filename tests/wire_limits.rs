@@ -69,7 +69,7 @@ fn count_until_quiet(s: &UdpSocket) -> usize {
 fn timeout_zero_requests_are_rate_limited_on_the_wire() {
     let port = free_port();
     let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.proxy.groups[0].addr = group;
     cfg.proxy.limits.client_rate = 1.0;
     cfg.proxy.limits.client_burst = 2.0;
@@ -231,7 +231,7 @@ fn rfc7252_s4_4_no_message_id_reused_toward_an_origin_over_200k_requests() {
             let _ = origin.send_to(&r, from);
         }
     });
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.proxy.limits.client_rate = 1e9;
     cfg.proxy.limits.client_burst = 1e9;
     let (proxy, _stop) = start(cfg);
@@ -273,7 +273,7 @@ fn rfc7252_s4_5_aiocoap_behind_the_proxy_answers_after_100k_requests() {
     let setup =
         serde_json::json!({"oscore": false, "bind": "127.0.0.1", "port": 0, "name": "wire"});
     let (mut child, port) = common::aiocoap_server(&cfg_path, &setup);
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.proxy.limits.client_rate = 1e9;
     cfg.proxy.limits.client_burst = 1e9;
     let (proxy, _stop) = start(cfg);
@@ -315,7 +315,7 @@ fn rfc7252_s4_5_aiocoap_behind_the_proxy_answers_after_100k_requests() {
 /// (4.04: its resources are for members over OSCORE) and never forwarded to itself.
 #[test]
 fn a_request_naming_the_proxy_itself_is_not_forwarded() {
-    let mut cfg = groxy::config::load_default().run;
+    let mut cfg = groxy::settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let mut proxy = Proxy::bind(cfg).unwrap();
     let addr = proxy.listen_addrs()[0];

@@ -104,7 +104,8 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
         req.proxy_kid = Some(hex::decode(k).map_err(|_| format!("--proxy-kid {k}: not hex"))?);
     }
     if let Some(f) = &a.oscore {
-        req.oscore = Some(crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
+        req.oscore =
+            Some(crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
         req.first_ssn = reserve_ssn(f)?;
     }
     let json = a.json;

@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use crate::config;
 use crate::runtime::{Interface, Proxy};
+use crate::settings;
 use crate::tools::client::{ClientRequest, run as send};
 use crate::tools::device::{Device, DeviceConfig};
 
@@ -22,7 +22,7 @@ pub(crate) fn run(n: u8) -> Result<(), String> {
     }
     let port = free_port()?;
     let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
-    let mut cfg = config::load_default().run;
+    let mut cfg = settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.proxy.groups[0].addr = group;
     let rt = super::runtime()?;

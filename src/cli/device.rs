@@ -44,7 +44,7 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
         delay: Duration::from_millis(a.delay_ms),
         oscore: match &a.oscore {
             Some(f) => Some((
-                crate::config::security::MemberFile::load(f).map_err(|e| e.join("\n"))?,
+                crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?,
                 match a.response_mode.as_str() {
                     "group" => crate::oscore::Mode::Group,
                     "pairwise" => crate::oscore::Mode::Pairwise,

@@ -2,14 +2,14 @@
 
 use std::path::Path;
 
-use crate::config;
 use crate::ops::{self, Health, Ops};
 use crate::runtime::{Control, Proxy};
+use crate::settings;
 
 pub(crate) fn run(file: Option<&Path>) -> Result<(), String> {
     let loaded = match file {
-        Some(f) => config::load_file(f).map_err(|e| e.join("\n"))?,
-        None => config::load_default(),
+        Some(f) => settings::load_file(f).map_err(|e| e.join("\n"))?,
+        None => settings::load_default(),
     };
     let rt = super::runtime()?;
     rt.block_on(async {
@@ -64,10 +64,10 @@ async fn reload_on_hangup(
 ) {
     while hup.recv().await.is_some() {
         let loaded = match &file {
-            Some(f) => config::load_file(f)
+            Some(f) => settings::load_file(f)
                 .map(|l| l.run)
                 .map_err(|e| e.join("; ")),
-            None => Ok(config::load_default().run),
+            None => Ok(settings::load_default().run),
         };
         if control.send(Control::Reload(loaded)).is_err() {
             return;
@@ -76,7 +76,7 @@ async fn reload_on_hangup(
 }
 
 pub(crate) fn check(file: &Path) -> Result<(), String> {
-    match config::load_file(file) {
+    match settings::load_file(file) {
         Ok(l) => {
             println!(
                 "{}: ok ({} listeners, {} groups)",

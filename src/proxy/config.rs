@@ -1,5 +1,5 @@
 //! What the forwarding engine is told: groups, policy, option numbers and limits. Plain
-//! data; `crate::config` reads it from TOML and validates it.
+//! data; `crate::settings` reads it from TOML and validates it.
 
 use std::net::SocketAddr;
 use std::time::Duration;

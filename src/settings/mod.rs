@@ -196,8 +196,8 @@ pub fn load_str(text: &str) -> Result<Loaded, Vec<String>> {
 
 /// Reads a configuration whose relative file names are relative to `base`.
 pub fn load_str_in(text: &str, base: &Path) -> Result<Loaded, Vec<String>> {
-    let file: File = ::config::Config::builder()
-        .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+    let file: File = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| vec![e.to_string()])?;

@@ -290,8 +290,8 @@ impl MemberFile {
     pub fn load(path: &Path) -> Result<ContextConfig, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        let f: MemberFile = ::config::Config::builder()
-            .add_source(::config::File::from_str(&text, ::config::FileFormat::Toml))
+        let f: MemberFile = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| vec![format!("{}: {e}", path.display())])?;
