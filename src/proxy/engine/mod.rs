@@ -1143,8 +1143,12 @@ impl Engine {
             })?;
         let timeout = asked.min(spec.max_timeout);
         let dest = spec.addr;
+        // Every request that causes a multicast passes the limits, T' = 0 too: it relays
+        // nothing but makes every device answer (groupcomm-proxy §10). First, as a full
+        // table refuses here at the least cost.
+        self.admit(now, from.ip(), Some(g))?;
         // Message IDs toward the group on some egress port, and toward the client for its
-        // responses (RFC 7252 §4.4), before anything is spent on the request.
+        // responses (RFC 7252 §4.4), before a signature is verified.
         let egress = self
             .egress_port(dest, |p| Link::Group(g, p))
             .map_err(|r| r.group(g))?;
@@ -1152,9 +1156,6 @@ impl Engine {
             self.client_room(Link::Listener(listener), from)
                 .map_err(|r| r.group(g))?;
         }
-        // Every request that causes a multicast passes the limits, T' = 0 too: it relays
-        // nothing but makes every device answer (groupcomm-proxy §10).
-        self.admit(now, from.ip(), Some(g))?;
         // After the cheap checks and the rate limit, so that a flood of forgeries costs
         // its sender its own rate budget before it costs signature verifications.
         let checked = match self.check_request(g, view) {
@@ -1233,9 +1234,9 @@ impl Engine {
             ));
         }
         let timeout = u.timeout;
+        self.admit(now, from.ip(), None)?;
         let egress = self.egress_port(origin, Link::Unicast)?;
         self.client_room(Link::Listener(listener), from)?;
-        self.admit(now, from.ip(), None)?;
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = out.hop_limit.map(|h| [h]);
