@@ -121,7 +121,12 @@ impl Refusal {
     /// `full`: the exchange table is filled first (long group exchanges), so that every
     /// request after it gets 5.03.
     fn new(full: bool, request: fn(u64) -> Vec<u8>) -> Self {
+        Self::with(full, request, |_| {})
+    }
+
+    fn with(full: bool, request: fn(u64) -> Vec<u8>, tweak: fn(&mut ProxyConfig)) -> Self {
         let mut cfg = ProxyConfig::default();
+        tweak(&mut cfg);
         cfg.limits.client_rate = 1e12;
         cfg.limits.client_burst = 1e12;
         cfg.limits.max_exchanges_per_client = 1 << 20;
@@ -196,6 +201,22 @@ fn bench(c: &mut Criterion) {
     assert_eq!(not_found.refuse(), code::NOT_FOUND);
     c.bench_function("refusal_4_04_through_engine", |b| {
         b.iter(|| black_box(not_found.refuse()))
+    });
+    // A refusal of a request of the same shape as the 5.03's, for its parsing: a group
+    // request from a client the allow-list does not name (4.01).
+    let mut not_allowed = Refusal::with(
+        false,
+        |n| {
+            let token = n.to_be_bytes();
+            let mut m = group_request((n >> 6) as u16, &token[4..], 10);
+            m[0] = (m[0] & 0xcf) | (CON << 4);
+            m
+        },
+        |cfg| cfg.groups[0].allow = vec!["192.0.2.0/24".parse().unwrap()],
+    );
+    assert_eq!(not_allowed.refuse(), code::UNAUTHORIZED);
+    c.bench_function("refusal_4_01_same_shape_through_engine", |b| {
+        b.iter(|| black_box(not_allowed.refuse()))
     });
     let mut full = Refusal::new(true, |n| {
         let token = n.to_be_bytes();
