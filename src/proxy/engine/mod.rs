@@ -79,8 +79,40 @@ pub enum Link {
 }
 
 /// A destination of the proxy's messages: the socket they leave by and the peer. Message
-/// IDs are per destination (RFC 7252 §4.4).
-type Dest = (Link, SocketAddr);
+/// IDs are per destination (RFC 7252 §4.4). Packed into four words and hashed as such:
+/// it is looked up for every message sent, and the derived hashes of `Link` and
+/// `SocketAddr` feed the hasher field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dest([u64; 4]);
+
+impl Dest {
+    fn new(link: Link, to: SocketAddr) -> Self {
+        let link = match link {
+            Link::Listener(i) => (i as u64) << 2,
+            Link::Group(g, p) => ((g as u64) << 18) | ((p as u64) << 2) | 1,
+            Link::Unicast(p) => ((p as u64) << 2) | 2,
+        };
+        let (ip, scope) = match to {
+            SocketAddr::V4(a) => ([u32::from(*a.ip()) as u64, 0], 0),
+            SocketAddr::V6(a) => {
+                let ip = u128::from(*a.ip());
+                (
+                    [ip as u64, (ip >> 64) as u64],
+                    a.scope_id() as u64 | 1 << 32,
+                )
+            }
+        };
+        Dest([ip[0], ip[1], (link << 16) | to.port() as u64, scope])
+    }
+}
+
+impl std::hash::Hash for Dest {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        for w in self.0 {
+            h.write_u64(w);
+        }
+    }
+}
 
 /// How the request of an exchange was protected: an Early Stop Request must come with
 /// the same (groupcomm-proxy §5.2.3), or anyone who can send from the client's address
@@ -489,7 +521,7 @@ impl Engine {
         let rng = &mut self.rng;
         match self
             .mids
-            .allocate(self.now, (link, to), lifetime, priority, || {
+            .allocate(self.now, Dest::new(link, to), lifetime, priority, || {
                 rng.next_u64() as u16
             }) {
             Ok(mid) => Some(mid),
@@ -509,7 +541,7 @@ impl Engine {
     fn egress_port(&mut self, to: SocketAddr, port: impl Fn(u16) -> Link) -> Result<Link, Reject> {
         let mut free_at: Option<Instant> = None;
         for p in 0..self.cfg.limits.egress_ports.max(1) {
-            match self.mids.check(self.now, (port(p), to), true) {
+            match self.mids.check(self.now, Dest::new(port(p), to), true) {
                 Ok(()) => return Ok(port(p)),
                 Err(MidError::Exhausted { free_at: t }) => {
                     free_at = Some(free_at.map_or(t, |f| f.min(t)));
@@ -522,7 +554,7 @@ impl Engine {
 
     /// Room toward the client for the responses of a new exchange.
     fn client_room(&mut self, link: Link, client: SocketAddr) -> Result<(), Reject> {
-        match self.mids.check(self.now, (link, client), true) {
+        match self.mids.check(self.now, Dest::new(link, client), true) {
             Ok(()) => Ok(()),
             Err(MidError::Exhausted { free_at }) => Err(self.mids_exhausted(Some(free_at))),
             Err(MidError::TableFull) => Err(self.mids_exhausted(None)),
