@@ -185,6 +185,29 @@ fn load(
     (answered, lost)
 }
 
+/// The default configuration without the per-client rate: these tests are about Message
+/// IDs, not the rate limit, and come from few client addresses.
+fn unlimited() -> RunConfig {
+    let mut cfg = groxy::settings::load_default().run;
+    cfg.proxy.limits.client_rate = 1e9;
+    cfg.proxy.limits.client_burst = 1e9;
+    cfg
+}
+
+/// A NON GET through the proxy to `uri` (Proxy-Uri), for [`load`].
+fn proxied_get(uri: &str) -> impl Fn(u16, &[u8]) -> Vec<u8> + '_ {
+    move |mid, token| {
+        build::encode(
+            NON,
+            code::GET,
+            mid,
+            token,
+            &mut [(opt::PROXY_URI, uri.as_bytes())],
+            &[],
+        )
+    }
+}
+
 /// Issue point 3 (RFC 7252 §4.4): 200,000 requests forwarded to one origin; the origin
 /// records every (proxy source endpoint, Message ID) with its arrival time: none arrives
 /// twice within NON_LIFETIME.
@@ -231,22 +254,10 @@ fn rfc7252_s4_4_no_message_id_reused_toward_an_origin_over_200k_requests() {
             let _ = origin.send_to(&r, from);
         }
     });
-    let mut cfg = groxy::settings::load_default().run;
-    cfg.proxy.limits.client_rate = 1e9;
-    cfg.proxy.limits.client_burst = 1e9;
-    let (proxy, _stop) = start(cfg);
+    let (proxy, _stop) = start(unlimited());
     let uri = format!("coap://{origin_addr}/x");
     let started = Instant::now();
-    let (answered, lost) = load(proxy, 8, 200_000, 64, |mid, token| {
-        build::encode(
-            NON,
-            code::GET,
-            mid,
-            token,
-            &mut [(opt::PROXY_URI, uri.as_bytes())],
-            &[],
-        )
-    });
+    let (answered, lost) = load(proxy, 8, 200_000, 64, proxied_get(&uri));
     let secs = started.elapsed().as_secs_f64();
     srv.join().unwrap();
     let (received, reused, ports) = *stats.lock().unwrap();
@@ -273,34 +284,13 @@ fn rfc7252_s4_5_aiocoap_behind_the_proxy_answers_after_100k_requests() {
     let setup =
         serde_json::json!({"oscore": false, "bind": "127.0.0.1", "port": 0, "name": "wire"});
     let (mut child, port) = common::aiocoap_server(&cfg_path, &setup);
-    let mut cfg = groxy::settings::load_default().run;
-    cfg.proxy.limits.client_rate = 1e9;
-    cfg.proxy.limits.client_burst = 1e9;
-    let (proxy, _stop) = start(cfg);
+    let (proxy, _stop) = start(unlimited());
     let uri = format!("coap://127.0.0.1:{port}/hello");
     let started = Instant::now();
-    let (answered, lost) = load(proxy, 4, 100_000, 16, |mid, token| {
-        build::encode(
-            NON,
-            code::GET,
-            mid,
-            token,
-            &mut [(opt::PROXY_URI, uri.as_bytes())],
-            &[],
-        )
-    });
+    let (answered, lost) = load(proxy, 4, 100_000, 16, proxied_get(&uri));
     let secs = started.elapsed().as_secs_f64();
     // And one more, after all of them.
-    let (late, late_lost) = load(proxy, 1, 1, 1, |mid, token| {
-        build::encode(
-            NON,
-            code::GET,
-            mid,
-            token,
-            &mut [(opt::PROXY_URI, uri.as_bytes())],
-            &[],
-        )
-    });
+    let (late, late_lost) = load(proxy, 1, 1, 1, proxied_get(&uri));
     println!("aiocoap behind groxy: {answered} of 100000 answered in {secs:.1} s, {lost} lost");
     drop(child.stdin.take());
     let _ = child.kill();
