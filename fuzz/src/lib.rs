@@ -178,32 +178,34 @@ pub fn engine_config() -> ProxyConfig {
     };
     let checked = checked_group();
     let member = member_group();
-    let mut c = ProxyConfig::default();
-    c.groups = vec![
-        spec(0, None),
-        spec(
-            1,
-            Some(GroupSecurity {
-                policy: Policy::Enforce,
-                checker: checked.checker_config(),
-                member: None,
-                allow_kids: None,
-            }),
-        ),
-        spec(
-            2,
-            Some(GroupSecurity {
-                policy: Policy::Off,
-                checker: member.checker_config(),
-                member: Some(member.config(PROXY)),
-                allow_kids: None,
-            }),
-        ),
-    ];
-    c.unicast = UnicastPolicy {
-        enabled: true,
-        allow: all,
-        timeout: Duration::from_secs(5),
+    let mut c = ProxyConfig {
+        groups: vec![
+            spec(0, None),
+            spec(
+                1,
+                Some(GroupSecurity {
+                    policy: Policy::Enforce,
+                    checker: checked.checker_config(),
+                    member: None,
+                    allow_kids: None,
+                }),
+            ),
+            spec(
+                2,
+                Some(GroupSecurity {
+                    policy: Policy::Off,
+                    checker: member.checker_config(),
+                    member: Some(member.config(PROXY)),
+                    allow_kids: None,
+                }),
+            ),
+        ],
+        unicast: UnicastPolicy {
+            enabled: true,
+            allow: all,
+            timeout: Duration::from_secs(5),
+        },
+        ..ProxyConfig::default()
     };
     // Field by field: some of Limits' fields are the crate's own.
     let l = &mut c.limits;
