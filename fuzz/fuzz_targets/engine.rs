@@ -24,17 +24,30 @@ fn base() -> Instant {
     *T.get_or_init(Instant::now)
 }
 
+/// The latest request sent per group (or to unicast origins): the port it left by, its
+/// destination and bytes.
+type Sent = HashMap<Link, (Link, SocketAddr, Vec<u8>)>;
+
+/// The key of [`Sent`]: the link with its port cleared; `None` for a listener.
+fn egress(link: Link) -> Option<Link> {
+    match link {
+        Link::Listener(_) => None,
+        Link::Group(g, _) => Some(Link::Group(g, 0)),
+        Link::Unicast(_) => Some(Link::Unicast(0)),
+    }
+}
+
 /// Drains the engine as the runtime does (recording every SSN reservation at once) and
 /// returns how many outputs there were; remembers the latest request sent on each link.
-fn drain(e: &mut Engine, sent: &mut HashMap<Link, (SocketAddr, Vec<u8>)>) -> usize {
+fn drain(e: &mut Engine, sent: &mut Sent) -> usize {
     let mut n = 0;
     while let Some(o) = e.poll_output() {
         n += 1;
         assert!(n < 100_000, "poll_output never ends");
         match o {
             Output::Transmit(t) => {
-                if !matches!(t.link, Link::Listener(_)) {
-                    sent.insert(t.link, (t.to, t.bytes.clone()));
+                if let Some(k) = egress(t.link) {
+                    sent.insert(k, (t.link, t.to, t.bytes.clone()));
                 }
                 e.recycle(t.bytes);
             }
@@ -73,24 +86,28 @@ fuzz_target!(|data: &[u8]| {
         let link = match s.ctl & 3 {
             0 => Some(Link::Listener(0)),
             1 => Some(Link::Group(
-                (s.ctl >> 2) as usize % 3 % groups,
-                (s.ctl >> 4) as u16 % ports,
+                ((s.ctl >> 2) & 3) as usize % groups,
+                ((s.ctl >> 4) & 1) as u16 % ports,
             )),
-            2 => Some(Link::Unicast((s.ctl >> 4) as u16 % ports)),
+            2 => Some(Link::Unicast(((s.ctl >> 4) & 1) as u16 % ports)),
             _ => None,
         };
         let n = match link {
             Some(link) => {
-                let mut from = peer(s.ctl >> 5);
+                let (mut link, mut from) = (link, peer(s.ctl >> 5));
                 let mut owned = None;
                 if s.ctl & 0x20 != 0
-                    && !matches!(link, Link::Listener(_))
-                    && let Some((to, req)) = sent.get(&link)
+                    && let Some(k) = egress(link)
+                    && let Some((out, to, req)) = sent.get(&k)
                 {
+                    // An answer comes back on the port the request left by, from the
+                    // origin (unicast) or from a device (bits 6-7: PEERS[4..8]).
                     owned = answer(req, s.datagram);
-                    if matches!(link, Link::Unicast(_)) {
-                        from = *to;
-                    }
+                    link = *out;
+                    from = match link {
+                        Link::Unicast(_) => *to,
+                        _ => peer(4 + ((s.ctl >> 6) & 3)),
+                    };
                 }
                 e.handle(now, link, from, owned.as_deref().unwrap_or(s.datagram));
                 drain(&mut e, &mut sent)

@@ -241,11 +241,12 @@ pub fn peer(i: u8) -> SocketAddr {
 
 /// One step of the `engine` target's input: `[ctl, dt, len_hi, len_lo, datagram...]`.
 /// `ctl` bits 0-1: 0 listener, 1 group egress, 2 unicast egress, 3 timeout only; bits
-/// 2-3: group index (mod 3); bit 4: egress port; bit 5: answer the latest request sent on
-/// that link (its token and Message ID replace the datagram's, its destination is the
-/// source); bits 5-7 otherwise: the source, an index into [`PEERS`]. `dt`: virtual time
-/// advanced before the step, in units of 50 ms squared-ish (`dt * dt * 2` ms), so that
-/// both retransmission timers and exchange lifetimes are reached.
+/// 2-3: group index (mod 3); bit 4: egress port; bits 5-7: the source, an index into
+/// [`PEERS`]. On an egress, bit 5 set means: answer the latest request sent to that group
+/// (or to unicast origins): its token and Message ID replace the datagram's, it comes in
+/// on the port the request left by, from the origin (unicast) or from `PEERS[4 + bits
+/// 6-7]` (a device). `dt`: virtual time advanced before the step, `dt * dt * 2` ms, so
+/// that both retransmission timers and exchange lifetimes (up to 130 s) are reached.
 pub struct Step<'a> {
     /// Control byte.
     pub ctl: u8,
