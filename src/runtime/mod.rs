@@ -400,8 +400,9 @@ impl Proxy {
         }
         if let Some(w) = &mut self.watcher {
             // Gauges first (key generations, table size), then the reload's counter: the
-            // metrics endpoint runs on another thread, and a scrape that sees the reload
-            // counted must also see what it changed.
+            // metrics endpoint runs on another thread, and a scrape that begins after one
+            // saw the reload counted sees what it changed. (Within one scrape the
+            // registry reads its collectors in no fixed order, so that one may not.)
             w.handled(&self.engine, None);
             w.event(&e);
         }
