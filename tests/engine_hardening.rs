@@ -403,10 +403,9 @@ fn a_target_naming_the_proxy_is_not_forwarded_to_itself() {
     }
 }
 
-/// A proxy that is a member of group 0, and a request of `t` from member CLIENT_ID
-/// through the proxy's layer to the origin: the harness, the client's context and
-/// exchange, and what the proxy sent.
-fn layered_unicast(t: u8) -> (H, SecurityContext, groxy::oscore::Exchange, Vec<Transmit>) {
+/// A proxy that is a member of group 0 (policy off), and the context of member
+/// CLIENT_ID of that group.
+fn member_proxy() -> (H, SecurityContext) {
     let g = Group::new(&[CLIENT_ID, PROXY_ID]);
     let mut cfg = ProxyConfig::default();
     cfg.groups[0].security = Some(GroupSecurity {
@@ -415,8 +414,17 @@ fn layered_unicast(t: u8) -> (H, SecurityContext, groxy::oscore::Exchange, Vec<T
         member: Some(g.config(PROXY_ID)),
         allow_kids: None,
     });
-    let mut h = H::new(cfg);
-    let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
+    (
+        H::new(cfg),
+        SecurityContext::new(&g.config(CLIENT_ID)).unwrap(),
+    )
+}
+
+/// A proxy that is a member of group 0, and a request of `t` from member CLIENT_ID
+/// through the proxy's layer to the origin: the harness, the client's context and
+/// exchange, and what the proxy sent.
+fn layered_unicast(t: u8) -> (H, SecurityContext, groxy::oscore::Exchange, Vec<Transmit>) {
+    let (mut h, mut ctx) = member_proxy();
     let inner = build::encode(
         t,
         code::GET,
@@ -561,17 +569,8 @@ fn table_full_refusal_max_age_is_the_earliest_live_deadline() {
 /// freshness (a wrong value of the same length is challenged again).
 #[test]
 fn rfc9175_s2_echo_values_are_fresh_and_only_the_sent_one_passes() {
-    let g = Group::new(&[CLIENT_ID, PROXY_ID]);
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Off,
-        checker: g.checker_config(),
-        member: Some(g.config(PROXY_ID)),
-        allow_kids: None,
-    });
-    let mut h = H::new(cfg);
+    let (mut h, mut ctx) = member_proxy();
     h.e.restore_member(0, 0, 4096, true);
-    let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let mut mid = 10u16;
     // A request for the proxy's own /status through its layer, with an Echo value or
     // not; returns the code and the Echo option of the answer.

@@ -20,6 +20,11 @@ fn start(mut cfg: RunConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = Proxy::bind(cfg).unwrap();
     let addr = proxy.listen_addrs()[0];
+    (addr, run(proxy))
+}
+
+/// Runs a bound proxy on a runtime thread of its own until the sender is used or dropped.
+fn run(proxy: Proxy) -> tokio::sync::oneshot::Sender<()> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -31,7 +36,7 @@ fn start(mut cfg: RunConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         }))
         .unwrap();
     });
-    (addr, tx)
+    tx
 }
 
 /// A socket in group `group` on loopback that counts what reaches it.
@@ -316,17 +321,7 @@ fn a_request_naming_the_proxy_itself_is_not_forwarded() {
             *seen.lock().unwrap() += 1;
         }
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(proxy.run(async move {
-            let _ = rx.await;
-        }))
-        .unwrap();
-    });
+    let tx = run(proxy);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(2)))
