@@ -746,11 +746,13 @@ fn next_epoch(g: &Group) -> Group {
     let mut n = Group::new(&[]);
     n.key_generation = g.key_generation + 1;
     n.master_salt = g.master_salt.clone();
-    let copy = |m: &common::Member| common::Member {
-        id: m.id.clone(),
-        key: m.key.clone(),
-        cred: m.cred.clone(),
-    };
+    fn copy(m: &common::Member) -> common::Member {
+        common::Member {
+            id: m.id.clone(),
+            key: m.key.clone(),
+            cred: m.cred.clone(),
+        }
+    }
     n.gm = copy(&g.gm);
     n.members = g.members.iter().map(copy).collect();
     n
@@ -1097,7 +1099,9 @@ fn check_config_validates_observe_limits() {
         .replace("max_observations = 1024", "max_observations = 0")
         .replace("interest_check = 86400", "interest_check = 10")
         .replace("notification_rate = 100.0", "notification_rate = -1.0");
-    let errors = groxy::settings::load_str(&bad).err().expect("refused");
+    let Err(errors) = groxy::settings::load_str(&bad) else {
+        panic!("refused")
+    };
     for key in [
         "limits.observe.max_observations",
         "limits.observe.interest_check",

@@ -153,6 +153,18 @@ struct ObserveHandles {
     ended: Children<CloseReason>,
 }
 
+/// How observations end (the `CloseReason`s an `ObserveEnded` event carries).
+const OBSERVE_ENDS: [CloseReason; 8] = [
+    CloseReason::Deregistered,
+    CloseReason::EarlyStopReset,
+    CloseReason::EarlyStopRequest,
+    CloseReason::InterestLapsed,
+    CloseReason::ObserveIdle,
+    CloseReason::Shutdown,
+    CloseReason::NotificationsEnded,
+    CloseReason::Timeout,
+];
+
 /// The observation metrics: a gauge of those held and counters by group and reason.
 struct ObserveMetrics {
     active: IntGauge,
@@ -221,8 +233,13 @@ impl ObserveMetrics {
                 refreshed: refreshed.with_label_values(&[name]),
                 notified: notified.with_label_values(&[name]),
                 interest_checks: interest.with_label_values(&[name]),
-                dropped: Children::new(),
-                ended: Children::new(),
+                // Made at start: the dashboard's queries find every series in a scrape.
+                dropped: Children::with(NotificationDrop::ALL, |r| {
+                    dropped.with_label_values(&[name, r.as_str()])
+                }),
+                ended: Children::with(&OBSERVE_ENDS, |r| {
+                    ended.with_label_values(&[name, r.as_str()])
+                }),
             })
             .collect();
         ObserveMetrics {
