@@ -1114,3 +1114,85 @@ fn check_config_validates_observe_limits() {
         );
     }
 }
+
+/// RFC 10020 §3.7: an observation counts against the per-client exchange limit for as
+/// long as it lasts (past T' too): with `max_exchanges_per_client` 1, a held observation
+/// makes the client's next request 4.29.
+#[test]
+fn rfc10020_s3_7_observations_count_against_per_client_limits() {
+    let mut c = ProxyConfig::default();
+    c.limits.max_exchanges_per_client = 1;
+    let mut h = H::new(c);
+    let reg = observed(&mut h, NON);
+    let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
+    h.feed(GROUP, device(1), &n);
+    h.advance(Duration::from_secs(30));
+    let (tx, ev) = h.observe_group(client(), NON, b"next", None, 3);
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::ClientBusy, code::TOO_MANY_REQUESTS))
+    );
+    assert!(multicast(&tx).is_none());
+}
+
+/// RFC 10020 §3.7 (RFC 8132): FETCH with Observe 0 starts an observation like GET.
+#[test]
+fn rfc10020_s3_7_fetch_observes() {
+    let mut h = H::new(ProxyConfig::default());
+    let mtv = opt::uint_value(3);
+    let m = build::encode(
+        NON,
+        0x05,
+        1,
+        TOKEN,
+        &mut [
+            (opt::URI_HOST, b"224.0.1.187"),
+            (OBSERVE, &[]),
+            (opt::URI_PATH, b"temp"),
+            (opt::PROXY_SCHEME, b"coap"),
+            (MT, &mtv),
+        ],
+        b"query",
+    );
+    let (tx, ev) = h.feed(LISTENER, client(), &m);
+    assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
+    let reg = multicast(&tx).unwrap().clone();
+    assert_eq!(MessageView::parse(&reg.bytes).unwrap().code(), 0x05);
+    let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
+    h.feed(GROUP, device(1), &n);
+    h.advance(Duration::from_secs(10));
+    let n = notification(&reg.bytes, NON, 41, code::CONTENT, Some(2), b"t");
+    let (tx, _) = h.feed(GROUP, device(1), &n);
+    assert_eq!(to_client(&tx, client()).len(), 1);
+}
+
+/// §5.2.3 applied to observations: a re-registration or deregistration under the token
+/// of a signed observation must carry the protection of the registration; an unprotected
+/// one from the same address and token is dropped by the filter and the observation
+/// goes on.
+#[test]
+fn s5_2_3_unprotected_update_of_a_signed_observation_is_refused() {
+    let g = Group::new(&[CLIENT_ID, DEV_A]);
+    let mut h = H::new(checked_config(&g));
+    let mut cctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
+    let (prot, _) = cctx
+        .protect_request(&hex::decode(OBS_HELLO).unwrap(), Mode::Group, None)
+        .unwrap();
+    let v = MessageView::parse(&prot).unwrap();
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend([
+        (opt::URI_HOST, &b"224.0.1.187"[..]),
+        (opt::PROXY_SCHEME, b"coap"),
+        (MT, &[3]),
+    ]);
+    let m = build::encode(NON, v.code(), 9, TOKEN, &mut opts, v.payload());
+    let (_, ev) = h.feed(LISTENER, client(), &m);
+    assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
+    for obs in [1u8, 0] {
+        let (tx, ev) = h.observe_group(client(), NON, TOKEN, Some(obs), 3);
+        assert!(multicast(&tx).is_none(), "Observe {obs}");
+        assert!(drops(&ev).contains(&DropReason::RequestCheckFailed));
+        assert!(ended(&ev).is_empty());
+        assert_eq!(h.e.observations().0, 1);
+    }
+}
