@@ -426,9 +426,10 @@ impl Engine {
             self.close(t, CloseReason::ObserveIdle);
             return true;
         }
+        // Not in `deadlines`: the Max-Age of a refusal at a full table is the wait for
+        // an ordinary exchange to end, not the day an idle observation might.
         ex.deadline = idle_at;
         self.push_timer(idle_at, Timer::Exchange(t));
-        self.deadlines.push(std::cmp::Reverse((idle_at, t)));
         true
     }
 
