@@ -597,9 +597,21 @@ fn rfc7641_s3_4_notifications_ordered_per_source() {
     };
     assert_eq!(feed(&mut h, device(), 10), (1, vec![]));
     assert_eq!(feed(&mut h, device(), 12), (1, vec![]));
-    assert_eq!(feed(&mut h, device(), 11), (0, vec![Discard::Stale]), "older");
-    assert_eq!(feed(&mut h, device(), 12), (0, vec![Discard::Stale]), "same");
-    assert_eq!(feed(&mut h, device2(), 0xff_fff0), (1, vec![]), "another device");
+    assert_eq!(
+        feed(&mut h, device(), 11),
+        (0, vec![Discard::Stale]),
+        "older"
+    );
+    assert_eq!(
+        feed(&mut h, device(), 12),
+        (0, vec![Discard::Stale]),
+        "same"
+    );
+    assert_eq!(
+        feed(&mut h, device2(), 0xff_fff0),
+        (1, vec![]),
+        "another device"
+    );
     assert_eq!(feed(&mut h, device(), 13), (1, vec![]));
     // Wrap-around: 2^24 - 1 then 1 is newer (V1 > V2, V1 - V2 > 2^23), 3 is not
     // after 0xfffff0 (V1 < V2 but V2 - V1 > 2^23 means older).
@@ -678,7 +690,15 @@ fn rfc7641_s3_6_direct_deregistration_ends_at_answer() {
 }
 
 /// A Block2 response (RFC 7959 §2.2 value: NUM, M, SZX) from `dev` through the proxy.
-fn block(mid: u16, token: &[u8], dev: SocketAddr, num: u32, more: bool, szx: u32, body: &[u8]) -> Vec<u8> {
+fn block(
+    mid: u16,
+    token: &[u8],
+    dev: SocketAddr,
+    num: u32,
+    more: bool,
+    szx: u32,
+    body: &[u8],
+) -> Vec<u8> {
     let size = 16usize << szx;
     let start = num as usize * size;
     let end = (start + size).min(body.len());
@@ -725,14 +745,21 @@ fn rfc7959_s2_4_reassembled_per_device_through_the_proxy() {
     let (tx, ev) = h.feed(proxy(), &block(1, &token, device(), 0, true, 1, &a));
     assert!(responses(&ev).is_empty());
     let (_, ev2) = h.feed(proxy(), &block(2, &token, device2(), 0, false, 2, &b));
-    assert_eq!(responses(&ev2)[0].payload, b, "one block is the whole of it");
+    assert_eq!(
+        responses(&ev2)[0].payload,
+        b,
+        "one block is the whole of it"
+    );
     let mut fu = tx[0].clone();
     let mut mid = 10;
     let mut got = None;
     for _ in 0..10 {
         let v = view(&fu.bytes);
         assert_eq!(fu.to, proxy());
-        assert!(v.option(opt::MULTICAST_TIMEOUT_DEFAULT).is_none(), "unicast");
+        assert!(
+            v.option(opt::MULTICAST_TIMEOUT_DEFAULT).is_none(),
+            "unicast"
+        );
         assert_eq!(v.option(opt::URI_HOST), Some(&b"127.0.0.11"[..]));
         assert_eq!(opt::read_uint(v.option(opt::URI_PORT).unwrap()), Some(5683));
         assert_eq!(v.option(opt::URI_QUERY), Some(&b"x=1"[..]));
@@ -778,9 +805,19 @@ fn rfc7959_s2_4_out_of_order_duplicate_and_changed_etag() {
             .options()
             .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
             .collect();
-        build::encode(NON, v.code(), v.message_id(), v.token(), &mut o, v.payload())
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
     };
-    let (tx, _) = h.feed(device(), &direct(block(1, &token, device(), 0, true, 0, &a)));
+    let (tx, _) = h.feed(
+        device(),
+        &direct(block(1, &token, device(), 0, true, 0, &a)),
+    );
     assert_eq!((tx[0].to, block2_of(&tx[0])), (device(), (1, 0)));
     let t1 = view(&tx[0].bytes).token().to_vec();
     // Block 2 arrives first (on the same follow-up token, as a late answer would not):
@@ -797,7 +834,10 @@ fn rfc7959_s2_4_out_of_order_duplicate_and_changed_etag() {
     let (mut h, _) = H::new(&req);
     let (tx, _) = h.out();
     let token = view(&tx[0].bytes).token().to_vec();
-    let (tx, _) = h.feed(device(), &direct(block(1, &token, device(), 0, true, 0, &a)));
+    let (tx, _) = h.feed(
+        device(),
+        &direct(block(1, &token, device(), 0, true, 0, &a)),
+    );
     let t1 = view(&tx[0].bytes).token().to_vec();
     let b = body(40, 50);
     let mut changed = direct(block(2, &t1, device(), 1, true, 0, &b));
@@ -825,7 +865,14 @@ fn rfc7959_s2_4_size_change_continues_at_offset() {
             .options()
             .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
             .collect();
-        build::encode(NON, v.code(), v.message_id(), v.token(), &mut o, v.payload())
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
     };
     let (tx, _) = h.feed(device(), &strip(block(1, &token, device(), 0, true, 2, &a)));
     assert_eq!(block2_of(&tx[0]), (1, 2));
