@@ -737,7 +737,11 @@ impl Client {
             });
         }
         let source = r.reply_from.unwrap_or(from);
-        if let (Some(obs), Some(seq)) = (&mut o.observing, r.observe) {
+        // A notification that failed verification is reported as such but does not
+        // move the order: a forged one with a high number must not make the genuine
+        // ones look stale.
+        let verified = !matches!(r.oscore, Some(Err(_)));
+        if let (Some(obs), Some(seq), true) = (&mut o.observing, r.observe, verified) {
             if obs.deregistered || !fresh(obs, source, seq, piv, now) {
                 return self.discard(source, Discard::Stale);
             }
