@@ -65,6 +65,12 @@ fn method(m: &str) -> Result<u8, String> {
 }
 
 pub(crate) fn print(r: &Response, json: bool) {
+    print_from(r, json, "the proxy")
+}
+
+/// [`print`], naming a response without Reply-From `unnamed` (the proxy, or with
+/// `--direct` the server itself).
+fn print_from(r: &Response, json: bool, unnamed: &str) {
     let from = r.reply_from.map(|a| a.to_string());
     let text = std::str::from_utf8(&r.payload).ok();
     let security = match &r.oscore {
@@ -107,7 +113,7 @@ pub(crate) fn print(r: &Response, json: bool) {
         println!(
             "{} from {} after {} ms{seq}{sec}: {p}",
             code::dotted(r.code),
-            from.as_deref().unwrap_or("the proxy"),
+            from.as_deref().unwrap_or(unnamed),
             r.elapsed.as_millis()
         );
     }
@@ -140,12 +146,14 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
     let json = a.json;
     let rt = super::runtime()?;
     let count = a.count;
+    let target = req.proxy.to_string();
+    let unnamed = if a.direct { target.as_str() } else { "the proxy" };
     let mut seen = 0u64;
     let got = rt
         .block_on(run_with(
             &req,
             |r| {
-                print(r, json);
+                print_from(r, json, unnamed);
                 seen += 1;
                 count.is_none_or(|c| seen < c)
             },
