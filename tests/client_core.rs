@@ -985,3 +985,61 @@ fn rfc10021_observe_and_blockwise_end_to_end_with_the_device_core() {
     }
     assert_eq!(modes, vec![true; 5], "3,000 bytes: 5 pairwise follow-ups");
 }
+
+/// RFC 7959 §2.4 allows a server state per requester; aiocoap keeps it and answers a
+/// block past 0 asked from another endpoint (the proxy's unicast egress) with 4.08
+/// (§2.9.2). The client starts that server's transfer again at block 0 by unicast and
+/// completes it; the representation still names the server of the group response.
+#[test]
+fn rfc7959_s2_9_2_incomplete_follow_up_restarts_at_block_0() {
+    let mut req = ClientRequest::get(proxy(), "coap://224.0.1.187/large", 2);
+    req.block_size = Some(16);
+    let (mut h, _) = H::new(&req);
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let a = body(40, 9);
+    let (tx, _) = h.feed(proxy(), &block(1, &token, device(), 0, true, 0, &a));
+    assert_eq!(block2_of(&tx[0]), (1, 0));
+    let t1 = view(&tx[0].bytes).token().to_vec();
+    // Unicast answers through the proxy carry no Reply-From.
+    let unicast = |b: Vec<u8>| -> Vec<u8> {
+        let v = view(&b);
+        let mut o: Vec<(u16, &[u8])> = v
+            .options()
+            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+            .collect();
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
+    };
+    let incomplete = build::encode(NON, 0x88, 2, &t1, &mut [], b"");
+    let (tx, ev) = h.feed(proxy(), &incomplete);
+    assert!(responses(&ev).is_empty(), "{ev:?}");
+    assert_eq!(block2_of(&tx[0]), (0, 0), "block 0 again, to that device");
+    assert_eq!(
+        view(&tx[0].bytes).option(opt::URI_HOST),
+        Some(&b"127.0.0.11"[..])
+    );
+    let mut next = tx[0].clone();
+    let mut mid = 3;
+    loop {
+        let (num, _) = block2_of(&next);
+        let more = (num as usize + 1) * 16 < a.len();
+        mid += 1;
+        let t = view(&next.bytes).token().to_vec();
+        let (tx, ev) = h.feed(
+            proxy(),
+            &unicast(block(mid, &t, device(), num, more, 0, &a)),
+        );
+        if let Some(r) = responses(&ev).first() {
+            assert_eq!((&r.payload, r.reply_from), (&a, Some(device())));
+            break;
+        }
+        next = tx[0].clone();
+    }
+}

@@ -147,7 +147,11 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
     let rt = super::runtime()?;
     let count = a.count;
     let target = req.proxy.to_string();
-    let unnamed = if a.direct { target.as_str() } else { "the proxy" };
+    let unnamed = if a.direct {
+        target.as_str()
+    } else {
+        "the proxy"
+    };
     let mut seen = 0u64;
     let got = rt
         .block_on(run_with(

@@ -49,6 +49,9 @@ const MAX_RESTARTS: u8 = 3;
 /// its sequence number.
 const OBSERVE_WRAP: Duration = Duration::from_secs(128);
 
+/// 4.08 Request Entity Incomplete (RFC 7959 §2.9.2).
+const REQUEST_ENTITY_INCOMPLETE: u8 = 0x88;
+
 /// A request of this client, as events name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -751,10 +754,18 @@ impl Client {
             return self.on_block(now, i, r, block2.unwrap_or(0), etag);
         }
         if let Some(f) = &o.follow_up {
-            // A follow-up answered with an error: the transfer is over, the error is
-            // the server's answer.
             let (parent, src) = (f.parent, f.source);
             self.open.swap_remove(i);
+            if r.code == REQUEST_ENTITY_INCOMPLETE && self.restart(now, parent, src) {
+                // RFC 7959 §2.4 lets a server keep no state between blocks, and one
+                // that keeps it per requester (aiocoap does) refuses a block past 0
+                // asked from another endpoint than block 0 (through the proxy, its
+                // unicast egress, not the group's) with 4.08: start again at block 0,
+                // from where the rest is asked.
+                return;
+            }
+            // A follow-up answered with an error: the transfer is over, the error is
+            // the server's answer.
             if let Some(p) = self.open.iter_mut().find(|p| p.id == parent) {
                 p.assemblies.retain(|a| a.source != src);
             }
@@ -852,10 +863,14 @@ impl Client {
                     }
                     if !abandon && next.is_none() {
                         if num == 0 {
+                            // A restart's block 0 came by unicast, without Reply-From:
+                            // the server stays the one the group response named.
+                            let named = a.first.reply_from;
                             a.first = Response {
                                 payload: Vec::new(),
                                 ..r.clone()
                             };
+                            a.first.reply_from = a.first.reply_from.or(named);
                         }
                         insert_block(a, offset, &r.payload);
                         if !more {
@@ -904,6 +919,34 @@ impl Client {
             }
         }
         self.end_parent_if_done(parent);
+    }
+
+    /// Starts the transfer from `source` again at block 0 (by a follow-up), at most
+    /// `MAX_RESTARTS` times; false if it may not.
+    fn restart(&mut self, now: Instant, parent: RequestId, source: SocketAddr) -> bool {
+        let Some(p) = self.open.iter().position(|o| o.id == parent) else {
+            return false;
+        };
+        let Some(a) = self.open[p]
+            .assemblies
+            .iter_mut()
+            .find(|a| a.source == source)
+        else {
+            return false;
+        };
+        if a.restarts >= MAX_RESTARTS {
+            return false;
+        }
+        a.restarts += 1;
+        a.data.clear();
+        a.pending.clear();
+        a.total = None;
+        let szx = self.open[p]
+            .req
+            .block_size
+            .and_then(|n| szx_of(n).ok())
+            .unwrap_or(6);
+        self.follow_up(now, p, source, 0, szx).is_ok()
     }
 
     /// Asks `source` for block `num` of size exponent `szx` of request `p`'s resource:
