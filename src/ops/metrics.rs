@@ -19,6 +19,7 @@ use prometheus::{
 };
 
 use crate::coap::build::code;
+use crate::proxy::events::NotificationDrop;
 use crate::proxy::{
     CheckResult, CloseReason, DropReason, Engine, Event, Policy, ProxyConfig, RejectReason,
 };
@@ -138,6 +139,134 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// The check event of the datagram being handled, to time its verification.
     pending_check: Option<(usize, usize)>,
+    /// Observations (issue 12), per group as `groups`.
+    observe: ObserveMetrics,
+}
+
+/// Pre-resolved handles of one group's (or `unicast`'s) observations.
+struct ObserveHandles {
+    started: IntCounter,
+    refreshed: IntCounter,
+    notified: IntCounter,
+    interest_checks: IntCounter,
+    dropped: Children<NotificationDrop>,
+    ended: Children<CloseReason>,
+}
+
+/// The observation metrics: a gauge of those held and counters by group and reason.
+struct ObserveMetrics {
+    active: IntGauge,
+    capacity: IntGauge,
+    dropped: IntCounterVec,
+    ended: IntCounterVec,
+    groups: Vec<ObserveHandles>,
+}
+
+impl ObserveMetrics {
+    fn new(r: &Registry, cfg: &ProxyConfig) -> Self {
+        let started = counter_vec(
+            r,
+            "groxy_observations_started_total",
+            "Observations started through the proxy (RFC 7641; groupcomm-proxy section 5.2.2).",
+            &["group"],
+        );
+        let refreshed = counter_vec(
+            r,
+            "groxy_observations_refreshed_total",
+            "Re-registrations of a running observation (RFC 7641 section 3.3.1): sent on, no \
+             second observation.",
+            &["group"],
+        );
+        let notified = counter_vec(
+            r,
+            "groxy_notifications_relayed_total",
+            "Notifications of observations relayed to clients (also in \
+             groxy_responses_relayed_total).",
+            &["group"],
+        );
+        let interest = counter_vec(
+            r,
+            "groxy_notifications_interest_checks_total",
+            "Notifications sent as CON to check the client's interest (RFC 7641 section 4.5).",
+            &["group"],
+        );
+        let dropped = counter_vec(
+            r,
+            "groxy_notifications_dropped_total",
+            "Notifications not relayed, by reason (the signature filter's drops are in \
+             groxy_dropped_total).",
+            &["group", "reason"],
+        );
+        let ended = counter_vec(
+            r,
+            "groxy_observations_ended_total",
+            "Observations ended, by reason.",
+            &["group", "reason"],
+        );
+        let active = gauge(r, "groxy_observations_active", "Observations held.");
+        let capacity = gauge(
+            r,
+            "groxy_observations_capacity",
+            "Size of the observation table (observe.max_observations); when full, new \
+             observations get 5.03.",
+        );
+        capacity.set(cfg.limits.observe.max_observations as i64);
+        let groups = cfg
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .chain(std::iter::once(UNICAST))
+            .map(|name| ObserveHandles {
+                started: started.with_label_values(&[name]),
+                refreshed: refreshed.with_label_values(&[name]),
+                notified: notified.with_label_values(&[name]),
+                interest_checks: interest.with_label_values(&[name]),
+                dropped: Children::new(),
+                ended: Children::new(),
+            })
+            .collect();
+        ObserveMetrics {
+            active,
+            capacity,
+            dropped,
+            ended,
+            groups,
+        }
+    }
+
+    /// Counts an observation event; false for every other event.
+    fn event(&mut self, names: &[GroupHandles], e: &Event) -> bool {
+        let group = match *e {
+            Event::ObserveStarted { group }
+            | Event::ObserveRefreshed { group }
+            | Event::Notified { group, .. }
+            | Event::NotificationDropped { group, .. }
+            | Event::ObserveEnded { group, .. } => group,
+            _ => return false,
+        };
+        let i = group_index(names, group);
+        let name = names[i].name.as_str();
+        let (dropped, ended) = (&self.dropped, &self.ended);
+        let h = &mut self.groups[i];
+        match *e {
+            Event::ObserveStarted { .. } => h.started.inc(),
+            Event::ObserveRefreshed { .. } => h.refreshed.inc(),
+            Event::Notified { interest_check, .. } => {
+                h.notified.inc();
+                if interest_check {
+                    h.interest_checks.inc();
+                }
+            }
+            Event::NotificationDropped { reason, .. } => h.dropped.inc(reason, || {
+                dropped.with_label_values(&[name, reason.as_str()])
+            }),
+            Event::ObserveEnded { reason, .. } => h
+                .ended
+                .inc(reason, || ended.with_label_values(&[name, reason.as_str()])),
+            _ => {}
+        }
+        true
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -377,6 +506,7 @@ impl Metrics {
         for c in ERROR_CODES {
             error_codes[c as usize] = Some(errors.with_label_values(&[&code::dotted(c)]));
         }
+        let r2 = r.clone();
         Metrics {
             dropped: Children::with(DropReason::ALL, |d| {
                 dropped_vec.with_label_values(&[d.as_str()])
@@ -395,6 +525,7 @@ impl Metrics {
             capacity,
             reloads,
             pending_check: None,
+            observe: ObserveMetrics::new(&r2, cfg),
         }
     }
 
@@ -430,6 +561,9 @@ fn seconds(d: Duration) -> f64 {
 
 impl Observer for Metrics {
     fn event(&mut self, e: &Event) {
+        if self.observe.event(&self.groups, e) {
+            return;
+        }
         match *e {
             Event::ConfigReload { ok } => {
                 let result = if ok { "success" } else { "failure" };
@@ -500,6 +634,12 @@ impl Observer for Metrics {
                     closed.with_label_values(&[name.as_str(), reason.as_str()])
                 });
             }
+            // Counted by `self.observe` above.
+            Event::ObserveStarted { .. }
+            | Event::ObserveRefreshed { .. }
+            | Event::Notified { .. }
+            | Event::NotificationDropped { .. }
+            | Event::ObserveEnded { .. } => {}
             Event::Checked {
                 group,
                 request,
@@ -536,6 +676,9 @@ impl Observer for Metrics {
         let (active, capacity) = engine.exchanges();
         self.active.set(active as i64);
         self.capacity.set(capacity as i64);
+        let (held, room) = engine.observations();
+        self.observe.active.set(held as i64);
+        self.observe.capacity.set(room as i64);
         if let (Some((g, dir)), Some(t)) = (self.pending_check.take(), took)
             && let Some(c) = self.groups.get(g).and_then(|h| h.checks.as_ref())
         {

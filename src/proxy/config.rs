@@ -137,6 +137,44 @@ pub struct Limits {
     /// message to a new destination is not sent (counted): an error reply to a NON
     /// request may start a new one only while the table is less than half full.
     pub(crate) max_destinations: usize,
+    /// Observations (RFC 7641 through the proxy, RFC 10020 §3.7).
+    pub observe: ObserveLimits,
+}
+
+/// Bounds of observations through the proxy (RFC 10020 §3.7: an observation is a long
+/// fan-out, so it is bounded like one and more). Each is also an exchange, so it counts
+/// against `max_exchanges` and `max_exchanges_per_client` for as long as it lasts.
+#[derive(Debug, Clone)]
+pub struct ObserveLimits {
+    /// Observations held at once; a new one past it gets 5.03 with Max-Age.
+    pub max_observations: usize,
+    /// Observations one client address may hold; past it 4.29 with Max-Age.
+    pub max_per_client: usize,
+    /// Notifications relayed per second to one client address, on average and in a
+    /// burst; over it they are dropped and counted (`rate_limited`).
+    pub notification_rate: f64,
+    /// The bucket size for `notification_rate`.
+    pub notification_burst: f64,
+    /// A CON notification goes to the client at least this often (RFC 7641 §4.5); no
+    /// ACK ends the observation. An observation past T' that relayed nothing for this
+    /// long ends too (`observe_idle`).
+    pub interest_check: Duration,
+    /// Devices tracked per observation (for the ordering of RFC 7641 §3.4); the
+    /// notifications of one more are dropped and counted (`devices_full`).
+    pub max_devices: usize,
+}
+
+impl Default for ObserveLimits {
+    fn default() -> Self {
+        ObserveLimits {
+            max_observations: 1_024,
+            max_per_client: 16,
+            notification_rate: 100.0,
+            notification_burst: 200.0,
+            interest_check: Duration::from_secs(24 * 3600),
+            max_devices: 256,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -154,6 +192,7 @@ impl Default for Limits {
             max_retransmissions: 16_384,
             egress_ports: 8,
             max_destinations: 65_536,
+            observe: ObserveLimits::default(),
         }
     }
 }

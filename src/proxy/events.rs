@@ -92,6 +92,12 @@ labelled! {
         /// The deduplication table is full and the client has not reached its share: 5.03
         /// with Max-Age until an entry expires (RFC 7252 §4.5, see `Dedup`).
         DedupFull => "dedup_full",
+        /// A new observation while `observe.max_observations` are held: 5.03 with Max-Age
+        /// (RFC 10020 §3.7, amplification).
+        ObservationsFull => "observations_full",
+        /// A new observation from a client holding `observe.max_per_client`: 4.29 with
+        /// Max-Age.
+        ClientObservations => "client_observations",
     }
 }
 
@@ -172,6 +178,32 @@ labelled! {
         UnicastTimeout => "unicast_timeout",
         /// A unicast origin reset the forwarded request.
         OriginReset => "origin_reset",
+        /// An observation: the client deregistered (Observe 1 under its token, RFC 7641
+        /// §3.6); the exchange relays the answers to that request until its T'.
+        Deregistered => "deregistered",
+        /// An observation: a CON notification to the client went unacknowledged (RFC 7641
+        /// §4.5).
+        InterestLapsed => "interest_lapsed",
+        /// An observation: every device (or the origin) ended its notifications with a
+        /// non-2.xx response or one without Observe (groupcomm-proxy §5.4.2).
+        NotificationsEnded => "notifications_ended",
+        /// An observation past T' relayed no notification for `observe.interest_check`.
+        ObserveIdle => "observe_idle",
+        /// The proxy is shutting down (SIGTERM): observations end with a deregistration.
+        Shutdown => "shutdown",
+    }
+}
+
+labelled! {
+    /// Why a notification of an observation was not relayed to the client (besides the
+    /// signature filter's drops, counted as `Dropped`).
+    pub enum NotificationDrop {
+        /// Older than the last one relayed from that device (RFC 7641 §3.4).
+        Reordered => "reordered",
+        /// Over the client's `observe.notification_rate` (RFC 10020 §3.7).
+        RateLimited => "rate_limited",
+        /// From a device beyond `observe.max_devices` of one observation.
+        DevicesFull => "devices_full",
     }
 }
 
@@ -241,6 +273,44 @@ pub enum Event {
         /// Whether a failure dropped the message (policy enforce).
         enforced: bool,
     },
+    /// An observation started (RFC 7641; groupcomm-proxy §5.2.2): the exchange outlives
+    /// T' while a device notifies.
+    ObserveStarted {
+        /// The group, `None` for a unicast origin.
+        group: Option<usize>,
+    },
+    /// A client re-registered under the token of its observation (RFC 7641 §3.3.1): the
+    /// registration was sent again, no second observation started.
+    ObserveRefreshed {
+        /// The group, `None` for a unicast origin.
+        group: Option<usize>,
+    },
+    /// A notification of an observation went to the client.
+    Notified {
+        /// The group, `None` for a unicast origin.
+        group: Option<usize>,
+        /// Sent as CON to check the client's interest (RFC 7641 §4.5).
+        interest_check: bool,
+    },
+    /// A notification of an observation was not relayed.
+    NotificationDropped {
+        /// The group, `None` for a unicast origin.
+        group: Option<usize>,
+        /// Why.
+        reason: NotificationDrop,
+        /// The device or origin it came from.
+        from: SocketAddr,
+    },
+    /// An observation ended (its exchange closed, or turned back into an ordinary one by
+    /// the client's deregistration).
+    ObserveEnded {
+        /// The group, `None` for a unicast origin.
+        group: Option<usize>,
+        /// How it ended.
+        reason: CloseReason,
+        /// Whether the proxy sent the group (or origin) a deregistration.
+        deregistered: bool,
+    },
 }
 
 #[cfg(test)]
@@ -264,5 +334,6 @@ mod tests {
         check(CheckResult::ALL.iter().map(|r| r.as_str()).collect());
         check(DropReason::ALL.iter().map(|r| r.as_str()).collect());
         check(CloseReason::ALL.iter().map(|r| r.as_str()).collect());
+        check(NotificationDrop::ALL.iter().map(|r| r.as_str()).collect());
     }
 }

@@ -68,6 +68,31 @@ impl EventLog {
                 tracing::debug!(event = "closed", group = %group_name(*group), responses, reason = ?reason);
             }
             Event::UnicastForward => tracing::trace!(event = "unicast_forward"),
+            Event::ObserveStarted { group } => {
+                tracing::debug!(event = "observe_started", group = %group_name(*group));
+            }
+            Event::ObserveRefreshed { group } => {
+                tracing::debug!(event = "observe_refreshed", group = %group_name(*group));
+            }
+            Event::Notified { group, .. } => {
+                tracing::trace!(event = "notified", group = %group_name(*group));
+            }
+            Event::NotificationDropped {
+                group,
+                reason,
+                from,
+            } => {
+                if let Some(s) = self.allow(reason.as_str(), now) {
+                    tracing::info!(event = "notification_dropped", group = %group_name(*group), reason = reason.as_str(), %from, suppressed = s);
+                }
+            }
+            Event::ObserveEnded {
+                group,
+                reason,
+                deregistered,
+            } => {
+                tracing::debug!(event = "observe_ended", group = %group_name(*group), reason = reason.as_str(), deregistered);
+            }
             Event::ConfigReload { ok } => tracing::info!(event = "config_reload", ok),
             Event::Checked {
                 group,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub mod security;
 
 use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::proxy::config::ObserveLimits;
 use crate::proxy::{
     GroupSpec, Limits, LocalNames, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy,
 };
@@ -108,6 +109,22 @@ struct LimitsSection {
     max_retransmissions: Option<usize>,
     egress_ports: Option<u16>,
     max_destinations: Option<usize>,
+    /// `[limits.observe]`.
+    #[serde(default)]
+    observe: ObserveSection,
+}
+
+/// `[limits.observe]`: the bounds of observations (see `ObserveLimits`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObserveSection {
+    max_observations: Option<usize>,
+    max_per_client: Option<usize>,
+    notification_rate: Option<f64>,
+    notification_burst: Option<f64>,
+    /// Seconds.
+    interest_check: Option<u64>,
+    max_devices: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +357,7 @@ fn limits_section(l: &LimitsSection, errors: &mut Vec<String>) -> Limits {
         max_retransmissions: l.max_retransmissions.unwrap_or(d.max_retransmissions),
         egress_ports: l.egress_ports.unwrap_or(d.egress_ports),
         max_destinations: l.max_destinations.unwrap_or(d.max_destinations),
+        observe: observe_section(&l.observe, errors),
     };
     if limits.dedup_per_client > limits.dedup_capacity {
         errors.push("limits.dedup_per_client: must not exceed limits.dedup_capacity".into());
@@ -372,6 +390,47 @@ fn limits_section(l: &LimitsSection, errors: &mut Vec<String>) -> Limits {
         errors.push("limits.max_datagram: must be 64..=65507".into());
     }
     limits
+}
+
+/// `[limits.observe]`: the defaults where a key is absent, every bound checked.
+fn observe_section(o: &ObserveSection, errors: &mut Vec<String>) -> ObserveLimits {
+    let d = ObserveLimits::default();
+    let l = ObserveLimits {
+        max_observations: o.max_observations.unwrap_or(d.max_observations),
+        max_per_client: o.max_per_client.unwrap_or(d.max_per_client),
+        notification_rate: o.notification_rate.unwrap_or(d.notification_rate),
+        notification_burst: o.notification_burst.unwrap_or(d.notification_burst),
+        interest_check: o
+            .interest_check
+            .map_or(d.interest_check, Duration::from_secs),
+        max_devices: o.max_devices.unwrap_or(d.max_devices),
+    };
+    for (key, v) in [
+        ("limits.observe.max_observations", l.max_observations),
+        ("limits.observe.max_per_client", l.max_per_client),
+        ("limits.observe.max_devices", l.max_devices),
+    ] {
+        if v == 0 {
+            errors.push(format!("{key}: must be at least 1"));
+        }
+    }
+    if l.max_per_client > l.max_observations {
+        errors.push(
+            "limits.observe.max_per_client: must not exceed limits.observe.max_observations".into(),
+        );
+    }
+    if !(l.notification_rate > 0.0 && l.notification_rate.is_finite()) {
+        errors.push("limits.observe.notification_rate: must be a positive number".into());
+    }
+    if !(l.notification_burst >= 1.0 && l.notification_burst.is_finite()) {
+        errors.push("limits.observe.notification_burst: must be at least 1".into());
+    }
+    // RFC 7641 §4.5: at least every 24 hours; below a minute the checks would cost the
+    // client more than they tell.
+    if !(60..=86_400).contains(&l.interest_check.as_secs()) {
+        errors.push("limits.observe.interest_check: must be 60..=86400 seconds".into());
+    }
+    l
 }
 
 /// `[unicast]`.

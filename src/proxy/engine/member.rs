@@ -115,6 +115,25 @@ impl Engine {
         protected
     }
 
+    /// [`protect_for_client`](Self::protect_for_client) for a notification of an
+    /// observation: every one with a Partial IV of the proxy's own, the first too
+    /// (oscore-capable-proxies §2.5.1; RFC 8613 §8.3: notifications never reuse the
+    /// request's nonce).
+    pub(super) fn protect_notification(
+        &mut self,
+        outer: &mut Outer,
+        msg: &[u8],
+    ) -> Option<Vec<u8>> {
+        let member = self.members.get_mut(outer.group)?.as_mut()?;
+        let mode = outer.ex.mode;
+        let protected = member
+            .current_mut()
+            .protect_response_layer(msg, &mut outer.ex, mode, true, Layer::Hop)
+            .ok();
+        self.maybe_reserve(outer.group);
+        protected
+    }
+
     /// Whether the client authenticated by `outer` may send group requests to group `g`:
     /// it must be a member of that very group, and on its `allow_kids` list if it has one.
     pub(super) fn kid_allowed(&self, outer: &Outer, g: usize) -> bool {

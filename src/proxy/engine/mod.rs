@@ -5,6 +5,7 @@
 
 mod filter;
 mod member;
+mod observe;
 mod reconfigure;
 mod response;
 mod timers;
@@ -227,6 +228,9 @@ struct InFlight {
     /// The OSCORE layer shared with the client, for protecting each relayed response
     /// (boxed: only secured exchanges have one).
     outer: Option<Box<Outer>>,
+    /// The observation this exchange carries, if its request registered one (see
+    /// `observe.rs`; boxed: most exchanges have none).
+    observe: Option<Box<observe::Observation>>,
 }
 
 #[derive(Debug)]
@@ -379,6 +383,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     /// Buffers of sent datagrams, given back by the driver for the next messages.
     spare: Vec<Vec<u8>>,
+    /// Observations: counts per client, rate buckets, ended tokens (`observe.rs`).
+    observers: observe::Observers,
 }
 
 /// A message's options on their way into another message: on the stack for the usual
@@ -439,6 +445,7 @@ impl Engine {
             rng,
             out: VecDeque::new(),
             spare: Vec::new(),
+            observers: observe::Observers::default(),
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
@@ -888,8 +895,21 @@ impl Engine {
             return self.local_request(view, outer);
         }
         let destination = self.destination(&target)?;
+        // A re-registration or deregistration of a running observation (RFC 7641 §3.3.1,
+        // §3.6) is not a token reuse.
+        let (dest_group, dest_origin) = match destination {
+            Destination::Group(g) => (Some(g), None),
+            Destination::Origin(o) => (None, Some(o)),
+        };
+        let observing = self
+            .by_client
+            .get(&key)
+            .copied()
+            .filter(|&t| self.observe_applies(t, view, dest_group, dest_origin));
         // A request with this client's token while one is running (RFC 10020 §3.5.2).
-        if let Some(&t) = self.by_client.get(&key) {
+        if let Some(&t) = self.by_client.get(&key)
+            && observing.is_none()
+        {
             self.close(t, CloseReason::EarlyStopRequest);
             return Err(Reject::new(
                 code::BAD_REQUEST,
@@ -916,6 +936,9 @@ impl Engine {
             target,
             hop_limit,
         };
+        if let Some(t) = observing {
+            return self.observe_again(now, t, &out, outer).map(|()| None);
+        }
         match destination {
             Destination::Group(g) => self.forward_to_group(now, &out, g, mt, outer),
             Destination::Origin(origin) => self.forward_unicast(now, &out, origin, outer),
@@ -1179,6 +1202,11 @@ impl Engine {
         // nothing but makes every device answer (groupcomm-proxy §10). First, as a full
         // table refuses here at the least cost.
         self.admit(now, from.ip(), Some(g))?;
+        // An observation needs T' > 0: with 0 nothing is relayed, so nothing is kept.
+        let observes = observe::registers(view) && !timeout.is_zero();
+        if observes {
+            self.observe_admit(from.ip(), Some(g))?;
+        }
         // Message IDs toward the group on some egress port, and toward the client for its
         // responses (RFC 7252 §4.4), before a signature is verified.
         let egress = self
@@ -1207,6 +1235,7 @@ impl Engine {
             .expect("egress_port found room");
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
         let bytes = self.encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
+        let registration = observes.then(|| bytes.clone());
         self.send(egress, dest, bytes);
         self.emit(Event::FanOut {
             group: g,
@@ -1238,6 +1267,9 @@ impl Engine {
             if let Some(ex) = self.exchanges.get_mut(&token) {
                 ex.outer = outer.take().map(Box::new);
             }
+            if let Some(r) = registration {
+                self.observe_start(token, r, dest);
+            }
         }
         Ok(())
     }
@@ -1267,6 +1299,10 @@ impl Engine {
         }
         let timeout = u.timeout;
         self.admit(now, from.ip(), None)?;
+        let observes = observe::registers(view);
+        if observes {
+            self.observe_admit(from.ip(), None)?;
+        }
         let egress = self.egress_port(origin, Link::Unicast)?;
         self.client_room(Link::Listener(listener), from)?;
         let token = self.token();
@@ -1289,6 +1325,7 @@ impl Engine {
         if con {
             self.track(now, egress, origin, mid, bytes.clone(), None);
         }
+        let registration = observes.then(|| bytes.clone());
         self.send(egress, origin, bytes);
         self.emit(Event::UnicastForward);
         let requester = requester(outer, None);
@@ -1310,6 +1347,9 @@ impl Engine {
         );
         if let Some(ex) = self.exchanges.get_mut(&token) {
             ex.outer = outer.take().map(Box::new);
+        }
+        if let Some(r) = registration {
+            self.observe_start(token, r, origin);
         }
         Ok(())
     }
@@ -1342,6 +1382,7 @@ impl Engine {
                 requester,
                 relayed_non: VecDeque::new(),
                 outer: None,
+                observe: None,
             },
         );
         self.by_client.insert((client, client_token), token);
@@ -1360,7 +1401,7 @@ impl Engine {
 
     /// Ends an exchange and frees its token; later responses count as late (§5.4.1).
     fn close(&mut self, token: u64, reason: CloseReason) {
-        let Some(ex) = self.exchanges.remove(&token) else {
+        let Some(mut ex) = self.exchanges.remove(&token) else {
             return;
         };
         self.by_client.remove(&(ex.client, ex.client_token));
@@ -1383,6 +1424,10 @@ impl Engine {
             responses: ex.responses,
             reason,
         });
+        if let Some(obs) = ex.observe.take() {
+            let at = (ex.client, ex.egress, ex.route.group());
+            self.observation_closed(token, obs, at, reason);
+        }
     }
 
     /// The error response to a request: piggybacked in the ACK of a CON, a NON for a NON

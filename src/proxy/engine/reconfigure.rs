@@ -134,8 +134,11 @@ impl Engine {
         }
     }
 
-    /// Stops intake before exit: new requests get 5.03, exchanges in flight run on.
+    /// Stops intake before exit: new requests get 5.03, exchanges in flight run on;
+    /// observations end at once, each group or origin deregistered (their
+    /// deregistrations are in the output), so that the drain does not wait on them.
     pub fn drain(&mut self) {
         self.draining = true;
+        self.end_observations(crate::proxy::events::CloseReason::Shutdown);
     }
 }

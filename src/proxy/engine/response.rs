@@ -61,7 +61,9 @@ impl Engine {
             });
         if !matches {
             // A CON we cannot use is rejected so the server stops retransmitting.
-            if mtype == CON {
+            // A NON notification of an observation that ended is reset too (RFC 7641
+            // §3.6): the device then forgets the proxy's registration.
+            if mtype == CON || (mtype == NON && self.observation_ended(token)) {
                 self.send(link, from, build::empty(RST, view.message_id()));
             }
             // No exchange is open under it: if the token was issued among the last
@@ -100,6 +102,17 @@ impl Engine {
     /// Reply-From naming the origin server.
     pub(super) fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
         let reply_from_no = self.cfg.options.reply_from;
+        // An observation's notification: ordered per device, rate-limited per client,
+        // and at times CON for the interest check (RFC 7641 §3.4, §4.5).
+        let observing = self.is_observation(token);
+        let interest_check = if observing {
+            match self.observe_notification(token, from, view) {
+                Some(check) => check,
+                None => return,
+            }
+        } else {
+            false
+        };
         let ex = self.exchanges.get(&token).expect("caller checked");
         let (kind, client, listener, con, started) = (
             ex.route.kind(),
@@ -109,7 +122,8 @@ impl Engine {
             ex.started,
         );
         // A CON client gets CON responses while the retransmission table has room.
-        let con = con && self.pending.len() < self.cfg.limits.max_retransmissions;
+        let con =
+            (con || interest_check) && self.pending.len() < self.cfg.limits.max_retransmissions;
         let to_client = Link::Listener(listener);
         let Some(mid) = self.mid_to(to_client, client, con, true) else {
             return;
@@ -151,7 +165,12 @@ impl Engine {
             )
         };
         if let Some(o) = outer.as_mut() {
-            match self.protect_for_client(o, &bytes) {
+            let protected = if observing {
+                self.protect_notification(o, &bytes)
+            } else {
+                self.protect_for_client(o, &bytes)
+            };
+            match protected {
                 Some(p) => bytes = p,
                 None => {
                     if let Some(ex) = self.exchanges.get_mut(&token) {
@@ -184,7 +203,10 @@ impl Engine {
             group: kind.group(),
             after: now.saturating_duration_since(started),
         });
-        if let Kind::Unicast(_) = kind {
+        let goes_on = observing && self.observe_after(token, con, interest_check);
+        if let Kind::Unicast(_) = kind
+            && !goes_on
+        {
             self.close(token, CloseReason::UnicastAnswered);
         }
     }

@@ -77,7 +77,7 @@ impl Engine {
             match timer {
                 Timer::Exchange(t) => {
                     let due = self.exchanges.get(&t).is_some_and(|ex| ex.deadline <= now);
-                    if !due {
+                    if !due || self.observe_deadline(t, now) {
                         continue;
                     }
                     let kind = self.exchanges[&t].route.kind();
@@ -101,8 +101,16 @@ impl Engine {
                         continue;
                     }
                     if p.attempts >= MAX_RETRANSMIT {
-                        self.pending.remove(&(link, to, mid));
+                        let exchange = self
+                            .pending
+                            .remove(&(link, to, mid))
+                            .and_then(|p| p.exchange);
                         self.drop_msg(DropReason::GaveUpRetransmitting, to);
+                        // An unacknowledged CON notification: the client lost interest
+                        // (RFC 7641 §4.5).
+                        if let Some(t) = exchange.filter(|&t| self.is_observation(t)) {
+                            self.close(t, CloseReason::InterestLapsed);
+                        }
                         continue;
                     }
                     p.attempts += 1;
