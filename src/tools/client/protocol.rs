@@ -728,7 +728,13 @@ impl Client {
                         r.payload = pv.payload().to_vec();
                         // Only the inner Observe, Block2 and ETag are protected
                         // (RFC 8613 §4.1.3.5, §4.1.3.4).
-                        r.observe = pv.option(opt::OBSERVE).and_then(opt::read_uint);
+                        // It says whether this is a notification; the number shown
+                        // is the outer one, which the inner need not repeat (RFC 8613
+                        // §4.1.3.5.2: the order is the Partial IV's).
+                        r.observe = pv
+                            .option(opt::OBSERVE)
+                            .and_then(opt::read_uint)
+                            .map(|inner| r.observe.unwrap_or(inner));
                         block2 = pv.option(opt::BLOCK2).and_then(opt::read_uint);
                         etag = pv.option(opt::ETAG).map(<[u8]>::to_vec);
                         piv = info.piv;
@@ -1068,7 +1074,12 @@ fn fresh(
     let last = &obs.seen[k];
     let newer = match (last.piv, piv) {
         (Some(a), Some(b)) => b > a,
-        _ => {
+        // RFC 8613 §4.1.3.5.2: a notification without Partial IV (the first, on the
+        // request's nonce) is the oldest; and the inner Observe carries no order there
+        // (aiocoap sends 0 in every one).
+        (None, Some(_)) => true,
+        (Some(_), None) => false,
+        (None, None) => {
             let (v1, v2) = (last.seq, seq);
             (v1 < v2 && v2 - v1 < 1 << 23)
                 || (v1 > v2 && v1 - v2 > 1 << 23)
