@@ -47,6 +47,9 @@ pub struct Args {
     /// Size of the /large representation in bytes (served block-wise, RFC 7959).
     #[arg(long, default_value_t = 3000)]
     pub large_bytes: usize,
+    /// Tests only: with --oscore, also send replayed and forged notifications.
+    #[arg(long, hide = true)]
+    pub misbehave: bool,
 }
 
 pub(crate) fn run(a: Args) -> Result<(), String> {
@@ -78,6 +81,7 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
             con_every: a.con_every,
             max_observers: a.max_observers,
             large_bytes: a.large_bytes,
+            misbehave: a.misbehave,
         });
         tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
         tokio::select! {

@@ -56,6 +56,12 @@ pub struct Settings {
     pub max_observers: usize,
     /// Size of the `/large` representation in bytes.
     pub large_bytes: usize,
+    /// For tests of the proxy's filters: with OSCORE, after every third NON
+    /// notification the device also sends the previous one again under a new Message
+    /// ID (a replay: the same Partial IV, RFC 10021 §5.3.1) and a copy of the current
+    /// one with a bit of its countersignature flipped (a forgery, §7.5). Neither may
+    /// reach the client.
+    pub misbehave: bool,
 }
 
 impl Default for Settings {
@@ -65,6 +71,7 @@ impl Default for Settings {
             con_every: 10,
             max_observers: 64,
             large_bytes: 3000,
+            misbehave: false,
         }
     }
 }
@@ -87,6 +94,8 @@ struct Observer {
     /// The Message ID of the last CON notification while it is unacknowledged.
     con_pending: Option<u16>,
     recent_mids: VecDeque<u16>,
+    /// The last protected NON notification, for `misbehave`.
+    last: Option<Vec<u8>>,
 }
 
 /// What a request does to the observer table.
@@ -266,6 +275,7 @@ impl Resources {
                     mode,
                     con_pending: None,
                     recent_mids: VecDeque::new(),
+                    last: None,
                 };
                 match at {
                     Some(i) => self.observers[i] = o,
@@ -313,7 +323,31 @@ impl Resources {
                 o.recent_mids.pop_front();
             }
             o.recent_mids.push_back(mid);
+            let bad = self.settings.misbehave
+                && o.exchange.is_some()
+                && !con
+                && self.notifications % 3 == 0;
+            let mut extra = Vec::new();
+            if bad && let Some(prev) = &o.last {
+                let mut replay = prev.clone();
+                let mut forged = bytes.clone();
+                for (d, k) in [(&mut replay, 1u16), (&mut forged, 2)] {
+                    // A Message ID of its own, or the proxy's deduplication would take
+                    // it for a retransmission before any check.
+                    let m = mid.wrapping_add(0x8000).wrapping_add(k).to_be_bytes();
+                    d[2..4].copy_from_slice(&m);
+                }
+                if let Some(b) = forged.last_mut() {
+                    *b ^= 1;
+                }
+                extra.push(replay);
+                extra.push(forged);
+            }
+            if !con {
+                o.last = Some(bytes.clone());
+            }
             out.push((o.peer, bytes));
+            out.extend(extra.into_iter().map(|d| (o.peer, d)));
             i += 1;
         }
         out
