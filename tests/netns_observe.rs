@@ -144,7 +144,7 @@ impl Topology {
         let mut t = Topology { net, group, secure };
         write_secret(&t.net.dir.join("master.secret"), &t.group.master_secret);
         for id in [CLIENT, DEV1_ID, DEV2_ID] {
-            t.write_member_file(id);
+            t.write_member_file(&t.group, id);
         }
         // aiocoap first: it takes longest to come up.
         let mut cfg = if secure {
@@ -207,7 +207,7 @@ impl Topology {
             .net
             .spawn("dev1", "dev1-groxy", Path::new(GROXY), &args, Out::File);
         t.net.wait_sockets("dev1", &[group.clone(), DEV1.into()], i);
-        t.write_proxy_config();
+        t.write_proxy_config(&t.group);
         let cfg = t.net.dir.join("groxy.toml");
         let i = t.net.spawn(
             "prx",
@@ -243,8 +243,7 @@ impl Topology {
 
     /// config/member.toml's format, which `groxy device --oscore` and `groxy client
     /// --oscore` read.
-    fn write_member_file(&self, id: &[u8]) {
-        let g = &self.group;
+    fn write_member_file(&self, g: &Group, id: &[u8]) {
         let m = g.member(id);
         let key = self.net.dir.join(format!("{}.key", hex::encode(id)));
         write_secret(&key, &m.key.to_bytes());
@@ -278,7 +277,7 @@ impl Topology {
     /// The proxy: WAN listener and /metrics, the group out of lan0, unicast forwarding
     /// to the devices' addresses for block-wise follow-ups (RFC 10020 §3.8), and in the
     /// secure topology the signature checks under `enforce`.
-    fn write_proxy_config(&self) {
+    fn write_proxy_config(&self, g: &Group) {
         let mut text = format!(
             r#"[proxy]
 listen = ["{PRX_WAN}:{COAP_PORT}"]
@@ -298,7 +297,6 @@ max_timeout = 10
 "#
         );
         if self.secure {
-            let g = &self.group;
             let sek = groxy::oscore::SecurityContext::new(&g.config(CLIENT))
                 .unwrap()
                 .group()
@@ -415,7 +413,7 @@ fn late_notification(v: &Value, dev: &str, secure: bool) -> bool {
 }
 
 /// Observes /counter of the group for longer than T' and ends with SIGINT.
-fn observe(t: &Topology) {
+fn observe(t: &Topology, during: impl FnOnce(&Child, &Mutex<Vec<String>>)) {
     let uri = format!("coap://{GROUP4}/counter");
     let timeout = T_PRIME.to_string();
     let (mut c, out) = t.client(&uri, &["--observe", "--timeout", &timeout]);
@@ -461,6 +459,7 @@ fn observe(t: &Topology) {
             .collect();
         assert!(seq.windows(2).all(|w| w[0] < w[1]), "{d}: {seq:?}");
     }
+    during(&c, &out);
     // SAFETY: kill(2) on the pid of our own child (`ip netns exec` execs groxy).
     unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -519,7 +518,7 @@ fn blockwise(t: &Topology) {
 fn rfc10020_s3_7_s3_8_plain_observation_past_t_prime_and_blockwise() {
     let t = Topology::start(false);
     blockwise(&t);
-    observe(&t);
+    observe(&t, |_, _| {});
 }
 
 /// Group OSCORE through the signature-checking proxy (RFC 10021 §7.5): every device's
@@ -539,7 +538,7 @@ fn rfc10021_checked_observation_past_t_prime_and_blockwise() {
     };
     blockwise(&t);
     let before = valid(&t);
-    observe(&t);
+    observe(&t, |client, out| rekey_during(&t, client, out));
     let after = valid(&t);
     // At least the registration's answer and two notifications past T' of groxy's
     // device, in group mode.
@@ -555,4 +554,75 @@ fn rfc10021_checked_observation_past_t_prime_and_blockwise() {
         );
         assert!(n >= 1.0, "{result}: {n}");
     }
+}
+
+/// RFC 10021 §12.2, §7.3: the group moves to its next key epoch while the observation
+/// runs: new member files and proxy configuration, SIGHUP to the proxy, to groxy's
+/// device and to the client (aiocoap's server stays on the old epoch, as a member that
+/// has not yet heard of it). groxy's device goes on notifying under the new Gid; the
+/// proxy verifies those notifications with the new epoch and relays them, and the
+/// client verifies them: the observation survives the rekey.
+fn rekey_during(t: &Topology, client: &Child, out: &Mutex<Vec<String>>) {
+    let g = &t.group;
+    let mut gid = common::random_bytes(4);
+    while gid == g.gid {
+        gid = common::random_bytes(4);
+    }
+    let clone = |m: &common::Member| common::Member {
+        id: m.id.clone(),
+        key: m.key.clone(),
+        cred: m.cred.clone(),
+    };
+    let next = Group {
+        key_generation: g.key_generation + 1,
+        gid,
+        master_secret: common::random_bytes(16),
+        master_salt: common::random_bytes(8),
+        gm: clone(&g.gm),
+        members: g.members.iter().map(clone).collect(),
+    };
+    write_secret(&t.net.dir.join("master.secret"), &next.master_secret);
+    for id in [CLIENT, DEV1_ID, DEV2_ID] {
+        t.write_member_file(&next, id);
+    }
+    t.write_proxy_config(&next);
+    let verified_dev1 = || {
+        parsed(out)
+            .iter()
+            .filter(|v| v["reply_from"].as_str() == Some(DEV1))
+            .filter(|v| v["oscore"]["verified"] == json!(true))
+            .count()
+    };
+    let pid = |what: &str| {
+        t.net
+            .procs
+            .iter()
+            .find(|p| p.what == what && p.running)
+            .unwrap_or_else(|| panic!("{what} runs"))
+            .child
+            .id() as i32
+    };
+    let key_generation = |t: &Topology| t.metric("groxy_key_generation", &[]);
+    let kg_before = key_generation(t);
+    // SAFETY: kill(2) on the pids of our own children.
+    unsafe {
+        libc::kill(pid("proxy"), libc::SIGHUP);
+        libc::kill(client.id() as i32, libc::SIGHUP);
+    }
+    wait_until("the proxy to rekey", t, Duration::from_secs(10), || {
+        key_generation(t) > kg_before
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid("dev1-groxy"), libc::SIGHUP) };
+    let dev1_log = t.net.dir.join("dev1-groxy.out");
+    wait_until("dev1 to rekey", t, Duration::from_secs(10), || {
+        std::fs::read_to_string(&dev1_log).is_ok_and(|l| l.contains("\"rekeyed\""))
+    });
+    let n = verified_dev1();
+    wait_until(
+        "dev1's notifications under the new epoch, verified",
+        t,
+        Duration::from_secs(10),
+        || verified_dev1() >= n + 3,
+    );
 }

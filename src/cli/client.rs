@@ -142,6 +142,7 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
         req.oscore =
             Some(crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
         req.first_ssn = reserve_ssn(f)?;
+        req.member_file = Some(f.clone());
     }
     let json = a.json;
     let rt = super::runtime()?;

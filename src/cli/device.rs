@@ -76,6 +76,9 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
     rt.block_on(async {
         let mut d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
         d.log_requests(a.log_requests);
+        if let Some(f) = &a.oscore {
+            d.rekey_on_sighup(f.clone());
+        }
         d.settings(Settings {
             notify_interval: Duration::from_millis(a.notify_interval_ms.max(1)),
             con_every: a.con_every,

@@ -508,6 +508,7 @@ pub struct Device {
     unicast: Arc<UdpSocket>,
     log_requests: bool,
     settings: Settings,
+    member_file: Option<std::path::PathBuf>,
 }
 
 impl Device {
@@ -530,7 +531,34 @@ impl Device {
             cfg,
             log_requests: false,
             settings: Settings::default(),
+            member_file: None,
         })
+    }
+
+    /// With OSCORE: on SIGHUP this member file is read again as the group's next key
+    /// epoch (RFC 10021 §12.2): new requests need it, and the notifications of every
+    /// observation go on under it, with the new Gid named and a Partial IV of their
+    /// own (§7.3).
+    pub(crate) fn rekey_on_sighup(&mut self, file: std::path::PathBuf) {
+        self.member_file = Some(file);
+    }
+
+    fn rekey(&mut self) {
+        let (Some(file), Some(member)) = (&self.member_file, &mut self.member) else {
+            return;
+        };
+        let next = crate::settings::security::MemberFile::load(file)
+            .map_err(|e| e.join("; "))
+            .and_then(|c| SecurityContext::new(&c).map_err(|e| e.to_string()))
+            .and_then(|ctx| member.rekey(ctx, &[]).map_err(|e| e.to_string()));
+        match next {
+            Ok(()) => {
+                let kg = member.current().common.key_generation;
+                tracing::info!(event = "rekeyed", key_generation = kg);
+                self.log(serde_json::json!({"device": self.cfg.name, "rekeyed": kg}));
+            }
+            Err(e) => tracing::warn!(event = "rekey_refused", error = %e),
+        }
     }
 
     /// How `/counter` and `/large` behave (defaults: [`Settings::default`]).
@@ -574,10 +602,20 @@ impl Device {
             self.settings.notify_interval.max(Duration::from_millis(1)),
         );
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = match &self.member_file {
+            Some(_) => Some(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            )?),
+            None => None,
+        };
         loop {
             let (n, from, multicast) = tokio::select! {
                 r = self.group_socket.recv_from(&mut gbuf) => { let (n, f) = r?; (n, f, true) }
                 r = self.unicast.recv_from(&mut ubuf) => { let (n, f) = r?; (n, f, false) }
+                _ = async { hangup.as_mut().expect("guarded").recv().await }, if hangup.is_some() => {
+                    self.rekey();
+                    continue;
+                }
                 _ = ticks.tick() => {
                     for (to, d) in res.tick(self.member.as_mut()) {
                         let _ = self.unicast.send_to(&d, to).await;

@@ -53,6 +53,12 @@ pub async fn run_with(
         .map_err(io::Error::other)?;
     let mut count = 0;
     let mut stopping = false;
+    let mut hangup = match (&req.oscore, &req.member_file) {
+        (Some(_), Some(_)) => Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?),
+        _ => None,
+    };
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(stop);
     loop {
@@ -106,6 +112,9 @@ pub async fn run_with(
                 client.handle(Instant::now(), from, &buf[..n]);
             }
             _ = sleep_until(wake) => client.handle_timeout(Instant::now()),
+            _ = async { hangup.as_mut().expect("guarded").recv().await }, if hangup.is_some() => {
+                rekey(&mut client, req);
+            }
             _ = &mut stop, if !stopping => {
                 stopping = true;
                 if !req.observe {
@@ -114,6 +123,21 @@ pub async fn run_with(
                 client.deregister(Instant::now(), id).map_err(io::Error::other)?;
             }
         }
+    }
+}
+
+/// SIGHUP: the member file again, as the group's next key epoch.
+fn rekey(client: &mut Client, req: &ClientRequest) {
+    let Some(file) = &req.member_file else {
+        return;
+    };
+    let next = crate::settings::security::MemberFile::load(file)
+        .map_err(|e| e.join("; "))
+        .and_then(|c| crate::oscore::SecurityContext::new(&c).map_err(|e| e.to_string()))
+        .and_then(|ctx| client.rekey(ctx));
+    match next {
+        Ok(()) => tracing::info!(event = "rekeyed", file = %file.display()),
+        Err(e) => tracing::warn!(event = "rekey_refused", error = %e),
     }
 }
 

@@ -63,6 +63,10 @@ pub struct ClientRequest {
     /// Send to `proxy` as the origin itself, without proxy options or Multicast-Timeout:
     /// `groxy client --direct` to a device.
     pub direct: bool,
+    /// With `oscore`: the member file it came from, read again on SIGHUP by
+    /// [`run_with`] to move to the group's next key epoch (RFC 10021 §12.2) without
+    /// ending an observation.
+    pub member_file: Option<std::path::PathBuf>,
     /// Options added to the request as it is built (inside the OSCORE protection):
     /// Observe, Block2.
     pub(crate) extra: Vec<(u16, Vec<u8>)>,
@@ -93,6 +97,7 @@ impl ClientRequest {
             observe: false,
             block_size: None,
             direct: false,
+            member_file: None,
             extra: Vec::new(),
             pairwise_peer: None,
             unicast: false,

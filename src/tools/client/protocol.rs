@@ -25,7 +25,8 @@ use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, RST};
 use crate::coap::cri::parse_reply_from;
 use crate::coap::options as opt;
-use crate::oscore::{Exchange, Layer, Mode, SecurityContext};
+use crate::oscore::option::OscoreOption;
+use crate::oscore::{Exchange, GroupMember, Layer, Mode, SecurityContext};
 
 /// Requests open at once in one client (block-wise follow-ups included).
 pub(crate) const MAX_REQUESTS: usize = 64;
@@ -155,6 +156,8 @@ struct Hop {
 /// reported, with OSCORE the last Partial IV (RFC 8613 §4.1.3.5.2), and when.
 struct Seen {
     source: SocketAddr,
+    /// The Gid the last one was protected under (RFC 10021 §7.3), empty without OSCORE.
+    gid: Vec<u8>,
     seq: u32,
     piv: Option<u64>,
     at: Instant,
@@ -216,7 +219,9 @@ struct Open {
 
 /// The sans-I/O client.
 pub struct Client {
-    security: Option<SecurityContext>,
+    /// The member's contexts: the current epoch and, after [`Client::rekey`], the one
+    /// before, so that responses to requests sent before the rekey still verify.
+    security: Option<GroupMember>,
     open: Vec<Open>,
     dedup: Dedup,
     rng: ChaCha20Rng,
@@ -234,7 +239,7 @@ impl Client {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let next_mid = rng.next_u32() as u16;
         Client {
-            security,
+            security: security.map(GroupMember::new),
             open: Vec::new(),
             dedup: Dedup::new(DEDUP_CAPACITY),
             rng,
@@ -325,16 +330,17 @@ impl Client {
         token: &[u8; 8],
     ) -> Result<(Vec<u8>, Option<Exchange>, Option<Hop>), String> {
         let (msg, e2e) = match (&req.oscore, &mut self.security) {
-            (Some(_), Some(ctx)) => {
-                let (m, ex) = protect_request(req, ctx, mid, token)?;
+            (Some(_), Some(member)) => {
+                let (m, ex) = protect_request(req, member.current_mut(), mid, token)?;
                 (m, Some(ex))
             }
             (Some(_), None) => return Err("no security context for an OSCORE request".into()),
             (None, _) => (encode_request(req, mid, token)?, None),
         };
         let (msg, hop) = match (&req.proxy_kid, &mut self.security, &e2e) {
-            (Some(kid), Some(ctx), Some(_)) if !req.direct => {
-                let (m, ex) = ctx
+            (Some(kid), Some(member), Some(_)) if !req.direct => {
+                let (m, ex) = member
+                    .current_mut()
                     .protect_request_layer(&msg, Mode::Pairwise, Some(kid), Layer::Hop)
                     .map_err(|e| e.to_string())?;
                 let hop = Hop {
@@ -472,6 +478,17 @@ impl Client {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// A new key epoch of the group (RFC 10021 §12.2): what the client sends from now on
+    /// is protected under `next`; responses are verified under the epoch whose Gid they
+    /// name, so notifications of an observation registered before the rekey verify
+    /// both before and after the server moves to the new one (§7.3).
+    pub fn rekey(&mut self, next: SecurityContext) -> Result<(), String> {
+        match &mut self.security {
+            Some(m) => m.rekey(next, &[]).map_err(|e| e.to_string()),
+            None => Err("no security context to rekey".into()),
+        }
     }
 
     /// Requests open (follow-ups of block-wise transfers included).
@@ -717,6 +734,9 @@ impl Client {
         let mut block2 = v.option(opt::BLOCK2).and_then(opt::read_uint);
         let mut etag = v.option(opt::ETAG).map(<[u8]>::to_vec);
         let mut piv = None;
+        // With OSCORE the epoch a notification was protected under: the Gid its option
+        // names (a server names the new one after a rekey, §7.3), else the request's.
+        let mut epoch = (Vec::new(), Vec::new());
         // The proxy's own errors are not protected end to end; members' answers are.
         if let (Some(ctx), Some(ex)) = (security, &mut o.e2e)
             && v.option(opt::OSCORE).is_some()
@@ -738,6 +758,14 @@ impl Client {
                         block2 = pv.option(opt::BLOCK2).and_then(opt::read_uint);
                         etag = pv.option(opt::ETAG).map(<[u8]>::to_vec);
                         piv = info.piv;
+                        let named = v
+                            .option(opt::OSCORE)
+                            .and_then(|o| OscoreOption::parse(o).ok())
+                            .and_then(|o| o.kid_context.map(<[u8]>::to_vec));
+                        epoch = (
+                            named.unwrap_or_else(|| ex.kid_context.clone()),
+                            ctx.current().common.gid().to_vec(),
+                        );
                         Ok((info.mode, info.server_id))
                     }
                     Err(e) => Err(e.to_string()),
@@ -751,7 +779,7 @@ impl Client {
         // ones look stale.
         let verified = !matches!(r.oscore, Some(Err(_)));
         if let (Some(obs), Some(seq), true) = (&mut o.observing, r.observe, verified) {
-            if obs.deregistered || !fresh(obs, source, seq, piv, now) {
+            if obs.deregistered || !fresh(obs, source, seq, piv, epoch, now) {
                 return self.discard(source, Discard::Stale);
             }
         }
@@ -1021,12 +1049,15 @@ impl Client {
             &mut opts,
             e2e.payload(),
         );
-        let Some(ctx) = &mut self.security else {
+        let Some(member) = &mut self.security else {
             return false;
         };
-        let Ok((bytes, ex)) =
-            ctx.protect_request_layer(&retry, Mode::Pairwise, Some(&hop.kid), Layer::Hop)
-        else {
+        let Ok((bytes, ex)) = member.current_mut().protect_request_layer(
+            &retry,
+            Mode::Pairwise,
+            Some(&hop.kid),
+            Layer::Hop,
+        ) else {
             return false;
         };
         self.mid();
@@ -1052,11 +1083,16 @@ fn is_response(code: u8) -> bool {
 /// RFC 7641 §3.4: whether a notification from `source` is newer than the last one
 /// reported from it, and if so it becomes the last. With OSCORE the Partial IV orders
 /// them (RFC 8613 §4.1.3.5.2).
+///
+/// `epoch` is the notification's Gid and the client's current one: a server's Partial
+/// IVs start again under a new Gid, so its first notification under the current epoch
+/// is newer than any under an older one, and one under an older one after that is not.
 fn fresh(
     obs: &mut Observing,
     source: SocketAddr,
     seq: u32,
     piv: Option<u64>,
+    (gid, current): (Vec<u8>, Vec<u8>),
     now: Instant,
 ) -> bool {
     let Some(k) = obs.seen.iter().position(|s| s.source == source) else {
@@ -1065,6 +1101,7 @@ fn fresh(
         }
         obs.seen.push_back(Seen {
             source,
+            gid,
             seq,
             piv,
             at: now,
@@ -1072,7 +1109,9 @@ fn fresh(
         return true;
     };
     let last = &obs.seen[k];
+    let moved = last.gid != gid;
     let newer = match (last.piv, piv) {
+        _ if moved => gid == current,
         (Some(a), Some(b)) => b > a,
         // RFC 8613 §4.1.3.5.2: a notification without Partial IV (the first, on the
         // request's nonce) is the oldest; and the inner Observe carries no order there
@@ -1089,7 +1128,8 @@ fn fresh(
     if newer {
         let mut s = obs.seen.remove(k).expect("present");
         s.seq = seq;
-        s.piv = piv.or(s.piv);
+        s.piv = if moved { piv } else { piv.or(s.piv) };
+        s.gid = gid;
         s.at = now;
         // Most recently heard last, so that the table forgets the longest silent.
         obs.seen.push_back(s);
