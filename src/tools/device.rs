@@ -291,7 +291,9 @@ impl Resources {
         self.counter = self.counter.wrapping_add(1);
         self.notifications += 1;
         let con = self.settings.con_every > 0
-            && self.notifications % u64::from(self.settings.con_every) == 0;
+            && self
+                .notifications
+                .is_multiple_of(u64::from(self.settings.con_every));
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.observers.len() {
@@ -326,7 +328,7 @@ impl Resources {
             let bad = self.settings.misbehave
                 && o.exchange.is_some()
                 && !con
-                && self.notifications % 3 == 0;
+                && self.notifications.is_multiple_of(3);
             let mut extra = Vec::new();
             if bad && let Some(prev) = &o.last {
                 let mut replay = prev.clone();

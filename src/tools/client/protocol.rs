@@ -193,6 +193,9 @@ struct FollowUp {
     source: SocketAddr,
 }
 
+/// A request's datagram, its end-to-end exchange and its hop layer, if any.
+type Built = (Vec<u8>, Option<Exchange>, Option<Hop>);
+
 /// An open request.
 struct Open {
     id: RequestId,
@@ -323,12 +326,7 @@ impl Client {
 
     /// The request's datagram: protected end to end if it asks for OSCORE, wrapped in
     /// the pairwise layer with the proxy if it names `proxy_kid`.
-    fn build(
-        &mut self,
-        req: &ClientRequest,
-        mid: u16,
-        token: &[u8; 8],
-    ) -> Result<(Vec<u8>, Option<Exchange>, Option<Hop>), String> {
+    fn build(&mut self, req: &ClientRequest, mid: u16, token: &[u8; 8]) -> Result<Built, String> {
         let (msg, e2e) = match (&req.oscore, &mut self.security) {
             (Some(_), Some(member)) => {
                 let (m, ex) = protect_request(req, member.current_mut(), mid, token)?;
@@ -778,10 +776,10 @@ impl Client {
         // move the order: a forged one with a high number must not make the genuine
         // ones look stale.
         let verified = !matches!(r.oscore, Some(Err(_)));
-        if let (Some(obs), Some(seq), true) = (&mut o.observing, r.observe, verified) {
-            if obs.deregistered || !fresh(obs, source, seq, piv, epoch, now) {
-                return self.discard(source, Discard::Stale);
-            }
+        if let (Some(obs), Some(seq), true) = (&mut o.observing, r.observe, verified)
+            && (obs.deregistered || !fresh(obs, source, seq, piv, epoch, now))
+        {
+            return self.discard(source, Discard::Stale);
         }
         let wants_blocks = o.follow_up.is_some() || block2.is_some_and(|b| b & 8 != 0);
         if wants_blocks && r.observe.is_none() && matches!(r.code >> 5, 2) {
@@ -920,7 +918,7 @@ impl Client {
                             // server used, made smaller if the bytes so far are not a
                             // whole number of such blocks (a size change, §2.4).
                             let mut z = szx;
-                            while z > 0 && a.data.len() % (16usize << z) != 0 {
+                            while z > 0 && !a.data.len().is_multiple_of(16usize << z) {
                                 z -= 1;
                             }
                             next = Some(((a.data.len() >> (z + 4)) as u32, z));
