@@ -315,6 +315,9 @@ impl Proxy {
                                 exchanges = self.engine.exchanges().0
                             );
                             self.engine.drain();
+                            // Draining ended every observation: their deregistrations
+                            // leave now, before the drain can complete.
+                            self.flush();
                             drain_until = Some(Instant::now() + DRAIN_LIMIT);
                         }
                     }

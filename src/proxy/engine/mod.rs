@@ -19,6 +19,7 @@ use std::collections::{BinaryHeap, VecDeque};
 /// The engine's maps: hashed with a per-map random seed (keys are partly chosen by
 /// clients), faster than SipHash on the forwarding path.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,9 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Engine, Forward, HashMap, Kind, Link, Options, Reject, Route, Timer, requester};
+use super::{
+    Engine, Forward, HashMap, HashSet, Kind, Link, Options, Reject, Route, Timer, requester,
+};
 use crate::coap::MessageView;
 use crate::coap::build::{CON, NON, code};
 use crate::coap::options::{self as opt, read_uint};
@@ -76,6 +78,8 @@ pub(super) struct Observers {
     /// Tokens of observations that ended, the latest `observe.max_observations`: a NON
     /// notification under one gets an RST (RFC 7641 §3.6), as a CON one does anyway.
     ended: VecDeque<u64>,
+    /// The same tokens, for the lookup.
+    ended_set: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -456,9 +460,12 @@ impl Engine {
         self.observation_released(client.ip());
         let cap = self.cfg.limits.observe.max_observations.max(1);
         while self.observers.ended.len() >= cap {
-            self.observers.ended.pop_front();
+            if let Some(old) = self.observers.ended.pop_front() {
+                self.observers.ended_set.remove(&old);
+            }
         }
         self.observers.ended.push_back(token);
+        self.observers.ended_set.insert(token);
         let deregistered = obs.any_live() && self.deregister(token, &obs, egress);
         let reason = match reason {
             CloseReason::UnicastAnswered => CloseReason::NotificationsEnded,
@@ -513,7 +520,7 @@ impl Engine {
     /// Whether `token` is that of an observation that ended (its devices' notifications
     /// get an RST).
     pub(super) fn observation_ended(&self, token: u64) -> bool {
-        self.observers.ended.contains(&token)
+        self.observers.ended_set.contains(&token)
     }
 
     /// Ends every observation (SIGTERM, before the drain completes): each group or
