@@ -1043,3 +1043,25 @@ fn rfc7959_s2_9_2_incomplete_follow_up_restarts_at_block_0() {
         next = tx[0].clone();
     }
 }
+
+/// The order table of an observation is bounded (1,024 sources): past it the source
+/// heard from longest ago is forgotten, so its next notification, even an older
+/// number, is taken as fresh; the ones heard since are still ordered.
+#[test]
+fn observation_order_table_bounded() {
+    let (mut h, _) = H::new(&observe_req());
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let src = |i: u32| -> SocketAddr { (std::net::Ipv4Addr::from(0x0a00_0000 + i), 5683).into() };
+    let mut mid = 0u16;
+    let mut feed = |h: &mut H, i: u32, seq: u32| {
+        mid = mid.wrapping_add(1);
+        let (_, ev) = h.feed(proxy(), &notification(mid, &token, src(i), seq, b"x"));
+        responses(&ev).len()
+    };
+    for i in 0..=1024 {
+        assert_eq!(feed(&mut h, i, 10), 1);
+    }
+    assert_eq!(feed(&mut h, 0, 5), 1, "forgotten: fresh again");
+    assert_eq!(feed(&mut h, 1024, 5), 0, "remembered: older");
+}
