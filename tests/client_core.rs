@@ -529,3 +529,539 @@ fn rfc10021_s9_second_echo_challenge_reported() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].code, code::UNAUTHORIZED);
 }
+
+// ---- Observe and block-wise (issue 12) ----
+
+/// Observe and Block2 option numbers (RFC 7641 §2, RFC 7959 §2.1).
+const OBSERVE: u16 = 6;
+const BLOCK2: u16 = 23;
+const ETAG: u16 = 4;
+
+fn device2() -> SocketAddr {
+    "127.0.0.12:5683".parse().unwrap()
+}
+
+/// A notification relayed by the proxy from `dev` with Observe `seq`.
+fn notification(mid: u16, token: &[u8], dev: SocketAddr, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let rf = cri::reply_from(dev);
+    let o = opt::uint_value(seq);
+    build::encode(
+        NON,
+        code::CONTENT,
+        mid,
+        token,
+        &mut [(OBSERVE, &o), (opt::REPLY_FROM_DEFAULT, &rf)],
+        payload,
+    )
+}
+
+fn observe_req() -> ClientRequest {
+    let mut r = ClientRequest::get(proxy(), "coap://224.0.1.187/counter", 3);
+    r.observe = true;
+    r
+}
+
+/// RFC 7641 §3.1: the registration carries Observe 0; it stays open past T' (the
+/// group observation outlives the Multicast-Timeout, groupcomm-proxy §5.2.2) with no
+/// deadline of its own.
+#[test]
+fn rfc7641_s3_1_registration_observe_0_outlives_t_prime() {
+    let (mut h, id) = H::new(&observe_req());
+    let (tx, _) = h.out();
+    let reg = view(&tx[0].bytes);
+    assert_eq!(reg.option(OBSERVE), Some(&[][..]), "Observe 0 (empty uint)");
+    assert!(reg.option(opt::MULTICAST_TIMEOUT_DEFAULT).is_some());
+    let token = reg.token().to_vec();
+    assert_eq!(h.c.poll_timeout(), None, "no deadline while observing");
+    let (_, ev) = h.at(h.t0 + Duration::from_secs(600));
+    assert!(ev.is_empty(), "{ev:?}");
+    let (_, ev) = h.feed(proxy(), &notification(1, &token, device(), 5, b"5"));
+    let r = responses(&ev);
+    assert_eq!((r[0].observe, r[0].reply_from), (Some(5), Some(device())));
+    assert_eq!(h.c.observations(), vec![id]);
+}
+
+/// RFC 7641 §3.4: per source, a notification older than the last one reported from
+/// that source is not reported (with wrap-around of the 24-bit number, and fresh again
+/// after 128 s); each device of the group has its own order.
+#[test]
+fn rfc7641_s3_4_notifications_ordered_per_source() {
+    let (mut h, _) = H::new(&observe_req());
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let mut mid = 100;
+    let mut feed = |h: &mut H, dev, seq| {
+        mid += 1;
+        let (_, ev) = h.feed(proxy(), &notification(mid, &token, dev, seq, b"x"));
+        (responses(&ev).len(), discards(&ev))
+    };
+    assert_eq!(feed(&mut h, device(), 10), (1, vec![]));
+    assert_eq!(feed(&mut h, device(), 12), (1, vec![]));
+    assert_eq!(
+        feed(&mut h, device(), 11),
+        (0, vec![Discard::Stale]),
+        "older"
+    );
+    assert_eq!(
+        feed(&mut h, device(), 12),
+        (0, vec![Discard::Stale]),
+        "same"
+    );
+    assert_eq!(
+        feed(&mut h, device2(), 0xff_fff0),
+        (1, vec![]),
+        "another device"
+    );
+    assert_eq!(feed(&mut h, device(), 13), (1, vec![]));
+    // Wrap-around: 2^24 - 1 then 1 is newer (V1 > V2, V1 - V2 > 2^23), 3 is not
+    // after 0xfffff0 (V1 < V2 but V2 - V1 > 2^23 means older).
+    assert_eq!(feed(&mut h, device2(), 0xff_ffff), (1, vec![]));
+    assert_eq!(feed(&mut h, device2(), 1), (1, vec![]));
+    // After 128 s any number is fresh.
+    h.now += Duration::from_secs(129);
+    assert_eq!(feed(&mut h, device(), 2), (1, vec![]));
+}
+
+/// RFC 7641 §3.6, RFC 10020 §3.7: deregistering sends a GET with Observe 1 and the same
+/// token (a new Message ID), with the same options; notifications after it are stale;
+/// through the proxy the request ends T' + margin later (each device's last answer is
+/// relayed until then).
+#[test]
+fn rfc7641_s3_6_deregistration_same_token_observe_1() {
+    let (mut h, id) = H::new(&observe_req());
+    let (tx, _) = h.out();
+    let reg = tx[0].bytes.clone();
+    let token = view(&reg).token().to_vec();
+    h.feed(proxy(), &notification(1, &token, device(), 1, b"1"));
+    h.now = h.t0 + Duration::from_secs(30);
+    h.c.deregister(h.now, id).unwrap();
+    let (tx, _) = h.out();
+    assert_eq!(tx.len(), 1);
+    let (r, d) = (view(&reg), view(&tx[0].bytes));
+    assert_eq!(d.token(), &token[..]);
+    assert_eq!(d.code(), code::GET);
+    assert_ne!(d.message_id(), r.message_id());
+    assert_eq!(d.option(OBSERVE), Some(&[1u8][..]));
+    let others = |v: &MessageView| -> Vec<(u16, Vec<u8>)> {
+        v.options()
+            .filter(|(n, _)| *n != OBSERVE)
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect()
+    };
+    assert_eq!(others(&d), others(&r), "the same request otherwise");
+    let (_, ev) = h.feed(proxy(), &notification(2, &token, device(), 2, b"2"));
+    assert_eq!(discards(&ev), vec![Discard::Stale]);
+    // A device's plain answer to the deregistration is relayed.
+    let (_, ev) = h.feed(proxy(), &relayed(NON, 3, &token, b"2"));
+    assert_eq!(responses(&ev)[0].observe, None);
+    assert!(h.c.observations().is_empty());
+    let (_, ev) = h.at(h.now + Duration::from_secs(3) + Duration::from_secs(1));
+    assert_eq!(
+        ev,
+        vec![ClientEvent::Ended {
+            request: id,
+            end: End::Deregistered
+        }]
+    );
+}
+
+/// RFC 7641 §3.6 sent straight to a server: it ends at the server's answer.
+#[test]
+fn rfc7641_s3_6_direct_deregistration_ends_at_answer() {
+    let mut req = ClientRequest::get(device(), "coap://127.0.0.11/counter", 3);
+    req.observe = true;
+    req.direct = true;
+    let (mut h, id) = H::new(&req);
+    let (tx, _) = h.out();
+    let v = view(&tx[0].bytes);
+    assert!(v.option(opt::MULTICAST_TIMEOUT_DEFAULT).is_none());
+    assert!(v.option(opt::PROXY_SCHEME).is_none());
+    assert_eq!(v.option(opt::URI_PATH), Some(&b"counter"[..]));
+    let token = v.token().to_vec();
+    h.c.deregister(h.now, id).unwrap();
+    h.out();
+    let answer = build::encode(NON, code::CONTENT, 9, &token, &mut [], b"7");
+    let (_, ev) = h.feed(device(), &answer);
+    assert_eq!(responses(&ev).len(), 1);
+    assert!(ev.contains(&ClientEvent::Ended {
+        request: id,
+        end: End::Deregistered
+    }));
+}
+
+/// A Block2 response (RFC 7959 §2.2 value: NUM, M, SZX) from `dev` through the proxy.
+fn block(
+    mid: u16,
+    token: &[u8],
+    dev: SocketAddr,
+    num: u32,
+    more: bool,
+    szx: u32,
+    body: &[u8],
+) -> Vec<u8> {
+    let size = 16usize << szx;
+    let start = num as usize * size;
+    let end = (start + size).min(body.len());
+    let rf = cri::reply_from(dev);
+    let b2 = opt::uint_value(num << 4 | if more { 8 } else { 0 } | szx);
+    build::encode(
+        NON,
+        code::CONTENT,
+        mid,
+        token,
+        &mut [
+            (ETAG, &b"v1"[..]),
+            (BLOCK2, &b2),
+            (opt::REPLY_FROM_DEFAULT, &rf),
+        ],
+        &body[start..end],
+    )
+}
+
+fn block2_of(d: &Datagram) -> (u32, u32) {
+    let v = opt::read_uint(view(&d.bytes).option(BLOCK2).unwrap()).unwrap();
+    (v >> 4, v & 7)
+}
+
+fn body(n: usize, tag: u8) -> Vec<u8> {
+    (0..n).map(|i| tag.wrapping_add(i as u8)).collect()
+}
+
+/// RFC 10020 §3.8, RFC 7959 §2.4: block 0 asked of the group in the size wanted; each
+/// device's representation is reassembled with follow-ups to that device (a unicast
+/// request through the proxy to its Reply-From address, without Multicast-Timeout), in
+/// the size the device used, and reported once, whole; the request ends after its
+/// follow-ups.
+#[test]
+fn rfc7959_s2_4_reassembled_per_device_through_the_proxy() {
+    let mut req = ClientRequest::get(proxy(), "coap://224.0.1.187/large?x=1", 2);
+    req.block_size = Some(64);
+    let (mut h, id) = H::new(&req);
+    let (tx, _) = h.out();
+    assert_eq!(block2_of(&tx[0]), (0, 2));
+    let token = view(&tx[0].bytes).token().to_vec();
+    let (a, b) = (body(150, 1), body(40, 100));
+    // Device 1 answers in 32-byte blocks (smaller than asked, §2.4); device 2 in one.
+    let (tx, ev) = h.feed(proxy(), &block(1, &token, device(), 0, true, 1, &a));
+    assert!(responses(&ev).is_empty());
+    let (_, ev2) = h.feed(proxy(), &block(2, &token, device2(), 0, false, 2, &b));
+    assert_eq!(
+        responses(&ev2)[0].payload,
+        b,
+        "one block is the whole of it"
+    );
+    let mut fu = tx[0].clone();
+    let mut mid = 10;
+    let mut got = None;
+    for _ in 0..10 {
+        let v = view(&fu.bytes);
+        assert_eq!(fu.to, proxy());
+        assert!(
+            v.option(opt::MULTICAST_TIMEOUT_DEFAULT).is_none(),
+            "unicast"
+        );
+        assert_eq!(v.option(opt::URI_HOST), Some(&b"127.0.0.11"[..]));
+        assert_eq!(opt::read_uint(v.option(opt::URI_PORT).unwrap()), Some(5683));
+        assert_eq!(v.option(opt::URI_QUERY), Some(&b"x=1"[..]));
+        let (num, szx) = block2_of(&fu);
+        assert_eq!(szx, 1, "the device's size");
+        mid += 1;
+        let more = (num as usize + 1) * 32 < a.len();
+        let (tx, ev) = h.feed(proxy(), &block(mid, v.token(), device(), num, more, 1, &a));
+        if let Some(r) = responses(&ev).first() {
+            got = Some((*r).clone());
+            break;
+        }
+        fu = tx[0].clone();
+    }
+    let got = got.expect("reassembled");
+    assert_eq!((got.payload, got.reply_from), (a, Some(device())));
+    let (_, ev) = h.at(h.t0 + Duration::from_secs(3));
+    assert_eq!(
+        ev,
+        vec![ClientEvent::Ended {
+            request: id,
+            end: End::Timeout
+        }]
+    );
+    assert_eq!(h.c.open_requests(), 0);
+}
+
+/// RFC 7959 §2.4: blocks that arrive out of order are held until the ones before them
+/// come; a duplicate adds nothing; a block of another ETag restarts from block 0.
+#[test]
+fn rfc7959_s2_4_out_of_order_duplicate_and_changed_etag() {
+    let mut req = ClientRequest::get(device(), "coap://127.0.0.11/large", 2);
+    req.direct = true;
+    req.block_size = Some(16);
+    let (mut h, _) = H::new(&req);
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let a = body(40, 7);
+    let direct = |b: Vec<u8>| -> Vec<u8> {
+        // Without Reply-From: straight from the device.
+        let v = view(&b);
+        let mut o: Vec<(u16, &[u8])> = v
+            .options()
+            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+            .collect();
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
+    };
+    let (tx, _) = h.feed(
+        device(),
+        &direct(block(1, &token, device(), 0, true, 0, &a)),
+    );
+    assert_eq!((tx[0].to, block2_of(&tx[0])), (device(), (1, 0)));
+    let t1 = view(&tx[0].bytes).token().to_vec();
+    // Block 2 arrives first (on the same follow-up token, as a late answer would not):
+    // held, no new request; then block 1 completes it.
+    let (tx, ev) = h.feed(device(), &direct(block(2, &t1, device(), 2, false, 0, &a)));
+    assert!(responses(&ev).is_empty());
+    // The follow-up for block 1 was answered with block 2: the next asked is block 1.
+    assert_eq!(block2_of(&tx[0]), (1, 0));
+    let t2 = view(&tx[0].bytes).token().to_vec();
+    let (_, ev) = h.feed(device(), &direct(block(3, &t2, device(), 1, true, 0, &a)));
+    assert_eq!(responses(&ev)[0].payload, a);
+
+    // A new version mid-transfer: start again from 0.
+    let (mut h, _) = H::new(&req);
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let (tx, _) = h.feed(
+        device(),
+        &direct(block(1, &token, device(), 0, true, 0, &a)),
+    );
+    let t1 = view(&tx[0].bytes).token().to_vec();
+    let b = body(40, 50);
+    let mut changed = direct(block(2, &t1, device(), 1, true, 0, &b));
+    let pos = changed.windows(2).position(|w| w == b"v1").unwrap();
+    changed[pos + 1] = b'2';
+    let (tx, ev) = h.feed(device(), &changed);
+    assert!(responses(&ev).is_empty());
+    assert_eq!(block2_of(&tx[0]), (0, 0), "block 0 of the new version");
+}
+
+/// RFC 7959 §2.4: a size change mid-transfer (the server's smaller size) continues
+/// from the same byte offset in the new size.
+#[test]
+fn rfc7959_s2_4_size_change_continues_at_offset() {
+    let mut req = ClientRequest::get(device(), "coap://127.0.0.11/large", 2);
+    req.direct = true;
+    req.block_size = Some(64);
+    let (mut h, _) = H::new(&req);
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let a = body(200, 3);
+    let strip = |b: Vec<u8>| -> Vec<u8> {
+        let v = view(&b);
+        let mut o: Vec<(u16, &[u8])> = v
+            .options()
+            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+            .collect();
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
+    };
+    let (tx, _) = h.feed(device(), &strip(block(1, &token, device(), 0, true, 2, &a)));
+    assert_eq!(block2_of(&tx[0]), (1, 2));
+    let t = view(&tx[0].bytes).token().to_vec();
+    // The server now sends 32-byte blocks: bytes 64..96 are block 2 of size 32.
+    let (tx, _) = h.feed(device(), &strip(block(2, &t, device(), 2, true, 1, &a)));
+    assert_eq!(block2_of(&tx[0]), (3, 1), "offset 96 in 32-byte blocks");
+    let mut next = tx[0].clone();
+    let mut mid = 3;
+    loop {
+        let (num, _) = block2_of(&next);
+        let more = (num as usize + 1) * 32 < a.len();
+        mid += 1;
+        let t = view(&next.bytes).token().to_vec();
+        let (tx, ev) = h.feed(device(), &strip(block(mid, &t, device(), num, more, 1, &a)));
+        if let Some(r) = responses(&ev).first() {
+            assert_eq!(r.payload, a);
+            break;
+        }
+        next = tx[0].clone();
+    }
+}
+
+/// The client against the device's own core (`groxy::tools::device::Resources`), both
+/// Group OSCORE members, datagrams handed across: RFC 8613 §4.1.3.5 / RFC 10021 notifications
+/// each verified (group mode, the device's kid), ordered by Partial IV; a replayed
+/// notification (another Message ID, the same protected message) is not reported as
+/// new; a forged one is reported unverified and does not move the order. RFC 10020 §3.8:
+/// block-wise follow-ups to one device go in pairwise mode and the representation
+/// verifies whole.
+#[test]
+fn rfc10021_observe_and_blockwise_end_to_end_with_the_device_core() {
+    use groxy::oscore::GroupMember;
+    use groxy::tools::device::{Resources, Settings};
+    let g = common::Group::new(&[CLIENT, DEV]);
+    let mut member = GroupMember::new(SecurityContext::new(&g.config(DEV)).unwrap());
+    let mut dev = Resources::new("d", Settings::default(), 1000);
+    let mut req = ClientRequest::get(device(), "coap://127.0.0.11/counter", 3);
+    req.direct = true;
+    req.observe = true;
+    req.oscore = Some(g.config(CLIENT));
+    let (mut h, _) = H::new(&req);
+    let me: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let (tx, _) = h.out();
+    let answer = dev
+        .handle(me, &tx[0].bytes, false, Some((&mut member, Mode::Group)))
+        .expect("the registration verifies");
+    let (_, ev) = h.feed(device(), &answer);
+    assert_eq!(
+        responses(&ev)[0].oscore,
+        Some(Ok((Mode::Group, DEV.to_vec())))
+    );
+    let mut last = Vec::new();
+    for k in 1..=3 {
+        let n = dev.tick(Some(&mut member));
+        let (_, ev) = h.feed(device(), &n[0].1);
+        let r = responses(&ev);
+        assert_eq!(r[0].oscore, Some(Ok((Mode::Group, DEV.to_vec()))), "{k}");
+        assert_eq!(r[0].payload, (k as u32).to_string().as_bytes());
+        assert!(r[0].observe.is_some());
+        last = n[0].1.clone();
+    }
+    // The last notification again under another Message ID: a replay (RFC 10021 §5.3.1).
+    let mut replay = last.clone();
+    replay[3] ^= 0x55;
+    let (_, ev) = h.feed(device(), &replay);
+    assert!(
+        responses(&ev)
+            .iter()
+            .all(|r| r.oscore.as_ref().is_some_and(|o| o.is_err())),
+        "not reported as a verified notification: {ev:?}"
+    );
+    // A forgery with a far higher Observe: unverified, and the next genuine one is new.
+    let v = view(&last);
+    let big = opt::uint_value(0x7f_0000);
+    let mut o: Vec<(u16, &[u8])> = v.options().filter(|(n, _)| *n != OBSERVE).collect();
+    o.push((OBSERVE, &big));
+    let mut payload = v.payload().to_vec();
+    payload[0] ^= 1;
+    let forged = build::encode(NON, v.code(), 0x4444, v.token(), &mut o, &payload);
+    let (_, ev) = h.feed(device(), &forged);
+    assert!(responses(&ev)[0].oscore.as_ref().unwrap().is_err());
+    let n = dev.tick(Some(&mut member));
+    let (_, ev) = h.feed(device(), &n[0].1);
+    assert_eq!(responses(&ev)[0].payload, b"4", "{ev:?}");
+
+    // Block-wise: block 0 in group mode, the follow-ups in pairwise mode to the device.
+    let mut req = ClientRequest::get(device(), "coap://127.0.0.11/large", 3);
+    req.direct = true;
+    req.block_size = Some(512);
+    req.oscore = Some(g.config(CLIENT));
+    req.first_ssn = 100;
+    let (mut h, _) = H::new(&req);
+    let (mut tx, _) = h.out();
+    let mut modes = Vec::new();
+    for _ in 0..10 {
+        let d = tx.pop().expect("a request");
+        let a = dev
+            .handle(me, &d.bytes, false, Some((&mut member, Mode::Group)))
+            .expect("verifies");
+        let (next, ev) = h.feed(device(), &a);
+        if let Some(r) = responses(&ev).first() {
+            assert_eq!(r.payload, dev.large());
+            break;
+        }
+        let o = view(&next[0].bytes).option(opt::OSCORE).unwrap().to_vec();
+        // RFC 10021 §6.1 / §8: the group flag (bit 5) unset in pairwise mode.
+        modes.push(o[0] & 0x20 == 0);
+        tx = next;
+    }
+    assert_eq!(modes, vec![true; 5], "3,000 bytes: 5 pairwise follow-ups");
+}
+
+/// RFC 7959 §2.4 allows a server state per requester; aiocoap keeps it and answers a
+/// block past 0 asked from another endpoint (the proxy's unicast egress) with 4.08
+/// (§2.9.2). The client starts that server's transfer again at block 0 by unicast and
+/// completes it; the representation still names the server of the group response.
+#[test]
+fn rfc7959_s2_9_2_incomplete_follow_up_restarts_at_block_0() {
+    let mut req = ClientRequest::get(proxy(), "coap://224.0.1.187/large", 2);
+    req.block_size = Some(16);
+    let (mut h, _) = H::new(&req);
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let a = body(40, 9);
+    let (tx, _) = h.feed(proxy(), &block(1, &token, device(), 0, true, 0, &a));
+    assert_eq!(block2_of(&tx[0]), (1, 0));
+    let t1 = view(&tx[0].bytes).token().to_vec();
+    // Unicast answers through the proxy carry no Reply-From.
+    let unicast = |b: Vec<u8>| -> Vec<u8> {
+        let v = view(&b);
+        let mut o: Vec<(u16, &[u8])> = v
+            .options()
+            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+            .collect();
+        build::encode(
+            NON,
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut o,
+            v.payload(),
+        )
+    };
+    let incomplete = build::encode(NON, 0x88, 2, &t1, &mut [], b"");
+    let (tx, ev) = h.feed(proxy(), &incomplete);
+    assert!(responses(&ev).is_empty(), "{ev:?}");
+    assert_eq!(block2_of(&tx[0]), (0, 0), "block 0 again, to that device");
+    assert_eq!(
+        view(&tx[0].bytes).option(opt::URI_HOST),
+        Some(&b"127.0.0.11"[..])
+    );
+    let mut next = tx[0].clone();
+    let mut mid = 3;
+    loop {
+        let (num, _) = block2_of(&next);
+        let more = (num as usize + 1) * 16 < a.len();
+        mid += 1;
+        let t = view(&next.bytes).token().to_vec();
+        let (tx, ev) = h.feed(
+            proxy(),
+            &unicast(block(mid, &t, device(), num, more, 0, &a)),
+        );
+        if let Some(r) = responses(&ev).first() {
+            assert_eq!((&r.payload, r.reply_from), (&a, Some(device())));
+            break;
+        }
+        next = tx[0].clone();
+    }
+}
+
+/// The order table of an observation is bounded (1,024 sources): past it the source
+/// heard from longest ago is forgotten, so its next notification, even an older
+/// number, is taken as fresh; the ones heard since are still ordered.
+#[test]
+fn observation_order_table_bounded() {
+    let (mut h, _) = H::new(&observe_req());
+    let (tx, _) = h.out();
+    let token = view(&tx[0].bytes).token().to_vec();
+    let src = |i: u32| -> SocketAddr { (std::net::Ipv4Addr::from(0x0a00_0000 + i), 5683).into() };
+    let mut mid = 0u16;
+    let mut feed = |h: &mut H, i: u32, seq: u32| {
+        mid = mid.wrapping_add(1);
+        let (_, ev) = h.feed(proxy(), &notification(mid, &token, src(i), seq, b"x"));
+        responses(&ev).len()
+    };
+    for i in 0..=1024 {
+        assert_eq!(feed(&mut h, i, 10), 1);
+    }
+    assert_eq!(feed(&mut h, 0, 5), 1, "forgotten: fresh again");
+    assert_eq!(feed(&mut h, 1024, 5), 0, "remembered: older");
+}

@@ -82,3 +82,59 @@ async fn rfc7252_s4_2_reset_request_ends_the_client_early() {
     );
     script.await.unwrap();
 }
+
+/// RFC 7641 §3.6 on the wire: `run_with` for an observation reports notifications
+/// until its stop future resolves (Ctrl-C in `groxy client`), then sends the
+/// deregistration (Observe 1, the same token) and returns once it is answered.
+#[tokio::test]
+async fn rfc7641_s3_6_stop_deregisters_and_returns() {
+    use groxy::tools::client::run_with;
+    let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut req = ClientRequest::get(addr, &format!("coap://{addr}/counter"), 2);
+    req.observe = true;
+    req.direct = true;
+    // Ctrl-C, pressed once two notifications were shown.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let script = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        let (n, client) = server.recv_from(&mut buf).await.unwrap();
+        let reg = buf[..n].to_vec();
+        let v = MessageView::parse(&reg).unwrap();
+        assert_eq!(v.option(6), Some(&[][..]), "Observe 0");
+        let token = v.token().to_vec();
+        for (k, mid) in [(1u8, 0x100u16), (2, 0x101)] {
+            let n = build::encode(1, code::CONTENT, mid, &token, &mut [(6, &[k][..])], &[k]);
+            server.send_to(&n, client).await.unwrap();
+        }
+        let dereg = recv(&server, Duration::from_secs(5)).await;
+        let d = MessageView::parse(&dereg).unwrap();
+        assert_eq!((d.token(), d.option(6)), (&token[..], Some(&[1u8][..])));
+        let answer = build::encode(1, code::CONTENT, 0x102, &token, &mut [], b"2");
+        server.send_to(&answer, client).await.unwrap();
+    });
+    let mut seen = Vec::new();
+    let n = timeout(
+        Duration::from_secs(10),
+        run_with(
+            &req,
+            |r| {
+                seen.push(r.observe);
+                if seen.len() == 2 {
+                    let _ = stop_tx.take().map(|t| t.send(()));
+                }
+                true
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        ),
+    )
+    .await
+    .expect("returns after the deregistration is answered")
+    .unwrap();
+    script.await.unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(seen, vec![Some(1), Some(2), None]);
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::coap::build::code;
-use crate::tools::client::{ClientRequest, Response, run as send};
+use crate::tools::client::{ClientRequest, Response, run_with};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,6 +36,21 @@ pub struct Args {
     /// group member with this Sender ID (hex).
     #[arg(long, requires = "oscore")]
     pub proxy_kid: Option<String>,
+    /// Observe the resource (RFC 7641): print every notification as it arrives until
+    /// Ctrl-C or --count, then deregister and exit 0.
+    #[arg(long)]
+    pub observe: bool,
+    /// With --observe: stop after this many notifications and responses.
+    #[arg(long, requires = "observe")]
+    pub count: Option<u64>,
+    /// Ask for block-wise transfer in blocks of this many bytes (16 to 1024) and print
+    /// each server's representation whole (RFC 7959).
+    #[arg(long)]
+    pub block_size: Option<u16>,
+    /// Send to the target itself, not through a proxy (--proxy is ignored; the URI's
+    /// host must be an IP address).
+    #[arg(long, conflicts_with = "proxy_kid")]
+    pub direct: bool,
 }
 
 fn method(m: &str) -> Result<u8, String> {
@@ -50,6 +65,12 @@ fn method(m: &str) -> Result<u8, String> {
 }
 
 pub(crate) fn print(r: &Response, json: bool) {
+    print_from(r, json, "the proxy")
+}
+
+/// [`print`], naming a response without Reply-From `unnamed` (the proxy, or with
+/// `--direct` the server itself).
+fn print_from(r: &Response, json: bool, unnamed: &str) {
     let from = r.reply_from.map(|a| a.to_string());
     let text = std::str::from_utf8(&r.payload).ok();
     let security = match &r.oscore {
@@ -65,7 +86,8 @@ pub(crate) fn print(r: &Response, json: bool) {
         let mut o = serde_json::json!({
             "code": code::dotted(r.code),
             "reply_from": from,
-                        "elapsed_ms": r.elapsed.as_millis() as u64,
+            "observe": r.observe,
+            "elapsed_ms": r.elapsed.as_millis() as u64,
             "oscore": security,
         });
         match text {
@@ -84,10 +106,14 @@ pub(crate) fn print(r: &Response, json: bool) {
             }
             Some(Err(e)) => format!(" [NOT verified: {e}]"),
         };
+        let seq = r
+            .observe
+            .map(|n| format!(" observe {n}"))
+            .unwrap_or_default();
         println!(
-            "{} from {} after {} ms{sec}: {p}",
+            "{} from {} after {} ms{seq}{sec}: {p}",
             code::dotted(r.code),
-            from.as_deref().unwrap_or("the proxy"),
+            from.as_deref().unwrap_or(unnamed),
             r.elapsed.as_millis()
         );
     }
@@ -100,6 +126,15 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
     req.confirmable = a.con;
     req.proxy_uri = a.proxy_uri;
     req.margin = Duration::from_secs(1);
+    req.observe = a.observe;
+    if let Some(n) = a.block_size {
+        crate::tools::client::szx_of(n).map_err(|e| format!("--block-size: {e}"))?;
+        req.block_size = Some(n);
+    }
+    if a.direct {
+        req.direct = true;
+        req.proxy = direct_target(&a.uri)?;
+    }
     if let Some(k) = &a.proxy_kid {
         req.proxy_kid = Some(hex::decode(k).map_err(|_| format!("--proxy-kid {k}: not hex"))?);
     }
@@ -107,16 +142,43 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
         req.oscore =
             Some(crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
         req.first_ssn = reserve_ssn(f)?;
+        req.member_file = Some(f.clone());
     }
     let json = a.json;
     let rt = super::runtime()?;
+    let count = a.count;
+    let target = req.proxy.to_string();
+    let unnamed = if a.direct {
+        target.as_str()
+    } else {
+        "the proxy"
+    };
+    let mut seen = 0u64;
     let got = rt
-        .block_on(send(&req, |r| print(r, json)))
+        .block_on(run_with(
+            &req,
+            |r| {
+                print_from(r, json, unnamed);
+                seen += 1;
+                count.is_none_or(|c| seen < c)
+            },
+            super::shutdown_signal(),
+        ))
         .map_err(|e| e.to_string())?;
     if !json {
-        eprintln!("{} response(s)", got.len());
+        eprintln!("{got} response(s)");
     }
     Ok(())
+}
+
+/// The address of the target of `--direct`: its IP literal and port (5683 by default).
+fn direct_target(uri: &str) -> Result<std::net::SocketAddr, String> {
+    use crate::coap::uri::{Host, parse_proxy_uri};
+    let t = parse_proxy_uri(uri.as_bytes()).map_err(|e| format!("{uri}: {e}"))?;
+    match t.host {
+        Host::Ip(ip) => Ok((ip, t.port.unwrap_or(5683)).into()),
+        Host::Name(n) => Err(format!("--direct needs an IP address, not {n}")),
+    }
 }
 
 /// Sequence numbers one invocation may use at most.

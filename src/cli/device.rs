@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::tools::device::{Device, DeviceConfig};
+use crate::tools::device::{Device, DeviceConfig, Settings};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,6 +32,24 @@ pub struct Args {
     /// Mode of responses to group-mode requests: group (signed) or pairwise.
     #[arg(long, default_value = "group")]
     pub response_mode: String,
+    /// How often /counter changes and its observers are notified, in milliseconds
+    /// (RFC 7641).
+    #[arg(long, default_value_t = 1000)]
+    pub notify_interval_ms: u64,
+    /// Every this many notifications one is Confirmable; an observer that has not
+    /// acknowledged the last one by the next is removed (RFC 7641 §4.5). 0: all NON.
+    #[arg(long, default_value_t = 10)]
+    pub con_every: u32,
+    /// Observers of /counter kept at most; a registration past it is answered without
+    /// Observe (not registered).
+    #[arg(long, default_value_t = 64)]
+    pub max_observers: usize,
+    /// Size of the /large representation in bytes (served block-wise, RFC 7959).
+    #[arg(long, default_value_t = 3000)]
+    pub large_bytes: usize,
+    /// Tests only: with --oscore, also send replayed and forged notifications.
+    #[arg(long, hide = true)]
+    pub misbehave: bool,
 }
 
 pub(crate) fn run(a: Args) -> Result<(), String> {
@@ -58,6 +76,16 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
     rt.block_on(async {
         let mut d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
         d.log_requests(a.log_requests);
+        if let Some(f) = &a.oscore {
+            d.rekey_on_sighup(f.clone());
+        }
+        d.settings(Settings {
+            notify_interval: Duration::from_millis(a.notify_interval_ms.max(1)),
+            con_every: a.con_every,
+            max_observers: a.max_observers,
+            large_bytes: a.large_bytes,
+            misbehave: a.misbehave,
+        });
         tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
         tokio::select! {
             r = d.run() => r.map_err(|e| e.to_string()),

@@ -9,7 +9,7 @@ mod driver;
 pub mod message;
 pub mod protocol;
 
-pub use driver::run;
+pub use driver::{run, run_with};
 pub use protocol::{Client, ClientEvent, Datagram, Discard, End, RequestId};
 
 use std::net::SocketAddr;
@@ -52,6 +52,29 @@ pub struct ClientRequest {
     /// First Sender Sequence Number to use: a client that runs again must continue
     /// above every number it used before, or its requests are replays (RFC 10021 §5.3).
     pub first_ssn: u64,
+    /// Register as an observer (Observe 0, RFC 7641 §3.1): the request stays open past
+    /// T', every notification is reported, until [`Client::deregister`].
+    pub observe: bool,
+    /// Ask for Block2 transfers in blocks of this many bytes (16 to 1,024, a power of
+    /// two; RFC 7959 §2.2) and reassemble each server's representation with follow-up
+    /// requests to that server (RFC 10020 §3.8). Without it a server that answers with
+    /// Block2 anyway is followed up in its own size.
+    pub block_size: Option<u16>,
+    /// Send to `proxy` as the origin itself, without proxy options or Multicast-Timeout:
+    /// `groxy client --direct` to a device.
+    pub direct: bool,
+    /// With `oscore`: the member file it came from, read again on SIGHUP by
+    /// [`run_with`] to move to the group's next key epoch (RFC 10021 §12.2) without
+    /// ending an observation.
+    pub member_file: Option<std::path::PathBuf>,
+    /// Options added to the request as it is built (inside the OSCORE protection):
+    /// Observe, Block2.
+    pub(crate) extra: Vec<(u16, Vec<u8>)>,
+    /// A follow-up to one server of a group: pairwise mode with it (RFC 10021 §8;
+    /// block-wise needs pairwise, RFC 10020 §3.8).
+    pub(crate) pairwise_peer: Option<Vec<u8>>,
+    /// A unicast follow-up through the proxy: no Multicast-Timeout.
+    pub(crate) unicast: bool,
 }
 
 impl ClientRequest {
@@ -71,7 +94,22 @@ impl ClientRequest {
             oscore: None,
             proxy_kid: None,
             first_ssn: 0,
+            observe: false,
+            block_size: None,
+            direct: false,
+            member_file: None,
+            extra: Vec::new(),
+            pairwise_peer: None,
+            unicast: false,
         }
+    }
+}
+
+/// The SZX of a block size (RFC 7959 §2.2): 16 to 1,024 bytes, a power of two.
+pub fn szx_of(block_size: u16) -> Result<u8, String> {
+    match block_size {
+        16 | 32 | 64 | 128 | 256 | 512 | 1024 => Ok(block_size.trailing_zeros() as u8 - 4),
+        n => Err(format!("block size {n}: 16, 32, 64, 128, 256, 512 or 1024")),
     }
 }
 
@@ -88,6 +126,9 @@ pub struct Response {
     pub elapsed: Duration,
     /// The Multicast-Timeout option of an error response (§5.2.1 step 3), if any.
     pub multicast_timeout: Option<Vec<u8>>,
+    /// The Observe option: the notification's sequence number (RFC 7641 §3.4), or
+    /// `None` for a response that is not a notification.
+    pub observe: Option<u32>,
     /// With OSCORE: how the response verified (mode and the server's Sender ID), or why
     /// not. `code` and `payload` are then those of the decrypted response.
     pub oscore: Option<Result<(Mode, Vec<u8>), String>>,
@@ -111,13 +152,20 @@ pub fn protect_request(
         .iter()
         .map(|(n, v)| (*n, &v[..]))
         .collect();
+    inner.extend(req.extra.iter().map(|(n, v)| (*n, &v[..])));
     let t = if req.confirmable { CON } else { NON };
     let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
-    let (protected, ex) = ctx
-        .protect_request(&plain, Mode::Group, None)
-        .map_err(|e| e.to_string())?;
+    let (protected, ex) = match &req.pairwise_peer {
+        Some(peer) => ctx.protect_request(&plain, Mode::Pairwise, Some(peer)),
+        None => ctx.protect_request(&plain, Mode::Group, None),
+    }
+    .map_err(|e| e.to_string())?;
     let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
-    let outer = outer_proxy_options(req, &target)?;
+    let outer = if req.direct {
+        Vec::new()
+    } else {
+        outer_proxy_options(req, &target)?
+    };
     let mut opts: Vec<(u16, &[u8])> = v.options().collect();
     opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
     Ok((
@@ -135,10 +183,12 @@ fn outer_proxy_options(
         Host::Name(n) => n.to_string(),
     };
     let mut o = vec![
-        (req.multicast_timeout_option, uint_value(req.timeout)),
         (opt::PROXY_SCHEME, target.scheme.as_bytes().to_vec()),
         (opt::URI_HOST, host.into_bytes()),
     ];
+    if !req.unicast {
+        o.push((req.multicast_timeout_option, uint_value(req.timeout)));
+    }
     if let Some(p) = target.port {
         o.push((opt::URI_PORT, uint_value(p as u32)));
     }
@@ -158,8 +208,13 @@ pub(crate) fn encode_request(
         Host::Name(n) => n.to_string(),
     };
     let port = target.port.map(|p| uint_value(p as u32));
-    let mut opts: Vec<(u16, &[u8])> = vec![(req.multicast_timeout_option, &mt)];
-    if req.proxy_uri {
+    let mut opts: Vec<(u16, &[u8])> = Vec::new();
+    if !req.unicast && !req.direct {
+        opts.push((req.multicast_timeout_option, &mt));
+    }
+    if req.direct {
+        opts.extend(target.uri_options.iter().map(|(n, v)| (*n, &v[..])));
+    } else if req.proxy_uri {
         opts.push((opt::PROXY_URI, req.uri.as_bytes()));
     } else {
         // aiocoap's form: Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path, Uri-Query.
@@ -170,6 +225,7 @@ pub(crate) fn encode_request(
         }
         opts.extend(target.uri_options.iter().map(|(n, v)| (*n, &v[..])));
     }
+    opts.extend(req.extra.iter().map(|(n, v)| (*n, &v[..])));
     let t = if req.confirmable { CON } else { NON };
     Ok(build::encode(
         t,
