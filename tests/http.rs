@@ -628,3 +628,77 @@ fn https_and_mtls_identities_reach_only_their_groups() {
     });
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// §9.6: a later response from the same server replaces its stored one; the batch has
+/// one part for it, the later one. A scripted device answers twice.
+#[test]
+fn a_later_response_of_a_device_replaces_its_earlier_one() {
+    let e = start("replace", 81, 0, 0, "", ["\"127.0.0.0/8\""; 2]);
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, e.group)).into())
+        .unwrap();
+    s.join_multicast_v4(&Ipv4Addr::new(224, 0, 1, 187), &Ipv4Addr::LOCALHOST)
+        .unwrap();
+    let sock: UdpSocket = s.into();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let device = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        let v = groxy::coap::MessageView::parse(&buf[..n]).unwrap();
+        let token = v.token().to_vec();
+        for (mid, text) in [(1u16, &b"first"[..]), (2, b"second")] {
+            let r = groxy::coap::build::encode(1, 0x45, mid, &token, &mut [], text);
+            sock.send_to(&r, from).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let got = curl(&[
+        "-H",
+        "Multicast-Timeout: 1",
+        &url(&e, &format!("/hc/coap://224.0.1.187:{}/x", e.group)),
+    ]);
+    device.join().unwrap();
+    assert_eq!(got.status, 200);
+    let ps = parts(&got);
+    assert_eq!(ps.len(), 1, "one part per server");
+    assert_eq!(ps[0].body, b"second");
+}
+
+/// `groxy client --http URL` prints one JSON object per part as it arrives, each with
+/// the device's Reply-From.
+#[test]
+fn groxy_client_over_http_prints_every_part() {
+    let e = start("cli", 91, 2, 0, "", ["\"127.0.0.0/8\""; 2]);
+    let out = Command::new(env!("CARGO_BIN_EXE_groxy"))
+        .args(["client", "--http", "--timeout", "1", "--json"])
+        .arg(url(
+            &e,
+            &format!("/hc/coap://224.0.1.187:{}/hello", e.group),
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut from: Vec<SocketAddr> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["code"], "2.05");
+            v["reply_from"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    from.sort();
+    assert_eq!(from, e.devices);
+    assert!(metric(&e, "groxy_http_streamed_responses_total") >= 1.0);
+}

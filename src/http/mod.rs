@@ -594,14 +594,10 @@ async fn run(
                 let ct = format!("multipart/mixed; boundary={boundary}");
                 tokio::spawn(async move {
                     let _reg = reg;
-                    loop {
-                        match w.next().await {
-                            Step::Part(_, r) => {
-                                if btx.send(Bytes::from(part(&boundary, &r))).await.is_err() {
-                                    return; // the client went away
-                                }
-                            }
-                            Step::Final(_) | Step::End => break,
+                    // Until T' (a single response cannot follow parts).
+                    while let Step::Part(_, r) = w.next().await {
+                        if btx.send(Bytes::from(part(&boundary, &r))).await.is_err() {
+                            return; // the client went away
                         }
                     }
                     let _ = btx
