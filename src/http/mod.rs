@@ -676,6 +676,10 @@ struct Waiting {
 impl Waiting {
     async fn next(&mut self) -> Step {
         loop {
+            // T' = 0 (§9.5: 204 right after the fan-out) or passed: no timer round.
+            if self.handled && self.rx.is_empty() && self.deadline <= tokio::time::Instant::now() {
+                return Step::End;
+            }
             let m = tokio::select! {
                 m = self.rx.recv() => m,
                 _ = tokio::time::sleep_until(self.deadline) => return Step::End,
