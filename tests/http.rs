@@ -482,6 +482,25 @@ fn bad_input_is_refused_and_counted() {
     wait_for("the slow client counted", || {
         metric(&e, "groxy_http_refused_total{reason=\"header_timeout\"}") >= 1.0
     });
+    // An idle kept-alive connection: after its answer, closed once header_read_timeout
+    // passes without a new request.
+    let mut c = TcpStream::connect(("127.0.0.1", e.http)).unwrap();
+    write!(
+        c,
+        "GET /hc/coap://224.0.1.187:{}/x HTTP/1.1\r\nHost: x\r\nMulticast-Timeout: 0\r\n\r\n",
+        e.group
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let t = Instant::now();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        got.starts_with(b"HTTP/1.1 204"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "closed while idle");
     // Still serving.
     let got = curl(&[mt[0], mt[1], &url(&e, &g)]);
     assert_eq!(got.status, 200);
