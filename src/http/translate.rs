@@ -18,6 +18,18 @@ const ETAG: u16 = 4;
 const LOCATION_PATH: u16 = 8;
 const LOCATION_QUERY: u16 = 20;
 
+/// What is percent-encoded in a Location segment: controls, space and the delimiters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'?')
+    .add(b'&')
+    .add(b'<')
+    .add(b'>');
+
 /// Why an HTTP request cannot be translated: the HTTP status and a diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -317,13 +329,15 @@ pub fn response(view: &MessageView, reply_from: u16, multicast_timeout: u16) -> 
                 }
             }
             ETAG => headers.push(("etag", format!("\"{}\"", hex::encode(v)))),
+            // RFC 8075 §6.4 (RFC 7252 §6.5 read backwards): each segment percent-encoded,
+            // so that a device's bytes cannot end a header line inside its part.
             LOCATION_PATH => {
                 location.push('/');
-                location.push_str(&String::from_utf8_lossy(v));
+                location.extend(percent_encoding::percent_encode(v, SEGMENT));
             }
             LOCATION_QUERY => {
                 location.push(if location.contains('?') { '&' } else { '?' });
-                location.push_str(&String::from_utf8_lossy(v));
+                location.extend(percent_encoding::percent_encode(v, SEGMENT));
             }
             n if n == reply_from => {
                 if let Some(f) = reply_from_field(v) {
@@ -487,6 +501,24 @@ mod tests {
         let bytes = i.bare_item.as_byte_sequence().unwrap();
         assert_eq!(crate::coap::cri::parse_reply_from(bytes), Some(addr));
         assert_eq!(reply_from_field(&[0x01]), None);
+    }
+
+    /// RFC 8075 §6.4: Location from Location-Path/-Query, a device's CR LF encoded (no
+    /// header can be injected into its part).
+    #[test]
+    fn location_is_percent_encoded() {
+        let m = crate::coap::build::encode(
+            1,
+            0x41,
+            1,
+            &[1],
+            &mut [(LOCATION_PATH, &b"a\r\nX: y"[..]), (LOCATION_QUERY, b"q=1")],
+            &[],
+        );
+        let r = response(&MessageView::parse(&m).unwrap(), 248, 2);
+        assert_eq!(r.status, 201);
+        let loc = r.headers.iter().find(|(n, _)| *n == "location").unwrap();
+        assert_eq!(loc.1, "/a%0D%0AX:%20y?q=1");
     }
 
     /// RFC 8075 §6.3.
