@@ -725,3 +725,35 @@ fn groxy_client_over_http_prints_every_part() {
     assert_eq!(from, e.devices);
     assert!(metric(&e, "groxy_http_streamed_responses_total") >= 1.0);
 }
+
+/// `max_requests`: a streamed request holds its place until T', not only until its head;
+/// the request past the bound gets 503 with Retry-After, counted.
+#[test]
+fn max_requests_bounds_streamed_requests_too() {
+    let e = start(
+        "maxreq",
+        101,
+        1,
+        0,
+        "max_requests = 1",
+        ["\"127.0.0.0/8\""; 2],
+    );
+    let target = url(&e, &format!("/hc/coap://224.0.1.187:{}/hello", e.group));
+    let mut first = Command::new(CURL)
+        .args(["-s", "-N", "-o", "/dev/null", "--max-time", "10"])
+        .args(["-H", "Multicast-Timeout: 3"])
+        .args(["-H", "Accept: multipart/mixed; delivery=streamed", &target])
+        .spawn()
+        .unwrap();
+    // Its head and part are out (the device answers at once); T' is 3 s away.
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = curl(&["-H", "Multicast-Timeout: 0", &target]);
+    assert_eq!(got.status, 503);
+    assert_eq!(got.header("retry-after"), Some("1"));
+    assert!(first.wait().unwrap().success());
+    assert_eq!(curl(&["-H", "Multicast-Timeout: 0", &target]).status, 204);
+    assert_eq!(
+        metric(&e, "groxy_http_refused_total{reason=\"requests\"}"),
+        1.0
+    );
+}

@@ -410,7 +410,7 @@ async fn translate_and_run(
     from: SocketAddr,
     sh: &Arc<Shared>,
 ) -> Result<(Response<Body>, Option<usize>), Refusal> {
-    let Ok(_permit) = sh.requests.clone().try_acquire_owned() else {
+    let Ok(permit) = sh.requests.clone().try_acquire_owned() else {
         sh.metrics.refused.with_label_values(&["requests"]).inc();
         return Ok((
             full(
@@ -485,7 +485,7 @@ async fn translate_and_run(
         oscore,
         payload,
     };
-    run(request, from, stream, sh).await
+    run(request, from, stream, permit, sh).await
 }
 
 /// Sends the request to the engine and answers from what comes back.
@@ -493,6 +493,7 @@ async fn run(
     request: CoapRequest,
     from: SocketAddr,
     stream: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
     sh: &Arc<Shared>,
 ) -> Result<(Response<Body>, Option<usize>), Refusal> {
     let now = Instant::now();
@@ -593,7 +594,8 @@ async fn run(
                 let group = w.group;
                 let ct = format!("multipart/mixed; boundary={boundary}");
                 tokio::spawn(async move {
-                    let _reg = reg;
+                    // A streamed request counts against max_requests until its end.
+                    let (_reg, _permit) = (reg, permit);
                     // Until T' (a single response cannot follow parts).
                     while let Step::Part(_, r) = w.next().await {
                         if btx.send(Bytes::from(part(&boundary, &r))).await.is_err() {
