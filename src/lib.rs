@@ -15,6 +15,7 @@
 pub(crate) mod cbor;
 pub mod cli;
 pub mod coap;
+pub mod http;
 pub mod ops;
 pub mod oscore;
 pub mod proxy;

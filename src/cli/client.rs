@@ -51,6 +51,10 @@ pub struct Args {
     /// host must be an IP address).
     #[arg(long, conflicts_with = "proxy_kid")]
     pub direct: bool,
+    /// The target is an HTTP URL of the proxy's HTTP-to-CoAP bridge, e.g.
+    /// http://127.0.0.1:8080/hc/coap://224.0.1.187/hello (groupcomm-proxy §9).
+    #[arg(long, conflicts_with_all = ["proxy_kid", "con", "proxy_uri"])]
+    pub http: bool,
 }
 
 fn method(m: &str) -> Result<u8, String> {
@@ -120,6 +124,9 @@ fn print_from(r: &Response, json: bool, unnamed: &str) {
 }
 
 pub(crate) fn run(a: Args) -> Result<(), String> {
+    if a.http {
+        return run_http(a);
+    }
     let mut req = ClientRequest::get(super::parse_addr(&a.proxy)?, &a.uri, a.timeout);
     req.method = method(&a.method)?;
     req.payload = a.payload.unwrap_or_default().into_bytes();
@@ -208,4 +215,29 @@ fn reserve_ssn(member_file: &std::path::Path) -> Result<u64, String> {
     crate::runtime::state::write(dir, stem, next + SSN_PER_RUN)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(next)
+}
+
+/// `groxy client --http URL`: through the HTTP bridge, each part printed as it arrives.
+fn run_http(a: Args) -> Result<(), String> {
+    use crate::tools::client::http::{HttpClientRequest, run_http};
+    let mut req = HttpClientRequest {
+        url: a.uri.clone(),
+        method: method(&a.method)?,
+        payload: a.payload.unwrap_or_default().into_bytes(),
+        timeout: a.timeout,
+        oscore: None,
+        first_ssn: 0,
+    };
+    if let Some(f) = &a.oscore {
+        req.oscore =
+            Some(crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
+        req.first_ssn = reserve_ssn(f)?;
+    }
+    let json = a.json;
+    let rt = super::runtime()?;
+    let got = rt.block_on(run_http(&req, |r| print(r, json)))?;
+    if !json {
+        eprintln!("HTTP {}: {} response(s)", got.status, got.responses.len());
+    }
+    Ok(())
 }

@@ -30,6 +30,23 @@ pub(crate) fn run(file: Option<&Path>) -> Result<(), String> {
         for (i, g) in loaded.run.proxy.groups.iter().enumerate() {
             tracing::info!(event = "group", name = %g.name, addr = %g.addr, egress = ?proxy.group_addr(i), enabled = g.enabled);
         }
+        // The HTTP bridge (issue 13): a virtual listener of the same engine.
+        let http_metrics = match &ops {
+            Some((_, m)) => m.http(),
+            None => crate::ops::metrics::HttpMetrics::new(&prometheus::Registry::new()),
+        };
+        let _http = match loaded.http.clone() {
+            Some(h) => {
+                let (tx, rx) = proxy.attach_bridge().map_err(|e| e.to_string())?;
+                let s = crate::http::start(h, tx, rx, &loaded.run.proxy, http_metrics)
+                    .map_err(|e| e.to_string())?;
+                for a in s.local_addrs() {
+                    tracing::info!(event = "http_listening", addr = %a);
+                }
+                Some(s)
+            }
+            None => None,
+        };
         let (ops, health) = match ops {
             Some((o, m)) => {
                 proxy.observe(m);

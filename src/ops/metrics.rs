@@ -551,6 +551,11 @@ impl Metrics {
         self.registry.clone()
     }
 
+    /// The HTTP bridge's metrics (issue 13), registered in this registry.
+    pub fn http(&self) -> HttpMetrics {
+        HttpMetrics::new(&self.registry)
+    }
+
     fn group(&mut self, g: Option<usize>) -> &mut GroupHandles {
         let i = group_index(&self.groups, g);
         &mut self.groups[i]
@@ -705,6 +710,57 @@ impl Observer for Metrics {
             if let (Some(c), Some(k)) = (&h.checks, engine.checker(i)) {
                 c.key_generation.set(k.current().key_generation() as i64);
             }
+        }
+    }
+}
+
+// ---- HTTP-to-CoAP bridge (issue 13) ----
+
+/// The HTTP bridge's metrics: its requests by status and group, streamed responses,
+/// open connections, and what it refused before the engine saw anything.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// `groxy_http_requests_total{status,group}`.
+    pub(crate) requests: IntCounterVec,
+    /// `groxy_http_streamed_responses_total`.
+    pub(crate) streamed: IntCounter,
+    /// `groxy_http_connections`.
+    pub(crate) connections: IntGauge,
+    /// `groxy_http_refused_total{reason}`: connections and requests refused by the
+    /// bridge's own limits (connections, requests, tls, header_timeout,
+    /// header_too_large, malformed, connection_error, message_ids).
+    pub(crate) refused: IntCounterVec,
+    /// `groxy_http_late_responses_total`: responses for an HTTP request already over.
+    pub(crate) late: IntCounter,
+}
+
+impl HttpMetrics {
+    /// Registers them in `r`.
+    pub fn new(r: &Registry) -> Self {
+        HttpMetrics {
+            requests: counter_vec(
+                r,
+                "groxy_http_requests_total",
+                "HTTP requests answered by the HTTP-to-CoAP bridge, by status and group (none: no group).",
+                &["status", "group"],
+            ),
+            streamed: counter(
+                r,
+                "groxy_http_streamed_responses_total",
+                "HTTP responses delivered streamed (multipart/mixed, chunked).",
+            ),
+            connections: gauge(r, "groxy_http_connections", "Open HTTP connections."),
+            refused: counter_vec(
+                r,
+                "groxy_http_refused_total",
+                "Connections and requests the HTTP bridge refused or closed before the engine, by reason.",
+                &["reason"],
+            ),
+            late: counter(
+                r,
+                "groxy_http_late_responses_total",
+                "CoAP responses for an HTTP request that had already ended.",
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! readiness bookkeeping cost about 2% more. `ppoll` registers only while it sleeps.
 
 mod batch;
+pub mod bridge;
 mod logs;
 pub mod replay;
 pub mod sockets;
@@ -106,6 +107,8 @@ pub struct Proxy {
     replay: Option<replay::ReplayStore>,
     control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
     listen: Vec<SocketAddr>,
+    /// The HTTP bridge's virtual listener, if `[http]` is configured (see `bridge`).
+    bridge: Option<bridge::BridgeLink>,
 }
 
 impl Proxy {
@@ -172,6 +175,7 @@ impl Proxy {
             replay: None,
             control: None,
             listen: cfg.listen.clone(),
+            bridge: None,
         })
         .and_then(|mut p: Proxy| {
             state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
@@ -205,6 +209,20 @@ impl Proxy {
     /// Sees every event and the engine after each flush (metrics hook, see [`Observer`]).
     pub fn observe(&mut self, o: impl Observer + 'static) {
         self.watcher = Some(Box::new(o));
+    }
+
+    /// Attaches the HTTP bridge as the listener after the UDP ones; the HTTP side gets
+    /// the sender of request datagrams and the receiver of what the engine sends back.
+    pub fn attach_bridge(
+        &mut self,
+    ) -> io::Result<(
+        bridge::BridgeSender,
+        tokio::sync::mpsc::UnboundedReceiver<bridge::FromEngine>,
+    )> {
+        let index = self.listen.len();
+        let (link, tx, rx) = bridge::pair(index)?;
+        self.bridge = Some(link);
+        Ok((tx, rx))
     }
 
     /// A handle to reload the running proxy.
@@ -266,6 +284,7 @@ impl Proxy {
             .sockets
             .iter()
             .map(|(_, s)| s.as_raw_fd())
+            .chain(self.bridge.as_ref().map(|b| b.wake.as_raw_fd()))
             .chain([wake.as_raw_fd()])
             .map(|fd| libc::pollfd {
                 fd,
@@ -332,6 +351,7 @@ impl Proxy {
                 self.flush();
             }
             busy = self.serve_ready(&mut rx, &fds);
+            busy |= self.serve_bridge(&fds);
             self.send_queued();
         }
     }
@@ -436,6 +456,36 @@ impl Proxy {
             self.send_queued();
         }
         got
+    }
+
+    /// The HTTP bridge's requests, each through the engine as a datagram on its virtual
+    /// listener; its events tell the bridge what became of it. Says whether more wait.
+    fn serve_bridge(&mut self, fds: &[libc::pollfd]) -> bool {
+        let Some(b) = self.bridge.as_mut() else {
+            return false;
+        };
+        if fds[self.sockets.len()].revents == 0 {
+            return false;
+        }
+        let (requests, more) = b.take();
+        let link = Link::Listener(b.index);
+        for r in requests {
+            let now = Instant::now();
+            let token = crate::coap::MessageView::parse(&r.datagram)
+                .map(|v| v.token().to_vec())
+                .unwrap_or_default();
+            if let Some(b) = self.bridge.as_mut() {
+                b.begin();
+            }
+            let start = self.watcher.is_some().then(Instant::now);
+            self.engine.handle(now, link, r.from, &r.datagram);
+            let took = start.map(|s| s.elapsed());
+            self.flush_after(now, took);
+            if let Some(b) = self.bridge.as_mut() {
+                b.end(token, now);
+            }
+        }
+        more
     }
 
     fn socket_for(&self, link: Link, to: &SocketAddr) -> Option<usize> {
@@ -546,6 +596,16 @@ impl Proxy {
     fn flush_after(&mut self, now: Instant, took: Option<Duration>) {
         while let Some(o) = self.engine.poll_output() {
             match o {
+                Output::Transmit(t)
+                    if self
+                        .bridge
+                        .as_ref()
+                        .is_some_and(|b| t.link == Link::Listener(b.index)) =>
+                {
+                    if let Some(b) = self.bridge.as_mut() {
+                        b.transmit(t.to, t.bytes);
+                    }
+                }
                 Output::Transmit(t) => match self.socket_for(t.link, &t.to) {
                     Some(i) => self.queues[i].items.push((t.to, t.bytes)),
                     None => {
@@ -564,6 +624,9 @@ impl Proxy {
                     }
                 }
                 Output::Event(e) => {
+                    if let Some(b) = self.bridge.as_mut() {
+                        b.event(&e);
+                    }
                     let names = &self.names;
                     self.log.record(now, &e, |g| {
                         g.and_then(|i| names.get(i).cloned())

@@ -33,6 +33,8 @@ struct File {
     unicast: UnicastSection,
     #[serde(default, rename = "group")]
     groups: Vec<GroupSection>,
+    #[serde(default)]
+    http: Option<HttpSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +194,8 @@ pub struct Loaded {
     pub run: RunConfig,
     /// Address of /metrics, /healthz and /readyz, if configured.
     pub metrics: Option<SocketAddr>,
+    /// The HTTP-to-CoAP bridge, if `[http]` is configured.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// Reads and validates a file; every problem is reported as `key: reason`.
@@ -254,6 +258,10 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     state_dir_needed(&f, &mut errors);
+    let http = f
+        .http
+        .as_ref()
+        .and_then(|h| http_section(h, base, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -282,6 +290,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
             state_dir: f.proxy.state_dir.as_ref().map(|d| base.join(d)),
         },
         metrics,
+        http,
     })
 }
 
@@ -567,6 +576,127 @@ fn state_dir_needed(f: &File, errors: &mut Vec<String>) {
 }
 
 use crate::coap::uri::Target;
+
+// ---- [http]: the HTTP-to-CoAP bridge (issue 13) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    listen: Vec<String>,
+    prefix: Option<String>,
+    max_connections: Option<usize>,
+    max_requests: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_body_bytes: Option<usize>,
+    header_read_timeout: Option<u64>,
+    body_read_timeout: Option<u64>,
+    max_endpoints: Option<usize>,
+    tls: Option<HttpTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpTlsSection {
+    cert: String,
+    key: String,
+    clients: Option<Vec<HttpClientSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpClientSection {
+    sha256: String,
+    address: String,
+}
+
+/// `[http]`: listeners, prefix, limits (each at least 1), TLS files relative to the
+/// configuration file, pinned client certificates with their addresses.
+fn http_section(
+    h: &HttpSection,
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> Option<crate::http::HttpConfig> {
+    let d = crate::http::HttpConfig::default();
+    let n0 = errors.len();
+    let listen: Vec<SocketAddr> = h
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.parse()
+                .map_err(|_| errors.push(format!("http.listen[{i}]: {a:?} is not an address:port")))
+                .ok()
+        })
+        .collect();
+    if h.listen.is_empty() {
+        errors.push("http.listen: at least one listener is needed".into());
+    }
+    let prefix = h.prefix.clone().unwrap_or(d.prefix);
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        errors.push(format!("http.prefix: {prefix:?} must start and end with /"));
+    }
+    let mut positive = |key: &str, v: Option<usize>, dv: usize| {
+        let v = v.unwrap_or(dv);
+        if v == 0 {
+            errors.push(format!("http.{key}: must be at least 1"));
+        }
+        v
+    };
+    let max_connections = positive("max_connections", h.max_connections, d.max_connections);
+    let max_requests = positive("max_requests", h.max_requests, d.max_requests);
+    let max_body_bytes = positive("max_body_bytes", h.max_body_bytes, d.max_body_bytes);
+    let max_endpoints = positive("max_endpoints", h.max_endpoints, d.max_endpoints);
+    let header_read = positive(
+        "header_read_timeout",
+        h.header_read_timeout.map(|v| v as usize),
+        d.header_read_timeout.as_secs() as usize,
+    );
+    let body_read = positive(
+        "body_read_timeout",
+        h.body_read_timeout.map(|v| v as usize),
+        d.body_read_timeout.as_secs() as usize,
+    );
+    let max_header_bytes = h.max_header_bytes.unwrap_or(d.max_header_bytes);
+    if max_header_bytes < 8192 {
+        errors
+            .push("http.max_header_bytes: must be at least 8192 (hyper's smallest buffer)".into());
+    }
+    let tls = h.tls.as_ref().map(|t| crate::http::TlsConfig {
+        cert: base.join(&t.cert),
+        key: base.join(&t.key),
+        clients: t.clients.as_ref().map(|cs| {
+            cs.iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let fp = hex::decode(c.sha256.replace(':', ""))
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                    let Some(sha256) = fp else {
+                        errors.push(format!("http.tls.clients[{i}].sha256: not 32 bytes of hex"));
+                        return None;
+                    };
+                    let Ok(address) = c.address.parse::<IpAddr>() else {
+                        errors.push(format!("http.tls.clients[{i}].address: not an IP address"));
+                        return None;
+                    };
+                    Some(crate::http::ClientIdentity { sha256, address })
+                })
+                .collect()
+        }),
+    });
+    (errors.len() == n0).then(|| crate::http::HttpConfig {
+        listen,
+        prefix,
+        tls,
+        max_connections,
+        max_requests,
+        max_header_bytes,
+        max_body_bytes,
+        header_read_timeout: Duration::from_secs(header_read as u64),
+        body_read_timeout: Duration::from_secs(body_read as u64),
+        max_endpoints,
+    })
+}
 
 #[cfg(test)]
 mod tests {

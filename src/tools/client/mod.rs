@@ -6,6 +6,7 @@
 //! the socket loop that drives it for `groxy client`.
 
 mod driver;
+pub mod http;
 pub mod message;
 pub mod protocol;
 
