@@ -214,6 +214,7 @@ pub async fn run_http(
                 payload: bytes.to_vec(),
                 elapsed: start.elapsed(),
                 multicast_timeout: None,
+                observe: None,
                 oscore: None,
             };
             each(&r);
@@ -267,6 +268,7 @@ impl Part {
             payload: self.body.clone(),
             elapsed,
             multicast_timeout: None,
+            observe: None,
             oscore: None,
         }
     }
