@@ -995,3 +995,90 @@ fn kill_9_under_load_restart_reuses_no_ssn_and_forwards_no_replay() {
         traffic.echo_retries
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. A device group that answers with garbage, or not at all
+
+/// Issue 15 §2, fourth bullet. The checked group has one good device, one that answers
+/// every request with five bad datagrams (not CoAP, truncated below the 4-byte header,
+/// larger than max_datagram, a tampered countersignature, a token the proxy never used;
+/// see [`bad_answers`]) and one that never answers. The client sees exactly one response
+/// per request, the good device's, verified end to end (RFC 10021 §7.5: the proxy relays
+/// only verified group-mode responses under enforce); every bad datagram is dropped and
+/// counted under its reason (RFC 7252 §4.2: a malformed message is silently ignored).
+/// An origin that never answers gets the client 5.04 after `[unicast] timeout`
+/// (RFC 7252 §5.7.1 applies the proxy's timeout; groupcomm-proxy §5.2.1 for the group,
+/// where silence just means fewer responses by T').
+#[test]
+fn a_device_group_answering_garbage_or_nothing_relays_only_good_responses() {
+    let s = Setup::new("bad", "", false);
+    let g = secure_group();
+    s.write_config(&g);
+    let ctx = |id: &[u8]| vec![SecurityContext::new(&g.config(id)).unwrap()];
+    let good = Device::start(secure_addr(&s), 91, ctx(DEV_A), Answers::Good { delay_ms: 0 });
+    let _bad = Device::start(secure_addr(&s), 92, ctx(DEV_BAD), Answers::Garbage);
+    let silent = Device::start(secure_addr(&s), 93, ctx(DEV_B), Answers::Silent);
+    let proxy = ProxyProc::start(&s);
+    let mut client = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    const N: usize = 10;
+    let mut ex = HashMap::new();
+    for i in 0..N {
+        let token = [0xba, 0xd0, i as u8];
+        let (req, e) = group_request(&mut client, s.proxy_addr(), &s.secure_uri(), 1, 0x300 + i as u16, &token);
+        ex.insert(token.to_vec(), e);
+        sock.send_to(&req, s.proxy_addr()).unwrap();
+        thread::sleep(Duration::from_millis(30));
+    }
+    let got = drain(&sock, Duration::from_millis(2500));
+    let mut per_token: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    for d in &got {
+        let v = MessageView::parse(d).expect("the proxy relays CoAP only");
+        let e = ex.get_mut(v.token()).expect("a response to one of the requests");
+        let (plain, info) = client.unprotect_response(d, e).expect("relayed responses verify");
+        assert_eq!(info.server_id, DEV_A, "a response from a device other than the good one");
+        let from = v
+            .option(opt::REPLY_FROM_DEFAULT)
+            .and_then(groxy::coap::cri::parse_reply_from);
+        assert_eq!(from, Some(good.unicast));
+        per_token
+            .entry(v.token().to_vec())
+            .or_default()
+            .push(MessageView::parse(&plain).unwrap().payload().to_vec());
+    }
+    assert_eq!(per_token.len(), N, "requests answered: {}", per_token.len());
+    assert!(per_token.values().all(|r| r.len() == 1), "{per_token:?}");
+    assert_eq!(silent.seen().len(), N, "the silent device got every request");
+
+    let m = proxy.scrape_until("every bad datagram counted", |m| {
+        m.dropped("unknown_token") >= N as f64
+    });
+    let n = N as f64;
+    let dropped: Vec<(String, f64)> = m
+        .0
+        .iter()
+        .filter(|(k, v)| k.starts_with("groxy_dropped_total{") && **v != 0.0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![
+            (series("groxy_dropped_total", &[("reason", "malformed")]), 2.0 * n),
+            (series("groxy_dropped_total", &[("reason", "response_check_failed")]), n),
+            (series("groxy_dropped_total", &[("reason", "too_large")]), n),
+            (series("groxy_dropped_total", &[("reason", "unknown_token")]), n),
+        ]
+    );
+    assert_eq!(m.checks("response", "bad_signature"), n);
+    assert_eq!(m.checks("response", "valid"), n);
+    assert_eq!(m.get("groxy_responses_relayed_total", &[("group", "secure")]), n);
+
+    // An origin that never answers: 5.04 at the unicast timeout, nothing else.
+    let origin = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uri = format!("coap://{}/x", origin.local_addr().unwrap());
+    let req = build::encode(NON, code::GET, 0x400, b"o", &mut [(opt::PROXY_URI, uri.as_bytes())], &[]);
+    sock.send_to(&req, s.proxy_addr()).unwrap();
+    let got = drain(&sock, Duration::from_millis(2500));
+    let codes: Vec<u8> = got.iter().map(|d| MessageView::parse(d).unwrap().code()).collect();
+    assert_eq!(codes, vec![code::GATEWAY_TIMEOUT]);
+}
