@@ -736,8 +736,8 @@ impl Generator {
                 let now = Instant::now();
                 while c.open_requests() < window {
                     let mut r = req.clone();
-                    r.proxy_kid = (n % 2 == 0).then(|| PROXY.to_vec());
-                    r.confirmable = n % 3 == 0;
+                    r.proxy_kid = n.is_multiple_of(2).then(|| PROXY.to_vec());
+                    r.confirmable = n.is_multiple_of(3);
                     n += 1;
                     c.request(now, &r).unwrap();
                     t.requests += 1;
@@ -1189,6 +1189,10 @@ fn a_device_group_answering_garbage_or_nothing_relays_only_good_responses() {
 // ---------------------------------------------------------------------------------------
 // 2. SIGHUP rekey under load
 
+/// A request of the rekey test: its epoch (0 or 1), exchange, when it was sent, and the
+/// Sender IDs of the responses that verified.
+type InFlight = (usize, Exchange, Instant, Vec<Vec<u8>>);
+
 /// Issue 15 §2, second bullet. A stream of group-mode requests (one every 100 ms, T' = 1 s:
 /// the signature checks of a debug build on a shared machine bound the rate)
 /// goes through the checking proxy to two devices that answer 500 ms later; the group is
@@ -1227,12 +1231,10 @@ fn sighup_rekey_under_load_loses_no_exchange_and_verifies_each_epoch() {
     ];
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_nonblocking(true).unwrap();
-    // token → (epoch, exchange, sent at, responses verified)
-    let mut open: HashMap<Vec<u8>, (usize, Exchange, Instant, Vec<Vec<u8>>)> = HashMap::new();
+    let mut open: HashMap<Vec<u8>, InFlight> = HashMap::new();
     let mut unverified = Vec::new();
     let mut buf = [0u8; 2048];
-    let mut receive = |open: &mut HashMap<_, (usize, Exchange, Instant, Vec<Vec<u8>>)>,
-                       clients: &mut [SecurityContext; 2]| {
+    let mut receive = |open: &mut HashMap<_, InFlight>, clients: &mut [SecurityContext; 2]| {
         while let Ok((n, _)) = sock.recv_from(&mut buf) {
             let d = &buf[..n];
             let v = MessageView::parse(d).unwrap();
@@ -1536,6 +1538,17 @@ fn at_bound(
     (p, m, rss)
 }
 
+/// One phase of the tables test: name, `[limits]` lines, clients, unicast load, requests
+/// the first client sends alone first, and the counters (kind, reason) that must move.
+type Phase = (
+    &'static str,
+    &'static str,
+    u8,
+    bool,
+    u16,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Issue 15 §2, third bullet. Each table is configured small and driven well past its
 /// bound for 5 s (a proxy per table, so that each bound is the one reached first):
 /// exchanges (`max_exchanges = 8`, 16 clients), clients (`max_clients = 8`, 2 exchanges
@@ -1552,7 +1565,7 @@ fn at_bound(
 #[test]
 fn tables_at_their_bounds_keep_memory_flat_and_push_back() {
     let _serial = serial();
-    let phases: Vec<(&str, &str, u8, bool, u16, &[(&str, &str)])> = vec![
+    let phases: Vec<Phase> = vec![
         (
             "exchanges",
             "max_exchanges = 8",
@@ -1704,7 +1717,7 @@ fn soak() {
         while !stop2.load(Ordering::Relaxed) {
             mid = mid.wrapping_add(1);
             let mut req = plain_request(&uri, 1, mid, &mid.to_be_bytes());
-            if mid % 2 == 0 {
+            if mid.is_multiple_of(2) {
                 req[0] = (req[0] & !0x30) | (CON << 4);
             }
             let sent = Instant::now();
