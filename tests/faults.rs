@@ -696,9 +696,12 @@ struct Generator {
     pause: Arc<AtomicBool>,
     answered: Arc<AtomicUsize>,
     /// Every datagram it sent so far, with the time.
-    sent: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    sent: Arc<Mutex<Timed>>,
     thread: Option<JoinHandle<Traffic>>,
 }
+
+/// Datagrams with the time each was sent or received.
+type Timed = Vec<(Instant, Vec<u8>)>;
 
 #[derive(Default)]
 struct Traffic {
