@@ -40,6 +40,9 @@ use sha2::{Digest, Sha512};
 
 use super::cred::PublicKey;
 
+/// A failed set of at most this many signatures is checked one by one.
+const LEAF: usize = 4;
+
 /// One signature to verify.
 #[derive(Clone, Copy, Debug)]
 pub struct SigJob<'a> {
@@ -161,6 +164,18 @@ impl BatchVerifier {
                     }
                     return true;
                 }
+                // A small failed set: its members checked alone cost about what the two
+                // more levels of equations would (and bound a forger's cost).
+                if terms.len() <= LEAF {
+                    let mut all = true;
+                    for t in terms {
+                        self.stats.singles += 1;
+                        let ok = t.job.key.verify(t.job.msg, t.job.sig);
+                        out[t.index] = ok;
+                        all &= ok;
+                    }
+                    return all;
+                }
                 let (left, right) = terms.split_at(terms.len() / 2);
                 let left_ok = self.settle(left, false, out);
                 // The whole failed and the left half passed: the right one holds the bad
@@ -249,5 +264,210 @@ pub(crate) fn batchable(key: &PublicKey) -> bool {
     match key {
         PublicKey::Ed25519(vk) => vk.to_edwards().is_torsion_free(),
         PublicKey::P256(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! RFC 8032 §5.1.7 verification, batched: the decisions of `verify_strict` (which adds
+    //! canonical s and R and no small-order R or A to §5.1.7), and the work bisection costs.
+    use super::*;
+    use crate::oscore::alg::SigAlg;
+    use crate::oscore::cred::PrivateKey;
+    use curve25519_dalek::constants::EIGHT_TORSION;
+
+    struct Signed {
+        key: PublicKey,
+        msg: Vec<u8>,
+        sig: [u8; 64],
+    }
+
+    fn signed(key: &PrivateKey, i: usize) -> Signed {
+        let msg = format!("ToBeSigned number {i}").into_bytes();
+        Signed {
+            key: key.public_key(),
+            sig: key.sign(&msg),
+            msg,
+        }
+    }
+
+    fn jobs(s: &[Signed]) -> Vec<SigJob<'_>> {
+        s.iter()
+            .map(|s| SigJob {
+                key: &s.key,
+                msg: &s.msg,
+                sig: &s.sig,
+                batchable: batchable(&s.key),
+            })
+            .collect()
+    }
+
+    /// `verify_strict`'s decisions, one by one.
+    fn strict(s: &[Signed]) -> Vec<bool> {
+        s.iter().map(|s| s.key.verify(&s.msg, &s.sig)).collect()
+    }
+
+    fn forge(s: &mut Signed) {
+        s.sig[40] ^= 1;
+    }
+
+    fn keys(n: usize) -> Vec<PrivateKey> {
+        (0..n).map(|_| PrivateKey::generate(SigAlg::EdDsa)).collect()
+    }
+
+    #[test]
+    fn all_valid_one_equation_no_single() {
+        let k = keys(3);
+        let s: Vec<_> = (0..32).map(|i| signed(&k[i % 3], i)).collect();
+        let mut v = BatchVerifier::new([1; 32]);
+        assert_eq!(v.verify(&jobs(&s)), vec![true; 32]);
+        let st = v.stats();
+        assert_eq!((st.equations, st.equation_terms, st.singles), (1, 32, 0));
+    }
+
+    #[test]
+    fn one_forged_is_found_honest_ones_pass() {
+        let k = keys(2);
+        for at in [0, 13, 31] {
+            let mut s: Vec<_> = (0..32).map(|i| signed(&k[i % 2], i)).collect();
+            forge(&mut s[at]);
+            let mut v = BatchVerifier::new([2; 32]);
+            let got = v.verify(&jobs(&s));
+            assert_eq!(got, strict(&s), "forgery at {at}");
+            assert_eq!(got.iter().filter(|b| !**b).count(), 1);
+            let st = v.stats();
+            // Bisection: one path from the root (32) to the forgery's set of 4, each
+            // level an equation over its half and at most one over the sibling
+            // (16+16, 8+8, 4+4), then those 4 alone: at most 32 + 2 * 28 terms, 4 singles.
+            assert!(st.singles <= 4, "{st:?}");
+            assert!(st.equation_terms <= 32 + 2 * 28, "{st:?}");
+            eprintln!("one forged at {at} in 32: {st:?}");
+        }
+    }
+
+    #[test]
+    fn many_forged_are_all_found() {
+        let k = keys(4);
+        let mut s: Vec<_> = (0..32).map(|i| signed(&k[i % 4], i)).collect();
+        for i in (0..32).step_by(3) {
+            forge(&mut s[i]);
+        }
+        let mut v = BatchVerifier::new([3; 32]);
+        assert_eq!(v.verify(&jobs(&s)), strict(&s));
+        let mut s: Vec<_> = (0..32).map(|i| signed(&k[i % 4], i)).collect();
+        s.iter_mut().for_each(forge);
+        let mut v = BatchVerifier::new([4; 32]);
+        assert_eq!(v.verify(&jobs(&s)), vec![false; 32]);
+        let st = v.stats();
+        // Every forgery checked alone once; the equations down to the sets of 4 cover
+        // each signature once per level (32, 16, 8, 4: 4 levels).
+        assert_eq!(st.singles, 32);
+        assert_eq!(st.equation_terms, 4 * 32, "{st:?}");
+        eprintln!("32 forged in 32: {st:?}");
+    }
+
+    /// verify_strict refuses a non-canonical s (s + L), which the group equation alone
+    /// could not tell from s: the per-signature check refuses it, so does the batch.
+    #[test]
+    fn non_canonical_s_refused_in_a_batch() {
+        let k = keys(1);
+        let mut s: Vec<_> = (0..4).map(|i| signed(&k[0], i)).collect();
+        // L = 2^252 + 27742317777372353535851937790883648493 (RFC 8032 §5.1), little-endian.
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let t = s[1].sig[32 + i] as u16 + l[i] as u16 + carry;
+            s[1].sig[32 + i] = t as u8;
+            carry = t >> 8;
+        }
+        assert_eq!(carry, 0);
+        let mut v = BatchVerifier::new([5; 32]);
+        assert_eq!(v.verify(&jobs(&s)), vec![true, false, true, true]);
+        assert_eq!(strict(&s), vec![true, false, true, true]);
+    }
+
+    /// Small-order R (the identity, with s = 0: [0]B - [k]A = R fails, but the cofactored
+    /// and cofactorless checks differ on such inputs) and a non-canonical encoding of it.
+    #[test]
+    fn small_order_and_non_canonical_r_refused() {
+        let k = keys(1);
+        let mut s: Vec<_> = (0..4).map(|i| signed(&k[0], i)).collect();
+        s[0].sig[..32].copy_from_slice(&EIGHT_TORSION[0].compress().to_bytes());
+        s[0].sig[32..].fill(0);
+        // y = p + 1 encodes the identity non-canonically.
+        let mut noncanon = [0xffu8; 32];
+        noncanon[0] = 0xee;
+        noncanon[31] = 0x7f;
+        assert!(!canonical_y(&noncanon));
+        s[2].sig[..32].copy_from_slice(&noncanon);
+        let mut v = BatchVerifier::new([6; 32]);
+        assert_eq!(v.verify(&jobs(&s)), vec![false, true, false, true]);
+        assert_eq!(strict(&s), vec![false, true, false, true]);
+        // The canonical boundary: y = p - 1 is canonical.
+        let mut below = noncanon;
+        below[0] = 0xec;
+        assert!(canonical_y(&below));
+    }
+
+    /// The documented exception: a signer that adds a small-order point to R makes a
+    /// signature verify_strict refuses but the cofactored equation accepts. Alone it is
+    /// refused; in a batch its decision may go either way, and never an honest one's.
+    #[test]
+    fn torsioned_r_by_the_key_holder() {
+        use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+        let a = Scalar::from_bytes_mod_order([7; 32]);
+        let big_a = &a * ED25519_BASEPOINT_TABLE;
+        let key = PublicKey::Ed25519(
+            ed25519_dalek::VerifyingKey::from_bytes(&big_a.compress().to_bytes()).unwrap(),
+        );
+        assert!(batchable(&key));
+        let mk = |i: u8| {
+            let msg = vec![i; 40];
+            let r = Scalar::from_bytes_mod_order([i.wrapping_add(9); 32]);
+            let big_r = &r * ED25519_BASEPOINT_TABLE + EIGHT_TORSION[4];
+            let rb = big_r.compress().to_bytes();
+            let h: [u8; 64] = Sha512::new()
+                .chain_update(rb)
+                .chain_update(big_a.compress().to_bytes())
+                .chain_update(&msg)
+                .finalize()
+                .into();
+            let s = r + Scalar::from_bytes_mod_order_wide(&h) * a;
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&rb);
+            sig[32..].copy_from_slice(s.as_bytes());
+            Signed {
+                key: key.clone(),
+                msg,
+                sig,
+            }
+        };
+        let odd = mk(1);
+        assert!(!odd.key.verify(&odd.msg, &odd.sig), "verify_strict refuses it");
+        let mut v = BatchVerifier::new([7; 32]);
+        assert_eq!(v.verify(&jobs(std::slice::from_ref(&odd))), vec![false]);
+        let k = keys(1);
+        let mut s: Vec<_> = (0..7).map(|i| signed(&k[0], i)).collect();
+        s.push(odd);
+        let got = v.verify(&jobs(&s));
+        assert_eq!(&got[..7], &[true; 7], "honest signatures pass whatever the odd one does");
+    }
+
+    #[test]
+    fn es256_behind_the_same_interface() {
+        let p = PrivateKey::generate(SigAlg::Es256);
+        let e = keys(1);
+        let mut s: Vec<_> = (0..6)
+            .map(|i| signed(if i % 2 == 0 { &p } else { &e[0] }, i))
+            .collect();
+        forge(&mut s[2]);
+        let mut v = BatchVerifier::new([8; 32]);
+        assert_eq!(v.verify(&jobs(&s)), strict(&s));
+        assert_eq!(strict(&s), vec![true, true, false, true, true, true]);
+        // The three ES256 signatures one by one, the three Ed25519 ones in one equation.
+        let st = v.stats();
+        assert_eq!((st.singles, st.equations), (3, 1));
     }
 }
