@@ -418,18 +418,33 @@ fn summary() {
     let per = BATCH as f64;
     let rows = [
         ("engine_verify_replay_fan_out", 1.0, "one by one"),
-        ("engine_batched_32_verify_replay_fan_out", 1.0, "batched, all valid (aim >= 1.6x)"),
+        (
+            "engine_batched_32_verify_replay_fan_out",
+            1.0,
+            "batched, all valid (aim >= 1.6x)",
+        ),
         (
             "engine_batched_32_one_forged_per_32",
             per / (per - 1.0),
             "batched, one forged in 32, per verified request (aim >= 1.0x)",
         ),
-        ("raw_groxy_batch_equation_32", 1.0 / per, "groxy's batch verifier alone"),
-        ("raw_dalek_verify_batch_32", 1.0 / per, "ed25519-dalek verify_batch alone"),
+        (
+            "raw_groxy_batch_equation_32",
+            1.0 / per,
+            "groxy's batch verifier alone",
+        ),
+        (
+            "raw_dalek_verify_batch_32",
+            1.0 / per,
+            "ed25519-dalek verify_batch alone",
+        ),
         ("raw_es256_p256_verify", 1.0, "ES256, p256"),
         ("raw_es256_aws_lc_rs_verify", 1.0, "ES256, aws-lc-rs"),
     ];
-    println!("\nmedians of this run (raw verify_strict {:.1} µs = 1.00x):", raw / 1e3);
+    println!(
+        "\nmedians of this run (raw verify_strict {:.1} µs = 1.00x):",
+        raw / 1e3
+    );
     for (name, scale, what) in rows {
         if let Some(m) = median_ns(name) {
             let t = m * scale;

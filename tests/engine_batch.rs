@@ -96,7 +96,10 @@ impl Groups {
             })
         };
         cfg.groups[0].security = sec(&self.a, false);
-        for (name, ip, g, es) in [("b", GROUP_B, &self.b, false), ("c", GROUP_C, &self.c, true)] {
+        for (name, ip, g, es) in [
+            ("b", GROUP_B, &self.b, false),
+            ("c", GROUP_C, &self.c, true),
+        ] {
             let mut s = cfg.groups[0].clone();
             s.name = name.into();
             s.addr = format!("{ip}:5683").parse().unwrap();
@@ -193,20 +196,35 @@ fn s7_5_batch_gives_the_outputs_of_one_by_one() {
         (addr(1), first.clone()),
         (addr(1), request(&mut a1, Mode::Group, GROUP_A, 2, NON)),
         (addr(2), request(&mut a2, Mode::Group, GROUP_A, 3, CON)),
-        (addr(1), forged(&request(&mut a1, Mode::Group, GROUP_A, 4, NON))),
+        (
+            addr(1),
+            forged(&request(&mut a1, Mode::Group, GROUP_A, 4, NON)),
+        ),
         (addr(3), request(&mut b1, Mode::Group, GROUP_B, 5, NON)),
         (addr(4), request(&mut c1, Mode::Group, GROUP_C, 6, NON)),
-        (addr(4), forged(&request(&mut c1, Mode::Group, GROUP_C, 7, NON))),
+        (
+            addr(4),
+            forged(&request(&mut c1, Mode::Group, GROUP_C, 7, NON)),
+        ),
         (addr(1), first.clone()),
     ];
     // The first request again under a new Message ID and token, from its sender and from
     // another address: replays of a Partial IV admitted earlier in the same batch.
     let v = MessageView::parse(&first).unwrap();
     let mut o: Vec<(u16, &[u8])> = v.options().collect();
-    batch.push((addr(1), build::encode(NON, v.code(), 9, &[9], &mut o, v.payload())));
-    batch.push((addr(5), build::encode(NON, v.code(), 10, &[10], &mut o, v.payload())));
+    batch.push((
+        addr(1),
+        build::encode(NON, v.code(), 9, &[9], &mut o, v.payload()),
+    ));
+    batch.push((
+        addr(5),
+        build::encode(NON, v.code(), 10, &[10], &mut o, v.payload()),
+    ));
     batch.push((addr(2), request(&mut a2, Mode::Pairwise, GROUP_A, 11, NON)));
-    batch.push((addr(6), proxied(&hex::decode(GET_HELLO).unwrap(), GROUP_A, 12, NON)));
+    batch.push((
+        addr(6),
+        proxied(&hex::decode(GET_HELLO).unwrap(), GROUP_A, 12, NON),
+    ));
     batch.push((addr(2), request(&mut a2, Mode::Group, GROUP_A, 13, NON)));
     let (single, batched, e) = both(&cfg, &batch);
     assert_eq!(batched, single);
@@ -229,17 +247,18 @@ fn s7_5_batch_gives_the_outputs_of_one_by_one() {
         ],
         "the duplicate is not checked again: the message layer drops it"
     );
-    assert!(
-        batched.1.iter().any(|e| matches!(
-            e,
-            Event::Dropped {
-                reason: DropReason::DuplicateRequest,
-                ..
-            }
-        ))
-    );
+    assert!(batched.1.iter().any(|e| matches!(
+        e,
+        Event::Dropped {
+            reason: DropReason::DuplicateRequest,
+            ..
+        }
+    )));
     let st = e.batch_stats();
-    assert!(st.equations >= 1, "the Ed25519 signatures went into an equation: {st:?}");
+    assert!(
+        st.equations >= 1,
+        "the Ed25519 signatures went into an equation: {st:?}"
+    );
 }
 
 #[test]
@@ -250,14 +269,21 @@ fn s7_5_all_valid_one_equation() {
     let batch: Vec<_> = (0..32)
         .map(|i| {
             let k = i % 2;
-            (addr(k as u8), request(&mut cs[k], Mode::Group, GROUP_A, i as u16, NON))
+            (
+                addr(k as u8),
+                request(&mut cs[k], Mode::Group, GROUP_A, i as u16, NON),
+            )
         })
         .collect();
     let (single, batched, e) = both(&cfg, &batch);
     assert_eq!(batched, single);
     assert_eq!(multicasts(&batched.0), 32);
     let st = e.batch_stats();
-    assert_eq!((st.signatures, st.equations, st.singles), (32, 1, 0), "{st:?}");
+    assert_eq!(
+        (st.signatures, st.equations, st.singles),
+        (32, 1, 0),
+        "{st:?}"
+    );
 }
 
 /// One forgery in 32: found, dropped; the 31 honest requests go out; the extra work is
@@ -283,7 +309,10 @@ fn s7_5_one_forged_in_32_found_by_bisection() {
     );
     let st = e.batch_stats();
     eprintln!("one forged in 32: {st:?}");
-    assert!(st.singles <= 4 && st.equation_terms <= 32 + 2 * 28, "{st:?}");
+    assert!(
+        st.singles <= 4 && st.equation_terms <= 32 + 2 * 28,
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -319,7 +348,12 @@ fn s10_batch_verifies_no_more_than_the_rate_budget() {
     cfg.limits.client_rate = 0.001;
     let mut c = ctx(&gs.a, C1, false);
     let batch: Vec<_> = (0..32)
-        .map(|i| (addr(1), forged(&request(&mut c, Mode::Group, GROUP_A, i, NON))))
+        .map(|i| {
+            (
+                addr(1),
+                forged(&request(&mut c, Mode::Group, GROUP_A, i, NON)),
+            )
+        })
         .collect();
     let (single, batched, e) = both(&cfg, &batch);
     assert_eq!(batched, single);
@@ -372,10 +406,18 @@ fn s7_5_checker_admit_requests_in_order() {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(kinds, ["ok", "ok", "bad", "ok", "ok", "ok", "replay"], "es256 {es256}");
+        assert_eq!(
+            kinds,
+            ["ok", "ok", "bad", "ok", "ok", "ok", "replay"],
+            "es256 {es256}"
+        );
         let st = v.stats();
         if es256 {
-            assert_eq!((st.equations, st.singles), (0, 7), "ES256 is verified one by one");
+            assert_eq!(
+                (st.equations, st.singles),
+                (0, 7),
+                "ES256 is verified one by one"
+            );
         } else {
             assert!(st.equations >= 1, "{st:?}");
         }

@@ -312,7 +312,9 @@ mod tests {
     }
 
     fn keys(n: usize) -> Vec<PrivateKey> {
-        (0..n).map(|_| PrivateKey::generate(SigAlg::EdDsa)).collect()
+        (0..n)
+            .map(|_| PrivateKey::generate(SigAlg::EdDsa))
+            .collect()
     }
 
     #[test]
@@ -374,12 +376,14 @@ mod tests {
         let mut s: Vec<_> = (0..4).map(|i| signed(&k[0], i)).collect();
         // L = 2^252 + 27742317777372353535851937790883648493 (RFC 8032 §5.1), little-endian.
         let l: [u8; 32] = [
-            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x10,
         ];
         let mut carry = 0u16;
-        for i in 0..32 {
-            let t = s[1].sig[32 + i] as u16 + l[i] as u16 + carry;
-            s[1].sig[32 + i] = t as u8;
+        for (b, l) in s[1].sig[32..].iter_mut().zip(l) {
+            let t = *b as u16 + l as u16 + carry;
+            *b = t as u8;
             carry = t >> 8;
         }
         assert_eq!(carry, 0);
@@ -445,14 +449,21 @@ mod tests {
             }
         };
         let odd = mk(1);
-        assert!(!odd.key.verify(&odd.msg, &odd.sig), "verify_strict refuses it");
+        assert!(
+            !odd.key.verify(&odd.msg, &odd.sig),
+            "verify_strict refuses it"
+        );
         let mut v = BatchVerifier::new([7; 32]);
         assert_eq!(v.verify(&jobs(std::slice::from_ref(&odd))), vec![false]);
         let k = keys(1);
         let mut s: Vec<_> = (0..7).map(|i| signed(&k[0], i)).collect();
         s.push(odd);
         let got = v.verify(&jobs(&s));
-        assert_eq!(&got[..7], &[true; 7], "honest signatures pass whatever the odd one does");
+        assert_eq!(
+            &got[..7],
+            &[true; 7],
+            "honest signatures pass whatever the odd one does"
+        );
     }
 
     #[test]

@@ -295,9 +295,7 @@ impl SignatureChecker {
     /// bad signature.
     pub fn check_request(&self, datagram: &[u8]) -> Result<Verdict<CheckedRequest>, OscoreError> {
         let prepared = self.prepare_request(datagram)?;
-        let verified = prepared
-            .job()
-            .is_none_or(|j| j.key.verify(j.msg, j.sig));
+        let verified = prepared.job().is_none_or(|j| j.key.verify(j.msg, j.sig));
         prepared.verdict(verified)
     }
 

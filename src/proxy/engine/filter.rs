@@ -206,6 +206,10 @@ pub(super) struct BatchState {
 
 type VerdictResult = Result<Verdict<CheckedRequest>, OscoreError>;
 
+/// Datagrams of one batch whose signatures are verified together at most: the driver's
+/// `recvmmsg` batch is 32; more only makes the equations, and bisection, longer.
+const MAX_BATCH: usize = 64;
+
 impl std::fmt::Debug for BatchState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchState")
@@ -270,7 +274,9 @@ impl Engine {
         }
         let mut picked: Vec<(usize, usize)> = Vec::new();
         let mut spent: Vec<(IpAddr, usize)> = Vec::new();
-        for (i, &(from, d)) in datagrams.iter().enumerate() {
+        // The table of verdicts is bounded by the driver's receive batch; a caller
+        // handing over more has the rest verified one by one, as without a batch.
+        for (i, &(from, d)) in datagrams.iter().enumerate().take(MAX_BATCH) {
             // A second copy of a message in the batch is a duplicate for the message layer.
             let mid = |d: &[u8]| (d.len() >= 4).then(|| [d[2], d[3]]);
             if datagrams[..i]
