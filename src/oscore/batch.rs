@@ -27,9 +27,9 @@
 //! replay window keys on the Partial IV, not on the signature's bytes, so a member cannot
 //! gain a second admission from it either.
 //!
-//! A set whose equation fails is split in halves, each checked the same way; a single
-//! signature is checked with `verify_strict` itself, so every decision to refuse is
-//! `verify_strict`'s. A half whose sibling passed after their parent failed is known to
+//! A set whose equation fails is split in halves, each checked the same way; a failed set
+//! of at most `LEAF` signatures has each checked with `verify_strict` itself, so every
+//! decision to refuse is `verify_strict`'s. A half whose sibling passed after their parent failed is known to
 //! hold a bad signature and is split without an equation of its own.
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
