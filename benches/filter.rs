@@ -9,8 +9,15 @@
 //! one fdatasync per batch, in a directory under the target dir), and the write with its
 //! fdatasync alone: what durability costs per request and per batch on this machine.
 //!
-//! Run: `cargo bench --bench filter`. Ratio: raw median / engine median (per-request
-//! times), printed at the end.
+//! Batched verification (issue 14): the same requests through `Engine::handle_batch` 32
+//! at a time (a full `recvmmsg` batch), all valid and with one forgery in every 32 (at a
+//! position that moves from batch to batch); beside them groxy's batch equation alone,
+//! ed25519-dalek's `verify_batch` on the same 32 signatures, and ES256 (p256, and with
+//! `--features bench-aws-lc` aws-lc-rs) verifying messages of the same length.
+//!
+//! Run: `cargo bench --bench filter [--features bench-aws-lc]`. The medians, per request
+//! (per verified request where one in 32 is forged) and their ratios to the raw
+//! `verify_strict` are printed at the end, from criterion's estimates of this run.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -39,6 +46,8 @@ const N: usize = 8192;
 struct Fixture {
     cfg: ProxyConfig,
     requests: Vec<Vec<u8>>,
+    /// `requests` with one in every 32 forged (a flipped bit of its encrypted signature).
+    one_forged: Vec<Vec<u8>>,
     /// Each request's real ToBeSigned and decrypted signature, and the client's key: the
     /// raw baseline verifies exactly what the proxy verifies, message by message (one
     /// message verified over and over trains the branch predictor and looks faster).
@@ -162,9 +171,24 @@ fn fixture() -> Fixture {
         "request datagram {} bytes, ToBeSigned {tbs_len} bytes",
         requests[0].len()
     );
+    let one_forged = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            // The forged one's place moves from batch to batch (the cost of bisection
+            // depends on it).
+            if i % BATCH == (i / BATCH * 13) % BATCH {
+                let at = r.len() - 20;
+                r[at] ^= 4;
+            }
+            r
+        })
+        .collect();
     Fixture {
         cfg,
         requests,
+        one_forged,
         signed,
         key,
     }
@@ -211,6 +235,111 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // The requests of each receive batch together, as the driver hands them over.
+    let batched = |b: &mut criterion::Bencher, requests: &[Vec<u8>], admitted_per_batch: usize| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            let mut list: Vec<(SocketAddr, &[u8])> = Vec::with_capacity(BATCH);
+            while done < iters {
+                let t0 = Instant::now();
+                let mut e = Engine::new(f.cfg.clone(), t0, 1).unwrap();
+                let n = ((iters - done) as usize).min(N);
+                let start = Instant::now();
+                for chunk in requests[..n].chunks(BATCH) {
+                    list.clear();
+                    list.extend(chunk.iter().map(|r| (client, r.as_slice())));
+                    e.handle_batch(t0, Link::Listener(0), &list);
+                    while let Some(o) = e.poll_output() {
+                        if let Output::Transmit(t) = o {
+                            black_box(t);
+                        }
+                    }
+                }
+                total += start.elapsed();
+                let full = n / BATCH * admitted_per_batch;
+                assert!(e.exchanges().0 >= full, "the honest requests were admitted");
+                done += n as u64;
+            }
+            total
+        })
+    };
+    g.bench_function("engine_batched_32_verify_replay_fan_out", |b| {
+        batched(b, &f.requests, BATCH)
+    });
+    g.bench_function("engine_batched_32_one_forged_per_32", |b| {
+        batched(b, &f.one_forged, BATCH - 1)
+    });
+
+    // The verification alone: groxy's equation over 32 signatures of one key, and
+    // ed25519-dalek's verify_batch on the same 32 (one point per key per signature, no
+    // per-signature strict checks); per batch of 32.
+    let pk = groxy::oscore::cred::PublicKey::Ed25519(f.key);
+    g.bench_function("raw_groxy_batch_equation_32", |b| {
+        let mut v = groxy::oscore::batch::BatchVerifier::new([3; 32]);
+        let sigs: Vec<[u8; 64]> = f.signed.iter().map(|(_, s)| s.to_bytes()).collect();
+        let mut i = 0;
+        b.iter(|| {
+            let at = (i * BATCH) % (N - BATCH);
+            i += 1;
+            let jobs: Vec<_> = (at..at + BATCH)
+                .map(|j| groxy::oscore::batch::SigJob {
+                    key: &pk,
+                    msg: &f.signed[j].0,
+                    sig: &sigs[j],
+                    batchable: true,
+                })
+                .collect();
+            black_box(v.verify(&jobs))
+        })
+    });
+    g.bench_function("raw_dalek_verify_batch_32", |b| {
+        let keys = vec![f.key; BATCH];
+        let mut i = 0;
+        b.iter(|| {
+            let at = (i * BATCH) % (N - BATCH);
+            i += 1;
+            let msgs: Vec<&[u8]> = (at..at + BATCH).map(|j| f.signed[j].0.as_slice()).collect();
+            let sigs: Vec<_> = (at..at + BATCH).map(|j| f.signed[j].1).collect();
+            ed25519_dalek::verify_batch(&msgs, &sigs, &keys).unwrap()
+        })
+    });
+
+    // ES256 on messages of the ToBeSigned's length: groxy's verification path (p256) and
+    // aws-lc-rs's.
+    let es = PrivateKey::generate(SigAlg::Es256);
+    let es_pub = es.public_key();
+    let es_signed: Vec<(Vec<u8>, [u8; 64])> = f
+        .signed
+        .iter()
+        .take(256)
+        .map(|(m, _)| (m.clone(), es.sign(m)))
+        .collect();
+    g.bench_function("raw_es256_p256_verify", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let (m, s) = &es_signed[i % es_signed.len()];
+            i += 1;
+            assert!(es_pub.verify(black_box(m), s))
+        })
+    });
+    #[cfg(feature = "bench-aws-lc")]
+    g.bench_function("raw_es256_aws_lc_rs_verify", |b| {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        use p256::elliptic_curve::sec1::ToSec1Point;
+        let groxy::oscore::cred::PublicKey::P256(p) = &es_pub else {
+            unreachable!()
+        };
+        let sec1 = p.to_sec1_point(false);
+        let key = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, sec1.as_bytes());
+        let mut i = 0;
+        b.iter(|| {
+            let (m, s) = &es_signed[i % es_signed.len()];
+            i += 1;
+            key.verify(black_box(m), s).unwrap()
+        })
+    });
+
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("filter-bench-state");
     let _ = std::fs::remove_dir_all(&dir);
     // A store with the group's slots attached, and the engine clean: outside the timing.
@@ -266,6 +395,66 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
+    summary();
+}
+
+/// criterion's median of this run for one bench of the group, in nanoseconds.
+fn median_ns(name: &str) -> Option<f64> {
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()?
+        .join("criterion/request_filter_100B")
+        .join(name)
+        .join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+/// Medians per request (per verified request where one in 32 is forged) and their rates
+/// against the raw single verification's.
+fn summary() {
+    let Some(raw) = median_ns("raw_verify_strict") else {
+        return;
+    };
+    let per = BATCH as f64;
+    let rows = [
+        ("engine_verify_replay_fan_out", 1.0, "one by one"),
+        (
+            "engine_batched_32_verify_replay_fan_out",
+            1.0,
+            "batched, all valid (aim >= 1.6x)",
+        ),
+        (
+            "engine_batched_32_one_forged_per_32",
+            per / (per - 1.0),
+            "batched, one forged in 32, per verified request (aim >= 1.0x)",
+        ),
+        (
+            "raw_groxy_batch_equation_32",
+            1.0 / per,
+            "groxy's batch verifier alone",
+        ),
+        (
+            "raw_dalek_verify_batch_32",
+            1.0 / per,
+            "ed25519-dalek verify_batch alone",
+        ),
+        ("raw_es256_p256_verify", 1.0, "ES256, p256"),
+        ("raw_es256_aws_lc_rs_verify", 1.0, "ES256, aws-lc-rs"),
+    ];
+    println!(
+        "\nmedians of this run (raw verify_strict {:.1} µs = 1.00x):",
+        raw / 1e3
+    );
+    for (name, scale, what) in rows {
+        if let Some(m) = median_ns(name) {
+            let t = m * scale;
+            println!(
+                "  {what}: {:.1} µs per request, {:.2}x the raw verification rate",
+                t / 1e3,
+                raw / t
+            );
+        }
+    }
 }
 
 criterion_group!(benches, bench);

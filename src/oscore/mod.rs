@@ -2,6 +2,7 @@
 
 pub mod aad;
 pub mod alg;
+pub mod batch;
 pub mod checker;
 pub mod context;
 pub mod cred;

@@ -265,6 +265,13 @@ impl Bucket {
         }
     }
 
+    /// The tokens there now, nothing taken (refilled to `now`, as `take` at `now` would
+    /// find them): how far batched verification may speculate for this sender.
+    pub(crate) fn available(&mut self, rate: f64, burst: f64, now: Instant) -> f64 {
+        self.refill(rate, burst, now);
+        self.tokens
+    }
+
     pub(crate) fn is_full(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
         self.refill(rate, burst, now);
         self.tokens >= burst

@@ -1,10 +1,17 @@
 //! The signature filters (RFC 10021 §7.5): requests before any fan-out, responses
 //! before they are relayed, under the group's policy.
 
-use super::{Engine, Filtered, Reject, Route};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::{Destination, Engine, Filtered, Link, Reject, Route, client_token};
 use crate::coap::MessageView;
-use crate::coap::build::code;
-use crate::oscore::checker::CheckedRequest;
+use crate::coap::build::{CON, NON, code};
+use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint};
+use crate::coap::uri::proxy_target;
+use crate::oscore::batch::{BatchStats, BatchVerifier, SigJob};
+use crate::oscore::checker::{CheckedRequest, Prepared};
+use crate::oscore::option::OscoreOption;
 use crate::oscore::{ConfigError, GroupChecker, OscoreError, ReplayState, Restored, Verdict};
 use crate::proxy::config::Policy;
 use crate::proxy::events::{CheckResult, DropReason, Event, RejectReason};
@@ -18,10 +25,16 @@ impl Engine {
         g: usize,
         view: &MessageView,
     ) -> Result<Option<CheckedRequest>, Filtered> {
+        // A verdict reached with the rest of the receive batch, if this request was in it.
+        let batched = self.batch.take(g, view.bytes());
         let Some(checker) = self.checkers.get_mut(g).and_then(Option::as_mut) else {
             return Ok(None);
         };
-        let (result, checked) = match checker.admit_request(view.bytes()) {
+        let admitted = match batched {
+            Some(verdict) => checker.admit_checked(verdict),
+            None => checker.admit_request(view.bytes()),
+        };
+        let (result, checked) = match admitted {
             Ok(Verdict::Verified(c)) => (CheckResult::Valid, Some(c)),
             Ok(Verdict::Unverifiable) => (CheckResult::Unverifiable, None),
             Err(e) => (check_result(&e), None),
@@ -175,6 +188,235 @@ impl Engine {
         match drop {
             Some(reason) if enforced => Err(reason),
             _ => Ok(()),
+        }
+    }
+}
+
+/// The verdicts of one receive batch's group-mode requests, reached together by
+/// [`Engine::begin_batch`] and taken one by one as each request reaches the filter.
+pub(super) struct BatchState {
+    verifier: BatchVerifier,
+    /// (group, datagram, verdict): the datagram's bytes identify it when its check comes
+    /// (a request that reaches the filter by another path, e.g. from inside the proxy's
+    /// own layer, finds nothing and is verified alone).
+    verdicts: Vec<(usize, Vec<u8>, Option<VerdictResult>)>,
+    /// Entries of `verdicts` in use (the buffers beyond are kept for the next batch).
+    len: usize,
+}
+
+type VerdictResult = Result<Verdict<CheckedRequest>, OscoreError>;
+
+/// Datagrams of one batch whose signatures are verified together at most: the driver's
+/// `recvmmsg` batch is 32; more only makes the equations, and bisection, longer.
+const MAX_BATCH: usize = 64;
+
+impl std::fmt::Debug for BatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchState")
+            .field("pending", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchState {
+    /// `seed`: the batch equations' coefficients (see `oscore::batch`).
+    pub(super) fn new(seed: [u8; 32]) -> Self {
+        BatchState {
+            verifier: BatchVerifier::new(seed),
+            verdicts: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn push(&mut self, g: usize, datagram: &[u8], verdict: VerdictResult) {
+        if self.len == self.verdicts.len() {
+            self.verdicts.push((g, Vec::new(), None));
+        }
+        let e = &mut self.verdicts[self.len];
+        e.0 = g;
+        e.1.clear();
+        e.1.extend_from_slice(datagram);
+        e.2 = Some(verdict);
+        self.len += 1;
+    }
+
+    /// The verdict reached for `datagram` under group `g`'s current epoch, once.
+    fn take(&mut self, g: usize, datagram: &[u8]) -> Option<VerdictResult> {
+        self.verdicts[..self.len]
+            .iter_mut()
+            .find(|(h, d, v)| *h == g && v.is_some() && d.as_slice() == datagram)
+            .and_then(|e| e.2.take())
+    }
+}
+
+impl Engine {
+    /// The first step of [`handle_batch`](Self::handle_batch), for a driver that hands
+    /// the datagrams to [`handle`](Self::handle) itself (to time or flush each): the
+    /// signatures of the group-mode requests among `datagrams` (what one receive call
+    /// returned on `link`) are verified together. The driver must then call `handle`
+    /// for each datagram, in order, and [`end_batch`](Self::end_batch), with no other
+    /// call in between; the outputs are the same as without this step.
+    ///
+    /// Only requests that would reach the filter now are verified here: the cheap
+    /// checks before it (message layer, target, options, allow-list, Multicast-Timeout)
+    /// pass, and the sender's rate budget, exchange share and the exchange table have room
+    /// for them, counting the earlier ones of the batch. A request refused between these
+    /// and the filter (no Message ID free, a duplicate made by the batch's own processing)
+    /// has cost one signature's share of a batch equation.
+    pub fn begin_batch(&mut self, now: Instant, link: Link, datagrams: &[(SocketAddr, &[u8])]) {
+        self.batch.clear();
+        if !matches!(link, Link::Listener(_)) || self.checkers.iter().all(Option::is_none) {
+            return;
+        }
+        let mut picked: Vec<(usize, usize)> = Vec::new();
+        let mut spent: Vec<(IpAddr, usize)> = Vec::new();
+        // The table of verdicts is bounded by the driver's receive batch; a caller
+        // handing over more has the rest verified one by one, as without a batch.
+        for (i, &(from, d)) in datagrams.iter().enumerate().take(MAX_BATCH) {
+            // A second copy of a message in the batch is a duplicate for the message layer.
+            let mid = |d: &[u8]| (d.len() >= 4).then(|| [d[2], d[3]]);
+            if datagrams[..i]
+                .iter()
+                .any(|&(f, e)| f == from && mid(e) == mid(d))
+            {
+                continue;
+            }
+            let Some(g) = self.would_check(now, from, d) else {
+                continue;
+            };
+            let n = match spent.iter_mut().find(|(ip, _)| *ip == from.ip()) {
+                Some((_, n)) => n,
+                None => {
+                    spent.push((from.ip(), 0));
+                    &mut spent.last_mut().expect("just pushed").1
+                }
+            };
+            if !budget_allows(self, now, from.ip(), *n + 1, picked.len() + 1) {
+                continue;
+            }
+            *n += 1;
+            picked.push((i, g));
+        }
+        // A request alone is verified where it is checked, as without a batch.
+        if picked.len() < 2 {
+            return;
+        }
+        let checkers = &self.checkers;
+        let prepared: Vec<(usize, usize, Result<Prepared<'_>, OscoreError>)> = picked
+            .iter()
+            .map(|&(i, g)| {
+                let c = checkers[g].as_ref().expect("would_check saw it");
+                (i, g, c.current().prepare_request(datagrams[i].1))
+            })
+            .collect();
+        let jobs: Vec<SigJob<'_>> = prepared
+            .iter()
+            .filter_map(|(_, _, p)| p.as_ref().ok().and_then(Prepared::job))
+            .collect();
+        let mut verified = self.batch.verifier.verify(&jobs).into_iter();
+        let verdicts: Vec<(usize, usize, VerdictResult)> = prepared
+            .into_iter()
+            .map(|(i, g, p)| {
+                let v = p.map(|p| {
+                    let ok = p.job().is_none() || verified.next().unwrap_or(false);
+                    p.verdict(ok)
+                });
+                (i, g, v.and_then(|v| v))
+            })
+            .collect();
+        for (i, g, v) in verdicts {
+            self.batch.push(g, datagrams[i].1, v);
+        }
+    }
+
+    /// The last step of a batch begun with [`begin_batch`](Self::begin_batch): verdicts
+    /// not taken are forgotten.
+    pub fn end_batch(&mut self) {
+        self.batch.clear();
+    }
+
+    /// The work batched verification has done (signatures, equations, single
+    /// verifications), for benches and tests.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batch.verifier.stats()
+    }
+
+    /// The group whose filter `datagram` from `from` would reach now, if it is a
+    /// group-mode request for a checked group: the checks `handle` makes before the
+    /// filter, in a form that changes nothing.
+    fn would_check(&mut self, now: Instant, from: SocketAddr, d: &[u8]) -> Option<usize> {
+        if d.len() > self.cfg.limits.max_datagram || self.draining {
+            return None;
+        }
+        let view = MessageView::parse(d).ok()?;
+        let t = view.mtype();
+        if !(t == CON || t == NON) || view.code() == code::EMPTY || !view.is_request() {
+            return None;
+        }
+        if self.dedup.lookup(from, view.message_id(), now).is_some()
+            || self.dedup.room(from, now).is_err()
+            || self.is_for_proxy_layer(&view)
+        {
+            return None;
+        }
+        let o = OscoreOption::parse(view.option(opt::OSCORE)?).ok()?;
+        let (gid, kid) = (o.kid_context?, o.kid?);
+        if !o.group {
+            return None;
+        }
+        let target = proxy_target(&view).ok()??;
+        if target.scheme != "coap" || self.names_proxy(&target) {
+            return None;
+        }
+        let Ok(Destination::Group(g)) = self.destination(&target) else {
+            return None;
+        };
+        let c = self.checkers.get(g)?.as_ref()?.current();
+        if c.gid() != gid || !c.knows(kid) {
+            return None;
+        }
+        if view
+            .options()
+            .any(|(n, _)| !self.knows_option(n) && (is_critical(n) || is_unsafe(n)))
+        {
+            return None;
+        }
+        if self.by_client.contains_key(&(from, client_token(&view))) {
+            return None;
+        }
+        if !matches!(view.option(opt::HOP_LIMIT), None | Some([2..=u8::MAX])) {
+            return None;
+        }
+        let spec = &self.cfg.groups[g];
+        if !spec.enabled || !spec.allow.iter().any(|p| p.contains(from.ip())) {
+            return None;
+        }
+        read_uint(view.option(self.cfg.options.multicast_timeout)?)?;
+        Some(g)
+    }
+}
+
+/// Whether the limits the request will pass before the filter have room for `n`
+/// requests of client `ip` and `total` of the batch: what keeps a sender from having
+/// more signatures verified in a batch than its rate budget would let reach the filter.
+fn budget_allows(e: &mut Engine, now: Instant, ip: IpAddr, n: usize, total: usize) -> bool {
+    let l = &e.cfg.limits;
+    if e.exchanges.len() + total > l.max_exchanges {
+        return false;
+    }
+    match e.clients.get_mut(&ip) {
+        Some(c) => {
+            c.active + n <= l.max_exchanges_per_client
+                && c.bucket.available(l.client_rate, l.client_burst, now) >= n as f64
+        }
+        None => {
+            e.clients.len() < l.max_clients
+                && n <= l.max_exchanges_per_client
+                && l.client_burst >= n as f64
         }
     }
 }

@@ -386,6 +386,9 @@ pub struct Engine {
     spare: Vec<Vec<u8>>,
     /// Observations: counts per client, rate buckets, ended tokens (`observe.rs`).
     observers: observe::Observers,
+    /// Batched signature verification: its CSPRNG and the current receive batch's
+    /// verdicts (see `filter.rs`).
+    batch: filter::BatchState,
 }
 
 /// A message's options on their way into another message: on the stack for the usual
@@ -400,7 +403,18 @@ impl Engine {
     /// Message ID offsets, retransmission jitter); give it 32 bytes from the operating
     /// system in production so that none of them can be guessed (RFC 9175 §2, §4).
     pub fn new(cfg: ProxyConfig, now: Instant, seed: impl Into<Seed>) -> Result<Self, ConfigError> {
-        let mut rng = ChaCha20Rng::from_seed(seed.into().0);
+        let seed = seed.into().0;
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        // The batch equations' coefficients from a stream of their own, so that batching
+        // leaves the engine's other random draws as they were.
+        let batch_seed: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::new()
+                .chain_update(b"groxy batch verification coefficients")
+                .chain_update(seed)
+                .finalize()
+                .into()
+        };
         let mut token_key = [0u8; 16];
         rng.fill_bytes(&mut token_key);
         let checkers = cfg
@@ -444,6 +458,7 @@ impl Engine {
             deadlines: BinaryHeap::new(),
             tokens: tokens::TokenSpace::new(token_key),
             rng,
+            batch: filter::BatchState::new(batch_seed),
             out: VecDeque::new(),
             spare: Vec::new(),
             observers: observe::Observers::default(),
@@ -611,6 +626,18 @@ impl Engine {
             Link::Listener(i) => self.on_client_datagram(now, i, from, &view),
             Link::Group(..) | Link::Unicast(_) => self.on_origin_datagram(now, link, from, &view),
         }
+    }
+
+    /// A receive batch: the datagrams one receive call returned on `link`, handled in
+    /// order with the same outputs as [`handle`](Self::handle) on each, the signatures of
+    /// the group-mode requests among them verified together first (see
+    /// [`begin_batch`](Self::begin_batch)). Nothing waits for a batch to fill.
+    pub fn handle_batch(&mut self, now: Instant, link: Link, datagrams: &[(SocketAddr, &[u8])]) {
+        self.begin_batch(now, link, datagrams);
+        for &(from, d) in datagrams {
+            self.handle(now, link, from, d);
+        }
+        self.end_batch();
     }
 
     fn on_client_datagram(
