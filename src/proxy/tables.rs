@@ -360,6 +360,49 @@ impl Dedup {
     }
 }
 
+/// The deduplication table alone, as the engine uses it per request, for
+/// benches/forward.rs to measure its cost and memory. Not an API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DedupBench(Dedup);
+
+#[doc(hidden)]
+impl DedupBench {
+    pub fn new(capacity: usize, per_sender: usize) -> Self {
+        DedupBench(Dedup::new(capacity, per_sender))
+    }
+
+    /// What the engine does for a request: look up, check room, record (NON or CON
+    /// lifetime). `Some(true)`: new and recorded; `Some(false)`: a duplicate; `None`:
+    /// no room (5.03).
+    pub fn request(&mut self, from: SocketAddr, mid: u16, now: Instant, con: bool) -> Option<bool> {
+        if self.0.lookup(from, mid, now).is_some() {
+            return Some(false);
+        }
+        self.0.room(from, now).ok()?;
+        let lifetime = if con { EXCHANGE_LIFETIME } else { NON_LIFETIME };
+        self.0.record(from, mid, now, lifetime);
+        Some(true)
+    }
+
+    /// The engine's sweep.
+    pub fn expire(&mut self, now: Instant) {
+        self.0.expire(now)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
 /// A token bucket per client for the fan-out rate (the proxy must not be an amplifier:
 /// groupcomm-proxy §10, RFC 10020 §3.6).
 #[derive(Debug, Clone)]
