@@ -1345,9 +1345,7 @@ fn group_part(env: &Env, devices: u8) -> Result<(), String> {
     let group_rate = a
         .group_rate
         .unwrap_or(0.9 * max_ex / a.multicast_timeout.max(1) as f64);
-    println!(
-        "\nrequests paced to at most {group_rate:.0}/s (90% of groxy's default max_exchanges {max_ex} per Multicast-Timeout)"
-    );
+
     println!(
         "\n## Group requests: NON GET to coap://{group}/hello, Multicast-Timeout {} s, {} outstanding from {} client addresses x {} ports (fresh each run), {} devices ({}), complete when all {} answered\n",
         a.multicast_timeout,
@@ -1361,6 +1359,9 @@ fn group_part(env: &Env, devices: u8) -> Result<(), String> {
             "in-process sockets on the load core"
         },
         devices
+    );
+    println!(
+        "requests paced to at most {group_rate:.0}/s (90% of groxy's default max_exchanges {max_ex} per Multicast-Timeout)\n"
     );
     println!("{GROUP_HEAD}\n{GROUP_SEP}");
     let builds: Vec<(String, Option<usize>)> = std::iter::once(("groxy".to_string(), None))
