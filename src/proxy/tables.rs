@@ -577,6 +577,38 @@ mod tests {
         assert!(d.len() <= l.dedup_per_client);
     }
 
+    /// The default table holds eight clients at the default client_rate, all CON, for
+    /// longer than EXCHANGE_LIFETIME: none is ever refused for room (5.03 DedupFull)
+    /// and none forgets an entry early (the old default, 65,536, filled in 8 s).
+    #[test]
+    fn rfc7252_s4_8_2_default_table_holds_eight_clients_at_the_default_rate() {
+        let l = crate::proxy::Limits::default();
+        let mut d = Dedup::new(l.dedup_capacity, l.dedup_per_client);
+        let t0 = Instant::now();
+        let mut sweep = t0;
+        // 8 clients x 1000/s, one request from each every ms, for 260 s.
+        for ms in 0..260_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if now >= sweep {
+                d.expire(now);
+                sweep = now + Duration::from_secs(5);
+            }
+            for c in 0..8u8 {
+                let a = SocketAddr::from(([198, 51, 100, c], 1 + (ms % 64) as u16));
+                let mid = (ms / 64) as u16;
+                assert_eq!(d.room(a, now), Ok(()), "client {c} at {ms} ms");
+                assert_eq!(dup(&mut d, a, mid, now), None, "client {c} at {ms} ms");
+                d.record(a, mid, now, EXCHANGE_LIFETIME);
+            }
+        }
+        // 247 s of each client's requests are held, and the oldest still remembered.
+        let now = t0 + Duration::from_millis(259_999);
+        let oldest = 259_999 - 246_999;
+        let a = SocketAddr::from(([198, 51, 100, 3], 1 + (oldest % 64) as u16));
+        assert_eq!(dup(&mut d, a, (oldest / 64) as u16, now), Some(None));
+        assert!(d.len() <= l.dedup_capacity);
+    }
+
     /// The two lifetime classes in one sender's table: a NON recorded after a CON
     /// expires first (145 s after it), the CON stays its 247 s, neither is forgotten by
     /// the other's ring (RFC 7252 §4.8.2).
