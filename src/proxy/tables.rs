@@ -49,7 +49,7 @@ impl Seconds {
 /// slot) has two rings (NON, CON) of (port and Message ID, expiry second), 8 bytes, and
 /// the table has one index of (slot, port and Message ID), 8 bytes plus the hash table's
 /// control byte: 17 bytes per entry with both at full load, at most ~37 just after they
-/// grew (see [`Dedup::heap_bytes`]; benches/forward.rs prints it: 26.7 at 1 Mi entries
+/// grew (see [`Dedup::heap_bytes`]; benches/forward.rs prints it: 26.7 at ~1 M entries
 /// of 1,024 senders, where the table before was 130). A sender's expired entries leave its rings whenever
 /// it is looked up, so the index says exactly what is live for that sender; the sweep
 /// ([`Dedup::expire`]) frees those of senders gone quiet. The few replies to CONs are
