@@ -14,6 +14,13 @@
 //! ports: at that rate no Message ID is reused toward the origin or a client endpoint
 //! within its lifetime (RFC 7252 §4.4), as the engine requires.
 //!
+//! The deduplication table alone (issue 14), the current one beside the one before it
+//! (benches/forward/dedup_old.rs) in the same run, each sized as the defaults now are
+//! (2 Mi entries, 262,144 per client): a population of 256 client addresses x 4 ports
+//! sending 7,000 NON requests/s on a virtual clock, measured once the table holds a
+//! whole NON_LIFETIME of them (~1 M entries), with the engine's 5 s sweep; the bytes
+//! per entry of each are printed (by their containers' capacities).
+//!
 //! Run: `cargo bench --bench forward`.
 
 use std::hint::black_box;
@@ -24,7 +31,92 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, CON, NON, code};
 use groxy::coap::options as opt;
-use groxy::proxy::{Engine, Link, Output, ProxyConfig};
+use groxy::proxy::{DedupBench, Engine, Link, Output, ProxyConfig};
+
+#[path = "forward/dedup_old.rs"]
+mod dedup_old;
+
+/// A client population's NON requests into a deduplication table (old or new), as the
+/// engine makes them: lookup, room, record; the sweep every 5 s of virtual time.
+struct DedupLoad<T> {
+    table: T,
+    t0: Instant,
+    now: Instant,
+    next_sweep: Instant,
+    n: u64,
+}
+
+const DEDUP_RATE: u64 = 7_000;
+
+trait Table {
+    fn request(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<bool>;
+    fn expire(&mut self, now: Instant);
+    fn bytes(&self) -> usize;
+    fn entries(&self) -> usize;
+}
+
+impl Table for DedupBench {
+    fn request(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<bool> {
+        DedupBench::request(self, from, mid, now, false)
+    }
+    fn expire(&mut self, now: Instant) {
+        DedupBench::expire(self, now)
+    }
+    fn bytes(&self) -> usize {
+        self.heap_bytes()
+    }
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Table for dedup_old::Dedup {
+    fn request(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<bool> {
+        dedup_old::Dedup::request(self, from, mid, now, false)
+    }
+    fn expire(&mut self, now: Instant) {
+        dedup_old::Dedup::expire(self, now)
+    }
+    fn bytes(&self) -> usize {
+        self.heap_bytes()
+    }
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Table> DedupLoad<T> {
+    /// Filled with 150 s of requests: every later one meets a full NON_LIFETIME.
+    fn new(table: T) -> Self {
+        let now = Instant::now();
+        let mut l = DedupLoad {
+            table,
+            t0: now,
+            now,
+            next_sweep: now,
+            n: 0,
+        };
+        for _ in 0..150 * DEDUP_RATE {
+            assert_eq!(l.request(), Some(true));
+        }
+        l
+    }
+
+    /// The next request: client n mod 1024 (256 addresses x 4 ports), each endpoint's
+    /// Message IDs in turn (one comes back after 1024 x 65,536 requests, > 145 s).
+    fn request(&mut self) -> Option<bool> {
+        self.n += 1;
+        let n = self.n;
+        self.now = self.t0 + Duration::from_nanos(n * 1_000_000_000 / DEDUP_RATE);
+        if self.now >= self.next_sweep {
+            self.table.expire(self.now);
+            self.next_sweep = self.now + Duration::from_secs(5);
+        }
+        let e = n % 1024;
+        let from = SocketAddr::from(([10, 1, (e >> 2) as u8, 1], 20_000 + (e & 3) as u16));
+        self.table.request(from, (n / 1024) as u16, self.now)
+    }
+}
 
 struct Run {
     engine: Engine,
@@ -37,12 +129,11 @@ struct Run {
 impl Run {
     fn new() -> Self {
         let mut cfg = ProxyConfig::default();
-        // As in the load bench: one client sending far more than its rate limit allows
-        // and more Message IDs than a 145 s table could hold without wrapping.
+        // One client sending more than its rate limit allows (on the virtual clock); the
+        // deduplication table at its default size (issue 14: it is on the hot path).
         cfg.limits.client_rate = 1e12;
         cfg.limits.client_burst = 1e12;
         cfg.limits.max_exchanges_per_client = 1 << 20;
-        cfg.limits.dedup_capacity = 16_384;
         let now = Instant::now();
         Run {
             engine: Engine::new(cfg, now, 42).unwrap(),
@@ -230,5 +321,27 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+fn dedup(c: &mut Criterion) {
+    let d = ProxyConfig::default().limits;
+    let mut new = DedupLoad::new(DedupBench::new(d.dedup_capacity, d.dedup_per_client));
+    let mut old = DedupLoad::new(dedup_old::Dedup::new(d.dedup_capacity, d.dedup_per_client));
+    for (name, bytes, entries) in [
+        ("current", new.table.bytes(), new.table.entries()),
+        ("before issue 14", old.table.bytes(), old.table.entries()),
+    ] {
+        println!(
+            "dedup table ({name}): {entries} entries, {:.1} MiB, {:.1} bytes per entry",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / entries as f64
+        );
+    }
+    c.bench_function("dedup_request_current", |b| {
+        b.iter(|| black_box(new.request()))
+    });
+    c.bench_function("dedup_request_before_issue_14", |b| {
+        b.iter(|| black_box(old.request()))
+    });
+}
+
+criterion_group!(benches, bench, dedup);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! fanned out by groxy to several devices on loopback multicast.
 //!
 //! ```text
-//! cargo bench --bench load                      # defaults: 5 s windows, 16 outstanding, 3 runs
+//! cargo bench --bench load                      # defaults: 5 s windows, 16 outstanding, 3 runs,
+//!                                               # 512 client addresses x 2 ports, 64 origins
 //! cargo bench --bench load -- --seconds 5 --outstanding 16 --runs 3
 //! cargo bench --bench load -- --help
 //! ```
@@ -15,8 +16,23 @@
 //! `--devices process`). All I/O is batched (recvmmsg/sendmmsg), allocation-free and
 //! busy-polling, so that core 0 is not what limits the proxy.
 //!
-//! The generator keeps exactly `--outstanding` NON requests in flight from one UDP socket
-//! (or spread over `--clients` sockets):
+//! The load is what a conforming client population sends (RFC 7252 §4.4, issue 14), so
+//! groxy runs with its DEFAULT limits and deduplication table (the bench's file sets only
+//! its listener and group): requests go in turn to `--client-ips` loopback addresses
+//! (a fresh 127.B.0.0/16 block for every run, so no endpoint of an earlier run comes
+//! back) x `--client-ports` ports, one socket per port bound to 0.0.0.0 sending from each
+//! address with IP_PKTINFO; each endpoint counts its Message IDs from 0 and the
+//! generator asserts that none wraps, so none is reused within NON_LIFETIME, and the
+//! rate of each address stays below groxy's default client_rate (1000/s). The targets
+//! are `--origins` origin endpoints in turn (127.0.3.100.. on one port): groxy's egress
+//! has 65,536 Message IDs per port per origin endpoint per lifetime, and the origins
+//! record every (source endpoint, Message ID, time) they receive and count the pairs
+//! that come again within NON_LIFETIME, per proxy (must be 0; the devices do the same
+//! toward the group). The group part is paced below groxy's default exchange table.
+//! Then memory per pending exchange: the proxy's VmRSS before and after `--hold`
+//! requests to an origin that never answers.
+//!
+//! The generator keeps exactly `--outstanding` NON requests in flight:
 //! each answer (unicast) or the last of the expected answers (group) triggers the next
 //! request; a request without its answers after `--timeout-ms` is counted lost and
 //! replaced. Per run: requests/s and responses/s over the window after the warm-up, the
@@ -49,17 +65,26 @@ usage: cargo bench --bench load [-- OPTIONS]
   --seconds S          measured window per run (default 5)
   --warmup S           warm-up before each window (default 1)
   --outstanding N      requests kept in flight (default 16)
-  --clients N          client sockets sharing them, request i from client i mod N
-                       (default 1)
+  --client-ips N       client addresses (127.B.x.y, a fresh block per run; default
+                       512): each sends 1/N of the load, so the proxy's default
+                       client_rate (1000/s per address) holds below 512k requests/s
+  --client-ports N     ports per client address (default 2): the generator asserts
+                       that no endpoint uses more than its 65,536 Message IDs in a run
+  --origins N          origin endpoints (127.0.3.100.., default 64): the proxy's egress
+                       ports carry 65,536 Message IDs per origin endpoint per lifetime
   --runs N             runs per proxy and of the group part (default 3)
   --timeout-ms MS      a request unanswered after this is lost and replaced (default 200;
                        group: 500)
   --form uri|scheme    Proxy-Uri (default) or Proxy-Scheme + Uri-Host/Port/Path
-  --devices N          devices in the group part (default 4)
+  --devices N[,N..]    fan-outs of the group part (default 4,32)
+  --hold N             exchanges held to measure memory per pending exchange
+                       (default 8192; 0: skip)
   --device-mode inproc|process
                        devices as sockets in this process (default) or `groxy device`
                        processes on the load core
   --multicast-timeout S  Multicast-Timeout of group requests (default 1)
+  --group-rate R       group requests per second at most (default: 90% of groxy's
+                       default max_exchanges per Multicast-Timeout, 14,746/s)
   --only unicast|group run one part only
   --skip-libcoap       unicast part with groxy alone (says so in the report)
   --floor              also run a relay that knows no CoAP in the proxy's place, with
@@ -84,13 +109,17 @@ struct Args {
     seconds: f64,
     warmup: f64,
     outstanding: usize,
-    clients: usize,
+    client_ips: usize,
+    client_ports: usize,
+    origins: usize,
+    hold: usize,
     runs: usize,
     timeout_ms: Option<u64>,
     proxy_uri: bool,
-    devices: u8,
+    devices: Vec<u8>,
     device_processes: bool,
     multicast_timeout: u32,
+    group_rate: Option<f64>,
     unicast: bool,
     group: bool,
     libcoap: bool,
@@ -116,13 +145,17 @@ fn parse_args() -> Result<Option<Args>, String> {
         seconds: 5.0,
         warmup: 1.0,
         outstanding: 16,
-        clients: 1,
+        client_ips: 512,
+        client_ports: 2,
+        origins: 64,
+        hold: 8192,
         runs: 3,
         timeout_ms: None,
         proxy_uri: true,
-        devices: 4,
+        devices: vec![4, 32],
         device_processes: false,
         multicast_timeout: 1,
+        group_rate: None,
         unicast: true,
         group: true,
         libcoap: true,
@@ -151,7 +184,10 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seconds" => a.seconds = num(&k, val()?)?,
             "--warmup" => a.warmup = num(&k, val()?)?,
             "--outstanding" => a.outstanding = num(&k, val()?)?,
-            "--clients" => a.clients = num(&k, val()?)?,
+            "--client-ips" => a.client_ips = num(&k, val()?)?,
+            "--client-ports" => a.client_ports = num(&k, val()?)?,
+            "--origins" => a.origins = num(&k, val()?)?,
+            "--hold" => a.hold = num(&k, val()?)?,
             "--runs" => a.runs = num(&k, val()?)?,
             "--timeout-ms" => a.timeout_ms = Some(num(&k, val()?)?),
             "--form" => {
@@ -161,7 +197,12 @@ fn parse_args() -> Result<Option<Args>, String> {
                     v => return Err(format!("--form: {v:?} is neither uri nor scheme")),
                 }
             }
-            "--devices" => a.devices = num(&k, val()?)?,
+            "--devices" => {
+                a.devices = val()?
+                    .split(',')
+                    .map(|d| num(&k, d.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
             "--device-mode" => {
                 a.device_processes = match val()?.as_str() {
                     "inproc" => false,
@@ -170,6 +211,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 }
             }
             "--multicast-timeout" => a.multicast_timeout = num(&k, val()?)?,
+            "--group-rate" => a.group_rate = Some(num(&k, val()?)?),
             "--only" => match val()?.as_str() {
                 "unicast" => a.group = false,
                 "group" => a.unicast = false,
@@ -203,15 +245,18 @@ fn parse_args() -> Result<Option<Args>, String> {
     if a.outstanding == 0 || a.outstanding > 0xffff || a.runs == 0 || a.seconds <= 0.0 {
         return Err("--outstanding 1..65535, --runs >= 1, --seconds > 0".into());
     }
-    if a.clients == 0 || a.clients > a.outstanding {
-        return Err("--clients 1..=outstanding".into());
+    if !(1..=250 * 256).contains(&a.client_ips) || a.client_ports == 0 {
+        return Err("--client-ips 1..=64000, --client-ports >= 1".into());
+    }
+    if !(1..=100).contains(&a.origins) {
+        return Err("--origins 1..=100".into());
     }
     if a.rt.is_some() && a.poll.is_none() {
         // A spinning SCHED_FIFO thread would hit RT throttling every second.
         a.poll = Some(true);
     }
-    if !(1..=200).contains(&a.devices) {
-        return Err("--devices 1..=200".into());
+    if a.devices.is_empty() || a.devices.iter().any(|d| !(1..=200).contains(d)) {
+        return Err("--devices 1..=200 each".into());
     }
     Ok(Some(a))
 }
@@ -224,8 +269,48 @@ struct Responder {
     /// Where answers go out from (a device answers from its unicast address).
     out: Option<UdpSocket>,
     payload: Vec<u8>,
-    mid: u16,
+    /// The socket serves many loopback addresses (bound to 0.0.0.0, IP_PKTINFO): each
+    /// answer leaves from the address its request was sent to.
+    pktinfo: bool,
+    /// Message IDs of the answers, per local address (its last octet), each in turn: an
+    /// origin address answers fewer than 65,536 requests per run.
+    mids: Vec<u16>,
     served: u64,
+    /// The origins' record of what reached them (RFC 7252 §4.4).
+    log: Option<MidLog>,
+}
+
+/// Every (source endpoint, Message ID) an origin received and when: a pair that comes
+/// again within NON_LIFETIME is a Message ID the proxy reused toward one destination
+/// endpoint within its lifetime (the bench's requests are NON, and so are the proxies').
+#[derive(Default)]
+struct MidLog {
+    seen: std::collections::HashMap<u128, Instant, foldhash::fast::RandomState>,
+    reused: u64,
+}
+
+const NON_LIFETIME: Duration = Duration::from_secs(145);
+
+impl MidLog {
+    fn note(&mut self, to: Ipv4Addr, from: SocketAddrV4, mid: u16, now: Instant) {
+        let k = (u32::from(to) as u128) << 64
+            | (u32::from(*from.ip()) as u128) << 32
+            | (from.port() as u128) << 16
+            | mid as u128;
+        if let Some(t) = self.seen.insert(k, now)
+            && now.duration_since(t) < NON_LIFETIME
+        {
+            self.reused += 1;
+        }
+    }
+
+    /// Distinct source endpoints (the proxy's egress ports, per origin's view).
+    fn sources(&self) -> usize {
+        let mut s: Vec<u128> = self.seen.keys().map(|k| k >> 16).collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    }
 }
 
 struct Servers {
@@ -238,7 +323,9 @@ impl Servers {
     /// Answers whatever is queued; true if there was anything.
     fn service(&mut self) -> bool {
         let mut any = false;
+        let now = Instant::now();
         for r in &mut self.responders {
+            self.rb.pktinfo = r.pktinfo;
             let n = self.rb.recv(net::fd(&r.sock));
             if n == 0 {
                 continue;
@@ -246,12 +333,21 @@ impl Servers {
             any = true;
             for i in 0..n {
                 let (req, from) = self.rb.get(i);
+                let local = self.rb.local(i);
+                if let (Some(log), Some((_, _, mid, _))) = (r.log.as_mut(), coap::header(req)) {
+                    log.note(local, from, mid, now);
+                }
                 let mut len = None;
-                let (payload, mid) = (&r.payload, &mut r.mid);
-                self.sb.push(from, |buf| {
+                let (payload, mid) = (&r.payload, &mut r.mids[local.octets()[3] as usize]);
+                let fill = |buf: &mut [u8]| {
                     len = coap::answer(req, buf, mid, payload);
                     len.unwrap_or(0)
-                });
+                };
+                if r.pktinfo {
+                    self.sb.push_from(from, local, fill);
+                } else {
+                    self.sb.push(from, fill);
+                }
                 if len.is_none() {
                     // Not a request: take it back out.
                     self.sb.n -= 1;
@@ -268,6 +364,24 @@ impl Servers {
     fn fds(&self) -> Vec<i32> {
         self.responders.iter().map(|r| net::fd(&r.sock)).collect()
     }
+
+    /// Starts the origins' record afresh (a new proxy under test).
+    fn reset_log(&mut self) {
+        for r in &mut self.responders {
+            if let Some(l) = r.log.as_mut() {
+                *l = MidLog::default();
+            }
+        }
+    }
+
+    /// (Message IDs reused toward one origin endpoint within NON_LIFETIME, distinct
+    /// (origin, source endpoint) pairs) since the last reset.
+    fn log_summary(&self) -> (u64, u64) {
+        self.responders
+            .iter()
+            .filter_map(|r| r.log.as_ref())
+            .fold((0, 0), |(a, b), l| (a + l.reused, b + l.sources() as u64))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -280,23 +394,43 @@ struct Slot {
     got: u32,
 }
 
-/// One client of the generator: its socket and what it has queued to send.
+/// One port of the generator's clients: a socket bound to 0.0.0.0 that sends from
+/// every client address (IP_PKTINFO), and what it has queued to send.
 struct Client {
     sock: UdpSocket,
     sb: Box<Batch>,
 }
 
+/// The conforming client population (RFC 7252 §4.4): `ips` loopback addresses (a fresh
+/// block of 127/8 for every generator, so no endpoint of an earlier run comes back) x
+/// `clients.len()` ports. Requests go to the endpoints in turn, addresses fastest, so
+/// each address sends 1/ips of the load (the proxy's per-address client_rate holds at
+/// its default) and each endpoint counts its Message IDs from 0: a generator asserts
+/// that no endpoint wraps, so none reuses a Message ID within NON_LIFETIME.
 struct Gen {
-    /// Slot `i` belongs to client `i % clients.len()`.
     clients: Vec<Client>,
+    ips: Vec<Ipv4Addr>,
+    /// Messages sent per endpoint (address i, port p at p * ips + i); the next MID.
+    sent: Vec<u32>,
+    /// Messages sent per address in the measured window.
+    ip_sent: Vec<u32>,
+    next: usize,
     rb: Box<Batch>,
-    mid: u16,
     seq: u64,
+    /// Under `max_rate`: slots waiting for their turn, and the requests issued since
+    /// the run began.
+    waiting: std::collections::VecDeque<usize>,
+    issued: u64,
+    started: Instant,
 }
+
+/// The next block of client addresses (127.B.0.0/16, B from 32).
+static NEXT_BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(32);
 
 struct Load<'a> {
     proxy: SocketAddrV4,
-    template: &'a [u8],
+    /// Requests in turn (one per origin endpoint).
+    templates: &'a [Vec<u8>],
     outstanding: usize,
     /// Answers that complete a request (1 unicast, N devices for a group request).
     expect: u32,
@@ -309,6 +443,9 @@ struct Load<'a> {
     pid: Option<u32>,
     core: usize,
     poll: bool,
+    /// At most this many requests per second (the group part: the proxy's exchange
+    /// table holds max_exchanges for the Multicast-Timeout); the slots wait in turn.
+    max_rate: Option<f64>,
 }
 
 #[derive(Default, Debug)]
@@ -332,21 +469,63 @@ struct Stats {
     core_busy: Option<f64>,
     core_steal: Option<f64>,
     rss_kib: Option<u64>,
+    /// The most Message IDs one client endpoint used (< 65,536: none reused).
+    max_endpoint: u32,
+    /// The highest rate of one client address in the window, requests/s.
+    max_ip_rate: f64,
 }
 
 impl Gen {
-    fn new(clients: usize) -> Self {
+    fn new(ips: usize, ports: usize) -> Self {
+        let b = NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(b <= 255, "out of 127/8 address blocks");
         Gen {
-            clients: (0..clients)
+            clients: (0..ports)
                 .map(|_| Client {
-                    sock: net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-                        .expect("client socket"),
+                    sock: net::udp_any(0).expect("client socket"),
                     sb: Batch::new(),
                 })
                 .collect(),
+            ips: (0..ips)
+                .map(|i| Ipv4Addr::new(127, b as u8, (i / 250) as u8, 1 + (i % 250) as u8))
+                .collect(),
+            sent: vec![0; ips * ports],
+            ip_sent: vec![0; ips],
+            next: 0,
             rb: Batch::new(),
-            mid: 0,
             seq: 0,
+            waiting: Default::default(),
+            issued: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Issues slot `i`'s next request now, or queues it under `max_rate`.
+    fn reissue(&mut self, slots: &mut [Slot], i: usize, now: Instant, l: &Load) {
+        match l.max_rate {
+            Some(r) if self.issued as f64 >= now.duration_since(self.started).as_secs_f64() * r => {
+                // Not timed out while it waits.
+                slots[i].sent = now;
+                slots[i].seq = 0;
+                self.waiting.push_back(i);
+            }
+            _ => {
+                self.issued += 1;
+                self.issue(slots, i, now, l);
+            }
+        }
+    }
+
+    /// Issues the waiting slots whose turn has come.
+    fn release(&mut self, slots: &mut [Slot], now: Instant, l: &Load) {
+        let Some(r) = l.max_rate else { return };
+        let due = now.duration_since(self.started).as_secs_f64() * r;
+        while (self.issued as f64) < due {
+            let Some(i) = self.waiting.pop_front() else {
+                break;
+            };
+            self.issued += 1;
+            self.issue(slots, i, now, l);
         }
     }
 
@@ -362,22 +541,31 @@ impl Gen {
     }
 
     fn issue(&mut self, slots: &mut [Slot], i: usize, now: Instant, l: &Load) {
-        let n = self.clients.len();
-        let c = &mut self.clients[i % n];
+        let e = self.next;
+        self.next = (e + 1) % self.sent.len();
+        let ip = e % self.ips.len();
+        let c = &mut self.clients[e / self.ips.len()];
         if c.sb.is_full() {
             c.sb.flush(net::fd(&c.sock));
         }
+        // RFC 7252 §4.4: an endpoint's Message IDs, each once in this generator's life.
+        assert!(
+            self.sent[e] < 1 << 16,
+            "client endpoint {e} would reuse a Message ID: more client addresses needed"
+        );
+        let mid = self.sent[e] as u16;
+        self.sent[e] += 1;
+        self.ip_sent[ip] += 1;
         self.seq += 1;
-        self.mid = self.mid.wrapping_add(1);
         slots[i] = Slot {
             seq: self.seq,
             sent: now,
             got: 0,
         };
         let token = (i as u64) << 48 | (self.seq & 0xffff_ffff_ffff);
-        let mid = self.mid;
-        c.sb.push(l.proxy, |buf| {
-            coap::fill_request(buf, l.template, mid, token)
+        let t = &l.templates[self.seq as usize % l.templates.len()];
+        c.sb.push_from(l.proxy, self.ips[ip], |buf| {
+            coap::fill_request(buf, t, mid, token)
         });
     }
 
@@ -419,7 +607,7 @@ impl Gen {
                 st.lat.push(ns.min(u32::MAX as u128) as u32);
                 st.completed += 1;
             }
-            self.issue(slots, i, now, l);
+            self.reissue(slots, i, now, l);
         }
     }
 
@@ -428,6 +616,8 @@ impl Gen {
         let mut fds = servers.fds();
         fds.extend(self.clients.iter().map(|c| net::fd(&c.sock)));
         let t0 = Instant::now();
+        (self.started, self.issued) = (t0, 0);
+        self.waiting.clear();
         let (win_start, end) = (t0 + l.warmup, t0 + l.warmup + l.window);
         let mut measuring = l.warmup.is_zero();
         let mut cpu0 = l.pid.and_then(net::process_cpu_ns);
@@ -441,7 +631,7 @@ impl Gen {
             l.outstanding
         ];
         for i in 0..l.outstanding {
-            self.issue(&mut slots, i, t0, l);
+            self.reissue(&mut slots, i, t0, l);
         }
         st.refused_sends += self.flush() as u64;
         let done_at = loop {
@@ -455,6 +645,7 @@ impl Gen {
                 };
                 cpu0 = l.pid.and_then(net::process_cpu_ns);
                 core0 = net::cpu_ticks(l.core);
+                self.ip_sent.fill(0);
             }
             if now >= end {
                 break now;
@@ -469,8 +660,9 @@ impl Gen {
                     self.answer(&mut slots, &mut st, k, now, measuring, l);
                 }
             }
+            self.release(&mut slots, now, l);
             for i in 0..slots.len() {
-                if now.duration_since(slots[i].sent) > l.timeout {
+                if slots[i].seq != 0 && now.duration_since(slots[i].sent) > l.timeout {
                     if measuring {
                         if slots[i].got == 0 {
                             st.lost += 1;
@@ -478,7 +670,7 @@ impl Gen {
                             st.partial += 1;
                         }
                     }
-                    self.issue(&mut slots, i, now, l);
+                    self.reissue(&mut slots, i, now, l);
                 }
             }
             st.refused_sends += self.flush() as u64;
@@ -500,6 +692,8 @@ impl Gen {
             st.core_steal = Some((b.2 - a.2) as f64 / total);
         }
         st.rss_kib = l.pid.and_then(vm_hwm_kib);
+        st.max_endpoint = self.sent.iter().copied().max().unwrap_or(0);
+        st.max_ip_rate = self.ip_sent.iter().copied().max().unwrap_or(0) as f64 / st.window;
         // Answer what is still on its way so the proxy ends quietly.
         let stop = Instant::now() + Duration::from_millis(50);
         while Instant::now() < stop {
@@ -538,6 +732,15 @@ struct Row {
     /// The proxy's own CPU time as a share of the window.
     share: f64,
     rss_mib: f64,
+    /// Message IDs the proxy reused toward one destination endpoint within NON_LIFETIME
+    /// (the origins' or devices' record).
+    mid_reuse: u64,
+    /// Distinct (destination, proxy source endpoint) pairs the origins saw.
+    sources: u64,
+    /// The most Message IDs one client endpoint used in the run.
+    max_endpoint: u64,
+    /// The highest request rate of one client address.
+    ip_rate: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -548,9 +751,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn row(mut st: Stats) -> Row {
+fn row(mut st: Stats, servers: &Servers) -> Row {
     st.lat.sort_unstable();
+    let (mid_reuse, sources) = servers.log_summary();
     Row {
+        mid_reuse,
+        sources,
+        max_endpoint: st.max_endpoint as u64,
+        ip_rate: st.max_ip_rate,
         rps: st.completed as f64 / st.window,
         resp_s: st.responses as f64 / st.window,
         p50: percentile(&st.lat, 0.50),
@@ -601,18 +809,23 @@ fn median_row(rows: &[Row]) -> Row {
         steal: m(|r| r.steal),
         share: m(|r| r.share),
         rss_mib: m(|r| r.rss_mib),
+        mid_reuse: rows.iter().map(|r| r.mid_reuse).sum(),
+        sources: m(|r| r.sources as f64) as u64,
+        max_endpoint: rows.iter().map(|r| r.max_endpoint).max().unwrap_or(0),
+        ip_rate: rows.iter().map(|r| r.ip_rate).fold(0.0, f64::max),
     }
 }
 
 /// Steal (% of the proxy's core) above which a run counts as disturbed from outside.
 const MAX_STEAL: f64 = 1.0;
 
-const UNICAST_HEAD: &str = "| run | proxy | requests/s | p50 µs | p99 µs | lost | late | errors | proxy CPU µs/req | proxy CPU % | core busy % | steal % | VmHWM MiB |";
-const UNICAST_SEP: &str = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+const UNICAST_HEAD: &str = "| run | proxy | requests/s | p50 µs | p99 µs | lost | late | errors | proxy CPU µs/req | proxy CPU % | core busy % | steal % | VmHWM MiB | MIDs reused toward an origin | (origin, source) endpoints | max MIDs per client endpoint | max req/s per client address |";
+const UNICAST_SEP: &str =
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn unicast_line(run: &str, name: &str, r: &Row) -> String {
     format!(
-        "| {run} | {name} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        "| {run} | {name} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.0} |",
         r.rps,
         r.p50,
         r.p99,
@@ -623,17 +836,21 @@ fn unicast_line(run: &str, name: &str, r: &Row) -> String {
         r.share,
         r.busy,
         r.steal,
-        r.rss_mib
+        r.rss_mib,
+        r.mid_reuse,
+        r.sources,
+        r.max_endpoint,
+        r.ip_rate
     )
 }
 
-const GROUP_HEAD: &str = "| run | requests/s | relayed responses/s | p50 µs (last answer) | p99 µs | lost | partial | late | errors | proxy CPU µs/req | µs/relayed | proxy CPU % | core busy % | steal % | groxy VmHWM MiB |";
+const GROUP_HEAD: &str = "| run | requests/s | relayed responses/s | p50 µs (last answer) | p99 µs | lost | partial | late | errors | proxy CPU µs/req | µs/relayed | proxy CPU % | core busy % | steal % | groxy VmHWM MiB | MIDs reused toward the group | max MIDs per client endpoint | max req/s per client address |";
 const GROUP_SEP: &str =
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn group_line(run: &str, r: &Row, devices: u8) -> String {
     format!(
-        "| {run} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        "| {run} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} |",
         r.rps,
         r.resp_s,
         r.p50,
@@ -647,7 +864,10 @@ fn group_line(run: &str, r: &Row, devices: u8) -> String {
         r.share,
         r.busy,
         r.steal,
-        r.rss_mib
+        r.rss_mib,
+        r.mid_reuse,
+        r.max_endpoint,
+        r.ip_rate
     )
 }
 
@@ -722,7 +942,7 @@ impl Env {
         g: &mut Gen,
         servers: &mut Servers,
         proxy: SocketAddrV4,
-        template: &[u8],
+        templates: &[Vec<u8>],
         expect: u32,
     ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -732,7 +952,7 @@ impl Env {
                 servers,
                 &Load {
                     proxy,
-                    template,
+                    templates,
                     outstanding: 1,
                     expect,
                     timeout: Duration::from_millis(300),
@@ -742,6 +962,7 @@ impl Env {
                     pid: None,
                     core: self.args.proxy_cpu,
                     poll: true,
+                    max_rate: None,
                 },
             );
             if st.completed >= 1 {
@@ -807,10 +1028,19 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// The origin endpoints: 127.0.3.100, .101, ... on one port (one socket bound to
+/// 0.0.0.0 serves them all); the addresses have three digits so that every request has
+/// the same length.
+fn origin_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 3, 100 + i as u8)
+}
+
 fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(), String> {
     let a = &env.args;
-    let t = template("hello", Ipv4Addr::LOCALHOST, origin_port, a.proxy_uri, None);
-    self_check(&t);
+    let t: Vec<Vec<u8>> = (0..a.origins)
+        .map(|i| template("hello", origin_ip(i), origin_port, a.proxy_uri, None))
+        .collect();
+    self_check(&t[0]);
     let group = SocketAddrV4::new(Ipv4Addr::new(224, 0, 1, 187), net::free_port());
     let mut kinds: Vec<(String, Kind)> = vec![("groxy".into(), Kind::Groxy(None))];
     if a.libcoap {
@@ -831,14 +1061,18 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
     }
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(200));
     println!(
-        "\n## Unicast forwarding: NON GET, {} outstanding from {} client socket(s), {}, origin 127.0.0.1:{origin_port}\n",
+        "\n## Unicast forwarding: NON GET, {} outstanding from {} client addresses x {} ports (fresh each run), {}, {} origin endpoints {}..{}:{origin_port} in turn\n",
         a.outstanding,
-        a.clients,
+        a.client_ips,
+        a.client_ports,
         if a.proxy_uri {
             "Proxy-Uri"
         } else {
             "Proxy-Scheme + Uri-Host/Port/Path"
-        }
+        },
+        a.origins,
+        origin_ip(0),
+        origin_ip(a.origins - 1)
     );
     println!("{UNICAST_HEAD}\n{UNICAST_SEP}");
     let mut rows: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
@@ -850,15 +1084,16 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
         for k in order {
             let (name, kind) = &kinds[k];
             let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, net::free_port());
-            let origin_addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, origin_port);
+            let origin_addr = SocketAddrV4::new(origin_ip(0), origin_port);
             let mut p = env.start_proxy(kind, listen, group, origin_addr);
-            let mut g = Gen::new(a.clients);
+            let mut g = Gen::new(a.client_ips, a.client_ports);
+            origin.reset_log();
             env.ready(&mut p, &mut g, origin, listen, &t, 1)?;
             let st = g.run(
                 origin,
                 &Load {
                     proxy: listen,
-                    template: &t,
+                    templates: &t,
                     outstanding: a.outstanding,
                     expect: 1,
                     timeout,
@@ -868,10 +1103,11 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
                     pid: Some(p.pid()),
                     core: a.proxy_cpu,
                     poll: a.poll.unwrap_or(false),
+                    max_rate: None,
                 },
             );
             p.check_alive()?;
-            let r = row(st);
+            let r = row(st, origin);
             println!("{}", unicast_line(&(run + 1).to_string(), name, &r));
             rows[k].push(r);
             p.stop();
@@ -949,7 +1185,103 @@ fn unicast_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(),
     Ok(())
 }
 
-fn group_part(env: &Env) -> Result<(), String> {
+/// Memory per pending exchange: the proxy's resident set before and after `hold`
+/// requests to an origin that never answers (each exchange stays until the proxy's
+/// timeout, 10 s for groxy), sent from 64 fresh client addresses (well within the
+/// per-client limits) with a conforming Message ID each.
+fn hold_part(env: &Env, origin: &mut Servers, origin_port: u16) -> Result<(), String> {
+    let a = &env.args;
+    let n = a.hold;
+    let silent = net::udp(SocketAddrV4::new(Ipv4Addr::new(127, 0, 4, 1), 0))
+        .map_err(|e| format!("silent origin: {e}"))?;
+    let silent_port = silent.local_addr().map_err(|e| e.to_string())?.port();
+    let held = template(
+        "hold",
+        Ipv4Addr::new(127, 0, 4, 1),
+        silent_port,
+        a.proxy_uri,
+        None,
+    );
+    let ready_t = vec![template(
+        "hello",
+        origin_ip(0),
+        origin_port,
+        a.proxy_uri,
+        None,
+    )];
+    println!(
+        "\n## Memory per pending exchange: VmRSS before and 0.5 s after {n} requests to an origin that never answers\n"
+    );
+    println!(
+        "| proxy | VmRSS before KiB | after KiB | bytes per pending exchange |\n|---|---:|---:|---:|"
+    );
+    let group = SocketAddrV4::new(Ipv4Addr::new(224, 0, 1, 187), net::free_port());
+    let mut kinds = vec![("groxy", Kind::Groxy(None))];
+    if a.libcoap {
+        kinds.push(("libcoap", Kind::Libcoap));
+    }
+    for (name, kind) in kinds {
+        let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, net::free_port());
+        let mut p = env.start_proxy(
+            &kind,
+            listen,
+            group,
+            SocketAddrV4::new(origin_ip(0), origin_port),
+        );
+        let mut g = Gen::new(64, 1);
+        env.ready(&mut p, &mut g, origin, listen, &ready_t, 1)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let before = vm_rss_kib(p.pid()).ok_or("VmRSS")?;
+        let mut slots = vec![
+            Slot {
+                seq: 0,
+                sent: Instant::now(),
+                got: 0
+            };
+            n
+        ];
+        let load = Load {
+            proxy: listen,
+            templates: std::slice::from_ref(&held),
+            outstanding: n,
+            expect: 1,
+            timeout: Duration::from_secs(60),
+            warmup: Duration::ZERO,
+            window: Duration::ZERO,
+            stop_after: None,
+            pid: None,
+            core: a.proxy_cpu,
+            poll: true,
+            max_rate: None,
+        };
+        for i in 0..n {
+            g.issue(&mut slots, i, Instant::now(), &load);
+            if i % 512 == 511 {
+                g.flush();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        g.flush();
+        std::thread::sleep(Duration::from_millis(500));
+        p.check_alive()?;
+        let after = vm_rss_kib(p.pid()).ok_or("VmRSS")?;
+        println!(
+            "| {name} | {before} | {after} | {:.0} |",
+            (after as f64 - before as f64) * 1024.0 / n as f64
+        );
+        p.stop();
+    }
+    drop(silent);
+    Ok(())
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn group_part(env: &Env, devices: u8) -> Result<(), String> {
     let a = &env.args;
     let port = net::free_port();
     let group = SocketAddrV4::new(Ipv4Addr::new(224, 0, 1, 187), port);
@@ -961,7 +1293,7 @@ fn group_part(env: &Env) -> Result<(), String> {
         sb: Batch::new(),
     };
     let mut device_procs = Vec::new();
-    for i in 0..a.devices {
+    for i in 0..devices {
         let bind = SocketAddrV4::new(dev_ip(i), port);
         if a.device_processes {
             let args = vec![
@@ -989,8 +1321,10 @@ fn group_part(env: &Env) -> Result<(), String> {
                     .map_err(|e| format!("joining {group} on 127.0.0.1: {e}"))?,
                 out: Some(net::udp(bind).map_err(|e| format!("binding {bind}: {e}"))?),
                 payload: format!("hello from d{}", 11 + i).into_bytes(),
-                mid: 0,
+                pktinfo: false,
+                mids: vec![0; 256],
                 served: 0,
+                log: Some(MidLog::default()),
             });
         }
     }
@@ -1003,19 +1337,31 @@ fn group_part(env: &Env) -> Result<(), String> {
     );
     self_check(&t);
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(500));
-    let expect = a.devices as u32;
+    let expect = devices as u32;
+    // groxy keeps a group exchange for the Multicast-Timeout, and its default exchange
+    // table holds max_exchanges: past that rate requests get 5.03 (counted as errors,
+    // and their slots would wait for the timeout). The generator stays below it.
+    let max_ex = groxy::proxy::Limits::default().max_exchanges as f64;
+    let group_rate = a
+        .group_rate
+        .unwrap_or(0.9 * max_ex / a.multicast_timeout.max(1) as f64);
+
     println!(
-        "\n## Group requests: NON GET to coap://{group}/hello, Multicast-Timeout {} s, {} outstanding from {} client socket(s), {} devices ({}), complete when all {} answered\n",
+        "\n## Group requests: NON GET to coap://{group}/hello, Multicast-Timeout {} s, {} outstanding from {} client addresses x {} ports (fresh each run), {} devices ({}), complete when all {} answered\n",
         a.multicast_timeout,
         a.outstanding,
-        a.clients,
-        a.devices,
+        a.client_ips,
+        a.client_ports,
+        devices,
         if a.device_processes {
             "`groxy device` processes on the load core"
         } else {
             "in-process sockets on the load core"
         },
-        a.devices
+        devices
+    );
+    println!(
+        "requests paced to at most {group_rate:.0}/s (90% of groxy's default max_exchanges {max_ex} per Multicast-Timeout)\n"
     );
     println!("{GROUP_HEAD}\n{GROUP_SEP}");
     let builds: Vec<(String, Option<usize>)> = std::iter::once(("groxy".to_string(), None))
@@ -1036,13 +1382,15 @@ fn group_part(env: &Env) -> Result<(), String> {
         }
         let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, net::free_port());
         let mut p = env.start_proxy(&Kind::Groxy(builds[b].1), listen, group, listen);
-        let mut g = Gen::new(a.clients);
-        env.ready(&mut p, &mut g, &mut servers, listen, &t, expect)?;
+        let mut g = Gen::new(a.client_ips, a.client_ports);
+        servers.reset_log();
+        let t = std::slice::from_ref(&t);
+        env.ready(&mut p, &mut g, &mut servers, listen, t, expect)?;
         let st = g.run(
             &mut servers,
             &Load {
                 proxy: listen,
-                template: &t,
+                templates: t,
                 outstanding: a.outstanding,
                 expect,
                 timeout,
@@ -1052,16 +1400,17 @@ fn group_part(env: &Env) -> Result<(), String> {
                 pid: Some(p.pid()),
                 core: a.proxy_cpu,
                 poll: a.poll.unwrap_or(a.device_processes),
+                max_rate: Some(group_rate),
             },
         );
         p.check_alive()?;
-        let r = row(st);
+        let r = row(st, &servers);
         let label = if builds.len() > 1 {
             format!("{} {}", run + 1, builds[b].0)
         } else {
             (run + 1).to_string()
         };
-        println!("{}", group_line(&label, &r, a.devices));
+        println!("{}", group_line(&label, &r, devices));
         rows[b].push(r);
         p.stop();
     }
@@ -1073,7 +1422,7 @@ fn group_part(env: &Env) -> Result<(), String> {
         } else {
             format!("median of {}", a.runs)
         };
-        println!("{}", group_line(&label, &m, a.devices));
+        println!("{}", group_line(&label, &m, devices));
         first.get_or_insert(m);
     }
     let m = first.expect("one build at least");
@@ -1207,26 +1556,32 @@ fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let result = (|| {
         if args.unicast {
-            let sock = net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-                .map_err(|e| format!("origin socket: {e}"))?;
+            let sock = net::udp_any(0).map_err(|e| format!("origin socket: {e}"))?;
             let port = sock.local_addr().map_err(|e| e.to_string())?.port();
             let mut origin = Servers {
                 responders: vec![Responder {
                     sock,
                     out: None,
                     payload: b"hello from origin".to_vec(),
-                    mid: 0,
+                    pktinfo: true,
+                    mids: vec![0; 256],
                     served: 0,
+                    log: Some(MidLog::default()),
                 }],
                 rb: Batch::new(),
                 sb: Batch::new(),
             };
             unicast_part(&env, &mut origin, port)?;
+            if args.hold > 0 {
+                hold_part(&env, &mut origin, port)?;
+            }
             let served = origin.responders[0].served;
             println!("(origin answered {served} requests in all)");
         }
         if args.group {
-            group_part(&env)?;
+            for &d in &args.devices {
+                group_part(&env, d)?;
+            }
         }
         Ok::<(), String>(())
     })();

@@ -20,8 +20,15 @@ pub struct Batch {
     addrs: [libc::sockaddr_in; BATCH],
     iov: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
-    /// A UDP_SEGMENT control message per header (CMSG_SPACE of a u16 is 24 bytes).
-    ctrl: [[u64; 3]; BATCH],
+    /// A control message per header: UDP_SEGMENT (CMSG_SPACE of a u16 is 24 bytes) or
+    /// IP_PKTINFO (CMSG_SPACE of an in_pktinfo is 32).
+    ctrl: [[u64; 4]; BATCH],
+    /// Per datagram to send: the source address to send it from (IP_PKTINFO), if not 0.
+    /// Per datagram received (with `pktinfo`): the address it was sent to.
+    addr_local: [u32; BATCH],
+    /// Receive with IP_PKTINFO: many loopback addresses served by one socket bound to
+    /// 0.0.0.0 (set IP_PKTINFO on it with [`udp_any`]).
+    pub pktinfo: bool,
     /// Datagrams per header of the last segmented send.
     runs: [usize; BATCH],
     /// Datagrams held (received, or queued for sending).
@@ -53,7 +60,9 @@ impl Batch {
             addrs: unsafe { zeroed() },
             iov: unsafe { zeroed() },
             hdrs: unsafe { zeroed() },
-            ctrl: [[0; 3]; BATCH],
+            ctrl: [[0; 4]; BATCH],
+            addr_local: [0; BATCH],
+            pktinfo: false,
             runs: [0; BATCH],
             n: 0,
         })
@@ -73,6 +82,28 @@ impl Batch {
             h.msg_control = std::ptr::null_mut();
             h.msg_controllen = 0;
             h.msg_flags = 0;
+            if (recv && self.pktinfo) || (!recv && self.addr_local[i] != 0) {
+                h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+                h.msg_controllen = 32;
+            }
+            if !recv && self.addr_local[i] != 0 {
+                // SAFETY: `ctrl[i]` is 32 bytes aligned to 8: a cmsghdr and an in_pktinfo.
+                unsafe {
+                    let c = self.ctrl[i].as_mut_ptr().cast::<libc::cmsghdr>();
+                    (*c).cmsg_level = libc::IPPROTO_IP;
+                    (*c).cmsg_type = libc::IP_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                    libc::CMSG_DATA(c)
+                        .cast::<libc::in_pktinfo>()
+                        .write_unaligned(libc::in_pktinfo {
+                            ipi_ifindex: 0,
+                            ipi_spec_dst: libc::in_addr {
+                                s_addr: self.addr_local[i].to_be(),
+                            },
+                            ipi_addr: libc::in_addr { s_addr: 0 },
+                        });
+                }
+            }
             self.hdrs[i].msg_len = 0;
         }
     }
@@ -93,8 +124,27 @@ impl Batch {
         self.n = r.max(0) as usize;
         for i in 0..self.n {
             self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.addr_local[i] = 0;
+            if self.pktinfo && self.hdrs[i].msg_hdr.msg_controllen >= 28 {
+                // SAFETY: the kernel wrote a cmsghdr there; IP_PKTINFO is the only one
+                // asked for.
+                unsafe {
+                    let c = self.ctrl[i].as_ptr().cast::<libc::cmsghdr>();
+                    if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                        let p = libc::CMSG_DATA(c)
+                            .cast::<libc::in_pktinfo>()
+                            .read_unaligned();
+                        self.addr_local[i] = u32::from_be(p.ipi_addr.s_addr);
+                    }
+                }
+            }
         }
         self.n
+    }
+
+    /// The address the i-th datagram received was sent to (with `pktinfo`).
+    pub fn local(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::from(self.addr_local[i])
     }
 
     /// The i-th datagram received and its source.
@@ -112,7 +162,20 @@ impl Batch {
         let i = self.n;
         self.lens[i] = fill(&mut self.bufs[i]);
         self.addrs[i] = to_sockaddr(to);
+        self.addr_local[i] = 0;
         self.n += 1;
+    }
+
+    /// As [`Self::push`], sent from the local address `from` (IP_PKTINFO; the socket is
+    /// bound to 0.0.0.0). Not with `flush_as(.., true)`.
+    pub fn push_from(
+        &mut self,
+        to: SocketAddrV4,
+        from: Ipv4Addr,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) {
+        self.push(to, fill);
+        self.addr_local[self.n - 1] = u32::from(from);
     }
 
     /// Sends everything queued, coalescing runs of datagrams to one address of one size
@@ -145,7 +208,7 @@ impl Batch {
             let mut h = self.hdrs[i];
             h.msg_hdr.msg_iovlen = run;
             if run > 1 {
-                // SAFETY: `ctrl[m]` is 24 bytes aligned to 8, room for a cmsghdr and a u16.
+                // SAFETY: `ctrl[m]` is 32 bytes aligned to 8, room for a cmsghdr and a u16.
                 unsafe {
                     let c = self.ctrl[m].as_mut_ptr().cast::<libc::cmsghdr>();
                     (*c).cmsg_level = libc::SOL_UDP;
@@ -215,6 +278,29 @@ pub fn udp(bind: SocketAddrV4) -> io::Result<UdpSocket> {
     s.bind(&SocketAddr::V4(bind).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// A non-blocking UDP socket bound to 0.0.0.0:`port` (0: any) with IP_PKTINFO on: it
+/// sends from and receives on any loopback address (127.0.0.0/8 is all local on Linux),
+/// so that one socket is one port of many client or origin endpoints. It also accepts
+/// datagrams from outside the host: the bench is for a lab machine.
+pub fn udp_any(port: u16) -> io::Result<UdpSocket> {
+    let s = udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option on our own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
 }
 
 /// A group member's receiver on `group` joined on 127.0.0.1, as groxy's devices make it.

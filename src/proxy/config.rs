@@ -186,8 +186,11 @@ impl Default for Limits {
             client_burst: 2_000.0,
             max_clients: 16_384,
             max_datagram: 1_500,
-            dedup_capacity: 65_536,
-            dedup_per_client: 4_096,
+            // A client at the default client_rate (1000/s, burst 2000) for
+            // EXCHANGE_LIFETIME (247 s) holds 249,000 entries: its share covers that, and
+            // the table eight such clients (config/groxy.toml says what it costs).
+            dedup_capacity: 2_097_152,
+            dedup_per_client: 262_144,
             late_memory: 16_384,
             max_retransmissions: 16_384,
             egress_ports: 8,

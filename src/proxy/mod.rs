@@ -14,3 +14,5 @@ pub use config::{
 pub use engine::{Engine, Link, Output, Seed, Transmit};
 pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 pub use prefix::Prefix;
+#[doc(hidden)]
+pub use tables::DedupBench;
