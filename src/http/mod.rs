@@ -581,6 +581,7 @@ async fn run(
         observing: false,
         last_mid: None,
         finished: false,
+        exchange: false,
     };
     let mut parts: Vec<(Vec<u8>, HttpResponse)> = Vec::new();
     loop {
@@ -710,6 +711,9 @@ struct Waiting {
     /// The exchange ended in the engine's account (T' passed, a single response): no
     /// Early Stop is needed when this is dropped.
     finished: bool,
+    /// The engine made an exchange of it (a fan-out or a unicast forward); a request it
+    /// refused or dropped has nothing to stop.
+    exchange: bool,
 }
 
 /// Far enough ahead to mean never, without overflowing `Instant`.
@@ -725,7 +729,7 @@ impl Drop for Waiting {
     /// latest response relayed. A protected request that got no response yet cannot be
     /// stopped: it runs to T'.
     fn drop(&mut self) {
-        if self.finished || !self.handled {
+        if self.finished || !self.exchange {
             return;
         }
         let Some(mid) = next_mid(&self.sh, self.from) else {
@@ -825,11 +829,13 @@ impl Waiting {
                     let at = tokio::time::Instant::from_std(at);
                     match outcome {
                         Outcome::FanOut { group, timeout } => {
+                            self.exchange = true;
                             self.group = Some(group);
                             self.deadline = at + timeout;
                         }
                         // The engine answers 5.04 at its deadline; this is a backstop.
                         Outcome::Unicast => {
+                            self.exchange = true;
                             self.deadline = at + self.sh.unicast_timeout + Duration::from_secs(2)
                         }
                         Outcome::Other { group } => {
