@@ -4,7 +4,8 @@
 //! measured, and the request is then abandoned (HTTP: the connection closed; CoAP: the
 //! client stops listening), since T' itself would dominate otherwise.
 //!
-//! `cargo bench --bench http [-- SECONDS WORKERS]`. Figures on a shared VM are noisy:
+//! `cargo bench --bench http [-- SECONDS WORKERS]` (`BENCH_PHASES=1`: every 50th HTTP
+//! request's connect, head and part times on stderr). Figures on a shared VM are noisy:
 //! compare the two lines of one run, not runs.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
