@@ -4,7 +4,8 @@
 //! measured, and the request is then abandoned (HTTP: the connection closed; CoAP: the
 //! client stops listening), since T' itself would dominate otherwise.
 //!
-//! `cargo bench --bench http [-- SECONDS WORKERS]`. Figures on a shared VM are noisy:
+//! `cargo bench --bench http [-- SECONDS WORKERS]` (`BENCH_PHASES=1`: every 50th HTTP
+//! request's connect, head and part times on stderr). Figures on a shared VM are noisy:
 //! compare the two lines of one run, not runs.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -61,9 +62,12 @@ async fn http_worker(addr: SocketAddr, path: String, stop: Arc<AtomicBool>) -> V
             .header("accept", "multipart/mixed; delivery=streamed")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        let t_conn = t.elapsed();
         let Ok(resp) = s.send_request(req).await else {
             continue;
         };
+        let t_head = t.elapsed();
+        let mut t_parts = Vec::new();
 
         let mut body = resp.into_body();
         let mut seen = 0;
@@ -71,7 +75,11 @@ async fn http_worker(addr: SocketAddr, path: String, stop: Arc<AtomicBool>) -> V
         while let Some(Ok(f)) = body.frame().await {
             if let Ok(d) = f.into_data() {
                 buf.extend_from_slice(&d);
-                seen = buf.windows(11).filter(|w| w == b"reply-from:").count();
+                let now = buf.windows(11).filter(|w| w == b"reply-from:").count();
+                if now > seen {
+                    t_parts.push(t.elapsed());
+                }
+                seen = now;
                 if seen >= DEVICES {
                     break;
                 }
@@ -79,6 +87,9 @@ async fn http_worker(addr: SocketAddr, path: String, stop: Arc<AtomicBool>) -> V
         }
         if seen >= DEVICES {
             lat.push(t.elapsed());
+            if std::env::var_os("BENCH_PHASES").is_some() && lat.len() % 50 == 0 {
+                eprintln!("conn {t_conn:?} head {t_head:?} parts {t_parts:?}");
+            }
         }
         c.abort();
     }

@@ -382,6 +382,48 @@ async fn group_oscore_over_http_verified_end_to_end_and_filtered() {
             CheckResult::BadSignature
         ]
     );
+
+    // groupcomm-proxy §5.2.3: a protected streamed request (T' 8 s) whose client goes
+    // after the parts came; its Early Stop Request would need the client's protection,
+    // so the bridge resets the latest relayed response: the exchange ends at once.
+    let (field3, body3, _) = protected_get(&mut ctx);
+    let f = dir.join("body3.bin");
+    std::fs::write(&f, &body3).unwrap();
+    let t = std::time::Instant::now();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        Command::new("/usr/bin/curl")
+            .args(["-s", "-N", "-g", "--max-time", "1", "-X", "POST"])
+            .args([
+                "-H",
+                "Multicast-Timeout: 8",
+                "-H",
+                &format!("OSCORE: {field3}"),
+            ])
+            .args(["-H", "Content-Type: application/oscore"])
+            .args(["-H", "Accept: multipart/mixed; delivery=streamed"])
+            .args(["--data-binary", &format!("@{}", f.display())])
+            .arg(u)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let reset = || {
+        events.lock().unwrap().iter().any(|e| {
+            matches!(
+                e,
+                Event::Closed {
+                    reason: groxy::proxy::CloseReason::EarlyStopReset,
+                    ..
+                }
+            )
+        })
+    };
+    while !reset() {
+        assert!(t.elapsed() < Duration::from_secs(4), "stopped before T'");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = stop_tx.send(());
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

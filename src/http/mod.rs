@@ -438,7 +438,12 @@ async fn translate_and_run(
     };
     let accept_text = header(&req, "accept").and_then(text).unwrap_or_default();
     let accept = translate::accept(&accept_text);
-    let stream = translate::wants_stream(&accept_text);
+    // An observation is streamed: its notifications come until the client disconnects.
+    let observe = header(&req, "observe")
+        .map(|v| translate::observe(v, code))
+        .transpose()?
+        .is_some();
+    let stream = observe || translate::wants_stream(&accept_text);
     if let Some(n) = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -484,8 +489,33 @@ async fn translate_and_run(
         accept,
         oscore,
         payload,
+        observe,
     };
     run(request, from, stream, permit, sh).await
+}
+
+/// The next Message ID toward `from`'s endpoint, if one is free.
+fn next_mid(sh: &Shared, from: SocketAddr) -> Option<u16> {
+    let now = Instant::now();
+    let mut eps = sh.endpoints.lock().expect("not poisoned");
+    if !eps.contains_key(&from) && eps.len() >= sh.cfg.max_endpoints {
+        eps.retain(|_, e| now.saturating_duration_since(e.last) < NON_LIFETIME);
+    }
+    if !eps.contains_key(&from) && eps.len() >= sh.cfg.max_endpoints {
+        return None;
+    }
+    let e = eps.entry(from).or_insert_with(|| {
+        let mut s = [0u8; 2];
+        let _ = getrandom::fill(&mut s);
+        Endpoint {
+            start: u16::from_be_bytes(s),
+            issued: 0,
+            blocks: VecDeque::new(),
+            first: 0,
+            last: now,
+        }
+    });
+    e.next(now)
 }
 
 /// Sends the request to the engine and answers from what comes back.
@@ -496,30 +526,7 @@ async fn run(
     permit: tokio::sync::OwnedSemaphorePermit,
     sh: &Arc<Shared>,
 ) -> Result<(Response<Body>, Option<usize>), Refusal> {
-    let now = Instant::now();
-    let mid = {
-        let mut eps = sh.endpoints.lock().expect("not poisoned");
-        if !eps.contains_key(&from) && eps.len() >= sh.cfg.max_endpoints {
-            eps.retain(|_, e| now.saturating_duration_since(e.last) < NON_LIFETIME);
-        }
-        if !eps.contains_key(&from) && eps.len() >= sh.cfg.max_endpoints {
-            None
-        } else {
-            let e = eps.entry(from).or_insert_with(|| {
-                let mut s = [0u8; 2];
-                let _ = getrandom::fill(&mut s);
-                Endpoint {
-                    start: u16::from_be_bytes(s),
-                    issued: 0,
-                    blocks: VecDeque::new(),
-                    first: 0,
-                    last: now,
-                }
-            });
-            e.next(now)
-        }
-    };
-    let Some(mid) = mid else {
+    let Some(mid) = next_mid(sh, from) else {
         sh.metrics.refused.with_label_values(&["message_ids"]).inc();
         return Ok((
             full(
@@ -549,7 +556,7 @@ async fn run(
         .insert(token.clone(), tx);
     let reg = Registered {
         sh: sh.clone(),
-        token,
+        token: token.clone(),
     };
     if !sh.to_engine.send(ToEngine { from, datagram }) {
         return Err(Refusal {
@@ -567,6 +574,14 @@ async fn run(
         sh: sh.clone(),
         handled: false,
         answer: None,
+        from,
+        token,
+        protected: request.oscore.is_some(),
+        observe: request.observe,
+        observing: false,
+        last_mid: None,
+        finished: false,
+        exchange: false,
     };
     let mut parts: Vec<(Vec<u8>, HttpResponse)> = Vec::new();
     loop {
@@ -596,8 +611,16 @@ async fn run(
                 tokio::spawn(async move {
                     // A streamed request counts against max_requests until its end.
                     let (_reg, _permit) = (reg, permit);
-                    // Until T' (a single response cannot follow parts).
-                    while let Step::Part(_, r) = w.next().await {
+                    // Until T' (a single response cannot follow parts), or for an
+                    // observation until the client disconnects: hyper then drops the
+                    // body, which closes the channel, and dropping `w` stops the
+                    // exchange in the engine.
+                    loop {
+                        let step = tokio::select! {
+                            s = w.next() => s,
+                            _ = btx.closed() => return,
+                        };
+                        let Step::Part(_, r) = step else { break };
                         if btx.send(Bytes::from(part(&boundary, &r))).await.is_err() {
                             return; // the client went away
                         }
@@ -673,31 +696,131 @@ struct Waiting {
     handled: bool,
     /// The single response that came before it.
     answer: Option<HttpResponse>,
+    /// The engine-side client address and the token: what an Early Stop names.
+    from: SocketAddr,
+    token: Vec<u8>,
+    /// Whether the request carried OSCORE (its Early Stop would need its protection).
+    protected: bool,
+    /// An observation was asked for; `observing` once a device answered 2.xx with
+    /// Observe (RFC 7641 §3.2): then the stream outlives T'.
+    observe: bool,
+    observing: bool,
+    /// The Message ID of the latest NON response the engine relayed (an RST to it ends
+    /// the exchange, groupcomm-proxy §5.2.3).
+    last_mid: Option<u16>,
+    /// The exchange ended in the engine's account (T' passed, a single response): no
+    /// Early Stop is needed when this is dropped.
+    finished: bool,
+    /// The engine made an exchange of it (a fan-out or a unicast forward); a request it
+    /// refused or dropped has nothing to stop.
+    exchange: bool,
+}
+
+/// Far enough ahead to mean never, without overflowing `Instant`.
+const OBSERVING: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+impl Drop for Waiting {
+    /// A request dropped before its end (the HTTP client disconnected: hyper drops the
+    /// handler, or the streamed body's channel closes) is stopped in the engine, as a
+    /// CoAP client that loses interest would (groupcomm-proxy §5.1.3, §5.2.3; for an
+    /// observation that deregisters it from the group, RFC 7641 §3.6): an Early Stop
+    /// Request (GET, the token, Multicast-Timeout 0) for an unprotected request; for a
+    /// protected one (whose Early Stop would need the client's protection) an RST to the
+    /// latest response relayed. A protected request that got no response yet cannot be
+    /// stopped: it runs to T'.
+    fn drop(&mut self) {
+        if self.finished || !self.exchange {
+            return;
+        }
+        let Some(mid) = next_mid(&self.sh, self.from) else {
+            return;
+        };
+        use crate::coap::build;
+        let datagram = match (self.protected, self.last_mid) {
+            (false, _) => build::encode(
+                build::NON,
+                build::code::GET,
+                mid,
+                &self.token,
+                &mut [(self.sh.multicast_timeout, &[][..])],
+                &[],
+            ),
+            (true, Some(m)) => build::encode(build::RST, build::code::EMPTY, m, &[], &mut [], &[]),
+            (true, None) => return,
+        };
+        self.sh.metrics.stopped.inc();
+        let _ = self.sh.to_engine.send(ToEngine {
+            from: self.from,
+            datagram,
+        });
+    }
 }
 
 impl Waiting {
     async fn next(&mut self) -> Step {
         loop {
             // T' = 0 (§9.5: 204 right after the fan-out) or passed: no timer round.
-            if self.handled && self.rx.is_empty() && self.deadline <= tokio::time::Instant::now() {
-                return Step::End;
-            }
-            let m = tokio::select! {
-                m = self.rx.recv() => m,
-                _ = tokio::time::sleep_until(self.deadline) => return Step::End,
+            let due = self.handled && self.rx.is_empty();
+            let m = if due && self.deadline <= tokio::time::Instant::now() {
+                None
+            } else {
+                tokio::select! {
+                    m = self.rx.recv() => m,
+                    _ = tokio::time::sleep_until(self.deadline) => None,
+                }
             };
-            let Some(m) = m else { return Step::End };
+            let Some(m) = m else {
+                // T' passed: an observation a device confirmed goes on (RFC 7641 §3.2,
+                // groupcomm-proxy §5.4.2); the engine keeps it too.
+                if self.observing && !self.rx.is_closed() {
+                    self.deadline = tokio::time::Instant::now() + OBSERVING;
+                    continue;
+                }
+                self.finished = true;
+                return Step::End;
+            };
             match m {
                 FromEngine::Datagram { bytes, .. } => {
                     let Ok(v) = MessageView::parse(&bytes) else {
                         continue;
                     };
+                    use crate::coap::build;
+                    match v.mtype() {
+                        // The interest check (RFC 7641 §4.5): the client is still here.
+                        build::CON => {
+                            let ack = build::encode(
+                                build::ACK,
+                                build::code::EMPTY,
+                                v.message_id(),
+                                &[],
+                                &mut [],
+                                &[],
+                            );
+                            let _ = self.sh.to_engine.send(ToEngine {
+                                from: self.from,
+                                datagram: ack,
+                            });
+                        }
+                        build::NON => self.last_mid = Some(v.message_id()),
+                        _ => {}
+                    }
+                    if self.observe
+                        && v.code() >> 5 == 2
+                        && v.option(crate::coap::options::OBSERVE).is_some()
+                    {
+                        self.observing = true;
+                    }
                     let r = translate::response(&v, self.sh.reply_from, self.sh.multicast_timeout);
                     match v.option(self.sh.reply_from) {
                         Some(rf) => return Step::Part(rf.to_vec(), r),
                         // Given once the engine's account of the request is in too (it
                         // follows at once; it names the group for the metrics).
-                        None if self.handled => return Step::Final(r),
+                        // An observation of a unicast origin: one response, and the
+                        // engine's observation stopped when the client goes.
+                        None if self.handled => {
+                            self.finished = !self.observing;
+                            return Step::Final(r);
+                        }
                         None => self.answer = Some(r),
                     }
                 }
@@ -706,11 +829,13 @@ impl Waiting {
                     let at = tokio::time::Instant::from_std(at);
                     match outcome {
                         Outcome::FanOut { group, timeout } => {
+                            self.exchange = true;
                             self.group = Some(group);
                             self.deadline = at + timeout;
                         }
                         // The engine answers 5.04 at its deadline; this is a backstop.
                         Outcome::Unicast => {
+                            self.exchange = true;
                             self.deadline = at + self.sh.unicast_timeout + Duration::from_secs(2)
                         }
                         Outcome::Other { group } => {
@@ -724,6 +849,7 @@ impl Waiting {
                         }
                     }
                     if let Some(r) = self.answer.take() {
+                        self.finished = !self.observing;
                         return Step::Final(r);
                     }
                 }

@@ -189,6 +189,21 @@ pub fn multicast_timeout(value: &[u8]) -> Result<u32, Refusal> {
     Ok(n as u32)
 }
 
+/// The `Observe` header field of an observation over HTTP: `0` (register, RFC 7641
+/// §3.1), only on GET and FETCH (RFC 7641 §2, RFC 8132 §2.4). RFC 8075 and
+/// groupcomm-proxy §9 map no Observe; the field follows §9's way of carrying a CoAP
+/// option as a field of the same name (Multicast-Timeout, Reply-From; OSCORE in RFC
+/// 8613 §11.1). Deregistration is the HTTP client's disconnect, so `1` is refused.
+pub fn observe(value: &[u8], code: u8) -> Result<(), Refusal> {
+    if value.trim_ascii() != b"0" {
+        return Err(refuse(400, "Observe must be 0 (disconnect to deregister)"));
+    }
+    if code != 1 && code != 5 {
+        return Err(refuse(400, "Observe needs GET or FETCH"));
+    }
+    Ok(())
+}
+
 /// RFC 8613 §11.1: the OSCORE header field is the base64url (no padding) of the option.
 pub fn oscore_option(value: &[u8]) -> Result<Vec<u8>, Refusal> {
     URL_SAFE_NO_PAD
@@ -387,6 +402,8 @@ pub struct CoapRequest {
     pub oscore: Option<Vec<u8>>,
     /// The body.
     pub payload: Vec<u8>,
+    /// Observe 0: an observation (the `Observe` header field, see [`observe`]).
+    pub observe: bool,
 }
 
 impl CoapRequest {
@@ -408,6 +425,9 @@ impl CoapRequest {
         }
         if let Some(v) = &self.oscore {
             opts.push((opt::OSCORE, v));
+        }
+        if self.observe {
+            opts.push((opt::OBSERVE, &[]));
         }
         crate::coap::build::encode(
             crate::coap::build::NON,
@@ -475,6 +495,15 @@ mod tests {
         ] {
             assert_eq!(status(c, p), s, "code {c:#x}");
         }
+    }
+
+    /// RFC 7641 §3.1 (Observe 0 registers), §2 (GET; FETCH by RFC 8132 §2.4).
+    #[test]
+    fn observe_field_registers_on_get_and_fetch_only() {
+        assert!(observe(b"0", 1).is_ok());
+        assert!(observe(b" 0 ", 5).is_ok());
+        assert_eq!(observe(b"1", 1).unwrap_err().status, 400);
+        assert_eq!(observe(b"0", 2).unwrap_err().status, 400);
     }
 
     /// groupcomm-proxy §9.1: `*DIGIT`, empty = 0.

@@ -732,6 +732,9 @@ pub struct HttpMetrics {
     pub(crate) refused: IntCounterVec,
     /// `groxy_http_late_responses_total`: responses for an HTTP request already over.
     pub(crate) late: IntCounter,
+    /// `groxy_http_stopped_total`: exchanges (observations too) the bridge stopped in
+    /// the engine because their HTTP client disconnected before their end.
+    pub(crate) stopped: IntCounter,
 }
 
 impl HttpMetrics {
@@ -760,6 +763,11 @@ impl HttpMetrics {
                 r,
                 "groxy_http_late_responses_total",
                 "CoAP responses for an HTTP request that had already ended.",
+            ),
+            stopped: counter(
+                r,
+                "groxy_http_stopped_total",
+                "Exchanges and observations stopped in the engine (Early Stop Request or RST) because their HTTP client disconnected.",
             ),
         }
     }

@@ -100,6 +100,9 @@ pub(crate) struct BridgeLink {
     out: tokio::sync::mpsc::UnboundedSender<FromEngine>,
     /// While a bridge request is handled: what its events said.
     probe: Option<Outcome>,
+    /// The last [`take`](Self::take) left requests queued: their wake-up bytes were
+    /// read already, so the next round must take them without one.
+    more: bool,
 }
 
 /// The two ends of a bridge for listener `index`; the receiver is the HTTP side's.
@@ -122,6 +125,7 @@ pub(crate) fn pair(
             wake: wake_rx,
             out,
             probe: None,
+            more: false,
         },
         BridgeSender { tx, wake: wake_tx },
         out_rx,
@@ -142,7 +146,15 @@ impl BridgeLink {
             }
         }
         let more = v.len() == PER_ROUND;
+        self.more = more;
         (v, more)
+    }
+
+    /// Whether requests wait: a wake-up byte came (`revents` of its socket), or the
+    /// last round left some (without this they would wait for the next HTTP request's
+    /// wake-up byte).
+    pub(crate) fn due(&self, revents: i16) -> bool {
+        revents != 0 || self.more
     }
 
     pub(crate) fn begin(&mut self) {
@@ -180,5 +192,31 @@ impl BridgeLink {
     /// A datagram the engine sent to the bridge's link.
     pub(crate) fn transmit(&mut self, to: SocketAddr, bytes: Vec<u8>) {
         let _ = self.out.send(FromEngine::Datagram { to, bytes });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More than one round's worth of requests: the rest are taken in the next round
+    /// although their wake-up bytes were all read in the first.
+    #[test]
+    fn requests_past_one_round_are_taken_without_another_wake_up() {
+        let (mut link, tx, _rx) = pair(0).unwrap();
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..PER_ROUND + 10 {
+            assert!(tx.send(ToEngine {
+                from,
+                datagram: vec![0x50, 1, 0, 0],
+            }));
+        }
+        assert!(link.due(1) && !link.due(0));
+        let (first, more) = link.take();
+        assert_eq!((first.len(), more), (PER_ROUND, true));
+        assert!(link.due(0), "the rest is due with no wake-up byte");
+        let (rest, more) = link.take();
+        assert_eq!((rest.len(), more), (10, false));
+        assert!(!link.due(0));
     }
 }

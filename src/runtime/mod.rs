@@ -473,7 +473,7 @@ impl Proxy {
         let Some(b) = self.bridge.as_mut() else {
             return false;
         };
-        if fds[self.sockets.len()].revents == 0 {
+        if !b.due(fds[self.sockets.len()].revents) {
             return false;
         }
         let (requests, more) = b.take();
