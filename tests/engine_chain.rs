@@ -445,3 +445,33 @@ fn a_con_request_is_con_to_the_next_hop() {
     c.advance(Duration::from_secs(8));
     assert!(c.sent('a', b_addr()).is_empty(), "no retransmission after B's ACK");
 }
+
+/// The `[[group]]` keys (config/groxy.toml): next_hop, its margin and Hop-Limit parsed;
+/// a bad address, a margin of 0 or not below max_timeout, and a Hop-Limit out of 1..=255
+/// refused by check-config with the key named.
+#[test]
+fn next_hop_config_is_parsed_and_checked() {
+    let base = "[[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187:5683\"\nmax_timeout = 30\n";
+    let l = groxy::settings::load_str(&format!(
+        "{base}next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 2\n"
+    ))
+    .unwrap();
+    let n = l.run.proxy.groups[0].next_hop.unwrap();
+    assert_eq!(n.addr, "192.0.2.7:5683".parse::<SocketAddr>().unwrap());
+    assert_eq!((n.margin, n.hop_limit), (Duration::from_secs(2), 16));
+    let l = groxy::settings::load_str(base).unwrap();
+    assert!(l.run.proxy.groups[0].next_hop.is_none());
+    for (bad, key) in [
+        ("next_hop = \"nowhere\"\n", "next_hop"),
+        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 0\n", "next_hop_margin"),
+        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 30\n", "next_hop_margin"),
+        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 0\n", "next_hop_hop_limit"),
+        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 256\n", "next_hop_hop_limit"),
+    ] {
+        let errors = groxy::settings::load_str(&format!("{base}{bad}")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains(&format!("group[0].{key}")) || e.contains(key)),
+            "{bad}: {errors:?}"
+        );
+    }
+}
