@@ -216,7 +216,11 @@ fn next_hop_gets_a_forward_proxy_request_with_t_double_prime() {
     let m = c.multicasts();
     assert_eq!(m.len(), 1, "B fans out");
     let mv = MessageView::parse(&m[0]).unwrap();
-    assert_eq!(mv.option(MT), None, "the last hop removes Multicast-Timeout");
+    assert_eq!(
+        mv.option(MT),
+        None,
+        "the last hop removes Multicast-Timeout"
+    );
     assert_eq!(mv.option(opt::PROXY_SCHEME), None);
     assert_eq!(uint(&mv, opt::HOP_LIMIT), Some(15));
     assert!(c.events.iter().any(|(w, e)| *w == 'a'
@@ -265,7 +269,10 @@ fn zero_timeout_is_passed_on_and_keeps_nothing() {
     c.request(NON, TOKEN, Some(0), &[]);
     let to_b = c.sent('a', b_addr());
     assert_eq!(to_b.len(), 1);
-    assert_eq!(MessageView::parse(&to_b[0]).unwrap().option(MT), Some(&[][..]));
+    assert_eq!(
+        MessageView::parse(&to_b[0]).unwrap().option(MT),
+        Some(&[][..])
+    );
     assert_eq!(c.a.exchanges().0, 0);
 }
 
@@ -330,9 +337,15 @@ fn hop_limit_is_decremented_along_the_chain() {
     let mut c = Chain::standard();
     c.request(NON, TOKEN, Some(10), &[(opt::HOP_LIMIT, &[5])]);
     let to_b = c.sent('a', b_addr());
-    assert_eq!(uint(&MessageView::parse(&to_b[0]).unwrap(), opt::HOP_LIMIT), Some(4));
+    assert_eq!(
+        uint(&MessageView::parse(&to_b[0]).unwrap(), opt::HOP_LIMIT),
+        Some(4)
+    );
     let m = c.multicasts();
-    assert_eq!(uint(&MessageView::parse(&m[0]).unwrap(), opt::HOP_LIMIT), Some(3));
+    assert_eq!(
+        uint(&MessageView::parse(&m[0]).unwrap(), opt::HOP_LIMIT),
+        Some(3)
+    );
 }
 
 /// RFC 8768 §3: a loop (A -> B -> A -> ...) ends when Hop-Limit runs out; the hop where
@@ -342,8 +355,18 @@ fn a_loop_is_stopped_with_5_08() {
     let mut c = Chain::new(cfg(Some(b_addr()), 1, 60), cfg(Some(a_addr()), 1, 60));
     c.request(NON, TOKEN, Some(60), &[]);
     assert!(c.multicasts().is_empty());
-    // 16 at A's insertion, so 16 hops A->B->A... before one reaches 0.
-    assert_eq!(c.sent('a', b_addr()).len() + c.sent('b', a_addr()).len() > 15, true);
+    // Requests between the hops carry Hop-Limit 16 (A's insertion), 15, ..., 1: the hop
+    // that gets 1 answers 5.08 instead of forwarding.
+    let hops: Vec<u32> = [c.sent('a', b_addr()), c.sent('b', a_addr())]
+        .concat()
+        .iter()
+        .map(|b| MessageView::parse(b).unwrap())
+        .filter(|v| v.is_request())
+        .filter_map(|v| uint(&v, opt::HOP_LIMIT))
+        .collect();
+    let mut sorted = hops.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=16).collect::<Vec<_>>(), "{hops:?}");
     let r = c.to_client();
     assert_eq!(r.len(), 1);
     let v = MessageView::parse(&r[0]).unwrap();
@@ -359,10 +382,17 @@ fn an_observation_through_the_chain_lasts_past_t_prime() {
     let mut c = Chain::standard();
     c.request(NON, TOKEN, Some(5), &[(OBSERVE, &[])]);
     let to_b = c.sent('a', b_addr());
-    assert_eq!(MessageView::parse(&to_b[0]).unwrap().option(OBSERVE), Some(&[][..]));
+    assert_eq!(
+        MessageView::parse(&to_b[0]).unwrap().option(OBSERVE),
+        Some(&[][..])
+    );
     c.device_answers(0, 600, Some(10), b"a10");
     c.device_answers(1, 601, Some(3), b"b3");
-    assert_eq!(c.to_client().len(), 2, "device 1's lower number is not a reorder");
+    assert_eq!(
+        c.to_client().len(),
+        2,
+        "device 1's lower number is not a reorder"
+    );
     c.advance(Duration::from_secs(20));
     c.clear();
     c.device_answers(0, 602, Some(11), b"a11");
@@ -371,7 +401,10 @@ fn an_observation_through_the_chain_lasts_past_t_prime() {
     assert_eq!(r.len(), 2, "past T' at both hops");
     let v = MessageView::parse(&r[0]).unwrap();
     assert_eq!(v.payload(), b"a11");
-    assert_eq!(cri::parse_reply_from(v.option(RF).unwrap()), Some(device(0)));
+    assert_eq!(
+        cri::parse_reply_from(v.option(RF).unwrap()),
+        Some(device(0))
+    );
     assert_eq!(MessageView::parse(&r[1]).unwrap().payload(), b"b4");
 }
 
@@ -421,14 +454,30 @@ fn early_stop_goes_along_the_chain() {
     assert_eq!(v.option(opt::URI_HOST), None);
     for who in ['a', 'b'] {
         assert!(c.events.iter().any(|(w, e)| *w == who
-            && matches!(e, Event::Closed { reason: CloseReason::EarlyStopRequest, .. })));
+            && matches!(
+                e,
+                Event::Closed {
+                    reason: CloseReason::EarlyStopRequest,
+                    ..
+                }
+            )));
     }
-    assert!(c.events.iter().any(|(w, e)| *w == 'a' && matches!(e, Event::ChainStopped { .. })));
+    assert!(
+        c.events
+            .iter()
+            .any(|(w, e)| *w == 'a' && matches!(e, Event::ChainStopped { .. }))
+    );
     c.clear();
     c.device_answers(1, 701, None, b"2");
     assert!(c.to_client().is_empty());
     assert!(c.events.iter().any(|(w, e)| *w == 'b'
-        && matches!(e, Event::Dropped { reason: DropReason::LateResponse, .. })));
+        && matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::LateResponse,
+                ..
+            }
+        )));
 }
 
 /// RFC 7252 §5.2.2 hop by hop: a CON client's request goes to B as CON (retransmitted
@@ -440,10 +489,16 @@ fn a_con_request_is_con_to_the_next_hop() {
     let to_b = c.sent('a', b_addr());
     assert_eq!(MessageView::parse(&to_b[0]).unwrap().mtype(), CON);
     let acks = c.sent('b', a_addr());
-    assert!(acks.iter().any(|b| MessageView::parse(b).unwrap().mtype() == ACK));
+    assert!(
+        acks.iter()
+            .any(|b| MessageView::parse(b).unwrap().mtype() == ACK)
+    );
     c.clear();
     c.advance(Duration::from_secs(8));
-    assert!(c.sent('a', b_addr()).is_empty(), "no retransmission after B's ACK");
+    assert!(
+        c.sent('a', b_addr()).is_empty(),
+        "no retransmission after B's ACK"
+    );
 }
 
 /// The `[[group]]` keys (config/groxy.toml): next_hop, its margin and Hop-Limit parsed;
@@ -463,14 +518,28 @@ fn next_hop_config_is_parsed_and_checked() {
     assert!(l.run.proxy.groups[0].next_hop.is_none());
     for (bad, key) in [
         ("next_hop = \"nowhere\"\n", "next_hop"),
-        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 0\n", "next_hop_margin"),
-        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 30\n", "next_hop_margin"),
-        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 0\n", "next_hop_hop_limit"),
-        ("next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 256\n", "next_hop_hop_limit"),
+        (
+            "next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 0\n",
+            "next_hop_margin",
+        ),
+        (
+            "next_hop = \"192.0.2.7:5683\"\nnext_hop_margin = 30\n",
+            "next_hop_margin",
+        ),
+        (
+            "next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 0\n",
+            "next_hop_hop_limit",
+        ),
+        (
+            "next_hop = \"192.0.2.7:5683\"\nnext_hop_hop_limit = 256\n",
+            "next_hop_hop_limit",
+        ),
     ] {
         let errors = groxy::settings::load_str(&format!("{base}{bad}")).unwrap_err();
         assert!(
-            errors.iter().any(|e| e.contains(&format!("group[0].{key}")) || e.contains(key)),
+            errors
+                .iter()
+                .any(|e| e.contains(&format!("group[0].{key}")) || e.contains(key)),
             "{bad}: {errors:?}"
         );
     }

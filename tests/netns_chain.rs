@@ -65,9 +65,13 @@ impl Chain {
                 "--notify-interval-ms",
                 "500",
             ];
-            let i = t
-                .net
-                .spawn(host, &format!("{host}-groxy"), Path::new(GROXY), &args, Out::File);
+            let i = t.net.spawn(
+                host,
+                &format!("{host}-groxy"),
+                Path::new(GROXY),
+                &args,
+                Out::File,
+            );
             t.net.wait_sockets(host, &[group.clone(), addr.into()], i);
         }
         // The last hop: the group out of lan0, requests only from the first hop.
@@ -94,7 +98,13 @@ impl Chain {
                 "prx",
                 &format!("proxy-{name}"),
                 Path::new(GROXY),
-                &["--log-format", "json", "run", "--config", cfg.to_str().unwrap()],
+                &[
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                ],
                 Out::File,
             );
             t.net.wait_sockets("prx", &[listen], i);
@@ -106,7 +116,10 @@ impl Chain {
     fn log(&self, what: &str) -> String {
         ["out", "log"]
             .iter()
-            .map(|e| std::fs::read_to_string(self.net.dir.join(format!("{what}.{e}"))).unwrap_or_default())
+            .map(|e| {
+                std::fs::read_to_string(self.net.dir.join(format!("{what}.{e}")))
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -114,7 +127,8 @@ impl Chain {
     fn client(&self, uri: &str, extra: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
         let proxy = format!("{PRX_WAN}:{COAP_PORT}");
         let mut c = self.net.command("cli", GROXY);
-        c.args(["client", uri, "--proxy", &proxy, "--json"]).args(extra);
+        c.args(["client", uri, "--proxy", &proxy, "--json"])
+            .args(extra);
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -161,11 +175,18 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
             .count();
         assert_eq!(n, 1, "{d} once: {got:#?}\n{}", t.net.logs());
     }
-    assert_eq!(got.iter().filter(|v| v["reply_from"].is_string()).count(), 2, "{got:#?}");
+    assert_eq!(
+        got.iter().filter(|v| v["reply_from"].is_string()).count(),
+        2,
+        "{got:#?}"
+    );
     // Through the chain: the first hop sent the request on, only the last one fanned out.
     let first = t.log("proxy-first");
     let last = t.log("proxy-last");
-    assert!(first.contains("\"chain_forwarded\"") && !first.contains("\"fan_out\""), "{first}");
+    assert!(
+        first.contains("\"chain_forwarded\"") && !first.contains("\"fan_out\""),
+        "{first}"
+    );
     assert!(last.contains("\"fan_out\""), "{last}");
 
     let uri = format!("coap://{GROUP4}/counter");
@@ -194,7 +215,10 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
     unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(15);
     while c.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "client still running after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "client still running after SIGINT"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }

@@ -649,7 +649,9 @@ impl Observer for Metrics {
                 let h = self.group(Some(group));
                 h.forwarded.inc();
                 let name = h.name.clone();
-                self.chain_forwarded.with_label_values(&[name.as_str()]).inc();
+                self.chain_forwarded
+                    .with_label_values(&[name.as_str()])
+                    .inc();
             }
             Event::ChainStopped { group } => {
                 let name = self.group(Some(group)).name.clone();

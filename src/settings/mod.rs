@@ -10,8 +10,8 @@ use serde::Deserialize;
 pub mod security;
 
 use crate::coap::uri::{Host, parse_proxy_uri};
-use crate::proxy::config::ObserveLimits;
 use crate::proxy::config::NextHop;
+use crate::proxy::config::ObserveLimits;
 use crate::proxy::{
     GroupSpec, Limits, LocalNames, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy,
 };

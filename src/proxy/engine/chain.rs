@@ -74,9 +74,7 @@ impl Engine {
         let mt_no = self.cfg.options.multicast_timeout;
         let mut opts: Options<'v> = view
             .options()
-            .filter(|(n, _)| {
-                *n != opt::HOP_LIMIT && *n != mt_no && !(own_layer && *n == opt::ECHO)
-            })
+            .filter(|(n, _)| *n != opt::HOP_LIMIT && *n != mt_no && !(own_layer && *n == opt::ECHO))
             .collect();
         opts.push((mt_no, mt));
         opts.push((opt::HOP_LIMIT, hop));

@@ -55,7 +55,12 @@ impl Engine {
             .exchanges
             .get(&token)
             .is_some_and(|ex| match (&ex.route, link) {
-                (Route::Group { group, via: None, .. }, Link::Group(l, _)) => *group == l,
+                (
+                    Route::Group {
+                        group, via: None, ..
+                    },
+                    Link::Group(l, _),
+                ) => *group == l,
                 // A chained group's responses come from its next hop (§8.2).
                 (route @ Route::Group { .. }, Link::Unicast(_)) => {
                     Engine::from_next_hop(route, from)
