@@ -544,3 +544,47 @@ fn next_hop_config_is_parsed_and_checked() {
         );
     }
 }
+
+/// §8.1 step 4.3 at the second hop: B (itself chained, margin 3) cannot meet the T''
+/// A passed on and answers 5.05 with the least T' it accepts; A relays that response to
+/// the client as any other from the next hop.
+#[test]
+fn a_5_05_from_the_next_hop_reaches_the_client() {
+    let c_addr: SocketAddr = "127.0.0.250:5683".parse().unwrap();
+    let mut c = Chain::new(cfg(Some(b_addr()), 1, 60), cfg(Some(c_addr), 3, 60));
+    c.request(NON, TOKEN, Some(3), &[]);
+    assert!(c.sent('b', c_addr).is_empty());
+    let r = c.to_client();
+    assert_eq!(r.len(), 1);
+    let v = MessageView::parse(&r[0]).unwrap();
+    assert_eq!((v.code(), v.token()), (code::PROXYING_NOT_SUPPORTED, TOKEN));
+    assert_eq!(uint(&v, MT), Some(4));
+}
+
+/// §8.1.2 with §5.2.3: an RST from the client to a relayed response is an early stop
+/// too, and goes along the chain as an Early Stop Request.
+#[test]
+fn a_reset_from_the_client_stops_the_next_hop_too() {
+    let mut c = Chain::standard();
+    c.request(NON, TOKEN, Some(30), &[]);
+    c.device_answers(0, 700, None, b"1");
+    let relayed = c.to_client().remove(0);
+    let mid = MessageView::parse(&relayed).unwrap().message_id();
+    c.clear();
+    c.a.handle(c.now, LISTENER, client(), &build::empty(build::RST, mid));
+    c.settle();
+    let to_b = c.sent('a', b_addr());
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(
+        MessageView::parse(&to_b[0]).unwrap().option(MT),
+        Some(&[][..])
+    );
+    assert!(c.events.iter().any(|(w, e)| *w == 'b'
+        && matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::EarlyStopRequest,
+                ..
+            }
+        )));
+}
