@@ -38,6 +38,7 @@ fn config() -> ProxyConfig {
         allow: vec!["0.0.0.0/0".parse().unwrap()],
         max_timeout: Duration::from_secs(60),
         security: None,
+        next_hop: None,
     });
     c
 }

@@ -101,6 +101,19 @@ pub(crate) fn check(file: &Path) -> Result<(), String> {
                 l.run.listen.len(),
                 l.run.proxy.groups.len()
             );
+            // Chains (groupcomm-proxy §8): which groups are not the last hop here.
+            for g in &l.run.proxy.groups {
+                if let Some(n) = &g.next_hop {
+                    println!(
+                        "{}: group {} goes to next hop {} (margin {} s, Hop-Limit {})",
+                        file.display(),
+                        g.name,
+                        n.addr,
+                        n.margin.as_secs(),
+                        n.hop_limit
+                    );
+                }
+            }
             Ok(())
         }
         Err(errors) => {

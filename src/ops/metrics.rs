@@ -141,6 +141,9 @@ pub struct Metrics {
     pending_check: Option<(usize, usize)>,
     /// Observations (issue 12), per group as `groups`.
     observe: ObserveMetrics,
+    /// Chains of proxies (issue 16): requests sent to a next hop, early stops passed on.
+    chain_forwarded: IntCounterVec,
+    chain_stopped: IntCounterVec,
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
@@ -543,6 +546,20 @@ impl Metrics {
             reloads,
             pending_check: None,
             observe: ObserveMetrics::new(&r2, cfg),
+            chain_forwarded: counter_vec(
+                &r2,
+                "groxy_chain_forwarded_total",
+                "Group requests sent to the group's next_hop proxy instead of the group \
+                 (groupcomm-proxy section 8.1); also in groxy_requests_total as forwarded.",
+                &["group"],
+            ),
+            chain_stopped: counter_vec(
+                &r2,
+                "groxy_chain_early_stops_total",
+                "Early stops of a client passed on to the next_hop proxy (groupcomm-proxy \
+                 section 8.1.2).",
+                &["group"],
+            ),
         }
     }
 
@@ -628,6 +645,18 @@ impl Observer for Metrics {
                 }
             }
             Event::UnicastForward => self.group(None).forwarded.inc(),
+            Event::ChainForwarded { group, .. } => {
+                let h = self.group(Some(group));
+                h.forwarded.inc();
+                let name = h.name.clone();
+                self.chain_forwarded
+                    .with_label_values(&[name.as_str()])
+                    .inc();
+            }
+            Event::ChainStopped { group } => {
+                let name = self.group(Some(group)).name.clone();
+                self.chain_stopped.with_label_values(&[name.as_str()]).inc();
+            }
             Event::Relayed { group, after } => {
                 let h = self.group(group);
                 h.relayed.inc();

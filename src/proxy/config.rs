@@ -63,6 +63,21 @@ pub struct GroupSpec {
     pub max_timeout: Duration,
     /// Signature checking of group-mode traffic, if configured.
     pub security: Option<GroupSecurity>,
+    /// The next proxy of a chain (groupcomm-proxy §8): set, this proxy is not the last
+    /// hop and sends the group's requests there instead of multicasting them.
+    pub next_hop: Option<NextHop>,
+}
+
+/// The next hop of a chain of proxies toward a group (groupcomm-proxy §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    /// The next proxy's address; it gets ordinary forward-proxy requests.
+    pub addr: SocketAddr,
+    /// What this hop takes off the Multicast-Timeout before passing it on (§8.1 step
+    /// 4.3: T' - T'' covers the round trips toward the previous and the next hop).
+    pub margin: Duration,
+    /// The Hop-Limit added to a request that has none (RFC 8768 §3: 16 by default).
+    pub hop_limit: u8,
 }
 
 /// Ordinary forwarding to unicast targets (RFC 7252 §5.7.2).
@@ -255,6 +270,7 @@ impl Default for ProxyConfig {
                 allow: local.clone(),
                 max_timeout: Duration::from_secs(60),
                 security: None,
+                next_hop: None,
             }],
             unicast: UnicastPolicy {
                 enabled: true,

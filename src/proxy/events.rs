@@ -98,6 +98,9 @@ labelled! {
         /// A new observation from a client holding `observe.max_per_client`: 4.29 with
         /// Max-Age.
         ClientObservations => "client_observations",
+        /// A chained group's T' leaves no T'' for the next hop after the margin: 5.05 with
+        /// the least acceptable Multicast-Timeout (groupcomm-proxy §8.1 step 4.3).
+        ChainTimeout => "chain_timeout",
     }
 }
 
@@ -310,6 +313,21 @@ pub enum Event {
         reason: CloseReason,
         /// Whether the proxy sent the group (or origin) a deregistration.
         deregistered: bool,
+    },
+    // Chains of proxies (groupcomm-proxy §8, issue 16).
+    /// A group request went to the group's next hop instead of the group (§8.1).
+    ChainForwarded {
+        /// Index into `ProxyConfig::groups`.
+        group: usize,
+        /// This hop's T' (after `max_timeout`).
+        timeout: Duration,
+        /// T'', the Multicast-Timeout passed on.
+        next: Duration,
+    },
+    /// The client's early stop was passed on to the next hop (§8.1.2).
+    ChainStopped {
+        /// Index into `ProxyConfig::groups`.
+        group: usize,
     },
 }
 

@@ -94,6 +94,16 @@ impl EventLog {
                 tracing::debug!(event = "observe_ended", group = %group_name(*group), reason = reason.as_str(), deregistered);
             }
             Event::ConfigReload { ok } => tracing::info!(event = "config_reload", ok),
+            Event::ChainForwarded {
+                group,
+                timeout,
+                next,
+            } => {
+                tracing::debug!(event = "chain_forwarded", group = %group_name(Some(*group)), timeout_s = timeout.as_secs(), next_s = next.as_secs());
+            }
+            Event::ChainStopped { group } => {
+                tracing::debug!(event = "chain_stopped", group = %group_name(Some(*group)));
+            }
             Event::Checked {
                 group,
                 request,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub mod security;
 
 use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::proxy::config::NextHop;
 use crate::proxy::config::ObserveLimits;
 use crate::proxy::{
     GroupSpec, Limits, LocalNames, OptionNumbers, Prefix, ProxyConfig, UnicastPolicy,
@@ -179,6 +180,19 @@ struct GroupSection {
     source: Option<String>,
     #[serde(default)]
     security: Option<security::CheckerSection>,
+    // Chains of proxies (groupcomm-proxy §8).
+    #[serde(default)]
+    next_hop: Option<String>,
+    #[serde(default = "d_next_hop_margin")]
+    next_hop_margin: u64,
+    #[serde(default = "d_next_hop_hop_limit")]
+    next_hop_hop_limit: u32,
+}
+fn d_next_hop_margin() -> u64 {
+    1
+}
+fn d_next_hop_hop_limit() -> u32 {
+    16
 }
 fn d_max_timeout() -> u64 {
     60
@@ -494,6 +508,7 @@ fn group_section(
             .map_err(|_| errors.push(format!("{key}.source: {s:?} is not an IP address")))
             .ok()
     });
+    let next_hop = next_hop(&key, g, errors);
     let allow = prefixes(&format!("{key}.allow"), &g.allow, errors);
     let security = g
         .security
@@ -512,6 +527,7 @@ fn group_section(
         allow,
         max_timeout: Duration::from_secs(g.max_timeout),
         security,
+        next_hop,
     };
     let egress = Egress {
         interface,
@@ -519,6 +535,33 @@ fn group_section(
         bind: source,
     };
     Some((spec, egress))
+}
+
+/// A group's `next_hop` (groupcomm-proxy §8.1): an address and port, a margin of at
+/// least a second (T'' < T', in whole seconds) below `max_timeout`, so that some T' is
+/// acceptable, and a Hop-Limit of 1..=255 (RFC 8768 §3).
+fn next_hop(key: &str, g: &GroupSection, errors: &mut Vec<String>) -> Option<NextHop> {
+    let addr: SocketAddr = match g.next_hop.as_ref()?.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(format!("{key}.next_hop: not an address:port"));
+            return None;
+        }
+    };
+    if g.next_hop_margin == 0 || g.next_hop_margin >= g.max_timeout {
+        errors.push(format!(
+            "{key}.next_hop_margin: must be at least 1 second and below max_timeout"
+        ));
+    }
+    let Ok(hop_limit @ 1..=255) = u8::try_from(g.next_hop_hop_limit) else {
+        errors.push(format!("{key}.next_hop_hop_limit: must be 1..=255"));
+        return None;
+    };
+    Some(NextHop {
+        addr,
+        margin: Duration::from_secs(g.next_hop_margin),
+        hop_limit,
+    })
 }
 
 /// A group URI: `coap://` and a multicast address, no path or query.

@@ -3,6 +3,7 @@
 //! [`Engine::handle_timeout`]; datagrams to send and events come out of
 //! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
 
+mod chain;
 mod filter;
 mod member;
 mod observe;
@@ -186,6 +187,9 @@ enum Route {
         numbers: ResponseNumbers,
         /// Devices' CON responses seen, (source, Message ID).
         seen_con: Vec<(SocketAddr, u16)>,
+        /// The next proxy of a chain (groupcomm-proxy §8), which the request went to
+        /// instead of the group: responses come from it, Reply-From already on.
+        via: Option<SocketAddr>,
     },
     /// A unicast request: the first response ends it.
     Unicast {
@@ -1225,7 +1229,10 @@ impl Engine {
                 .group(g)
             })?;
         let timeout = asked.min(spec.max_timeout);
-        let dest = spec.addr;
+        // §8.1: not the last hop, the request goes to the next proxy with T''.
+        let via = spec.next_hop.map(|n| n.addr);
+        let next_mt = self.chain_timeout(g, timeout)?;
+        let dest = via.unwrap_or(spec.addr);
         // Every request that causes a multicast passes the limits, T' = 0 too: it relays
         // nothing but makes every device answer (groupcomm-proxy §10). First, as a full
         // table refuses here at the least cost.
@@ -1237,9 +1244,11 @@ impl Engine {
         }
         // Message IDs toward the group on some egress port, and toward the client for its
         // responses (RFC 7252 §4.4), before a signature is verified.
-        let egress = self
-            .egress_port(dest, |p| Link::Group(g, p))
-            .map_err(|r| r.group(g))?;
+        let egress = match via {
+            Some(nh) => self.egress_port(nh, Link::Unicast),
+            None => self.egress_port(dest, |p| Link::Group(g, p)),
+        }
+        .map_err(|r| r.group(g))?;
         if !timeout.is_zero() {
             self.client_room(Link::Listener(listener), from)
                 .map_err(|r| r.group(g))?;
@@ -1257,19 +1266,37 @@ impl Engine {
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = out.hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &out.target, &hop, outer.is_some());
+        let chain_hop = self.chain_hop(g, out.hop_limit);
+        let mt_bytes = next_mt.map(|t| uint_value(t.as_secs() as u32));
+        let mut opts = match &mt_bytes {
+            Some(mt) => self.chain_options(view, &chain_hop, mt, outer.is_some()),
+            None => self.forwarded_options(view, &out.target, &hop, outer.is_some()),
+        };
+        // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token;
+        // to a next hop, unicast, CON for a CON client (reliability hop by hop).
+        let con = via.is_some() && view.mtype() == CON;
         let mid = self
-            .mid_to(egress, dest, false, true)
+            .mid_to(egress, dest, con, true)
             .expect("egress_port found room");
-        // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token.
-        let bytes = self.encode(NON, view.code(), mid, &tb, &mut opts, view.payload());
+        let mtype = if con { CON } else { NON };
+        let bytes = self.encode(mtype, view.code(), mid, &tb, &mut opts, view.payload());
+        if con {
+            self.track(now, egress, dest, mid, bytes.clone(), None);
+        }
         let registration = observes.then(|| bytes.clone());
         self.send(egress, dest, bytes);
-        self.emit(Event::FanOut {
-            group: g,
-            timeout,
-            asked,
-        });
+        match next_mt {
+            Some(next) => self.emit(Event::ChainForwarded {
+                group: g,
+                timeout,
+                next,
+            }),
+            None => self.emit(Event::FanOut {
+                group: g,
+                timeout,
+                asked,
+            }),
+        }
         // §5.2.1 step 6: with T' = 0 every response is ignored, so nothing is kept.
         if !timeout.is_zero() {
             let requester = requester(outer, checked.as_ref());
@@ -1278,6 +1305,7 @@ impl Engine {
                 checked: checked.map(Box::new),
                 numbers: ResponseNumbers::default(),
                 seen_con: Vec::new(),
+                via,
             };
             self.open(
                 now,
@@ -1443,6 +1471,7 @@ impl Engine {
         {
             self.pending.remove(&(ex.egress, origin, mid));
         }
+        self.chain_closed(token, &ex, reason);
         let to_client = Link::Listener(ex.listener);
         for mid in ex.relayed_non {
             self.relayed_non.remove(&(to_client, ex.client, mid));

@@ -269,7 +269,28 @@ impl Engine {
             return Err(self.mids_exhausted(None));
         };
         let hop = out.hop_limit.map(|h| [h]);
-        let mut opts = self.forwarded_options(view, &out.target, &hop, outer.is_some());
+        // Through a chain (groupcomm-proxy §8.1.1) the update goes to the next hop as a
+        // forward-proxy request, with T'' as the registration had.
+        let chained = kind
+            .group()
+            .filter(|_| Engine::next_hop_of(&self.exchanges[&t].route).is_some());
+        let chain_hop = chained.map(|g| self.chain_hop(g, out.hop_limit));
+        let next_mt = match chained {
+            Some(g) => {
+                let asked = view
+                    .option(self.cfg.options.multicast_timeout)
+                    .and_then(read_uint)
+                    .map_or(Duration::ZERO, |s| Duration::from_secs(s as u64))
+                    .min(self.cfg.groups[g].max_timeout);
+                self.chain_timeout(g, asked)?
+                    .map(|d| crate::coap::options::uint_value(d.as_secs() as u32))
+            }
+            None => None,
+        };
+        let mut opts = match (&next_mt, &chain_hop) {
+            (Some(mt), Some(h)) => self.chain_options(view, h, mt, outer.is_some()),
+            _ => self.forwarded_options(view, &out.target, &hop, outer.is_some()),
+        };
         let tb = t.to_be_bytes();
         let bytes = self.encode(
             if con { CON } else { NON },

@@ -55,7 +55,16 @@ impl Engine {
             .exchanges
             .get(&token)
             .is_some_and(|ex| match (&ex.route, link) {
-                (Route::Group { group, .. }, Link::Group(l, _)) => *group == l,
+                (
+                    Route::Group {
+                        group, via: None, ..
+                    },
+                    Link::Group(l, _),
+                ) => *group == l,
+                // A chained group's responses come from its next hop (§8.2).
+                (route @ Route::Group { .. }, Link::Unicast(_)) => {
+                    Engine::from_next_hop(route, from)
+                }
                 (Route::Unicast { origin, .. }, Link::Unicast(_)) => *origin == from,
                 _ => false,
             });
@@ -105,8 +114,21 @@ impl Engine {
         // An observation's notification: ordered per device, rate-limited per client,
         // and at times CON for the interest check (RFC 7641 §3.4, §4.5).
         let observing = self.is_observation(token);
+        let via = self
+            .exchanges
+            .get(&token)
+            .and_then(|ex| Engine::next_hop_of(&ex.route));
+        // Through a chain every notification comes from the next hop: the device is the
+        // one its Reply-From names, for the ordering per device (RFC 7641 §3.4).
+        let device = match via {
+            Some(_) => view
+                .option(reply_from_no)
+                .and_then(cri::parse_reply_from)
+                .unwrap_or(from),
+            None => from,
+        };
         let interest_check = if observing {
-            match self.observe_notification(token, from, view) {
+            match self.observe_notification(token, device, view) {
                 Some(check) => check,
                 None => return,
             }
@@ -130,10 +152,13 @@ impl Engine {
         };
         let ex = self.exchanges.get_mut(&token).expect("caller checked");
         ex.responses += 1;
-        let reply_from = matches!(kind, Kind::Group(_)).then(|| cri::reply_from(from));
+        // §8.2: from a next hop, Reply-From names the origin server already; it is passed
+        // on untouched, and none is added where it has none.
+        let reply_from =
+            (matches!(kind, Kind::Group(_)) && via.is_none()).then(|| cri::reply_from(from));
         let mut opts: Options = view
             .options()
-            .filter(|(n, _)| *n != reply_from_no)
+            .filter(|(n, _)| *n != reply_from_no || via.is_some())
             .collect();
         if let Some(rf) = &reply_from {
             opts.push((reply_from_no, rf));
