@@ -167,7 +167,9 @@ impl BridgeLink {
             return;
         };
         match e {
-            Event::FanOut { group, timeout, .. } => {
+            // A chained group (§8) is a fan-out to the HTTP client too: its responses
+            // come until this hop's T'.
+            Event::FanOut { group, timeout, .. } | Event::ChainForwarded { group, timeout, .. } => {
                 *p = Outcome::FanOut {
                     group: *group,
                     timeout: *timeout,
@@ -218,5 +220,30 @@ mod tests {
         let (rest, more) = link.take();
         assert_eq!((rest.len(), more), (10, false));
         assert!(!link.due(0));
+    }
+
+    /// groupcomm-proxy §8.1: a request of a chained group goes on to the next proxy,
+    /// and its responses come until this hop's T', as after a fan-out; the HTTP side
+    /// must wait for them under the group's name.
+    #[test]
+    fn a_chained_group_request_is_a_fan_out_to_the_http_side() {
+        let (mut link, _tx, mut rx) = pair(0).unwrap();
+        link.begin();
+        link.event(&Event::ChainForwarded {
+            group: 2,
+            timeout: Duration::from_secs(5),
+            next: Duration::from_secs(4),
+        });
+        link.end(vec![7], Instant::now());
+        match rx.try_recv() {
+            Ok(FromEngine::Handled { outcome, .. }) => assert_eq!(
+                outcome,
+                Outcome::FanOut {
+                    group: 2,
+                    timeout: Duration::from_secs(5)
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }
