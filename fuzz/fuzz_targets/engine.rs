@@ -119,6 +119,8 @@ fuzz_target!(|data: &[u8]| {
         };
         let (live, cap) = e.exchanges();
         assert!(live <= cap, "{live} exchanges in a table of {cap}");
+        let (held, cap) = e.observations();
+        assert!(held <= cap, "{held} observations in a table of {cap}");
         if link.is_some() {
             assert!(n <= MAX_PER_DATAGRAM, "{n} outputs for one datagram");
         }

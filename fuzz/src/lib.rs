@@ -175,6 +175,7 @@ pub fn engine_config() -> ProxyConfig {
         allow: all.clone(),
         max_timeout: Duration::from_secs(30),
         security,
+        next_hop: None,
     };
     let checked = checked_group();
     let member = member_group();
@@ -218,6 +219,10 @@ pub fn engine_config() -> ProxyConfig {
     l.dedup_per_client = 6;
     l.late_memory = 8;
     l.egress_ports = 2;
+    // Small enough that registrations reach the observation bounds.
+    l.observe.max_observations = 4;
+    l.observe.max_per_client = 2;
+    l.observe.max_devices = 4;
     c.local.listen = vec!["127.0.0.1:5683".parse().unwrap()];
     c
 }
