@@ -1675,6 +1675,9 @@ fn tables_at_their_bounds_keep_memory_flat_and_push_back() {
 
 const OBSERVE: u16 = 6;
 
+/// Datagrams with the address each came from or went to.
+type Addressed = Vec<(SocketAddr, Vec<u8>)>;
+
 /// A device of the plain group that keeps observers (RFC 7641 §4.1): a GET with Observe 0
 /// is answered at once with 2.05 and an Observe number and adds (token, proxy address) as
 /// an observer; Observe 1 removes it (§3.6) and is answered without Observe; while
@@ -1684,11 +1687,11 @@ const OBSERVE: u16 = 6;
 /// observer (§3.6). With `answer` false it only records what reaches it.
 struct ObsDevice {
     /// Every request that reached it, with the address it came from.
-    seen: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    seen: Arc<Mutex<Addressed>>,
     /// Responses sent (registration answers and notifications), per proxy token.
     sent: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
-    /// Every notification sent, in order.
-    log: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    /// Every notification sent, in order, with the address it went to.
+    log: Arc<Mutex<Addressed>>,
     observers: Arc<Mutex<BTreeMap<Vec<u8>, SocketAddr>>>,
     notify: Arc<AtomicBool>,
     /// Its unicast socket, for the test to send from as the device.
@@ -2093,8 +2096,8 @@ fn observation_table_at_its_bounds_pushes_back_thins_and_recovers() {
     thread::sleep(Duration::from_millis(50));
     got[0].poll(&socks[0]);
     assert_eq!(got[0].too_many, before);
-    assert!(got[0].notifications.contains_key(&b"a3".to_vec()));
-    assert!(got[0].notifications.contains_key(&b"a4".to_vec()));
+    assert!(got[0].notifications.contains_key(&b"a3"[..]));
+    assert!(got[0].notifications.contains_key(&b"a4"[..]));
     let after = proxy.scrape();
     assert_eq!(after.get("groxy_observations_active", &[]), 5.0);
     assert_eq!(
