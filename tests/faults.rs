@@ -1,7 +1,11 @@
 //! Faults as an operator would meet them (issue 15 §2), against a real `groxy run` on
 //! loopback: kill -9 under load and an immediate restart, a SIGHUP rekey under load,
-//! every table at its bound for a sustained period, a device group that answers with
-//! garbage or not at all, and (ignored, not run by CI) a soak of mixed traffic.
+//! every table at its bound for a sustained period (the observation table and the
+//! late-response memory too), an observation across kill -9, a device group that answers
+//! with garbage or not at all, and (ignored, not run by CI) a soak of mixed traffic. An
+//! observation across a SIGHUP rekey is tests/netns_observe.rs's (`rekey_during`: the
+//! proxy, a device and the client rekeyed mid-observation, notifications verified under
+//! the new epoch), not repeated here.
 //!
 //! Everything here runs unprivileged: IPv4 multicast on `lo` reaches sockets of the test
 //! that play the devices (each records every datagram that reaches it and answers from a
@@ -1667,6 +1671,619 @@ fn tables_at_their_bounds_keep_memory_flat_and_push_back() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 3b. The observation table and the late-response memory at their bounds
+
+const OBSERVE: u16 = 6;
+
+/// Datagrams with the address each came from or went to.
+type Addressed = Vec<(SocketAddr, Vec<u8>)>;
+
+/// A device of the plain group that keeps observers (RFC 7641 §4.1): a GET with Observe 0
+/// is answered at once with 2.05 and an Observe number and adds (token, proxy address) as
+/// an observer; Observe 1 removes it (§3.6) and is answered without Observe; while
+/// `notify` is set every observer gets a NON notification every `every_ms`, its payload
+/// the proxy's token in hex and the Observe number, so that whoever receives it can tell
+/// which registration it belongs to. An RST of the proxy to a notification ends that
+/// observer (§3.6). With `answer` false it only records what reaches it.
+struct ObsDevice {
+    /// Every request that reached it, with the address it came from.
+    seen: Arc<Mutex<Addressed>>,
+    /// Responses sent (registration answers and notifications), per proxy token.
+    sent: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
+    /// Every notification sent, in order, with the address it went to.
+    log: Arc<Mutex<Addressed>>,
+    observers: Arc<Mutex<BTreeMap<Vec<u8>, SocketAddr>>>,
+    notify: Arc<AtomicBool>,
+    /// Its unicast socket, for the test to send from as the device.
+    usock: UdpSocket,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ObsDevice {
+    fn start(group: SocketAddr, octet: u8, answer: bool, every_ms: u64) -> ObsDevice {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+            .unwrap();
+        let SocketAddr::V4(g4) = group else { panic!() };
+        s.join_multicast_v4(g4.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+        let gsock: UdpSocket = s.into();
+        gsock
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let usock = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, octet), 0)).unwrap();
+        usock.set_nonblocking(true).unwrap();
+        let u = usock.try_clone().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(HashMap::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let observers = Arc::new(Mutex::new(BTreeMap::new()));
+        let notify = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, sent2, log2, obs2, notify2, stop2) = (
+            seen.clone(),
+            sent.clone(),
+            log.clone(),
+            observers.clone(),
+            notify.clone(),
+            stop.clone(),
+        );
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut seq = 1u32;
+            let mut mid = 0x4000u16;
+            // Message ID of each notification: the observer an RST ends.
+            let mut mids: HashMap<u16, Vec<u8>> = HashMap::new();
+            let mut next = Instant::now();
+            let reply = |to: SocketAddr, token: &[u8], mid: u16, seq: Option<u32>| {
+                let o = seq.map(opt::uint_value);
+                let mut opts: Vec<(u16, &[u8])> = o.iter().map(|v| (OBSERVE, &v[..])).collect();
+                let body = format!("{}:{}", hex::encode(token), seq.unwrap_or(0));
+                let d = build::encode(NON, code::CONTENT, mid, token, &mut opts, body.as_bytes());
+                let _ = u.send_to(&d, to);
+                d
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                while let Ok((n, _)) = u.recv_from(&mut buf) {
+                    if let Ok(v) = MessageView::parse(&buf[..n])
+                        && v.mtype() == groxy::coap::build::RST
+                        && let Some(t) = mids.remove(&v.message_id())
+                    {
+                        obs2.lock().unwrap().remove(&t);
+                    }
+                }
+                if let Ok((n, from)) = gsock.recv_from(&mut buf) {
+                    let req = buf[..n].to_vec();
+                    seen2.lock().unwrap().push((from, req.clone()));
+                    let v = MessageView::parse(&req).unwrap();
+                    let o = v.option(OBSERVE).and_then(opt::read_uint);
+                    if answer {
+                        mid = mid.wrapping_add(1);
+                        let t = v.token().to_vec();
+                        if o == Some(0) {
+                            obs2.lock().unwrap().insert(t.clone(), from);
+                            seq += 1;
+                            reply(from, &t, mid, Some(seq));
+                            *sent2.lock().unwrap().entry(t).or_default() += 1;
+                        } else {
+                            obs2.lock().unwrap().remove(&t);
+                            reply(from, &t, mid, None);
+                        }
+                    }
+                }
+                if Instant::now() >= next {
+                    next += Duration::from_millis(every_ms);
+                    if notify2.load(Ordering::Relaxed) {
+                        let obs: Vec<(Vec<u8>, SocketAddr)> = obs2
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .map(|(t, a)| (t.clone(), *a))
+                            .collect();
+                        for (t, to) in obs {
+                            seq += 1;
+                            mid = mid.wrapping_add(1);
+                            let d = reply(to, &t, mid, Some(seq));
+                            mids.insert(mid, t.clone());
+                            log2.lock().unwrap().push((to, d));
+                            *sent2.lock().unwrap().entry(t).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        });
+        ObsDevice {
+            seen,
+            sent,
+            log,
+            observers,
+            notify,
+            usock,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn sent_total(&self) -> usize {
+        self.sent.lock().unwrap().values().sum()
+    }
+
+    fn observers(&self) -> usize {
+        self.observers.lock().unwrap().len()
+    }
+}
+
+impl Drop for ObsDevice {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A NON GET of `uri` through the proxy with Observe `observe` (0 registers, 1
+/// deregisters: RFC 7641 §3.1, §3.6), T' = `timeout`.
+fn observe_request(uri: &str, timeout: u32, mid: u16, token: &[u8], observe: u32) -> Vec<u8> {
+    let plain = plain_request(uri, timeout, mid, token);
+    let v = MessageView::parse(&plain).unwrap();
+    let o = opt::uint_value(observe);
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.push((OBSERVE, &o));
+    build::encode(NON, code::GET, mid, token, &mut opts, &[])
+}
+
+/// What one client socket of the observation test received, by kind.
+#[derive(Default, Debug)]
+struct ObsClient {
+    /// Notifications (responses with Observe), by the client's token.
+    notifications: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+    /// 5.03 and 4.29 answers, and how many of them had no Max-Age.
+    unavailable: usize,
+    too_many: usize,
+    without_max_age: usize,
+    other: usize,
+}
+
+impl ObsClient {
+    fn take(&mut self, d: &[u8], sock: &UdpSocket, from: SocketAddr) {
+        let v = MessageView::parse(d).unwrap();
+        if v.mtype() == CON {
+            let _ = sock.send_to(&build::empty(ACK, v.message_id()), from);
+        }
+        match v.code() {
+            code::SERVICE_UNAVAILABLE | code::TOO_MANY_REQUESTS => {
+                if v.code() == code::SERVICE_UNAVAILABLE {
+                    self.unavailable += 1;
+                } else {
+                    self.too_many += 1;
+                }
+                if v.option(opt::MAX_AGE).and_then(opt::read_uint) != Some(60) {
+                    self.without_max_age += 1;
+                }
+            }
+            _ if v.option(OBSERVE).is_some() => self
+                .notifications
+                .entry(v.token().to_vec())
+                .or_default()
+                .push(d.to_vec()),
+            _ => self.other += 1,
+        }
+    }
+
+    fn poll(&mut self, sock: &UdpSocket) {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            self.take(&buf[..n], sock, from);
+        }
+    }
+
+    fn relayed(&self) -> usize {
+        self.notifications.values().map(Vec::len).sum()
+    }
+}
+
+/// Issue 15 §2, third bullet, for the observation table (RFC 10020 §3.7; groupcomm-proxy
+/// §5.2.2; README "Observe", bounds): `max_observations = 5`, `max_per_client = 2`,
+/// `notification_rate = 20`/s with a burst of 20, a device notifying every observer every
+/// 10 ms. Clients A and B hold 2 observations each; for 2 s A (at its own cap, the table
+/// with room) sends a new registration every 20 ms, then client C takes the last place
+/// and for 2 s A and C (the table full) do. The operator sees: every one of A's first
+/// refused with 4.29, then every one of A's and C's with 5.03 (the table is checked
+/// first), each with Max-Age 60, counted exactly (`client_observations`,
+/// `observations_full`); each client relayed no more than its
+/// burst plus its rate (RFC 7641 §4.5.1 lets a proxy thin notifications) and every
+/// notification the device sent either relayed or counted as `rate_limited`, exactly; the
+/// proxy's VmRSS flat over the sustained part (the tolerance of the tables test); and once
+/// A resets a notification of one observation (§3.6: `early_stop_reset`) and deregisters
+/// the other (Observe 1: `deregistered`), both groups-side registrations end at the device
+/// and A's new registrations are served again.
+#[test]
+fn observation_table_at_its_bounds_pushes_back_thins_and_recovers() {
+    let _serial = serial();
+    let s = Setup::new(
+        "observe",
+        "client_rate = 1000000.0\nclient_burst = 1000000.0\n\
+         [limits.observe]\nmax_observations = 5\nmax_per_client = 2\n\
+         notification_rate = 20.0\nnotification_burst = 20.0",
+        false,
+    );
+    s.write_config(&secure_group());
+    let dev = ObsDevice::start((PLAIN, s.plain_port).into(), 131, true, 10);
+    dev.notify.store(false, Ordering::Relaxed);
+    let proxy = ProxyProc::start(&s);
+    let uri = s.plain_uri();
+    let sock = |i: u8| {
+        let c = UdpSocket::bind((Ipv4Addr::new(127, 0, 3, i), 0)).unwrap();
+        c.set_nonblocking(true).unwrap();
+        c
+    };
+    let socks = [sock(1), sock(2), sock(3)];
+    let mut got: [ObsClient; 3] = Default::default();
+    let mut mid = 0x100u16;
+    let mut register = |c: usize, token: &[u8], got: &mut [ObsClient; 3]| {
+        mid += 1;
+        socks[c]
+            .send_to(&observe_request(&uri, 1, mid, token, 0), s.proxy_addr())
+            .unwrap();
+        thread::sleep(Duration::from_millis(20));
+        got[c].poll(&socks[c]);
+    };
+    // A: a1, a2; B: b1, b2. Four of five held.
+    for (c, t) in [(0, b"a1"), (0, b"a2"), (1, b"b1"), (1, b"b2")] {
+        register(c, t, &mut got);
+    }
+    wait_for("4 observers at the device", Duration::from_secs(5), || {
+        dev.observers() == 4
+    });
+    let m0 = proxy.scrape();
+    assert_eq!(m0.get("groxy_observations_active", &[]), 4.0);
+    assert_eq!(
+        m0.get("groxy_observations_started_total", &[("group", "plain")]),
+        4.0
+    );
+
+    // Sustained: the device notifies every 10 ms (100/s per observation, 200/s to A and
+    // B: ten times their rate). For 2 s A, at its cap, registers anew every 20 ms (4.29:
+    // the table has room); then C takes the last place and for 2 s A and C register anew
+    // every 20 ms (5.03: the table is checked first).
+    dev.notify.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let mut rss = Vec::new();
+    // Refusals expected: A's 4.29, A's 5.03, C's 5.03.
+    let (mut a_429, mut a_503, mut c_503) = (0usize, 0usize, 0usize);
+    let mut next_rss = start;
+    let mut n = 0u32;
+    let mut c_in = false;
+    while start.elapsed() < Duration::from_secs(4) {
+        n += 1;
+        if start.elapsed() < Duration::from_secs(2) {
+            register(0, format!("A{n}").as_bytes(), &mut got);
+            a_429 += 1;
+        } else if !c_in {
+            register(2, b"c1", &mut got);
+            c_in = true;
+        } else {
+            register(0, format!("A{n}").as_bytes(), &mut got);
+            register(2, format!("C{n}").as_bytes(), &mut got);
+            a_503 += 1;
+            c_503 += 1;
+        }
+        got[1].poll(&socks[1]);
+        if Instant::now() >= next_rss {
+            rss.push((start.elapsed(), proxy.rss_kib()));
+            next_rss += Duration::from_millis(100);
+        }
+    }
+    let elapsed = start.elapsed();
+    dev.notify.store(false, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(300));
+    for (c, g) in got.iter_mut().enumerate() {
+        g.poll(&socks[c]);
+    }
+    let m = proxy.scrape_until("every notification accounted", |m| {
+        m.get("groxy_notifications_relayed_total", &[("group", "plain")])
+            + m.get(
+                "groxy_notifications_dropped_total",
+                &[("group", "plain"), ("reason", "rate_limited")],
+            )
+            == dev.sent_total() as f64
+    });
+    let relayed = m.get("groxy_notifications_relayed_total", &[("group", "plain")]);
+    let limited = m.get(
+        "groxy_notifications_dropped_total",
+        &[("group", "plain"), ("reason", "rate_limited")],
+    );
+    let steady: Vec<u64> = rss
+        .iter()
+        .filter(|(t, _)| *t >= Duration::from_millis(1500))
+        .map(|(_, r)| *r)
+        .collect();
+    let (lo, hi) = (*steady.iter().min().unwrap(), *steady.iter().max().unwrap());
+    println!(
+        "observe: A {} 4.29 (want {a_429}), {} 5.03 (want {a_503}); C {} 5.03 (want {c_503}); device sent {}, relayed {relayed}, rate_limited {limited}; per client relayed {:?}; VmRSS {} KiB at start, {lo}..{hi} KiB after warm-up",
+        got[0].too_many,
+        got[0].unavailable,
+        got[2].unavailable,
+        dev.sent_total(),
+        got.iter().map(ObsClient::relayed).collect::<Vec<_>>(),
+        rss[0].1,
+    );
+    // The push-back: exactly one refusal per registration past the bounds.
+    assert_eq!(
+        (got[0].too_many, got[0].unavailable, got[2].unavailable),
+        (a_429, a_503, c_503)
+    );
+    assert_eq!(
+        (got[1].too_many + got[1].unavailable, got[2].too_many),
+        (0, 0)
+    );
+    assert!(got.iter().all(|g| g.without_max_age == 0 && g.other == 0));
+    assert_eq!(m.rejected("plain", "client_observations"), a_429 as f64);
+    assert_eq!(
+        m.rejected("plain", "observations_full"),
+        (a_503 + c_503) as f64
+    );
+    assert_eq!(m.get("groxy_observations_active", &[]), 5.0);
+    // The thinning: every notification relayed or counted, what the clients got is what
+    // was relayed, and no client over its burst plus rate.
+    assert_eq!(relayed + limited, dev.sent_total() as f64);
+    assert_eq!(
+        relayed,
+        got.iter().map(ObsClient::relayed).sum::<usize>() as f64
+    );
+    assert!(limited > 0.0);
+    let bound = 20.0 + 20.0 * (elapsed.as_secs_f64() + 1.0);
+    for g in &got[..2] {
+        assert!((g.relayed() as f64) <= bound, "{} > {bound}", g.relayed());
+    }
+    assert!(
+        hi - lo <= 512,
+        "VmRSS grew with the observation table full: {rss:?}"
+    );
+
+    // A ends both of its observations: an RST to a notification of a1, a deregistration
+    // of a2. The proxy deregisters both at the device, and A is served again.
+    let a1 = got[0].notifications[&b"a1".to_vec()]
+        .last()
+        .unwrap()
+        .clone();
+    let rst = build::empty(
+        groxy::coap::build::RST,
+        MessageView::parse(&a1).unwrap().message_id(),
+    );
+    socks[0].send_to(&rst, s.proxy_addr()).unwrap();
+    socks[0]
+        .send_to(&observe_request(&uri, 1, 0x7000, b"a2", 1), s.proxy_addr())
+        .unwrap();
+    // The device's next notification to a1 gets the proxy's RST (no deregistration
+    // request can be made for it: RFC 7641 §3.6), so notifications resume briefly.
+    dev.notify.store(true, Ordering::Relaxed);
+    let ended = proxy.scrape_until("both observations of A ended", |m| {
+        m.get(
+            "groxy_observations_ended_total",
+            &[("group", "plain"), ("reason", "early_stop_reset")],
+        ) == 1.0
+            && m.get(
+                "groxy_observations_ended_total",
+                &[("group", "plain"), ("reason", "deregistered")],
+            ) == 1.0
+    });
+    assert_eq!(ended.get("groxy_observations_active", &[]), 3.0);
+    wait_for(
+        "the device to drop A's observers",
+        Duration::from_secs(5),
+        || dev.observers() == 3,
+    );
+    dev.notify.store(false, Ordering::Relaxed);
+    got[0] = ObsClient::default();
+    thread::sleep(Duration::from_millis(1100));
+    got[0].poll(&socks[0]);
+    let before = got[0].too_many;
+    register(0, b"a3", &mut got);
+    register(0, b"a4", &mut got);
+    wait_for(
+        "A's new observations at the device",
+        Duration::from_secs(5),
+        || dev.observers() == 5,
+    );
+    thread::sleep(Duration::from_millis(50));
+    got[0].poll(&socks[0]);
+    assert_eq!(got[0].too_many, before);
+    assert!(got[0].notifications.contains_key(&b"a3"[..]));
+    assert!(got[0].notifications.contains_key(&b"a4"[..]));
+    let after = proxy.scrape();
+    assert_eq!(after.get("groxy_observations_active", &[]), 5.0);
+    assert_eq!(
+        after.get("groxy_observations_started_total", &[("group", "plain")]),
+        7.0
+    );
+}
+
+/// Issue 15 §2, third bullet, for the late-response memory (`[limits] late_memory` in
+/// config/groxy.toml: a response under one of the proxy's last `late_memory` tokens after
+/// its exchange ended counts as late, any other as unknown; README "After T' the token is
+/// freed and late responses are counted"; groupcomm-proxy §5.4.1 for responses after T').
+/// `late_memory = 4`; 12 requests to a device that records and never answers in time;
+/// once their T' (1 s) has passed the test answers every one of them as the device, 200
+/// times over 4 s. The operator sees: each round exactly 4 late (`late_response`, also
+/// `groxy_late_responses_total`) and 8 unknown (`unknown_token`), none relayed (RFC 7252
+/// §5.3.2: a response matches only an open request), and the proxy's VmRSS flat (the
+/// memory is no table: tokens are decrypted to the count they were issued at).
+#[test]
+fn late_responses_past_late_memory_count_as_unknown_and_memory_stays_flat() {
+    let _serial = serial();
+    let s = Setup::new("late", "late_memory = 4", false);
+    s.write_config(&secure_group());
+    let dev = ObsDevice::start((PLAIN, s.plain_port).into(), 132, false, 1000);
+    let proxy = ProxyProc::start(&s);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..12u16 {
+        let req = plain_request(&s.plain_uri(), 1, 0x200 + i, &(0x200 + i).to_be_bytes());
+        client.send_to(&req, s.proxy_addr()).unwrap();
+    }
+    wait_for("12 requests at the device", Duration::from_secs(5), || {
+        dev.seen.lock().unwrap().len() == 12
+    });
+    proxy.scrape_until("every exchange over", |m| {
+        m.get("groxy_exchanges_active", &[]) == 0.0
+    });
+    let answers: Vec<(SocketAddr, Vec<u8>)> = dev
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, (from, req))| {
+            let v = MessageView::parse(req).unwrap();
+            let a = build::encode(
+                NON,
+                code::CONTENT,
+                0x300 + i as u16,
+                v.token(),
+                &mut [],
+                b"late",
+            );
+            (*from, a)
+        })
+        .collect();
+    let start = Instant::now();
+    let mut rss = Vec::new();
+    let rounds = 200;
+    for r in 0..rounds {
+        for (to, a) in &answers {
+            dev.usock.send_to(a, to).unwrap();
+        }
+        if r % 5 == 0 {
+            rss.push((start.elapsed(), proxy.rss_kib()));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let want_late = 4.0 * rounds as f64;
+    let m = proxy.scrape_until("every late answer counted", |m| {
+        m.dropped("late_response") + m.dropped("unknown_token") >= 12.0 * rounds as f64
+    });
+    let steady: Vec<u64> = rss
+        .iter()
+        .filter(|(t, _)| *t >= Duration::from_millis(1500))
+        .map(|(_, r)| *r)
+        .collect();
+    let (lo, hi) = (*steady.iter().min().unwrap(), *steady.iter().max().unwrap());
+    println!(
+        "late: late_response {} unknown_token {}; VmRSS {} KiB at start, {lo}..{hi} KiB after warm-up",
+        m.dropped("late_response"),
+        m.dropped("unknown_token"),
+        rss[0].1
+    );
+    assert_eq!(m.dropped("late_response"), want_late);
+    assert_eq!(m.get("groxy_late_responses_total", &[]), want_late);
+    assert_eq!(m.dropped("unknown_token"), 8.0 * rounds as f64);
+    assert_eq!(
+        m.get("groxy_responses_relayed_total", &[("group", "plain")]),
+        0.0
+    );
+    client.set_nonblocking(true).unwrap();
+    assert!(
+        client.recv_from(&mut [0u8; 64]).is_err(),
+        "a late answer was relayed"
+    );
+    assert!(hi - lo <= 512, "VmRSS grew with late answers: {rss:?}");
+}
+
+/// Issue 15 §2, first bullet, for observations (RFC 7641 §3.6, §4.2; RFC 10020 §3.1.5:
+/// the proxy's tokens are not reused, so a response under one issued before a crash
+/// matches nothing after it). A client observes the plain group through the proxy; the
+/// proxy is killed with SIGKILL and started again, and the client registers again under
+/// the same token. The device, which never learnt of the crash, replays its last
+/// notification of the old registration (the old proxy token) to the proxy's new
+/// address, and keeps notifying the old one. The client receives only notifications of
+/// the new registration (their payload names the token they were sent under), and the
+/// replay is counted as `unknown_token`.
+#[test]
+fn after_kill_9_a_replayed_old_notification_is_not_relayed() {
+    let _serial = serial();
+    let s = Setup::new("observe-kill", "", false);
+    s.write_config(&secure_group());
+    let dev = ObsDevice::start((PLAIN, s.plain_port).into(), 133, true, 50);
+    let mut proxy = ProxyProc::start(&s);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_nonblocking(true).unwrap();
+    let mut got = ObsClient::default();
+    client
+        .send_to(
+            &observe_request(&s.plain_uri(), 1, 1, b"obs", 0),
+            s.proxy_addr(),
+        )
+        .unwrap();
+    wait_for(
+        "notifications before the kill",
+        Duration::from_secs(5),
+        || {
+            got.poll(&client);
+            got.relayed() >= 5
+        },
+    );
+    let old_token = dev.observers.lock().unwrap().keys().next().unwrap().clone();
+    proxy.kill9();
+    let (_, old) = dev.log.lock().unwrap().last().unwrap().clone();
+    proxy = ProxyProc::start(&s);
+    thread::sleep(Duration::from_millis(100));
+    got.poll(&client);
+    let mut after = ObsClient::default();
+    client
+        .send_to(
+            &observe_request(&s.plain_uri(), 1, 2, b"obs", 0),
+            s.proxy_addr(),
+        )
+        .unwrap();
+    wait_for(
+        "the new registration at the device",
+        Duration::from_secs(5),
+        || dev.observers() == 2,
+    );
+    let (new_token, new_addr) = dev
+        .observers
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| **t != old_token)
+        .map(|(t, a)| (t.clone(), *a))
+        .unwrap();
+    let unknown0 = proxy.scrape().dropped("unknown_token");
+    for _ in 0..5 {
+        dev.usock.send_to(&old, new_addr).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_for(
+        "notifications after the restart",
+        Duration::from_secs(5),
+        || {
+            after.poll(&client);
+            after.relayed() >= 5
+        },
+    );
+    let m = proxy.scrape_until("the replays counted", |m| {
+        m.dropped("unknown_token") >= unknown0 + 5.0
+    });
+    let want = format!("{}:", hex::encode(&new_token));
+    for d in after.notifications.values().flatten() {
+        let p = String::from_utf8_lossy(MessageView::parse(d).unwrap().payload()).to_string();
+        assert!(
+            p.starts_with(&want),
+            "relayed after the restart: {p} (want {want}…)"
+        );
+    }
+    assert_eq!(m.get("groxy_observations_active", &[]), 1.0);
+    assert_eq!(m.dropped("late_response"), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
 // 5. The soak (not run by CI)
 
 /// The p-th percentile of `v` (sorted here), in ms.
@@ -1684,10 +2301,11 @@ fn percentile(v: &mut [Duration], p: f64) -> f64 {
 /// (the [`Generator`], CON and NON); plain CON and NON requests to a plain group, one at a
 /// time, whose time to first response is the latency measured; every 100 ms a forged
 /// group request (one bit of its countersignature flipped) and a replay of a captured
-/// valid one; a SIGHUP reload every 60 s. VmRSS, open fds and latency p50/p99 are taken
+/// valid one; one observation of the plain group, re-registered every 60 s (RFC 7641
+/// §3.3.1); a SIGHUP reload every 60 s. VmRSS, open fds and latency p50/p99 are taken
 /// over the first and the last tenth of the run and printed as a table. Asserts only what
 /// must hold whatever the machine: every reload succeeded, forgeries and replays were
-/// all dropped, no fd leaked, the proxy still serves.
+/// all dropped, no fd leaked, the proxy still serves, the observation held to the end.
 ///
 /// `cargo test --release --test faults soak -- --ignored --nocapture`
 #[test]
@@ -1720,10 +2338,47 @@ fn soak() {
         vec![],
         Answers::Good { delay_ms: 0 },
     );
+    // An observable device in the plain group too (it answers the plain requests as well).
+    let obs_dev = ObsDevice::start((PLAIN, s.plain_port).into(), 124, true, 100);
     let proxy = ProxyProc::start(&s);
     let generator = Generator::start(&s, &g, 8);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+
+    // One observer: registers, holds, re-registers every 60 s under its token (RFC 7641
+    // §3.3.1); (re-registrations, when each notification arrived).
+    let (stop4, proxy_addr, uri) = (stop.clone(), s.proxy_addr(), s.plain_uri());
+    let observer = thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut at = Vec::new();
+        let mut again = 0usize;
+        let mut next = Instant::now();
+        let mut mid = 0u16;
+        let mut buf = [0u8; 2048];
+        while !stop4.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                if mid > 0 {
+                    again += 1;
+                }
+                mid += 1;
+                let req = observe_request(&uri, 1, mid, b"soak-obs", 0);
+                sock.send_to(&req, proxy_addr).unwrap();
+                next += Duration::from_secs(60);
+            }
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let v = MessageView::parse(&buf[..n]).unwrap();
+                if v.mtype() == CON {
+                    let _ = sock.send_to(&build::empty(ACK, v.message_id()), from);
+                }
+                if v.token() == b"soak-obs" && v.option(OBSERVE).is_some() {
+                    at.push(Instant::now());
+                }
+            }
+        }
+        (again, at)
+    });
 
     // Plain CON and NON, one at a time: (sent at, time to first response).
     let (stop2, proxy_addr, uri) = (stop.clone(), s.proxy_addr(), s.plain_uri());
@@ -1828,6 +2483,7 @@ fn soak() {
     let traffic = generator.finish();
     let (lat, lost) = plain.join().unwrap();
     let (forgeries, captured) = adversary.join().unwrap();
+    let (re_registrations, notified) = observer.join().unwrap();
     let attacks = forgeries.len();
     thread::sleep(Duration::from_millis(1500));
     let m = proxy.scrape();
@@ -1890,10 +2546,35 @@ fn soak() {
         m.get("groxy_config_reloads_total", &[("result", "success")]),
         m.get("groxy_config_reloads_total", &[("result", "failure")]),
     );
+    let late_notes = notified
+        .iter()
+        .filter(|t| t.duration_since(start) >= total - tenth)
+        .count();
+    println!(
+        "observation: {} notifications ({} in the last tenth), {re_registrations} re-registrations; observations active {}, started {}, refreshed {}, rate_limited {}, device observers {}",
+        notified.len(),
+        late_notes,
+        m.get("groxy_observations_active", &[]),
+        m.get("groxy_observations_started_total", &[("group", "plain")]),
+        m.get("groxy_observations_refreshed_total", &[("group", "plain")]),
+        m.get(
+            "groxy_notifications_dropped_total",
+            &[("group", "plain"), ("reason", "rate_limited")]
+        ),
+        obs_dev.observers(),
+    );
     assert_eq!(
         m.get("groxy_config_reloads_total", &[("result", "success")]),
         reloads as f64
     );
+    // The observation outlived every reload and re-registration: one held, notifying
+    // to the end.
+    assert_eq!(m.get("groxy_observations_active", &[]), 1.0);
+    assert_eq!(
+        m.get("groxy_observations_refreshed_total", &[("group", "plain")]),
+        re_registrations as f64
+    );
+    assert!(late_notes > 0, "no notification in the run's last tenth");
     assert_eq!(
         m.get("groxy_config_reloads_total", &[("result", "failure")]),
         0.0
