@@ -1280,6 +1280,22 @@ fn sighup_rekey_under_load_loses_no_exchange_and_verifies_each_epoch() {
     s.write_config_to(&e2, &next);
     while reload_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(1500)) {
         if reload_at.is_none() && start.elapsed() > Duration::from_secs(1) {
+            // Three more requests right before the SIGHUP, so that exchanges are in
+            // flight across it however slowly the loop runs on a loaded machine.
+            for _ in 0..3 {
+                i += 1;
+                let token = i.to_be_bytes().to_vec();
+                let (req, ex) = group_request(
+                    &mut clients[0],
+                    s.proxy_addr(),
+                    &s.secure_uri(),
+                    1,
+                    i,
+                    &token,
+                );
+                sock.send_to(&req, s.proxy_addr()).unwrap();
+                open.insert(token, (0, ex, Instant::now(), Vec::new()));
+            }
             for (d, id) in devs.iter().zip([DEV_A, DEV_B]) {
                 d.contexts
                     .lock()
