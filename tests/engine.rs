@@ -332,6 +332,35 @@ fn error_codes_of_rfc10020_s3_5_1_and_rfc7252_s5_7() {
             RejectReason::HopLimit,
             code::HOP_LIMIT_REACHED,
         ),
+        // RFC 8768 §3: a Hop-Limit of 0 (empty, or a zero byte) or above 255 is 4.00,
+        // not 5.08: the value is wrong, no hop limit was reached.
+        (
+            vec![
+                (MT, &mtv),
+                (opt::HOP_LIMIT, &[0]),
+                (opt::PROXY_URI, b"coap://224.0.1.187/x"),
+            ],
+            RejectReason::HopLimit,
+            code::BAD_REQUEST,
+        ),
+        (
+            vec![
+                (MT, &mtv),
+                (opt::HOP_LIMIT, &[]),
+                (opt::PROXY_URI, b"coap://224.0.1.187/x"),
+            ],
+            RejectReason::HopLimit,
+            code::BAD_REQUEST,
+        ),
+        (
+            vec![
+                (MT, &mtv),
+                (opt::HOP_LIMIT, &[1, 0]),
+                (opt::PROXY_URI, b"coap://224.0.1.187/x"),
+            ],
+            RejectReason::HopLimit,
+            code::BAD_REQUEST,
+        ),
         // No proxy options: for the proxy itself, which has no resources: 4.04.
         (
             vec![(opt::URI_PATH, b"x")],

@@ -949,14 +949,22 @@ impl Engine {
                 "token still in use",
             ));
         }
-        let hop_limit = match view.option(opt::HOP_LIMIT) {
-            // RFC 8768 §3: decrement; reaching 0 is 5.08.
-            Some([h]) if *h > 1 => Some(h - 1),
-            Some(_) => {
+        let hop_limit = match view.option(opt::HOP_LIMIT).map(read_uint) {
+            // RFC 8768 §3: 1 to 255, decremented before forwarding; reaching 0 is 5.08.
+            Some(Some(h @ 2..=255)) => Some(h as u8 - 1),
+            Some(Some(1)) => {
                 return Err(Reject::new(
                     code::HOP_LIMIT_REACHED,
                     RejectReason::HopLimit,
                     "hop limit reached",
+                ));
+            }
+            // 0 (also the empty value) or above 255: a bad value, not a loop (4.00).
+            Some(_) => {
+                return Err(Reject::new(
+                    code::BAD_REQUEST,
+                    RejectReason::HopLimit,
+                    "Hop-Limit must be 1 to 255",
                 ));
             }
             None => None,
