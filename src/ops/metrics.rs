@@ -20,6 +20,7 @@ use prometheus::{
 
 use crate::coap::build::code;
 use crate::proxy::events::NotificationDrop;
+use crate::proxy::events::CacheEvent;
 use crate::proxy::{
     CheckResult, CloseReason, DropReason, Engine, Event, Policy, ProxyConfig, RejectReason,
 };
@@ -144,6 +145,8 @@ pub struct Metrics {
     /// Chains of proxies (issue 16): requests sent to a next hop, early stops passed on.
     chain_forwarded: IntCounterVec,
     chain_stopped: IntCounterVec,
+    /// The response cache (issue 16).
+    cache: CacheMetrics,
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
@@ -560,6 +563,7 @@ impl Metrics {
                  section 8.1.2).",
                 &["group"],
             ),
+            cache: CacheMetrics::new(&r2, cfg),
         }
     }
 
@@ -657,6 +661,10 @@ impl Observer for Metrics {
                 let name = self.group(Some(group)).name.clone();
                 self.chain_stopped.with_label_values(&[name.as_str()]).inc();
             }
+            Event::Cache { group, what } => {
+                let i = group_index(&self.groups, group);
+                self.cache.count(i, what);
+            }
             Event::Relayed { group, after } => {
                 let h = self.group(group);
                 h.relayed.inc();
@@ -727,6 +735,9 @@ impl Observer for Metrics {
         let (active, capacity) = engine.exchanges();
         self.active.set(active as i64);
         self.capacity.set(capacity as i64);
+        let (stored, bytes) = engine.cache_usage();
+        self.cache.entries.set(stored as i64);
+        self.cache.bytes.set(bytes as i64);
         let (held, room) = engine.observations();
         self.observe.active.set(held as i64);
         self.observe.capacity.set(room as i64);
@@ -739,6 +750,78 @@ impl Observer for Metrics {
             if let (Some(c), Some(k)) = (&h.checks, engine.checker(i)) {
                 c.key_generation.set(k.current().key_generation() as i64);
             }
+        }
+    }
+}
+
+// ---- Response cache (issue 16) ----
+
+/// `groxy_cache_events_total{group,event}` (hits, misses, Group-ETag 2.03s,
+/// revalidations, stores, evictions; per group as `groups`, `unicast` last) and the
+/// gauges of what is held against the bounds.
+struct CacheMetrics {
+    /// Per group index, per `CacheEvent::ALL` index: made at start.
+    events: Vec<Vec<IntCounter>>,
+    entries: IntGauge,
+    bytes: IntGauge,
+}
+
+impl CacheMetrics {
+    fn new(r: &Registry, cfg: &ProxyConfig) -> Self {
+        let v = counter_vec(
+            r,
+            "groxy_cache_events_total",
+            "Response cache events (groupcomm-proxy section 7): hit (answered from the \
+             cache alone), miss (forwarded), group_etag_valid (one 2.03 for a matching \
+             Group-ETag), revalidated (a server's 2.03 refreshed a stale response), \
+             stored, evicted (one per response, at the bounds or a resize).",
+            &["group", "event"],
+        );
+        let events = cfg
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .chain(std::iter::once(UNICAST))
+            .map(|name| {
+                CacheEvent::ALL
+                    .iter()
+                    .map(|e| v.with_label_values(&[name, e.as_str()]))
+                    .collect()
+            })
+            .collect();
+        let entries = gauge(
+            r,
+            "groxy_cache_entries",
+            "Responses stored in the cache (bound: cache.max_entries).",
+        );
+        let bytes = gauge(
+            r,
+            "groxy_cache_bytes",
+            "Bytes of responses stored in the cache (bound: cache.max_bytes).",
+        );
+        let cap_entries = gauge(
+            r,
+            "groxy_cache_max_entries",
+            "cache.max_entries (0: the cache is off).",
+        );
+        let cap_bytes = gauge(r, "groxy_cache_max_bytes", "cache.max_bytes (0: the cache is off).");
+        if cfg.cache.enabled {
+            cap_entries.set(cfg.cache.max_entries as i64);
+            cap_bytes.set(cfg.cache.max_bytes as i64);
+        }
+        CacheMetrics {
+            events,
+            entries,
+            bytes,
+        }
+    }
+
+    fn count(&self, group: usize, what: CacheEvent) {
+        if let (Some(g), Some(i)) = (
+            self.events.get(group),
+            CacheEvent::ALL.iter().position(|e| *e == what),
+        ) {
+            g[i].inc();
         }
     }
 }

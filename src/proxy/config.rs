@@ -229,6 +229,8 @@ pub struct ProxyConfig {
     /// Where the proxy itself is reached: a request whose target names one of these is
     /// served locally, never forwarded to itself.
     pub local: LocalNames,
+    /// The response cache (groupcomm-proxy §7).
+    pub cache: CacheConfig,
 }
 
 /// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
@@ -280,6 +282,51 @@ impl Default for ProxyConfig {
             options: OptionNumbers::default(),
             limits: Limits::default(),
             local: LocalNames::default(),
+            cache: CacheConfig::default(),
         }
     }
+}
+
+// ---- Response cache (groupcomm-proxy §7, RFC 7252 §5.6; issue 16) ----
+
+/// The response cache (groupcomm-proxy §7, RFC 7252 §5.6): its bounds and, per group,
+/// what the proxy is told about the group that it cannot learn by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Off: nothing is stored and nothing served from the cache.
+    pub enabled: bool,
+    /// Stored responses held at once (one per server and request, §7); past it the
+    /// least recently used requests' responses are evicted.
+    pub max_entries: usize,
+    /// Bytes of stored responses (options, payload, key) held at once; past it the
+    /// least recently used are evicted. A single response larger is not stored.
+    pub max_bytes: usize,
+    /// Per group, by index in `ProxyConfig::groups`; a group without one has the
+    /// default (no members known, no deterministic client).
+    pub groups: Vec<GroupCache>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            max_entries: 4_096,
+            max_bytes: 4 * 1024 * 1024,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// What the cache knows of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCache {
+    /// The group's servers (address and port of their responses), as far as the
+    /// operator knows them: a group request is served from the cache alone, and a
+    /// Group-ETag offered, only when each of these has a fresh response stored
+    /// (groupcomm-proxy §7.1, §7.3). Empty: never (the proxy cannot know the members).
+    pub members: Vec<SocketAddr>,
+    /// The Sender ID of the group's deterministic client (draft-ietf-core-cacheable-
+    /// oscore §2): OSCORE-protected FETCH requests under this kid are cacheable
+    /// (groupcomm-proxy §7.4.1); no other protected request is.
+    pub deterministic_kid: Option<Vec<u8>>,
 }

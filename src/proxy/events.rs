@@ -329,6 +329,33 @@ pub enum Event {
         /// Index into `ProxyConfig::groups`.
         group: usize,
     },
+    // Response cache (groupcomm-proxy §7, RFC 7252 §5.6; issue 16).
+    /// Something the response cache did, for a group's request (`Some`) or a unicast one.
+    Cache {
+        /// Index into `ProxyConfig::groups`; None for unicast requests.
+        group: Option<usize>,
+        /// What happened.
+        what: CacheEvent,
+    },
+}
+
+labelled! {
+    /// What the response cache did (groupcomm-proxy §7, RFC 7252 §5.6).
+    pub enum CacheEvent {
+        /// A cacheable request was answered from the cache alone (nothing forwarded).
+        Hit => "hit",
+        /// A cacheable request was forwarded: nothing (complete and fresh) was stored.
+        Miss => "miss",
+        /// A group request's Group-ETag matched the current set: one 2.03 (§7.3).
+        GroupEtagValid => "group_etag_valid",
+        /// A server's 2.03 refreshed a stale stored response (RFC 7252 §5.6.2,
+        /// groupcomm-proxy §7.2); the client got the stored representation.
+        Revalidated => "revalidated",
+        /// A response was stored (or replaced the server's earlier one, §7).
+        Stored => "stored",
+        /// A stored response was evicted to stay within the bounds (or at a resize).
+        Evicted => "evicted",
+    }
 }
 
 #[cfg(test)]

@@ -14,5 +14,8 @@ pub use config::{
 pub use engine::{Engine, Link, Output, Seed, Transmit};
 pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 pub use prefix::Prefix;
+// The response cache (issue 16).
+pub use config::{CacheConfig, GroupCache};
+pub use events::CacheEvent;
 #[doc(hidden)]
 pub use tables::DedupBench;

@@ -104,6 +104,9 @@ impl EventLog {
             Event::ChainStopped { group } => {
                 tracing::debug!(event = "chain_stopped", group = %group_name(Some(*group)));
             }
+            Event::Cache { group, what } => {
+                tracing::debug!(event = "cache", group = %group_name(*group), what = what.as_str());
+            }
             Event::Checked {
                 group,
                 request,

@@ -36,6 +36,9 @@ struct File {
     groups: Vec<GroupSection>,
     #[serde(default)]
     http: Option<HttpSection>,
+    /// `[cache]`: the response cache (issue 16).
+    #[serde(default)]
+    cache: CacheSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +190,11 @@ struct GroupSection {
     next_hop_margin: u64,
     #[serde(default = "d_next_hop_hop_limit")]
     next_hop_hop_limit: u32,
+    // Response cache (groupcomm-proxy §7.1, §7.4.1).
+    #[serde(default)]
+    cache_members: Vec<String>,
+    #[serde(default)]
+    deterministic_kid: Option<String>,
 }
 fn d_next_hop_margin() -> u64 {
     1
@@ -259,8 +267,10 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let unicast = unicast_section(&f.unicast, &mut errors);
     let mut groups = Vec::new();
     let mut egress = Vec::new();
+    let mut cache = cache_section(&f.cache, &mut errors);
     for (i, g) in f.groups.iter().enumerate() {
         if let Some((spec, e)) = group_section(i, g, &f.groups[..i], base, &mut errors) {
+            cache.groups.push(group_cache(i, g, &mut errors));
             if groups.iter().any(|o: &GroupSpec| o.addr == spec.addr) {
                 errors.push(format!(
                     "group[{i}].uri: {} is used by an earlier group",
@@ -297,6 +307,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .map(|n| n.to_ascii_lowercase())
                         .collect(),
                 },
+                cache,
             },
             listen,
             egress,
@@ -535,6 +546,76 @@ fn group_section(
         bind: source,
     };
     Some((spec, egress))
+}
+
+// ---- Response cache (groupcomm-proxy §7; issue 16) ----
+
+/// `[cache]`: on or off, and its two bounds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default = "d_cache_entries")]
+    max_entries: usize,
+    #[serde(default = "d_cache_bytes")]
+    max_bytes: usize,
+}
+fn d_cache_entries() -> usize {
+    crate::proxy::CacheConfig::default().max_entries
+}
+fn d_cache_bytes() -> usize {
+    crate::proxy::CacheConfig::default().max_bytes
+}
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            enabled: false,
+            max_entries: d_cache_entries(),
+            max_bytes: d_cache_bytes(),
+        }
+    }
+}
+
+/// `[cache]`, bounds checked (groups are added per `[[group]]`).
+fn cache_section(c: &CacheSection, errors: &mut Vec<String>) -> crate::proxy::CacheConfig {
+    if !(1..=16_777_216).contains(&c.max_entries) {
+        errors.push("cache.max_entries: must be 1..=16777216".into());
+    }
+    if !(1_024..=(1 << 34)).contains(&c.max_bytes) {
+        errors.push("cache.max_bytes: must be 1024..=17179869184".into());
+    }
+    crate::proxy::CacheConfig {
+        enabled: c.enabled,
+        max_entries: c.max_entries,
+        max_bytes: c.max_bytes,
+        groups: Vec::new(),
+    }
+}
+
+/// A group's `cache_members` (addresses its servers answer from, §7.1) and
+/// `deterministic_kid` (hex, §7.4.1).
+fn group_cache(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> crate::proxy::GroupCache {
+    let key = format!("group[{i}]");
+    let members = g
+        .cache_members
+        .iter()
+        .enumerate()
+        .filter_map(|(j, m)| {
+            m.parse::<SocketAddr>()
+                .map_err(|_| errors.push(format!("{key}.cache_members[{j}]: {m:?} is not an address:port")))
+                .ok()
+        })
+        .collect();
+    let deterministic_kid = g.deterministic_kid.as_ref().and_then(|k| {
+        hex::decode(k.trim())
+            .map_err(|_| errors.push(format!("{key}.deterministic_kid: not hex")))
+            .ok()
+    });
+    crate::proxy::GroupCache {
+        members,
+        deterministic_kid,
+    }
 }
 
 /// A group's `next_hop` (groupcomm-proxy §8.1): an address and port, a margin of at

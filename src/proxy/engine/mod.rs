@@ -3,6 +3,7 @@
 //! [`Engine::handle_timeout`]; datagrams to send and events come out of
 //! [`Engine::poll_output`]; [`Engine::poll_timeout`] says when to call back.
 
+mod cache;
 mod chain;
 mod filter;
 mod member;
@@ -393,6 +394,8 @@ pub struct Engine {
     /// Batched signature verification: its CSPRNG and the current receive batch's
     /// verdicts (see `filter.rs`).
     batch: filter::BatchState,
+    /// The response cache (groupcomm-proxy §7, see `cache.rs`).
+    cache: cache::Cache,
 }
 
 /// A message's options on their way into another message: on the stack for the usual
@@ -442,6 +445,16 @@ impl Engine {
             )
             .collect::<Result<Vec<_>, _>>()?;
         let reserving = vec![None; members.len()];
+        // Group-ETag values from a stream of their own, as the batch seed above.
+        let etag_seed = {
+            use sha2::Digest;
+            let d: [u8; 32] = sha2::Sha256::new()
+                .chain_update(b"groxy group-etag values")
+                .chain_update(seed)
+                .finalize()
+                .into();
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+        };
         let cfg_limits_destinations = cfg.limits.max_destinations;
         let mut e = Engine {
             checkers,
@@ -466,6 +479,7 @@ impl Engine {
             out: VecDeque::new(),
             spare: Vec::new(),
             observers: observe::Observers::default(),
+            cache: cache::Cache::new(etag_seed),
         };
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
@@ -800,6 +814,8 @@ impl Engine {
             }
             self.send(Link::Listener(listener), from, r);
         }
+        // The rest of a set the cache answered with, after the first response.
+        self.cache_flush(listener, from, view.token());
     }
 
     /// An ACK or RST from a client: it must name the Message ID of a message the proxy
@@ -983,7 +999,8 @@ impl Engine {
             Destination::Group(g) => self.forward_to_group(now, &out, g, mt, outer),
             Destination::Origin(origin) => self.forward_unicast(now, &out, origin, outer),
         }
-        .map(|()| None)
+        // A request the cache answered has its answer there (`cache.rs`).
+        .map(|()| self.cache.reply.take())
     }
 
     /// Where a proxy target leads: a configured group, by multicast address or host name,
@@ -1271,6 +1288,17 @@ impl Engine {
             }
         };
         self.signer_allowed(g, checked.as_ref())?;
+        // §7.1: after every check a forward passes, a request the cache can answer alone
+        // is answered from it; nothing reaches the group.
+        let cache_key = (!timeout.is_zero() && via.is_none() && outer.is_none())
+            .then(|| self.cache_key(out, Some(g)))
+            .flatten();
+        if let Some(k) = &cache_key
+            && self.cache_serve_group(g, k, view)
+        {
+            return Ok(());
+        }
+        let etags = self.cache_etags(cache_key.as_ref(), view);
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = out.hop_limit.map(|h| [h]);
@@ -1280,6 +1308,8 @@ impl Engine {
             Some(mt) => self.chain_options(view, &chain_hop, mt, outer.is_some()),
             None => self.forwarded_options(view, &out.target, &hop, outer.is_some()),
         };
+        // §7.2.2: the stale stored responses' ETags, for the servers to validate.
+        opts.extend(etags.iter().map(|t| (opt::ETAG, t.as_slice())));
         // §5.2.1 step 5: a NON group request (RFC 10020 §3.1.2), the proxy's own token;
         // to a next hop, unicast, CON for a CON client (reliability hop by hop).
         let con = via.is_some() && view.mtype() == CON;
@@ -1334,6 +1364,9 @@ impl Engine {
             if let Some(r) = registration {
                 self.observe_start(token, r, dest);
             }
+            if let Some(k) = cache_key {
+                self.cache_fill(token, k, !etags.is_empty());
+            }
         }
         Ok(())
     }
@@ -1369,10 +1402,20 @@ impl Engine {
         }
         let egress = self.egress_port(origin, Link::Unicast)?;
         self.client_room(Link::Listener(listener), from)?;
+        // RFC 7252 §5.7.1: a fresh stored response answers the request (after the checks
+        // a forward passes); stale ones with an ETag are revalidated (§5.6.2).
+        let cache_key = outer.is_none().then(|| self.cache_key(out, None)).flatten();
+        if let Some(k) = &cache_key
+            && self.cache_serve_unicast(k)
+        {
+            return Ok(());
+        }
+        let etags = self.cache_etags(cache_key.as_ref(), view);
         let token = self.token();
         let tb = token.to_be_bytes();
         let hop = out.hop_limit.map(|h| [h]);
         let mut opts = self.forwarded_options(view, &out.target, &hop, outer.is_some());
+        opts.extend(etags.iter().map(|t| (opt::ETAG, t.as_slice())));
         // A CON client gets reliability end to end: CON toward the origin too.
         let con = view.mtype() == CON;
         let mid = self
@@ -1414,6 +1457,9 @@ impl Engine {
         }
         if let Some(r) = registration {
             self.observe_start(token, r, origin);
+        }
+        if let Some(k) = cache_key {
+            self.cache_fill(token, k, !etags.is_empty());
         }
         Ok(())
     }
@@ -1480,6 +1526,7 @@ impl Engine {
             self.pending.remove(&(ex.egress, origin, mid));
         }
         self.chain_closed(token, &ex, reason);
+        self.cache_closed(token);
         let to_client = Link::Listener(ex.listener);
         for mid in ex.relayed_non {
             self.relayed_non.remove(&(to_client, ex.client, mid));

@@ -109,6 +109,8 @@ impl Engine {
             }
         }
         self.cfg = cfg;
+        // Shrunk cache bounds evict down to them at once (issue 16).
+        self.cache_resize();
         Ok(())
     }
 

@@ -104,7 +104,15 @@ impl Engine {
         if let Err(reason) = self.check_response(token, view) {
             return self.drop_msg(reason, from);
         }
-        self.relay(now, token, from, view);
+        // Stored on its way to the client (groupcomm-proxy §7); a 2.03 to the proxy's
+        // revalidation goes on as the stored representation it refreshed (§7.2).
+        match self.cache_response(token, from, view) {
+            Some(stored) => match MessageView::parse(&stored) {
+                Ok(v) => self.relay(now, token, from, &v),
+                Err(_) => self.relay(now, token, from, view),
+            },
+            None => self.relay(now, token, from, view),
+        }
     }
 
     /// §5.4.1: each response goes to the client under its token; group responses with

@@ -1,0 +1,619 @@
+//! The response cache (groupcomm-proxy-07 §7, RFC 7252 §5.6, RFC 8132 §2.3), on the
+//! engine's virtual clock like everything else.
+//!
+//! An entry is one request (its destination, method, Cache-Key options and payload) with
+//! the responses stored for it: one for a unicast origin, one per server for a group
+//! request (§7: "a cache entry is associated with one server"), each keyed by the
+//! address it came from, which is what Reply-From names (§5.4.1: the option is added
+//! before caching; it is made again from that address when served).
+//!
+//! - A unicast request is served from a fresh stored response of its origin, also one a
+//!   group request stored for that server (§7, first bullet).
+//! - A group request is served from the cache alone only when the set is complete: the
+//!   group's `members` (config: the proxy has no way of its own to know them, §7.1)
+//!   each have a fresh response stored. Without configured members it is always
+//!   forwarded. Served, every stored response goes to the client under its token with
+//!   its Reply-From and Max-Age lowered by its age (RFC 7252 §5.6.1).
+//! - Stale responses with an ETag are revalidated: the forwarded request carries their
+//!   ETags (RFC 7252 §5.6.2; groupcomm-bis §3.2.2 for a group request, §7.2); a 2.03
+//!   refreshes the stored response and the client gets the stored representation.
+//! - A complete set has a Group-ETag (§7.3), offered with the responses served from the
+//!   cache alone; a group request naming it gets one 2.03, and no 2.03 otherwise.
+//! - Nothing is stored for requests through the proxy's own OSCORE layer, Observe
+//!   registrations, methods other than GET and FETCH, T' = 0, chained groups, or
+//!   end-to-end protected requests other than deterministic ones (§7.4.1).
+//!
+//! Bounded in stored responses and in bytes; past either bound the least recently used
+//! entries go first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Engine, Forward, HashMap, Link, Local};
+use crate::coap::MessageView;
+use crate::coap::build::{self, NON, code};
+use crate::coap::cri;
+use crate::coap::options::{self as opt, read_uint, uint_value};
+use crate::oscore::option::OscoreOption;
+use crate::proxy::config::GroupCache;
+use crate::proxy::events::{CacheEvent, Event};
+
+/// 0.05 FETCH (RFC 8132 §2): safe, cacheable with its payload in the key (§2.3).
+const FETCH: u8 = 0x05;
+/// 2.03 Valid (RFC 7252 §5.9.1.3).
+const VALID: u8 = 0x43;
+/// RFC 7252 §5.10.5: a response without Max-Age is fresh for 60 s.
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
+/// ETags a forwarded request carries for revalidation at most (groupcomm-bis §3.2.2
+/// allows several; more would only grow the request toward the datagram bound).
+const MAX_REVALIDATION_ETAGS: usize = 8;
+/// What a stored response costs besides its bytes (bookkeeping), for `max_bytes`.
+const OVERHEAD: usize = 64;
+
+/// Where the request of an entry went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum To {
+    Group(usize),
+    Origin(SocketAddr),
+}
+
+/// The Cache-Key of a request (RFC 7252 §5.6): destination, then method, the options
+/// that are part of the key (number, length, value each) and the payload.
+pub(super) type Key = (To, Vec<u8>);
+
+/// One server's stored response.
+#[derive(Debug)]
+struct Stored {
+    server: SocketAddr,
+    code: u8,
+    /// Without Max-Age (made again when served) and Reply-From (made from `server`).
+    options: Vec<(u16, Vec<u8>)>,
+    payload: Vec<u8>,
+    at: Instant,
+    max_age: Duration,
+    size: usize,
+}
+
+impl Stored {
+    /// How long it stays fresh from `now`; None: stale.
+    fn left(&self, now: Instant) -> Option<Duration> {
+        let end = self.at + self.max_age;
+        (end > now).then(|| end - now)
+    }
+
+    fn etag(&self) -> Option<&[u8]> {
+        self.options
+            .iter()
+            .find(|(n, _)| *n == opt::ETAG)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn same_content(&self, code: u8, options: &[(u16, Vec<u8>)], payload: &[u8]) -> bool {
+        self.code == code && self.options == options && self.payload == payload
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    responses: Vec<Stored>,
+    /// Its position in `Cache::lru`.
+    used: u64,
+    /// The Group-ETag of the set (§7.3): changed whenever a response of the set changes.
+    group_etag: u64,
+}
+
+/// What an exchange in flight stores its responses under.
+#[derive(Debug)]
+struct Filling {
+    key: Key,
+    /// The proxy added ETags of its own: a 2.03 is for the proxy, not the client.
+    revalidating: bool,
+}
+
+/// The cache's state (bounds in `ProxyConfig::cache`).
+pub(super) struct Cache {
+    entries: HashMap<Key, Entry>,
+    /// Least recently used first.
+    lru: BTreeMap<u64, Key>,
+    tick: u64,
+    bytes: usize,
+    stored: usize,
+    /// By the proxy's token; bounded by the exchange table (removed at close).
+    filling: HashMap<u64, Filling>,
+    /// The next Group-ETag value: from the engine's seed, so that a restarted proxy does
+    /// not give a different set a value a client still holds.
+    next_etag: u64,
+    /// The answer to the request being handled when the cache gave it (piggybacked or a
+    /// NON, as any local reply), and the set's further responses, sent after it.
+    pub(super) reply: Option<Local>,
+    deferred: Vec<Local>,
+}
+
+impl Cache {
+    pub(super) fn new(etag_seed: u64) -> Self {
+        Cache {
+            entries: HashMap::default(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            stored: 0,
+            filling: HashMap::default(),
+            next_etag: etag_seed,
+            reply: None,
+            deferred: Vec::new(),
+        }
+    }
+
+    fn touch(&mut self, key: &Key) {
+        self.tick += 1;
+        if let Some(e) = self.entries.get_mut(key) {
+            self.lru.remove(&e.used);
+            e.used = self.tick;
+            self.lru.insert(self.tick, key.clone());
+        }
+    }
+
+    fn etag(&mut self) -> u64 {
+        self.next_etag = self.next_etag.wrapping_add(1);
+        self.next_etag
+    }
+
+    /// Removes an entry; the groups of its responses, one per response, for counting.
+    fn remove(&mut self, key: &Key) -> usize {
+        let Some(e) = self.entries.remove(key) else {
+            return 0;
+        };
+        self.lru.remove(&e.used);
+        for s in &e.responses {
+            self.bytes -= s.size;
+        }
+        self.stored -= e.responses.len();
+        e.responses.len()
+    }
+}
+
+/// Whether a request is a deterministic request of the group (cacheable-oscore-02 §3,
+/// groupcomm-proxy §7.4.1): outer FETCH, the OSCORE option in pairwise mode (Group Flag
+/// 0) with the kid of the group's deterministic client (`deterministic_kid`). The
+/// OSCORE option value and the payload are then part of the Cache-Key like any other
+/// (they are what makes requests from different clients the same, §3.3).
+pub(crate) fn deterministic_request(group: &GroupCache, view: &MessageView) -> bool {
+    let Some(kid) = group.deterministic_kid.as_deref() else {
+        return false;
+    };
+    if view.code() != FETCH {
+        return false;
+    }
+    let Some(v) = view.option(opt::OSCORE) else {
+        return false;
+    };
+    matches!(OscoreOption::parse(v), Ok(o) if !o.group && o.kid == Some(kid))
+}
+
+/// RFC 7252 §5.4.6: NoCacheKey options are those with bits 0x1e of the number 0x1c.
+fn no_cache_key(n: u16) -> bool {
+    n & 0x1e == 0x1c
+}
+
+/// RFC 7252 §5.9: the codes whose responses are cacheable (2.05, and errors, which are
+/// cacheable with their Max-Age); 2.01, 2.02, 2.04 are not, 2.03 only updates.
+fn cacheable_code(c: u8) -> bool {
+    c == code::CONTENT || matches!(c >> 5, 4 | 5)
+}
+
+impl Engine {
+    fn group_cache(&self, g: usize) -> GroupCache {
+        self.cfg.cache.groups.get(g).cloned().unwrap_or_default()
+    }
+
+    /// The Cache-Key of a request on its way out, or None where it must not be cached:
+    /// cache off, the proxy's own OSCORE layer on it, not GET or FETCH, an Observe
+    /// registration, or protected end to end and not deterministic (§7.4).
+    pub(super) fn cache_key(&self, out: &Forward<'_>, group: Option<usize>) -> Option<Key> {
+        if !self.cfg.cache.enabled {
+            return None;
+        }
+        let view = out.view;
+        if !matches!(view.code(), code::GET | FETCH) || view.option(opt::OBSERVE).is_some() {
+            return None;
+        }
+        if view.option(opt::OSCORE).is_some()
+            && !group.is_some_and(|g| deterministic_request(&self.group_cache(g), view))
+        {
+            return None;
+        }
+        let to = match (group, &out.target) {
+            (Some(g), _) => To::Group(g),
+            (None, t) => match self.destination(t) {
+                Ok(super::Destination::Origin(o)) => To::Origin(o),
+                _ => return None,
+            },
+        };
+        // The options as forwarded: Uri-Path and Uri-Query whether the client sent them
+        // or a Proxy-Uri, no proxy options, no Hop-Limit. The Group-ETag is the client's
+        // validator of the set (§7.3), not part of what the servers answer.
+        let ge = self.cfg.options.group_etag;
+        let mut k = vec![view.code()];
+        for (n, v) in self.forwarded_options(view, &out.target, &None, false) {
+            if no_cache_key(n) || n == ge {
+                continue;
+            }
+            k.extend_from_slice(&n.to_be_bytes());
+            k.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            k.extend_from_slice(v);
+        }
+        // RFC 8132 §2.3: FETCH's payload is part of the key (GET's is kept too: a GET
+        // with a payload is not the same request).
+        k.push(0xff);
+        k.extend_from_slice(view.payload());
+        Some((to, k))
+    }
+
+    /// Tries to answer a group request from the cache alone (§7.1, §7.3). True: the
+    /// answer is in `cache.reply` (and `cache.deferred`); false: forward it.
+    pub(super) fn cache_serve_group(&mut self, g: usize, key: &Key, view: &MessageView) -> bool {
+        self.cache.reply = None;
+        self.cache.deferred.clear();
+        let members = self.group_cache(g).members;
+        if members.is_empty() {
+            return false;
+        }
+        let now = self.now;
+        let Some(e) = self.cache.entries.get(key) else {
+            return false;
+        };
+        // The set J (§7.3), in the order of the configured members; complete or nothing.
+        let mut set = Vec::with_capacity(members.len());
+        for m in &members {
+            match e.responses.iter().find(|s| s.server == *m) {
+                Some(s) => match s.left(now) {
+                    Some(left) => set.push((s, left)),
+                    None => return false,
+                },
+                None => return false,
+            }
+        }
+        let ge_no = self.cfg.options.group_etag;
+        let ge = e.group_etag.to_be_bytes().to_vec();
+        let shortest = set.iter().map(|(_, l)| *l).min().unwrap_or_default();
+        let matched = view.options().any(|(n, v)| n == ge_no && v == ge.as_slice());
+        let mut answers = Vec::new();
+        if matched {
+            // §7.3: one 2.03 with the Group-ETag, no payload; its Max-Age the set's
+            // shortest freshness, which the client's copies take on (RFC 7252 §5.9.1.3).
+            answers.push(Local {
+                code: VALID,
+                options: vec![(ge_no, ge), (opt::MAX_AGE, max_age(shortest))],
+                payload: Vec::new(),
+            });
+        } else {
+            let rf_no = self.cfg.options.reply_from;
+            for (s, left) in set {
+                let mut options = s.options.clone();
+                options.push((opt::MAX_AGE, max_age(left)));
+                options.push((rf_no, cri::reply_from(s.server)));
+                // §7.3: a 2.05 from a complete set may carry the set's Group-ETag, once.
+                if s.code == code::CONTENT {
+                    options.push((ge_no, ge.clone()));
+                }
+                options.sort_by_key(|(n, _)| *n);
+                answers.push(Local {
+                    code: s.code,
+                    options,
+                    payload: s.payload.clone(),
+                });
+            }
+        }
+        self.cache.touch(key);
+        let mut answers = answers.into_iter();
+        self.cache.reply = answers.next();
+        self.cache.deferred.extend(answers);
+        self.emit(Event::Cache {
+            group: Some(g),
+            what: if matched {
+                CacheEvent::GroupEtagValid
+            } else {
+                CacheEvent::Hit
+            },
+        });
+        true
+    }
+
+    /// Tries to answer a unicast request from the cache: the origin's fresh response to
+    /// this request, or one a group request stored from it (§7: the unicast URI with the
+    /// response's source in place of the group's authority).
+    pub(super) fn cache_serve_unicast(&mut self, key: &Key) -> bool {
+        self.cache.reply = None;
+        self.cache.deferred.clear();
+        let To::Origin(origin) = key.0 else {
+            return false;
+        };
+        let now = self.now;
+        let mut found = None;
+        let candidates =
+            std::iter::once(key.clone()).chain((0..self.cfg.groups.len()).map(|g| (To::Group(g), key.1.clone())));
+        for k in candidates {
+            if let Some(e) = self.cache.entries.get(&k)
+                && let Some(s) = e
+                    .responses
+                    .iter()
+                    .find(|s| s.server == origin && s.left(now).is_some())
+            {
+                let mut options = s.options.clone();
+                options.push((opt::MAX_AGE, max_age(s.left(now).unwrap_or_default())));
+                options.sort_by_key(|(n, _)| *n);
+                found = Some((
+                    k,
+                    Local {
+                        code: s.code,
+                        options,
+                        payload: s.payload.clone(),
+                    },
+                ));
+                break;
+            }
+        }
+        let Some((k, local)) = found else {
+            return false;
+        };
+        self.cache.touch(&k);
+        self.cache.reply = Some(local);
+        self.emit(Event::Cache {
+            group: None,
+            what: CacheEvent::Hit,
+        });
+        true
+    }
+
+    /// The ETags of the stale stored responses of `key` to revalidate with the forwarded
+    /// request (RFC 7252 §5.6.2; §7.2.1, §7.2.2): none where the client sent ETags of its
+    /// own (then a 2.03 is the client's).
+    pub(super) fn cache_etags(&self, key: Option<&Key>, view: &MessageView) -> Vec<Vec<u8>> {
+        let (Some(key), None) = (key, view.option(opt::ETAG)) else {
+            return Vec::new();
+        };
+        let Some(e) = self.cache.entries.get(key) else {
+            return Vec::new();
+        };
+        let mut etags: Vec<Vec<u8>> = Vec::new();
+        for s in &e.responses {
+            if s.left(self.now).is_none()
+                && let Some(t) = s.etag()
+                && !etags.iter().any(|e| e == t)
+                && etags.len() < MAX_REVALIDATION_ETAGS
+            {
+                etags.push(t.to_vec());
+            }
+        }
+        etags
+    }
+
+    /// The exchange `token` was opened for a cacheable request: its responses are
+    /// stored under `key` (a miss: nothing answered it from the cache).
+    pub(super) fn cache_fill(&mut self, token: u64, key: Key, revalidating: bool) {
+        let group = match key.0 {
+            To::Group(g) => Some(g),
+            To::Origin(_) => None,
+        };
+        self.cache
+            .filling
+            .insert(token, Filling { key, revalidating });
+        self.emit(Event::Cache {
+            group,
+            what: CacheEvent::Miss,
+        });
+    }
+
+    /// The exchange `token` ended: its later responses are not stored.
+    pub(super) fn cache_closed(&mut self, token: u64) {
+        self.cache.filling.remove(&token);
+    }
+
+    /// A response of exchange `token` from `from`, about to be relayed: stored if it
+    /// may be; a 2.03 to the proxy's revalidation refreshes the stored response, and
+    /// what is relayed instead is the stored representation (returned, as a message).
+    pub(super) fn cache_response(
+        &mut self,
+        token: u64,
+        from: SocketAddr,
+        view: &MessageView,
+    ) -> Option<Vec<u8>> {
+        let f = self.cache.filling.get(&token)?;
+        let (key, revalidating) = (f.key.clone(), f.revalidating);
+        let group = match key.0 {
+            To::Group(g) => Some(g),
+            To::Origin(_) => None,
+        };
+        if view.option(opt::OBSERVE).is_some() {
+            return None;
+        }
+        let now = self.now;
+        let max_age_of = |v: &MessageView| {
+            v.option(opt::MAX_AGE)
+                .map_or(Some(DEFAULT_MAX_AGE), |m| read_uint(m).map(|s| Duration::from_secs(s.into())))
+        };
+        if view.code() == VALID {
+            if !revalidating {
+                return None;
+            }
+            let etag = view.option(opt::ETAG)?;
+            let new_age = max_age_of(view)?;
+            let e = self.cache.entries.get_mut(&key)?;
+            let s = e
+                .responses
+                .iter_mut()
+                .find(|s| s.server == from && s.etag() == Some(etag))?;
+            // RFC 7252 §5.9.1.3: the stored response is fresh again, with the 2.03's
+            // Max-Age; its content is unchanged, and so is the set's Group-ETag.
+            s.at = now;
+            s.max_age = new_age;
+            let mut opts: Vec<(u16, &[u8])> =
+                s.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+            let age = uint_value(new_age.as_secs().min(u32::MAX as u64) as u32);
+            opts.push((opt::MAX_AGE, &age));
+            let bytes = build::encode(NON, s.code, 0, view.token(), &mut opts, &s.payload);
+            self.cache.touch(&key);
+            self.emit(Event::Cache {
+                group,
+                what: CacheEvent::Revalidated,
+            });
+            return Some(bytes);
+        }
+        if !cacheable_code(view.code()) {
+            return None;
+        }
+        let rf_no = self.cfg.options.reply_from;
+        let options: Vec<(u16, Vec<u8>)> = view
+            .options()
+            .filter(|(n, _)| *n != opt::MAX_AGE && *n != rf_no)
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect();
+        let payload = view.payload();
+        let age = max_age_of(view);
+        let size = OVERHEAD
+            + key.1.len()
+            + payload.len()
+            + options.iter().map(|(_, v)| v.len() + 4).sum::<usize>();
+        let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
+        // Max-Age 0 (or unreadable) is not to be stored (RFC 7252 §5.6.1), and what is
+        // stored for that server is no longer current.
+        let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0)
+        else {
+            self.cache_forget(&key, from);
+            return None;
+        };
+        let tick = self.cache.tick + 1;
+        let fresh_etag = self.cache.etag();
+        let c = &mut self.cache;
+        let e = c.entries.entry(key.clone()).or_insert_with(|| Entry {
+            responses: Vec::new(),
+            used: tick,
+            group_etag: fresh_etag,
+        });
+        let mut changed = true;
+        if let Some(i) = e.responses.iter().position(|s| s.server == from) {
+            let old = e.responses.swap_remove(i);
+            changed = !old.same_content(view.code(), &options, payload);
+            c.bytes -= old.size;
+            c.stored -= 1;
+        }
+        // §7.3: the Group-ETag changes whenever a response of the set does.
+        if changed {
+            e.group_etag = fresh_etag;
+        }
+        e.responses.push(Stored {
+            server: from,
+            code: view.code(),
+            options,
+            payload: payload.to_vec(),
+            at: now,
+            max_age: age,
+            size,
+        });
+        c.bytes += size;
+        c.stored += 1;
+        c.lru.insert(e.used, key.clone());
+        self.cache.touch(&key);
+        self.emit(Event::Cache {
+            group,
+            what: CacheEvent::Stored,
+        });
+        self.cache_evict(Some(&key));
+        None
+    }
+
+    /// Forgets what `server` has stored under `key`.
+    fn cache_forget(&mut self, key: &Key, server: SocketAddr) {
+        let c = &mut self.cache;
+        let Some(e) = c.entries.get_mut(key) else {
+            return;
+        };
+        if let Some(i) = e.responses.iter().position(|s| s.server == server) {
+            let old = e.responses.swap_remove(i);
+            c.bytes -= old.size;
+            c.stored -= 1;
+            e.group_etag = c.next_etag.wrapping_add(1);
+            c.next_etag = e.group_etag;
+        }
+        if e.responses.is_empty() {
+            c.remove(key);
+        }
+    }
+
+    /// Evicts least recently used entries until the bounds hold; `keep` goes last.
+    fn cache_evict(&mut self, keep: Option<&Key>) {
+        let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
+        while self.cache.stored > max_entries || self.cache.bytes > max_bytes {
+            let victim = self
+                .cache
+                .lru
+                .values()
+                .find(|k| Some(*k) != keep)
+                .or_else(|| self.cache.lru.values().next())
+                .cloned();
+            let Some(k) = victim else {
+                break;
+            };
+            let group = match k.0 {
+                To::Group(g) => Some(g),
+                To::Origin(_) => None,
+            };
+            for _ in 0..self.cache.remove(&k) {
+                self.emit(Event::Cache {
+                    group,
+                    what: CacheEvent::Evicted,
+                });
+            }
+        }
+    }
+
+    /// After a new configuration (SIGHUP): shrunk bounds evict down to them; a cache
+    /// turned off is emptied.
+    pub(super) fn cache_resize(&mut self) {
+        if !self.cfg.cache.enabled {
+            let keys: Vec<Key> = self.cache.lru.values().cloned().collect();
+            for k in keys {
+                let group = match k.0 {
+                    To::Group(g) => Some(g),
+                    To::Origin(_) => None,
+                };
+                for _ in 0..self.cache.remove(&k) {
+                    self.emit(Event::Cache {
+                        group,
+                        what: CacheEvent::Evicted,
+                    });
+                }
+            }
+            self.cache.filling.clear();
+            return;
+        }
+        self.cache_evict(None);
+    }
+
+    /// Sends the further responses of a set served from the cache, after the first
+    /// (the reply to the request itself), each as a NON under the client's token.
+    pub(super) fn cache_flush(&mut self, listener: usize, client: SocketAddr, token: &[u8]) {
+        let link = Link::Listener(listener);
+        for l in std::mem::take(&mut self.cache.deferred) {
+            let Some(mid) = self.mid_to(link, client, false, true) else {
+                return;
+            };
+            let mut opts: Vec<(u16, &[u8])> =
+                l.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+            let bytes = self.encode(NON, l.code, mid, token, &mut opts, &l.payload);
+            self.send(link, client, bytes);
+        }
+    }
+
+    /// Stored responses and their bytes, for the metrics.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        (self.cache.stored, self.cache.bytes)
+    }
+}
+
+/// A Max-Age value for `left` of freshness: whole seconds, rounded down (RFC 7252
+/// §5.6.1: never fresher than the origin allowed).
+fn max_age(left: Duration) -> Vec<u8> {
+    uint_value(left.as_secs().min(u32::MAX as u64) as u32)
+}
