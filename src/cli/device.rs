@@ -47,6 +47,10 @@ pub struct Args {
     /// Size of the /large representation in bytes (served block-wise, RFC 7959).
     #[arg(long, default_value_t = 3000)]
     pub large_bytes: usize,
+    /// /hello answers carry this Max-Age (seconds) and an ETag; a GET /hello with that
+    /// ETag gets 2.03 (for testing a caching proxy, groupcomm-proxy §7).
+    #[arg(long)]
+    pub hello_max_age: Option<u32>,
     /// Tests only: with --oscore, also send replayed and forged notifications.
     #[arg(long, hide = true)]
     pub misbehave: bool,
@@ -85,6 +89,7 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
             max_observers: a.max_observers,
             large_bytes: a.large_bytes,
             misbehave: a.misbehave,
+            hello_max_age: a.hello_max_age,
         });
         tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
         tokio::select! {

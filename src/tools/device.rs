@@ -62,6 +62,10 @@ pub struct Settings {
     /// one with a bit of its countersignature flipped (a forgery, §7.5). Neither may
     /// reach the client.
     pub misbehave: bool,
+    /// For tests of a caching proxy (groupcomm-proxy §7): `/hello` answers carry this
+    /// Max-Age and an ETag of the representation, and a GET of `/hello` naming that ETag
+    /// gets 2.03 (RFC 7252 §5.10.6, §5.9.1.3). None: neither option (Max-Age 60).
+    pub hello_max_age: Option<u32>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             max_observers: 64,
             large_bytes: 3000,
             misbehave: false,
+            hello_max_age: None,
         }
     }
 }
@@ -395,11 +400,24 @@ impl Resources {
                 b"</hello>;rt=\"groxy.hello\",</echo>,</counter>;obs,</large>".to_vec(),
                 Some(&link_format),
             ),
-            (code::GET, [b"hello"]) => (
-                code::CONTENT,
-                format!("hello from {}", self.name).into_bytes(),
-                Some(&text_plain),
-            ),
+            (code::GET, [b"hello"]) => {
+                let body = format!("hello from {}", self.name).into_bytes();
+                match self.settings.hello_max_age {
+                    Some(age) => {
+                        let tag = etag(&body).to_vec();
+                        let valid = v.options().any(|(n, t)| n == opt::ETAG && t == tag);
+                        extra.push((opt::MAX_AGE, opt::uint_value(age)));
+                        extra.push((opt::ETAG, tag));
+                        if valid {
+                            // RFC 7252 §5.9.1.3: 2.03 with the ETag, no payload.
+                            (VALID, Vec::new(), None)
+                        } else {
+                            (code::CONTENT, body, Some(&text_plain))
+                        }
+                    }
+                    None => (code::CONTENT, body, Some(&text_plain)),
+                }
+            }
             (code::GET, [b"counter"]) => {
                 match v.option(opt::OBSERVE).map(opt::read_uint) {
                     Some(Some(0)) => {
@@ -482,6 +500,9 @@ impl Resources {
         Ok((self.large[start..end].to_vec(), opt::uint_value(value)))
     }
 }
+
+/// 2.03 Valid (RFC 7252 §5.9.1.3).
+const VALID: u8 = 0x43;
 
 /// A strong ETag of the representation (RFC 7252 §5.10.6), so that a client reassembling
 /// blocks can tell they are of one version (RFC 7959 §2.4): its length and a checksum.
