@@ -86,7 +86,11 @@ impl Harness {
         (tx, ev, token)
     }
     /// A group GET of /temp with T' = `secs`, and `extra` options.
-    fn group_get(&mut self, secs: u32, extra: &[(u16, &[u8])]) -> (Vec<Transmit>, Vec<Event>, Vec<u8>) {
+    fn group_get(
+        &mut self,
+        secs: u32,
+        extra: &[(u16, &[u8])],
+    ) -> (Vec<Transmit>, Vec<Event>, Vec<u8>) {
         let mt = opt::uint_value(secs);
         let mut o: Vec<(u16, &[u8])> = vec![
             (opt::URI_HOST, b"224.0.1.187"),
@@ -97,7 +101,12 @@ impl Harness {
         o.extend_from_slice(extra);
         self.request(NON, code::GET, &o, &[])
     }
-    fn unicast(&mut self, t: u8, uri: &[u8], extra: &[(u16, &[u8])]) -> (Vec<Transmit>, Vec<Event>, Vec<u8>) {
+    fn unicast(
+        &mut self,
+        t: u8,
+        uri: &[u8],
+        extra: &[(u16, &[u8])],
+    ) -> (Vec<Transmit>, Vec<Event>, Vec<u8>) {
         let mut o: Vec<(u16, &[u8])> = vec![(opt::PROXY_URI, uri)];
         o.extend_from_slice(extra);
         self.request(t, code::GET, &o, &[])
@@ -106,10 +115,14 @@ impl Harness {
 
 /// What went to the group, to the origin, and to the client.
 fn to_group(tx: &[Transmit]) -> Vec<&Transmit> {
-    tx.iter().filter(|t| matches!(t.link, Link::Group(..))).collect()
+    tx.iter()
+        .filter(|t| matches!(t.link, Link::Group(..)))
+        .collect()
 }
 fn to_origin(tx: &[Transmit]) -> Vec<&Transmit> {
-    tx.iter().filter(|t| matches!(t.link, Link::Unicast(_))).collect()
+    tx.iter()
+        .filter(|t| matches!(t.link, Link::Unicast(_)))
+        .collect()
 }
 fn to_client(tx: &[Transmit]) -> Vec<MessageView<'_>> {
     tx.iter()
@@ -145,7 +158,12 @@ fn fill_group(h: &mut Harness, age: u32) {
     let fwd = to_group(&tx)[0].clone();
     let a = opt::uint_value(age);
     for (i, tag) in [(1u8, b"v1"), (2, b"v2")] {
-        let r = answer(&fwd, code::CONTENT, &[(ETAG, tag), (opt::MAX_AGE, &a)], &[b'0' + i]);
+        let r = answer(
+            &fwd,
+            code::CONTENT,
+            &[(ETAG, tag), (opt::MAX_AGE, &a)],
+            &[b'0' + i],
+        );
         h.feed(Link::Group(0, 0), device(i), &r);
     }
     h.advance(Duration::from_secs(2));
@@ -166,7 +184,10 @@ fn s7_1_complete_fresh_set_is_served_from_the_cache_alone() {
         assert_eq!(v.token(), token.as_slice());
         assert_eq!(v.code(), code::CONTENT);
         assert_eq!(v.payload(), &[b'0' + i]);
-        assert_eq!(cri::parse_reply_from(v.option(RF).unwrap()), Some(device(i)));
+        assert_eq!(
+            cri::parse_reply_from(v.option(RF).unwrap()),
+            Some(device(i))
+        );
         assert_eq!(max_age(v), Some(20));
         // §7.3: a 2.05 from a complete set may carry its Group-ETag.
         assert!(v.option(GE).is_some());
@@ -191,7 +212,11 @@ fn s7_1_incomplete_or_stale_set_or_unknown_members_is_forwarded() {
     let (tx, _, _) = h.group_get(2, &[]);
     let fwd = to_group(&tx)[0].clone();
     for i in [1, 2] {
-        h.feed(Link::Group(0, 0), device(i), &answer(&fwd, code::CONTENT, &[], b"x"));
+        h.feed(
+            Link::Group(0, 0),
+            device(i),
+            &answer(&fwd, code::CONTENT, &[], b"x"),
+        );
     }
     h.advance(Duration::from_secs(2));
     h.advance(Duration::from_secs(57));
@@ -262,7 +287,10 @@ fn rfc7252_5_6_cache_key_options_payload_and_target_forms() {
         ],
         &[],
     );
-    assert!(to_origin(&tx).is_empty(), "same Cache-Key, other target form");
+    assert!(
+        to_origin(&tx).is_empty(),
+        "same Cache-Key, other target form"
+    );
     // A NoCacheKey option (Size1, 60: RFC 7252 §5.4.6) does not change the key.
     let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/x", &[(60, &[9])]);
     assert!(to_origin(&tx).is_empty());
@@ -317,11 +345,20 @@ fn rfc7252_5_6_never_cached() {
         let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/m", &[]);
         assert_eq!(to_origin(&tx).len(), 1);
         let fwd = to_origin(&tx)[0].clone();
-        h.feed(fwd.link, origin(), &answer(&fwd, code::CONTENT, &[(opt::MAX_AGE, &[])], b"x"));
+        h.feed(
+            fwd.link,
+            origin(),
+            &answer(&fwd, code::CONTENT, &[(opt::MAX_AGE, &[])], b"x"),
+        );
     }
     // POST is not cached.
     for _ in 0..2 {
-        let (tx, ev, _) = h.request(NON, code::POST, &[(opt::PROXY_URI, b"coap://192.0.2.7/p")], &[]);
+        let (tx, ev, _) = h.request(
+            NON,
+            code::POST,
+            &[(opt::PROXY_URI, b"coap://192.0.2.7/p")],
+            &[],
+        );
         assert_eq!(to_origin(&tx).len(), 1);
         assert!(cache_events(&ev).is_empty());
         let fwd = to_origin(&tx)[0].clone();
@@ -344,7 +381,12 @@ fn s7_2_1_unicast_revalidation_2_03_refreshes_and_2_05_replaces() {
     let mut h = Harness::new(config());
     let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/r", &[]);
     let fwd = to_origin(&tx)[0].clone();
-    let r = answer(&fwd, code::CONTENT, &[(ETAG, b"e1"), (opt::MAX_AGE, &[5])], b"one");
+    let r = answer(
+        &fwd,
+        code::CONTENT,
+        &[(ETAG, b"e1"), (opt::MAX_AGE, &[5])],
+        b"one",
+    );
     h.feed(fwd.link, origin(), &r);
     h.advance(Duration::from_secs(6));
     // Stale with an ETag: forwarded with that ETag (RFC 7252 §5.6.2).
@@ -369,7 +411,12 @@ fn s7_2_1_unicast_revalidation_2_03_refreshes_and_2_05_replaces() {
     h.advance(Duration::from_secs(31));
     let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/r", &[]);
     let fwd = to_origin(&tx)[0].clone();
-    let r = answer(&fwd, code::CONTENT, &[(ETAG, b"e2"), (opt::MAX_AGE, &[30])], b"two");
+    let r = answer(
+        &fwd,
+        code::CONTENT,
+        &[(ETAG, b"e2"), (opt::MAX_AGE, &[30])],
+        b"two",
+    );
     let (tx, _) = h.feed(fwd.link, origin(), &r);
     assert_eq!(to_client(&tx)[0].payload(), b"two");
     let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/r", &[]);
@@ -385,7 +432,11 @@ fn rfc7252_5_6_2_client_etag_2_03_is_the_clients() {
     let fwd = to_origin(&tx)[0].clone();
     let v = MessageView::parse(&fwd.bytes).unwrap();
     assert_eq!(v.options().filter(|(n, _)| *n == ETAG).count(), 1);
-    let (tx, _) = h.feed(fwd.link, origin(), &answer(&fwd, VALID, &[(ETAG, b"c1")], b""));
+    let (tx, _) = h.feed(
+        fwd.link,
+        origin(),
+        &answer(&fwd, VALID, &[(ETAG, b"c1")], b""),
+    );
     assert_eq!(to_client(&tx)[0].code(), VALID);
 }
 
@@ -399,7 +450,11 @@ fn s7_2_2_group_revalidation_with_etags() {
     assert_eq!(cache_events(&ev), vec![CacheEvent::Miss]);
     let fwd = to_group(&tx)[0].clone();
     let v = MessageView::parse(&fwd.bytes).unwrap();
-    let tags: Vec<&[u8]> = v.options().filter(|(n, _)| *n == ETAG).map(|(_, t)| t).collect();
+    let tags: Vec<&[u8]> = v
+        .options()
+        .filter(|(n, _)| *n == ETAG)
+        .map(|(_, t)| t)
+        .collect();
     assert_eq!(tags, vec![&b"v1"[..], &b"v2"[..]]);
     // Device 1: 2.03, the client gets its stored 2.05; device 2: a new 2.05.
     let (tx, ev) = h.feed(
@@ -411,19 +466,30 @@ fn s7_2_2_group_revalidation_with_etags() {
     assert_eq!(got[0].code(), code::CONTENT);
     assert_eq!(got[0].payload(), b"1");
     assert_eq!(got[0].token(), token.as_slice());
-    assert_eq!(cri::parse_reply_from(got[0].option(RF).unwrap()), Some(device(1)));
+    assert_eq!(
+        cri::parse_reply_from(got[0].option(RF).unwrap()),
+        Some(device(1))
+    );
     assert_eq!(cache_events(&ev), vec![CacheEvent::Revalidated]);
     let (tx, _) = h.feed(
         Link::Group(0, 0),
         device(2),
-        &answer(&fwd, code::CONTENT, &[(ETAG, b"v3"), (opt::MAX_AGE, &[40])], b"new"),
+        &answer(
+            &fwd,
+            code::CONTENT,
+            &[(ETAG, b"v3"), (opt::MAX_AGE, &[40])],
+            b"new",
+        ),
     );
     assert_eq!(to_client(&tx)[0].payload(), b"new");
     h.advance(Duration::from_secs(2));
     // Both fresh again: served from the cache.
     let (tx, _, _) = h.group_get(2, &[]);
     assert!(to_group(&tx).is_empty());
-    let got: Vec<Vec<u8>> = to_client(&tx).iter().map(|v| v.payload().to_vec()).collect();
+    let got: Vec<Vec<u8>> = to_client(&tx)
+        .iter()
+        .map(|v| v.payload().to_vec())
+        .collect();
     assert_eq!(got, vec![b"1".to_vec(), b"new".to_vec()]);
 }
 
@@ -448,18 +514,30 @@ fn s7_3_group_etag_match_gets_one_2_03_mismatch_gets_the_set() {
     let (tx, _, _) = h.group_get(2, &[(GE, b"zz")]);
     let got = to_client(&tx);
     assert_eq!(got.len(), 2);
-    assert!(got.iter().all(|v| v.code() == code::CONTENT && v.option(GE) == Some(ge.as_slice())));
+    assert!(
+        got.iter()
+            .all(|v| v.code() == code::CONTENT && v.option(GE) == Some(ge.as_slice()))
+    );
     // A member's response changes: a new Group-ETag, and the old one gets no 2.03.
     h.advance(Duration::from_secs(31));
     let (tx, _, _) = h.group_get(2, &[(GE, &ge)]);
     let fwd = to_group(&tx)[0].clone();
     assert!(to_client(&tx).is_empty(), "stale: never a 2.03 (§7.3)");
     let a = opt::uint_value(30);
-    h.feed(Link::Group(0, 0), device(1), &answer(&fwd, VALID, &[(ETAG, b"v1"), (opt::MAX_AGE, &a)], b""));
+    h.feed(
+        Link::Group(0, 0),
+        device(1),
+        &answer(&fwd, VALID, &[(ETAG, b"v1"), (opt::MAX_AGE, &a)], b""),
+    );
     let (tx, _) = h.feed(
         Link::Group(0, 0),
         device(2),
-        &answer(&fwd, code::CONTENT, &[(ETAG, b"v9"), (opt::MAX_AGE, &a)], b"9"),
+        &answer(
+            &fwd,
+            code::CONTENT,
+            &[(ETAG, b"v9"), (opt::MAX_AGE, &a)],
+            b"9",
+        ),
     );
     assert!(to_client(&tx).iter().all(|v| v.code() == code::CONTENT));
     h.advance(Duration::from_secs(2));
@@ -505,7 +583,11 @@ fn s7_4_1_deterministic_requests_are_cached_others_not() {
     assert_eq!(cache_events(&ev), vec![CacheEvent::Miss]);
     let fwd = to_group(&tx)[0].clone();
     for i in [1, 2] {
-        h.feed(Link::Group(0, 0), device(i), &answer(&fwd, code::CONTENT, &[(opt::OSCORE, &[])], b"sealed"));
+        h.feed(
+            Link::Group(0, 0),
+            device(i),
+            &answer(&fwd, code::CONTENT, &[(opt::OSCORE, &[])], b"sealed"),
+        );
     }
     h.advance(Duration::from_secs(2));
     let (tx, ev, _) = fetch(&mut h, &det, FETCH);
@@ -531,7 +613,12 @@ fn fill_unicast(h: &mut Harness, path: &str, payload: &[u8]) -> Vec<Event> {
     let uri = format!("coap://192.0.2.7/{path}");
     let (tx, _, _) = h.unicast(NON, uri.as_bytes(), &[]);
     let fwd = to_origin(&tx)[0].clone();
-    h.feed(fwd.link, origin(), &answer(&fwd, code::CONTENT, &[], payload)).1
+    h.feed(
+        fwd.link,
+        origin(),
+        &answer(&fwd, code::CONTENT, &[], payload),
+    )
+    .1
 }
 
 fn hit(h: &mut Harness, path: &str) -> bool {
@@ -549,7 +636,10 @@ fn bounds_in_entries_evict_least_recently_used() {
     fill_unicast(&mut h, "b", b"b");
     assert!(hit(&mut h, "a"), "a used last, b least recently");
     let ev = fill_unicast(&mut h, "c", b"c");
-    assert_eq!(cache_events(&ev), vec![CacheEvent::Stored, CacheEvent::Evicted]);
+    assert_eq!(
+        cache_events(&ev),
+        vec![CacheEvent::Stored, CacheEvent::Evicted]
+    );
     assert_eq!(h.e.cache_usage().0, 2);
     assert!(hit(&mut h, "a"));
     assert!(hit(&mut h, "c"));

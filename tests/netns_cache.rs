@@ -72,7 +72,13 @@ fn start() -> Net {
         "prx",
         "proxy",
         Path::new(GROXY),
-        &["--log-format", "json", "run", "--config", path.to_str().unwrap()],
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
         Out::File,
     );
     net.wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], i);
@@ -85,7 +91,15 @@ fn read(net: &Net) -> Vec<Value> {
     let proxy = format!("{PRX_WAN}:{COAP_PORT}");
     let out = net
         .command("cli", GROXY)
-        .args(["client", &uri, "--proxy", &proxy, "--json", "--timeout", "2"])
+        .args([
+            "client",
+            &uri,
+            "--proxy",
+            &proxy,
+            "--json",
+            "--timeout",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", net.logs());

@@ -19,8 +19,8 @@ use prometheus::{
 };
 
 use crate::coap::build::code;
-use crate::proxy::events::NotificationDrop;
 use crate::proxy::events::CacheEvent;
+use crate::proxy::events::NotificationDrop;
 use crate::proxy::{
     CheckResult, CloseReason, DropReason, Engine, Event, Policy, ProxyConfig, RejectReason,
 };
@@ -738,6 +738,10 @@ impl Observer for Metrics {
         let (stored, bytes) = engine.cache_usage();
         self.cache.entries.set(stored as i64);
         self.cache.bytes.set(bytes as i64);
+        let c = &engine.config().cache;
+        let on = i64::from(c.enabled);
+        self.cache.cap_entries.set(on * c.max_entries as i64);
+        self.cache.cap_bytes.set(on * c.max_bytes as i64);
         let (held, room) = engine.observations();
         self.observe.active.set(held as i64);
         self.observe.capacity.set(room as i64);
@@ -764,6 +768,9 @@ struct CacheMetrics {
     events: Vec<Vec<IntCounter>>,
     entries: IntGauge,
     bytes: IntGauge,
+    /// The bounds in force (a SIGHUP may change them).
+    cap_entries: IntGauge,
+    cap_bytes: IntGauge,
 }
 
 impl CacheMetrics {
@@ -804,15 +811,17 @@ impl CacheMetrics {
             "groxy_cache_max_entries",
             "cache.max_entries (0: the cache is off).",
         );
-        let cap_bytes = gauge(r, "groxy_cache_max_bytes", "cache.max_bytes (0: the cache is off).");
-        if cfg.cache.enabled {
-            cap_entries.set(cfg.cache.max_entries as i64);
-            cap_bytes.set(cfg.cache.max_bytes as i64);
-        }
+        let cap_bytes = gauge(
+            r,
+            "groxy_cache_max_bytes",
+            "cache.max_bytes (0: the cache is off).",
+        );
         CacheMetrics {
             events,
             entries,
             bytes,
+            cap_entries,
+            cap_bytes,
         }
     }
 
@@ -948,5 +957,36 @@ mod tests {
         assert!(!t.contains("192.0.2.7"), "a client address became a label");
         // No pseudo-group fan-out series for unicast.
         assert!(!t.contains("groxy_fanouts_total{group=\"unicast\"}"));
+    }
+
+    /// Issue 16: cache events by group and kind; held entries and bytes against the
+    /// bounds in force, from the engine after each call.
+    #[test]
+    fn cache_events_and_gauges() {
+        let mut cfg = ProxyConfig::default();
+        cfg.cache.enabled = true;
+        cfg.cache.max_entries = 77;
+        let mut m = Metrics::new(&cfg);
+        m.event(&Event::Cache {
+            group: Some(0),
+            what: CacheEvent::Hit,
+        });
+        m.event(&Event::Cache {
+            group: None,
+            what: CacheEvent::Evicted,
+        });
+        let e = Engine::new(cfg, std::time::Instant::now(), 1u64).unwrap();
+        m.handled(&e, None);
+        let t = text(&m);
+        for line in [
+            "groxy_cache_events_total{event=\"hit\",group=\"all-coap-nodes\"} 1",
+            "groxy_cache_events_total{event=\"evicted\",group=\"unicast\"} 1",
+            "groxy_cache_events_total{event=\"revalidated\",group=\"all-coap-nodes\"} 0",
+            "groxy_cache_entries 0",
+            "groxy_cache_bytes 0",
+            "groxy_cache_max_entries 77",
+        ] {
+            assert!(t.contains(line), "missing {line:?} in\n{t}");
+        }
     }
 }

@@ -603,7 +603,11 @@ fn group_cache(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> crate::p
         .enumerate()
         .filter_map(|(j, m)| {
             m.parse::<SocketAddr>()
-                .map_err(|_| errors.push(format!("{key}.cache_members[{j}]: {m:?} is not an address:port")))
+                .map_err(|_| {
+                    errors.push(format!(
+                        "{key}.cache_members[{j}]: {m:?} is not an address:port"
+                    ))
+                })
                 .ok()
         })
         .collect();
@@ -875,5 +879,37 @@ mod tests {
         // Unknown keys are refused by name.
         let e = load_str("[proxy]\nlisten = []\nlisen = 1\n").unwrap_err();
         assert!(e[0].contains("lisen"), "{e:?}");
+    }
+
+    /// Issue 16: `[cache]` and the per-group cache keys, parsed and checked by name; off
+    /// by default (the embedded default has it off too).
+    #[test]
+    fn cache_section_and_group_keys() {
+        assert!(!load_default().run.proxy.cache.enabled);
+        let ok = load_str(
+            "[cache]\nenabled = true\nmax_entries = 10\nmax_bytes = 2048\n\n\
+             [[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\n\
+             cache_members = [\"10.0.0.1:5683\"]\ndeterministic_kid = \"dc\"\n",
+        )
+        .unwrap();
+        let c = &ok.run.proxy.cache;
+        assert!(c.enabled && c.max_entries == 10 && c.max_bytes == 2048);
+        assert_eq!(c.groups[0].members, vec!["10.0.0.1:5683".parse().unwrap()]);
+        assert_eq!(c.groups[0].deterministic_kid, Some(vec![0xdc]));
+        let errs = load_str(
+            "[cache]\nmax_entries = 0\nmax_bytes = 10\n\n\
+             [[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\n\
+             cache_members = [\"x\"]\ndeterministic_kid = \"zz\"\n",
+        )
+        .unwrap_err()
+        .join("\n");
+        for key in [
+            "cache.max_entries",
+            "cache.max_bytes",
+            "group[0].cache_members[0]",
+            "group[0].deterministic_kid",
+        ] {
+            assert!(errs.contains(key), "missing {key} in:\n{errs}");
+        }
     }
 }

@@ -277,7 +277,9 @@ impl Engine {
         let ge_no = self.cfg.options.group_etag;
         let ge = e.group_etag.to_be_bytes().to_vec();
         let shortest = set.iter().map(|(_, l)| *l).min().unwrap_or_default();
-        let matched = view.options().any(|(n, v)| n == ge_no && v == ge.as_slice());
+        let matched = view
+            .options()
+            .any(|(n, v)| n == ge_no && v == ge.as_slice());
         let mut answers = Vec::new();
         if matched {
             // §7.3: one 2.03 with the Group-ETag, no payload; its Max-Age the set's
@@ -331,8 +333,8 @@ impl Engine {
         };
         let now = self.now;
         let mut found = None;
-        let candidates =
-            std::iter::once(key.clone()).chain((0..self.cfg.groups.len()).map(|g| (To::Group(g), key.1.clone())));
+        let candidates = std::iter::once(key.clone())
+            .chain((0..self.cfg.groups.len()).map(|g| (To::Group(g), key.1.clone())));
         for k in candidates {
             if let Some(e) = self.cache.entries.get(&k)
                 && let Some(s) = e
@@ -430,8 +432,9 @@ impl Engine {
         }
         let now = self.now;
         let max_age_of = |v: &MessageView| {
-            v.option(opt::MAX_AGE)
-                .map_or(Some(DEFAULT_MAX_AGE), |m| read_uint(m).map(|s| Duration::from_secs(s.into())))
+            v.option(opt::MAX_AGE).map_or(Some(DEFAULT_MAX_AGE), |m| {
+                read_uint(m).map(|s| Duration::from_secs(s.into()))
+            })
         };
         if view.code() == VALID {
             if !revalidating {
@@ -478,8 +481,7 @@ impl Engine {
         let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
         // Max-Age 0 (or unreadable) is not to be stored (RFC 7252 §5.6.1), and what is
         // stored for that server is no longer current.
-        let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0)
-        else {
+        let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0) else {
             self.cache_forget(&key, from);
             return None;
         };
