@@ -59,7 +59,7 @@ impl Run {
         // hit: the set stored once; miss: the cache full before timing starts.
         let fill = if hit { 1 } else { 2_100 };
         for _ in 0..fill {
-            r.miss_request(true);
+            r.miss_request(!hit);
         }
         if hit {
             r.now += Duration::from_secs(6);

@@ -683,3 +683,22 @@ fn sighup_resize_evicts_down_and_off_empties() {
     assert_eq!(h.e.cache_usage(), (0, 0));
     assert!(!hit(&mut h, "c"));
 }
+
+#[test]
+fn s7_2_2_a_2_03_the_proxy_cannot_map_is_not_relayed() {
+    // The proxy's ETags went to the whole group: a server with nothing stored whose
+    // representation has one of those ETags answers 2.03. The client sent no ETag, so
+    // it gets nothing from that server (a 2.03 would be useless to it), counted.
+    let mut h = Harness::new(config());
+    fill_group(&mut h, 10);
+    h.advance(Duration::from_secs(10));
+    let (tx, _, _) = h.group_get(2, &[]);
+    let fwd = to_group(&tx)[0].clone();
+    let (tx, ev) = h.feed(
+        Link::Group(0, 0),
+        device(3),
+        &answer(&fwd, VALID, &[(ETAG, b"v1")], b""),
+    );
+    assert!(to_client(&tx).is_empty());
+    assert!(ev.iter().any(|e| matches!(e, Event::Dropped { .. })));
+}

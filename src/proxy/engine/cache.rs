@@ -111,6 +111,19 @@ struct Filling {
     revalidating: bool,
 }
 
+/// What goes to the client for a response of a filling exchange.
+pub(super) enum Relay {
+    /// The response as it came.
+    Original,
+    /// The stored representation a 2.03 to the proxy's revalidation refreshed.
+    Stored(Vec<u8>),
+    /// Nothing: a 2.03 to an ETag of the proxy's own that names nothing stored for that
+    /// server (evicted meanwhile, or a server without an entry whose representation has
+    /// the same ETag as another's). The client sent no ETag, so a 2.03 would tell it
+    /// nothing it could use.
+    Nothing,
+}
+
 /// The cache's state (bounds in `ProxyConfig::cache`).
 pub(super) struct Cache {
     entries: HashMap<Key, Entry>,
@@ -164,7 +177,9 @@ impl Cache {
         let Some(e) = self.entries.remove(key) else {
             return 0;
         };
-        self.lru.remove(&e.used);
+        if self.lru.get(&e.used) == Some(key) {
+            self.lru.remove(&e.used);
+        }
         for s in &e.responses {
             self.bytes -= s.size;
         }
@@ -420,15 +435,34 @@ impl Engine {
         token: u64,
         from: SocketAddr,
         view: &MessageView,
-    ) -> Option<Vec<u8>> {
-        let f = self.cache.filling.get(&token)?;
+    ) -> Relay {
+        if !self.cache.filling.contains_key(&token) {
+            return Relay::Original;
+        }
+        match self.cache_store(token, from, view) {
+            Some(Some(bytes)) => Relay::Stored(bytes),
+            Some(None) => Relay::Original,
+            None => Relay::Nothing,
+        }
+    }
+
+    /// `cache_response`: Some(None) relays the original, Some(bytes) those, None nothing.
+    fn cache_store(
+        &mut self,
+        token: u64,
+        from: SocketAddr,
+        view: &MessageView,
+    ) -> Option<Option<Vec<u8>>> {
+        let Some(f) = self.cache.filling.get(&token) else {
+            return Some(None);
+        };
         let (key, revalidating) = (f.key.clone(), f.revalidating);
         let group = match key.0 {
             To::Group(g) => Some(g),
             To::Origin(_) => None,
         };
         if view.option(opt::OBSERVE).is_some() {
-            return None;
+            return Some(None);
         }
         let now = self.now;
         let max_age_of = |v: &MessageView| {
@@ -438,10 +472,10 @@ impl Engine {
         };
         if view.code() == VALID {
             if !revalidating {
-                return None;
+                return Some(None);
             }
             let etag = view.option(opt::ETAG)?;
-            let new_age = max_age_of(view)?;
+            let new_age = max_age_of(view).unwrap_or(DEFAULT_MAX_AGE);
             let e = self.cache.entries.get_mut(&key)?;
             let s = e
                 .responses
@@ -461,10 +495,10 @@ impl Engine {
                 group,
                 what: CacheEvent::Revalidated,
             });
-            return Some(bytes);
+            return Some(Some(bytes));
         }
         if !cacheable_code(view.code()) {
-            return None;
+            return Some(None);
         }
         let rf_no = self.cfg.options.reply_from;
         let options: Vec<(u16, Vec<u8>)> = view
@@ -483,7 +517,7 @@ impl Engine {
         // stored for that server is no longer current.
         let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0) else {
             self.cache_forget(&key, from);
-            return None;
+            return Some(None);
         };
         let tick = self.cache.tick + 1;
         let fresh_etag = self.cache.etag();
@@ -522,7 +556,7 @@ impl Engine {
             what: CacheEvent::Stored,
         });
         self.cache_evict(Some(&key));
-        None
+        Some(None)
     }
 
     /// Forgets what `server` has stored under `key`.
@@ -547,14 +581,14 @@ impl Engine {
     fn cache_evict(&mut self, keep: Option<&Key>) {
         let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
         while self.cache.stored > max_entries || self.cache.bytes > max_bytes {
-            let victim = self
-                .cache
-                .lru
-                .values()
-                .find(|k| Some(*k) != keep)
-                .or_else(|| self.cache.lru.values().next())
-                .cloned();
-            let Some(k) = victim else {
+            let lru = &self.cache.lru;
+            let victim = lru
+                .iter()
+                .find(|(_, k)| Some(*k) != keep)
+                .or_else(|| lru.iter().next())
+                .map(|(t, _)| *t);
+            // Out of the LRU first, so that every turn of the loop shrinks it.
+            let Some(k) = victim.and_then(|t| self.cache.lru.remove(&t)) else {
                 break;
             };
             let group = match k.0 {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::cache::Relay;
 use super::{Engine, Kind, Link, MAX_SEEN_PER_EXCHANGE, Options, Route};
 use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, NON, RST, code};
@@ -107,11 +108,12 @@ impl Engine {
         // Stored on its way to the client (groupcomm-proxy §7); a 2.03 to the proxy's
         // revalidation goes on as the stored representation it refreshed (§7.2).
         match self.cache_response(token, from, view) {
-            Some(stored) => match MessageView::parse(&stored) {
+            Relay::Stored(stored) => match MessageView::parse(&stored) {
                 Ok(v) => self.relay(now, token, from, &v),
                 Err(_) => self.relay(now, token, from, view),
             },
-            None => self.relay(now, token, from, view),
+            Relay::Original => self.relay(now, token, from, view),
+            Relay::Nothing => self.drop_msg(DropReason::UnexpectedMessage, from),
         }
     }
 
