@@ -702,3 +702,43 @@ fn s7_2_2_a_2_03_the_proxy_cannot_map_is_not_relayed() {
     assert!(to_client(&tx).is_empty());
     assert!(ev.iter().any(|e| matches!(e, Event::Dropped { .. })));
 }
+
+#[test]
+fn rfc7252_5_6_1_freshness_capped_by_max_age_bound() {
+    // RFC 7252 §5.6.1 lets a cache be more careful than the origin: cache.max_age
+    // bounds how long anything stays fresh (a forged 2^32 - 1 s Max-Age included).
+    let mut c = config();
+    c.cache.max_age = Duration::from_secs(100);
+    let mut h = Harness::new(c);
+    let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/long", &[]);
+    let fwd = to_origin(&tx)[0].clone();
+    let forever = [0xff, 0xff, 0xff, 0xff];
+    h.feed(
+        fwd.link,
+        origin(),
+        &answer(&fwd, code::CONTENT, &[(opt::MAX_AGE, &forever)], b"x"),
+    );
+    h.advance(Duration::from_secs(10));
+    let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/long", &[]);
+    assert_eq!(max_age(&to_client(&tx)[0]), Some(90));
+    h.advance(Duration::from_secs(91));
+    let (tx, _, _) = h.unicast(NON, b"coap://192.0.2.7/long", &[]);
+    assert_eq!(to_origin(&tx).len(), 1, "stale after the bound");
+}
+
+#[test]
+fn s7_1_with_members_known_only_their_responses_are_stored() {
+    // A response from an address that is not a configured member (a forged source on
+    // the LAN, or a server the operator did not list) is relayed but not stored.
+    let mut h = Harness::new(config());
+    let (tx, _, _) = h.group_get(2, &[]);
+    let fwd = to_group(&tx)[0].clone();
+    let (tx, ev) = h.feed(
+        Link::Group(0, 0),
+        device(7),
+        &answer(&fwd, code::CONTENT, &[], b"7"),
+    );
+    assert_eq!(to_client(&tx).len(), 1);
+    assert!(!cache_events(&ev).contains(&CacheEvent::Stored));
+    assert_eq!(h.e.cache_usage().0, 0);
+}

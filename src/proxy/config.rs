@@ -301,6 +301,10 @@ pub struct CacheConfig {
     /// Bytes of stored responses (options, payload, key) held at once; past it the
     /// least recently used are evicted. A single response larger is not stored.
     pub max_bytes: usize,
+    /// A stored response is fresh at most this long, whatever its Max-Age says (RFC
+    /// 7252 §5.6.1 lets a cache be more careful than the origin): a forged response on
+    /// an unprotected group's LAN cannot stay for the 136 years a Max-Age can name.
+    pub max_age: std::time::Duration,
     /// Per group, by index in `ProxyConfig::groups`; a group without one has the
     /// default (no members known, no deterministic client).
     pub groups: Vec<GroupCache>,
@@ -312,6 +316,7 @@ impl Default for CacheConfig {
             enabled: false,
             max_entries: 4_096,
             max_bytes: 4 * 1024 * 1024,
+            max_age: std::time::Duration::from_secs(86_400),
             groups: Vec::new(),
         }
     }
@@ -324,6 +329,7 @@ pub struct GroupCache {
     /// operator knows them: a group request is served from the cache alone, and a
     /// Group-ETag offered, only when each of these has a fresh response stored
     /// (groupcomm-proxy §7.1, §7.3). Empty: never (the proxy cannot know the members).
+    /// Set, only these servers' responses to the group's requests are stored.
     pub members: Vec<SocketAddr>,
     /// The Sender ID of the group's deterministic client (draft-ietf-core-cacheable-
     /// oscore §2): OSCORE-protected FETCH requests under this kid are cacheable

@@ -560,6 +560,12 @@ struct CacheSection {
     max_entries: usize,
     #[serde(default = "d_cache_bytes")]
     max_bytes: usize,
+    /// Seconds.
+    #[serde(default = "d_cache_max_age")]
+    max_age: u64,
+}
+fn d_cache_max_age() -> u64 {
+    crate::proxy::CacheConfig::default().max_age.as_secs()
 }
 fn d_cache_entries() -> usize {
     crate::proxy::CacheConfig::default().max_entries
@@ -573,6 +579,7 @@ impl Default for CacheSection {
             enabled: false,
             max_entries: d_cache_entries(),
             max_bytes: d_cache_bytes(),
+            max_age: d_cache_max_age(),
         }
     }
 }
@@ -585,10 +592,14 @@ fn cache_section(c: &CacheSection, errors: &mut Vec<String>) -> crate::proxy::Ca
     if !(1_024..=(1 << 34)).contains(&c.max_bytes) {
         errors.push("cache.max_bytes: must be 1024..=17179869184".into());
     }
+    if !(1..=u64::from(u32::MAX)).contains(&c.max_age) {
+        errors.push("cache.max_age: must be 1..=4294967295 seconds".into());
+    }
     crate::proxy::CacheConfig {
         enabled: c.enabled,
         max_entries: c.max_entries,
         max_bytes: c.max_bytes,
+        max_age: Duration::from_secs(c.max_age),
         groups: Vec::new(),
     }
 }

@@ -475,7 +475,9 @@ impl Engine {
                 return Some(None);
             }
             let etag = view.option(opt::ETAG)?;
-            let new_age = max_age_of(view).unwrap_or(DEFAULT_MAX_AGE);
+            let new_age = max_age_of(view)
+                .unwrap_or(DEFAULT_MAX_AGE)
+                .min(self.cfg.cache.max_age);
             let e = self.cache.entries.get_mut(&key)?;
             let s = e
                 .responses
@@ -500,6 +502,14 @@ impl Engine {
         if !cacheable_code(view.code()) {
             return Some(None);
         }
+        // With the group's members known, only theirs are stored: others' cannot make a
+        // set complete, and a flood of them from forged addresses would evict the rest.
+        if let Some(g) = group {
+            let members = self.cfg.cache.groups.get(g).map(|c| &c.members);
+            if members.is_some_and(|m| !m.is_empty() && !m.contains(&from)) {
+                return Some(None);
+            }
+        }
         let rf_no = self.cfg.options.reply_from;
         let options: Vec<(u16, Vec<u8>)> = view
             .options()
@@ -507,7 +517,8 @@ impl Engine {
             .map(|(n, v)| (n, v.to_vec()))
             .collect();
         let payload = view.payload();
-        let age = max_age_of(view);
+        let cap = self.cfg.cache.max_age;
+        let age = max_age_of(view).map(|a| a.min(cap));
         let size = OVERHEAD
             + key.1.len()
             + payload.len()
