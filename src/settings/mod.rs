@@ -908,7 +908,7 @@ mod tests {
         assert_eq!(c.groups[0].members, vec!["10.0.0.1:5683".parse().unwrap()]);
         assert_eq!(c.groups[0].deterministic_kid, Some(vec![0xdc]));
         let errs = load_str(
-            "[cache]\nmax_entries = 0\nmax_bytes = 10\n\n\
+            "[cache]\nmax_entries = 0\nmax_bytes = 10\nmax_age = 0\n\n\
              [[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\n\
              cache_members = [\"x\"]\ndeterministic_kid = \"zz\"\n",
         )
@@ -917,6 +917,7 @@ mod tests {
         for key in [
             "cache.max_entries",
             "cache.max_bytes",
+            "cache.max_age",
             "group[0].cache_members[0]",
             "group[0].deterministic_kid",
         ] {

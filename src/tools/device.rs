@@ -895,4 +895,41 @@ mod tests {
                 .is_none()
         );
     }
+
+    /// `--hello-max-age` (issue 16, for testing a caching proxy): /hello carries that
+    /// Max-Age and an ETag; a GET naming the ETag gets 2.03 with both, no payload (RFC
+    /// 7252 §5.9.1.3, §5.10.6).
+    #[test]
+    fn rfc7252_s5_10_6_hello_max_age_and_etag_validation() {
+        let s = Settings {
+            hello_max_age: Some(4),
+            ..Settings::default()
+        };
+        let mut r = Resources::new("d", s, 0);
+        let first = r
+            .handle(peer(), &get(b"hello", &[1], &[]), true, None)
+            .unwrap();
+        let v = MessageView::parse(&first).unwrap();
+        assert_eq!(v.code(), code::CONTENT);
+        assert_eq!(v.option(opt::MAX_AGE), Some(&[4][..]));
+        let tag = v.option(opt::ETAG).unwrap().to_vec();
+        let again = r
+            .handle(
+                peer(),
+                &get(b"hello", &[2], &[(opt::ETAG, tag.clone())]),
+                true,
+                None,
+            )
+            .unwrap();
+        let v = MessageView::parse(&again).unwrap();
+        assert_eq!(v.code(), VALID);
+        assert_eq!(v.option(opt::ETAG), Some(tag.as_slice()));
+        assert!(v.payload().is_empty());
+        // Without the flag: neither option.
+        let mut plain = Resources::new("d", Settings::default(), 0);
+        let a = plain
+            .handle(peer(), &get(b"hello", &[3], &[]), true, None)
+            .unwrap();
+        assert!(MessageView::parse(&a).unwrap().option(opt::ETAG).is_none());
+    }
 }
