@@ -742,3 +742,58 @@ fn s7_1_with_members_known_only_their_responses_are_stored() {
     assert!(!cache_events(&ev).contains(&CacheEvent::Stored));
     assert_eq!(h.e.cache_usage().0, 0);
 }
+
+#[test]
+fn s7_1_forwarded_request_uses_fresh_stored_responses_too() {
+    // Only device 1 is stored (fresh for 30 s): the set is incomplete, so the request
+    // is forwarded. §7.1: device 1's stored response, L > T', waits; device 2 answers
+    // live; at T' device 1 (silent this time) gets its stored response relayed.
+    let mut h = Harness::new(config());
+    let (tx, _, _) = h.group_get(2, &[]);
+    let r = answer(
+        to_group(&tx)[0],
+        code::CONTENT,
+        &[(opt::MAX_AGE, &[30])],
+        b"1",
+    );
+    h.feed(Link::Group(0, 0), device(1), &r);
+    h.advance(Duration::from_secs(2));
+    let (tx, _, token) = h.group_get(5, &[]);
+    assert!(to_client(&tx).is_empty(), "L = 28 s > T' = 5 s: not yet");
+    let fwd = to_group(&tx)[0].clone();
+    let (tx, _) = h.feed(
+        Link::Group(0, 0),
+        device(2),
+        &answer(&fwd, code::CONTENT, &[], b"2"),
+    );
+    assert_eq!(to_client(&tx).len(), 1);
+    let (tx, _) = h.advance(Duration::from_secs(5));
+    let got = to_client(&tx);
+    assert_eq!(got.len(), 1, "device 1 from the cache at T'");
+    assert_eq!(got[0].token(), token.as_slice());
+    assert_eq!(got[0].payload(), b"1");
+    assert_eq!(
+        cri::parse_reply_from(got[0].option(RF).unwrap()),
+        Some(device(1))
+    );
+    assert_eq!(max_age(&got[0]), Some(23), "stored at 0 s, 30 - 7");
+
+    // L < T': sent at once. A server that answers is not sent again at T'.
+    let mut h = Harness::new(config());
+    let (tx, _, _) = h.group_get(2, &[]);
+    let r = answer(
+        to_group(&tx)[0],
+        code::CONTENT,
+        &[(opt::MAX_AGE, &[6])],
+        b"1",
+    );
+    h.feed(Link::Group(0, 0), device(1), &r);
+    h.advance(Duration::from_secs(2));
+    let (tx, _, _) = h.group_get(5, &[]);
+    let got = to_client(&tx);
+    assert_eq!(got.len(), 1, "L = 4 s < T' = 5 s: at once");
+    assert_eq!(got[0].payload(), b"1");
+    assert_eq!(max_age(&got[0]), Some(4));
+    let (tx, _) = h.advance(Duration::from_secs(5));
+    assert!(to_client(&tx).is_empty(), "not again at T'");
+}

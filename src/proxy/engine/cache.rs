@@ -14,6 +14,8 @@
 //!   each have a fresh response stored. Without configured members it is always
 //!   forwarded. Served, every stored response goes to the client under its token with
 //!   its Reply-From and Max-Age lowered by its age (RFC 7252 §5.6.1).
+//!   Forwarded, it uses the fresh stored responses too: those about to go stale before
+//!   T' at once, the others at T' for the servers that did not answer (§7.1).
 //! - Stale responses with an ETag are revalidated: the forwarded request carries their
 //!   ETags (RFC 7252 §5.6.2; groupcomm-bis §3.2.2 for a group request, §7.2); a 2.03
 //!   refreshes the stored response and the client gets the stored representation.
@@ -109,6 +111,10 @@ struct Filling {
     key: Key,
     /// The proxy added ETags of its own: a 2.03 is for the proxy, not the client.
     revalidating: bool,
+    /// Servers whose fresh stored response existed when the group request went out and
+    /// that have not answered it yet: at T' their stored responses go to the client
+    /// (§7.1, the extension of §5.4.1).
+    waiting: Vec<SocketAddr>,
 }
 
 /// What goes to the client for a response of a filling exchange.
@@ -408,18 +414,87 @@ impl Engine {
 
     /// The exchange `token` was opened for a cacheable request: its responses are
     /// stored under `key` (a miss: nothing answered it from the cache).
-    pub(super) fn cache_fill(&mut self, token: u64, key: Key, revalidating: bool) {
+    ///
+    /// A group request forwarded with fresh stored responses of some servers uses them
+    /// too (§7.1, extending §5.2.1 step 6): one whose residual lifetime L is below T' goes
+    /// to the client at once (it would be stale by T'); the others wait, and at T' those
+    /// of servers that did not answer are sent (see `cache_at_deadline`).
+    pub(super) fn cache_fill(
+        &mut self,
+        token: u64,
+        key: Key,
+        revalidating: bool,
+        timeout: std::time::Duration,
+    ) {
         let group = match key.0 {
             To::Group(g) => Some(g),
             To::Origin(_) => None,
         };
-        self.cache
-            .filling
-            .insert(token, Filling { key, revalidating });
+        let (mut now_, mut waiting) = (Vec::new(), Vec::new());
+        if group.is_some()
+            && let Some(e) = self.cache.entries.get(&key)
+        {
+            for s in &e.responses {
+                match s.left(self.now) {
+                    Some(l) if l < timeout => now_.push(s.server),
+                    Some(_) => waiting.push(s.server),
+                    None => {}
+                }
+            }
+        }
         self.emit(Event::Cache {
             group,
             what: CacheEvent::Miss,
         });
+        self.cache.filling.insert(
+            token,
+            Filling {
+                key: key.clone(),
+                revalidating,
+                waiting,
+            },
+        );
+        for server in now_ {
+            self.cache_relay_stored(token, &key, server);
+        }
+    }
+
+    /// At T' of exchange `token` (just before it closes): the stored responses of the
+    /// servers that were fresh when the request went out and did not answer (§7.1).
+    pub(super) fn cache_at_deadline(&mut self, token: u64) {
+        let Some(f) = self.cache.filling.get_mut(&token) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut f.waiting);
+        let key = f.key.clone();
+        for server in waiting {
+            self.cache_relay_stored(token, &key, server);
+        }
+    }
+
+    /// Relays `server`'s stored response under `key`, if still fresh, as a response of
+    /// exchange `token` (with its Reply-From and Max-Age aged, as any relayed response).
+    fn cache_relay_stored(&mut self, token: u64, key: &Key, server: SocketAddr) {
+        let now = self.now;
+        let Some(s) = self
+            .cache
+            .entries
+            .get(key)
+            .and_then(|e| e.responses.iter().find(|s| s.server == server))
+        else {
+            return;
+        };
+        let Some(left) = s.left(now) else {
+            return;
+        };
+        let mut opts: Vec<(u16, &[u8])> =
+            s.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let age = max_age(left);
+        opts.push((opt::MAX_AGE, &age));
+        let bytes = build::encode(NON, s.code, 0, &token.to_be_bytes(), &mut opts, &s.payload);
+        if let Ok(v) = MessageView::parse(&bytes) {
+            self.relay(now, token, server, &v);
+        }
     }
 
     /// The exchange `token` ended: its later responses are not stored.
@@ -436,9 +511,11 @@ impl Engine {
         from: SocketAddr,
         view: &MessageView,
     ) -> Relay {
-        if !self.cache.filling.contains_key(&token) {
+        let Some(f) = self.cache.filling.get_mut(&token) else {
             return Relay::Original;
-        }
+        };
+        // It answered: its stored response is not sent at T' (§7.1).
+        f.waiting.retain(|s| *s != from);
         match self.cache_store(token, from, view) {
             Some(Some(bytes)) => Relay::Stored(bytes),
             Some(None) => Relay::Original,

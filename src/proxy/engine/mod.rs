@@ -1365,7 +1365,7 @@ impl Engine {
                 self.observe_start(token, r, dest);
             }
             if let Some(k) = cache_key {
-                self.cache_fill(token, k, !etags.is_empty());
+                self.cache_fill(token, k, !etags.is_empty(), timeout);
             }
         }
         Ok(())
@@ -1459,7 +1459,7 @@ impl Engine {
             self.observe_start(token, r, origin);
         }
         if let Some(k) = cache_key {
-            self.cache_fill(token, k, !etags.is_empty());
+            self.cache_fill(token, k, !etags.is_empty(), timeout);
         }
         Ok(())
     }
@@ -1511,6 +1511,10 @@ impl Engine {
 
     /// Ends an exchange and frees its token; later responses count as late (§5.4.1).
     fn close(&mut self, token: u64, reason: CloseReason) {
+        // §7.1: at T', stored responses of servers that did not answer go first.
+        if reason == CloseReason::Timeout {
+            self.cache_at_deadline(token);
+        }
         let Some(mut ex) = self.exchanges.remove(&token) else {
             return;
         };
