@@ -1,0 +1,283 @@
+//! Deterministic Requests (draft-amsuess-core-cacheable-oscore-02): the Appendix F vectors
+//! byte for byte, the server's checks of §3.4.3 and the client's of §3.4.4.
+
+
+
+use groxy::oscore::ContextConfig;
+use groxy::oscore::SecurityContext;
+use groxy::oscore::alg::SigAlg;
+use groxy::oscore::cred::{Credential, PrivateKey};
+use groxy::oscore::deterministic;
+use groxy::oscore::error::OscoreError;
+
+fn h(s: &str) -> Vec<u8> {
+    hex::decode(s.replace([' ', '\n'], "")).unwrap()
+}
+
+// Appendix F.1.
+const SERVER_CRED: &str = "a501781a636f6170733a2f2f7365727665722e6578616d706c652e636f6d\
+026673656e64657203781a636f6170733a2f2f636c69656e742e6578616d\
+706c652e6f7267041a70004b4f08a101a401010327200621582077ec358c\
+1d344e41ee0e87b8383d23a2099acd39bdf989ce45b52e887463389b";
+const SERVER_KEY: &str = "857eb61d3f6d70a278a36740d132c099f62880ed497e27bdfd4685fa1a304f26";
+const GM_CRED: &str = "a501781a636f6170733a2f2f6d79736974652e6578616d706c652e636f6d\
+026c67726f75706d616e6167657203781a636f6170733a2f2f646f6d6169\
+6e2e6578616d706c652e6f7267041aab9b154f08a101a401010327200621\
+5820cde3efd3bc3f99c9c9ee210415c6cba55061b5046e963b8a58c9143a\
+61166472";
+const DET_KID: &[u8] = &[0xdc];
+const SERVER_ID: &[u8] = &[0x52];
+const CLIENT_ID: &[u8] = &[0x25];
+
+// Appendix F.2.
+const PLAIN_REQUEST: &str = "48019483f0aeef1c796812a0ba68656c6c6f576f726c64";
+const DET_REQUEST: &str = "48059483f0aeef1c796812a096190002dd11dced010e13404b3a7c9f8c878a\
+0b5246cca71e3926f0a8cebefdcabbc80e79579d5a1ee17dff65bcd5d5edf4\
+13497bfdeec8975e2acafa702b45";
+const REQUEST_HASH_VALUE: &str = "404b3a7c9f8c878a0b5246cca71e3926f0a8cebefdcabbc80e79579d5a1ee17d";
+
+// Appendix F.3.
+const PLAIN_RESPONSE: &str = "68459483f0aeef1c796812a0d2010e10ed010913404b3a7c9f8c878a0b5246\
+cca71e3926f0a8cebefdcabbc80e79579d5a1ee17dff2e2049443a203432";
+const PROTECTED_RESPONSE: &str = "68459483f0aeef1c796812a093290052520e10ffcbc7356c84c10b626fef8b\
+d57ed2dfaeec175f8e44e1b291806c0fb8b26be41b9266766ee4175644dfdb\
+25e58d2d777b105c06c5bade67d6262ca30712342a3275dd378a99e8f5ddfa\
+5d257c5a4d77b5d681d73848ed";
+
+fn base(sender_id: &[u8], key: Vec<u8>, cred: Vec<u8>) -> ContextConfig {
+    ContextConfig {
+        master_secret: h("0102030405060708090a0b0c0d0e0f10"),
+        master_salt: h("9e7ca92223786340"),
+        id_context: Some(h("dd11")),
+        alg_aead: Some(10),
+        alg_group_enc: Some(10),
+        alg_signature: Some(-8),
+        alg_pairwise_key_agreement: Some(-27),
+        // Appendix F's Group Manager key is not a point of Ed25519, which the context
+        // refuses; a valid credential stands in, its bytes replaced by F's (see `vectors`).
+        gm_cred: Some(
+            Credential::ccs_for("gm", &PrivateKey::generate(SigAlg::EdDsa).public_key())
+                .bytes()
+                .to_vec(),
+        ),
+        sender_id: sender_id.to_vec(),
+        private_key: Some(key),
+        sender_cred: Some(cred),
+        ..Default::default()
+    }
+}
+
+/// Appendix F's Group Manager credential, whose bytes alone enter the external_aad.
+fn vectors(mut ctx: SecurityContext) -> SecurityContext {
+    ctx.set_gm_cred_bytes_for_vectors(&h(GM_CRED));
+    ctx
+}
+
+/// The server S of Appendix F.
+fn server() -> SecurityContext {
+    let mut cfg = base(SERVER_ID, h(SERVER_KEY), h(SERVER_CRED));
+    let client = PrivateKey::generate(SigAlg::EdDsa);
+    cfg.recipients = vec![(
+        CLIENT_ID.to_vec(),
+        Credential::ccs_for("client", &client.public_key())
+            .bytes()
+            .to_vec(),
+    )];
+    vectors(SecurityContext::new(&cfg).unwrap())
+}
+
+/// A client C of the group (Appendix F gives no key of its own: the deterministic request
+/// uses none of the client's own material, §3.4.2).
+fn client() -> SecurityContext {
+    let key = PrivateKey::generate(SigAlg::EdDsa);
+    let cred = Credential::ccs_for("client", &key.public_key());
+    let mut cfg = base(CLIENT_ID, key.to_bytes().to_vec(), cred.bytes().to_vec());
+    cfg.recipients = vec![(SERVER_ID.to_vec(), h(SERVER_CRED))];
+    vectors(SecurityContext::new(&cfg).unwrap())
+}
+
+/// §3.4.1, §3.4.2 steps 1-2 and Appendix F.2: the Deterministic Client's Sender Key, the
+/// aad_array and the hash over them and the plaintext.
+#[test]
+fn f2_sender_key_aad_array_and_hash() {
+    let c = client();
+    assert_eq!(
+        hex::encode(&*c.deterministic_sender_key(DET_KID)),
+        "761c3081b8d8329790a8b321b3b4c3a4"
+    );
+    let aad_array = deterministic::request_aad_array(&c, DET_KID);
+    assert_eq!(
+        hex::encode(&aad_array),
+        hex::encode(h(
+            "8901840a0a27381a41dc41004042dd1146190002dd11dc40587ca501781a\
+             636f6170733a2f2f6d79736974652e6578616d706c652e636f6d026c6772\
+             6f75706d616e6167657203781a636f6170733a2f2f646f6d61696e2e6578\
+             616d706c652e6f7267041aab9b154f08a101a4010103272006215820cde3\
+             efd3bc3f99c9c9ee210415c6cba55061b5046e963b8a58c9143a61166472"
+        ))
+    );
+    let hash = deterministic::request_hash(
+        &c.deterministic_sender_key(DET_KID),
+        &aad_array,
+        &h("01ba68656c6c6f576f726c64"),
+    );
+    assert_eq!(hex::encode(hash), REQUEST_HASH_VALUE);
+}
+
+/// §3.4.2 and Appendix F.2: the deterministic request byte for byte (FETCH, OSCORE option
+/// 19 00 02 dd11 dc, Request-Hash 548 outside, the 20-byte ciphertext), and the same bytes
+/// again: nothing of the client's own state enters it.
+#[test]
+fn f2_deterministic_request_byte_exact_and_repeatable() {
+    let c = client();
+    let (wire, det) = c
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    assert_eq!(hex::encode(&wire), hex::encode(h(DET_REQUEST)));
+    assert_eq!(hex::encode(&det.hash), REQUEST_HASH_VALUE);
+    let (again, _) = c
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    assert_eq!(again, wire);
+    // Another member composes the same request (§3: "independently compose the same").
+    let other = server();
+    let (theirs, _) = other
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    assert_eq!(theirs, wire);
+}
+
+/// §3.4.3: the server recovers the plain request of Appendix F.2 and the hash; it has no
+/// replay window for it, so the same request verifies again (step 5, §6).
+#[test]
+fn f2_server_processing_recovers_the_request_without_replay_check() {
+    let s = server();
+    for _ in 0..2 {
+        let (plain, det) = s
+            .unprotect_deterministic_request(&h(DET_REQUEST), DET_KID)
+            .unwrap();
+        assert_eq!(hex::encode(&plain), PLAIN_REQUEST);
+        assert_eq!(hex::encode(&det.hash), REQUEST_HASH_VALUE);
+        assert_eq!(det.exchange.kid, DET_KID);
+        assert_eq!(det.exchange.piv, [0]);
+    }
+}
+
+/// §3.4.4 and Appendix F.3: the response byte for byte (group mode, own Partial IV 0 and
+/// kid 52, Request-Hash class I and elided, outer 2.05 and Max-Age 3600), then verified by
+/// the client with the Request-Hash it expects.
+#[test]
+fn f3_response_byte_exact_and_verified() {
+    let mut s = server();
+    let (_, mut det) = s
+        .unprotect_deterministic_request(&h(DET_REQUEST), DET_KID)
+        .unwrap();
+    let wire = s
+        .protect_deterministic_response(&h(PLAIN_RESPONSE), &mut det)
+        .unwrap();
+    assert_eq!(hex::encode(&wire), hex::encode(h(PROTECTED_RESPONSE)));
+
+    let mut c = client();
+    let (_, mut cdet) = c
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    let (plain, info) = c
+        .unprotect_deterministic_response(&wire, &mut cdet, Some(SERVER_ID))
+        .unwrap();
+    assert_eq!(info.server_id, SERVER_ID);
+    assert_eq!(info.piv, Some(0));
+    // The plain response less its Request-Hash: 2.05, Max-Age 3600, ". ID: 42".
+    assert_eq!(
+        hex::encode(&plain),
+        "68459483f0aeef1c796812a0d2010e10ff2e2049443a203432"
+    );
+    // §3.4.4 / RFC 10021 §5.3.1: the same response again is a replay.
+    assert!(
+        c.unprotect_deterministic_response(&wire, &mut cdet, Some(SERVER_ID))
+            .is_err()
+    );
+}
+
+/// §3.4.3: a Request-Hash that is not the hash of the request is refused after
+/// decryption would have used it (the tag fails, or, for a forged tag, the recomputed hash
+/// differs): a cache cannot be poisoned with another request's hash.
+#[test]
+fn tampered_request_hash_and_ciphertext_are_refused() {
+    let s = server();
+    let good = h(DET_REQUEST);
+    // The Request-Hash value starts at byte 23 (after the 4 option header bytes at 19).
+    let mut bad_hash = good.clone();
+    bad_hash[30] ^= 1;
+    assert_eq!(
+        s.unprotect_deterministic_request(&bad_hash, DET_KID)
+            .unwrap_err(),
+        OscoreError::DecryptFailed
+    );
+    let mut bad_ct = good.clone();
+    *bad_ct.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        s.unprotect_deterministic_request(&bad_ct, DET_KID)
+            .unwrap_err(),
+        OscoreError::DecryptFailed
+    );
+    // §3.4.3 step 2: under another kid it is not a deterministic request at all.
+    assert!(s.unprotect_deterministic_request(&good, &[0xdd]).is_err());
+}
+
+/// §3.4.3, §6: only safe methods are composed deterministically.
+#[test]
+fn unsafe_method_is_not_composed() {
+    let c = client();
+    let mut post = h(PLAIN_REQUEST);
+    post[1] = 0x02;
+    assert!(c.protect_deterministic_request(&post, DET_KID).is_err());
+    assert!(deterministic::is_safe_method(0x01) && deterministic::is_safe_method(0x05));
+    assert!(!deterministic::is_safe_method(0x02) && !deterministic::is_safe_method(0x04));
+}
+
+/// §3.4.4 client steps 1-2 and §3.4.5: a response naming another server, carrying another
+/// Request-Hash, or bound to another request is refused.
+#[test]
+fn response_checks_of_the_client() {
+    let mut s = server();
+    let (_, mut det) = s
+        .unprotect_deterministic_request(&h(DET_REQUEST), DET_KID)
+        .unwrap();
+    let wire = s
+        .protect_deterministic_response(&h(PLAIN_RESPONSE), &mut det)
+        .unwrap();
+    let mut c = client();
+    let (_, mut cdet) = c
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    // Step 1: the kid must be the addressed server's.
+    assert!(
+        c.unprotect_deterministic_response(&wire, &mut cdet, Some(&[0x53]))
+            .is_err()
+    );
+    // Step 2: an explicit Request-Hash must equal the request's.
+    let mut with_hash = wire.clone();
+    let (head, tail) = with_hash.split_at(23); // up to and with the Max-Age option
+    let mut other = head.to_vec();
+    other.extend_from_slice(&h("ed010613"));
+    other.extend_from_slice(&[0u8; 32]);
+    other.extend_from_slice(tail);
+    with_hash = other;
+    assert!(
+        c.unprotect_deterministic_response(&with_hash, &mut cdet, Some(SERVER_ID))
+            .is_err()
+    );
+    // The same response for another request: the class I Request-Hash differs.
+    let mut get_other = h(PLAIN_REQUEST);
+    *get_other.last_mut().unwrap() = b'X';
+    let (_, mut odet) = c
+        .protect_deterministic_request(&get_other, DET_KID)
+        .unwrap();
+    assert!(
+        c.unprotect_deterministic_response(&wire, &mut odet, Some(SERVER_ID))
+            .is_err()
+    );
+    // And the right one still verifies.
+    c.unprotect_deterministic_response(&wire, &mut cdet, Some(SERVER_ID))
+        .unwrap();
+}
