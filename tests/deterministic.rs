@@ -281,3 +281,126 @@ fn response_checks_of_the_client() {
     c.unprotect_deterministic_response(&wire, &mut cdet, Some(SERVER_ID))
         .unwrap();
 }
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{Group, ask, free_port};
+use groxy::coap::MessageView;
+use groxy::oscore::Mode;
+use groxy::runtime::sockets::Interface;
+use groxy::tools::client::{Client, ClientEvent, ClientRequest, Response};
+use groxy::tools::device::{Device, DeviceConfig, Settings};
+
+const DEV: &[u8] = &[0x0d];
+const MEMBER: &[u8] = &[0x01];
+
+/// A `groxy device` member of `g` on loopback that answers Deterministic Requests of
+/// `DET_KID` (as `--deterministic-kid dc`); returns its unicast address.
+fn spawn_device(g: &Group, name: &str, last_octet: u8) -> SocketAddr {
+    let port = free_port();
+    let bind: SocketAddr = (Ipv4Addr::new(127, 0, 0, last_octet), port).into();
+    let mut d = Device::bind(DeviceConfig {
+        name: name.into(),
+        group: (Ipv4Addr::new(224, 0, 1, 187), port).into(),
+        interface: Interface::Addr(Ipv4Addr::LOCALHOST),
+        bind,
+        leisure: Duration::ZERO,
+        delay: Duration::ZERO,
+        oscore: Some((g.config(DEV), Mode::Group)),
+    })
+    .unwrap();
+    d.settings(Settings {
+        deterministic_kid: Some(DET_KID.to_vec()),
+        ..Settings::default()
+    });
+    tokio::spawn(d.run());
+    bind
+}
+
+/// The client's one response to what it last sent, with the datagram it sent.
+async fn exchange(
+    c: &mut Client,
+    sock: &tokio::net::UdpSocket,
+    req: &ClientRequest,
+) -> (Vec<u8>, Vec<u8>, Response) {
+    c.request(Instant::now(), req).unwrap();
+    let d = c.poll_transmit().expect("the request");
+    let answer = ask(sock, d.to, &d.bytes).await;
+    c.handle(Instant::now(), d.to, &answer);
+    while let Some(e) = c.poll_event() {
+        if let ClientEvent::Response { response, .. } = e {
+            return (d.bytes, answer, response);
+        }
+    }
+    panic!("no response reported");
+}
+
+/// cacheable-oscore §3.4.2-§3.4.4 over real sockets: `groxy client --deterministic dc`
+/// (the sans-I/O client behind it) sends the same GET twice; both are the same bytes past
+/// the token (options, Request-Hash and ciphertext: only the message layer's Message ID
+/// and token differ, RFC 7252 §4.4, §5.3.1), FETCH outside; the device answers each in
+/// group mode with its own Partial IV and an outer Max-Age, and the client verifies both.
+#[tokio::test]
+async fn loopback_same_get_twice_is_byte_identical_and_answers_verify() {
+    let g = Group::new(&[MEMBER, DEV]);
+    let dev = spawn_device(&g, "det1", 93);
+    let mut req = ClientRequest::get(dev, &format!("coap://{dev}/hello"), 1);
+    req.direct = true;
+    req.oscore = Some(g.config(MEMBER));
+    req.deterministic = Some(DET_KID.to_vec());
+    let mut c = Client::for_request(&req, [7; 32]).unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (w1, a1, r1) = exchange(&mut c, &sock, &req).await;
+    let (w2, a2, r2) = exchange(&mut c, &sock, &req).await;
+    let (v1, v2) = (MessageView::parse(&w1).unwrap(), MessageView::parse(&w2).unwrap());
+    assert_eq!(v1.code(), 0x05, "outer FETCH (§3.4.2 step 8)");
+    assert_ne!(v1.token(), v2.token());
+    assert_eq!(w1[4 + 8..], w2[4 + 8..], "same options and payload");
+    assert_eq!(v1.option(REQUEST_HASH_NUMBER).map(<[u8]>::len), Some(32));
+    for (r, a) in [(&r1, &a1), (&r2, &a2)] {
+        assert_eq!(r.oscore, Some(Ok((Mode::Group, DEV.to_vec()))));
+        assert_eq!(r.code, 0x45);
+        assert_eq!(r.payload, b"hello from det1");
+        let av = MessageView::parse(a).unwrap();
+        assert_eq!(av.code(), 0x45, "outer 2.05 (§3.4.4 step 6)");
+        assert_eq!(av.option(14), Some(&[60u8][..]), "outer Max-Age 60 (step 9)");
+        assert_eq!(av.option(REQUEST_HASH_NUMBER), None, "elided (step 7)");
+    }
+    // Each response carries the device's own Partial IV (§3.4.4 step 5): not the same bytes.
+    assert_ne!(a1[4 + 8..], a2[4 + 8..]);
+}
+
+const REQUEST_HASH_NUMBER: u16 = deterministic::REQUEST_HASH;
+
+/// §3.4.3: a Deterministic Request whose Request-Hash was altered gets an unprotected
+/// 4.00 with Max-Age 0 by unicast (the recomputed hash, or the tag, fails), so that no
+/// cache keeps an answer to it.
+#[tokio::test]
+async fn loopback_tampered_request_hash_gets_unprotected_4_00() {
+    let g = Group::new(&[MEMBER, DEV]);
+    let dev = spawn_device(&g, "det2", 94);
+    let mut req = ClientRequest::get(dev, &format!("coap://{dev}/hello"), 1);
+    req.direct = true;
+    req.oscore = Some(g.config(MEMBER));
+    req.deterministic = Some(DET_KID.to_vec());
+    let mut c = Client::for_request(&req, [8; 32]).unwrap();
+    c.request(Instant::now(), &req).unwrap();
+    let mut d = c.poll_transmit().unwrap().bytes;
+    // One bit of the Request-Hash value flipped.
+    let hash = MessageView::parse(&d)
+        .unwrap()
+        .option(REQUEST_HASH_NUMBER)
+        .unwrap()
+        .to_vec();
+    let at = d.windows(32).position(|w| w == hash).unwrap();
+    d[at + 31] ^= 1;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let a = ask(&sock, dev, &d).await;
+    let av = MessageView::parse(&a).unwrap();
+    assert_eq!(av.code(), 0x80);
+    assert_eq!(av.option(9), None, "not protected");
+    assert_eq!(av.option(14), Some(&[][..]), "Max-Age 0");
+}
