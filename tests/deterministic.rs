@@ -404,3 +404,277 @@ async fn loopback_tampered_request_hash_gets_unprotected_4_00() {
     assert_eq!(av.option(9), None, "not protected");
     assert_eq!(av.option(14), Some(&[][..]), "Max-Age 0");
 }
+
+// ---- The proxy's request filter (README "Deterministic requests") ----
+
+use groxy::coap::build::{self, NON};
+use groxy::coap::options as opt;
+use groxy::proxy::{
+    CheckResult, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, Transmit,
+};
+
+const PROXY_ID: &[u8] = &[0x50];
+const OTHER: &[u8] = &[0x02];
+
+struct P {
+    e: Engine,
+    now: Instant,
+    mid: u16,
+}
+
+/// A proxy checking group 0 under `policy`, as a member of it if `member`, with the
+/// Deterministic Client `det` configured (`[[group]] deterministic_kid`).
+fn proxy(g: &Group, policy: Policy, member: bool, det: Option<&[u8]>) -> P {
+    proxy_with(g, policy, member, det, None)
+}
+
+fn proxy_with(
+    g: &Group,
+    policy: Policy,
+    member: bool,
+    det: Option<&[u8]>,
+    allow_kids: Option<Vec<Vec<u8>>>,
+) -> P {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy,
+        checker: g.checker_config(),
+        member: member.then(|| g.config(PROXY_ID)),
+        allow_kids,
+    });
+    cfg.deterministic_kids = vec![det.map(<[u8]>::to_vec)];
+    let now = Instant::now();
+    P {
+        e: Engine::new(cfg, now, 7).unwrap(),
+        now,
+        mid: 100,
+    }
+}
+
+impl P {
+    /// `protected` through the proxy to the group, the proxy options added outside.
+    fn send(&mut self, protected: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
+        self.mid += 1;
+        let v = MessageView::parse(protected).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::URI_HOST, b"224.0.1.187"));
+        opts.push((opt::PROXY_SCHEME, b"coap"));
+        opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[5]));
+        let token = self.mid.to_be_bytes();
+        let msg = build::encode(NON, v.code(), self.mid, &token, &mut opts, v.payload());
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        self.e.handle(self.now, Link::Listener(0), from, &msg);
+        common::outputs(&mut self.e)
+    }
+}
+
+fn multicast(tx: &[Transmit]) -> Option<&Transmit> {
+    tx.iter().find(|t| t.link == Link::Group(0, 0))
+}
+
+fn results(ev: &[Event]) -> Vec<CheckResult> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Checked {
+                request: true,
+                result,
+                ..
+            } => Some(*result),
+            _ => None,
+        })
+        .collect()
+}
+
+const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
+
+/// A Deterministic Request for GET /hello composed by `member` of `g`.
+fn det_request(g: &Group, member: &[u8]) -> Vec<u8> {
+    let ctx = SecurityContext::new(&g.config(member)).unwrap();
+    ctx.protect_deterministic_request(&h(GET_HELLO), DET_KID)
+        .unwrap()
+        .0
+}
+
+/// Replaces the value of option `n` (same length) or the code of a datagram.
+fn with_option(d: &[u8], n: u16, value: &[u8]) -> Vec<u8> {
+    let v = MessageView::parse(d).unwrap();
+    let mut opts: Vec<(u16, &[u8])> = v
+        .options()
+        .map(|(o, x)| if o == n { (o, value) } else { (o, x) })
+        .collect();
+    build::encode(
+        v.mtype(),
+        v.code(),
+        v.message_id(),
+        v.token(),
+        &mut opts,
+        v.payload(),
+    )
+}
+
+/// README request path step 8, unchanged without `deterministic_kid`: a pairwise-mode
+/// request to a group carries no signature (RFC 10021 §8) and is dropped under enforce,
+/// a Deterministic Request among them.
+#[test]
+fn without_deterministic_kid_a_deterministic_request_is_dropped_as_unverifiable() {
+    let g = Group::new(&[MEMBER, DEV]);
+    let mut p = proxy(&g, Policy::Enforce, false, None);
+    let (tx, ev) = p.send(&det_request(&g, MEMBER));
+    assert!(multicast(&tx).is_none());
+    assert_eq!(results(&ev), vec![CheckResult::Unverifiable]);
+}
+
+/// groupcomm-proxy §7.4.1, cacheable-oscore §3.4.2 and §6: with the group's
+/// `deterministic_kid`, a Deterministic Request (FETCH, pairwise, that kid, Partial IV 0,
+/// the Gid, a 32-byte Request-Hash) is forwarded under enforce with its OSCORE option,
+/// Request-Hash and ciphertext untouched, and again when sent again: it is meant to be
+/// repeated, so no replay window applies. Any member composes the same bytes.
+#[test]
+fn deterministic_request_is_forwarded_untouched_and_repeatedly() {
+    let g = Group::new(&[MEMBER, OTHER, DEV]);
+    let mut p = proxy(&g, Policy::Enforce, false, Some(DET_KID));
+    let req = det_request(&g, MEMBER);
+    assert_eq!(req, det_request(&g, OTHER));
+    let rv = MessageView::parse(&req).unwrap();
+    for _ in 0..3 {
+        let (tx, ev) = p.send(&req);
+        let out = multicast(&tx).expect("forwarded to the group");
+        let ov = MessageView::parse(&out.bytes).unwrap();
+        assert_eq!(ov.code(), 0x05);
+        assert_eq!(ov.option(opt::OSCORE), rv.option(opt::OSCORE));
+        assert_eq!(
+            ov.option(deterministic::REQUEST_HASH),
+            rv.option(deterministic::REQUEST_HASH)
+        );
+        assert_eq!(ov.payload(), rv.payload());
+        assert_eq!(results(&ev), vec![CheckResult::Deterministic]);
+    }
+}
+
+/// cacheable-oscore §3.4.2 steps 1 and 8, §3.3: what does not have a Deterministic
+/// Request's form under the Deterministic Client's kid is dropped under enforce, by a proxy
+/// without the group's keys too: another outer code, a Partial IV other than 0, a
+/// Request-Hash of another length than SHA-256's, another Gid.
+#[test]
+fn malformed_deterministic_requests_are_dropped() {
+    let g = Group::new(&[MEMBER, DEV]);
+    let mut p = proxy(&g, Policy::Enforce, false, Some(DET_KID));
+    let good = det_request(&g, MEMBER);
+    let mut post = good.clone();
+    post[1] = 0x02;
+    let gid = g.gid.clone();
+    let mut piv1 = vec![0x19, 0x01, gid.len() as u8];
+    piv1.extend_from_slice(&gid);
+    piv1.extend_from_slice(DET_KID);
+    let short_hash = with_option(&good, deterministic::REQUEST_HASH, &[0u8; 31]);
+    let mut other_gid = vec![0x19, 0x00, gid.len() as u8];
+    other_gid.extend(gid.iter().map(|b| b ^ 0xff));
+    other_gid.extend_from_slice(DET_KID);
+    // `with_option` keeps lengths only where equal; rebuild the others whole.
+    let rebuild = |oscore: &[u8]| {
+        let v = MessageView::parse(&good).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v
+            .options()
+            .map(|(o, x)| if o == opt::OSCORE { (o, oscore) } else { (o, x) })
+            .collect();
+        build::encode(
+            v.mtype(),
+            v.code(),
+            v.message_id(),
+            v.token(),
+            &mut opts,
+            v.payload(),
+        )
+    };
+    for (bad, want) in [
+        (post, CheckResult::Malformed),
+        (rebuild(&piv1), CheckResult::Malformed),
+        (short_hash, CheckResult::Malformed),
+        (rebuild(&other_gid), CheckResult::UnknownGid),
+    ] {
+        let (tx, ev) = p.send(&bad);
+        assert!(multicast(&tx).is_none());
+        assert_eq!(results(&ev), vec![want]);
+    }
+    // A member's own pairwise request is no Deterministic Request: unverifiable, dropped.
+    let mut ctx = SecurityContext::new(&g.config(MEMBER)).unwrap();
+    let (pw, _) = ctx
+        .protect_request(&h(GET_HELLO), Mode::Pairwise, Some(DEV))
+        .unwrap();
+    let (tx, ev) = p.send(&pw);
+    assert!(multicast(&tx).is_none());
+    assert_eq!(results(&ev), vec![CheckResult::Unverifiable]);
+}
+
+/// cacheable-oscore §3.4.1, §3.4.3: a proxy that is a member of the group holds the
+/// Deterministic Client's Sender Key and checks the request as a server does: a
+/// Request-Hash of the right length that is not the request's (a cache-poisoning attempt,
+/// or a forgery by someone without the group's keys) is dropped under enforce
+/// (`deterministic_invalid`) and forwarded but counted under monitor; the genuine one
+/// passes. A proxy without the keys cannot tell (it forwards the altered one).
+#[test]
+fn a_member_proxy_verifies_the_request_hash() {
+    let g = Group::new(&[MEMBER, DEV, PROXY_ID]);
+    let good = det_request(&g, MEMBER);
+    let bad = with_option(&good, deterministic::REQUEST_HASH, &[0x42; 32]);
+    let mut p = proxy(&g, Policy::Enforce, true, Some(DET_KID));
+    let (tx, ev) = p.send(&bad);
+    assert!(multicast(&tx).is_none());
+    assert_eq!(results(&ev), vec![CheckResult::DeterministicInvalid]);
+    let (tx, ev) = p.send(&good);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(results(&ev), vec![CheckResult::Deterministic]);
+
+    let mut m = proxy(&g, Policy::Monitor, true, Some(DET_KID));
+    let (tx, ev) = m.send(&bad);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(results(&ev), vec![CheckResult::DeterministicInvalid]);
+
+    let mut outsider = proxy(&g, Policy::Enforce, false, Some(DET_KID));
+    let (tx, ev) = outsider.send(&bad);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(results(&ev), vec![CheckResult::Deterministic]);
+}
+
+/// cacheable-oscore §2, §6: a Deterministic Request authenticates no sender (every member
+/// can compose it), so `allow_kids` (groupcomm-proxy §10.1, about verified signers) does
+/// not apply to it; group-mode requests of members off the list are still refused 4.01.
+#[test]
+fn allow_kids_does_not_apply_to_deterministic_requests() {
+    let g = Group::new(&[MEMBER, OTHER, DEV]);
+    let mut p = proxy_with(
+        &g,
+        Policy::Enforce,
+        false,
+        Some(DET_KID),
+        Some(vec![OTHER.to_vec()]),
+    );
+    let (tx, _) = p.send(&det_request(&g, MEMBER));
+    assert!(multicast(&tx).is_some());
+    let mut ctx = SecurityContext::new(&g.config(MEMBER)).unwrap();
+    let (signed, _) = ctx
+        .protect_request(&h(GET_HELLO), Mode::Group, None)
+        .unwrap();
+    let (tx, _) = p.send(&signed);
+    assert!(multicast(&tx).is_none());
+    assert!(tx.iter().any(|t| t.bytes.get(1) == Some(&0x81)));
+}
+
+/// `[[group]] deterministic_kid` (config/groxy.toml): hex, at most 7 bytes; errors name
+/// the key.
+#[test]
+fn deterministic_kid_config_is_parsed_and_checked() {
+    let base = "[[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187:5683\"\n";
+    let l = groxy::settings::load_str(&format!("{base}deterministic_kid = \"dc\"\n")).unwrap();
+    assert_eq!(l.run.proxy.deterministic_kids, vec![Some(vec![0xdc])]);
+    let l = groxy::settings::load_str(base).unwrap();
+    assert_eq!(l.run.proxy.deterministic_kids, vec![None]);
+    for bad in ["\"xy\"", "\"0011223344556677\""] {
+        let e = groxy::settings::load_str(&format!("{base}deterministic_kid = {bad}\n"))
+            .unwrap_err();
+        assert!(
+            e.iter().any(|m| m.contains("group[0].deterministic_kid")),
+            "{e:?}"
+        );
+    }
+}

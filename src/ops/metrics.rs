@@ -702,7 +702,7 @@ impl Observer for Metrics {
                 let i = group_index(&self.groups, Some(group));
                 let h = &mut self.groups[i];
                 if request
-                    && result != CheckResult::Valid
+                    && !result.passed()
                     && enforced
                     && let Some(d) = &h.dropped
                 {

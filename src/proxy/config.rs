@@ -229,6 +229,11 @@ pub struct ProxyConfig {
     /// Where the proxy itself is reached: a request whose target names one of these is
     /// served locally, never forwarded to itself.
     pub local: LocalNames,
+    /// Deterministic Requests (cacheable-oscore-02; issue 16, groupcomm-proxy §7.4.1):
+    /// per group, by index in `groups`, the Sender ID of the group's Deterministic Client
+    /// (`[[group]] deterministic_kid`). A group without one (or past the end) has none:
+    /// its pairwise-mode requests are filtered as any other (README, request path step 8).
+    pub deterministic_kids: Vec<Option<Vec<u8>>>,
 }
 
 /// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
@@ -280,6 +285,7 @@ impl Default for ProxyConfig {
             options: OptionNumbers::default(),
             limits: Limits::default(),
             local: LocalNames::default(),
+            deterministic_kids: Vec::new(),
         }
     }
 }

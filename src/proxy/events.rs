@@ -123,6 +123,22 @@ labelled! {
         Unverifiable => "unverifiable",
         /// Validly signed, but its Partial IV was seen already.
         Replay => "replay",
+        /// A Deterministic Request of the group's Deterministic Client
+        /// (cacheable-oscore-02 §3.4.2; `[[group]] deterministic_kid`) let through: its
+        /// form checked and, where the proxy is a member of the group, its decryption,
+        /// Request-Hash and safe method. It authenticates no sender (§2, §6).
+        Deterministic => "deterministic",
+        /// Under the Deterministic Client's kid but not a valid Deterministic Request:
+        /// its Request-Hash or ciphertext does not verify, or its method is not safe.
+        DeterministicInvalid => "deterministic_invalid",
+    }
+}
+
+impl CheckResult {
+    /// Whether a request with this result passed the request filter: a verified
+    /// signature, or an admitted Deterministic Request.
+    pub fn passed(self) -> bool {
+        matches!(self, CheckResult::Valid | CheckResult::Deterministic)
     }
 }
 

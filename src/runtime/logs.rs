@@ -110,7 +110,7 @@ impl EventLog {
                 result,
                 enforced,
             } => {
-                if *result != crate::proxy::CheckResult::Valid
+                if !result.passed()
                     && let Some(s) = self.allow(result.as_str(), now)
                 {
                     tracing::info!(event = "check_failed", group = %group_name(Some(*group)), request, result = result.as_str(), enforced, suppressed = s);

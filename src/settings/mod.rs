@@ -187,6 +187,9 @@ struct GroupSection {
     next_hop_margin: u64,
     #[serde(default = "d_next_hop_hop_limit")]
     next_hop_hop_limit: u32,
+    // Deterministic Requests (cacheable-oscore-02, groupcomm-proxy §7.4.1).
+    #[serde(default)]
+    deterministic_kid: Option<String>,
 }
 fn d_next_hop_margin() -> u64 {
     1
@@ -259,6 +262,12 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let unicast = unicast_section(&f.unicast, &mut errors);
     let mut groups = Vec::new();
     let mut egress = Vec::new();
+    let deterministic_kids: Vec<Option<Vec<u8>>> = f
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| deterministic_kid(i, g, &mut errors))
+        .collect();
     for (i, g) in f.groups.iter().enumerate() {
         if let Some((spec, e)) = group_section(i, g, &f.groups[..i], base, &mut errors) {
             if groups.iter().any(|o: &GroupSpec| o.addr == spec.addr) {
@@ -297,6 +306,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .map(|n| n.to_ascii_lowercase())
                         .collect(),
                 },
+                deterministic_kids,
             },
             listen,
             egress,
@@ -306,6 +316,26 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         metrics,
         http,
     })
+}
+
+/// `[[group]] deterministic_kid`: the hex Sender ID of the group's Deterministic Client
+/// (cacheable-oscore-02 §3.4.1), at most 7 bytes (the longest Sender ID a 13-byte nonce
+/// allows, RFC 10021 §2.2). Without `[group.security]` nothing filters the group's
+/// requests, deterministic or not, and the value only marks them (for the cache).
+fn deterministic_kid(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    let k = g.deterministic_kid.as_ref()?;
+    let key = format!("group[{i}].deterministic_kid");
+    match hex::decode(k) {
+        Ok(b) if b.len() <= 7 => Some(b),
+        Ok(_) => {
+            errors.push(format!("{key}: longer than 7 bytes (RFC 10021 §2.2)"));
+            None
+        }
+        Err(_) => {
+            errors.push(format!("{key}: not hex"));
+            None
+        }
+    }
 }
 
 /// `[proxy]`: the listeners and the metrics endpoint.
