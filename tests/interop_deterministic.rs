@@ -202,3 +202,120 @@ async fn s3_4_groxy_client_aiocoap_server_over_udp() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// groupcomm-proxy §7.4.1 with aiocoap 0.4.17 as the group's server: a real `groxy run`
+/// proxy (in-process, from its TOML, policy enforce, `deterministic_kid = "dc"`) forwards
+/// `groxy client --deterministic dc`'s group request to an aiocoap server on loopback
+/// multicast; its signed answer comes back with Reply-From and verifies at the client.
+/// Sent again (the same request past the token) it is forwarded again: no replay window
+/// (cacheable-oscore §6), where a group-mode request's replay would be dropped.
+#[tokio::test]
+async fn s7_4_1_through_a_checking_groxy_proxy_to_an_aiocoap_server() {
+    use groxy::proxy::{CheckResult, Event};
+    use groxy::runtime::Proxy;
+    use std::sync::{Arc, Mutex};
+
+    let g = Group::new(&[CLIENT, SERVER]);
+    let dir = std::env::temp_dir().join(format!("groxy-det-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = common::free_port();
+    let mut cfg = setup(&g, SERVER);
+    cfg["bind"] = json!("0.0.0.0");
+    cfg["port"] = json!(port);
+    cfg["multicast"] = json!([["224.0.1.187", "lo"]]);
+    let (mut child, _) = common::aiocoap_server(&dir.join("server.json"), &cfg);
+
+    let sek = SecurityContext::new(&g.config(CLIENT))
+        .unwrap()
+        .group()
+        .unwrap()
+        .sig_enc_key
+        .clone()
+        .unwrap();
+    std::fs::write(dir.join("group.sek"), hex::encode(sek)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("group.sek"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let members: String = g
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "  {{ id = \"{}\", credential = \"{}\" }},\n",
+                hex::encode(&m.id),
+                hex::encode(m.cred.bytes())
+            )
+        })
+        .collect();
+    let toml = format!(
+        r#"[proxy]
+listen = ["127.0.0.1:0"]
+state_dir = "state"
+[[group]]
+name = "secure"
+uri = "coap://224.0.1.187:{port}"
+interface = "127.0.0.1"
+deterministic_kid = "dc"
+[group.security]
+policy = "enforce"
+gid = "{}"
+signature_encryption_key_file = "group.sek"
+gm_credential = "{}"
+members = [
+{members}]
+"#,
+        hex::encode(&g.gid),
+        hex::encode(g.gm.cred.bytes()),
+    );
+    std::fs::write(dir.join("groxy.toml"), toml).unwrap();
+    let loaded = groxy::settings::load_file(&dir.join("groxy.toml")).unwrap();
+    let mut proxy = Proxy::bind(loaded.run).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    proxy.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let proxy_addr = proxy.listen_addrs()[0];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://224.0.1.187:{port}/hello"), 1);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(g.config(CLIENT));
+    req.deterministic = Some(DET.to_vec());
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for seed in 10..12 {
+        let got = run_client(&req, &sock, seed).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        let r = &got[0].1;
+        assert_eq!(r.oscore, Some(Ok((Mode::Group, SERVER.to_vec()))), "{r:?}");
+        assert_eq!(
+            r.payload,
+            format!("hello from aiocoap {}", hex::encode(SERVER)).as_bytes()
+        );
+        assert_eq!(r.reply_from.map(|a| a.port()), Some(port));
+    }
+    let checks: Vec<CheckResult> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Checked {
+                request: true,
+                result,
+                ..
+            } => Some(*result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checks, vec![CheckResult::Deterministic; 2]);
+    let _ = stop_tx.send(());
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
