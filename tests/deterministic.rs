@@ -1,8 +1,6 @@
 //! Deterministic Requests (draft-amsuess-core-cacheable-oscore-02): the Appendix F vectors
 //! byte for byte, the server's checks of §3.4.3 and the client's of §3.4.4.
 
-
-
 use groxy::oscore::ContextConfig;
 use groxy::oscore::SecurityContext;
 use groxy::oscore::alg::SigAlg;
@@ -355,7 +353,10 @@ async fn loopback_same_get_twice_is_byte_identical_and_answers_verify() {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (w1, a1, r1) = exchange(&mut c, &sock, &req).await;
     let (w2, a2, r2) = exchange(&mut c, &sock, &req).await;
-    let (v1, v2) = (MessageView::parse(&w1).unwrap(), MessageView::parse(&w2).unwrap());
+    let (v1, v2) = (
+        MessageView::parse(&w1).unwrap(),
+        MessageView::parse(&w2).unwrap(),
+    );
     assert_eq!(v1.code(), 0x05, "outer FETCH (§3.4.2 step 8)");
     assert_ne!(v1.token(), v2.token());
     assert_eq!(w1[4 + 8..], w2[4 + 8..], "same options and payload");
@@ -366,7 +367,11 @@ async fn loopback_same_get_twice_is_byte_identical_and_answers_verify() {
         assert_eq!(r.payload, b"hello from det1");
         let av = MessageView::parse(a).unwrap();
         assert_eq!(av.code(), 0x45, "outer 2.05 (§3.4.4 step 6)");
-        assert_eq!(av.option(14), Some(&[60u8][..]), "outer Max-Age 60 (step 9)");
+        assert_eq!(
+            av.option(14),
+            Some(&[60u8][..]),
+            "outer Max-Age 60 (step 9)"
+        );
         assert_eq!(av.option(REQUEST_HASH_NUMBER), None, "elided (step 7)");
     }
     // Each response carries the device's own Partial IV (§3.4.4 step 5): not the same bytes.
@@ -575,7 +580,13 @@ fn malformed_deterministic_requests_are_dropped() {
         let v = MessageView::parse(&good).unwrap();
         let mut opts: Vec<(u16, &[u8])> = v
             .options()
-            .map(|(o, x)| if o == opt::OSCORE { (o, oscore) } else { (o, x) })
+            .map(|(o, x)| {
+                if o == opt::OSCORE {
+                    (o, oscore)
+                } else {
+                    (o, x)
+                }
+            })
             .collect();
         build::encode(
             v.mtype(),
@@ -670,8 +681,8 @@ fn deterministic_kid_config_is_parsed_and_checked() {
     let l = groxy::settings::load_str(base).unwrap();
     assert_eq!(l.run.proxy.deterministic_kids, vec![None]);
     for bad in ["\"xy\"", "\"0011223344556677\""] {
-        let e = groxy::settings::load_str(&format!("{base}deterministic_kid = {bad}\n"))
-            .unwrap_err();
+        let e =
+            groxy::settings::load_str(&format!("{base}deterministic_kid = {bad}\n")).unwrap_err();
         assert!(
             e.iter().any(|m| m.contains("group[0].deterministic_kid")),
             "{e:?}"

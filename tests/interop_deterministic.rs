@@ -70,7 +70,10 @@ fn s3_4_groxy_client_aiocoap_server() {
             .unprotect_deterministic_response(&resp, &mut det, Some(SERVER))
             .unwrap();
         assert_eq!(hex::encode(&plain), CONTENT, "round {round}");
-        assert_eq!((info.mode, info.server_id.as_slice()), (Mode::Group, SERVER));
+        assert_eq!(
+            (info.mode, info.server_id.as_slice()),
+            (Mode::Group, SERVER)
+        );
     }
     // A response bound to another request (its Request-Hash) does not verify.
     let other = "52017a017a01b568656c6c6e";
@@ -109,11 +112,16 @@ fn s3_4_aiocoap_client_groxy_server() {
     assert_eq!(v["mode"], json!("group"));
     assert_eq!(v["kid"], json!(hex::encode(SERVER)));
     // aiocoap hands the inner message on; its payload and code are the server's.
-    let got = MessageView::parse(&unhex(&v["coap"])).unwrap().payload().to_vec();
+    let got = MessageView::parse(&unhex(&v["coap"]))
+        .unwrap()
+        .payload()
+        .to_vec();
     assert_eq!(got, b"hi there");
 
     let view = MessageView::parse(&req).unwrap();
-    let hash = view.option(groxy::oscore::deterministic::REQUEST_HASH).unwrap();
+    let hash = view
+        .option(groxy::oscore::deterministic::REQUEST_HASH)
+        .unwrap();
     let at = req.windows(hash.len()).position(|w| w == hash).unwrap();
     let mut bad = req.clone();
     bad[at] ^= 1;

@@ -354,7 +354,9 @@ impl SecurityContext {
             (None, None) => return Err(OscoreError::MissingKidOrPiv),
         };
         if view.option(REQUEST_HASH).is_some_and(|h| h != det.hash) {
-            return Err(OscoreError::Mismatch("Request-Hash differs from the request's"));
+            return Err(OscoreError::Mismatch(
+                "Request-Hash differs from the request's",
+            ));
         }
         if o.kid_context.is_some_and(|kc| kc != self.common.gid()) {
             return Err(OscoreError::UnknownGid);

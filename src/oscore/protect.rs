@@ -84,7 +84,11 @@ pub(super) struct Split<'a> {
     pub(super) outer: Vec<(u16, &'a [u8])>,
 }
 
-pub(super) fn split<'a>(msg: &'a [u8], proxy_options: &[u16], layer: Layer) -> Result<Split<'a>, OscoreError> {
+pub(super) fn split<'a>(
+    msg: &'a [u8],
+    proxy_options: &[u16],
+    layer: Layer,
+) -> Result<Split<'a>, OscoreError> {
     let view = MessageView::parse(msg)?;
     let mut plaintext = Vec::with_capacity(msg.len() + 8);
     plaintext.push(view.code());
@@ -123,7 +127,12 @@ pub(super) fn split<'a>(msg: &'a [u8], proxy_options: &[u16], layer: Layer) -> R
 
 /// Serializes the outer message: the view's type, message ID and token with new code,
 /// options and payload.
-pub(super) fn assemble(view: &MessageView, code: u8, mut opts: Vec<(u16, &[u8])>, payload: &[u8]) -> Vec<u8> {
+pub(super) fn assemble(
+    view: &MessageView,
+    code: u8,
+    mut opts: Vec<(u16, &[u8])>,
+    payload: &[u8],
+) -> Vec<u8> {
     crate::coap::build::encode(
         view.mtype(),
         code,

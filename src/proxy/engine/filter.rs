@@ -129,8 +129,9 @@ impl Engine {
             .current()
             .unprotect_deterministic_request(view.bytes(), dk)
         {
-            Ok((plain, _)) if MessageView::parse(&plain)
-                .is_ok_and(|p| deterministic::is_safe_method(p.code())) =>
+            Ok((plain, _))
+                if MessageView::parse(&plain)
+                    .is_ok_and(|p| deterministic::is_safe_method(p.code())) =>
             {
                 CheckResult::Deterministic
             }
