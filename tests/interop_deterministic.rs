@@ -327,3 +327,84 @@ members = [
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// cacheable-oscore §3.4.3 and §6 against a Deterministic Request groxy would never
+/// compose: aiocoap 0.4.17's Deterministic Client protects a POST too (it checks safety
+/// only as a server). A `groxy device` answers it with a protected 4.01 (group mode, so
+/// it verifies at the client) and does not run it; a proxy that is a member of the group
+/// drops it under enforce (`deterministic_invalid`), one that is not cannot tell it from a
+/// GET and forwards it.
+#[tokio::test]
+async fn s3_4_3_unsafe_deterministic_request_is_refused() {
+    use groxy::coap::build::{self, NON};
+    use groxy::coap::options as opt;
+    use groxy::proxy::{CheckResult, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig};
+    use groxy::runtime::sockets::Interface;
+    use groxy::tools::device::{Device, DeviceConfig, Settings};
+
+    const PROXY: &[u8] = &[0x50];
+    let g = Group::new(&[CLIENT, SERVER, PROXY]);
+    let mut aiocoap = Oracle::start(setup(&g, CLIENT));
+    // NON POST /echo "x", token 0x7a01.
+    let post = "52027a017a01b46563686fff78";
+    let r = aiocoap.ok(json!({"op": "protect_deterministic_request",
+        "deterministic_kid": hex::encode(DET), "coap": post}));
+    let req = unhex(&r["coap"]);
+
+    let port = common::free_port();
+    let bind: SocketAddr = (Ipv4Addr::new(127, 0, 0, 97), port).into();
+    let mut d = Device::bind(DeviceConfig {
+        name: "unsafe".into(),
+        group: (Ipv4Addr::new(224, 0, 1, 187), port).into(),
+        interface: Interface::Addr(Ipv4Addr::LOCALHOST),
+        bind,
+        leisure: Duration::ZERO,
+        delay: Duration::ZERO,
+        oscore: Some((g.config(SERVER), Mode::Group)),
+    })
+    .unwrap();
+    d.settings(Settings {
+        deterministic_kid: Some(DET.to_vec()),
+        ..Settings::default()
+    });
+    tokio::spawn(d.run());
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let resp = common::ask(&sock, bind, &req).await;
+    let v = aiocoap.ok(json!({"op": "unprotect_response", "request": r["request"],
+        "coap": hex::encode(&resp)}));
+    assert_eq!(v["mode"], json!("group"));
+    let inner = unhex(&v["coap"]);
+    assert_eq!(MessageView::parse(&inner).unwrap().code(), 0x81, "4.01");
+
+    let filter = |member: bool| {
+        let mut cfg = ProxyConfig::default();
+        cfg.groups[0].security = Some(GroupSecurity {
+            policy: Policy::Enforce,
+            checker: g.checker_config(),
+            member: member.then(|| g.config(PROXY)),
+            allow_kids: None,
+        });
+        cfg.deterministic_kids = vec![Some(DET.to_vec())];
+        let now = Instant::now();
+        let mut e = Engine::new(cfg, now, 1).unwrap();
+        let v = MessageView::parse(&req).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::URI_HOST, b"224.0.1.187"));
+        opts.push((opt::PROXY_SCHEME, b"coap"));
+        opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[1]));
+        let msg = build::encode(NON, v.code(), 7, &[7], &mut opts, v.payload());
+        e.handle(now, Link::Listener(0), "127.0.0.1:40000".parse().unwrap(), &msg);
+        let (tx, ev) = common::outputs(&mut e);
+        let sent = tx.iter().any(|t| t.link == Link::Group(0, 0));
+        let results: Vec<CheckResult> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Checked { result, .. } => Some(*result),
+                _ => None,
+            })
+            .collect();
+        (sent, results)
+    };
+    assert_eq!(filter(true), (false, vec![CheckResult::DeterministicInvalid]));
+    assert_eq!(filter(false), (true, vec![CheckResult::Deterministic]));
+}
