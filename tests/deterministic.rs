@@ -796,3 +796,40 @@ fn binaries_device_answers_client_deterministically() {
     assert_eq!(v["oscore"]["mode"], "group");
     assert_eq!(v["oscore"]["kid"], hex::encode(DEV));
 }
+
+/// cacheable-oscore §3.4.4 from public material (RFC 10021 §7.5): the checker verifies a
+/// device's response to a Deterministic Request with the Request-Hash as a class I
+/// option (what a cache can check before it stores an answer for every client), and
+/// refuses one with a flipped signature bit or checked against another request's hash.
+#[test]
+fn checker_verifies_responses_to_deterministic_requests() {
+    use groxy::oscore::{GroupChecker, SignatureChecker};
+    let g = Group::new(&[MEMBER, DEV]);
+    let client = SecurityContext::new(&g.config(MEMBER)).unwrap();
+    let mut dev = SecurityContext::new(&g.config(DEV)).unwrap();
+    let (req, _) = client
+        .protect_deterministic_request(&h(GET_HELLO), DET_KID)
+        .unwrap();
+    let (_, mut det) = dev.unprotect_deterministic_request(&req, DET_KID).unwrap();
+    let resp = dev
+        .protect_deterministic_response(&h("5145aa01c3ff6869"), &mut det)
+        .unwrap();
+    let checker = GroupChecker::new(SignatureChecker::new(&g.checker_config()).unwrap());
+    let ok = checker
+        .check_deterministic_response(&resp, DET_KID, &g.gid, &det.hash)
+        .unwrap();
+    assert_eq!((ok.kid.as_slice(), ok.piv), (DEV, Some(0)));
+    let mut bad = resp.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        checker
+            .check_deterministic_response(&bad, DET_KID, &g.gid, &det.hash)
+            .unwrap_err(),
+        OscoreError::BadSignature
+    );
+    assert!(
+        checker
+            .check_deterministic_response(&resp, DET_KID, &g.gid, &[0u8; 32])
+            .is_err()
+    );
+}

@@ -66,6 +66,11 @@ fn s3_4_groxy_client_aiocoap_server() {
         let resp = aiocoap.ok(json!({"op": "protect_response", "request": r["request"],
             "mode": "group", "coap": CONTENT}));
         let resp = unhex(&resp["coap"]);
+        // The external checker verifies aiocoap's signature too (§3.4.4, RFC 10021 §7.5).
+        groxy::oscore::SignatureChecker::new(&g.checker_config())
+            .unwrap()
+            .check_deterministic_response(&resp, DET, &g.gid, &det.hash)
+            .unwrap();
         let (plain, info) = client
             .unprotect_deterministic_response(&resp, &mut det, Some(SERVER))
             .unwrap();
@@ -393,7 +398,12 @@ async fn s3_4_3_unsafe_deterministic_request_is_refused() {
         opts.push((opt::PROXY_SCHEME, b"coap"));
         opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[1]));
         let msg = build::encode(NON, v.code(), 7, &[7], &mut opts, v.payload());
-        e.handle(now, Link::Listener(0), "127.0.0.1:40000".parse().unwrap(), &msg);
+        e.handle(
+            now,
+            Link::Listener(0),
+            "127.0.0.1:40000".parse().unwrap(),
+            &msg,
+        );
         let (tx, ev) = common::outputs(&mut e);
         let sent = tx.iter().any(|t| t.link == Link::Group(0, 0));
         let results: Vec<CheckResult> = ev
@@ -405,6 +415,9 @@ async fn s3_4_3_unsafe_deterministic_request_is_refused() {
             .collect();
         (sent, results)
     };
-    assert_eq!(filter(true), (false, vec![CheckResult::DeterministicInvalid]));
+    assert_eq!(
+        filter(true),
+        (false, vec![CheckResult::DeterministicInvalid])
+    );
     assert_eq!(filter(false), (true, vec![CheckResult::Deterministic]));
 }

@@ -414,7 +414,7 @@ impl SecurityContext {
 
 /// The serialized class I options of a response: the Request-Hash alone (§3.4.4 step 2),
 /// encoded as options are in a message, deltas from 0 (RFC 8613 §5.4).
-fn class_i_request_hash(hash: &[u8]) -> Vec<u8> {
+pub(crate) fn class_i_request_hash(hash: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(hash.len() + 4);
     encode_options(&mut out, [(REQUEST_HASH, hash)]);
     out
