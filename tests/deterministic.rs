@@ -833,3 +833,61 @@ fn checker_verifies_responses_to_deterministic_requests() {
             .is_err()
     );
 }
+
+/// No panic on bad input: every truncation and every single-bit flip of the Appendix F
+/// request goes through the server's processing, of the response through the client's,
+/// and each is refused (or, for a flip the protection does not cover, accepted) without a
+/// panic; a Deterministic Client kid too long for the nonce is an error.
+#[test]
+fn mutations_never_panic() {
+    let s = server();
+    let mut c = client();
+    let req = h(DET_REQUEST);
+    let resp = h(PROTECTED_RESPONSE);
+    let mutations = |m: &[u8]| -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = (0..m.len()).map(|n| m[..n].to_vec()).collect();
+        for i in 0..m.len() * 8 {
+            let mut x = m.to_vec();
+            x[i / 8] ^= 1 << (i % 8);
+            out.push(x);
+        }
+        out
+    };
+    let mut accepted = 0;
+    for x in mutations(&req) {
+        if let Ok(v) = MessageView::parse(&x) {
+            let _ = deterministic::is_deterministic_request(&v, DET_KID);
+        }
+        if s.unprotect_deterministic_request(&x, DET_KID).is_ok() {
+            accepted += 1;
+        }
+    }
+    // Only flips the protection does not cover leave the request valid: of the type (2),
+    // Message ID (16), token (64) and outer code to another request code (RFC 8613 §4.2).
+    assert!(accepted <= 2 + 16 + 64 + 8, "{accepted}");
+    let (_, det) = c
+        .protect_deterministic_request(&h(PLAIN_REQUEST), DET_KID)
+        .unwrap();
+    // Each one costs a signature verification (slow in the debug build): every
+    // truncation and a flip of every header and option byte, then of every 8th byte.
+    let mut some: Vec<(bool, Vec<u8>)> = (0..resp.len())
+        .step_by(4)
+        .map(|n| (true, resp[..n].to_vec()))
+        .collect();
+    for i in (0..23).chain((23..resp.len()).step_by(8)) {
+        let mut x = resp.clone();
+        x[i] ^= 0x10;
+        // The OSCORE option (bytes 12-15) and the payload (from 20) are protected; the
+        // header, token and outer Max-Age are not (RFC 8613 §4.1, §4.2).
+        some.push(((12..16).contains(&i) || i >= 20, x));
+    }
+    for (protected, x) in some {
+        let r = c.unprotect_deterministic_response(&x, &mut det.clone(), None);
+        assert!(!protected || r.is_err(), "{}", hex::encode(&x));
+    }
+    assert!(s.unprotect_deterministic_request(&req, &[7; 9]).is_err());
+    assert!(
+        c.protect_deterministic_request(&h(PLAIN_REQUEST), &[7; 9])
+            .is_err()
+    );
+}

@@ -194,7 +194,17 @@ impl SecurityContext {
         msg: &[u8],
         det_kid: &[u8],
     ) -> Result<(Vec<u8>, DeterministicExchange), OscoreError> {
+        // The kid goes into the nonce (RFC 10021 §2.2): a longer one does not fit.
+        if det_kid.len() > self.common.max_id_len() {
+            return Err(OscoreError::Mismatch(
+                "Deterministic Client Sender ID longer than the nonce allows",
+            ));
+        }
         let view = MessageView::parse(msg)?;
+        // The outer code is not protected (RFC 8613 §4.2); the inner one is the request's.
+        if !view.is_request() {
+            return Err(OscoreError::Mismatch("not a request"));
+        }
         let oscore_value = view.option(opt::OSCORE).ok_or(OscoreError::NotProtected)?;
         let o = OscoreOption::parse(oscore_value)?;
         if o.group {
