@@ -891,3 +891,137 @@ fn mutations_never_panic() {
             .is_err()
     );
 }
+
+/// cacheable-oscore §3.4.5 through a real proxy: `groxy client --deterministic` (its
+/// socket driver) sends one Deterministic Request to a group of two `groxy device`s via a
+/// checking `groxy run` (in-process, from TOML: enforce, `deterministic_kid = "dc"`);
+/// both devices answer in group mode with their own kid, each answer comes back with its
+/// Reply-From and verifies at the client. A group-mode request of a member is still
+/// checked as before (valid), so the filter is not opened wider than the kid.
+#[tokio::test]
+async fn through_the_proxy_to_a_group_of_two_devices() {
+    use groxy::runtime::Proxy;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+
+    const DEV2: &[u8] = &[0x0e];
+    let g = Group::new(&[MEMBER, DEV, DEV2]);
+    let dir = std::env::temp_dir().join(format!("groxy-det-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
+    for (i, id) in [DEV, DEV2].iter().enumerate() {
+        let mut d = Device::bind(DeviceConfig {
+            name: format!("dev{}", hex::encode(id)),
+            group,
+            interface: Interface::Addr(Ipv4Addr::LOCALHOST),
+            bind: (Ipv4Addr::new(127, 0, 0, 101 + i as u8), port).into(),
+            leisure: Duration::from_millis(20),
+            delay: Duration::ZERO,
+            oscore: Some((g.config(id), Mode::Group)),
+        })
+        .unwrap();
+        d.settings(Settings {
+            deterministic_kid: Some(DET_KID.to_vec()),
+            ..Settings::default()
+        });
+        tokio::spawn(d.run());
+    }
+    let sek = SecurityContext::new(&g.config(MEMBER))
+        .unwrap()
+        .group()
+        .unwrap()
+        .sig_enc_key
+        .clone()
+        .unwrap();
+    std::fs::write(dir.join("group.sek"), hex::encode(sek)).unwrap();
+    std::fs::set_permissions(
+        dir.join("group.sek"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let members: String = g
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "  {{ id = \"{}\", credential = \"{}\" }},\n",
+                hex::encode(&m.id),
+                hex::encode(m.cred.bytes())
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("groxy.toml"),
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\n[[group]]\n\
+             name = \"g\"\nuri = \"coap://{group}\"\ninterface = \"127.0.0.1\"\n\
+             deterministic_kid = \"dc\"\n[group.security]\npolicy = \"enforce\"\n\
+             gid = \"{}\"\nsignature_encryption_key_file = \"group.sek\"\n\
+             gm_credential = \"{}\"\nmembers = [\n{members}]\n",
+            hex::encode(&g.gid),
+            hex::encode(g.gm.cred.bytes()),
+        ),
+    )
+    .unwrap();
+    let loaded = groxy::settings::load_file(&dir.join("groxy.toml")).unwrap();
+    let mut proxy = Proxy::bind(loaded.run).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    proxy.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let proxy_addr = proxy.listen_addrs()[0];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut req = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 1);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(g.config(MEMBER));
+    req.deterministic = Some(DET_KID.to_vec());
+    let got = groxy::tools::client::run(&req, |_| {}).await.unwrap();
+    let mut seen: Vec<(Vec<u8>, Vec<u8>, SocketAddr)> = got
+        .iter()
+        .map(|r| {
+            let (mode, kid) = r.oscore.clone().expect("protected").expect("verified");
+            assert_eq!(mode, Mode::Group);
+            (kid, r.payload.clone(), r.reply_from.expect("Reply-From"))
+        })
+        .collect();
+    seen.sort();
+    let dev_addr = |o: u8| SocketAddr::from((Ipv4Addr::new(127, 0, 0, o), port));
+    assert_eq!(
+        seen,
+        vec![
+            (DEV.to_vec(), b"hello from dev0d".to_vec(), dev_addr(101)),
+            (DEV2.to_vec(), b"hello from dev0e".to_vec(), dev_addr(102))
+        ]
+    );
+    // The same client's group-mode request still goes through the signature check.
+    let mut signed = req.clone();
+    signed.deterministic = None;
+    assert_eq!(
+        groxy::tools::client::run(&signed, |_| {})
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let checks: Vec<CheckResult> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Checked {
+                request: true,
+                result,
+                ..
+            } => Some(*result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checks, vec![CheckResult::Deterministic, CheckResult::Valid]);
+    let _ = stop_tx.send(());
+    let _ = std::fs::remove_dir_all(&dir);
+}
