@@ -1025,3 +1025,20 @@ async fn through_the_proxy_to_a_group_of_two_devices() {
     let _ = stop_tx.send(());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload (SIGHUP, `Engine::reconfigure`) applies a new `deterministic_kid`: the same
+/// Deterministic Request is dropped before (no kid configured) and forwarded after.
+#[test]
+fn reload_applies_deterministic_kid() {
+    let g = Group::new(&[MEMBER, DEV]);
+    let mut p = proxy(&g, Policy::Enforce, false, None);
+    let req = det_request(&g, MEMBER);
+    let (tx, _) = p.send(&req);
+    assert!(multicast(&tx).is_none());
+    let mut cfg = p.e.config().clone();
+    cfg.deterministic_kids = vec![Some(DET_KID.to_vec())];
+    p.e.reconfigure(p.now, cfg).unwrap();
+    let (tx, ev) = p.send(&req);
+    assert!(multicast(&tx).is_some());
+    assert_eq!(results(&ev), vec![CheckResult::Deterministic]);
+}
