@@ -12,7 +12,7 @@
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::aad::{self, GroupAad, RequestIds};
+use super::aad::RequestIds;
 use super::alg::CipherKey;
 use super::context::SecurityContext;
 use super::derive;
@@ -430,7 +430,9 @@ pub(crate) fn class_i_request_hash(hash: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The external_aad parts a proxy needs to reproduce (for tests and tools): the request's.
+/// The serialized aad_array of a Deterministic Request of `det_kid` in `ctx`'s group
+/// (§3.4.2 step 1), the input of the hash beside the Sender Key and the plaintext: for
+/// tests against the draft's vectors and for tools that show it.
 #[doc(hidden)]
 pub fn request_aad_array(ctx: &SecurityContext, det_kid: &[u8]) -> Vec<u8> {
     let gid = ctx.common.gid().to_vec();
@@ -441,17 +443,5 @@ pub fn request_aad_array(ctx: &SecurityContext, det_kid: &[u8]) -> Vec<u8> {
         kid: Some(det_kid),
     }
     .encode();
-    let g = ctx.common.group.as_ref().map(|g| GroupAad {
-        oscore_option: &oscore_opt,
-        sender_cred: &[],
-        gm_cred: g.gm_cred.bytes(),
-    });
-    let mut out = Vec::new();
-    let req = RequestIds {
-        kid: det_kid,
-        piv: &DET_PIV,
-        kid_context: &gid,
-    };
-    aad::external_aad(&mut out, &ctx.common.algs_cbor, req, g);
-    out
+    ctx.deterministic_request_aad(det_kid, &oscore_opt)
 }
