@@ -229,6 +229,48 @@ pub struct ProxyConfig {
     /// Where the proxy itself is reached: a request whose target names one of these is
     /// served locally, never forwarded to itself.
     pub local: LocalNames,
+    /// Resources of the proxy that stand for groups (reverse-proxy mode, groupcomm-proxy
+    /// §6, RFC 10020 §3.5.2).
+    pub reverse: Vec<ReverseSpec>,
+}
+
+// Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+
+/// A resource of the proxy that stands for a group (groupcomm-proxy §6, RFC 10020
+/// §3.5.2): a request to it without Proxy-Uri or Proxy-Scheme is a group request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseSpec {
+    /// Uri-Host that names the resource (lowercased), if any: a Uri-Host stays outside
+    /// OSCORE, so this is the form that works with end-to-end protected requests.
+    pub host: Option<String>,
+    /// The leading Uri-Path segments that name the resource; the segments after them are
+    /// the path at the servers. Empty: any path (with `host` set).
+    pub path: Vec<String>,
+    /// The group, by index into `ProxyConfig::groups`.
+    pub group: usize,
+    /// Whom the proxy stands in for (§6.1), which decides the Reply-From form.
+    pub stand_in: StandIn,
+}
+
+/// The two cases of groupcomm-proxy §6.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandIn {
+    /// Only for the group: Reply-From names the server, which clients reach directly (or
+    /// through the proxy as an ordinary forward proxy).
+    Group,
+    /// For the servers too: Reply-From names the proxy at `advertise` with a CRI
+    /// reference to the server as its second element (§6.1, Appendix A.1); a unicast
+    /// request to the proxy whose Uri-Host and Uri-Port name a server that answered is
+    /// forwarded to it (§6.2).
+    Servers {
+        /// The proxy's address as clients reach it (one of its listeners).
+        advertise: SocketAddr,
+        /// Servers remembered for follow-ups; past it, the one heard from least
+        /// recently is forgotten.
+        max_servers: usize,
+        /// A server not heard from for this long is forgotten.
+        server_lifetime: Duration,
+    },
 }
 
 /// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
@@ -280,6 +322,7 @@ impl Default for ProxyConfig {
             options: OptionNumbers::default(),
             limits: Limits::default(),
             local: LocalNames::default(),
+            reverse: Vec::new(),
         }
     }
 }

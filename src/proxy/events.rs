@@ -101,6 +101,23 @@ labelled! {
         /// A chained group's T' leaves no T'' for the next hop after the margin: 5.05 with
         /// the least acceptable Multicast-Timeout (groupcomm-proxy §8.1 step 4.3).
         ChainTimeout => "chain_timeout",
+        /// Reverse-proxy mode, the proxy standing in for the servers (groupcomm-proxy §6.2):
+        /// a follow-up whose Uri-Host and Uri-Port name no server that answered the
+        /// resource's group (or one forgotten since): 4.04.
+        ReverseUnknownServer => "reverse_unknown_server",
+    }
+}
+
+labelled! {
+    /// What the reverse-proxy mode did (groupcomm-proxy §6, issue 16).
+    pub enum ReverseAction {
+        /// A request to a resource that stands for a group was taken as a group request.
+        GroupRequest => "group_request",
+        /// A follow-up unicast request to the proxy was forwarded to the server it names
+        /// (§6.2, the proxy standing in for the servers).
+        FollowUp => "follow_up",
+        /// A server was forgotten to make room for another (`max_servers`).
+        ServerForgotten => "server_forgotten",
     }
 }
 
@@ -328,6 +345,14 @@ pub enum Event {
     ChainStopped {
         /// Index into `ProxyConfig::groups`.
         group: usize,
+    },
+    // Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+    /// A reverse-proxied resource was used.
+    Reverse {
+        /// Index into `ProxyConfig::groups`: the resource's group.
+        group: usize,
+        /// What happened.
+        action: ReverseAction,
     },
 }
 

@@ -36,6 +36,9 @@ struct File {
     groups: Vec<GroupSection>,
     #[serde(default)]
     http: Option<HttpSection>,
+    /// Reverse-proxy mode (groupcomm-proxy §6): `[[reverse]]`.
+    #[serde(default, rename = "reverse")]
+    reverse: Vec<ReverseSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +275,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     state_dir_needed(&f, &mut errors);
+    let reverse = reverse_sections(&f, &listen, &groups, &mut errors);
     let http = f
         .http
         .as_ref()
@@ -297,6 +301,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .map(|n| n.to_ascii_lowercase())
                         .collect(),
                 },
+                reverse,
             },
             listen,
             egress,
@@ -589,6 +594,157 @@ fn group_addr(key: &str, uri: &str, errors: &mut Vec<String>) -> Option<SocketAd
             None
         }
     }
+}
+
+// Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+
+/// One `[[reverse]]`: a resource of the proxy that stands for a group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReverseSection {
+    /// The `[[group]]` it stands for, by name.
+    group: String,
+    /// Leading Uri-Path segments naming it, `/`-separated ("lights" or "site/lights").
+    #[serde(default)]
+    path: String,
+    /// A Uri-Host naming it (works with end-to-end OSCORE, where Uri-Path is inside).
+    #[serde(default)]
+    host: Option<String>,
+    /// "group" or "servers" (groupcomm-proxy §6.1, the two cases).
+    #[serde(default = "d_stand_in")]
+    stand_in: String,
+    /// With "servers": the proxy's address that Reply-From names (a listener's).
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default = "d_max_servers")]
+    max_servers: usize,
+    /// Seconds.
+    #[serde(default = "d_server_lifetime")]
+    server_lifetime: u64,
+}
+fn d_stand_in() -> String {
+    "group".into()
+}
+fn d_max_servers() -> usize {
+    256
+}
+fn d_server_lifetime() -> u64 {
+    3600
+}
+
+/// Every `[[reverse]]`: a known group, a name (path or host) used once, and for
+/// `stand_in = "servers"` an address the proxy listens on, a bounded table and a group
+/// that is the last hop (a chained group's Reply-From is the next hop's, §8.2).
+fn reverse_sections(
+    f: &File,
+    listen: &[SocketAddr],
+    groups: &[GroupSpec],
+    errors: &mut Vec<String>,
+) -> Vec<crate::proxy::ReverseSpec> {
+    use crate::proxy::{ReverseSpec, StandIn};
+    let mut out: Vec<ReverseSpec> = Vec::new();
+    for (i, r) in f.reverse.iter().enumerate() {
+        let key = format!("reverse[{i}]");
+        let Some(g) = groups.iter().position(|s| s.name == r.group) else {
+            errors.push(format!("{key}.group: no [[group]] named {:?}", r.group));
+            continue;
+        };
+        let path: Vec<String> = if r.path.is_empty() {
+            Vec::new()
+        } else {
+            r.path
+                .trim_matches('/')
+                .split('/')
+                .map(str::to_owned)
+                .collect()
+        };
+        if path.iter().any(|s| s.is_empty() || s.len() > 255) {
+            errors.push(format!(
+                "{key}.path: segments must be 1 to 255 bytes, separated by single /"
+            ));
+        }
+        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if host.as_ref().is_some_and(|h| h.is_empty() || h.len() > 255) {
+            errors.push(format!("{key}.host: must be 1 to 255 bytes"));
+        }
+        if path.is_empty() && host.is_none() {
+            errors.push(format!("{key}: needs a path or a host"));
+        }
+        if out.iter().any(|o| o.path == path && o.host == host) {
+            errors.push(format!(
+                "{key}: the same path and host as an earlier [[reverse]]"
+            ));
+        }
+        let stand_in = match r.stand_in.as_str() {
+            "group" => StandIn::Group,
+            "servers" => {
+                let advertise = match r.advertise.as_ref().map(|a| a.parse::<SocketAddr>()) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(_)) => {
+                        errors.push(format!("{key}.advertise: not an address:port"));
+                        None
+                    }
+                    None => {
+                        errors.push(format!(
+                            "{key}.advertise: required with stand_in = \"servers\""
+                        ));
+                        None
+                    }
+                };
+                if let Some(a) = advertise
+                    && a.ip().is_unspecified()
+                {
+                    errors.push(format!(
+                        "{key}.advertise: an address clients reach, not an unspecified one"
+                    ));
+                }
+                let served = |a: SocketAddr| {
+                    listen.iter().any(|l| {
+                        l.port() == a.port()
+                            && (l.ip() == a.ip()
+                                || (l.ip().is_unspecified() && l.is_ipv4() == a.is_ipv4()))
+                    })
+                };
+                if let Some(a) = advertise
+                    && !served(a)
+                {
+                    errors.push(format!(
+                        "{key}.advertise: {a} is not reached at any proxy.listen address"
+                    ));
+                }
+                if !(1..=65_536).contains(&r.max_servers) {
+                    errors.push(format!("{key}.max_servers: must be 1..=65536"));
+                }
+                if r.server_lifetime == 0 {
+                    errors.push(format!("{key}.server_lifetime: must be at least 1 second"));
+                }
+                if groups[g].next_hop.is_some() {
+                    errors.push(format!(
+                        "{key}.stand_in: \"servers\" needs a group without next_hop (a \
+                         chained group's Reply-From is the next hop's to pass on, §8.2)"
+                    ));
+                }
+                StandIn::Servers {
+                    advertise: advertise.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    max_servers: r.max_servers,
+                    server_lifetime: Duration::from_secs(r.server_lifetime),
+                }
+            }
+            other => {
+                errors.push(format!(
+                    "{key}.stand_in: {other:?} is not \"group\" or \"servers\""
+                ));
+                StandIn::Group
+            }
+        };
+        out.push(ReverseSpec {
+            host,
+            path,
+            group: g,
+            stand_in,
+        });
+    }
+    out
 }
 
 /// What must outlive the process: a member's Sender Sequence Numbers (RFC 10021

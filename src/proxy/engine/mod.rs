@@ -9,6 +9,7 @@ mod member;
 mod observe;
 mod reconfigure;
 mod response;
+mod reverse;
 mod timers;
 mod tokens;
 
@@ -236,6 +237,9 @@ struct InFlight {
     /// The observation this exchange carries, if its request registered one (see
     /// `observe.rs`; boxed: most exchanges have none).
     observe: Option<Box<observe::Observation>>,
+    /// Reverse-proxy mode standing in for the servers (groupcomm-proxy §6.1): the
+    /// proxy's address that Reply-From names (see `reverse.rs`).
+    stands_in: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -393,6 +397,10 @@ pub struct Engine {
     /// Batched signature verification: its CSPRNG and the current receive batch's
     /// verdicts (see `filter.rs`).
     batch: filter::BatchState,
+    /// Reverse-proxy mode (`reverse.rs`): per group, the servers follow-ups may name
+    /// (bounded by the resources' `max_servers`), and the follow-up being forwarded.
+    reverse_servers: Vec<reverse::Servers>,
+    reverse_grant: Option<SocketAddr>,
 }
 
 /// A message's options on their way into another message: on the stack for the usual
@@ -466,7 +474,12 @@ impl Engine {
             out: VecDeque::new(),
             spare: Vec::new(),
             observers: observe::Observers::default(),
+            reverse_servers: Vec::new(),
+            reverse_grant: None,
         };
+        e.reverse_servers = (0..e.cfg.groups.len())
+            .map(|_| HashMap::default())
+            .collect();
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
     }
@@ -913,6 +926,11 @@ impl Engine {
             }
         }
         let Some(target) = target else {
+            // Reverse-proxy mode (groupcomm-proxy §6): a resource of the proxy may stand
+            // for a group, or a follow-up name a server it stands in for.
+            if let Some(r) = self.reverse_request(now, listener, from, view, outer) {
+                return r;
+            }
             return self.local_request(view, outer);
         };
         if target.scheme != "coap" {
@@ -1347,14 +1365,16 @@ impl Engine {
     ) -> Result<(), Reject> {
         let (listener, from, view) = (out.listener, out.from, out.view);
         let u = &self.cfg.unicast;
-        if !u.enabled {
+        // A follow-up of the reverse-proxy mode (§6.2) was allowed by its group.
+        let granted = self.reverse_granted(origin);
+        if !u.enabled && !granted {
             return Err(Reject::new(
                 code::PROXYING_NOT_SUPPORTED,
                 RejectReason::UnicastNotAllowed,
                 "unicast forwarding disabled",
             ));
         }
-        if !u.allow.iter().any(|p| p.contains(from.ip())) {
+        if !granted && !u.allow.iter().any(|p| p.contains(from.ip())) {
             return Err(Reject::new(
                 code::UNAUTHORIZED,
                 RejectReason::NotAllowed,
@@ -1447,6 +1467,7 @@ impl Engine {
                 relayed_non: VecDeque::new(),
                 outer: None,
                 observe: None,
+                stands_in: None,
             },
         );
         self.by_client.insert((client, client_token), token);

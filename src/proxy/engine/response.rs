@@ -150,12 +150,13 @@ impl Engine {
         let Some(mid) = self.mid_to(to_client, client, con, true) else {
             return;
         };
+        // §8.2: from a next hop, Reply-From names the origin server already; it is passed
+        // on untouched, and none is added where it has none. §6.1: a reverse proxy may
+        // name itself instead (`reverse.rs`).
+        let reply_from = (matches!(kind, Kind::Group(_)) && via.is_none())
+            .then(|| self.reply_from_value(token, from));
         let ex = self.exchanges.get_mut(&token).expect("caller checked");
         ex.responses += 1;
-        // §8.2: from a next hop, Reply-From names the origin server already; it is passed
-        // on untouched, and none is added where it has none.
-        let reply_from =
-            (matches!(kind, Kind::Group(_)) && via.is_none()).then(|| cri::reply_from(from));
         let mut opts: Options = view
             .options()
             .filter(|(n, _)| *n != reply_from_no || via.is_some())

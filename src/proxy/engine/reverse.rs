@@ -1,0 +1,336 @@
+//! Reverse-proxy mode (groupcomm-proxy §6, RFC 10020 §3.5.2, RFC 7252 §5.7.3): resources
+//! of the proxy stand for groups, so a client that knows no forward-proxy options sends
+//! its group request to the proxy itself. Such a request is rewritten into the
+//! forward-proxy request it stands for (Proxy-Scheme, Uri-Host and Uri-Port naming the
+//! group, the resource's own path segments taken off) and goes down the ordinary request
+//! path: allow-list, limits, Multicast-Timeout (4.00 with an empty one without it, §6.1:
+//! the proxy reveals itself), signature filter, Observe.
+//!
+//! Standing in for the servers too (§6.1, first case), Reply-From names the proxy with
+//! a CRI reference to the server (Appendix A.1: one address for every server), and the
+//! servers that answered are remembered, per group and bounded, so that a follow-up
+//! naming one (Uri-Host, Uri-Port, §6.2) is forwarded to it, and one naming anything else
+//! is not: the proxy is no open relay for the hosts behind it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::{Engine, HashMap, Local, Reject};
+use crate::coap::MessageView;
+use crate::coap::build::{self, code};
+use crate::coap::cri;
+use crate::coap::options::{self as opt, read_uint, uint_value};
+use crate::proxy::config::StandIn;
+use crate::proxy::events::{Event, RejectReason, ReverseAction};
+
+use super::member::Outer;
+
+/// A server that answered a group request of a reverse-proxied resource.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Known {
+    /// Its address, with the IPv6 zone the response came with.
+    addr: SocketAddr,
+    seen: Instant,
+}
+
+/// Per group, the servers a follow-up may name (keyed without the zone, which a Uri-Host
+/// does not carry).
+pub(super) type Servers = HashMap<(IpAddr, u16), Known>;
+
+impl Engine {
+    /// The reverse resource a request without a proxy target names, and how many of its
+    /// Uri-Path segments name it: the entry with the longest match.
+    fn reverse_match(&self, view: &MessageView) -> Option<(usize, usize)> {
+        let host = view
+            .option(opt::URI_HOST)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let path: Vec<&[u8]> = view
+            .options()
+            .filter(|(n, _)| *n == opt::URI_PATH)
+            .map(|(_, v)| v)
+            .collect();
+        self.cfg
+            .reverse
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
+                (Some(_), None) => false,
+            })
+            .filter(|(_, r)| {
+                r.path.len() <= path.len()
+                    && r.path.iter().zip(&path).all(|(a, b)| a.as_bytes() == *b)
+            })
+            .max_by_key(|(_, r)| (r.path.len(), r.host.is_some()))
+            .map(|(i, r)| (i, r.path.len()))
+    }
+
+    /// A request without Proxy-Uri or Proxy-Scheme (the caller's hook): a group request
+    /// if it names a reverse resource, a follow-up (§6.2) if its Uri-Host and Uri-Port
+    /// name a server the proxy stands in for; `None`: neither, a request for the proxy.
+    pub(super) fn reverse_request(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        outer: &mut Option<Outer>,
+    ) -> Option<Result<Option<Local>, Reject>> {
+        if let Some((i, skip)) = self.reverse_match(view) {
+            return Some(self.reverse_group(now, listener, from, view, outer, i, skip));
+        }
+        self.follow_up(now, listener, from, view, outer)
+    }
+
+    /// A request to reverse resource `i` whose first `skip` Uri-Path segments name it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request path's own arguments"
+    )]
+    fn reverse_group(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        outer: &mut Option<Outer>,
+        i: usize,
+        skip: usize,
+    ) -> Result<Option<Local>, Reject> {
+        let spec = &self.cfg.reverse[i];
+        let (g, stand_in) = (spec.group, spec.stand_in);
+        let group = self.cfg.groups[g].addr;
+        self.emit(Event::Reverse {
+            group: g,
+            action: ReverseAction::GroupRequest,
+        });
+        let host = group.ip().to_string();
+        let port = uint_value(u32::from(group.port()));
+        let mut skipped = 0;
+        let mut opts: Vec<(u16, &[u8])> = view
+            .options()
+            .filter(|(n, _)| {
+                if *n == opt::URI_PATH && skipped < skip {
+                    skipped += 1;
+                    return false;
+                }
+                !matches!(*n, opt::URI_HOST | opt::URI_PORT)
+            })
+            .collect();
+        opts.extend([
+            (opt::PROXY_SCHEME, &b"coap"[..]),
+            (opt::URI_HOST, host.as_bytes()),
+            (opt::URI_PORT, &port[..]),
+        ]);
+        let result = self.rewritten(now, listener, from, view, &mut opts, outer);
+        // The exchange (if one was opened: T' > 0) answers with the Reply-From form of
+        // the resource.
+        if result.is_ok()
+            && let StandIn::Servers { advertise, .. } = stand_in
+            && let Some(t) = self.by_client.get(&(from, super::client_token(view)))
+            && let Some(ex) = self.exchanges.get_mut(t)
+        {
+            ex.stands_in = Some(advertise);
+        }
+        result
+    }
+
+    /// Handles `view` rewritten with `opts` as the forward-proxy request it stands for.
+    fn rewritten(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        opts: &mut [(u16, &[u8])],
+        outer: &mut Option<Outer>,
+    ) -> Result<Option<Local>, Reject> {
+        let bytes = build::encode(
+            view.mtype(),
+            view.code(),
+            view.message_id(),
+            view.token(),
+            opts,
+            view.payload(),
+        );
+        let Ok(v) = MessageView::parse(&bytes) else {
+            // Not reached: the rewrite of a parsed request parses (a guard, not a panic).
+            return Err(Reject::new(
+                code::BAD_REQUEST,
+                RejectReason::BadTarget,
+                "request too large to forward",
+            ));
+        };
+        self.request(now, listener, from, &v, outer)
+    }
+
+    /// §6.2: a unicast request to the proxy whose Uri-Host (an IP literal) and Uri-Port
+    /// name a server that answered a group request of a resource standing in for the
+    /// servers is forwarded to that server, with the rest of its options. The client must
+    /// be one the group allows; the unicast policy does not apply (the servers may be
+    /// reachable through this resource only).
+    fn follow_up(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        outer: &mut Option<Outer>,
+    ) -> Option<Result<Option<Local>, Reject>> {
+        let stands_in =
+            |r: &crate::proxy::config::ReverseSpec| matches!(r.stand_in, StandIn::Servers { .. });
+        if !self.cfg.reverse.iter().any(stands_in) {
+            return None;
+        }
+        let host = std::str::from_utf8(view.option(opt::URI_HOST)?).ok()?;
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip: IpAddr = bare.parse().ok()?;
+        // Uri-Host names the proxy itself: a request for its own resources.
+        let port = match view.option(opt::URI_PORT).map(read_uint) {
+            None => 5683,
+            Some(Some(p)) => u16::try_from(p).ok()?,
+            Some(None) => return None,
+        };
+        if self.cfg.local.is_local(ip, port) {
+            return None;
+        }
+        // Only groups with a resource standing in for the servers, as configured now.
+        let mut found = None;
+        for r in &self.cfg.reverse {
+            let StandIn::Servers {
+                server_lifetime, ..
+            } = r.stand_in
+            else {
+                continue;
+            };
+            if let Some(k) = self.reverse_servers[r.group].get(&(ip, port)) {
+                let fresh = now.saturating_duration_since(k.seen) < server_lifetime;
+                found = Some((r.group, k.addr, fresh));
+                break;
+            }
+        }
+        let Some((g, addr, fresh)) = found else {
+            // Any IP literal in Uri-Host sent to the proxy is taken as a follow-up: the
+            // proxy has no resources under addresses, so a 4.04 says what went wrong.
+            return Some(Err(Reject::new(
+                code::NOT_FOUND,
+                RejectReason::ReverseUnknownServer,
+                "no server the proxy stands in for at this address",
+            )));
+        };
+        if !fresh {
+            self.reverse_servers[g].remove(&(ip, port));
+            return Some(Err(Reject::new(
+                code::NOT_FOUND,
+                RejectReason::ReverseUnknownServer,
+                "server not heard from within server_lifetime",
+            )
+            .group(g)));
+        }
+        let allowed = match outer.as_ref() {
+            Some(o) => self.kid_allowed(o, g),
+            None => self.cfg.groups[g]
+                .allow
+                .iter()
+                .any(|p| p.contains(from.ip())),
+        };
+        if !allowed {
+            return Some(Err(Reject::new(
+                code::UNAUTHORIZED,
+                RejectReason::NotAllowed,
+                "client not allowed for this group",
+            )
+            .group(g)));
+        }
+        self.emit(Event::Reverse {
+            group: g,
+            action: ReverseAction::FollowUp,
+        });
+        let mut opts: Vec<(u16, &[u8])> = view.options().collect();
+        opts.push((opt::PROXY_SCHEME, &b"coap"[..]));
+        // Read by `forward_unicast` for this one request: the reverse mapping, not the
+        // unicast policy, decides that it may be forwarded.
+        self.reverse_grant = Some(addr);
+        let r = self.rewritten(now, listener, from, view, &mut opts, outer);
+        self.reverse_grant = None;
+        Some(r)
+    }
+
+    /// Whether the unicast request to `origin` being forwarded is a follow-up the
+    /// reverse mapping vouched for (see `follow_up`).
+    pub(super) fn reverse_granted(&self, origin: SocketAddr) -> bool {
+        self.reverse_grant
+            .is_some_and(|a| a.ip() == origin.ip() && a.port() == origin.port())
+    }
+
+    /// The Reply-From value of a response of `from` in exchange `token` (§5.4.1 step 1;
+    /// §6.1): naming the server, or, where the proxy stands in for the servers, the
+    /// proxy with a CRI reference to the server, which is remembered for follow-ups.
+    pub(super) fn reply_from_value(&mut self, token: u64, from: SocketAddr) -> Vec<u8> {
+        let Some((advertise, g)) = self
+            .exchanges
+            .get(&token)
+            .and_then(|ex| Some((ex.stands_in?, ex.route.group()?)))
+        else {
+            return cri::reply_from(from);
+        };
+        self.remember_server(g, from);
+        let mut v = cri::reply_from(advertise);
+        v.extend_from_slice(&cri::authority_reference(from));
+        v
+    }
+
+    /// Records that `from` answered group `g`; at the group's bound (`max_servers`, the
+    /// largest of its resources'), the server heard from least recently is forgotten
+    /// (a scan, as it happens only when a new server joins a full table).
+    fn remember_server(&mut self, g: usize, from: SocketAddr) {
+        let now = self.now;
+        let bound = self
+            .cfg
+            .reverse
+            .iter()
+            .filter(|r| r.group == g)
+            .filter_map(|r| match r.stand_in {
+                StandIn::Servers { max_servers, .. } => Some(max_servers),
+                StandIn::Group => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let table = &mut self.reverse_servers[g];
+        let key = (from.ip(), from.port());
+        if let Some(k) = table.get_mut(&key) {
+            k.seen = now;
+            k.addr = from;
+            return;
+        }
+        let mut forgotten = 0;
+        while !table.is_empty() && table.len() >= bound {
+            let oldest = table
+                .iter()
+                .min_by_key(|(_, k)| k.seen)
+                .map(|(key, _)| *key)
+                .expect("not empty");
+            table.remove(&oldest);
+            forgotten += 1;
+        }
+        if bound > 0 {
+            table.insert(
+                key,
+                Known {
+                    addr: from,
+                    seen: now,
+                },
+            );
+        }
+        for _ in 0..forgotten {
+            self.emit(Event::Reverse {
+                group: g,
+                action: ReverseAction::ServerForgotten,
+            });
+        }
+    }
+}
