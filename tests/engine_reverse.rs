@@ -1,0 +1,554 @@
+//! Reverse-proxy mode (issue 16 point 2) on a virtual clock: resources of the proxy that
+//! stand for a group (groupcomm-proxy-07 §6, RFC 10020 §3.5.2, RFC 7252 §5.7.3), the 4.00
+//! with an empty Multicast-Timeout (§6.1), both Reply-From forms (§6.1), follow-up
+//! requests (§6.2) and the bound of the servers a follow-up may name.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use groxy::coap::MessageView;
+use groxy::coap::build::{self, ACK, CON, NON, code};
+use groxy::coap::cri;
+use groxy::coap::options as opt;
+use groxy::proxy::{
+    Engine, Event, Link, ProxyConfig, RejectReason, ReverseAction, ReverseSpec, StandIn, Transmit,
+};
+
+const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
+const RF: u16 = opt::REPLY_FROM_DEFAULT;
+const OBSERVE: u16 = 6;
+const LISTENER: Link = Link::Listener(0);
+
+fn client() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+fn stranger() -> SocketAddr {
+    "192.0.2.99:40000".parse().unwrap()
+}
+fn device(i: u8) -> SocketAddr {
+    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
+}
+fn group_addr() -> SocketAddr {
+    "224.0.1.187:5683".parse().unwrap()
+}
+fn advertise() -> SocketAddr {
+    "127.0.0.1:5683".parse().unwrap()
+}
+
+/// The default group behind `lights`; unicast forwarding off (a reverse proxy that is
+/// the only way to the servers), unless `unicast`.
+fn config(stand_in: StandIn, unicast: bool) -> ProxyConfig {
+    let mut c = ProxyConfig::default();
+    c.unicast.enabled = unicast;
+    c.reverse.push(ReverseSpec {
+        host: None,
+        path: vec!["lights".into()],
+        group: 0,
+        stand_in,
+    });
+    c
+}
+
+fn servers(max_servers: usize, lifetime: u64) -> StandIn {
+    StandIn::Servers {
+        advertise: advertise(),
+        max_servers,
+        server_lifetime: Duration::from_secs(lifetime),
+    }
+}
+
+struct H {
+    e: Engine,
+    now: Instant,
+    mid: u16,
+}
+
+impl H {
+    fn new(cfg: ProxyConfig) -> Self {
+        let now = Instant::now();
+        H {
+            e: Engine::new(cfg, now, 7).unwrap(),
+            now,
+            mid: 1,
+        }
+    }
+    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
+        self.e.handle(self.now, link, from, msg);
+        common::outputs(&mut self.e)
+    }
+    /// A request of `client()` with these options (no proxy options unless given).
+    fn ask(&mut self, t: u8, token: &[u8], opts: &[(u16, &[u8])]) -> (Vec<Transmit>, Vec<Event>) {
+        self.ask_from(client(), t, token, opts)
+    }
+    fn ask_from(
+        &mut self,
+        from: SocketAddr,
+        t: u8,
+        token: &[u8],
+        opts: &[(u16, &[u8])],
+    ) -> (Vec<Transmit>, Vec<Event>) {
+        self.mid += 1;
+        let m = build::encode(t, code::GET, self.mid, token, &mut opts.to_vec(), &[]);
+        self.feed(LISTENER, from, &m)
+    }
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.e.handle_timeout(self.now);
+        common::outputs(&mut self.e);
+    }
+    /// A group request to coap://proxy/lights/temp with T' = `secs`: the multicast.
+    fn group_request(&mut self, token: &[u8], secs: u32) -> Transmit {
+        let mt = opt::uint_value(secs);
+        let (tx, _) = self.ask(
+            NON,
+            token,
+            &[
+                (opt::URI_PATH, b"lights"),
+                (opt::URI_PATH, b"temp"),
+                (MT, &mt),
+            ],
+        );
+        tx.into_iter()
+            .find(|t| t.to == group_addr())
+            .expect("a multicast")
+    }
+    /// Device `i` answers `fwd` (sent on its link): what reaches the client.
+    fn answer(&mut self, fwd: &Transmit, i: u8) -> Vec<Vec<u8>> {
+        let v = MessageView::parse(&fwd.bytes).unwrap();
+        let r = build::encode(
+            NON,
+            code::CONTENT,
+            500 + i as u16,
+            v.token(),
+            &mut [],
+            b"21",
+        );
+        let (tx, _) = self.feed(fwd.link, device(i), &r);
+        tx.into_iter()
+            .filter(|t| t.to == client())
+            .map(|t| t.bytes)
+            .collect()
+    }
+}
+
+fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
+    ev.iter().find_map(|e| match e {
+        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
+        _ => None,
+    })
+}
+
+fn reverse_actions(ev: &[Event]) -> Vec<ReverseAction> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Reverse { action, .. } => Some(*action),
+            _ => None,
+        })
+        .collect()
+}
+
+fn paths(v: &MessageView) -> Vec<Vec<u8>> {
+    v.options()
+        .filter(|(n, _)| *n == opt::URI_PATH)
+        .map(|(_, b)| b.to_vec())
+        .collect()
+}
+
+/// §6.1: a request to a reverse-proxied resource without Multicast-Timeout gets 4.00
+/// with an empty Multicast-Timeout (the proxy reveals itself); nothing is multicast.
+#[test]
+fn s6_1_without_multicast_timeout_4_00_with_empty_option() {
+    let mut h = H::new(config(StandIn::Group, false));
+    let (tx, ev) = h.ask(
+        CON,
+        b"t1",
+        &[(opt::URI_PATH, b"lights"), (opt::URI_PATH, b"temp")],
+    );
+    assert_eq!(tx.len(), 1);
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!((v.mtype(), v.code()), (ACK, code::BAD_REQUEST));
+    assert_eq!(
+        v.option(MT),
+        Some(&[][..]),
+        "empty Multicast-Timeout (value 0)"
+    );
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::MissingMulticastTimeout, code::BAD_REQUEST))
+    );
+    assert_eq!(reverse_actions(&ev), vec![ReverseAction::GroupRequest]);
+    // A path that is no reverse resource is a request for the proxy, as before.
+    let (tx, ev) = h.ask(CON, b"t2", &[(opt::URI_PATH, b"other")]);
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!(v.code(), code::NOT_FOUND);
+    assert_eq!(v.option(MT), None);
+    assert!(reverse_actions(&ev).is_empty());
+}
+
+/// §6.1 with §5.2.1: with a Multicast-Timeout the request is forwarded exactly as a
+/// forward-proxy group request: to the group, NON, the resource's segment taken off and
+/// the rest of the path kept, no Multicast-Timeout; every device's response relayed.
+/// §6.1 second case (stand_in = "group"): Reply-From names the server (one element).
+#[test]
+fn s6_1_group_request_and_reply_from_naming_the_server() {
+    let mut h = H::new(config(StandIn::Group, false));
+    let fwd = h.group_request(b"g1", 5);
+    assert!(matches!(fwd.link, Link::Group(0, _)));
+    let v = MessageView::parse(&fwd.bytes).unwrap();
+    assert_eq!(v.mtype(), NON);
+    assert_eq!(paths(&v), vec![b"temp".to_vec()]);
+    for n in [
+        opt::URI_HOST,
+        opt::URI_PORT,
+        opt::PROXY_SCHEME,
+        opt::PROXY_URI,
+        MT,
+    ] {
+        assert_eq!(v.option(n), None, "option {n} not forwarded");
+    }
+    for i in 1..=3 {
+        let got = h.answer(&fwd, i);
+        assert_eq!(got.len(), 1, "device {i}'s response relayed");
+        let r = MessageView::parse(&got[0]).unwrap();
+        assert_eq!(r.code(), code::CONTENT);
+        assert_eq!(r.token(), b"g1");
+        let rf = r.option(RF).unwrap();
+        assert_eq!(rf, &cri::reply_from(device(i))[..]);
+        assert_eq!(cri::parse_reply_from_pair(rf), Some((device(i), None)));
+    }
+}
+
+/// §6.1 first case (stand_in = "servers"): Reply-From names the proxy at `advertise`,
+/// with the CRI reference //SERVER:PORT as its second element (Appendix A.1: the proxy
+/// forwards a follow-up by its Uri-Host and Uri-Port).
+#[test]
+fn s6_1_reply_from_naming_the_proxy_with_a_cri_reference() {
+    let mut h = H::new(config(servers(16, 3600), false));
+    let fwd = h.group_request(b"g2", 5);
+    for i in 1..=2 {
+        let got = h.answer(&fwd, i);
+        let r = MessageView::parse(&got[0]).unwrap();
+        let rf = r.option(RF).unwrap();
+        let mut want = cri::reply_from(advertise());
+        want.extend_from_slice(&cri::authority_reference(device(i)));
+        assert_eq!(rf, &want[..]);
+        assert_eq!(
+            cri::parse_reply_from_pair(rf),
+            Some((advertise(), Some(device(i))))
+        );
+    }
+}
+
+/// §6.2, first case: the follow-up to the proxy with Uri-Host and Uri-Port from the CRI
+/// reference (and a path of its own) goes to that server alone, unicast, without them;
+/// its response comes back. The unicast policy is off: the group's allow list decides.
+#[test]
+fn s6_2_follow_up_through_the_proxy_standing_in_for_the_servers() {
+    let mut h = H::new(config(servers(16, 3600), false));
+    let fwd = h.group_request(b"g3", 5);
+    h.answer(&fwd, 1);
+    h.answer(&fwd, 2);
+    let host = b"127.0.0.11";
+    let port = opt::uint_value(5683);
+    let follow = [
+        (opt::URI_HOST, &host[..]),
+        (opt::URI_PORT, &port[..]),
+        (opt::URI_PATH, &b"r1"[..]),
+    ];
+    let (tx, ev) = h.ask(CON, b"u1", &follow);
+    let out: Vec<_> = tx.iter().filter(|t| t.to == device(1)).collect();
+    assert_eq!(out.len(), 1, "forwarded to device 1 only: {tx:?}");
+    assert!(matches!(out[0].link, Link::Unicast(_)));
+    let v = MessageView::parse(&out[0].bytes).unwrap();
+    assert_eq!(paths(&v), vec![b"r1".to_vec()]);
+    assert_eq!(v.option(opt::URI_HOST), None);
+    assert_eq!(v.option(opt::PROXY_SCHEME), None);
+    assert_eq!(reverse_actions(&ev), vec![ReverseAction::FollowUp]);
+    assert!(ev.iter().any(|e| matches!(e, Event::UnicastForward)));
+    // The server's piggybacked response reaches the client.
+    let resp = build::encode(
+        ACK,
+        code::CONTENT,
+        v.message_id(),
+        v.token(),
+        &mut [],
+        b"ok",
+    );
+    let (tx, _) = h.feed(out[0].link, device(1), &resp);
+    let back = tx.iter().find(|t| t.to == client()).expect("relayed");
+    let r = MessageView::parse(&back.bytes).unwrap();
+    assert_eq!(
+        (r.code(), r.token(), r.payload()),
+        (code::CONTENT, &b"u1"[..], &b"ok"[..])
+    );
+    // A client the group does not allow is refused (4.01), nothing sent.
+    let (tx, ev) = h.ask_from(stranger(), CON, b"u2", &follow);
+    assert!(tx.iter().all(|t| t.to == stranger()));
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::NotAllowed, code::UNAUTHORIZED))
+    );
+}
+
+/// §6.2: only servers that answered a group request are reachable so; the proxy is no
+/// open relay to the hosts behind it: anything else gets 4.04, nothing sent.
+#[test]
+fn s6_2_follow_up_naming_no_server_that_answered_is_4_04() {
+    let mut h = H::new(config(servers(16, 3600), true));
+    let fwd = h.group_request(b"g4", 5);
+    h.answer(&fwd, 1);
+    let port = opt::uint_value(5683);
+    for host in [&b"127.0.0.12"[..], b"192.0.2.1"] {
+        let (tx, ev) = h.ask(CON, b"u3", &[(opt::URI_HOST, host), (opt::URI_PORT, &port)]);
+        assert_eq!(tx.len(), 1);
+        assert_eq!(
+            MessageView::parse(&tx[0].bytes).unwrap().code(),
+            code::NOT_FOUND
+        );
+        assert_eq!(
+            rejected(&ev),
+            Some((RejectReason::ReverseUnknownServer, code::NOT_FOUND))
+        );
+    }
+    // The right address on another port is another endpoint.
+    let other = opt::uint_value(5684);
+    let (_, ev) = h.ask(
+        CON,
+        b"u4",
+        &[(opt::URI_HOST, b"127.0.0.11"), (opt::URI_PORT, &other)],
+    );
+    assert_eq!(
+        rejected(&ev).map(|r| r.0),
+        Some(RejectReason::ReverseUnknownServer)
+    );
+}
+
+/// The bound (`max_servers`): past it the server heard from least recently is forgotten
+/// (counted), and a follow-up to it gets 4.04 until it answers a group request again.
+#[test]
+fn servers_table_bound_forgets_the_least_recently_heard() {
+    let mut h = H::new(config(servers(2, 3600), false));
+    let fwd = h.group_request(b"g5", 5);
+    h.answer(&fwd, 1);
+    h.now += Duration::from_millis(10);
+    h.answer(&fwd, 2);
+    h.now += Duration::from_millis(10);
+    let v = MessageView::parse(&fwd.bytes).unwrap();
+    let r = build::encode(NON, code::CONTENT, 503, v.token(), &mut [], b"21");
+    let (_, ev) = h.feed(fwd.link, device(3), &r);
+    assert_eq!(reverse_actions(&ev), vec![ReverseAction::ServerForgotten]);
+    let port = opt::uint_value(5683);
+    let follow = |host: &'static [u8]| [(opt::URI_HOST, host), (opt::URI_PORT, &port[..])];
+    let (_, ev) = h.ask(CON, b"f1", &follow(b"127.0.0.11"));
+    assert_eq!(
+        rejected(&ev).map(|r| r.0),
+        Some(RejectReason::ReverseUnknownServer)
+    );
+    for (tok, host, i) in [(b"f2", &b"127.0.0.12"[..], 2), (b"f3", b"127.0.0.13", 3)] {
+        let (tx, ev) = h.ask(CON, tok, &follow(host));
+        assert!(tx.iter().any(|t| t.to == device(i)), "device {i} reached");
+        assert_eq!(reverse_actions(&ev), vec![ReverseAction::FollowUp]);
+    }
+}
+
+/// A server not heard from for `server_lifetime` is forgotten: its follow-up is 4.04.
+#[test]
+fn servers_table_entries_expire_after_server_lifetime() {
+    let mut h = H::new(config(servers(16, 30), false));
+    let fwd = h.group_request(b"g6", 5);
+    h.answer(&fwd, 1);
+    h.advance(Duration::from_secs(31));
+    let port = opt::uint_value(5683);
+    let (tx, ev) = h.ask(
+        CON,
+        b"f4",
+        &[(opt::URI_HOST, b"127.0.0.11"), (opt::URI_PORT, &port)],
+    );
+    assert!(tx.iter().all(|t| t.to == client()));
+    assert_eq!(
+        rejected(&ev).map(|r| r.0),
+        Some(RejectReason::ReverseUnknownServer)
+    );
+}
+
+/// §6.2, second case (stand_in = "group"): the follow-up goes to the server directly or
+/// as an ordinary forward-proxy request (here: Proxy-Scheme, [unicast] on); a request
+/// to the proxy naming the server without a proxy option is not forwarded (the proxy
+/// does not stand in for it).
+#[test]
+fn s6_2_follow_up_when_standing_in_for_the_group_only() {
+    let mut h = H::new(config(StandIn::Group, true));
+    let fwd = h.group_request(b"g7", 5);
+    let got = h.answer(&fwd, 1);
+    let rf = MessageView::parse(&got[0])
+        .unwrap()
+        .option(RF)
+        .unwrap()
+        .to_vec();
+    let (server, none) = cri::parse_reply_from_pair(&rf).unwrap();
+    assert_eq!((server, none), (device(1), None));
+    let host = server.ip().to_string();
+    let (tx, ev) = h.ask(
+        CON,
+        b"f5",
+        &[
+            (opt::URI_HOST, host.as_bytes()),
+            (opt::PROXY_SCHEME, b"coap"),
+            (opt::URI_PATH, b"r1"),
+        ],
+    );
+    assert!(tx.iter().any(|t| t.to == device(1)));
+    assert!(reverse_actions(&ev).is_empty());
+    let (tx, ev) = h.ask(CON, b"f6", &[(opt::URI_HOST, host.as_bytes())]);
+    assert!(tx.iter().all(|t| t.to == client()));
+    assert_eq!(rejected(&ev).map(|r| r.0), Some(RejectReason::NotForProxy));
+}
+
+/// The request path's checks apply to a reverse-proxied request: the group's allow
+/// list (§5.2.1 step 2, before the Multicast-Timeout check), the longest resource path
+/// wins, the host form, and Observe (the registration is kept, RFC 10020 §3.7).
+#[test]
+fn reverse_requests_pass_the_request_path_checks() {
+    let mut c = config(StandIn::Group, false);
+    c.groups.push(groxy::proxy::GroupSpec {
+        name: "floor".into(),
+        addr: "239.1.2.3:5683".parse().unwrap(),
+        host_names: vec![],
+        enabled: true,
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        max_timeout: Duration::from_secs(60),
+        security: None,
+        next_hop: None,
+    });
+    c.reverse.push(ReverseSpec {
+        host: None,
+        path: vec!["lights".into(), "floor".into()],
+        group: 1,
+        stand_in: StandIn::Group,
+    });
+    c.reverse.push(ReverseSpec {
+        host: Some("lights.example".into()),
+        path: vec![],
+        group: 1,
+        stand_in: StandIn::Group,
+    });
+    let mut h = H::new(c);
+    let mt = opt::uint_value(5);
+    let (_, ev) = h.ask_from(stranger(), CON, b"s1", &[(opt::URI_PATH, b"lights")]);
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::NotAllowed, code::UNAUTHORIZED))
+    );
+    let (tx, _) = h.ask(
+        NON,
+        b"s2",
+        &[
+            (opt::URI_PATH, b"lights"),
+            (opt::URI_PATH, b"floor"),
+            (opt::URI_PATH, b"temp"),
+            (MT, &mt),
+        ],
+    );
+    let m = tx
+        .iter()
+        .find(|t| t.to == "239.1.2.3:5683".parse().unwrap());
+    let v = MessageView::parse(&m.expect("to group 1").bytes).unwrap();
+    assert_eq!(paths(&v), vec![b"temp".to_vec()]);
+    let (tx, _) = h.ask(
+        NON,
+        b"s3",
+        &[
+            (opt::URI_HOST, b"Lights.Example"),
+            (opt::URI_PATH, b"x"),
+            (MT, &mt),
+        ],
+    );
+    let m = tx
+        .iter()
+        .find(|t| t.to == "239.1.2.3:5683".parse().unwrap());
+    let v = MessageView::parse(&m.expect("to group 1 by host").bytes).unwrap();
+    assert_eq!(paths(&v), vec![b"x".to_vec()]);
+    assert_eq!(v.option(opt::URI_HOST), None);
+    let (tx, ev) = h.ask(
+        NON,
+        b"s4",
+        &[(OBSERVE, b""), (opt::URI_PATH, b"lights"), (MT, &mt)],
+    );
+    let m = tx
+        .iter()
+        .find(|t| t.to == group_addr())
+        .expect("a multicast");
+    assert_eq!(
+        MessageView::parse(&m.bytes).unwrap().option(OBSERVE),
+        Some(&[][..])
+    );
+    assert!(ev.iter().any(|e| matches!(e, Event::ObserveStarted { .. })));
+}
+
+/// check-config: a [[reverse]] is validated with the rest (every error names its key).
+#[test]
+fn reverse_section_is_validated() {
+    let base = r#"
+[proxy]
+listen = ["127.0.0.1:5683"]
+[[group]]
+name = "g"
+uri = "coap://224.0.1.187"
+interface = "127.0.0.1"
+[[group]]
+name = "chained"
+uri = "coap://239.1.1.1"
+interface = "127.0.0.1"
+next_hop = "127.0.0.9:5683"
+"#;
+    let ok = format!(
+        "{base}[[reverse]]\ngroup = \"g\"\npath = \"a/b\"\nstand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\nmax_servers = 4\n"
+    );
+    let l = groxy::settings::load_str(&ok).unwrap();
+    assert_eq!(
+        l.run.proxy.reverse,
+        vec![ReverseSpec {
+            host: None,
+            path: vec!["a".into(), "b".into()],
+            group: 0,
+            stand_in: StandIn::Servers {
+                advertise: advertise(),
+                max_servers: 4,
+                server_lifetime: Duration::from_secs(3600),
+            },
+        }]
+    );
+    for (extra, key) in [
+        ("group = \"nope\"\npath = \"x\"", "reverse[0].group"),
+        ("group = \"g\"", "reverse[0]: needs a path or a host"),
+        (
+            "group = \"g\"\npath = \"x\"\nstand_in = \"servers\"",
+            "reverse[0].advertise",
+        ),
+        (
+            "group = \"g\"\npath = \"x\"\nstand_in = \"servers\"\nadvertise = \"127.0.0.1:9999\"",
+            "reverse[0].advertise",
+        ),
+        (
+            "group = \"chained\"\npath = \"x\"\nstand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"",
+            "reverse[0].stand_in",
+        ),
+        (
+            "group = \"g\"\npath = \"x\"\nstand_in = \"all\"",
+            "reverse[0].stand_in",
+        ),
+        (
+            "group = \"g\"\npath = \"x\"\nstand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\nmax_servers = 0",
+            "reverse[0].max_servers",
+        ),
+    ] {
+        let errors =
+            groxy::settings::load_str(&format!("{base}[[reverse]]\n{extra}\n")).expect_err(extra);
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{extra}: {errors:?}"
+        );
+    }
+}
