@@ -143,7 +143,7 @@ mod tests {
         let p: SocketAddr = "192.0.2.1:5683".parse().unwrap();
         let s: SocketAddr = "10.0.0.7:61616".parse().unwrap();
         let r = authority_reference(s);
-        assert_eq!(hex::encode(&r), "82f682440a000007 19f0f0".replace(' ', ""));
+        assert_eq!(hex::encode(&r), "82f682440a000007 19f0b0".replace(' ', ""));
         let mut v = reply_from(p);
         v.extend_from_slice(&r);
         assert_eq!(parse_reply_from_pair(&v), Some((p, Some(s))));
