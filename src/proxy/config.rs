@@ -232,6 +232,10 @@ pub struct ProxyConfig {
     /// Resources of the proxy that stand for groups (reverse-proxy mode, groupcomm-proxy
     /// §6, RFC 10020 §3.5.2).
     pub reverse: Vec<ReverseSpec>,
+    /// The proxy's identifier in the diagnostic payload of a 5.08 (RFC 8768 §4): no
+    /// space; it names this proxy in the 5.08s it makes and relays, and a relayed 5.08
+    /// that already names it is not relayed.
+    pub hop_id: String,
 }
 
 // Reverse-proxy mode (groupcomm-proxy §6, issue 16).
@@ -323,6 +327,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             local: LocalNames::default(),
             reverse: Vec::new(),
+            hop_id: "groxy".into(),
         }
     }
 }

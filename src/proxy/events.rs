@@ -180,6 +180,9 @@ labelled! {
         /// not be written to stable storage (counted by the driver, per datagram; `from` is
         /// the address it was for).
         ReplayStateUnsaved => "replay_state_unsaved",
+        /// A 5.08 (Hop Limit Reached) whose diagnostic already names this proxy: a loop
+        /// through it, not relayed (RFC 8768 §4), and logged.
+        HopLoop => "hop_loop",
     }
 }
 

@@ -54,6 +54,9 @@ struct ProxySection {
     /// Host names of the proxy itself: a request whose target names one is served here.
     #[serde(default)]
     names: Vec<String>,
+    /// The proxy's identifier in 5.08 diagnostics (RFC 8768 §4; issue 16).
+    #[serde(default)]
+    id: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -63,6 +66,7 @@ impl Default for ProxySection {
             metrics: None,
             state_dir: None,
             names: Vec::new(),
+            id: None,
         }
     }
 }
@@ -276,6 +280,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     }
     state_dir_needed(&f, &mut errors);
     let reverse = reverse_sections(&f, &listen, &groups, &mut errors);
+    let hop_id = hop_id(&f.proxy, &mut errors);
     let http = f
         .http
         .as_ref()
@@ -302,6 +307,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .collect(),
                 },
                 reverse,
+                hop_id,
             },
             listen,
             egress,
@@ -594,6 +600,24 @@ fn group_addr(key: &str, uri: &str, errors: &mut Vec<String>) -> Option<SocketAd
             None
         }
     }
+}
+
+/// `proxy.id` (RFC 8768 §4): what names this proxy in 5.08 diagnostics; without it the
+/// first of `proxy.names`, else the first `proxy.listen` address as written (two proxies
+/// on one host differ by port). No space (the separator of the identifiers), printable
+/// ASCII, at most 255 bytes.
+fn hop_id(p: &ProxySection, errors: &mut Vec<String>) -> String {
+    let id =
+        p.id.clone()
+            .or_else(|| p.names.first().cloned())
+            .or_else(|| p.listen.first().cloned())
+            .unwrap_or_else(|| "groxy".into());
+    if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        errors.push(format!(
+            "proxy.id: {id:?} must be 1 to 255 printable ASCII characters without spaces"
+        ));
+    }
+    id
 }
 
 // Reverse-proxy mode (groupcomm-proxy §6, issue 16).

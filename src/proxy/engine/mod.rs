@@ -316,6 +316,8 @@ struct Reject {
     group: Option<usize>,
     options: Vec<(u16, Vec<u8>)>,
     diagnostic: &'static str,
+    /// A diagnostic made at run time, instead of `diagnostic` (the 5.08's, RFC 8768 §4).
+    payload: Option<Vec<u8>>,
 }
 
 impl Reject {
@@ -326,6 +328,7 @@ impl Reject {
             group: None,
             options: Vec::new(),
             diagnostic,
+            payload: None,
         }
     }
     fn group(mut self, g: usize) -> Self {
@@ -971,11 +974,14 @@ impl Engine {
             // RFC 8768 §3: 1 to 255, decremented before forwarding; reaching 0 is 5.08.
             Some(Some(h @ 2..=255)) => Some(h as u8 - 1),
             Some(Some(1)) => {
-                return Err(Reject::new(
+                let mut r = Reject::new(
                     code::HOP_LIMIT_REACHED,
                     RejectReason::HopLimit,
                     "hop limit reached",
-                ));
+                );
+                // RFC 8768 §4: the proxy that detects the loop names itself.
+                r.payload = Some(self.cfg.hop_id.as_bytes().to_vec());
+                return Err(r);
             }
             // 0 (also the empty value) or above 255: a bad value, not a loop (4.00).
             Some(_) => {
@@ -1543,14 +1549,8 @@ impl Engine {
                 self.mid_to(Link::Listener(listener), client, false, false)?,
             )
         };
-        Some(build::encode(
-            t,
-            r.code,
-            m,
-            token,
-            &mut opts,
-            r.diagnostic.as_bytes(),
-        ))
+        let diagnostic = r.payload.as_deref().unwrap_or(r.diagnostic.as_bytes());
+        Some(build::encode(t, r.code, m, token, &mut opts, diagnostic))
     }
 
     /// A separate error response to the client of an exchange (as NON: the client's CON
