@@ -140,7 +140,7 @@ impl Engine {
             if payload.split(|b| *b == b' ').any(|p| p == id) {
                 return None;
             }
-            if view.bytes().len() + id.len() + 1 <= 1152 {
+            if view.bytes().len() + id.len() < 1152 {
                 let mut p = Vec::with_capacity(id.len() + 1 + payload.len());
                 p.extend_from_slice(id);
                 if !payload.is_empty() {
