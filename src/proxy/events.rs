@@ -381,5 +381,6 @@ mod tests {
         check(DropReason::ALL.iter().map(|r| r.as_str()).collect());
         check(CloseReason::ALL.iter().map(|r| r.as_str()).collect());
         check(NotificationDrop::ALL.iter().map(|r| r.as_str()).collect());
+        check(ReverseAction::ALL.iter().map(|r| r.as_str()).collect());
     }
 }
