@@ -54,6 +54,7 @@ fn config(stand_in: StandIn, unicast: bool) -> ProxyConfig {
 fn servers(max_servers: usize, lifetime: u64) -> StandIn {
     StandIn::Servers {
         advertise: advertise(),
+        pool: vec![],
         max_servers,
         server_lifetime: Duration::from_secs(lifetime),
     }
@@ -515,6 +516,7 @@ next_hop = "127.0.0.9:5683"
             group: 0,
             stand_in: StandIn::Servers {
                 advertise: advertise(),
+                pool: vec![],
                 max_servers: 4,
                 server_lifetime: Duration::from_secs(3600),
             },

@@ -257,18 +257,21 @@ pub struct ReverseSpec {
 }
 
 /// The two cases of groupcomm-proxy §6.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StandIn {
     /// Only for the group: Reply-From names the server, which clients reach directly (or
     /// through the proxy as an ordinary forward proxy).
     Group,
-    /// For the servers too: Reply-From names the proxy at `advertise` with a CRI
-    /// reference to the server as its second element (§6.1, Appendix A.1); a unicast
-    /// request to the proxy whose Uri-Host and Uri-Port name a server that answered is
-    /// forwarded to it (§6.2).
+    /// For the servers too: Reply-From names an address of the proxy of the server's
+    /// own from `pool` (Appendix A.2: the CRI alone), or, with none free, the proxy at
+    /// `advertise` with a CRI reference to the server as its second element (§6.1,
+    /// Appendix A.1). A unicast request to that pool address, or to the proxy with the
+    /// Uri-Host and Uri-Port of a server that answered, is forwarded to it (§6.2).
     Servers {
         /// The proxy's address as clients reach it (one of its listeners).
         advertise: SocketAddr,
+        /// Listeners (index, address) that each stand for one server at a time.
+        pool: Vec<(usize, SocketAddr)>,
         /// Servers remembered for follow-ups; past it, the one heard from least
         /// recently is forgotten.
         max_servers: usize,

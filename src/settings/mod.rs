@@ -279,7 +279,8 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     state_dir_needed(&f, &mut errors);
-    let reverse = reverse_sections(&f, &listen, &groups, &mut errors);
+    let mut listen = listen;
+    let reverse = reverse_sections(&f, &mut listen, &groups, &mut errors);
     let hop_id = hop_id(&f.proxy, &mut errors);
     let http = f
         .http
@@ -645,6 +646,33 @@ struct ReverseSection {
     /// Seconds.
     #[serde(default = "d_server_lifetime")]
     server_lifetime: u64,
+    /// With "servers": addresses of the proxy, one per server (Appendix A.2), as
+    /// "ip:port" or "ip:first-last".
+    #[serde(default)]
+    pool: Vec<String>,
+}
+
+/// Most pool addresses in all: each is a socket of the proxy's.
+const MAX_POOL: usize = 1024;
+
+/// A pool entry: "ip:port" or "ip:first-last" (a port range; the brackets of an IPv6
+/// literal as in any address). Parsed by hand: std parses the address, only the range
+/// suffix is this format's own.
+fn pool_entry(s: &str) -> Option<Vec<SocketAddr>> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(vec![a]);
+    }
+    let (addr, last) = s.rsplit_once('-')?;
+    let first: SocketAddr = addr.parse().ok()?;
+    let last: u16 = last.parse().ok()?;
+    if last < first.port() || usize::from(last - first.port()) >= MAX_POOL {
+        return None;
+    }
+    Some(
+        (first.port()..=last)
+            .map(|p| SocketAddr::new(first.ip(), p))
+            .collect(),
+    )
 }
 fn d_stand_in() -> String {
     "group".into()
@@ -659,14 +687,17 @@ fn d_server_lifetime() -> u64 {
 /// Every `[[reverse]]`: a known group, a name (path or host) used once, and for
 /// `stand_in = "servers"` an address the proxy listens on, a bounded table and a group
 /// that is the last hop (a chained group's Reply-From is the next hop's, §8.2).
+/// A `pool` makes listeners of its own, after `proxy.listen` (the driver binds every
+/// entry of `listen`), each unique and standing for one server at a time.
 fn reverse_sections(
     f: &File,
-    listen: &[SocketAddr],
+    listen: &mut Vec<SocketAddr>,
     groups: &[GroupSpec],
     errors: &mut Vec<String>,
 ) -> Vec<crate::proxy::ReverseSpec> {
     use crate::proxy::{ReverseSpec, StandIn};
     let mut out: Vec<ReverseSpec> = Vec::new();
+    let configured = listen.len();
     for (i, r) in f.reverse.iter().enumerate() {
         let key = format!("reverse[{i}]");
         let Some(g) = groups.iter().position(|s| s.name == r.group) else {
@@ -723,7 +754,7 @@ fn reverse_sections(
                     ));
                 }
                 let served = |a: SocketAddr| {
-                    listen.iter().any(|l| {
+                    listen[..configured].iter().any(|l| {
                         l.port() == a.port()
                             && (l.ip() == a.ip()
                                 || (l.ip().is_unspecified() && l.is_ipv4() == a.is_ipv4()))
@@ -748,8 +779,45 @@ fn reverse_sections(
                          chained group's Reply-From is the next hop's to pass on, §8.2)"
                     ));
                 }
+                let mut pool = Vec::new();
+                for (j, e) in r.pool.iter().enumerate() {
+                    let Some(addrs) = pool_entry(e) else {
+                        errors.push(format!(
+                            "{key}.pool[{j}]: {e:?} is not ip:port or ip:first-last"
+                        ));
+                        continue;
+                    };
+                    for a in addrs {
+                        if a.ip().is_unspecified() || a.port() == 0 {
+                            errors.push(format!(
+                                "{key}.pool[{j}]: {a} is not an address clients reach"
+                            ));
+                        } else if listen.contains(&a) {
+                            errors.push(format!(
+                                "{key}.pool[{j}]: {a} is a listener or pool address already"
+                            ));
+                        } else if listen.len() - configured >= MAX_POOL {
+                            errors.push(format!(
+                                "{key}.pool: more than {MAX_POOL} addresses in all pools"
+                            ));
+                            break;
+                        } else {
+                            pool.push((listen.len(), a));
+                            listen.push(a);
+                        }
+                    }
+                }
+                if !pool.is_empty() && out.iter().any(|o| {
+                    o.group == g
+                        && matches!(&o.stand_in, StandIn::Servers { pool, .. } if !pool.is_empty())
+                }) {
+                    errors.push(format!(
+                        "{key}.pool: an earlier [[reverse]] of the group has a pool"
+                    ));
+                }
                 StandIn::Servers {
                     advertise: advertise.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    pool,
                     max_servers: r.max_servers,
                     server_lifetime: Duration::from_secs(r.server_lifetime),
                 }
@@ -761,6 +829,9 @@ fn reverse_sections(
                 StandIn::Group
             }
         };
+        if stand_in == StandIn::Group && !r.pool.is_empty() {
+            errors.push(format!("{key}.pool: only with stand_in = \"servers\""));
+        }
         out.push(ReverseSpec {
             host,
             path,

@@ -481,7 +481,7 @@ impl Engine {
             reverse_grant: None,
         };
         e.reverse_servers = (0..e.cfg.groups.len())
-            .map(|_| HashMap::default())
+            .map(|_| reverse::Servers::default())
             .collect();
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)

@@ -6,11 +6,13 @@
 //! path: allow-list, limits, Multicast-Timeout (4.00 with an empty one without it, §6.1:
 //! the proxy reveals itself), signature filter, Observe.
 //!
-//! Standing in for the servers too (§6.1, first case), Reply-From names the proxy with
-//! a CRI reference to the server (Appendix A.1: one address for every server), and the
-//! servers that answered are remembered, per group and bounded, so that a follow-up
-//! naming one (Uri-Host, Uri-Port, §6.2) is forwarded to it, and one naming anything else
-//! is not: the proxy is no open relay for the hosts behind it.
+//! Standing in for the servers too (§6.1, first case), Reply-From names an address of
+//! the proxy's own for the server, from the resource's pool (Appendix A.2), or, with
+//! none free, the proxy with a CRI reference to the server (Appendix A.1: one address
+//! for every server). The servers that answered are remembered, per group and bounded,
+//! so that a follow-up to a server's pool address, or naming the server (Uri-Host,
+//! Uri-Port, §6.2), is forwarded to it, and one naming anything else is not: the proxy is
+//! no open relay for the hosts behind it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -27,15 +29,31 @@ use super::member::Outer;
 
 /// A server that answered a group request of a reverse-proxied resource.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Known {
+struct Known {
     /// Its address, with the IPv6 zone the response came with.
     addr: SocketAddr,
     seen: Instant,
+    /// The pool listener that stands for it, if it has one.
+    slot: Option<usize>,
 }
 
-/// Per group, the servers a follow-up may name (keyed without the zone, which a Uri-Host
-/// does not carry).
-pub(super) type Servers = HashMap<(IpAddr, u16), Known>;
+/// Per group: the servers a follow-up may name (keyed without the zone, which a Uri-Host
+/// does not carry), and the pool listeners in use, by listener index.
+#[derive(Debug, Default)]
+pub(super) struct Servers {
+    known: HashMap<(IpAddr, u16), Known>,
+    slots: HashMap<usize, (IpAddr, u16)>,
+}
+
+impl Servers {
+    fn forget(&mut self, key: &(IpAddr, u16)) {
+        if let Some(k) = self.known.remove(key)
+            && let Some(l) = k.slot
+        {
+            self.slots.remove(&l);
+        }
+    }
+}
 
 impl Engine {
     /// The reverse resource a request without a proxy target names, and how many of its
@@ -77,6 +95,12 @@ impl Engine {
         view: &MessageView,
         outer: &mut Option<Outer>,
     ) -> Option<Result<Option<Local>, Reject>> {
+        // A pool listener stands for one server (Appendix A.2): whatever comes to it
+        // without a proxy option is for that server.
+        if let Some(g) = self.pool_group(listener) {
+            let key = self.reverse_servers[g].slots.get(&listener).copied();
+            return Some(self.forward_follow_up(now, listener, from, view, outer, g, key, false));
+        }
         if let Some((i, skip)) = self.reverse_match(view) {
             return Some(self.reverse_group(now, listener, from, view, outer, i, skip));
         }
@@ -99,7 +123,11 @@ impl Engine {
         skip: usize,
     ) -> Result<Option<Local>, Reject> {
         let spec = &self.cfg.reverse[i];
-        let (g, stand_in) = (spec.group, spec.stand_in);
+        let g = spec.group;
+        let advertise = match spec.stand_in {
+            StandIn::Servers { advertise, .. } => Some(advertise),
+            StandIn::Group => None,
+        };
         let group = self.cfg.groups[g].addr;
         self.emit(Event::Reverse {
             group: g,
@@ -127,7 +155,7 @@ impl Engine {
         // The exchange (if one was opened: T' > 0) answers with the Reply-From form of
         // the resource.
         if result.is_ok()
-            && let StandIn::Servers { advertise, .. } = stand_in
+            && let Some(advertise) = advertise
             && let Some(t) = self.by_client.get(&(from, super::client_token(view)))
             && let Some(ex) = self.exchanges.get_mut(t)
         {
@@ -189,31 +217,24 @@ impl Engine {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         let ip: IpAddr = bare.parse().ok()?;
-        // Uri-Host names the proxy itself: a request for its own resources.
         let port = match view.option(opt::URI_PORT).map(read_uint) {
             None => 5683,
             Some(Some(p)) => u16::try_from(p).ok()?,
             Some(None) => return None,
         };
+        // Uri-Host names the proxy itself: a request for its own resources.
         if self.cfg.local.is_local(ip, port) {
             return None;
         }
         // Only groups with a resource standing in for the servers, as configured now.
-        let mut found = None;
-        for r in &self.cfg.reverse {
-            let StandIn::Servers {
-                server_lifetime, ..
-            } = r.stand_in
-            else {
-                continue;
-            };
-            if let Some(k) = self.reverse_servers[r.group].get(&(ip, port)) {
-                let fresh = now.saturating_duration_since(k.seen) < server_lifetime;
-                found = Some((r.group, k.addr, fresh));
-                break;
-            }
-        }
-        let Some((g, addr, fresh)) = found else {
+        let found = self
+            .cfg
+            .reverse
+            .iter()
+            .filter(|r| stands_in(r))
+            .map(|r| r.group)
+            .find(|&g| self.reverse_servers[g].known.contains_key(&(ip, port)));
+        let Some(g) = found else {
             // Any IP literal in Uri-Host sent to the proxy is taken as a follow-up: the
             // proxy has no resources under addresses, so a 4.04 says what went wrong.
             return Some(Err(Reject::new(
@@ -222,14 +243,72 @@ impl Engine {
                 "no server the proxy stands in for at this address",
             )));
         };
-        if !fresh {
-            self.reverse_servers[g].remove(&(ip, port));
-            return Some(Err(Reject::new(
+        Some(self.forward_follow_up(now, listener, from, view, outer, g, Some((ip, port)), true))
+    }
+
+    /// The group whose resource's pool listener `listener` is, if it is one.
+    fn pool_group(&self, listener: usize) -> Option<usize> {
+        self.cfg.reverse.iter().find_map(|r| match &r.stand_in {
+            StandIn::Servers { pool, .. } if pool.iter().any(|(l, _)| *l == listener) => {
+                Some(r.group)
+            }
+            _ => None,
+        })
+    }
+
+    /// The longest `server_lifetime` of group `g`'s resources standing in for servers.
+    fn server_lifetime(&self, g: usize) -> std::time::Duration {
+        self.cfg
+            .reverse
+            .iter()
+            .filter(|r| r.group == g)
+            .filter_map(|r| match r.stand_in {
+                StandIn::Servers {
+                    server_lifetime, ..
+                } => Some(server_lifetime),
+                StandIn::Group => None,
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Forwards a follow-up (§6.2) to the server `key` of group `g` names, if it is
+    /// remembered and fresh and the client is one the group allows; Uri-Host and
+    /// Uri-Port (`named`: they name the server) or the pool address stood for it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request path's own arguments"
+    )]
+    fn forward_follow_up(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: SocketAddr,
+        view: &MessageView,
+        outer: &mut Option<Outer>,
+        g: usize,
+        key: Option<(IpAddr, u16)>,
+        named: bool,
+    ) -> Result<Option<Local>, Reject> {
+        let lifetime = self.server_lifetime(g);
+        let servers = &mut self.reverse_servers[g];
+        let known = key.and_then(|k| servers.known.get(&k).map(|s| (k, *s)));
+        let Some((key, server)) = known else {
+            return Err(Reject::new(
+                code::NOT_FOUND,
+                RejectReason::ReverseUnknownServer,
+                "no server the proxy stands in for here",
+            )
+            .group(g));
+        };
+        if now.saturating_duration_since(server.seen) >= lifetime {
+            servers.forget(&key);
+            return Err(Reject::new(
                 code::NOT_FOUND,
                 RejectReason::ReverseUnknownServer,
                 "server not heard from within server_lifetime",
             )
-            .group(g)));
+            .group(g));
         }
         let allowed = match outer.as_ref() {
             Some(o) => self.kid_allowed(o, g),
@@ -239,25 +318,34 @@ impl Engine {
                 .any(|p| p.contains(from.ip())),
         };
         if !allowed {
-            return Some(Err(Reject::new(
+            return Err(Reject::new(
                 code::UNAUTHORIZED,
                 RejectReason::NotAllowed,
                 "client not allowed for this group",
             )
-            .group(g)));
+            .group(g));
         }
         self.emit(Event::Reverse {
             group: g,
             action: ReverseAction::FollowUp,
         });
-        let mut opts: Vec<(u16, &[u8])> = view.options().collect();
+        let addr = server.addr;
+        let host = addr.ip().to_string();
+        let port = uint_value(u32::from(addr.port()));
+        let mut opts: Vec<(u16, &[u8])> = view
+            .options()
+            .filter(|(n, _)| named || !matches!(*n, opt::URI_HOST | opt::URI_PORT))
+            .collect();
         opts.push((opt::PROXY_SCHEME, &b"coap"[..]));
+        if !named {
+            opts.extend([(opt::URI_HOST, host.as_bytes()), (opt::URI_PORT, &port[..])]);
+        }
         // Read by `forward_unicast` for this one request: the reverse mapping, not the
         // unicast policy, decides that it may be forwarded.
         self.reverse_grant = Some(addr);
         let r = self.rewritten(now, listener, from, view, &mut opts, outer);
         self.reverse_grant = None;
-        Some(r)
+        r
     }
 
     /// Whether the unicast request to `origin` being forwarded is a follow-up the
@@ -269,7 +357,9 @@ impl Engine {
 
     /// The Reply-From value of a response of `from` in exchange `token` (§5.4.1 step 1;
     /// §6.1): naming the server, or, where the proxy stands in for the servers, the
-    /// proxy with a CRI reference to the server, which is remembered for follow-ups.
+    /// server's pool address (Appendix A.2: the CRI alone, as the proxy forwards by it
+    /// alone) or the proxy with a CRI reference to the server (Appendix A.1); the server
+    /// is remembered for follow-ups.
     pub(super) fn reply_from_value(&mut self, token: u64, from: SocketAddr) -> Vec<u8> {
         let Some((advertise, g)) = self
             .exchanges
@@ -278,59 +368,106 @@ impl Engine {
         else {
             return cri::reply_from(from);
         };
-        self.remember_server(g, from);
+        if let Some(pool_addr) = self.remember_server(g, from) {
+            return cri::reply_from(pool_addr);
+        }
         let mut v = cri::reply_from(advertise);
         v.extend_from_slice(&cri::authority_reference(from));
         v
     }
 
-    /// Records that `from` answered group `g`; at the group's bound (`max_servers`, the
-    /// largest of its resources'), the server heard from least recently is forgotten
-    /// (a scan, as it happens only when a new server joins a full table).
-    fn remember_server(&mut self, g: usize, from: SocketAddr) {
+    /// Records that `from` answered group `g`, and gives it a free pool address of the
+    /// group's if it has none: that address, if it has one. At the group's bound
+    /// (`max_servers`, the largest of its resources') the server heard from least
+    /// recently is forgotten (a scan, as it happens only when a new server joins a full
+    /// table); with no pool address free, servers past `server_lifetime` are forgotten
+    /// first (a scan too, only then).
+    fn remember_server(&mut self, g: usize, from: SocketAddr) -> Option<SocketAddr> {
         let now = self.now;
-        let bound = self
-            .cfg
-            .reverse
-            .iter()
-            .filter(|r| r.group == g)
-            .filter_map(|r| match r.stand_in {
-                StandIn::Servers { max_servers, .. } => Some(max_servers),
-                StandIn::Group => None,
-            })
-            .max()
-            .unwrap_or(0);
+        let lifetime = self.server_lifetime(g);
+        let mut bound = 0;
+        let mut pool: &[(usize, SocketAddr)] = &[];
+        for r in self.cfg.reverse.iter().filter(|r| r.group == g) {
+            if let StandIn::Servers {
+                max_servers,
+                pool: p,
+                ..
+            } = &r.stand_in
+            {
+                bound = bound.max(*max_servers);
+                if !p.is_empty() {
+                    pool = p;
+                }
+            }
+        }
         let table = &mut self.reverse_servers[g];
         let key = (from.ip(), from.port());
-        if let Some(k) = table.get_mut(&key) {
-            k.seen = now;
-            k.addr = from;
-            return;
-        }
         let mut forgotten = 0;
-        while !table.is_empty() && table.len() >= bound {
-            let oldest = table
-                .iter()
-                .min_by_key(|(_, k)| k.seen)
-                .map(|(key, _)| *key)
-                .expect("not empty");
-            table.remove(&oldest);
-            forgotten += 1;
+        if !table.known.contains_key(&key) {
+            while !table.known.is_empty() && table.known.len() >= bound {
+                let oldest = table
+                    .known
+                    .iter()
+                    .min_by_key(|(_, k)| k.seen)
+                    .map(|(key, _)| *key)
+                    .expect("not empty");
+                table.forget(&oldest);
+                forgotten += 1;
+            }
+            if bound > 0 {
+                table.known.insert(
+                    key,
+                    Known {
+                        addr: from,
+                        seen: now,
+                        slot: None,
+                    },
+                );
+            }
         }
-        if bound > 0 {
-            table.insert(
-                key,
-                Known {
-                    addr: from,
-                    seen: now,
-                },
-            );
-        }
+        let slot = match table.known.get_mut(&key) {
+            Some(k) => {
+                k.seen = now;
+                k.addr = from;
+                k.slot
+            }
+            None => None,
+        };
+        let slot = match slot {
+            Some(l) => Some(l),
+            None if !pool.is_empty() && table.known.contains_key(&key) => {
+                if pool.iter().all(|(l, _)| table.slots.contains_key(l)) {
+                    let stale: Vec<_> = table
+                        .known
+                        .iter()
+                        .filter(|(_, k)| now.saturating_duration_since(k.seen) >= lifetime)
+                        .map(|(key, _)| *key)
+                        .collect();
+                    for s in &stale {
+                        table.forget(s);
+                    }
+                }
+                let free = pool
+                    .iter()
+                    .map(|(l, _)| *l)
+                    .find(|l| !table.slots.contains_key(l));
+                if let Some(l) = free {
+                    table.slots.insert(l, key);
+                    if let Some(k) = table.known.get_mut(&key) {
+                        k.slot = Some(l);
+                    }
+                }
+                free
+            }
+            None => None,
+        };
+        let addr = slot.and_then(|l| pool.iter().find(|(i, _)| *i == l).map(|(_, a)| *a));
         for _ in 0..forgotten {
             self.emit(Event::Reverse {
                 group: g,
                 action: ReverseAction::ServerForgotten,
             });
         }
+        addr
     }
 }
