@@ -554,3 +554,160 @@ next_hop = "127.0.0.9:5683"
         );
     }
 }
+
+fn pool_addr(i: u16) -> SocketAddr {
+    format!("127.0.0.1:{}", 6000 + i).parse().unwrap()
+}
+
+/// Listeners 1 and 2 are the pool (127.0.0.1:6001, :6002).
+fn pooled(max_servers: usize) -> ProxyConfig {
+    config(
+        StandIn::Servers {
+            advertise: advertise(),
+            pool: vec![(1, pool_addr(1)), (2, pool_addr(2))],
+            max_servers,
+            server_lifetime: Duration::from_secs(3600),
+        },
+        false,
+    )
+}
+
+fn reply_from_of(got: &[Vec<u8>]) -> Vec<u8> {
+    MessageView::parse(&got[0])
+        .unwrap()
+        .option(RF)
+        .unwrap()
+        .to_vec()
+}
+
+/// §6.1 first case, Appendix A.2: each server gets an address of the proxy's own from
+/// the pool, and Reply-From is that CRI alone (the proxy forwards by it alone, so the
+/// second element MUST NOT be present); a server keeps its address across group
+/// requests; once the pool is used up, the CRI-reference form (Appendix A.1) follows.
+#[test]
+fn s6_1_pool_address_per_server_then_the_cri_reference_form() {
+    let mut h = H::new(pooled(16));
+    let fwd = h.group_request(b"p1", 5);
+    assert_eq!(
+        reply_from_of(&h.answer(&fwd, 1)),
+        cri::reply_from(pool_addr(1))
+    );
+    assert_eq!(
+        reply_from_of(&h.answer(&fwd, 2)),
+        cri::reply_from(pool_addr(2))
+    );
+    let rf = reply_from_of(&h.answer(&fwd, 3));
+    assert_eq!(
+        cri::parse_reply_from_pair(&rf),
+        Some((advertise(), Some(device(3))))
+    );
+    let fwd = h.group_request(b"p2", 5);
+    assert_eq!(
+        reply_from_of(&h.answer(&fwd, 2)),
+        cri::reply_from(pool_addr(2))
+    );
+    assert_eq!(
+        reply_from_of(&h.answer(&fwd, 1)),
+        cri::reply_from(pool_addr(1))
+    );
+}
+
+/// §6.2 with Appendix A.2: a request to a server's pool address, with only its own
+/// Uri-Path, goes to that server; its response leaves by that listener (the address the
+/// client sent to). A pool address standing for no server gets 4.04, nothing sent.
+#[test]
+fn s6_2_follow_up_to_a_pool_address() {
+    let mut h = H::new(pooled(16));
+    let fwd = h.group_request(b"p3", 5);
+    h.answer(&fwd, 1);
+    h.mid += 1;
+    let m = build::encode(
+        CON,
+        code::GET,
+        h.mid,
+        b"q1",
+        &mut [(opt::URI_PATH, &b"r"[..])],
+        &[],
+    );
+    let (tx, ev) = h.feed(Link::Listener(1), client(), &m);
+    let out = tx.iter().find(|t| t.to == device(1)).expect("to device 1");
+    let v = MessageView::parse(&out.bytes).unwrap();
+    assert_eq!(paths(&v), vec![b"r".to_vec()]);
+    assert_eq!(v.option(opt::URI_HOST), None);
+    assert_eq!(reverse_actions(&ev), vec![ReverseAction::FollowUp]);
+    let resp = build::encode(
+        ACK,
+        code::CONTENT,
+        v.message_id(),
+        v.token(),
+        &mut [],
+        b"ok",
+    );
+    let (tx, _) = h.feed(out.link, device(1), &resp);
+    let back = tx.iter().find(|t| t.to == client()).expect("relayed");
+    assert_eq!(back.link, Link::Listener(1));
+    h.mid += 1;
+    let m = build::encode(CON, code::GET, h.mid, b"q2", &mut [], &[]);
+    let (tx, ev) = h.feed(Link::Listener(2), client(), &m);
+    assert!(tx.iter().all(|t| t.to == client()));
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::ReverseUnknownServer, code::NOT_FOUND))
+    );
+}
+
+/// The bound with a pool: a server forgotten at `max_servers` frees its pool address,
+/// which the next new server gets; a follow-up to it then reaches the new server.
+#[test]
+fn a_forgotten_server_frees_its_pool_address() {
+    let mut h = H::new(pooled(2));
+    let fwd = h.group_request(b"p4", 5);
+    h.answer(&fwd, 1);
+    h.now += Duration::from_millis(10);
+    h.answer(&fwd, 2);
+    h.now += Duration::from_millis(10);
+    let got = h.answer(&fwd, 3);
+    assert_eq!(reply_from_of(&got), cri::reply_from(pool_addr(1)));
+    h.mid += 1;
+    let m = build::encode(CON, code::GET, h.mid, b"q3", &mut [], &[]);
+    let (tx, _) = h.feed(Link::Listener(1), client(), &m);
+    assert!(tx.iter().any(|t| t.to == device(3)));
+}
+
+/// check-config: a pool ("ip:port" or "ip:first-last") becomes listeners after
+/// proxy.listen, in order; only with "servers", never an address twice.
+#[test]
+fn reverse_pool_is_parsed_into_listeners() {
+    let base = "[proxy]\nlisten = [\"127.0.0.1:5683\"]\n[[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\ninterface = \"127.0.0.1\"\n[[reverse]]\ngroup = \"g\"\npath = \"x\"\n";
+    let ok = format!(
+        "{base}stand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\npool = [\"127.0.0.1:6001-6002\", \"127.0.0.2:6001\"]\n"
+    );
+    let l = groxy::settings::load_str(&ok).unwrap();
+    let want: Vec<SocketAddr> = [
+        "127.0.0.1:5683",
+        "127.0.0.1:6001",
+        "127.0.0.1:6002",
+        "127.0.0.2:6001",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    assert_eq!(l.run.listen, want);
+    let StandIn::Servers { pool, .. } = &l.run.proxy.reverse[0].stand_in else {
+        panic!("servers")
+    };
+    assert_eq!(pool, &vec![(1, want[1]), (2, want[2]), (3, want[3])]);
+    for extra in [
+        "stand_in = \"group\"\npool = [\"127.0.0.1:6001\"]",
+        "stand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\npool = [\"127.0.0.1:5683\"]",
+        "stand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\npool = [\"127.0.0.1:6001\", \"127.0.0.1:6001\"]",
+        "stand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\npool = [\"127.0.0.1:6002-6001\"]",
+        "stand_in = \"servers\"\nadvertise = \"127.0.0.1:5683\"\npool = [\"0.0.0.0:6001\"]",
+    ] {
+        let errors = groxy::settings::load_str(&format!("{base}{extra}\n")).expect_err(extra);
+        assert!(
+            errors.iter().any(|e| e.starts_with("reverse[0].pool")),
+            "{extra}: {errors:?}"
+        );
+    }
+}
