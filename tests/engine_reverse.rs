@@ -711,3 +711,96 @@ fn reverse_pool_is_parsed_into_listeners() {
         );
     }
 }
+
+/// The signature filter (RFC 10021 §7.5) applies to a reverse-proxied request as to a
+/// forward-proxy one: a Group OSCORE request naming the resource by Uri-Host (outside
+/// the protection, where Uri-Path is not) is fanned out if it verifies; a forged one
+/// and a replay of the good one never reach the group.
+#[test]
+fn the_signature_filter_checks_reverse_proxied_requests() {
+    use groxy::oscore::{Mode, SecurityContext};
+    use groxy::proxy::{CheckResult, GroupSecurity, Policy};
+    let g = common::Group::new(&[&[0x01], &[0x0a]]);
+    let mut c = config(StandIn::Group, false);
+    c.groups[0].security = Some(GroupSecurity {
+        policy: Policy::Enforce,
+        checker: g.checker_config(),
+        member: None,
+        allow_kids: None,
+    });
+    c.reverse[0] = ReverseSpec {
+        host: Some("lights.example".into()),
+        path: vec![],
+        group: 0,
+        stand_in: StandIn::Group,
+    };
+    let mut h = H::new(c);
+    let mut ctx = SecurityContext::new(&g.config(&[0x01])).unwrap();
+    // GET /hello, NON, token aa.
+    let plain = hex::decode("5101aa01c3b568656c6c6f").unwrap();
+    let (protected, _) = ctx
+        .protect_request(&plain, Mode::Group, Some(&[0x0a]))
+        .unwrap();
+    let send = |h: &mut H, msg: &[u8], forge: bool| {
+        let v = MessageView::parse(msg).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::URI_HOST, b"lights.example"));
+        opts.push((MT, &[10]));
+        let mut payload = v.payload().to_vec();
+        if forge {
+            payload[0] ^= 1;
+        }
+        h.mid += 1;
+        let tok = h.mid.to_be_bytes();
+        let m = build::encode(NON, v.code(), h.mid, &tok, &mut opts, &payload);
+        h.feed(LISTENER, client(), &m)
+    };
+    let checks = |ev: &[Event]| -> Vec<CheckResult> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Checked { result, .. } => Some(*result),
+                _ => None,
+            })
+            .collect()
+    };
+    let (tx, ev) = send(&mut h, &protected, true);
+    assert!(
+        tx.iter().all(|t| t.to != group_addr()),
+        "a forgery is not fanned out"
+    );
+    assert_eq!(checks(&ev), vec![CheckResult::BadSignature]);
+    let (tx, ev) = send(&mut h, &protected, false);
+    let m = tx
+        .iter()
+        .find(|t| t.to == group_addr())
+        .expect("verified: fanned out");
+    let v = MessageView::parse(&m.bytes).unwrap();
+    assert_eq!(v.option(opt::URI_HOST), None);
+    assert!(v.option(opt::OSCORE).is_some());
+    assert_eq!(checks(&ev), vec![CheckResult::Valid]);
+    let (tx, ev) = send(&mut h, &protected, false);
+    assert!(
+        tx.iter().all(|t| t.to != group_addr()),
+        "a replay is not fanned out"
+    );
+    assert_eq!(checks(&ev), vec![CheckResult::Replay]);
+}
+
+/// §5.2.3 through a reverse-proxied resource: the client's Early Stop Request (GET,
+/// its token, Multicast-Timeout 0, no Uri options) ends the exchange; later responses
+/// are not relayed.
+#[test]
+fn an_early_stop_ends_a_reverse_proxied_exchange() {
+    let mut h = H::new(config(StandIn::Group, false));
+    let fwd = h.group_request(b"es", 30);
+    assert_eq!(h.answer(&fwd, 1).len(), 1);
+    let (_, ev) = h.ask(NON, b"es", &[(MT, b"")]);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Closed {
+            reason: groxy::proxy::CloseReason::EarlyStopRequest,
+            ..
+        }
+    )));
+    assert!(h.answer(&fwd, 2).is_empty());
+}
