@@ -22,10 +22,13 @@ use crate::coap::MessageView;
 use crate::coap::build::{self, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, read_uint, uint_value};
-use crate::proxy::config::StandIn;
+use crate::proxy::config::{ReverseSpec, StandIn};
 use crate::proxy::events::{Event, RejectReason, ReverseAction};
 
 use super::member::Outer;
+
+/// How often, at most, a full pool looks for servers past their lifetime.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A server that answered a group request of a reverse-proxied resource.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +46,9 @@ struct Known {
 pub(super) struct Servers {
     known: HashMap<(IpAddr, u16), Known>,
     slots: HashMap<usize, (IpAddr, u16)>,
+    /// When servers past their lifetime were last looked for (a scan of `known`, so at
+    /// most once a second however many responses come while the pool is full).
+    swept: Option<Instant>,
 }
 
 impl Servers {
@@ -56,9 +62,23 @@ impl Servers {
 }
 
 impl Engine {
+    /// The reverse resources whose group exists (the configuration validates that; an
+    /// engine built from a hand-made one must not panic either), with their index.
+    fn reverse_specs(&self) -> impl Iterator<Item = (usize, &ReverseSpec)> {
+        let groups = self.cfg.groups.len();
+        self.cfg
+            .reverse
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.group < groups)
+    }
+
     /// The reverse resource a request without a proxy target names, and how many of its
     /// Uri-Path segments name it: the entry with the longest match.
     fn reverse_match(&self, view: &MessageView) -> Option<(usize, usize)> {
+        if self.cfg.reverse.is_empty() {
+            return None;
+        }
         let host = view
             .option(opt::URI_HOST)
             .and_then(|h| std::str::from_utf8(h).ok());
@@ -67,10 +87,7 @@ impl Engine {
             .filter(|(n, _)| *n == opt::URI_PATH)
             .map(|(_, v)| v)
             .collect();
-        self.cfg
-            .reverse
-            .iter()
-            .enumerate()
+        self.reverse_specs()
             .filter(|(_, r)| match (&r.host, host) {
                 (None, _) => true,
                 (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
@@ -206,9 +223,8 @@ impl Engine {
         view: &MessageView,
         outer: &mut Option<Outer>,
     ) -> Option<Result<Option<Local>, Reject>> {
-        let stands_in =
-            |r: &crate::proxy::config::ReverseSpec| matches!(r.stand_in, StandIn::Servers { .. });
-        if !self.cfg.reverse.iter().any(stands_in) {
+        let stands_in = |r: &ReverseSpec| matches!(r.stand_in, StandIn::Servers { .. });
+        if !self.reverse_specs().any(|(_, r)| stands_in(r)) {
             return None;
         }
         let host = std::str::from_utf8(view.option(opt::URI_HOST)?).ok()?;
@@ -228,9 +244,8 @@ impl Engine {
         }
         // Only groups with a resource standing in for the servers, as configured now.
         let found = self
-            .cfg
-            .reverse
-            .iter()
+            .reverse_specs()
+            .map(|(_, r)| r)
             .filter(|r| stands_in(r))
             .map(|r| r.group)
             .find(|&g| self.reverse_servers[g].known.contains_key(&(ip, port)));
@@ -248,7 +263,7 @@ impl Engine {
 
     /// The group whose resource's pool listener `listener` is, if it is one.
     fn pool_group(&self, listener: usize) -> Option<usize> {
-        self.cfg.reverse.iter().find_map(|r| match &r.stand_in {
+        self.reverse_specs().find_map(|(_, r)| match &r.stand_in {
             StandIn::Servers { pool, .. } if pool.iter().any(|(l, _)| *l == listener) => {
                 Some(r.group)
             }
@@ -258,11 +273,9 @@ impl Engine {
 
     /// The longest `server_lifetime` of group `g`'s resources standing in for servers.
     fn server_lifetime(&self, g: usize) -> std::time::Duration {
-        self.cfg
-            .reverse
-            .iter()
-            .filter(|r| r.group == g)
-            .filter_map(|r| match r.stand_in {
+        self.reverse_specs()
+            .filter(|(_, r)| r.group == g)
+            .filter_map(|(_, r)| match r.stand_in {
                 StandIn::Servers {
                     server_lifetime, ..
                 } => Some(server_lifetime),
@@ -436,7 +449,12 @@ impl Engine {
         let slot = match slot {
             Some(l) => Some(l),
             None if !pool.is_empty() && table.known.contains_key(&key) => {
-                if pool.iter().all(|(l, _)| table.slots.contains_key(l)) {
+                if pool.iter().all(|(l, _)| table.slots.contains_key(l))
+                    && table
+                        .swept
+                        .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+                {
+                    table.swept = Some(now);
                     let stale: Vec<_> = table
                         .known
                         .iter()
