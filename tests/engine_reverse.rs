@@ -804,3 +804,35 @@ fn an_early_stop_ends_a_reverse_proxied_exchange() {
     )));
     assert!(h.answer(&fwd, 2).is_empty());
 }
+
+/// RFC 10020 §3.5.2: the client's token reused for a new request to the resource while
+/// the group request under it runs: the running one is stopped, the new one not
+/// forwarded, and a 4.00 says that this is a reverse-proxy resource.
+#[test]
+fn token_reuse_at_a_reverse_resource_is_4_00_saying_so() {
+    let mut h = H::new(config(StandIn::Group, false));
+    let fwd = h.group_request(b"tr", 30);
+    let mt = opt::uint_value(5);
+    let (tx, ev) = h.ask(
+        NON,
+        b"tr",
+        &[
+            (opt::URI_PATH, b"lights"),
+            (opt::URI_PATH, b"temp"),
+            (MT, &mt),
+        ],
+    );
+    assert!(tx.iter().all(|t| t.to != group_addr()), "not forwarded");
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!(v.code(), code::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(v.payload()).contains("reverse-proxy resource"),
+        "{:?}",
+        String::from_utf8_lossy(v.payload())
+    );
+    assert_eq!(rejected(&ev).map(|r| r.0), Some(RejectReason::TokenReuse));
+    assert!(
+        h.answer(&fwd, 1).is_empty(),
+        "the running request was stopped"
+    );
+}

@@ -168,7 +168,14 @@ impl Engine {
             (opt::URI_HOST, host.as_bytes()),
             (opt::URI_PORT, &port[..]),
         ]);
-        let result = self.rewritten(now, listener, from, view, &mut opts, outer);
+        let mut result = self.rewritten(now, listener, from, view, &mut opts, outer);
+        // RFC 10020 §3.5.2: a token reused while its group request runs ended that one
+        // (4.00, nothing forwarded); the diagnostic SHOULD say why: a reverse proxy.
+        if let Err(r) = &mut result
+            && r.reason == RejectReason::TokenReuse
+        {
+            r.diagnostic = "reverse-proxy resource: no Token re-use while responses are collected";
+        }
         // The exchange (if one was opened: T' > 0) answers with the Reply-From form of
         // the resource.
         if result.is_ok()
