@@ -836,3 +836,33 @@ fn token_reuse_at_a_reverse_resource_is_4_00_saying_so() {
         "the running request was stopped"
     );
 }
+
+/// A reload (SIGHUP, `Engine::reconfigure`) applies a new `[[reverse]]` at once and
+/// keeps the servers remembered: a follow-up to one heard before still goes through.
+#[test]
+fn reconfigure_applies_reverse_changes_and_keeps_the_servers() {
+    let mut h = H::new(config(servers(16, 3600), false));
+    let fwd = h.group_request(b"rc", 5);
+    h.answer(&fwd, 1);
+    let mut c = config(servers(16, 3600), false);
+    c.reverse.push(ReverseSpec {
+        host: None,
+        path: vec!["all".into()],
+        group: 0,
+        stand_in: StandIn::Group,
+    });
+    h.e.reconfigure(h.now, c).unwrap();
+    let mt = opt::uint_value(5);
+    let (tx, _) = h.ask(NON, b"r2", &[(opt::URI_PATH, b"all"), (MT, &mt)]);
+    assert!(tx.iter().any(|t| t.to == group_addr()), "the new resource");
+    let port = opt::uint_value(5683);
+    let (tx, _) = h.ask(
+        CON,
+        b"r3",
+        &[(opt::URI_HOST, b"127.0.0.11"), (opt::URI_PORT, &port)],
+    );
+    assert!(
+        tx.iter().any(|t| t.to == device(1)),
+        "the server remembered"
+    );
+}
