@@ -313,6 +313,20 @@ fn s6_2_follow_up_naming_no_server_that_answered_is_4_04() {
             Some((RejectReason::ReverseUnknownServer, code::NOT_FOUND))
         );
     }
+    // A client the group does not allow learns nothing: 4.01 whether or not the
+    // server is known.
+    for host in [&b"127.0.0.11"[..], b"127.0.0.12"] {
+        let (_, ev) = h.ask_from(
+            stranger(),
+            CON,
+            b"u5",
+            &[(opt::URI_HOST, host), (opt::URI_PORT, &port)],
+        );
+        assert_eq!(
+            rejected(&ev),
+            Some((RejectReason::NotAllowed, code::UNAUTHORIZED))
+        );
+    }
     // The right address on another port is another endpoint.
     let other = opt::uint_value(5684);
     let (_, ev) = h.ask(

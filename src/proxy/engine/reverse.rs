@@ -249,6 +249,14 @@ impl Engine {
         if self.cfg.local.is_local(ip, port) {
             return None;
         }
+        // A client no such group allows learns nothing of the servers behind the proxy.
+        if !self
+            .reverse_specs()
+            .filter(|(_, r)| stands_in(r))
+            .any(|(_, r)| self.follow_up_allowed(outer, from, r.group))
+        {
+            return Some(Err(not_allowed(None)));
+        }
         // Only groups with a resource standing in for the servers, as configured now.
         let found = self
             .reverse_specs()
@@ -266,6 +274,18 @@ impl Engine {
             )));
         };
         Some(self.forward_follow_up(now, listener, from, view, outer, g, Some((ip, port)), true))
+    }
+
+    /// Whether group `g` allows the client of a follow-up: by its layer's kid, or by
+    /// its address (as a group request, §5.2.1 step 2).
+    fn follow_up_allowed(&self, outer: &Option<Outer>, from: SocketAddr, g: usize) -> bool {
+        match outer.as_ref() {
+            Some(o) => self.kid_allowed(o, g),
+            None => self.cfg.groups[g]
+                .allow
+                .iter()
+                .any(|p| p.contains(from.ip())),
+        }
     }
 
     /// The group whose resource's pool listener `listener` is, if it is one.
@@ -310,6 +330,10 @@ impl Engine {
         key: Option<(IpAddr, u16)>,
         named: bool,
     ) -> Result<Option<Local>, Reject> {
+        // Checked first: whether a server is known is for clients of its group only.
+        if !self.follow_up_allowed(outer, from, g) {
+            return Err(not_allowed(Some(g)));
+        }
         let lifetime = self.server_lifetime(g);
         let servers = &mut self.reverse_servers[g];
         let known = key.and_then(|k| servers.known.get(&k).map(|s| (k, *s)));
@@ -327,21 +351,6 @@ impl Engine {
                 code::NOT_FOUND,
                 RejectReason::ReverseUnknownServer,
                 "server not heard from within server_lifetime",
-            )
-            .group(g));
-        }
-        let allowed = match outer.as_ref() {
-            Some(o) => self.kid_allowed(o, g),
-            None => self.cfg.groups[g]
-                .allow
-                .iter()
-                .any(|p| p.contains(from.ip())),
-        };
-        if !allowed {
-            return Err(Reject::new(
-                code::UNAUTHORIZED,
-                RejectReason::NotAllowed,
-                "client not allowed for this group",
             )
             .group(g));
         }
@@ -494,5 +503,18 @@ impl Engine {
             });
         }
         addr
+    }
+}
+
+/// 4.01 to a follow-up from a client the group does not allow.
+fn not_allowed(group: Option<usize>) -> Reject {
+    let r = Reject::new(
+        code::UNAUTHORIZED,
+        RejectReason::NotAllowed,
+        "client not allowed for this group",
+    );
+    match group {
+        Some(g) => r.group(g),
+        None => r,
     }
 }
