@@ -144,6 +144,9 @@ pub struct Metrics {
     /// Chains of proxies (issue 16): requests sent to a next hop, early stops passed on.
     chain_forwarded: IntCounterVec,
     chain_stopped: IntCounterVec,
+    /// Reverse-proxy mode (issue 16): group requests to its resources, follow-ups,
+    /// servers forgotten at `max_servers`.
+    reverse: IntCounterVec,
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
@@ -560,6 +563,14 @@ impl Metrics {
                  section 8.1.2).",
                 &["group"],
             ),
+            reverse: counter_vec(
+                &r2,
+                "groxy_reverse_total",
+                "Reverse-proxy mode (groupcomm-proxy section 6): group_request (a request to \
+                 a [[reverse]] resource), follow_up (forwarded to the server it names, \
+                 section 6.2), server_forgotten (at max_servers).",
+                &["group", "action"],
+            ),
         }
     }
 
@@ -656,6 +667,13 @@ impl Observer for Metrics {
             Event::ChainStopped { group } => {
                 let name = self.group(Some(group)).name.clone();
                 self.chain_stopped.with_label_values(&[name.as_str()]).inc();
+            }
+            // Reverse-proxy mode (issue 16).
+            Event::Reverse { group, action } => {
+                let name = self.group(Some(group)).name.clone();
+                self.reverse
+                    .with_label_values(&[name.as_str(), action.as_str()])
+                    .inc();
             }
             Event::Relayed { group, after } => {
                 let h = self.group(group);

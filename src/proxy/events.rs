@@ -101,6 +101,23 @@ labelled! {
         /// A chained group's T' leaves no T'' for the next hop after the margin: 5.05 with
         /// the least acceptable Multicast-Timeout (groupcomm-proxy §8.1 step 4.3).
         ChainTimeout => "chain_timeout",
+        /// Reverse-proxy mode, the proxy standing in for the servers (groupcomm-proxy §6.2):
+        /// a follow-up whose Uri-Host and Uri-Port name no server that answered the
+        /// resource's group (or one forgotten since): 4.04.
+        ReverseUnknownServer => "reverse_unknown_server",
+    }
+}
+
+labelled! {
+    /// What the reverse-proxy mode did (groupcomm-proxy §6, issue 16).
+    pub enum ReverseAction {
+        /// A request to a resource that stands for a group was taken as a group request.
+        GroupRequest => "group_request",
+        /// A follow-up unicast request to the proxy was forwarded to the server it names
+        /// (§6.2, the proxy standing in for the servers).
+        FollowUp => "follow_up",
+        /// A server was forgotten to make room for another (`max_servers`).
+        ServerForgotten => "server_forgotten",
     }
 }
 
@@ -179,6 +196,9 @@ labelled! {
         /// not be written to stable storage (counted by the driver, per datagram; `from` is
         /// the address it was for).
         ReplayStateUnsaved => "replay_state_unsaved",
+        /// A 5.08 (Hop Limit Reached) whose diagnostic already names this proxy: a loop
+        /// through it, not relayed (RFC 8768 §4), and logged.
+        HopLoop => "hop_loop",
     }
 }
 
@@ -345,6 +365,14 @@ pub enum Event {
         /// Index into `ProxyConfig::groups`.
         group: usize,
     },
+    // Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+    /// A reverse-proxied resource was used.
+    Reverse {
+        /// Index into `ProxyConfig::groups`: the resource's group.
+        group: usize,
+        /// What happened.
+        action: ReverseAction,
+    },
 }
 
 #[cfg(test)]
@@ -369,5 +397,6 @@ mod tests {
         check(DropReason::ALL.iter().map(|r| r.as_str()).collect());
         check(CloseReason::ALL.iter().map(|r| r.as_str()).collect());
         check(NotificationDrop::ALL.iter().map(|r| r.as_str()).collect());
+        check(ReverseAction::ALL.iter().map(|r| r.as_str()).collect());
     }
 }

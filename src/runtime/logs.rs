@@ -104,6 +104,10 @@ impl EventLog {
             Event::ChainStopped { group } => {
                 tracing::debug!(event = "chain_stopped", group = %group_name(Some(*group)));
             }
+            // Reverse-proxy mode (issue 16).
+            Event::Reverse { group, action } => {
+                tracing::debug!(event = "reverse", group = %group_name(Some(*group)), action = action.as_str());
+            }
             Event::Checked {
                 group,
                 request,
