@@ -46,7 +46,6 @@ impl Run {
         cfg.cache.max_entries = 4_096;
         cfg.cache.groups = vec![GroupCache {
             members: vec![device(1), device(2)],
-            deterministic_kid: None,
         }];
         let now = Instant::now();
         let mut r = Run {

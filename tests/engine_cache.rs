@@ -39,7 +39,6 @@ fn config() -> ProxyConfig {
     c.cache.enabled = true;
     c.cache.groups = vec![GroupCache {
         members: vec![device(1), device(2)],
-        deterministic_kid: None,
     }];
     c
 }
@@ -561,7 +560,7 @@ fn s7_3_no_group_etag_2_03_for_an_incomplete_set() {
 #[test]
 fn s7_4_1_deterministic_requests_are_cached_others_not() {
     let mut c = config();
-    c.cache.groups[0].deterministic_kid = Some(vec![0xdc]);
+    c.deterministic_kids = vec![Some(vec![0xdc])];
     let mut h = Harness::new(c);
     let fetch = |h: &mut Harness, oscore: &[u8], c: u8| {
         let mt = opt::uint_value(2);
@@ -573,6 +572,8 @@ fn s7_4_1_deterministic_requests_are_cached_others_not() {
                 (opt::OSCORE, oscore),
                 (opt::PROXY_SCHEME, b"coap"),
                 (MT, &mt),
+                // cacheable-oscore-02 §3.3: the Request-Hash (548) marks it deterministic.
+                (548, &[0x5a; 32]),
             ],
             b"ciphertext",
         )

@@ -349,10 +349,16 @@ fn hop_limit_is_decremented_along_the_chain() {
 }
 
 /// RFC 8768 §3: a loop (A -> B -> A -> ...) ends when Hop-Limit runs out; the hop where
-/// it does answers 5.08, which comes back along the chain to the client. No multicast.
+/// it does answers 5.08 naming itself (§4), and the 5.08 comes back along the chain,
+/// each hop prepending its identifier, until it reaches a hop it names already: that
+/// hop does not relay it (§4: MUST NOT), so in a loop of two it stops at A's second
+/// exchange and the client gets none. No multicast.
 #[test]
 fn a_loop_is_stopped_with_5_08() {
-    let mut c = Chain::new(cfg(Some(b_addr()), 1, 60), cfg(Some(a_addr()), 1, 60));
+    let (mut a, mut b) = (cfg(Some(b_addr()), 1, 60), cfg(Some(a_addr()), 1, 60));
+    a.hop_id = "proxy-a".into();
+    b.hop_id = "proxy-b".into();
+    let mut c = Chain::new(a, b);
     c.request(NON, TOKEN, Some(60), &[]);
     assert!(c.multicasts().is_empty());
     // Requests between the hops carry Hop-Limit 16 (A's insertion), 15, ..., 1: the hop
@@ -367,11 +373,101 @@ fn a_loop_is_stopped_with_5_08() {
     let mut sorted = hops.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (1..=16).collect::<Vec<_>>(), "{hops:?}");
+    // B sent Hop-Limit 1 to A, A answered 5.08 "proxy-a", B relayed "proxy-b proxy-a".
+    let errors = |who, to| -> Vec<Vec<u8>> {
+        c.sent(who, to)
+            .iter()
+            .map(|b| MessageView::parse(b).unwrap())
+            .filter(|v| v.code() == code::HOP_LIMIT_REACHED)
+            .map(|v| v.payload().to_vec())
+            .collect()
+    };
+    assert_eq!(errors('a', b_addr()), vec![b"proxy-a".to_vec()]);
+    assert_eq!(errors('b', a_addr()), vec![b"proxy-b proxy-a".to_vec()]);
+    assert!(c.to_client().is_empty());
+    let loops = c
+        .events
+        .iter()
+        .filter(|(w, e)| {
+            *w == 'a'
+                && matches!(
+                    e,
+                    Event::Dropped {
+                        reason: DropReason::HopLoop,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert_eq!(loops, 1, "A drops (and counts) the 5.08 naming it");
+}
+
+/// RFC 8768 §4 without a loop: B, where the Hop-Limit runs out, names itself in the
+/// 5.08's diagnostic; A relays it to the client with its own identifier prepended.
+#[test]
+fn a_5_08_names_every_proxy_on_its_way_back() {
+    let (mut a, mut b) = (cfg(Some(b_addr()), 1, 60), cfg(None, 1, 60));
+    a.hop_id = "proxy-a".into();
+    b.hop_id = "proxy-b".into();
+    let mut c = Chain::new(a, b);
+    // Hop-Limit 2: A passes 1 on, at which B stops.
+    c.request(NON, TOKEN, Some(10), &[(opt::HOP_LIMIT, &[2])]);
+    assert!(c.multicasts().is_empty());
     let r = c.to_client();
     assert_eq!(r.len(), 1);
     let v = MessageView::parse(&r[0]).unwrap();
-    assert_eq!(v.code(), code::HOP_LIMIT_REACHED);
-    assert_eq!(v.token(), TOKEN);
+    assert_eq!((v.code(), v.token()), (code::HOP_LIMIT_REACHED, TOKEN));
+    assert_eq!(v.payload(), b"proxy-a proxy-b");
+    // A 5.08 that arrives naming A already is not relayed.
+    c.clear();
+    c.request(NON, &[0xc6], Some(10), &[]);
+    let fwd = c.sent('a', b_addr()).remove(0);
+    let t = MessageView::parse(&fwd).unwrap().token().to_vec();
+    let e = build::encode(
+        NON,
+        code::HOP_LIMIT_REACHED,
+        4242,
+        &t,
+        &mut [],
+        b"proxy-x proxy-a proxy-b",
+    );
+    c.a.handle(c.now, Link::Unicast(0), b_addr(), &e);
+    c.settle();
+    assert!(c.to_client().is_empty());
+    assert!(c.events.iter().any(|(w, e)| *w == 'a'
+        && matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::HopLoop,
+                ..
+            }
+        )));
+}
+
+/// RFC 8768 §4: the 5.08 of a proxy that a request reaches with Hop-Limit 1 names it
+/// (`proxy.id`, by default the first of `proxy.names`, else the first listener).
+#[test]
+fn the_5_08_diagnostic_is_the_proxy_id() {
+    let mut a = cfg(None, 1, 60);
+    a.hop_id = "p11.example.net".into();
+    let mut c = Chain::new(a, cfg(None, 1, 60));
+    c.request(NON, TOKEN, Some(10), &[(opt::HOP_LIMIT, &[1])]);
+    let r = c.to_client();
+    let v = MessageView::parse(&r[0]).unwrap();
+    assert_eq!(
+        (v.code(), v.payload()),
+        (code::HOP_LIMIT_REACHED, &b"p11.example.net"[..])
+    );
+    let load = |proxy: &str| {
+        groxy::settings::load_str(&format!("[proxy]\n{proxy}\n")).map(|l| l.run.proxy.hop_id)
+    };
+    assert_eq!(load("id = \"p1\"").unwrap(), "p1");
+    assert_eq!(load("names = [\"gw.example\"]").unwrap(), "gw.example");
+    assert_eq!(
+        load("listen = [\"127.0.0.1:5690\"]").unwrap(),
+        "127.0.0.1:5690"
+    );
+    assert!(load("id = \"two words\"").is_err());
 }
 
 /// §8.1.1, §8.2.1: A registers with B, B with the group; a notification after T' (at
@@ -546,8 +642,9 @@ fn next_hop_config_is_parsed_and_checked() {
 }
 
 /// §8.1 step 4.3 at the second hop: B (itself chained, margin 3) cannot meet the T''
-/// A passed on and answers 5.05 with the least T' it accepts; A relays that response to
-/// the client as any other from the next hop.
+/// A passed on and answers 5.05 with the least T' it accepts (4); A, not sending an
+/// updated request, sends the client a 5.05 with the least T' A accepts: B's plus A's
+/// margin (5), with which the chain then works.
 #[test]
 fn a_5_05_from_the_next_hop_reaches_the_client() {
     let c_addr: SocketAddr = "127.0.0.250:5683".parse().unwrap();
@@ -558,7 +655,20 @@ fn a_5_05_from_the_next_hop_reaches_the_client() {
     assert_eq!(r.len(), 1);
     let v = MessageView::parse(&r[0]).unwrap();
     assert_eq!((v.code(), v.token()), (code::PROXYING_NOT_SUPPORTED, TOKEN));
-    assert_eq!(uint(&v, MT), Some(4));
+    let from_b: Vec<u32> = c
+        .sent('b', a_addr())
+        .iter()
+        .filter_map(|b| uint(&MessageView::parse(b).unwrap(), MT))
+        .collect();
+    assert_eq!(from_b, vec![4], "B's least T'");
+    assert_eq!(
+        uint(&v, MT),
+        Some(5),
+        "A's least T' (§8.1: of the proxy sending it)"
+    );
+    c.clear();
+    c.request(NON, &[0xc5], Some(5), &[]);
+    assert_eq!(c.sent('b', c_addr).len(), 1, "T' = 5 gets through A and B");
 }
 
 /// §8.1.2 with §5.2.3: an RST from the client to a relayed response is an early stop

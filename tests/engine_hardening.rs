@@ -604,3 +604,27 @@ fn rfc9175_s2_echo_values_are_fresh_and_only_the_sent_one_passes() {
     // Freshness holds from then on, without Echo.
     assert_eq!(ask(&mut h, None).0, code::CONTENT);
 }
+
+/// The proxy's bound addresses are the runtime's, filled in at bind: a SIGHUP config
+/// (built from the file, which holds no bound sockets) must not make the engine forget
+/// them, or a target naming the proxy would then be forwarded to itself (§5.2.1).
+#[test]
+fn after_a_reload_a_target_naming_the_proxy_is_still_not_forwarded() {
+    let mut cfg = ProxyConfig::default();
+    let reload = cfg.clone();
+    cfg.local.listen = vec!["0.0.0.0:5700".parse().unwrap()];
+    cfg.local.host_addrs = vec!["192.0.2.7".parse().unwrap()];
+    let mut h = H::new(cfg);
+    let now = h.now;
+    h.e.reconfigure(now, reload).unwrap();
+    let (tx, ev) = h.feed(
+        LISTENER,
+        client(),
+        &unicast_get(CON, 1, &[1], "coap://192.0.2.7:5700/status"),
+    );
+    assert_eq!(
+        rejected(&ev),
+        Some((RejectReason::NotForProxy, code::NOT_FOUND))
+    );
+    assert!(tx.iter().all(|t| t.link == LISTENER));
+}

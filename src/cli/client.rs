@@ -51,6 +51,12 @@ pub struct Args {
     /// host must be an IP address).
     #[arg(long, conflicts_with = "proxy_kid")]
     pub direct: bool,
+    /// With --oscore: send a Deterministic Request (cacheable-oscore §3.4.2) as the
+    /// group's Deterministic Client, this Sender ID (hex), instead of in group mode:
+    /// the same request is the same bytes from every member, so a proxy may cache the
+    /// (signed) responses. Only GET and FETCH.
+    #[arg(long, requires = "oscore", conflicts_with_all = ["proxy_kid", "observe", "block_size", "http"])]
+    pub deterministic: Option<String>,
     /// The target is an HTTP URL of the proxy's HTTP-to-CoAP bridge, e.g.
     /// http://127.0.0.1:8080/hc/coap://224.0.1.187/hello (groupcomm-proxy §9).
     #[arg(long, conflicts_with_all = ["proxy_kid", "con", "proxy_uri"])]
@@ -150,6 +156,10 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
             Some(crate::settings::security::MemberFile::load(f).map_err(|e| e.join("\n"))?);
         req.first_ssn = reserve_ssn(f)?;
         req.member_file = Some(f.clone());
+    }
+    if let Some(k) = &a.deterministic {
+        req.deterministic =
+            Some(hex::decode(k).map_err(|_| format!("--deterministic {k}: not hex"))?);
     }
     let json = a.json;
     let rt = super::runtime()?;

@@ -51,6 +51,11 @@ pub struct Args {
     /// ETag gets 2.03 (for testing a caching proxy, groupcomm-proxy §7).
     #[arg(long)]
     pub hello_max_age: Option<u32>,
+    /// With --oscore: the Sender ID (hex) of the group's Deterministic Client, whose
+    /// Deterministic Requests (cacheable-oscore §3.4.3) this device answers (GET and
+    /// FETCH only, signed, with an outer Max-Age).
+    #[arg(long, requires = "oscore")]
+    pub deterministic_kid: Option<String>,
     /// Tests only: with --oscore, also send replayed and forged notifications.
     #[arg(long, hide = true)]
     pub misbehave: bool,
@@ -76,6 +81,10 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
             None => None,
         },
     };
+    let deterministic_kid = match &a.deterministic_kid {
+        Some(k) => Some(hex::decode(k).map_err(|_| format!("--deterministic-kid {k}: not hex"))?),
+        None => None,
+    };
     let rt = super::runtime()?;
     rt.block_on(async {
         let mut d = Device::bind(cfg.clone()).map_err(|e| e.to_string())?;
@@ -90,6 +99,7 @@ pub(crate) fn run(a: Args) -> Result<(), String> {
             large_bytes: a.large_bytes,
             misbehave: a.misbehave,
             hello_max_age: a.hello_max_age,
+            deterministic_kid: deterministic_kid.clone(),
         });
         tracing::info!(event = "device", name = %cfg.name, group = %cfg.group, unicast = %d.unicast_addr().map_err(|e| e.to_string())?);
         tokio::select! {

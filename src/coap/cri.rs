@@ -61,6 +61,61 @@ pub fn parse_reply_from(v: &[u8]) -> Option<SocketAddr> {
     })
 }
 
+// Reverse-proxy mode (groupcomm-proxy §6.1, issue 16): the second element of Reply-From.
+
+/// A CRI reference `//host:port` (draft-ietf-core-href §5.1: scheme null, the authority,
+/// path and the rest left off): what a client of a reverse proxy standing in for the
+/// servers turns into Uri-Host and Uri-Port (groupcomm-proxy §6.2). The port is always
+/// given, so that the client always includes Uri-Port.
+pub fn authority_reference(addr: SocketAddr) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24);
+    cbor::array(&mut b, 2);
+    cbor::null(&mut b);
+    match addr {
+        SocketAddr::V6(a) if a.scope_id() != 0 => {
+            cbor::array(&mut b, 3);
+            cbor::bytes(&mut b, &a.ip().octets());
+            cbor::text(&mut b, &a.scope_id().to_string());
+        }
+        SocketAddr::V6(a) => {
+            cbor::array(&mut b, 2);
+            cbor::bytes(&mut b, &a.ip().octets());
+        }
+        SocketAddr::V4(a) => {
+            cbor::array(&mut b, 2);
+            cbor::bytes(&mut b, &a.ip().octets());
+        }
+    }
+    cbor::int(&mut b, addr.port() as i64);
+    b
+}
+
+/// The two elements of a Reply-From value: the CRI and, if present, the CRI reference
+/// after it (groupcomm-proxy §3, §6.1), as the addresses [`parse_reply_from`] and
+/// [`authority_reference`] write; `None` for anything else.
+pub fn parse_reply_from_pair(v: &[u8]) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let mut d = minicbor::Decoder::new(v);
+    d.skip().ok()?;
+    let first_len = d.position();
+    let first = parse_reply_from(&v[..first_len])?;
+    if first_len == v.len() {
+        return Some((first, None));
+    }
+    let rest = &v[first_len..];
+    let mut d = minicbor::Decoder::new(rest);
+    if d.array().ok()?? != 2 || d.datatype().ok()? != minicbor::data::Type::Null {
+        return None;
+    }
+    d.null().ok()?;
+    let at = d.position();
+    // The authority has the shape of a CRI's: read it as one with the coap scheme.
+    let mut cri = Vec::with_capacity(rest.len());
+    cbor::array(&mut cri, 2);
+    cbor::int(&mut cri, SCHEME_COAP);
+    cri.extend_from_slice(&rest[at..]);
+    Some((first, Some(parse_reply_from(&cri)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +135,22 @@ mod tests {
         assert_eq!(parse_reply_from(&b), Some(v6));
         // groupcomm-proxy §3: 5 to 1034 bytes.
         assert!((5..=1034).contains(&v.len()) && (5..=1034).contains(&b.len()));
+    }
+
+    #[test]
+    fn reply_from_with_a_cri_reference() {
+        // groupcomm-proxy §6.1, Appendix A.1: [-1, [P, port]] then [null, [S, port]].
+        let p: SocketAddr = "192.0.2.1:5683".parse().unwrap();
+        let s: SocketAddr = "10.0.0.7:61616".parse().unwrap();
+        let r = authority_reference(s);
+        assert_eq!(hex::encode(&r), "82f682440a000007 19f0b0".replace(' ', ""));
+        let mut v = reply_from(p);
+        v.extend_from_slice(&r);
+        assert_eq!(parse_reply_from_pair(&v), Some((p, Some(s))));
+        assert_eq!(parse_reply_from_pair(&reply_from(s)), Some((s, None)));
+        let v6: SocketAddr = "[fe80::1%3]:5683".parse().unwrap();
+        let mut v = reply_from(p);
+        v.extend_from_slice(&authority_reference(v6));
+        assert_eq!(parse_reply_from_pair(&v), Some((p, Some(v6))));
     }
 }

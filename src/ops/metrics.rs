@@ -147,6 +147,9 @@ pub struct Metrics {
     chain_stopped: IntCounterVec,
     /// The response cache (issue 16).
     cache: CacheMetrics,
+    /// Reverse-proxy mode (issue 16): group requests to its resources, follow-ups,
+    /// servers forgotten at `max_servers`.
+    reverse: IntCounterVec,
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
@@ -564,6 +567,14 @@ impl Metrics {
                 &["group"],
             ),
             cache: CacheMetrics::new(&r2, cfg),
+            reverse: counter_vec(
+                &r2,
+                "groxy_reverse_total",
+                "Reverse-proxy mode (groupcomm-proxy section 6): group_request (a request to \
+                 a [[reverse]] resource), follow_up (forwarded to the server it names, \
+                 section 6.2), server_forgotten (at max_servers).",
+                &["group", "action"],
+            ),
         }
     }
 
@@ -665,6 +676,13 @@ impl Observer for Metrics {
                 let i = group_index(&self.groups, group);
                 self.cache.count(i, what);
             }
+            // Reverse-proxy mode (issue 16).
+            Event::Reverse { group, action } => {
+                let name = self.group(Some(group)).name.clone();
+                self.reverse
+                    .with_label_values(&[name.as_str(), action.as_str()])
+                    .inc();
+            }
             Event::Relayed { group, after } => {
                 let h = self.group(group);
                 h.relayed.inc();
@@ -710,7 +728,7 @@ impl Observer for Metrics {
                 let i = group_index(&self.groups, Some(group));
                 let h = &mut self.groups[i];
                 if request
-                    && result != CheckResult::Valid
+                    && !result.passed()
                     && enforced
                     && let Some(d) = &h.dropped
                 {

@@ -41,12 +41,25 @@ pub struct GroupAad<'a> {
 /// Writes external_aad. `algs` is the pre-encoded `algorithms` element: `[alg_aead]` for
 /// RFC 8613, the 4-element array with nulls for RFC 10021.
 pub fn external_aad(out: &mut Vec<u8>, algs: &[u8], req: RequestIds, group: Option<GroupAad>) {
+    external_aad_with_options(out, algs, req, &[], group)
+}
+
+/// [`external_aad`] whose `options` element holds `class_i`, the serialized class I
+/// options (RFC 8613 §5.4); only responses to deterministic requests have any
+/// (Request-Hash, cacheable-oscore §3.4.4).
+pub fn external_aad_with_options(
+    out: &mut Vec<u8>,
+    algs: &[u8],
+    req: RequestIds,
+    class_i: &[u8],
+    group: Option<GroupAad>,
+) {
     cbor::array(out, if group.is_some() { 9 } else { 5 });
     cbor::int(out, 1);
     out.extend_from_slice(algs);
     cbor::bytes(out, req.kid);
     cbor::bytes(out, req.piv);
-    cbor::bytes(out, &[]);
+    cbor::bytes(out, class_i);
     if let Some(g) = group {
         cbor::bytes(out, req.kid_context);
         cbor::bytes(out, g.oscore_option);

@@ -441,6 +441,84 @@ impl SignatureChecker {
     }
 }
 
+impl SignatureChecker {
+    /// Checks a response to a Deterministic Request (cacheable-oscore-02 §3.4.4) from
+    /// public material: it must be in group mode with its own kid and Partial IV (steps
+    /// 4, 5; §3.4.5), a Request-Hash in it must be the request's, and its signature must
+    /// verify with the request's identifiers (the Deterministic Client `det_kid`, Partial
+    /// IV 0, the request's Gid `request_gid`) and the Request-Hash as a class I option.
+    /// What a cache can check before it stores the response for every client.
+    pub fn check_deterministic_response(
+        &self,
+        datagram: &[u8],
+        det_kid: &[u8],
+        request_gid: &[u8],
+        request_hash: &[u8],
+    ) -> Result<CheckedResponse, OscoreError> {
+        let view = MessageView::parse(datagram)?;
+        let value = view.option(OSCORE).ok_or(OscoreError::NotProtected)?;
+        let o = OscoreOption::parse(value)?;
+        if !o.group {
+            return Err(OscoreError::Mismatch(
+                "a response to a deterministic request must be in group mode",
+            ));
+        }
+        if view
+            .option(super::deterministic::REQUEST_HASH)
+            .is_some_and(|h| h != request_hash)
+        {
+            return Err(OscoreError::Mismatch(
+                "Request-Hash differs from the request's",
+            ));
+        }
+        let gid = o.kid_context.unwrap_or(request_gid);
+        if gid != self.gid.as_slice() {
+            return Err(OscoreError::UnknownGid);
+        }
+        let (Some(kid), Some(piv)) = (o.kid, o.piv) else {
+            return Err(OscoreError::MissingKidOrPiv);
+        };
+        let cred = self.members.get(kid).ok_or(OscoreError::UnknownKid)?;
+        let class_i = super::deterministic::class_i_request_hash(request_hash);
+        let mut ext = Vec::with_capacity(160 + cred.bytes().len() + self.gm_cred.bytes().len());
+        aad::external_aad_with_options(
+            &mut ext,
+            &self.algs_cbor,
+            RequestIds {
+                kid: det_kid,
+                piv: &[0],
+                kid_context: request_gid,
+            },
+            &class_i,
+            Some(GroupAad {
+                oscore_option: value,
+                sender_cred: cred.bytes(),
+                gm_cred: self.gm_cred.bytes(),
+            }),
+        );
+        verify_countersignature(
+            &self.sig_enc_key,
+            self.tbs_form,
+            self.enc.tag_len(),
+            self.sig.sig_len(),
+            &ext,
+            view.payload(),
+            KeystreamInput {
+                piv,
+                id: kid,
+                gid,
+                is_request: false,
+            },
+            cred,
+        )?;
+        Ok(CheckedResponse {
+            kid: kid.to_vec(),
+            piv: Some(piv_value(piv)),
+            gid: gid.to_vec(),
+        })
+    }
+}
+
 /// A checker for one group across rekeying (§12.2, §14.1.1), with the replay filter that
 /// stops a captured, validly signed request from being multicast again (groupcomm-proxy
 /// §10): a window per (Gid, kid), moved only after the signature verified.
@@ -662,6 +740,32 @@ impl GroupChecker {
             self.dirty = true;
         }
         Ok(verdict)
+    }
+
+    /// [`SignatureChecker::check_deterministic_response`] under whichever epoch
+    /// protected the response: the one whose Gid it names, else the request's.
+    pub fn check_deterministic_response(
+        &self,
+        datagram: &[u8],
+        det_kid: &[u8],
+        request_gid: &[u8],
+        request_hash: &[u8],
+    ) -> Result<CheckedResponse, OscoreError> {
+        let view = MessageView::parse(datagram)?;
+        let named = view
+            .option(OSCORE)
+            .and_then(|v| OscoreOption::parse(v).ok())
+            .and_then(|o| o.kid_context.map(<[u8]>::to_vec))
+            .unwrap_or_else(|| request_gid.to_vec());
+        let epoch = if named == self.current.gid {
+            &self.current
+        } else {
+            self.previous
+                .as_ref()
+                .filter(|p| p.gid == named)
+                .ok_or(OscoreError::UnknownGid)?
+        };
+        epoch.check_deterministic_response(datagram, det_kid, request_gid, request_hash)
     }
 
     /// Checks a response under whichever epoch protected it: the epoch whose Gid the

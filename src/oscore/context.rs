@@ -113,7 +113,7 @@ impl CommonContext {
         n
     }
 
-    fn derive_key(&self, id: &[u8]) -> Vec<u8> {
+    pub(crate) fn derive_key(&self, id: &[u8]) -> Vec<u8> {
         derive::derive(
             &self.master_secret,
             &self.master_salt,
@@ -409,6 +409,15 @@ impl SecurityContext {
             ctx.add_recipient(id, (!cred.is_empty()).then_some(cred.as_slice()))?;
         }
         Ok(ctx)
+    }
+
+    /// Replaces the bytes of the Group Manager's credential, keeping its key (see
+    /// [`Credential::with_bytes_for_vectors`]): for vectors whose credential does not parse.
+    #[doc(hidden)]
+    pub fn set_gm_cred_bytes_for_vectors(&mut self, bytes: &[u8]) {
+        if let Some(g) = self.common.group.as_mut() {
+            g.gm_cred = g.gm_cred.with_bytes_for_vectors(bytes);
+        }
     }
 
     /// Whether this is a Group OSCORE context.

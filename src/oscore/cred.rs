@@ -71,6 +71,17 @@ impl Credential {
         })
     }
 
+    /// The same public key under other bytes. Only for a Group Manager credential in
+    /// published vectors whose key is not a valid point (cacheable-oscore-02 Appendix F):
+    /// a member uses only the bytes of that credential (in external_aad, RFC 10021 §3.4).
+    #[doc(hidden)]
+    pub fn with_bytes_for_vectors(&self, bytes: &[u8]) -> Self {
+        Credential {
+            bytes: bytes.into(),
+            key: self.key.clone(),
+        }
+    }
+
     /// Builds a minimal CCS (`{2: subject, 8: {1: COSE_Key}}`, the shape the vectors use)
     /// around a public key.
     pub fn ccs_for(subject: &str, key: &PublicKey) -> Self {

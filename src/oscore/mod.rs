@@ -7,6 +7,7 @@ pub mod checker;
 pub mod context;
 pub mod cred;
 pub mod derive;
+pub mod deterministic;
 pub mod error;
 pub mod group;
 pub mod option;

@@ -78,13 +78,17 @@ pub enum Layer {
 }
 
 /// The parts an unprotected message splits into.
-struct Split<'a> {
-    view: MessageView<'a>,
-    plaintext: Vec<u8>,
-    outer: Vec<(u16, &'a [u8])>,
+pub(super) struct Split<'a> {
+    pub(super) view: MessageView<'a>,
+    pub(super) plaintext: Vec<u8>,
+    pub(super) outer: Vec<(u16, &'a [u8])>,
 }
 
-fn split<'a>(msg: &'a [u8], proxy_options: &[u16], layer: Layer) -> Result<Split<'a>, OscoreError> {
+pub(super) fn split<'a>(
+    msg: &'a [u8],
+    proxy_options: &[u16],
+    layer: Layer,
+) -> Result<Split<'a>, OscoreError> {
     let view = MessageView::parse(msg)?;
     let mut plaintext = Vec::with_capacity(msg.len() + 8);
     plaintext.push(view.code());
@@ -123,7 +127,12 @@ fn split<'a>(msg: &'a [u8], proxy_options: &[u16], layer: Layer) -> Result<Split
 
 /// Serializes the outer message: the view's type, message ID and token with new code,
 /// options and payload.
-fn assemble(view: &MessageView, code: u8, mut opts: Vec<(u16, &[u8])>, payload: &[u8]) -> Vec<u8> {
+pub(super) fn assemble(
+    view: &MessageView,
+    code: u8,
+    mut opts: Vec<(u16, &[u8])>,
+    payload: &[u8],
+) -> Vec<u8> {
     crate::coap::build::encode(
         view.mtype(),
         code,
@@ -139,7 +148,7 @@ fn has_observe(opts: &[(u16, &[u8])]) -> bool {
 }
 
 /// Rebuilds the unprotected message from the outer message and the decrypted plaintext.
-fn reassemble(
+pub(super) fn reassemble(
     view: &MessageView,
     plaintext: &[u8],
     proxy_options: &[u16],
@@ -162,7 +171,7 @@ fn reassemble(
 }
 
 impl SecurityContext {
-    fn group_common(&self) -> Result<&GroupCommon, OscoreError> {
+    pub(super) fn group_common(&self) -> Result<&GroupCommon, OscoreError> {
         self.common
             .group
             .as_ref()
@@ -172,13 +181,26 @@ impl SecurityContext {
     /// Builds external_aad for a message whose OSCORE option value is `oscore_option`
     /// and whose sender has credential `sender_cred` (group contexts only).
     fn external_aad(&self, req: RequestIds, oscore_option: &[u8], sender_cred: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + oscore_option.len() + sender_cred.len() + 64);
+        self.external_aad_with_options(req, &[], oscore_option, sender_cred)
+    }
+
+    /// [`external_aad`](Self::external_aad) with the serialized class I options in its
+    /// `options` element (RFC 10021 §3.4; cacheable-oscore §3.4.4 puts Request-Hash there).
+    pub(super) fn external_aad_with_options(
+        &self,
+        req: RequestIds,
+        class_i: &[u8],
+        oscore_option: &[u8],
+        sender_cred: &[u8],
+    ) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(64 + class_i.len() + oscore_option.len() + sender_cred.len() + 64);
         let group = self.common.group.as_ref().map(|g| GroupAad {
             oscore_option,
             sender_cred,
             gm_cred: g.gm_cred.bytes(),
         });
-        aad::external_aad(&mut out, &self.common.algs_cbor, req, group);
+        aad::external_aad_with_options(&mut out, &self.common.algs_cbor, req, class_i, group);
         out
     }
 
@@ -202,7 +224,7 @@ impl SecurityContext {
     }
 
     /// Encrypts the plaintext in `buf` in place with `key`.
-    fn seal(
+    pub(super) fn seal(
         &self,
         key: &CipherKey,
         id_piv: &[u8],
@@ -215,7 +237,7 @@ impl SecurityContext {
     }
 
     /// Decrypts and verifies the ciphertext in `buf` in place with `key`.
-    fn open(
+    pub(super) fn open(
         &self,
         key: &CipherKey,
         id_piv: &[u8],
@@ -228,7 +250,7 @@ impl SecurityContext {
     }
 
     /// Appends the encrypted countersignature (RFC 10021 §3.1, §4.1, §4.2).
-    fn countersign(
+    pub(super) fn countersign(
         &self,
         ext_aad: &[u8],
         ks: KeystreamInput,
@@ -450,7 +472,7 @@ impl SecurityContext {
 
     /// Verifies the encrypted countersignature of a group-mode payload and returns the
     /// ciphertext it covers (RFC 10021 §7.2 step order: verify before decrypting).
-    fn verify_group_payload<'p>(
+    pub(super) fn verify_group_payload<'p>(
         &self,
         g: &GroupCommon,
         ext_aad: &[u8],

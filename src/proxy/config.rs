@@ -231,6 +231,60 @@ pub struct ProxyConfig {
     pub local: LocalNames,
     /// The response cache (groupcomm-proxy §7).
     pub cache: CacheConfig,
+    /// Deterministic Requests (cacheable-oscore-02; issue 16, groupcomm-proxy §7.4.1):
+    /// per group, by index in `groups`, the Sender ID of the group's Deterministic Client
+    /// (`[[group]] deterministic_kid`). A group without one (or past the end) has none:
+    /// its pairwise-mode requests are filtered as any other (README, request path step 8).
+    pub deterministic_kids: Vec<Option<Vec<u8>>>,
+    /// Resources of the proxy that stand for groups (reverse-proxy mode, groupcomm-proxy
+    /// §6, RFC 10020 §3.5.2).
+    pub reverse: Vec<ReverseSpec>,
+    /// The proxy's identifier in the diagnostic payload of a 5.08 (RFC 8768 §4): no
+    /// space; it names this proxy in the 5.08s it makes and relays, and a relayed 5.08
+    /// that already names it is not relayed.
+    pub hop_id: String,
+}
+
+// Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+
+/// A resource of the proxy that stands for a group (groupcomm-proxy §6, RFC 10020
+/// §3.5.2): a request to it without Proxy-Uri or Proxy-Scheme is a group request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseSpec {
+    /// Uri-Host that names the resource (lowercased), if any: a Uri-Host stays outside
+    /// OSCORE, so this is the form that works with end-to-end protected requests.
+    pub host: Option<String>,
+    /// The leading Uri-Path segments that name the resource; the segments after them are
+    /// the path at the servers. Empty: any path (with `host` set).
+    pub path: Vec<String>,
+    /// The group, by index into `ProxyConfig::groups`.
+    pub group: usize,
+    /// Whom the proxy stands in for (§6.1), which decides the Reply-From form.
+    pub stand_in: StandIn,
+}
+
+/// The two cases of groupcomm-proxy §6.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StandIn {
+    /// Only for the group: Reply-From names the server, which clients reach directly (or
+    /// through the proxy as an ordinary forward proxy).
+    Group,
+    /// For the servers too: Reply-From names an address of the proxy of the server's
+    /// own from `pool` (Appendix A.2: the CRI alone), or, with none free, the proxy at
+    /// `advertise` with a CRI reference to the server as its second element (§6.1,
+    /// Appendix A.1). A unicast request to that pool address, or to the proxy with the
+    /// Uri-Host and Uri-Port of a server that answered, is forwarded to it (§6.2).
+    Servers {
+        /// The proxy's address as clients reach it (one of its listeners).
+        advertise: SocketAddr,
+        /// Listeners (index, address) that each stand for one server at a time.
+        pool: Vec<(usize, SocketAddr)>,
+        /// Servers remembered for follow-ups; past it, the one heard from least
+        /// recently is forgotten.
+        max_servers: usize,
+        /// A server not heard from for this long is forgotten.
+        server_lifetime: Duration,
+    },
 }
 
 /// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
@@ -283,6 +337,9 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             local: LocalNames::default(),
             cache: CacheConfig::default(),
+            deterministic_kids: Vec::new(),
+            reverse: Vec::new(),
+            hop_id: "groxy".into(),
         }
     }
 }
@@ -306,7 +363,8 @@ pub struct CacheConfig {
     /// an unprotected group's LAN cannot stay for the 136 years a Max-Age can name.
     pub max_age: std::time::Duration,
     /// Per group, by index in `ProxyConfig::groups`; a group without one has the
-    /// default (no members known, no deterministic client).
+    /// default (no members known). The Deterministic Client of a group, whose requests
+    /// are the only protected ones cached (§7.4.1), is `ProxyConfig::deterministic_kids`.
     pub groups: Vec<GroupCache>,
 }
 
@@ -331,8 +389,4 @@ pub struct GroupCache {
     /// (groupcomm-proxy §7.1, §7.3). Empty: never (the proxy cannot know the members).
     /// Set, only these servers' responses to the group's requests are stored.
     pub members: Vec<SocketAddr>,
-    /// The Sender ID of the group's deterministic client (draft-ietf-core-cacheable-
-    /// oscore §2): OSCORE-protected FETCH requests under this kid are cacheable
-    /// (groupcomm-proxy §7.4.1); no other protected request is.
-    pub deterministic_kid: Option<Vec<u8>>,
 }

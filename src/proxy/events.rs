@@ -101,6 +101,23 @@ labelled! {
         /// A chained group's T' leaves no T'' for the next hop after the margin: 5.05 with
         /// the least acceptable Multicast-Timeout (groupcomm-proxy §8.1 step 4.3).
         ChainTimeout => "chain_timeout",
+        /// Reverse-proxy mode, the proxy standing in for the servers (groupcomm-proxy §6.2):
+        /// a follow-up whose Uri-Host and Uri-Port name no server that answered the
+        /// resource's group (or one forgotten since): 4.04.
+        ReverseUnknownServer => "reverse_unknown_server",
+    }
+}
+
+labelled! {
+    /// What the reverse-proxy mode did (groupcomm-proxy §6, issue 16).
+    pub enum ReverseAction {
+        /// A request to a resource that stands for a group was taken as a group request.
+        GroupRequest => "group_request",
+        /// A follow-up unicast request to the proxy was forwarded to the server it names
+        /// (§6.2, the proxy standing in for the servers).
+        FollowUp => "follow_up",
+        /// A server was forgotten to make room for another (`max_servers`).
+        ServerForgotten => "server_forgotten",
     }
 }
 
@@ -123,6 +140,22 @@ labelled! {
         Unverifiable => "unverifiable",
         /// Validly signed, but its Partial IV was seen already.
         Replay => "replay",
+        /// A Deterministic Request of the group's Deterministic Client
+        /// (cacheable-oscore-02 §3.4.2; `[[group]] deterministic_kid`) let through: its
+        /// form checked and, where the proxy is a member of the group, its decryption,
+        /// Request-Hash and safe method. It authenticates no sender (§2, §6).
+        Deterministic => "deterministic",
+        /// Under the Deterministic Client's kid but not a valid Deterministic Request:
+        /// its Request-Hash or ciphertext does not verify, or its method is not safe.
+        DeterministicInvalid => "deterministic_invalid",
+    }
+}
+
+impl CheckResult {
+    /// Whether a request with this result passed the request filter: a verified
+    /// signature, or an admitted Deterministic Request.
+    pub fn passed(self) -> bool {
+        matches!(self, CheckResult::Valid | CheckResult::Deterministic)
     }
 }
 
@@ -163,6 +196,9 @@ labelled! {
         /// not be written to stable storage (counted by the driver, per datagram; `from` is
         /// the address it was for).
         ReplayStateUnsaved => "replay_state_unsaved",
+        /// A 5.08 (Hop Limit Reached) whose diagnostic already names this proxy: a loop
+        /// through it, not relayed (RFC 8768 §4), and logged.
+        HopLoop => "hop_loop",
     }
 }
 
@@ -329,6 +365,14 @@ pub enum Event {
         /// Index into `ProxyConfig::groups`.
         group: usize,
     },
+    // Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+    /// A reverse-proxied resource was used.
+    Reverse {
+        /// Index into `ProxyConfig::groups`: the resource's group.
+        group: usize,
+        /// What happened.
+        action: ReverseAction,
+    },
     // Response cache (groupcomm-proxy §7, RFC 7252 §5.6; issue 16).
     /// Something the response cache did, for a group's request (`Some`) or a unicast one.
     Cache {
@@ -380,5 +424,6 @@ mod tests {
         check(DropReason::ALL.iter().map(|r| r.as_str()).collect());
         check(CloseReason::ALL.iter().map(|r| r.as_str()).collect());
         check(NotificationDrop::ALL.iter().map(|r| r.as_str()).collect());
+        check(ReverseAction::ALL.iter().map(|r| r.as_str()).collect());
     }
 }

@@ -9,10 +9,11 @@ pub mod prefix;
 pub(crate) mod tables;
 
 pub use config::{
-    GroupSecurity, GroupSpec, Limits, LocalNames, OptionNumbers, Policy, ProxyConfig, UnicastPolicy,
+    GroupSecurity, GroupSpec, Limits, LocalNames, OptionNumbers, Policy, ProxyConfig, ReverseSpec,
+    StandIn, UnicastPolicy,
 };
 pub use engine::{Engine, Link, Output, Seed, Transmit};
-pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
+pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason, ReverseAction};
 pub use prefix::Prefix;
 // The response cache (issue 16).
 pub use config::{CacheConfig, GroupCache};

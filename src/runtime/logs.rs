@@ -107,13 +107,17 @@ impl EventLog {
             Event::Cache { group, what } => {
                 tracing::debug!(event = "cache", group = %group_name(*group), what = what.as_str());
             }
+            // Reverse-proxy mode (issue 16).
+            Event::Reverse { group, action } => {
+                tracing::debug!(event = "reverse", group = %group_name(Some(*group)), action = action.as_str());
+            }
             Event::Checked {
                 group,
                 request,
                 result,
                 enforced,
             } => {
-                if *result != crate::proxy::CheckResult::Valid
+                if !result.passed()
                     && let Some(s) = self.allow(result.as_str(), now)
                 {
                     tracing::info!(event = "check_failed", group = %group_name(Some(*group)), request, result = result.as_str(), enforced, suppressed = s);

@@ -39,6 +39,9 @@ struct File {
     /// `[cache]`: the response cache (issue 16).
     #[serde(default)]
     cache: CacheSection,
+    /// Reverse-proxy mode (groupcomm-proxy §6): `[[reverse]]`.
+    #[serde(default, rename = "reverse")]
+    reverse: Vec<ReverseSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +57,9 @@ struct ProxySection {
     /// Host names of the proxy itself: a request whose target names one is served here.
     #[serde(default)]
     names: Vec<String>,
+    /// The proxy's identifier in 5.08 diagnostics (RFC 8768 §4; issue 16).
+    #[serde(default)]
+    id: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -63,6 +69,7 @@ impl Default for ProxySection {
             metrics: None,
             state_dir: None,
             names: Vec::new(),
+            id: None,
         }
     }
 }
@@ -193,6 +200,7 @@ struct GroupSection {
     // Response cache (groupcomm-proxy §7.1, §7.4.1).
     #[serde(default)]
     cache_members: Vec<String>,
+    // Deterministic Requests (cacheable-oscore-02, groupcomm-proxy §7.4.1).
     #[serde(default)]
     deterministic_kid: Option<String>,
 }
@@ -268,6 +276,12 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let mut groups = Vec::new();
     let mut egress = Vec::new();
     let mut cache = cache_section(&f.cache, &mut errors);
+    let deterministic_kids: Vec<Option<Vec<u8>>> = f
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| deterministic_kid(i, g, &mut errors))
+        .collect();
     for (i, g) in f.groups.iter().enumerate() {
         if let Some((spec, e)) = group_section(i, g, &f.groups[..i], base, &mut errors) {
             cache.groups.push(group_cache(i, g, &mut errors));
@@ -282,6 +296,9 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     state_dir_needed(&f, &mut errors);
+    let mut listen = listen;
+    let reverse = reverse_sections(&f, &mut listen, &groups, &mut errors);
+    let hop_id = hop_id(&f.proxy, &mut errors);
     let http = f
         .http
         .as_ref()
@@ -308,6 +325,9 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .collect(),
                 },
                 cache,
+                deterministic_kids,
+                reverse,
+                hop_id,
             },
             listen,
             egress,
@@ -317,6 +337,26 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         metrics,
         http,
     })
+}
+
+/// `[[group]] deterministic_kid`: the hex Sender ID of the group's Deterministic Client
+/// (cacheable-oscore-02 §3.4.1), at most 7 bytes (the longest Sender ID a 13-byte nonce
+/// allows, RFC 10021 §2.2). Without `[group.security]` nothing filters the group's
+/// requests, deterministic or not, and the value only marks them (for the cache).
+fn deterministic_kid(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    let k = g.deterministic_kid.as_ref()?;
+    let key = format!("group[{i}].deterministic_kid");
+    match hex::decode(k) {
+        Ok(b) if b.len() <= 7 => Some(b),
+        Ok(_) => {
+            errors.push(format!("{key}: longer than 7 bytes (RFC 10021 §2.2)"));
+            None
+        }
+        Err(_) => {
+            errors.push(format!("{key}: not hex"));
+            None
+        }
+    }
 }
 
 /// `[proxy]`: the listeners and the metrics endpoint.
@@ -604,8 +644,8 @@ fn cache_section(c: &CacheSection, errors: &mut Vec<String>) -> crate::proxy::Ca
     }
 }
 
-/// A group's `cache_members` (addresses its servers answer from, §7.1) and
-/// `deterministic_kid` (hex, §7.4.1).
+/// A group's `cache_members` (addresses its servers answer from, §7.1); its
+/// `deterministic_kid` (§7.4.1) is read with the Deterministic Requests above.
 fn group_cache(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> crate::proxy::GroupCache {
     let key = format!("group[{i}]");
     let members = g
@@ -622,15 +662,7 @@ fn group_cache(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> crate::p
                 .ok()
         })
         .collect();
-    let deterministic_kid = g.deterministic_kid.as_ref().and_then(|k| {
-        hex::decode(k.trim())
-            .map_err(|_| errors.push(format!("{key}.deterministic_kid: not hex")))
-            .ok()
-    });
-    crate::proxy::GroupCache {
-        members,
-        deterministic_kid,
-    }
+    crate::proxy::GroupCache { members }
 }
 
 /// A group's `next_hop` (groupcomm-proxy §8.1): an address and port, a margin of at
@@ -685,6 +717,247 @@ fn group_addr(key: &str, uri: &str, errors: &mut Vec<String>) -> Option<SocketAd
             None
         }
     }
+}
+
+/// `proxy.id` (RFC 8768 §4): what names this proxy in 5.08 diagnostics; without it the
+/// first of `proxy.names`, else the first `proxy.listen` address as written (two proxies
+/// on one host differ by port). No space (the separator of the identifiers), printable
+/// ASCII, at most 255 bytes.
+fn hop_id(p: &ProxySection, errors: &mut Vec<String>) -> String {
+    let id =
+        p.id.clone()
+            .or_else(|| p.names.first().cloned())
+            .or_else(|| p.listen.first().cloned())
+            .unwrap_or_else(|| "groxy".into());
+    if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        errors.push(format!(
+            "proxy.id: {id:?} must be 1 to 255 printable ASCII characters without spaces"
+        ));
+    }
+    id
+}
+
+// Reverse-proxy mode (groupcomm-proxy §6, issue 16).
+
+/// One `[[reverse]]`: a resource of the proxy that stands for a group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReverseSection {
+    /// The `[[group]]` it stands for, by name.
+    group: String,
+    /// Leading Uri-Path segments naming it, `/`-separated ("lights" or "site/lights").
+    #[serde(default)]
+    path: String,
+    /// A Uri-Host naming it (works with end-to-end OSCORE, where Uri-Path is inside).
+    #[serde(default)]
+    host: Option<String>,
+    /// "group" or "servers" (groupcomm-proxy §6.1, the two cases).
+    #[serde(default = "d_stand_in")]
+    stand_in: String,
+    /// With "servers": the proxy's address that Reply-From names (a listener's).
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default = "d_max_servers")]
+    max_servers: usize,
+    /// Seconds.
+    #[serde(default = "d_server_lifetime")]
+    server_lifetime: u64,
+    /// With "servers": addresses of the proxy, one per server (Appendix A.2), as
+    /// "ip:port" or "ip:first-last".
+    #[serde(default)]
+    pool: Vec<String>,
+}
+
+/// Most pool addresses in all: each is a socket of the proxy's.
+const MAX_POOL: usize = 1024;
+
+/// A pool entry: "ip:port" or "ip:first-last" (a port range; the brackets of an IPv6
+/// literal as in any address). Parsed by hand: std parses the address, only the range
+/// suffix is this format's own.
+fn pool_entry(s: &str) -> Option<Vec<SocketAddr>> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(vec![a]);
+    }
+    let (addr, last) = s.rsplit_once('-')?;
+    let first: SocketAddr = addr.parse().ok()?;
+    let last: u16 = last.parse().ok()?;
+    if last < first.port() || usize::from(last - first.port()) >= MAX_POOL {
+        return None;
+    }
+    Some(
+        (first.port()..=last)
+            .map(|p| SocketAddr::new(first.ip(), p))
+            .collect(),
+    )
+}
+fn d_stand_in() -> String {
+    "group".into()
+}
+fn d_max_servers() -> usize {
+    256
+}
+fn d_server_lifetime() -> u64 {
+    3600
+}
+
+/// Every `[[reverse]]`: a known group, a name (path or host) used once, and for
+/// `stand_in = "servers"` an address the proxy listens on, a bounded table and a group
+/// that is the last hop (a chained group's Reply-From is the next hop's, §8.2).
+/// A `pool` makes listeners of its own, after `proxy.listen` (the driver binds every
+/// entry of `listen`), each unique and standing for one server at a time.
+fn reverse_sections(
+    f: &File,
+    listen: &mut Vec<SocketAddr>,
+    groups: &[GroupSpec],
+    errors: &mut Vec<String>,
+) -> Vec<crate::proxy::ReverseSpec> {
+    use crate::proxy::{ReverseSpec, StandIn};
+    let mut out: Vec<ReverseSpec> = Vec::new();
+    let configured = listen.len();
+    for (i, r) in f.reverse.iter().enumerate() {
+        let key = format!("reverse[{i}]");
+        let Some(g) = groups.iter().position(|s| s.name == r.group) else {
+            errors.push(format!("{key}.group: no [[group]] named {:?}", r.group));
+            continue;
+        };
+        let path: Vec<String> = if r.path.is_empty() {
+            Vec::new()
+        } else {
+            r.path
+                .trim_matches('/')
+                .split('/')
+                .map(str::to_owned)
+                .collect()
+        };
+        if path.iter().any(|s| s.is_empty() || s.len() > 255) {
+            errors.push(format!(
+                "{key}.path: segments must be 1 to 255 bytes, separated by single /"
+            ));
+        }
+        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if host.as_ref().is_some_and(|h| h.is_empty() || h.len() > 255) {
+            errors.push(format!("{key}.host: must be 1 to 255 bytes"));
+        }
+        if path.is_empty() && host.is_none() {
+            errors.push(format!("{key}: needs a path or a host"));
+        }
+        if out.iter().any(|o| o.path == path && o.host == host) {
+            errors.push(format!(
+                "{key}: the same path and host as an earlier [[reverse]]"
+            ));
+        }
+        let stand_in = match r.stand_in.as_str() {
+            "group" => StandIn::Group,
+            "servers" => {
+                let advertise = match r.advertise.as_ref().map(|a| a.parse::<SocketAddr>()) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(_)) => {
+                        errors.push(format!("{key}.advertise: not an address:port"));
+                        None
+                    }
+                    None => {
+                        errors.push(format!(
+                            "{key}.advertise: required with stand_in = \"servers\""
+                        ));
+                        None
+                    }
+                };
+                if let Some(a) = advertise
+                    && a.ip().is_unspecified()
+                {
+                    errors.push(format!(
+                        "{key}.advertise: an address clients reach, not an unspecified one"
+                    ));
+                }
+                let served = |a: SocketAddr| {
+                    listen[..configured].iter().any(|l| {
+                        l.port() == a.port()
+                            && (l.ip() == a.ip()
+                                || (l.ip().is_unspecified() && l.is_ipv4() == a.is_ipv4()))
+                    })
+                };
+                if let Some(a) = advertise
+                    && !served(a)
+                {
+                    errors.push(format!(
+                        "{key}.advertise: {a} is not reached at any proxy.listen address"
+                    ));
+                }
+                // A full table is scanned when a new server joins it: 4096 keeps that
+                // scan to microseconds.
+                if !(1..=4096).contains(&r.max_servers) {
+                    errors.push(format!("{key}.max_servers: must be 1..=4096"));
+                }
+                if r.server_lifetime == 0 {
+                    errors.push(format!("{key}.server_lifetime: must be at least 1 second"));
+                }
+                if groups[g].next_hop.is_some() {
+                    errors.push(format!(
+                        "{key}.stand_in: \"servers\" needs a group without next_hop (a \
+                         chained group's Reply-From is the next hop's to pass on, §8.2)"
+                    ));
+                }
+                let mut pool = Vec::new();
+                for (j, e) in r.pool.iter().enumerate() {
+                    let Some(addrs) = pool_entry(e) else {
+                        errors.push(format!(
+                            "{key}.pool[{j}]: {e:?} is not ip:port or ip:first-last"
+                        ));
+                        continue;
+                    };
+                    for a in addrs {
+                        if a.ip().is_unspecified() || a.port() == 0 {
+                            errors.push(format!(
+                                "{key}.pool[{j}]: {a} is not an address clients reach"
+                            ));
+                        } else if listen.contains(&a) {
+                            errors.push(format!(
+                                "{key}.pool[{j}]: {a} is a listener or pool address already"
+                            ));
+                        } else if listen.len() - configured >= MAX_POOL {
+                            errors.push(format!(
+                                "{key}.pool: more than {MAX_POOL} addresses in all pools"
+                            ));
+                            break;
+                        } else {
+                            pool.push((listen.len(), a));
+                            listen.push(a);
+                        }
+                    }
+                }
+                if !pool.is_empty() && out.iter().any(|o| {
+                    o.group == g
+                        && matches!(&o.stand_in, StandIn::Servers { pool, .. } if !pool.is_empty())
+                }) {
+                    errors.push(format!(
+                        "{key}.pool: an earlier [[reverse]] of the group has a pool"
+                    ));
+                }
+                StandIn::Servers {
+                    advertise: advertise.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    pool,
+                    max_servers: r.max_servers,
+                    server_lifetime: Duration::from_secs(r.server_lifetime),
+                }
+            }
+            other => {
+                errors.push(format!(
+                    "{key}.stand_in: {other:?} is not \"group\" or \"servers\""
+                ));
+                StandIn::Group
+            }
+        };
+        if stand_in == StandIn::Group && !r.pool.is_empty() {
+            errors.push(format!("{key}.pool: only with stand_in = \"servers\""));
+        }
+        out.push(ReverseSpec {
+            host,
+            path,
+            group: g,
+            stand_in,
+        });
+    }
+    out
 }
 
 /// What must outlive the process: a member's Sender Sequence Numbers (RFC 10021
@@ -906,7 +1179,7 @@ mod tests {
         let c = &ok.run.proxy.cache;
         assert!(c.enabled && c.max_entries == 10 && c.max_bytes == 2048);
         assert_eq!(c.groups[0].members, vec!["10.0.0.1:5683".parse().unwrap()]);
-        assert_eq!(c.groups[0].deterministic_kid, Some(vec![0xdc]));
+        assert_eq!(ok.run.proxy.deterministic_kids[0], Some(vec![0xdc]));
         let errs = load_str(
             "[cache]\nmax_entries = 0\nmax_bytes = 10\nmax_age = 0\n\n\
              [[group]]\nname = \"g\"\nuri = \"coap://224.0.1.187\"\n\

@@ -66,6 +66,11 @@ pub struct Settings {
     /// Max-Age and an ETag of the representation, and a GET of `/hello` naming that ETag
     /// gets 2.03 (RFC 7252 §5.10.6, §5.9.1.3). None: neither option (Max-Age 60).
     pub hello_max_age: Option<u32>,
+    /// With OSCORE: the Sender ID of the group's Deterministic Client; requests under it
+    /// with a Request-Hash are Deterministic Requests (cacheable-oscore §3.4.3), answered
+    /// only for GET and FETCH, signed, with an outer Max-Age (§3.4.4). `None`: such a
+    /// request fails as one of an unknown kid.
+    pub deterministic_kid: Option<Vec<u8>>,
 }
 
 impl Default for Settings {
@@ -77,6 +82,7 @@ impl Default for Settings {
             large_bytes: 3000,
             misbehave: false,
             hello_max_age: None,
+            deterministic_kid: None,
         }
     }
 }
@@ -209,6 +215,9 @@ impl Resources {
                 self.observe(from, &v, a.action, None, Mode::Group);
                 Some(a.bytes)
             }
+            Some((m, _)) if self.is_deterministic(&v) => {
+                self.deterministic(m.current_mut(), datagram, &v, multicast)
+            }
             Some((m, mode)) => {
                 // A member verifies the request (RFC 10021 §7.2, §8.4) and answers the
                 // plaintext; nothing goes back for one that fails, as servers send no
@@ -228,6 +237,52 @@ impl Resources {
                 Some(bytes)
             }
         }
+    }
+
+    fn is_deterministic(&self, v: &MessageView) -> bool {
+        self.settings
+            .deterministic_kid
+            .as_deref()
+            .is_some_and(|k| crate::oscore::deterministic::is_deterministic_request(v, k))
+    }
+
+    /// A Deterministic Request (cacheable-oscore §3.4.3): verified without a replay
+    /// window (it is meant to be repeated), answered only if safe (GET or FETCH, §6;
+    /// otherwise a protected 4.01), the answer protected per §3.4.4. No observation is
+    /// registered from one: it has no client to notify. A request that fails gets an
+    /// unprotected 4.00 with Max-Age 0 by unicast, nothing when sent to the group (§3.4.5).
+    fn deterministic(
+        &mut self,
+        ctx: &mut SecurityContext,
+        datagram: &[u8],
+        v: &MessageView,
+        multicast: bool,
+    ) -> Option<Vec<u8>> {
+        let kid = self.settings.deterministic_kid.clone()?;
+        let (plain, mut det) = match ctx.unprotect_deterministic_request(datagram, &kid) {
+            Ok(r) => r,
+            Err(_) if multicast => return None,
+            Err(_) => {
+                let (t, mid) = reply_type(v);
+                let zero: &[u8] = &[];
+                return Some(build::encode(
+                    t,
+                    code::BAD_REQUEST,
+                    mid,
+                    v.token(),
+                    &mut [(opt::MAX_AGE, zero)],
+                    b"Decryption failed",
+                ));
+            }
+        };
+        let pv = MessageView::parse(&plain).ok()?;
+        let answer = if crate::oscore::deterministic::is_safe_method(pv.code()) {
+            self.answer(&pv, multicast)?.bytes
+        } else {
+            let (t, mid) = reply_type(&pv);
+            build::encode(t, code::UNAUTHORIZED, mid, pv.token(), &mut [], &[])
+        };
+        ctx.protect_deterministic_response(&answer, &mut det).ok()
     }
 
     fn on_empty(&mut self, from: SocketAddr, mtype: u8, mid: u16) {
@@ -512,6 +567,16 @@ fn etag(body: &[u8]) -> [u8; 4] {
         h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
     h.to_be_bytes()
+}
+
+/// The type and Message ID of a reply: a piggybacked ACK for a CON, else a NON of its own
+/// (RFC 7252 §5.2), as [`Resources::answer`] does.
+fn reply_type(v: &MessageView) -> (u8, u16) {
+    if v.mtype() == CON {
+        (ACK, v.message_id())
+    } else {
+        (NON, v.message_id() ^ 0x5a5a)
+    }
 }
 
 /// What a device answers to a request, or nothing. Error responses to group requests are

@@ -61,13 +61,27 @@ def build_group_context(cfg, context_class=GroupContext):
         # Credentials are opaque CCS bytes; aiocoap only parses the key out of
         # them and uses the exact bytes in external_aad and pairwise keys.
         sender_auth_cred=h(cfg["sender_cred"]),
-        peers={h(kid): h(ccs) for kid, ccs in cfg["peers"].items()},
+        peers=peers_of(cfg),
         group_manager_cred=h(cfg["gm_cred"]),
     )
 
 
+def peers_of(cfg):
+    """The setup's peers by kid; with "deterministic_kid", also the group's
+    Deterministic Client (cacheable-oscore-02 §3.4.1), which aiocoap 0.4.17
+    takes as a peer whose credential is its DETERMINISTIC_KEY marker: its
+    Sender Key is then derived like any peer's."""
+    h = bytes.fromhex
+    peers = {h(kid): h(ccs) for kid, ccs in cfg["peers"].items()}
+    if cfg.get("deterministic_kid"):
+        peers[h(cfg["deterministic_kid"])] = oscore.DETERMINISTIC_KEY
+    return peers
+
+
 def mode_of(context):
     """Name the mode in which aiocoap (un)protected with this context object."""
+    if isinstance(context, oscore._DeterministicUnprotectProtoAspect):
+        return "deterministic"
     if isinstance(context, oscore._PairwiseContextAspect):
         return "pairwise"
     if isinstance(context, (oscore.SimpleGroupContext, oscore._GroupContextAspect)):
@@ -135,6 +149,8 @@ class Peer:
             return {}
         if op == "protect_request":
             return self.protect_request(msg)
+        if op == "protect_deterministic_request":
+            return self.protect_deterministic_request(msg)
         if op == "unprotect_request":
             return self.unprotect_request(msg)
         if op == "protect_response":
@@ -172,6 +188,19 @@ class Peer:
     def protect_request(self, msg):
         peer = bytes.fromhex(msg["peer"]) if msg["mode"] == "pairwise" else None
         context = self.sending_context(msg["mode"], peer)
+        plain = decode(msg["coap"], outgoing=True)
+        protected, request_id = context.protect(plain)
+        handle = self.remember(SentRequest(context, request_id))
+        return {"coap": encode_like(protected, plain), "request": handle}
+
+    def protect_deterministic_request(self, msg):
+        """A Deterministic Request (cacheable-oscore-02 §3.4.2) as aiocoap's
+        Deterministic Client aspect composes it; "server" (hex, optional) is
+        the one server whose responses it accepts, else any (§3.4.5)."""
+        server = bytes.fromhex(msg["server"]) if msg.get("server") else None
+        context = self.context.for_sending_deterministic_requests(
+            bytes.fromhex(msg["deterministic_kid"]), server
+        )
         plain = decode(msg["coap"], outgoing=True)
         protected, request_id = context.protect(plain)
         handle = self.remember(SentRequest(context, request_id))

@@ -37,7 +37,7 @@ use crate::coap::MessageView;
 use crate::coap::build::{self, NON, code};
 use crate::coap::cri;
 use crate::coap::options::{self as opt, read_uint, uint_value};
-use crate::oscore::option::OscoreOption;
+use crate::oscore::deterministic::is_deterministic_request;
 use crate::proxy::config::GroupCache;
 use crate::proxy::events::{CacheEvent, Event};
 
@@ -194,22 +194,16 @@ impl Cache {
     }
 }
 
-/// Whether a request is a deterministic request of the group (cacheable-oscore-02 §3,
-/// groupcomm-proxy §7.4.1): outer FETCH, the OSCORE option in pairwise mode (Group Flag
-/// 0) with the kid of the group's deterministic client (`deterministic_kid`). The
-/// OSCORE option value and the payload are then part of the Cache-Key like any other
-/// (they are what makes requests from different clients the same, §3.3).
-pub(crate) fn deterministic_request(group: &GroupCache, view: &MessageView) -> bool {
-    let Some(kid) = group.deterministic_kid.as_deref() else {
-        return false;
-    };
-    if view.code() != FETCH {
-        return false;
-    }
-    let Some(v) = view.option(opt::OSCORE) else {
-        return false;
-    };
-    matches!(OscoreOption::parse(v), Ok(o) if !o.group && o.kid == Some(kid))
+/// Whether a request is a Deterministic Request of the group's Deterministic Client
+/// `kid` (cacheable-oscore-02 §3, groupcomm-proxy §7.4.1), the only end-to-end protected
+/// requests whose responses are cached: outer FETCH (§3.4.2 step 8), the OSCORE option
+/// in pairwise mode with that kid and a Request-Hash (`is_deterministic_request`, §3.4.3
+/// step 2). The OSCORE option value, the Request-Hash and the payload are then part of
+/// the Cache-Key like any other option (they are what makes requests from different
+/// clients the same, §3.3). Whether it is genuine is the request filter's to check
+/// (where the proxy is a member, `filter.rs`) before anything is stored or served.
+pub(crate) fn deterministic_request(kid: Option<&[u8]>, view: &MessageView) -> bool {
+    kid.is_some_and(|k| view.code() == FETCH && is_deterministic_request(view, k))
 }
 
 /// RFC 7252 §5.4.6: NoCacheKey options are those with bits 0x1e of the number 0x1c.
@@ -240,7 +234,14 @@ impl Engine {
             return None;
         }
         if view.option(opt::OSCORE).is_some()
-            && !group.is_some_and(|g| deterministic_request(&self.group_cache(g), view))
+            && !group.is_some_and(|g| {
+                let kid = self
+                    .cfg
+                    .deterministic_kids
+                    .get(g)
+                    .and_then(Option::as_deref);
+                deterministic_request(kid, view)
+            })
         {
             return None;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{Engine, InFlight, Options, Reject, Route};
 use crate::coap::MessageView;
 use crate::coap::build::{NON, code};
-use crate::coap::options::{self as opt, uint_value};
+use crate::coap::options::{self as opt, read_uint, uint_value};
 use crate::proxy::events::{CloseReason, Event, RejectReason};
 
 impl Engine {
@@ -118,4 +118,59 @@ impl Engine {
             group: ex.route.group().unwrap_or(0),
         });
     }
+
+    /// What a relayed response carries differently from what came, or `None`: it is not
+    /// relayed.
+    ///
+    /// RFC 8768 §4: a 5.08 whose diagnostic names this proxy (its identifiers are
+    /// separated by spaces) is not relayed; any other gets this proxy's identifier
+    /// prepended, where the message stays within 1152 bytes (RFC 7252 §4.6, the size
+    /// that needs no knowledge of the path MTU), else it goes on as it came.
+    ///
+    /// §8.1 step 4.3: a 5.05 from the next hop with the least T' it accepts is relayed
+    /// as this hop's own, with the least T' this hop accepts (the next hop's plus the
+    /// margin). The updated request this hop MAY send instead is not sent: its T'' would
+    /// have to exceed T' - margin, which this hop already chose, eating into the time
+    /// kept for the way back to the client.
+    pub(super) fn amend_relayed(&self, token: u64, view: &MessageView) -> Option<Amended> {
+        let mut a = Amended::default();
+        if view.code() == code::HOP_LIMIT_REACHED && view.option(opt::OSCORE).is_none() {
+            let id = self.cfg.hop_id.as_bytes();
+            let payload = view.payload();
+            if payload.split(|b| *b == b' ').any(|p| p == id) {
+                return None;
+            }
+            if view.bytes().len() + id.len() < 1152 {
+                let mut p = Vec::with_capacity(id.len() + 1 + payload.len());
+                p.extend_from_slice(id);
+                if !payload.is_empty() {
+                    p.push(b' ');
+                    p.extend_from_slice(payload);
+                }
+                a.payload = Some(p);
+            }
+        }
+        let mt_no = self.cfg.options.multicast_timeout;
+        if view.code() == code::PROXYING_NOT_SUPPORTED
+            && let Some(least) = view.option(mt_no).and_then(read_uint)
+            && let Some(g) = self
+                .exchanges
+                .get(&token)
+                .filter(|ex| Self::next_hop_of(&ex.route).is_some())
+                .and_then(|ex| ex.route.group())
+            && let Some(nh) = self.cfg.groups[g].next_hop
+        {
+            let mine = u64::from(least) + nh.margin.as_secs();
+            a.multicast_timeout = Some(uint_value(u32::try_from(mine).unwrap_or(u32::MAX)));
+        }
+        Some(a)
+    }
+}
+
+/// See [`Engine::amend_relayed`]: what replaces the payload and the Multicast-Timeout of
+/// a relayed response, where anything does.
+#[derive(Debug, Default)]
+pub(super) struct Amended {
+    pub(super) payload: Option<Vec<u8>>,
+    pub(super) multicast_timeout: Option<Vec<u8>>,
 }

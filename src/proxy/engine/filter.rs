@@ -11,6 +11,7 @@ use crate::coap::options::{self as opt, is_critical, is_unsafe, read_uint};
 use crate::coap::uri::proxy_target;
 use crate::oscore::batch::{BatchStats, BatchVerifier, SigJob};
 use crate::oscore::checker::{CheckedRequest, Prepared};
+use crate::oscore::deterministic;
 use crate::oscore::option::OscoreOption;
 use crate::oscore::{ConfigError, GroupChecker, OscoreError, ReplayState, Restored, Verdict};
 use crate::proxy::config::Policy;
@@ -27,6 +28,13 @@ impl Engine {
     ) -> Result<Option<CheckedRequest>, Filtered> {
         // A verdict reached with the rest of the receive batch, if this request was in it.
         let batched = self.batch.take(g, view.bytes());
+        if self.checkers.get(g).is_some_and(Option::is_some)
+            && let Some(dk) = self.deterministic_kid(g)
+            && deterministic::is_deterministic_request(view, dk)
+        {
+            let dk = dk.to_vec();
+            return self.check_deterministic(g, view, &dk);
+        }
         let Some(checker) = self.checkers.get_mut(g).and_then(Option::as_mut) else {
             return Ok(None);
         };
@@ -50,6 +58,86 @@ impl Engine {
             CheckResult::Valid => Ok(checked),
             _ if enforced => Err(Filtered::Drop),
             _ => Ok(None),
+        }
+    }
+
+    /// The group's Deterministic Client's Sender ID, if configured.
+    fn deterministic_kid(&self, g: usize) -> Option<&[u8]> {
+        self.cfg
+            .deterministic_kids
+            .get(g)
+            .and_then(Option::as_deref)
+    }
+
+    /// The request filter for a Deterministic Request (cacheable-oscore-02 §3.4.2): it
+    /// carries no signature and is meant to be repeated (§6), so neither the signature
+    /// check nor the replay window applies, and it authenticates no sender (so no
+    /// `allow_kids` either). What the proxy can check, it does: the form the draft fixes
+    /// (outer FETCH, step 8; pairwise mode, the configured kid, Partial IV 0 and the
+    /// group's Gid, step 1; a SHA-256 Request-Hash, §3.3); and where the proxy is a member
+    /// of the group it holds the Deterministic Client's Sender Key (§3.4.1) and checks
+    /// the request as a server would (§3.4.3): decryption, the recomputed Request-Hash
+    /// (so that no one without the group's keys can put a request in front of the
+    /// devices, or a response under another request's hash into a cache) and a safe
+    /// method (§6: a Deterministic Request must not change state). Anything else is
+    /// dropped under `enforce`, counted under `monitor`.
+    fn check_deterministic(
+        &mut self,
+        g: usize,
+        view: &MessageView,
+        dk: &[u8],
+    ) -> Result<Option<CheckedRequest>, Filtered> {
+        let result = self.deterministic_result(g, view, dk);
+        let enforced = self.enforced(g);
+        self.emit(Event::Checked {
+            group: g,
+            request: true,
+            result,
+            enforced,
+        });
+        match result {
+            CheckResult::Deterministic => Ok(None),
+            _ if enforced => Err(Filtered::Drop),
+            _ => Ok(None),
+        }
+    }
+
+    fn deterministic_result(&self, g: usize, view: &MessageView, dk: &[u8]) -> CheckResult {
+        let Some(o) = view
+            .option(opt::OSCORE)
+            .and_then(|v| OscoreOption::parse(v).ok())
+        else {
+            return CheckResult::Malformed;
+        };
+        // 0.05 FETCH (RFC 8132), the outer code of every Deterministic Request.
+        if view.code() != 0x05
+            || o.piv.is_none_or(|p| p.iter().any(|b| *b != 0))
+            || view
+                .option(deterministic::REQUEST_HASH)
+                .is_none_or(|h| h.len() != deterministic::HASH_LEN)
+        {
+            return CheckResult::Malformed;
+        }
+        let gid = self.checkers[g].as_ref().map(|c| c.current().gid());
+        if o.kid_context.is_none() || o.kid_context != gid {
+            return CheckResult::UnknownGid;
+        }
+        let Some(member) = self.members.get(g).and_then(Option::as_ref) else {
+            return CheckResult::Deterministic;
+        };
+        match member
+            .current()
+            .unprotect_deterministic_request(view.bytes(), dk)
+        {
+            Ok((plain, _))
+                if MessageView::parse(&plain)
+                    .is_ok_and(|p| deterministic::is_safe_method(p.code())) =>
+            {
+                CheckResult::Deterministic
+            }
+            Ok(_) => CheckResult::DeterministicInvalid,
+            Err(OscoreError::UnknownGid) => CheckResult::UnknownGid,
+            Err(_) => CheckResult::DeterministicInvalid,
         }
     }
 

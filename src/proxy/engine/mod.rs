@@ -10,6 +10,7 @@ mod member;
 mod observe;
 mod reconfigure;
 mod response;
+mod reverse;
 mod timers;
 mod tokens;
 
@@ -237,6 +238,9 @@ struct InFlight {
     /// The observation this exchange carries, if its request registered one (see
     /// `observe.rs`; boxed: most exchanges have none).
     observe: Option<Box<observe::Observation>>,
+    /// Reverse-proxy mode standing in for the servers (groupcomm-proxy §6.1): the
+    /// proxy's address that Reply-From names (see `reverse.rs`).
+    stands_in: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -313,6 +317,8 @@ struct Reject {
     group: Option<usize>,
     options: Vec<(u16, Vec<u8>)>,
     diagnostic: &'static str,
+    /// A diagnostic made at run time, instead of `diagnostic` (the 5.08's, RFC 8768 §4).
+    payload: Option<Vec<u8>>,
 }
 
 impl Reject {
@@ -323,6 +329,7 @@ impl Reject {
             group: None,
             options: Vec::new(),
             diagnostic,
+            payload: None,
         }
     }
     fn group(mut self, g: usize) -> Self {
@@ -396,6 +403,10 @@ pub struct Engine {
     batch: filter::BatchState,
     /// The response cache (groupcomm-proxy §7, see `cache.rs`).
     cache: cache::Cache,
+    /// Reverse-proxy mode (`reverse.rs`): per group, the servers follow-ups may name
+    /// (bounded by the resources' `max_servers`), and the follow-up being forwarded.
+    reverse_servers: Vec<reverse::Servers>,
+    reverse_grant: Option<SocketAddr>,
 }
 
 /// A message's options on their way into another message: on the stack for the usual
@@ -480,7 +491,12 @@ impl Engine {
             spare: Vec::new(),
             observers: observe::Observers::default(),
             cache: cache::Cache::new(etag_seed),
+            reverse_servers: Vec::new(),
+            reverse_grant: None,
         };
+        e.reverse_servers = (0..e.cfg.groups.len())
+            .map(|_| reverse::Servers::default())
+            .collect();
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
     }
@@ -929,6 +945,11 @@ impl Engine {
             }
         }
         let Some(target) = target else {
+            // Reverse-proxy mode (groupcomm-proxy §6): a resource of the proxy may stand
+            // for a group, or a follow-up name a server it stands in for.
+            if let Some(r) = self.reverse_request(now, listener, from, view, outer) {
+                return r;
+            }
             return self.local_request(view, outer);
         };
         if target.scheme != "coap" {
@@ -969,11 +990,14 @@ impl Engine {
             // RFC 8768 §3: 1 to 255, decremented before forwarding; reaching 0 is 5.08.
             Some(Some(h @ 2..=255)) => Some(h as u8 - 1),
             Some(Some(1)) => {
-                return Err(Reject::new(
+                let mut r = Reject::new(
                     code::HOP_LIMIT_REACHED,
                     RejectReason::HopLimit,
                     "hop limit reached",
-                ));
+                );
+                // RFC 8768 §4: the proxy that detects the loop names itself.
+                r.payload = Some(self.cfg.hop_id.as_bytes().to_vec());
+                return Err(r);
             }
             // 0 (also the empty value) or above 255: a bad value, not a loop (4.00).
             Some(_) => {
@@ -1380,14 +1404,16 @@ impl Engine {
     ) -> Result<(), Reject> {
         let (listener, from, view) = (out.listener, out.from, out.view);
         let u = &self.cfg.unicast;
-        if !u.enabled {
+        // A follow-up of the reverse-proxy mode (§6.2) was allowed by its group.
+        let granted = self.reverse_granted(origin);
+        if !u.enabled && !granted {
             return Err(Reject::new(
                 code::PROXYING_NOT_SUPPORTED,
                 RejectReason::UnicastNotAllowed,
                 "unicast forwarding disabled",
             ));
         }
-        if !u.allow.iter().any(|p| p.contains(from.ip())) {
+        if !granted && !u.allow.iter().any(|p| p.contains(from.ip())) {
             return Err(Reject::new(
                 code::UNAUTHORIZED,
                 RejectReason::NotAllowed,
@@ -1493,6 +1519,7 @@ impl Engine {
                 relayed_non: VecDeque::new(),
                 outer: None,
                 observe: None,
+                stands_in: None,
             },
         );
         self.by_client.insert((client, client_token), token);
@@ -1573,14 +1600,8 @@ impl Engine {
                 self.mid_to(Link::Listener(listener), client, false, false)?,
             )
         };
-        Some(build::encode(
-            t,
-            r.code,
-            m,
-            token,
-            &mut opts,
-            r.diagnostic.as_bytes(),
-        ))
+        let diagnostic = r.payload.as_deref().unwrap_or(r.diagnostic.as_bytes());
+        Some(build::encode(t, r.code, m, token, &mut opts, diagnostic))
     }
 
     /// A separate error response to the client of an exchange (as NON: the client's CON

@@ -14,7 +14,11 @@ impl Engine {
     /// change. A group whose Gid changed is rekeyed: new requests are checked under the
     /// new epoch at once, exchanges in flight finish, and the old epoch is kept for the
     /// group's maximum Multicast-Timeout and then erased.
-    pub fn reconfigure(&mut self, now: Instant, cfg: ProxyConfig) -> Result<(), String> {
+    pub fn reconfigure(&mut self, now: Instant, mut cfg: ProxyConfig) -> Result<(), String> {
+        // The sockets stay bound across a reload, and what they are bound to (filled in by
+        // the runtime at bind, not read from the file) stays what names the proxy.
+        cfg.local.listen = self.cfg.local.listen.clone();
+        cfg.local.host_addrs = self.cfg.local.host_addrs.clone();
         if cfg.groups.len() != self.cfg.groups.len()
             || cfg
                 .groups

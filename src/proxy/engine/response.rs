@@ -121,6 +121,10 @@ impl Engine {
     /// Reply-From naming the origin server.
     pub(super) fn relay(&mut self, now: Instant, token: u64, from: SocketAddr, view: &MessageView) {
         let reply_from_no = self.cfg.options.reply_from;
+        // RFC 8768 §4 (a 5.08's diagnostic), §8.1 (a next hop's 5.05): see `chain.rs`.
+        let Some(amended) = self.amend_relayed(token, view) else {
+            return self.drop_msg(DropReason::HopLoop, from);
+        };
         // An observation's notification: ordered per device, rate-limited per client,
         // and at times CON for the interest check (RFC 7641 §3.4, §4.5).
         let observing = self.is_observation(token);
@@ -160,18 +164,24 @@ impl Engine {
         let Some(mid) = self.mid_to(to_client, client, con, true) else {
             return;
         };
+        // §8.2: from a next hop, Reply-From names the origin server already; it is passed
+        // on untouched, and none is added where it has none. §6.1: a reverse proxy may
+        // name itself instead (`reverse.rs`).
+        let reply_from = (matches!(kind, Kind::Group(_)) && via.is_none())
+            .then(|| self.reply_from_value(token, from));
         let ex = self.exchanges.get_mut(&token).expect("caller checked");
         ex.responses += 1;
-        // §8.2: from a next hop, Reply-From names the origin server already; it is passed
-        // on untouched, and none is added where it has none.
-        let reply_from =
-            (matches!(kind, Kind::Group(_)) && via.is_none()).then(|| cri::reply_from(from));
+        let mt_no = self.cfg.options.multicast_timeout;
         let mut opts: Options = view
             .options()
             .filter(|(n, _)| *n != reply_from_no || via.is_some())
+            .filter(|(n, _)| *n != mt_no || amended.multicast_timeout.is_none())
             .collect();
         if let Some(rf) = &reply_from {
             opts.push((reply_from_no, rf));
+        }
+        if let Some(mt) = &amended.multicast_timeout {
+            opts.push((mt_no, mt));
         }
         let client_token = ex.client_token;
         let mut outer = ex.outer.take();
@@ -190,13 +200,14 @@ impl Engine {
                 diagnostic,
             )
         } else {
+            let payload = amended.payload.as_deref().unwrap_or(view.payload());
             self.encode(
                 t,
                 view.code(),
                 mid,
                 client_token.as_slice(),
                 &mut opts,
-                view.payload(),
+                payload,
             )
         };
         if let Some(o) = outer.as_mut() {

@@ -20,6 +20,7 @@ use crate::coap::MessageView;
 use crate::coap::build::{self, CON, NON};
 use crate::coap::options::{self as opt, uint_value};
 use crate::coap::uri::{Host, parse_proxy_uri};
+use crate::oscore::deterministic::DeterministicExchange;
 use crate::oscore::{ContextConfig, Exchange, Mode, SecurityContext};
 
 /// A request for the client to send through a proxy, and how.
@@ -76,6 +77,10 @@ pub struct ClientRequest {
     pub(crate) pairwise_peer: Option<Vec<u8>>,
     /// A unicast follow-up through the proxy: no Multicast-Timeout.
     pub(crate) unicast: bool,
+    /// With `oscore`: send the request as a Deterministic Request of the group's
+    /// Deterministic Client with this Sender ID (cacheable-oscore §3.4.2) instead of in
+    /// group mode; every response must then be signed (§3.4.4).
+    pub deterministic: Option<Vec<u8>>,
 }
 
 impl ClientRequest {
@@ -102,6 +107,7 @@ impl ClientRequest {
             extra: Vec::new(),
             pairwise_peer: None,
             unicast: false,
+            deterministic: None,
         }
     }
 }
@@ -172,6 +178,46 @@ pub fn protect_request(
     Ok((
         build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
         ex,
+    ))
+}
+
+/// Builds the request as a Deterministic Request (cacheable-oscore §3.4.2) of the
+/// Deterministic Client `det_kid`, the proxy options outside as in [`protect_request`]:
+/// the same request gives the same options and payload every time (the token and Message
+/// ID are the message layer's and differ).
+pub fn protect_deterministic(
+    req: &ClientRequest,
+    ctx: &SecurityContext,
+    mid: u16,
+    token: &[u8],
+    det_kid: &[u8],
+) -> Result<(Vec<u8>, DeterministicExchange), String> {
+    if req.proxy_uri {
+        return Err("Proxy-Uri cannot be used with OSCORE; the Proxy-Scheme form is used".into());
+    }
+    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
+    let mut inner: Vec<(u16, &[u8])> = target
+        .uri_options
+        .iter()
+        .map(|(n, v)| (*n, &v[..]))
+        .collect();
+    inner.extend(req.extra.iter().map(|(n, v)| (*n, &v[..])));
+    let t = if req.confirmable { CON } else { NON };
+    let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
+    let (protected, det) = ctx
+        .protect_deterministic_request(&plain, det_kid)
+        .map_err(|e| e.to_string())?;
+    let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
+    let outer = if req.direct {
+        Vec::new()
+    } else {
+        outer_proxy_options(req, &target)?
+    };
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
+    Ok((
+        build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
+        det,
     ))
 }
 

@@ -20,11 +20,14 @@ use super::message::{
     DEDUP_CAPACITY, Dedup, EXCHANGE_LIFETIME, NON_LIFETIME, Retransmission, Sent, Step,
     initial_timeout,
 };
-use super::{ClientRequest, Response, encode_request, protect_request, szx_of};
+use super::{
+    ClientRequest, Response, encode_request, protect_deterministic, protect_request, szx_of,
+};
 use crate::coap::MessageView;
 use crate::coap::build::{self, ACK, CON, RST};
 use crate::coap::cri::parse_reply_from;
 use crate::coap::options as opt;
+use crate::oscore::deterministic::DeterministicExchange;
 use crate::oscore::option::OscoreOption;
 use crate::oscore::{Exchange, GroupMember, Layer, Mode, SecurityContext};
 
@@ -215,6 +218,8 @@ struct Open {
     multicast_timeout_option: u16,
     /// The end-to-end protection of the request, to verify every response with.
     e2e: Option<Exchange>,
+    /// A Deterministic Request's exchange and Request-Hash (cacheable-oscore §3.4.4).
+    det: Option<DeterministicExchange>,
     hop: Option<Hop>,
     /// The request's messages: the first, and one more after an Echo challenge.
     messages: Vec<Sent>,
@@ -295,7 +300,19 @@ impl Client {
             return Err(format!("{MAX_REQUESTS} requests open already"));
         }
         let mid = self.mid();
-        let (msg, e2e, hop) = self.build(req, mid, &token)?;
+        let (msg, e2e, hop, det) = match (&req.deterministic, &req.oscore, &self.security) {
+            (Some(kid), Some(_), Some(member)) => {
+                let (m, d) = protect_deterministic(req, member.current(), mid, &token, kid)?;
+                (m, None, None, Some(d))
+            }
+            (Some(_), _, _) => {
+                return Err("a deterministic request needs a member context (--oscore)".into());
+            }
+            (None, _, _) => {
+                let (m, e, h) = self.build(req, mid, &token)?;
+                (m, e, h, None)
+            }
+        };
         let id = RequestId(self.next_id);
         self.next_id += 1;
         let deadline = now + Duration::from_secs(req.timeout as u64) + req.margin;
@@ -316,6 +333,7 @@ impl Client {
             reply_from_option: req.reply_from_option,
             multicast_timeout_option: req.multicast_timeout_option,
             e2e,
+            det,
             hop,
             messages: Vec::new(),
         };
@@ -735,6 +753,30 @@ impl Client {
         // With OSCORE the epoch a notification was protected under: the Gid its option
         // names (a server names the new one after a rekey, §7.3), else the request's.
         let mut epoch = (Vec::new(), Vec::new());
+        // A Deterministic Request's responses: group mode, bound by the Request-Hash
+        // (cacheable-oscore §3.4.4); any server of the group may answer (§3.4.5).
+        if let (Some(ctx), Some(det)) = (security.as_mut(), &mut o.det)
+            && v.option(opt::OSCORE).is_some()
+        {
+            r.oscore = Some(
+                match ctx
+                    .current_mut()
+                    .unprotect_deterministic_response(v.bytes(), det, None)
+                {
+                    Ok((plain, info)) => match MessageView::parse(&plain) {
+                        Ok(pv) => {
+                            r.code = pv.code();
+                            r.payload = pv.payload().to_vec();
+                            // §3.4.4 step 4: an inner Observe is ignored here.
+                            r.observe = None;
+                            Ok((info.mode, info.server_id))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
         // The proxy's own errors are not protected end to end; members' answers are.
         if let (Some(ctx), Some(ex)) = (security, &mut o.e2e)
             && v.option(opt::OSCORE).is_some()
