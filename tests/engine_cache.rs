@@ -798,3 +798,59 @@ fn s7_1_forwarded_request_uses_fresh_stored_responses_too() {
     let (tx, _) = h.advance(Duration::from_secs(5));
     assert!(to_client(&tx).is_empty(), "not again at T'");
 }
+
+/// Reverse-proxy mode (groupcomm-proxy §6.1) with the cache: for a resource that stands
+/// in for the group only, the set is served from the cache with the servers' Reply-From;
+/// for one that stands in for the servers too, Reply-From must name the proxy, which the
+/// stored responses do not, so the request goes to the group every time.
+#[test]
+fn s6_1_reverse_resources_and_the_cache() {
+    use groxy::proxy::{ReverseSpec, StandIn};
+    for (stand_in, served) in [
+        (StandIn::Group, true),
+        (
+            StandIn::Servers {
+                advertise: "127.0.0.1:5683".parse().unwrap(),
+                pool: vec![],
+                max_servers: 16,
+                server_lifetime: Duration::from_secs(60),
+            },
+            false,
+        ),
+    ] {
+        let mut c = config();
+        c.reverse.push(ReverseSpec {
+            host: None,
+            path: vec!["lights".into()],
+            group: 0,
+            stand_in,
+        });
+        let mut h = Harness::new(c);
+        let mt = opt::uint_value(2);
+        let o: [(u16, &[u8]); 3] = [
+            (opt::URI_PATH, b"lights"),
+            (opt::URI_PATH, b"temp"),
+            (MT, &mt),
+        ];
+        let (tx, _, _) = h.request(NON, code::GET, &o, &[]);
+        let fwd = to_group(&tx)[0].clone();
+        for i in [1, 2] {
+            h.feed(
+                Link::Group(0, 0),
+                device(i),
+                &answer(&fwd, code::CONTENT, &[], b"x"),
+            );
+        }
+        h.advance(Duration::from_secs(2));
+        let (tx, _, _) = h.request(NON, code::GET, &o, &[]);
+        assert_eq!(to_group(&tx).is_empty(), served, "served: {served}");
+        if served {
+            let got = to_client(&tx);
+            assert_eq!(got.len(), 2);
+            assert_eq!(
+                cri::parse_reply_from(got[0].option(RF).unwrap()),
+                Some(device(1))
+            );
+        }
+    }
+}

@@ -147,6 +147,10 @@ pub(super) struct Cache {
     /// NON, as any local reply), and the set's further responses, sent after it.
     pub(super) reply: Option<Local>,
     deferred: Vec<Local>,
+    /// The request being handled is a reverse-proxy one standing in for the servers
+    /// (groupcomm-proxy §6.1): its Reply-From names the proxy, which the stored responses
+    /// (made with the servers' Reply-From) cannot, so they are stored but not served.
+    pub(super) stand_in: bool,
 }
 
 impl Cache {
@@ -161,6 +165,7 @@ impl Cache {
             next_etag: etag_seed,
             reply: None,
             deferred: Vec::new(),
+            stand_in: false,
         }
     }
 
@@ -278,7 +283,7 @@ impl Engine {
         self.cache.reply = None;
         self.cache.deferred.clear();
         let members = self.group_cache(g).members;
-        if members.is_empty() {
+        if members.is_empty() || self.cache.stand_in {
             return false;
         }
         let now = self.now;
@@ -433,6 +438,7 @@ impl Engine {
         };
         let (mut now_, mut waiting) = (Vec::new(), Vec::new());
         if group.is_some()
+            && !self.cache.stand_in
             && let Some(e) = self.cache.entries.get(&key)
         {
             for s in &e.responses {

@@ -168,7 +168,11 @@ impl Engine {
             (opt::URI_HOST, host.as_bytes()),
             (opt::URI_PORT, &port[..]),
         ]);
+        // Standing in for the servers, Reply-From names the proxy (set on the exchange
+        // below): the cache, which names the servers, does not answer for it (cache.rs).
+        self.cache.stand_in = advertise.is_some();
         let mut result = self.rewritten(now, listener, from, view, &mut opts, outer);
+        self.cache.stand_in = false;
         // RFC 10020 §3.5.2: a token reused while its group request runs ended that one
         // (4.00, nothing forwarded); the diagnostic SHOULD say why: a reverse proxy.
         if let Err(r) = &mut result
