@@ -743,18 +743,8 @@ fn checked_config(g: &Group) -> ProxyConfig {
 }
 
 fn next_epoch(g: &Group) -> Group {
-    let mut n = Group::new(&[]);
-    n.key_generation = g.key_generation + 1;
+    let mut n = g.rekeyed();
     n.master_salt = g.master_salt.clone();
-    fn copy(m: &common::Member) -> common::Member {
-        common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        }
-    }
-    n.gm = copy(&g.gm);
-    n.members = g.members.iter().map(copy).collect();
     n
 }
 

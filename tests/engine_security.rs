@@ -282,23 +282,8 @@ fn s12_2_rekeying_on_reload_is_atomic() {
     let (_, mut aex) = dev_a1.unprotect_request(&fwd).unwrap();
 
     // The next epoch: new Gid, new Master Secret, generation 1, same member keys.
-    let mut g2 = Group::new(&[]);
-    g2.key_generation = 1;
+    let mut g2 = g1.rekeyed();
     g2.master_salt = g1.master_salt.clone();
-    g2.gm = common::Member {
-        id: vec![],
-        key: g1.gm.key.clone(),
-        cred: g1.gm.cred.clone(),
-    };
-    g2.members = g1
-        .members
-        .iter()
-        .map(|m| common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        })
-        .collect();
     let with = |g: &Group| {
         let mut cfg = ProxyConfig::default();
         cfg.groups[0].security = Some(GroupSecurity {
@@ -373,18 +358,8 @@ fn draining_refuses_new_requests_and_finishes_old_ones() {
 /// The next key epoch of `g` (RFC 10021 §12.2): new Gid and Master Secret, the next Key
 /// Generation Number, the same members and Group Manager with their keys.
 fn next_epoch(g: &Group) -> Group {
-    let mut n = Group::new(&[]);
-    n.key_generation = g.key_generation + 1;
+    let mut n = g.rekeyed();
     n.master_salt = g.master_salt.clone();
-    fn copy(m: &common::Member) -> common::Member {
-        common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        }
-    }
-    n.gm = copy(&g.gm);
-    n.members = g.members.iter().map(copy).collect();
     n
 }
 

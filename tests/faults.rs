@@ -20,7 +20,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::files::{members_toml, secret, sek};
 use common::{Group, Member, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
@@ -69,22 +69,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// The Signature Encryption Key the Group Manager hands a checker (RFC 10021 §12.3).
-fn sek(g: &Group) -> Vec<u8> {
-    SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
 }
 
 /// The next key epoch: new Gid, Master Secret and Salt, Key Generation Number + 1, the
@@ -170,17 +154,7 @@ impl Setup {
         let kg = g.key_generation;
         secret(&d.join(format!("sek{kg}")), &sek(g));
         secret(&d.join(format!("master{kg}")), &g.master_secret);
-        let members: String = g
-            .members
-            .iter()
-            .map(|m| {
-                format!(
-                    "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                    hex::encode(&m.id),
-                    hex::encode(m.cred.bytes())
-                )
-            })
-            .collect();
+        let members = members_toml(g, None);
         let mut text = format!(
             "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n\
              [limits]\n{limits}\n\

@@ -29,7 +29,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,6 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Group;
+use common::files::{member_file, members_toml, secret, sek};
 use serde_json::{Value, json};
 
 const GROXY: &str = env!("CARGO_BIN_EXE_groxy");
@@ -108,11 +108,6 @@ resource.Site = Site
 asyncio.run(base.serve(cfg))
 "#;
 
-fn write_secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// Runs `f` on a thread in network namespace `ns` (setns(2) moves only that thread).
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
@@ -142,7 +137,7 @@ impl Topology {
         let net = Net::build("go", &[("dev1", 11), ("dev2", 12)], false);
         let group = Group::new(&[CLIENT, DEV1_ID, DEV2_ID]);
         let mut t = Topology { net, group, secure };
-        write_secret(&t.net.dir.join("master.secret"), &t.group.master_secret);
+        secret(&t.net.dir.join("master.secret"), &t.group.master_secret);
         for id in [CLIENT, DEV1_ID, DEV2_ID] {
             t.write_member_file(&t.group, id);
         }
@@ -244,34 +239,7 @@ impl Topology {
     /// config/member.toml's format, which `groxy device --oscore` and `groxy client
     /// --oscore` read.
     fn write_member_file(&self, g: &Group, id: &[u8]) {
-        let m = g.member(id);
-        let key = self.net.dir.join(format!("{}.key", hex::encode(id)));
-        write_secret(&key, &m.key.to_bytes());
-        let others: String = g
-            .members
-            .iter()
-            .filter(|o| o.id != id)
-            .map(|o| {
-                format!(
-                    "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                    hex::encode(&o.id),
-                    hex::encode(o.cred.bytes())
-                )
-            })
-            .collect();
-        let text = format!(
-            "gid = \"{}\"\nkey_generation = {}\nmaster_secret_file = \"master.secret\"\n\
-             master_salt = \"{}\"\nsender_id = \"{}\"\nprivate_key_file = \"{}.key\"\n\
-             credential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{others}]\n",
-            hex::encode(&g.gid),
-            g.key_generation,
-            hex::encode(&g.master_salt),
-            hex::encode(id),
-            hex::encode(id),
-            hex::encode(m.cred.bytes()),
-            hex::encode(g.gm.cred.bytes()),
-        );
-        std::fs::write(self.member_file(id), text).unwrap();
+        member_file(&self.net.dir, g, id);
     }
 
     /// The proxy: WAN listener and /metrics, the group out of lan0, unicast forwarding
@@ -297,25 +265,8 @@ max_timeout = 10
 "#
         );
         if self.secure {
-            let sek = groxy::oscore::SecurityContext::new(&g.config(CLIENT))
-                .unwrap()
-                .group()
-                .unwrap()
-                .sig_enc_key
-                .clone()
-                .unwrap();
-            write_secret(&self.net.dir.join("group.sek"), &sek);
-            let members: String = g
-                .members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                        hex::encode(&m.id),
-                        hex::encode(m.cred.bytes())
-                    )
-                })
-                .collect();
+            secret(&self.net.dir.join("group.sek"), &sek(g));
+            let members = members_toml(g, None);
             text += &format!(
                 "\n[group.security]\npolicy = \"enforce\"\ngid = \"{}\"\nkey_generation = {}\n\
                  signature_encryption_key_file = \"group.sek\"\ngm_credential = \"{}\"\n\
@@ -564,24 +515,8 @@ fn rfc10021_checked_observation_past_t_prime_and_blockwise() {
 /// client verifies them: the observation survives the rekey.
 fn rekey_during(t: &Topology, client: &Child, out: &Mutex<Vec<String>>) {
     let g = &t.group;
-    let mut gid = common::random_bytes(4);
-    while gid == g.gid {
-        gid = common::random_bytes(4);
-    }
-    let clone = |m: &common::Member| common::Member {
-        id: m.id.clone(),
-        key: m.key.clone(),
-        cred: m.cred.clone(),
-    };
-    let next = Group {
-        key_generation: g.key_generation + 1,
-        gid,
-        master_secret: common::random_bytes(16),
-        master_salt: common::random_bytes(8),
-        gm: clone(&g.gm),
-        members: g.members.iter().map(clone).collect(),
-    };
-    write_secret(&t.net.dir.join("master.secret"), &next.master_secret);
+    let next = g.rekeyed();
+    secret(&t.net.dir.join("master.secret"), &next.master_secret);
     for id in [CLIENT, DEV1_ID, DEV2_ID] {
         t.write_member_file(&next, id);
     }

@@ -11,12 +11,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::files::{member_file, members_toml, secret, sek};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
@@ -32,45 +32,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn secret(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
-fn members_toml(g: &Group, except: Option<&[u8]>) -> String {
-    g.members
-        .iter()
-        .filter(|m| Some(m.id.as_slice()) != except)
-        .map(|m| {
-            format!(
-                "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                hex::encode(&m.id),
-                hex::encode(m.cred.bytes())
-            )
-        })
-        .collect()
-}
-
-/// A device's member file (config/member.toml).
-fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
-    let m = g.member(id);
-    let name = hex::encode(id);
-    secret(dir, &format!("{name}.key"), &m.key.to_bytes());
-    let text = format!(
-        "gid = \"{}\"\nmaster_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"{name}\"\nprivate_key_file = \"{name}.key\"\ncredential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{}]\n",
-        hex::encode(&g.gid),
-        hex::encode(&g.master_salt),
-        hex::encode(m.cred.bytes()),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(g, Some(id)),
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -175,15 +136,8 @@ fn restart_does_not_reopen_replays(stop: Stop) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1]]);
-    secret(&dir, "master.secret", &g.master_secret);
-    let sek = SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap();
-    secret(&dir, "group.sek", &sek);
+    secret(&dir.join("master.secret"), &g.master_secret);
+    secret(&dir.join("group.sek"), &sek(&g));
     let (port, metrics) = (free_port(), {
         let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         l.local_addr().unwrap().port()

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod files;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Write};
@@ -49,6 +50,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 }
 
 /// One member's identity.
+#[derive(Clone)]
 pub struct Member {
     pub id: Vec<u8>,
     pub key: PrivateKey,
@@ -69,6 +71,7 @@ impl Member {
 
 /// A group with freshly generated keys: a new Gid and Master Secret per run, so no peer
 /// ever sees a replayed sequence number from an earlier run.
+#[derive(Clone)]
 pub struct Group {
     pub key_generation: u64,
     pub gid: Vec<u8>,
@@ -91,6 +94,23 @@ impl Group {
                 .enumerate()
                 .map(|(i, id)| Member::new(id, &format!("member{i}")))
                 .collect(),
+        }
+    }
+
+    /// The next key epoch (RFC 10021 §12.2): a new Gid (never the current one), Master
+    /// Secret and Master Salt, the next Key Generation Number, the same members and Group
+    /// Manager with their keys.
+    pub fn rekeyed(&self) -> Group {
+        let mut gid = random_bytes(4);
+        while gid == self.gid {
+            gid = random_bytes(4);
+        }
+        Group {
+            key_generation: self.key_generation + 1,
+            gid,
+            master_secret: random_bytes(16),
+            master_salt: random_bytes(8),
+            ..self.clone()
         }
     }
 
