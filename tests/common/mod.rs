@@ -5,7 +5,10 @@
 #![allow(dead_code)]
 
 pub mod files;
+mod group;
 pub mod netns;
+
+pub use group::{Group, Member};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +17,6 @@ use std::sync::OnceLock;
 
 use groxy::oscore::alg::SigAlg;
 use groxy::oscore::cred::{Credential, PrivateKey};
-use groxy::oscore::{CheckerConfig, ContextConfig};
 use serde_json::{Value, json};
 
 pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
@@ -49,15 +51,8 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// One member's identity.
-#[derive(Clone)]
-pub struct Member {
-    pub id: Vec<u8>,
-    pub key: PrivateKey,
-    pub cred: Credential,
-}
-
 impl Member {
+    /// A member with a fresh Ed25519 key, its CCS naming it `name`.
     pub fn new(id: &[u8], name: &str) -> Self {
         let key = PrivateKey::generate(SigAlg::EdDsa);
         let cred = Credential::ccs_for(name, &key.public_key());
@@ -69,19 +64,9 @@ impl Member {
     }
 }
 
-/// A group with freshly generated keys: a new Gid and Master Secret per run, so no peer
-/// ever sees a replayed sequence number from an earlier run.
-#[derive(Clone)]
-pub struct Group {
-    pub key_generation: u64,
-    pub gid: Vec<u8>,
-    pub master_secret: Vec<u8>,
-    pub master_salt: Vec<u8>,
-    pub gm: Member,
-    pub members: Vec<Member>,
-}
-
 impl Group {
+    /// A group with freshly generated keys: a new Gid and Master Secret per run, so no
+    /// peer ever sees a replayed sequence number from an earlier run.
     pub fn new(ids: &[&[u8]]) -> Self {
         Group {
             key_generation: 0,
@@ -111,57 +96,6 @@ impl Group {
             master_secret: random_bytes(16),
             master_salt: random_bytes(8),
             ..self.clone()
-        }
-    }
-
-    pub fn member(&self, id: &[u8]) -> &Member {
-        self.members.iter().find(|m| m.id == id).unwrap()
-    }
-
-    /// The context of member `me`, knowing every other member.
-    pub fn config(&self, me: &[u8]) -> ContextConfig {
-        let m = self.member(me);
-        ContextConfig {
-            master_secret: self.master_secret.clone(),
-            master_salt: self.master_salt.clone(),
-            id_context: Some(self.gid.clone()),
-            alg_aead: Some(10),
-            alg_group_enc: Some(10),
-            alg_signature: Some(-8),
-            alg_pairwise_key_agreement: Some(-27),
-            gm_cred: Some(self.gm.cred.bytes().to_vec()),
-            sender_id: m.id.clone(),
-            private_key: Some(m.key.to_bytes().to_vec()),
-            sender_cred: Some(m.cred.bytes().to_vec()),
-            recipients: self
-                .members
-                .iter()
-                .filter(|o| o.id != me)
-                .map(|o| (o.id.clone(), o.cred.bytes().to_vec()))
-                .collect(),
-            key_generation: self.key_generation,
-            ..Default::default()
-        }
-    }
-
-    /// What an external signature checker is given (RFC 10021 §12.3).
-    pub fn checker_config(&self) -> CheckerConfig {
-        CheckerConfig {
-            gid: self.gid.clone(),
-            alg_aead: Some(10),
-            alg_group_enc: 10,
-            alg_signature: -8,
-            alg_pairwise_key_agreement: Some(-27),
-            master_secret: Some(self.master_secret.clone()),
-            master_salt: self.master_salt.clone(),
-            gm_cred: self.gm.cred.bytes().to_vec(),
-            members: self
-                .members
-                .iter()
-                .map(|m| (m.id.clone(), m.cred.bytes().to_vec()))
-                .collect(),
-            key_generation: self.key_generation,
-            ..Default::default()
         }
     }
 
