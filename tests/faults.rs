@@ -28,6 +28,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::files::{members_toml, secret, sek};
+use common::process::wait_for;
 use common::{Group, Member, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
@@ -767,14 +768,6 @@ impl Generator {
         let mut t = self.thread.take().unwrap().join().unwrap();
         t.sent = std::mem::take(&mut *self.sent.lock().unwrap());
         t
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
     }
 }
 

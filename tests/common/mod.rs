@@ -7,6 +7,7 @@
 pub mod files;
 mod group;
 pub mod netns;
+pub mod process;
 
 pub use group::{Group, Member};
 
@@ -24,6 +25,15 @@ pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
