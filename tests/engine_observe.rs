@@ -748,6 +748,20 @@ fn next_epoch(g: &Group) -> Group {
     n
 }
 
+/// `plain` protected by `ctx` in group mode and sent through the proxy to group 0: the
+/// outer Uri-Host and Proxy-Scheme (RFC 7252 §5.10.2), Multicast-Timeout 3 s, `token`.
+fn signed_group_request(ctx: &mut SecurityContext, plain: &[u8], token: &[u8]) -> Vec<u8> {
+    let (prot, _) = ctx.protect_request(plain, Mode::Group, None).unwrap();
+    let v = MessageView::parse(&prot).unwrap();
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend([
+        (opt::URI_HOST, &b"224.0.1.187"[..]),
+        (opt::PROXY_SCHEME, b"coap"),
+        (MT, &[3]),
+    ]);
+    build::encode(NON, v.code(), 9, token, &mut opts, v.payload())
+}
+
 fn checks(ev: &[Event]) -> Vec<CheckResult> {
     ev.iter()
         .filter_map(|e| match e {
@@ -772,17 +786,7 @@ fn rfc10021_notifications_verified_replays_dropped_across_a_rekey() {
     let g2 = next_epoch(&g1);
     let mut h = H::new(checked_config(&g1));
     let mut cctx = SecurityContext::new(&g1.config(CLIENT_ID)).unwrap();
-    let (prot, _) = cctx
-        .protect_request(&hex::decode(OBS_HELLO).unwrap(), Mode::Group, None)
-        .unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, TOKEN, &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &hex::decode(OBS_HELLO).unwrap(), TOKEN);
     let (tx, ev) = h.feed(LISTENER, client(), &m);
     assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
     let fwd = multicast(&tx).unwrap().bytes.clone();
@@ -1044,15 +1048,7 @@ fn rfc10020_s3_8_pairwise_block_answers_are_relayed_as_unverifiable() {
         &mut [(opt::URI_PATH, b"large"), (BLOCK2, &[0x02])],
         &[],
     );
-    let (prot, _) = cctx.protect_request(&plain, Mode::Group, None).unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, b"pw", &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &plain, b"pw");
     let (tx, _) = h.feed(LISTENER, client(), &m);
     let fwd = multicast(&tx).unwrap().bytes.clone();
     let mut dev = SecurityContext::new(&g.config(DEV_A)).unwrap();
@@ -1165,17 +1161,7 @@ fn s5_2_3_unprotected_update_of_a_signed_observation_is_refused() {
     let g = Group::new(&[CLIENT_ID, DEV_A]);
     let mut h = H::new(checked_config(&g));
     let mut cctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
-    let (prot, _) = cctx
-        .protect_request(&hex::decode(OBS_HELLO).unwrap(), Mode::Group, None)
-        .unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, TOKEN, &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &hex::decode(OBS_HELLO).unwrap(), TOKEN);
     let (_, ev) = h.feed(LISTENER, client(), &m);
     assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
     for obs in [1u8, 0] {
