@@ -10,49 +10,42 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Group;
+use common::engine::{Clocked, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::options as opt;
 use groxy::oscore::{Layer, Mode, SecurityContext};
 use groxy::proxy::{
-    CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    CloseReason, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
     Transmit,
 };
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
 const LISTENER: Link = Link::Listener(0);
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
-fn origin() -> SocketAddr {
-    "127.0.0.9:5683".parse().unwrap()
-}
-
+/// The engine on its clock, seeded 11.
 struct H {
-    e: Engine,
-    now: Instant,
+    c: Clocked,
 }
 
 impl H {
     fn new(cfg: ProxyConfig) -> Self {
-        let now = Instant::now();
         H {
-            e: Engine::new(cfg, now, 11).unwrap(),
-            now,
+            c: Clocked::new(cfg, 11),
         }
     }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
+}
+
+impl std::ops::Deref for H {
+    type Target = Clocked;
+    fn deref(&self) -> &Clocked {
+        &self.c
     }
-    fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
-        self.now += d;
-        self.e.handle_timeout(self.now);
-        common::outputs(&mut self.e)
+}
+
+impl std::ops::DerefMut for H {
+    fn deref_mut(&mut self) -> &mut Clocked {
+        &mut self.c
     }
 }
 
@@ -87,22 +80,6 @@ fn group_get(t: u8, mid: u16, token: &[u8], timeout: u32) -> Vec<u8> {
 fn answer(forwarded: &[u8], t: u8, mid: u16) -> Vec<u8> {
     let v = MessageView::parse(forwarded).unwrap();
     build::encode(t, code::CONTENT, mid, v.token(), &mut [], b"ok")
-}
-
-fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
-    ev.iter().find_map(|e| match e {
-        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
-        _ => None,
-    })
-}
-
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
 }
 
 fn closed(ev: &[Event]) -> Option<CloseReason> {

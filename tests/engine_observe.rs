@@ -9,9 +9,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Group;
+use common::engine::{Clocked, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::cri;
@@ -20,7 +21,7 @@ use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{GroupMember, Layer, Mode, SecurityContext};
 use groxy::proxy::events::NotificationDrop;
 use groxy::proxy::{
-    CheckResult, CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig,
+    CheckResult, CloseReason, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig,
     RejectReason, Transmit,
 };
 
@@ -32,55 +33,25 @@ const LISTENER: Link = Link::Listener(0);
 const GROUP: Link = Link::Group(0, 0);
 const TOKEN: &[u8] = &[0x0b, 0x5e];
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
 fn client2() -> SocketAddr {
     "127.0.0.2:40000".parse().unwrap()
 }
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
-fn origin() -> SocketAddr {
-    "127.0.0.9:5683".parse().unwrap()
-}
 
+/// The engine on its clock, seeded 11, and the client's next Message ID.
 struct H {
-    e: Engine,
-    now: Instant,
+    c: Clocked,
     mid: u16,
 }
 
 impl H {
     fn new(cfg: ProxyConfig) -> Self {
-        let now = Instant::now();
         H {
-            e: Engine::new(cfg, now, 11).unwrap(),
-            now,
+            c: Clocked::new(cfg, 11),
             mid: 1000,
         }
     }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
-    }
     fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
-        let end = self.now + d;
-        let (mut tx, mut ev) = (vec![], vec![]);
-        // Every timer on the way, as the driver would run them.
-        while let Some(t) = self.e.poll_timeout().filter(|t| *t <= end) {
-            self.now = t.max(self.now);
-            self.e.handle_timeout(self.now);
-            let (a, b) = common::outputs(&mut self.e);
-            tx.extend(a);
-            ev.extend(b);
-        }
-        self.now = end;
-        self.e.handle_timeout(self.now);
-        let (a, b) = common::outputs(&mut self.e);
-        tx.extend(a);
-        ev.extend(b);
-        (tx, ev)
+        self.c.advance_through_timers(d)
     }
     fn next_mid(&mut self) -> u16 {
         self.mid += 1;
@@ -109,6 +80,19 @@ impl H {
         }
         let m = build::encode(t, code::GET, mid, token, &mut o, &[]);
         self.feed(LISTENER, from, &m)
+    }
+}
+
+impl std::ops::Deref for H {
+    type Target = Clocked;
+    fn deref(&self) -> &Clocked {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for H {
+    fn deref_mut(&mut self) -> &mut Clocked {
+        &mut self.c
     }
 }
 
@@ -152,20 +136,6 @@ fn notif_drops(ev: &[Event]) -> Vec<NotificationDrop> {
             _ => None,
         })
         .collect()
-}
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
-}
-fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
-    ev.iter().find_map(|e| match e {
-        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
-        _ => None,
-    })
 }
 fn max_age(bytes: &[u8]) -> Option<u32> {
     MessageView::parse(bytes)
@@ -701,7 +671,7 @@ fn reload_leaves_observations() {
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.e.reconfigure(h.now, ProxyConfig::default()).unwrap();
+    h.reconfigure(ProxyConfig::default()).unwrap();
     h.advance(Duration::from_secs(10));
     let n = notification(&reg.bytes, NON, 41, code::CONTENT, Some(2), b"t");
     let (tx, _) = h.feed(GROUP, device(1), &n);
@@ -836,7 +806,7 @@ fn rfc10021_notifications_verified_replays_dropped_across_a_rekey() {
     assert_eq!(drops(&ev), vec![DropReason::ResponseCheckFailed]);
 
     // SIGHUP rekey during the observation.
-    h.e.reconfigure(h.now, checked_config(&g2)).unwrap();
+    h.reconfigure(checked_config(&g2)).unwrap();
     dev.rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
         .unwrap();
     h.advance(Duration::from_secs(5));

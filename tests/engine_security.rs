@@ -5,17 +5,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Group;
+use common::engine::{Clocked, client, device, drops, multicast};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
 use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{Exchange, GroupMember, Mode, SecurityContext};
 use groxy::proxy::{
-    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    CheckResult, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
     Transmit,
 };
 
@@ -25,16 +25,10 @@ const DEV_B: &[u8] = &[0x0b];
 const LISTENER: Link = Link::Listener(0);
 const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
-
+/// The engine on its clock, seeded 7, checking group 0 under `policy`, and the
+/// client's last Message ID.
 struct H {
-    e: Engine,
-    now: Instant,
+    c: Clocked,
     mid: u16,
 }
 
@@ -47,16 +41,13 @@ impl H {
             member: None,
             allow_kids: None,
         });
-        let now = Instant::now();
+        H::from_config(cfg)
+    }
+    fn from_config(cfg: ProxyConfig) -> Self {
         H {
-            e: Engine::new(cfg, now, 7).unwrap(),
-            now,
+            c: Clocked::new(cfg, 7),
             mid: 100,
         }
-    }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
     }
     /// Sends a protected request via the proxy: the Class U proxy options are added after
     /// protection, as a client does (they are not in the external_aad, RFC 8613 §4.1).
@@ -73,8 +64,17 @@ impl H {
     }
 }
 
-fn multicast(tx: &[Transmit]) -> Option<&Transmit> {
-    tx.iter().find(|t| t.link == Link::Group(0, 0))
+impl std::ops::Deref for H {
+    type Target = Clocked;
+    fn deref(&self) -> &Clocked {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for H {
+    fn deref_mut(&mut self) -> &mut Clocked {
+        &mut self.c
+    }
 }
 
 fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
@@ -86,15 +86,6 @@ fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
                 enforced,
                 ..
             } => Some((*request, *result, *enforced)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
             _ => None,
         })
         .collect()
@@ -302,13 +293,13 @@ fn s12_2_rekeying_on_reload_is_atomic() {
         .unwrap()
         .checker
         .key_generation = 0;
-    assert!(h.e.reconfigure(h.now, stale).is_err());
+    assert!(h.reconfigure(stale).is_err());
     let mut renamed = with(&g2);
     renamed.groups[0].name = "other".into();
-    assert!(h.e.reconfigure(h.now, renamed).is_err());
+    assert!(h.reconfigure(renamed).is_err());
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
 
-    h.e.reconfigure(h.now, with(&g2)).unwrap();
+    h.reconfigure(with(&g2)).unwrap();
     assert_eq!(h.e.checker(0).unwrap().current().key_generation(), 1);
     // New epoch: checked at once.
     let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
@@ -411,7 +402,7 @@ fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
 
     // The proxy and the server are rekeyed while the exchange runs.
-    h.e.reconfigure(h.now, checked_config(&g2, Policy::Enforce, None))
+    h.reconfigure(checked_config(&g2, Policy::Enforce, None))
         .unwrap();
     dev_a
         .rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
@@ -471,16 +462,11 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
         cfg.groups.push(second);
         cfg
     };
-    let now = Instant::now();
-    let mut h = H {
-        e: Engine::new(two(&g1, &m1), now, 7).unwrap(),
-        now,
-        mid: 100,
-    };
+    let mut h = H::from_config(two(&g1, &m1));
     assert_eq!(h.e.member_groups(), vec![1]);
 
     m2.key_generation = m1.key_generation;
-    let err = h.e.reconfigure(h.now, two(&g2, &m2)).unwrap_err();
+    let err = h.reconfigure(two(&g2, &m2)).unwrap_err();
     assert!(err.contains("second"), "{err}");
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
@@ -498,7 +484,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
     assert_eq!(checked(&ev), vec![(true, CheckResult::UnknownGid, true)]);
 
     m2.key_generation = m1.key_generation + 1;
-    h.e.reconfigure(h.now, two(&g2, &m2)).unwrap();
+    h.reconfigure(two(&g2, &m2)).unwrap();
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g2.gid.as_slice());
     let (new, _) = protect(&mut c2, Mode::Group);
     let (tx, ev) = h.proxied(&new, NON);
@@ -515,17 +501,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
 fn s10_1_allow_kids_applies_to_the_kid_the_checker_verified() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
     for policy in [Policy::Enforce, Policy::Monitor] {
-        let now = Instant::now();
-        let mut h = H {
-            e: Engine::new(
-                checked_config(&g, policy, Some(vec![CLIENT.to_vec()])),
-                now,
-                7,
-            )
-            .unwrap(),
-            now,
-            mid: 100,
-        };
+        let mut h = H::from_config(checked_config(&g, policy, Some(vec![CLIENT.to_vec()])));
         let enforced = policy == Policy::Enforce;
         let mut listed = SecurityContext::new(&g.config(CLIENT)).unwrap();
         let (req, _) = protect(&mut listed, Mode::Group);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod files;
 mod group;
 pub mod netns;
