@@ -24,30 +24,11 @@ const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
 const LISTENER: Link = Link::Listener(0);
 
 /// The engine on its clock, seeded 11.
-struct H {
-    c: Clocked,
+fn engine(cfg: ProxyConfig) -> Clocked {
+    Clocked::new(cfg, 11)
 }
 
-impl H {
-    fn new(cfg: ProxyConfig) -> Self {
-        H {
-            c: Clocked::new(cfg, 11),
-        }
-    }
-}
-
-impl std::ops::Deref for H {
-    type Target = Clocked;
-    fn deref(&self) -> &Clocked {
-        &self.c
-    }
-}
-
-impl std::ops::DerefMut for H {
-    fn deref_mut(&mut self) -> &mut Clocked {
-        &mut self.c
-    }
-}
+type H = Clocked;
 
 fn unicast_get(t: u8, mid: u16, token: &[u8], uri: &str) -> Vec<u8> {
     build::encode(
@@ -125,7 +106,7 @@ impl MidLog {
 fn rfc7252_s4_4_no_message_id_reused_over_200k_forwarded_requests() {
     let mut cfg = ProxyConfig::default();
     cfg.limits.egress_ports = 4;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let clients: Vec<SocketAddr> = (0..8)
         .map(|i| format!("127.0.1.{}:40000", i + 1).parse().unwrap())
         .collect();
@@ -169,7 +150,7 @@ fn rfc7252_s4_4_exhausted_message_ids_push_back() {
     cfg.limits.egress_ports = 1;
     cfg.limits.client_rate = 1e9;
     cfg.limits.client_burst = 1e9;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let clients: Vec<SocketAddr> = (0..2)
         .map(|i| format!("127.0.1.{}:40000", i + 1).parse().unwrap())
         .collect();
@@ -213,7 +194,7 @@ fn rfc7252_s4_4_exhausted_message_ids_push_back() {
 /// from the origin on the client side, changes nothing and is counted.
 #[test]
 fn s5_2_3_rst_must_name_a_response_sent_to_that_client() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, b"tk", 30));
     let fwd = tx[0].clone();
     let (tx, _) = h.feed(fwd.link, device(1), &answer(&fwd.bytes, NON, 7));
@@ -268,7 +249,7 @@ fn s5_2_3_early_stop_needs_the_protection_of_the_request() {
         member: None,
         allow_kids: None,
     });
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let (protected, _) = ctx
         .protect_request(
@@ -339,7 +320,7 @@ fn a_target_naming_the_proxy_is_not_forwarded_to_itself() {
     ];
     cfg.local.host_addrs = vec!["192.0.2.7".parse().unwrap()];
     cfg.local.names = vec!["proxy.example".into()];
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     for (i, uri) in [
         "coap://127.0.0.1/status",
         "coap://127.0.0.1:5683/status",
@@ -392,7 +373,7 @@ fn member_proxy() -> (H, SecurityContext) {
         allow_kids: None,
     });
     (
-        H::new(cfg),
+        engine(cfg),
         SecurityContext::new(&g.config(CLIENT_ID)).unwrap(),
     )
 }
@@ -470,7 +451,7 @@ fn rfc7252_s4_5_a_flood_cannot_make_a_con_request_run_twice() {
     cfg.limits.client_burst = 1e9;
     cfg.limits.dedup_capacity = 65_536;
     cfg.limits.dedup_per_client = 4_096;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let post = build::encode(
         CON,
         code::POST,
@@ -520,7 +501,7 @@ fn rfc7252_s4_5_a_flood_cannot_make_a_con_request_run_twice() {
 fn table_full_refusal_max_age_is_the_earliest_live_deadline() {
     let mut cfg = ProxyConfig::default();
     cfg.limits.max_exchanges = 3;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, b"a", 5));
     let first = tx[0].clone();
     h.now += Duration::from_secs(1);

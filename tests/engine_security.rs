@@ -25,30 +25,27 @@ const DEV_B: &[u8] = &[0x0b];
 const LISTENER: Link = Link::Listener(0);
 const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
 
-/// The engine on its clock, seeded 7, checking group 0 under `policy`, and the
-/// client's last Message ID.
-struct H {
-    c: Clocked,
-    mid: u16,
+/// The engine on its clock, seeded 7, the client's Message IDs from 101.
+fn engine(cfg: ProxyConfig) -> Clocked {
+    Clocked {
+        mid: 100,
+        ..Clocked::new(cfg, 7)
+    }
 }
 
-impl H {
-    fn new(g: &Group, policy: Policy) -> Self {
-        let mut cfg = ProxyConfig::default();
-        cfg.groups[0].security = Some(GroupSecurity {
-            policy,
-            checker: g.checker_config(),
-            member: None,
-            allow_kids: None,
-        });
-        H::from_config(cfg)
-    }
-    fn from_config(cfg: ProxyConfig) -> Self {
-        H {
-            c: Clocked::new(cfg, 7),
-            mid: 100,
-        }
-    }
+/// The engine checking group 0 under `policy`.
+fn checked_engine(g: &Group, policy: Policy) -> Clocked {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy,
+        checker: g.checker_config(),
+        member: None,
+        allow_kids: None,
+    });
+    engine(cfg)
+}
+
+impl Clocked {
     /// Sends a protected request via the proxy: the Class U proxy options are added after
     /// protection, as a client does (they are not in the external_aad, RFC 8613 §4.1).
     fn proxied(&mut self, protected: &[u8], t: u8) -> (Vec<Transmit>, Vec<Event>) {
@@ -61,19 +58,6 @@ impl H {
         let token = self.mid.to_be_bytes();
         let msg = build::encode(t, v.code(), self.mid, &token, &mut opts, v.payload());
         self.feed(LISTENER, client(), &msg)
-    }
-}
-
-impl std::ops::Deref for H {
-    type Target = Clocked;
-    fn deref(&self) -> &Clocked {
-        &self.c
-    }
-}
-
-impl std::ops::DerefMut for H {
-    fn deref_mut(&mut self) -> &mut Clocked {
-        &mut self.c
     }
 }
 
@@ -99,7 +83,7 @@ fn protect(ctx: &mut SecurityContext, mode: Mode) -> (Vec<u8>, Exchange) {
 #[test]
 fn s7_5_enforce_forwards_only_verified_fresh_group_requests() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
-    let mut h = H::new(&g, Policy::Enforce);
+    let mut h = checked_engine(&g, Policy::Enforce);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
 
     let (good, _) = protect(&mut client_ctx, Mode::Group);
@@ -178,7 +162,7 @@ fn s7_5_enforce_forwards_only_verified_fresh_group_requests() {
 #[test]
 fn monitor_forwards_what_enforce_would_drop_and_counts_it() {
     let g = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g, Policy::Monitor);
+    let mut h = checked_engine(&g, Policy::Monitor);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let (good, _) = protect(&mut client_ctx, Mode::Group);
     let mut bad = good.clone();
@@ -192,7 +176,7 @@ fn monitor_forwards_what_enforce_would_drop_and_counts_it() {
 #[test]
 fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
-    let mut h = H::new(&g, Policy::Enforce);
+    let mut h = checked_engine(&g, Policy::Enforce);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let mut dev_a = SecurityContext::new(&g.config(DEV_A)).unwrap();
     let mut dev_b = SecurityContext::new(&g.config(DEV_B)).unwrap();
@@ -264,7 +248,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
 #[test]
 fn s12_2_rekeying_on_reload_is_atomic() {
     let g1 = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g1, Policy::Enforce);
+    let mut h = checked_engine(&g1, Policy::Enforce);
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
     let mut dev_a1 = SecurityContext::new(&g1.config(DEV_A)).unwrap();
     let (req, _) = protect(&mut c1, Mode::Group);
@@ -327,7 +311,7 @@ fn s12_2_rekeying_on_reload_is_atomic() {
 #[test]
 fn draining_refuses_new_requests_and_finishes_old_ones() {
     let g = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g, Policy::Off);
+    let mut h = checked_engine(&g, Policy::Off);
     let mut c = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let (req, _) = protect(&mut c, Mode::Group);
     let (tx, _) = h.proxied(&req, NON);
@@ -375,7 +359,7 @@ fn checked_config(g: &Group, policy: Policy, allow_kids: Option<Vec<Vec<u8>>>) -
 fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
     let g1 = Group::new(&[CLIENT, DEV_A]);
     let g2 = next_epoch(&g1);
-    let mut h = H::new(&g1, Policy::Enforce);
+    let mut h = checked_engine(&g1, Policy::Enforce);
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
     let mut dev_a = GroupMember::new(SecurityContext::new(&g1.config(DEV_A)).unwrap());
     let (req, _) = protect(&mut c1, Mode::Group);
@@ -462,7 +446,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
         cfg.groups.push(second);
         cfg
     };
-    let mut h = H::from_config(two(&g1, &m1));
+    let mut h = engine(two(&g1, &m1));
     assert_eq!(h.e.member_groups(), vec![1]);
 
     m2.key_generation = m1.key_generation;
@@ -501,7 +485,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
 fn s10_1_allow_kids_applies_to_the_kid_the_checker_verified() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
     for policy in [Policy::Enforce, Policy::Monitor] {
-        let mut h = H::from_config(checked_config(&g, policy, Some(vec![CLIENT.to_vec()])));
+        let mut h = engine(checked_config(&g, policy, Some(vec![CLIENT.to_vec()])));
         let enforced = policy == Policy::Enforce;
         let mut listed = SecurityContext::new(&g.config(CLIENT)).unwrap();
         let (req, _) = protect(&mut listed, Mode::Group);

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use groxy::proxy::{DropReason, Engine, Event, Link, ProxyConfig, RejectReason, Transmit};
 
-/// An engine and its virtual clock.
+/// An engine, its virtual clock, and the last Message ID a test's client used.
 pub struct Clocked {
     pub e: Engine,
     pub now: Instant,
+    pub mid: u16,
 }
 
 impl Clocked {
@@ -21,7 +22,14 @@ impl Clocked {
         Clocked {
             e: Engine::new(cfg, now, seed).unwrap(),
             now,
+            mid: 0,
         }
+    }
+
+    /// The client's next Message ID.
+    pub fn next_mid(&mut self) -> u16 {
+        self.mid += 1;
+        self.mid
     }
 
     /// `msg` arriving on `link` from `from` now: what the engine sends and reports.
