@@ -23,7 +23,6 @@ mod common;
 use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -50,26 +49,11 @@ impl Chain {
         let mut t = Chain { net };
         let group = format!("{GROUP4}:{COAP_PORT}");
         for (host, addr) in [("dev1", DEV1), ("dev2", DEV2)] {
-            let args = [
-                "--log-format",
-                "json",
-                "device",
-                "--group",
-                &group,
-                "--interface",
-                "eth0",
-                "--bind",
-                addr,
-                "--name",
-                host,
-                "--notify-interval-ms",
-                "500",
-            ];
-            let i = t.net.spawn(
+            let i = t.net.spawn_groxy_device(
                 host,
                 &format!("{host}-groxy"),
-                Path::new(GROXY),
-                &args,
+                (&group, addr),
+                &["--notify-interval-ms", "500"],
                 Out::File,
             );
             t.net.wait_sockets(host, &[group.clone(), addr.into()], i);
@@ -94,19 +78,9 @@ impl Chain {
             let cfg = t.net.dir.join(format!("{name}.toml"));
             std::fs::write(&cfg, text).unwrap();
             run(GROXY, &["check-config", cfg.to_str().unwrap()]);
-            let i = t.net.spawn(
-                "prx",
-                &format!("proxy-{name}"),
-                Path::new(GROXY),
-                &[
-                    "--log-format",
-                    "json",
-                    "run",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                ],
-                Out::File,
-            );
+            let i = t
+                .net
+                .spawn_groxy_run(&format!("proxy-{name}"), &cfg, Out::File);
             t.net.wait_sockets("prx", &[listen], i);
         }
         t

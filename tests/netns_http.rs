@@ -18,7 +18,7 @@ mod common;
 use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN};
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -125,26 +125,11 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
 
     let group = format!("{GROUP4}:{COAP_PORT}");
     let bind = format!("10.77.2.11:{COAP_PORT}");
-    let i = net.spawn(
+    let i = net.spawn_groxy_device(
         "dev1",
         "dev1",
-        Path::new(GROXY),
-        &[
-            "--log-format",
-            "json",
-            "device",
-            "--group",
-            &group,
-            "--interface",
-            "eth0",
-            "--bind",
-            &bind,
-            "--name",
-            "dev1",
-            "--oscore",
-            files[2].to_str().unwrap(),
-            "--log-requests",
-        ],
+        (&group, &bind),
+        &["--oscore", files[2].to_str().unwrap(), "--log-requests"],
         Out::File,
     );
     net.wait_sockets("dev1", &[group.clone(), bind], i);
@@ -182,19 +167,7 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
     );
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let p = net.spawn(
-        "prx",
-        "proxy",
-        Path::new(GROXY),
-        &[
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            cfg_path.to_str().unwrap(),
-        ],
-        Out::File,
-    );
+    let p = net.spawn_groxy_run("proxy", &cfg_path, Out::File);
     net.wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], p);
     for r in ready {
         net.wait_ready(r, COAP_PORT);

@@ -23,13 +23,13 @@
 
 mod common;
 
-use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::netns::{
+    CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, in_ns, run,
+};
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -108,21 +108,6 @@ resource.Site = Site
 asyncio.run(base.serve(cfg))
 "#;
 
-/// Runs `f` on a thread in network namespace `ns` (setns(2) moves only that thread).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns(2) with a descriptor of a namespace file that stays open for the
-        // call; it changes the network namespace of this thread only.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// One topology: plain CoAP, or Group OSCORE with the proxy checking signatures
 /// (`policy = "enforce"`, public material and Signature Encryption Key only).
 struct Topology {
@@ -176,17 +161,6 @@ impl Topology {
         let group = format!("{GROUP4}:{COAP_PORT}");
         let member = t.member_file(DEV1_ID);
         let mut args = vec![
-            "--log-format",
-            "json",
-            "device",
-            "--group",
-            &group,
-            "--interface",
-            "eth0",
-            "--bind",
-            DEV1,
-            "--name",
-            "dev1",
             "--notify-interval-ms",
             "500",
             "--con-every",
@@ -200,23 +174,11 @@ impl Topology {
         }
         let i = t
             .net
-            .spawn("dev1", "dev1-groxy", Path::new(GROXY), &args, Out::File);
+            .spawn_groxy_device("dev1", "dev1-groxy", (&group, DEV1), &args, Out::File);
         t.net.wait_sockets("dev1", &[group.clone(), DEV1.into()], i);
         t.write_proxy_config(&t.group);
         let cfg = t.net.dir.join("groxy.toml");
-        let i = t.net.spawn(
-            "prx",
-            "proxy",
-            Path::new(GROXY),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Out::File,
-        );
+        let i = t.net.spawn_groxy_run("proxy", &cfg, Out::File);
         t.net
             .wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], i);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -34,13 +34,13 @@
 
 mod common;
 
-use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::netns::{
+    CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, in_ns, run,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -197,23 +197,6 @@ fn expected_answers(hosts: &[Host]) -> Vec<Answer> {
 // ---------------------------------------------------------------------------------------
 // Processes, namespaces
 
-/// Runs `f` on a thread that has entered network namespace `ns` (setns(2) moves only the
-/// calling thread). Sockets made there stay in that namespace wherever they are used,
-/// which is how the test sends datagrams from the client host and scrapes the proxy.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns(2) with a descriptor of a namespace file that stays open for the
-        // call; it changes the network namespace of this thread only.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// The key material of one key epoch (RFC 10021 §12.2) and its files in `e<key gen>/`:
 /// Master Secret, Signature Encryption Key, every member's private key and member file.
 struct Epoch {
@@ -324,22 +307,11 @@ impl Topology {
                 let bind = h.addr();
                 let member = self.epoch.member_file(&h.sender_id());
                 let delay = delay_ms.to_string();
-                let i = self.net.spawn(
+                let i = self.net.spawn_groxy_device(
                     h.name,
                     &what,
-                    Path::new(GROXY),
+                    (&group, &bind),
                     &[
-                        "--log-format",
-                        "json",
-                        "device",
-                        "--group",
-                        &group,
-                        "--interface",
-                        "eth0",
-                        "--bind",
-                        &bind,
-                        "--name",
-                        h.name,
                         "--oscore",
                         member.to_str().unwrap(),
                         "--response-mode",
@@ -462,19 +434,9 @@ members = [
     fn start_proxy(&mut self) {
         let cfg = self.net.dir.join("groxy.toml");
         let n = self.net.procs.iter().filter(|p| p.host == "prx").count();
-        let i = self.net.spawn(
-            "prx",
-            &format!("proxy-{n}"),
-            Path::new(GROXY),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Out::File,
-        );
+        let i = self
+            .net
+            .spawn_groxy_run(&format!("proxy-{n}"), &cfg, Out::File);
         self.net
             .wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], i);
         let deadline = Instant::now() + Duration::from_secs(20);
