@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::files::{members_toml, secret, sek};
 use common::process::wait_for;
-use common::{Group, Member, free_port};
+use common::{Group, Member, free_port, loopback_group_socket};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
@@ -442,21 +442,7 @@ impl Device {
         contexts: Vec<SecurityContext>,
         answers: Answers,
     ) -> Device {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-            .unwrap();
-        let SocketAddr::V4(g4) = group else { panic!() };
-        s.join_multicast_v4(g4.ip(), &Ipv4Addr::LOCALHOST).unwrap();
-        let gsock: UdpSocket = s.into();
-        gsock
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
+        let gsock = loopback_group_socket(group, Duration::from_millis(5));
         let usock = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, octet), 0)).unwrap();
         let unicast = usock.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -1685,21 +1671,7 @@ struct ObsDevice {
 
 impl ObsDevice {
     fn start(group: SocketAddr, octet: u8, answer: bool, every_ms: u64) -> ObsDevice {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-            .unwrap();
-        let SocketAddr::V4(g4) = group else { panic!() };
-        s.join_multicast_v4(g4.ip(), &Ipv4Addr::LOCALHOST).unwrap();
-        let gsock: UdpSocket = s.into();
-        gsock
-            .set_read_timeout(Some(Duration::from_millis(1)))
-            .unwrap();
+        let gsock = loopback_group_socket(group, Duration::from_millis(1));
         let usock = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, octet), 0)).unwrap();
         usock.set_nonblocking(true).unwrap();
         let u = usock.try_clone().unwrap();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -632,20 +632,10 @@ fn https_and_mtls_identities_reach_only_their_groups() {
 #[test]
 fn a_later_response_of_a_device_replaces_its_earlier_one() {
     let e = start("replace", 81, 0, 0, "", ["\"127.0.0.0/8\""; 2]);
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, e.group)).into())
-        .unwrap();
-    s.join_multicast_v4(&Ipv4Addr::new(224, 0, 1, 187), &Ipv4Addr::LOCALHOST)
-        .unwrap();
-    let sock: UdpSocket = s.into();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let sock = common::loopback_group_socket(
+        (Ipv4Addr::new(224, 0, 1, 187), e.group).into(),
+        Duration::from_secs(10),
+    );
     let device = std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         let (n, from) = sock.recv_from(&mut buf).unwrap();

@@ -32,6 +32,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A socket that receives what is sent to IPv4 multicast group `group` on loopback, as a
+/// device does (bound to the wildcard address at the group's port, address reuse so that
+/// several devices share it), reads waiting at most `read_timeout`.
+pub fn loopback_group_socket(
+    group: std::net::SocketAddr,
+    read_timeout: std::time::Duration,
+) -> std::net::UdpSocket {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .unwrap();
+    let SocketAddr::V4(g) = group else {
+        panic!("{group} is not an IPv4 group")
+    };
+    s.join_multicast_v4(g.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+    let s: std::net::UdpSocket = s.into();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
