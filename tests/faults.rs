@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::files::{members_toml, secret, sek};
 use common::process::wait_for;
+use common::scrape::{sample, sample_lines, series};
 use common::{Group, Member, free_port, loopback_group_socket};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
@@ -326,43 +327,10 @@ impl Drop for ProxyProc {
 /// One /metrics text: series (labels sorted) to value.
 struct Scrape(BTreeMap<String, f64>);
 
-/// A series name with its labels in sorted order, as [`Scrape`] keys them.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    l.sort();
-    if l.is_empty() {
-        name.into()
-    } else {
-        format!("{name}{{{}}}", l.join(","))
-    }
-}
-
 impl Scrape {
     fn parse(text: &str) -> Scrape {
-        let mut m = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let Some((s, v)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = v.parse::<f64>() else { continue };
-            let key = match s.split_once('{') {
-                Some((name, rest)) => {
-                    let labels: Vec<(&str, &str)> = rest
-                        .trim_end_matches('}')
-                        .split(',')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k, v.trim_matches('"')))
-                        .collect();
-                    series(name, &labels)
-                }
-                None => s.to_string(),
-            };
-            m.insert(key, v);
-        }
-        Scrape(m)
+        // A line that is not a sample is passed over.
+        Scrape(sample_lines(text).filter_map(sample).collect())
     }
 
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -21,8 +21,8 @@
 mod common;
 
 use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::process::{collect, json_lines};
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -109,25 +109,9 @@ impl Chain {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let lines = collect(child.stdout.take().unwrap());
         (child, lines)
     }
-}
-
-fn parsed(lines: &Mutex<Vec<String>>) -> Vec<Value> {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// §8.2: a group GET through both proxies: each device's response exactly once, with
@@ -141,7 +125,7 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
     let timeout = T_PRIME.to_string();
     let (mut c, out) = t.client(&uri, &["--timeout", &timeout]);
     assert!(c.wait().unwrap().success(), "{}", t.net.logs());
-    let got = parsed(&out);
+    let got = json_lines(&out);
     for d in [DEV1, DEV2] {
         let n = got
             .iter()
@@ -174,7 +158,7 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
                 .is_some_and(|ms| ms > (T_PRIME + 1) * 1000)
     };
     loop {
-        let got = parsed(&out);
+        let got = json_lines(&out);
         if [DEV1, DEV2].iter().all(|d| got.iter().any(|v| late(v, d))) {
             break;
         }

@@ -26,8 +26,8 @@ mod common;
 use common::netns::{
     CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, in_ns, run,
 };
+use common::process::{collect, json_lines};
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -277,14 +277,7 @@ max_timeout = 10
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let lines = collect(child.stdout.take().unwrap());
         (child, lines)
     }
 
@@ -296,15 +289,6 @@ max_timeout = 10
             .filter_map(|v| v["observe"].as_str().map(str::to_string))
             .collect()
     }
-}
-
-fn parsed(lines: &Mutex<Vec<String>>) -> Vec<Value> {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("client printed {l:?}: {e}")))
-        .collect()
 }
 
 fn wait_until(what: &str, t: &Topology, within: Duration, mut f: impl FnMut() -> bool) {
@@ -332,7 +316,7 @@ fn observe(t: &Topology, during: impl FnOnce(&Child, &Mutex<Vec<String>>)) {
     let (mut c, out) = t.client(&uri, &["--observe", "--timeout", &timeout]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = parsed(&out);
+        let got = json_lines(&out);
         if [DEV1, DEV2]
             .iter()
             .all(|d| got.iter().any(|v| late_notification(v, d, t.secure)))
@@ -358,7 +342,7 @@ fn observe(t: &Topology, during: impl FnOnce(&Child, &Mutex<Vec<String>>)) {
     }
     // Per device, the Observe numbers printed only rise (RFC 7641 §3.4); with OSCORE
     // every response printed verified: no replay or forgery reached the client.
-    let got = parsed(&out);
+    let got = json_lines(&out);
     if t.secure {
         for v in &got {
             assert_eq!(v["oscore"]["verified"], json!(true), "{v}");
@@ -406,7 +390,7 @@ fn blockwise(t: &Topology) {
     let uri = format!("coap://{GROUP4}/large");
     let (mut c, out) = t.client(&uri, &["--block-size", "256", "--timeout", &timeout]);
     assert!(c.wait().unwrap().success());
-    let got = parsed(&out);
+    let got = json_lines(&out);
     for (d, name) in [
         (DEV1, "large from dev1:".to_string()),
         (DEV2, "large from aiocoap ".into()),
@@ -484,7 +468,7 @@ fn rekey_during(t: &Topology, client: &Child, out: &Mutex<Vec<String>>) {
     }
     t.write_proxy_config(&next);
     let verified_dev1 = || {
-        parsed(out)
+        json_lines(out)
             .iter()
             .filter(|v| v["reply_from"].as_str() == Some(DEV1))
             .filter(|v| v["oscore"]["verified"] == json!(true))

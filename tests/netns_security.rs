@@ -49,6 +49,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::files::{member_file, members_toml, secret, sek};
+use common::scrape::{sample, sample_lines, series};
 use common::{Group, Member};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
@@ -975,40 +976,14 @@ fn client_answers(lines: &[Value]) -> Vec<Answer> {
 /// One scrape of /metrics: every sample by its series, labels sorted.
 struct Scrape(BTreeMap<String, f64>);
 
-/// The canonical name of a series: `name{a="x",b="y"}`, labels sorted by name.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    l.sort();
-    if l.is_empty() {
-        name.into()
-    } else {
-        format!("{name}{{{}}}", l.join(","))
-    }
-}
-
 impl Scrape {
     fn parse(text: &str) -> Scrape {
-        let mut m = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (s, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match s.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (s, ""),
-            };
-            let pairs: Vec<(&str, &str)> = labels
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap();
-                    (k, v.trim_matches('"'))
-                })
-                .collect();
-            m.insert(series(name, &pairs), value.parse().unwrap());
-        }
-        Scrape(m)
+        // Every line must be a sample: a malformed one fails the test.
+        Scrape(
+            sample_lines(text)
+                .map(|l| sample(l).unwrap_or_else(|| panic!("not a sample line: {l:?}")))
+                .collect(),
+        )
     }
 
     /// The value of a series. Those of the families that groxy makes on first use (per

@@ -9,6 +9,7 @@ pub mod files;
 mod group;
 pub mod netns;
 pub mod process;
+pub mod scrape;
 
 pub use group::{Group, Member};
 
