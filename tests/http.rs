@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, metric_sum, wait_for};
+use common::process::{Running, metric_sum, run_quietly, wait_for, wait_ready};
 use common::{free_port, free_tcp_port};
 use groxy::runtime::Interface;
 use groxy::tools::device::{Device, DeviceConfig};
@@ -65,14 +65,7 @@ fn start(tag: &str, first: u8, fast: u8, slow: u8, extra_http: &str, allow: [&st
     );
     let file = dir.join("groxy.toml");
     std::fs::write(&file, cfg).unwrap();
-    let proxy = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let proxy = run_quietly(&file);
     let gaddr: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), group).into();
     let devices: Vec<SocketAddr> = (0..fast + slow)
         .map(|i| (Ipv4Addr::new(127, 0, 0, first + i), group).into())
@@ -108,10 +101,7 @@ fn start(tag: &str, first: u8, fast: u8, slow: u8, extra_http: &str, allow: [&st
         });
     });
     up_rx.recv().unwrap();
-    wait_for("/readyz", WAIT, || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    wait_ready(metrics, WAIT);
     wait_for("the HTTP listener", WAIT, || {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });

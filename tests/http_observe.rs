@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::process::{Running, metric_sum, wait_for};
+use common::process::{Running, metric_sum, run_quietly, wait_for, wait_ready};
 use common::{free_port, free_tcp_port};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,18 +69,8 @@ fn start(tag: &str, first: u8, delays: &[u64]) -> Env {
                 .unwrap(),
         ));
     }
-    procs.push(Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for("/readyz", Duration::from_secs(20), || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    procs.push(run_quietly(&file));
+    wait_ready(metrics, Duration::from_secs(20));
     wait_for("the HTTP listener", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });

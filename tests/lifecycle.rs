@@ -5,10 +5,9 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, local_get, metric, signal, wait_for};
+use common::process::{local_get, metric, run_quietly, signal, wait_for, wait_ready};
 use common::{free_port, free_tcp_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
@@ -31,17 +30,8 @@ fn sighup_reloads_or_refuses_and_sigterm_drains_then_exits_0() {
     let (listen, mport, gport) = (free_port(), free_tcp_port(), free_port());
     let file = dir.join("groxy.toml");
     std::fs::write(&file, config(listen, mport, gport, "1000")).unwrap();
-    let mut child = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("/readyz 200", WAIT, || {
-        local_get(mport, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    let mut child = run_quietly(&file);
+    wait_ready(mport, WAIT);
     assert_eq!(metric(mport, "groxy_exchanges_capacity"), Some(1000.0));
 
     // An invalid file: refused, counted, the running configuration stays.

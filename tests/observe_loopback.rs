@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::free_port;
-use common::process::{Running, collect, json_lines, signal, wait_for};
+use common::process::{Running, collect, json_lines, signal, wait_for, wait_ready};
 use serde_json::Value;
 
 /// How long a condition may take to come about.
@@ -68,10 +67,7 @@ fn observe_events(d: &Dev) -> Vec<String> {
 /// `groxy run` with one group on `port`, listening on a free port; returns it and
 /// that port.
 fn proxy(dir: &Path, port: u16) -> (Running, u16) {
-    let (listen, metrics) = (free_port(), {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.local_addr().unwrap().port()
-    });
+    let (listen, metrics) = (free_port(), common::free_tcp_port());
     let cfg = dir.join("groxy.toml");
     std::fs::write(
         &cfg,
@@ -89,10 +85,7 @@ fn proxy(dir: &Path, port: u16) -> (Running, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("/readyz 200", WAIT, || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    wait_ready(metrics, WAIT);
     (Running(child), listen)
 }
 

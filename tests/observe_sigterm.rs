@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, metric, wait_for};
+use common::process::{metric, run_quietly, wait_ready};
 use common::{free_port, free_tcp_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
@@ -51,18 +50,8 @@ fn observation_outlives_t_prime_and_sigterm_deregisters() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let dev = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let child = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("/readyz 200", WAIT, || {
-        common::http_get((Ipv4Addr::LOCALHOST, mport).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    let child = run_quietly(&file);
+    wait_ready(mport, WAIT);
     let cl = UdpSocket::bind("127.0.0.1:0").unwrap();
     cl.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let uri = format!("coap://224.0.1.187:{gport}/temp");

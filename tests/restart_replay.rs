@@ -9,14 +9,14 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::files::{member_file, members_toml, secret, sek};
-use common::process::{Running, collect, local_get, metric, wait_for};
+use common::process::{Running, collect, metric, wait_for, wait_ready};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
@@ -48,9 +48,7 @@ fn start_proxy(cfg: &Path, metrics: u16) -> Proxy {
         .spawn()
         .unwrap();
     let log = collect(child.stderr.take().unwrap());
-    wait_for("/readyz 200", WAIT, || {
-        local_get(metrics, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    wait_ready(metrics, WAIT);
     Proxy {
         child: Running(child),
         log,
@@ -99,10 +97,7 @@ fn restart_does_not_reopen_replays(stop: Stop) {
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1]]);
     secret(&dir.join("master.secret"), &g.master_secret);
     secret(&dir.join("group.sek"), &sek(&g));
-    let (port, metrics) = (free_port(), {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.local_addr().unwrap().port()
-    });
+    let (port, metrics) = (free_port(), common::free_tcp_port());
     let cfg = dir.join("groxy.toml");
     std::fs::write(
         &cfg,

@@ -21,6 +21,25 @@ impl Drop for Running {
     }
 }
 
+/// `groxy run --config cfg` with its output discarded (the test reads /metrics instead).
+pub fn run_quietly(cfg: &std::path::Path) -> Running {
+    Running(
+        std::process::Command::new(GROXY)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until the /readyz of 127.0.0.1:`metrics_port` answers 200.
+pub fn wait_ready(metrics_port: u16, limit: Duration) {
+    wait_for("/readyz 200", limit, || {
+        local_get(metrics_port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+}
+
 /// Sends `sig` (SIGHUP, SIGTERM, SIGINT ...) to `child`.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) with the pid of our own child process.
