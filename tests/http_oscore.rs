@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::files::{checking_proxy_toml, member_file, secret, sek};
+use common::files::{checking_proxy_toml, group_secrets, member_file};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON};
@@ -120,12 +120,9 @@ fn oscore_parts(ct: &str, body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn group_oscore_over_http_verified_end_to_end_and_filtered() {
-    let dir = std::env::temp_dir().join(format!("groxy-http-osc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-http-osc");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], DEVS[2]]);
-    secret(&dir.join("master.secret"), &g.master_secret);
-    secret(&dir.join("group.sek"), &sek(&g));
+    group_secrets(&dir, &g);
     let port = free_port();
     let cfg_path = dir.join("groxy.toml");
     let toml = checking_proxy_toml(&g, port, "group.sek") + "[http]\nlisten = [\"127.0.0.1:0\"]\n";

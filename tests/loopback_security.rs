@@ -10,7 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::files::{checking_proxy_toml, member_file, secret, secret_with_mode, sek};
+use common::files::{
+    checking_proxy_toml, group_secrets, member_file, secret, secret_with_mode, sek,
+};
 use common::{Group, ask, free_port};
 use groxy::oscore::Mode;
 use groxy::proxy::{CheckResult, Event};
@@ -24,12 +26,9 @@ const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];
 
 #[tokio::test(flavor = "current_thread")]
 async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
-    let dir = std::env::temp_dir().join(format!("groxy-sec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-sec");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], DEVS[2]]);
-    secret(&dir.join("master.secret"), &g.master_secret);
-    secret(&dir.join("group.sek"), &sek(&g));
+    group_secrets(&dir, &g);
     let port = free_port();
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, checking_proxy_toml(&g, port, "group.sek")).unwrap();
@@ -150,9 +149,7 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
 
 #[test]
 fn secrets_readable_by_others_are_refused() {
-    let dir = std::env::temp_dir().join(format!("groxy-perm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-perm");
     let g = Group::new(&[CLIENT, DEVS[0]]);
     secret_with_mode(&dir.join("group.sek"), &sek(&g), 0o644);
     let cfg_path = dir.join("groxy.toml");
@@ -193,12 +190,9 @@ const PROXY: &[u8] = &[0x50];
 /// and refuses a second layer it cannot remove with 4.01 (§2.1).
 #[tokio::test(flavor = "current_thread")]
 async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
-    let dir = std::env::temp_dir().join(format!("groxy-outer-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-outer");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], PROXY]);
-    secret(&dir.join("master.secret"), &g.master_secret);
-    secret(&dir.join("group.sek"), &sek(&g));
+    group_secrets(&dir, &g);
     secret(&dir.join("proxy.key"), &g.member(PROXY).key.to_bytes());
     let port = free_port();
     let mut toml = checking_proxy_toml(&g, port, "group.sek");

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::files::{member_file, members_toml, secret, sek};
+use common::files::{group_secrets, member_file, members_toml};
 use common::process::{Running, collect, metric, wait_for, wait_ready};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
@@ -91,12 +91,9 @@ enum Stop {
 }
 
 fn restart_does_not_reopen_replays(stop: Stop) {
-    let dir = std::env::temp_dir().join(format!("groxy-rr-{stop:?}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir(&format!("groxy-rr-{stop:?}"));
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1]]);
-    secret(&dir.join("master.secret"), &g.master_secret);
-    secret(&dir.join("group.sek"), &sek(&g));
+    group_secrets(&dir, &g);
     let (port, metrics) = (free_port(), common::free_tcp_port());
     let cfg = dir.join("groxy.toml");
     std::fs::write(

@@ -21,6 +21,14 @@ pub fn secret(path: &Path, bytes: &[u8]) {
     secret_with_mode(path, bytes, 0o600);
 }
 
+/// The group's secrets as a checking proxy and its member devices read them from `dir`:
+/// `master.secret` (the devices' and the client's) and `group.sek`, the Signature
+/// Encryption Key (the proxy's).
+pub fn group_secrets(dir: &Path, g: &Group) {
+    secret(&dir.join("master.secret"), &g.master_secret);
+    secret(&dir.join("group.sek"), &sek(g));
+}
+
 /// One entry of a `members = [...]` list.
 pub fn member_line(id: &[u8], cred: &[u8]) -> String {
     format!(

@@ -33,6 +33,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An empty directory `<temp>/<name>-<pid>` for one test's files (what an earlier run
+/// of the same process id left is removed first).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A socket that receives what is sent to IPv4 multicast group `group` on loopback, as a
 /// device does (bound to the wildcard address at the group's port, address reuse so that
 /// several devices share it), reads waiting at most `read_timeout`.
