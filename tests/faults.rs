@@ -725,6 +725,23 @@ impl Generator {
     }
 }
 
+/// The checked group's two good members, DEV_A and DEV_B, answering at once from
+/// 127.0.0.`first` and the next address.
+fn good_devices(s: &Setup, g: &Group, first: u8) -> Vec<Device> {
+    [DEV_A, DEV_B]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            Device::start(
+                secure_addr(s),
+                first + i as u8,
+                vec![SecurityContext::new(&g.config(id)).unwrap()],
+                Answers::Good { delay_ms: 0 },
+            )
+        })
+        .collect()
+}
+
 /// The checked group's members: the client, the proxy, two good devices and the bad one.
 fn secure_group() -> Group {
     Group::new(&[CLIENT, ADVERSARY, PROXY, DEV_A, DEV_B, DEV_BAD])
@@ -785,18 +802,7 @@ fn kill_9_under_load_restart_reuses_no_ssn_and_forwards_no_replay() {
     );
     let g = secure_group();
     s.write_config(&g);
-    let devs: Vec<Device> = [DEV_A, DEV_B]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            Device::start(
-                secure_addr(&s),
-                81 + i as u8,
-                vec![SecurityContext::new(&g.config(id)).unwrap()],
-                Answers::Good { delay_ms: 0 },
-            )
-        })
-        .collect();
+    let devs = good_devices(&s, &g, 81);
     let mut proxy = ProxyProc::start(&s);
     let generator = Generator::start(&s, &g, 8);
     let t0 = Instant::now();
@@ -2243,18 +2249,7 @@ fn soak() {
     let s = Setup::new("soak", "", true);
     let g = secure_group();
     s.write_config(&g);
-    let devs: Vec<Device> = [DEV_A, DEV_B]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            Device::start(
-                secure_addr(&s),
-                121 + i as u8,
-                vec![SecurityContext::new(&g.config(id)).unwrap()],
-                Answers::Good { delay_ms: 0 },
-            )
-        })
-        .collect();
+    let devs = good_devices(&s, &g, 121);
     let _plain_dev = Device::start(
         (PLAIN, s.plain_port).into(),
         123,

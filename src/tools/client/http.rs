@@ -175,7 +175,7 @@ pub async fn run_http(
         let wait = Duration::from_secs(u64::from(req.timeout) + 10);
         let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
         // Each part is reported once its closing delimiter has arrived, so that a streamed
-        // response (groupcomm-proxy §9.4) shows every device's answer before T' ends.
+        // response (groupcomm-proxy §9.9) shows every device's answer before T' ends.
         while let Some(field) = tokio::time::timeout(wait, parts.next_field())
             .await
             .map_err(|_| "response did not end in time")?
@@ -332,4 +332,26 @@ fn verify_part(
         v.payload().to_vec(),
         (info.mode, info.server_id.clone()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mixed_boundary;
+
+    /// RFC 2046 §5.1.1: the boundary parameter, quoted or not, of multipart/mixed only
+    /// (the bridge's streamed form adds `delivery`, groupcomm-proxy §9.9).
+    #[test]
+    fn boundary_of_multipart_mixed_only() {
+        assert_eq!(
+            mixed_boundary("multipart/mixed; boundary=\"a b\"; delivery=streamed").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            mixed_boundary("multipart/mixed;boundary=x").as_deref(),
+            Some("x")
+        );
+        assert_eq!(mixed_boundary("multipart/form-data; boundary=x"), None);
+        assert_eq!(mixed_boundary("multipart/mixed"), None);
+        assert_eq!(mixed_boundary("text/plain"), None);
+    }
 }
