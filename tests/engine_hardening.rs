@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Group;
-use common::engine::{Clocked, client, device, drops, origin, rejected};
+use common::engine::{Clocked, checking_config, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::options as opt;
@@ -242,14 +242,7 @@ const DEV_A: &[u8] = &[0x0a];
 #[test]
 fn s5_2_3_early_stop_needs_the_protection_of_the_request() {
     let g = Group::new(&[CLIENT_ID, DEV_A]);
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Enforce,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    let mut h = engine(cfg);
+    let mut h = engine(checking_config(&g, Policy::Enforce));
     let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let (protected, _) = ctx
         .protect_request(

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Group;
-use common::engine::{Clocked, client, device, drops, origin, rejected};
+use common::engine::{Clocked, checking_config, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::cri;
@@ -680,14 +680,7 @@ const PROXY_ID: &[u8] = &[0x50];
 const OBS_HELLO: &str = "5101aa01c3605568656c6c6f";
 
 fn checked_config(g: &Group) -> ProxyConfig {
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Enforce,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    cfg
+    checking_config(g, Policy::Enforce)
 }
 
 fn next_epoch(g: &Group) -> Group {

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::Group;
-use common::engine::{Clocked, client, device, drops, multicast};
+use common::engine::{Clocked, checking_config, client, device, drops, multicast};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
@@ -35,14 +35,7 @@ fn engine(cfg: ProxyConfig) -> Clocked {
 
 /// The engine checking group 0 under `policy`.
 fn checked_engine(g: &Group, policy: Policy) -> Clocked {
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    engine(cfg)
+    engine(checking_config(g, policy))
 }
 
 impl Clocked {
@@ -259,16 +252,7 @@ fn s12_2_rekeying_on_reload_is_atomic() {
     // The next epoch: new Gid, new Master Secret, generation 1, same member keys.
     let mut g2 = g1.rekeyed();
     g2.master_salt = g1.master_salt.clone();
-    let with = |g: &Group| {
-        let mut cfg = ProxyConfig::default();
-        cfg.groups[0].security = Some(GroupSecurity {
-            policy: Policy::Enforce,
-            checker: g.checker_config(),
-            member: None,
-            allow_kids: None,
-        });
-        cfg
-    };
+    let with = |g: &Group| checking_config(g, Policy::Enforce);
     // Same generation with another Gid: refused, nothing changes.
     let mut stale = with(&g2);
     stale.groups[0]

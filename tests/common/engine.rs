@@ -5,7 +5,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use groxy::proxy::{DropReason, Engine, Event, Link, ProxyConfig, RejectReason, Transmit};
+use groxy::proxy::{
+    DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason, Transmit,
+};
+
+use super::Group;
 
 /// An engine, its virtual clock, and the last Message ID a test's client used.
 pub struct Clocked {
@@ -74,6 +78,19 @@ impl Clocked {
         ev.extend(b);
         (tx, ev)
     }
+}
+
+/// The default configuration with group 0 checked under `policy` against `g`'s public
+/// material (RFC 10021 §12.3: the proxy as external signature checker, not a member).
+pub fn checking_config(g: &Group, policy: Policy) -> ProxyConfig {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy,
+        checker: g.checker_config(),
+        member: None,
+        allow_kids: None,
+    });
+    cfg
 }
 
 /// The client.
