@@ -690,6 +690,25 @@ fn rfc7641_s3_6_direct_deregistration_ends_at_answer() {
 }
 
 /// A Block2 response (RFC 7959 §2.2 value: NUM, M, SZX) from `dev` through the proxy.
+/// Response `b` without its Reply-From option, as it comes straight from a device or by
+/// unicast through the proxy (groupcomm-proxy §5.4.1: the proxy adds it to the
+/// responses to a group request).
+fn without_reply_from(b: Vec<u8>) -> Vec<u8> {
+    let v = view(&b);
+    let mut o: Vec<(u16, &[u8])> = v
+        .options()
+        .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
+        .collect();
+    build::encode(
+        NON,
+        v.code(),
+        v.message_id(),
+        v.token(),
+        &mut o,
+        v.payload(),
+    )
+}
+
 fn block(
     mid: u16,
     token: &[u8],
@@ -798,22 +817,8 @@ fn rfc7959_s2_4_out_of_order_duplicate_and_changed_etag() {
     let (tx, _) = h.out();
     let token = view(&tx[0].bytes).token().to_vec();
     let a = body(40, 7);
-    let direct = |b: Vec<u8>| -> Vec<u8> {
-        // Without Reply-From: straight from the device.
-        let v = view(&b);
-        let mut o: Vec<(u16, &[u8])> = v
-            .options()
-            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
-            .collect();
-        build::encode(
-            NON,
-            v.code(),
-            v.message_id(),
-            v.token(),
-            &mut o,
-            v.payload(),
-        )
-    };
+    // Without Reply-From: straight from the device.
+    let direct = without_reply_from;
     let (tx, _) = h.feed(
         device(),
         &direct(block(1, &token, device(), 0, true, 0, &a)),
@@ -859,21 +864,7 @@ fn rfc7959_s2_4_size_change_continues_at_offset() {
     let (tx, _) = h.out();
     let token = view(&tx[0].bytes).token().to_vec();
     let a = body(200, 3);
-    let strip = |b: Vec<u8>| -> Vec<u8> {
-        let v = view(&b);
-        let mut o: Vec<(u16, &[u8])> = v
-            .options()
-            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
-            .collect();
-        build::encode(
-            NON,
-            v.code(),
-            v.message_id(),
-            v.token(),
-            &mut o,
-            v.payload(),
-        )
-    };
+    let strip = without_reply_from;
     let (tx, _) = h.feed(device(), &strip(block(1, &token, device(), 0, true, 2, &a)));
     assert_eq!(block2_of(&tx[0]), (1, 2));
     let t = view(&tx[0].bytes).token().to_vec();
@@ -1002,21 +993,7 @@ fn rfc7959_s2_9_2_incomplete_follow_up_restarts_at_block_0() {
     assert_eq!(block2_of(&tx[0]), (1, 0));
     let t1 = view(&tx[0].bytes).token().to_vec();
     // Unicast answers through the proxy carry no Reply-From.
-    let unicast = |b: Vec<u8>| -> Vec<u8> {
-        let v = view(&b);
-        let mut o: Vec<(u16, &[u8])> = v
-            .options()
-            .filter(|(n, _)| *n != opt::REPLY_FROM_DEFAULT)
-            .collect();
-        build::encode(
-            NON,
-            v.code(),
-            v.message_id(),
-            v.token(),
-            &mut o,
-            v.payload(),
-        )
-    };
+    let unicast = without_reply_from;
     let incomplete = build::encode(NON, 0x88, 2, &t1, &mut [], b"");
     let (tx, ev) = h.feed(proxy(), &incomplete);
     assert!(responses(&ev).is_empty(), "{ev:?}");

@@ -4,26 +4,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::engine::{Clocked, client, device, drops, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::cri;
 use groxy::coap::options as opt;
-use groxy::proxy::{
-    CloseReason, DropReason, Engine, Event, GroupSpec, Link, ProxyConfig, RejectReason, Transmit,
-};
+use groxy::proxy::{CloseReason, DropReason, Event, GroupSpec, Link, ProxyConfig, RejectReason};
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
 const RF: u16 = opt::REPLY_FROM_DEFAULT;
 const LISTENER: Link = Link::Listener(0);
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
 fn group_addr() -> SocketAddr {
     "224.0.1.187:5683".parse().unwrap()
 }
@@ -43,33 +36,9 @@ fn config() -> ProxyConfig {
     c
 }
 
-struct Harness {
-    e: Engine,
-    now: Instant,
-    t0: Instant,
-}
-
-impl Harness {
-    fn new(cfg: ProxyConfig) -> Self {
-        let t0 = Instant::now();
-        Harness {
-            e: Engine::new(cfg, t0, 42).unwrap(),
-            now: t0,
-            t0,
-        }
-    }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        self.drain()
-    }
-    fn drain(&mut self) -> (Vec<Transmit>, Vec<Event>) {
-        common::outputs(&mut self.e)
-    }
-    fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
-        self.now += d;
-        self.e.handle_timeout(self.now);
-        self.drain()
-    }
+/// The engine on its clock, seeded 42.
+fn harness(cfg: ProxyConfig) -> Clocked {
+    Clocked::new(cfg, 42)
 }
 
 /// A request from the client: type, MID, token, options, payload.
@@ -96,25 +65,9 @@ fn response_to(forwarded: &[u8], t: u8, mid: u16, payload: &[u8]) -> Vec<u8> {
     build::encode(t, code::CONTENT, mid, v.token(), &mut [], payload)
 }
 
-fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
-    ev.iter().find_map(|e| match e {
-        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
-        _ => None,
-    })
-}
-
-fn dropped(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn s5_2_1_fan_out_and_s5_4_1_relay_with_reply_from() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let (tx, ev) = h.feed(
         LISTENER,
         client(),
@@ -168,19 +121,19 @@ fn s5_2_1_fan_out_and_s5_4_1_relay_with_reply_from() {
     let late = response_to(&fwd.bytes, NON, 200, b"late");
     let (tx, ev) = h.feed(Link::Group(0, 0), device(4), &late);
     assert!(tx.is_empty());
-    assert_eq!(dropped(&ev), vec![DropReason::LateResponse]);
+    assert_eq!(drops(&ev), vec![DropReason::LateResponse]);
     // A response with a token the proxy never issued is unknown, not late.
     let (_, ev) = h.feed(
         Link::Group(0, 0),
         device(4),
         &build::encode(NON, code::CONTENT, 7, &[1; 8], &mut [], b""),
     );
-    assert_eq!(dropped(&ev), vec![DropReason::UnknownToken]);
+    assert_eq!(drops(&ev), vec![DropReason::UnknownToken]);
 }
 
 #[test]
 fn s5_2_1_proxy_uri_form_is_decomposed() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let mtv = opt::uint_value(5);
     let m = req(
         NON,
@@ -217,7 +170,7 @@ fn s5_2_1_proxy_uri_form_is_decomposed() {
 
 #[test]
 fn s5_2_1_step3_missing_multicast_timeout_is_4_00_with_empty_option() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     for (t, mid) in [(NON, 1u16), (CON, 2)] {
         let (tx, ev) = h.feed(LISTENER, client(), &group_get(t, mid, &[9], None));
         assert_eq!(tx.len(), 1, "nothing multicast");
@@ -249,7 +202,7 @@ fn s5_2_1_step3_missing_multicast_timeout_is_4_00_with_empty_option() {
 fn error_codes_of_rfc10020_s3_5_1_and_rfc7252_s5_7() {
     let mut cfg = config();
     cfg.unicast.enabled = false;
-    let mut h = Harness::new(cfg);
+    let mut h = harness(cfg);
     let mtv = opt::uint_value(5);
     type Case<'a> = (Vec<(u16, &'a [u8])>, RejectReason, u8);
     let cases: Vec<Case> = vec![
@@ -408,7 +361,7 @@ fn error_codes_of_rfc10020_s3_5_1_and_rfc7252_s5_7() {
 
 #[test]
 fn s5_2_1_step2_allow_list_gives_4_01() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let stranger: SocketAddr = "192.0.2.50:1234".parse().unwrap();
     let (tx, ev) = h.feed(LISTENER, stranger, &group_get(NON, 1, &[1], Some(5)));
     assert_eq!(tx.len(), 1);
@@ -428,7 +381,7 @@ fn s5_2_1_step2_allow_list_gives_4_01() {
 
 #[test]
 fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, 1, &[1], Some(3600)));
     assert!(
         matches!(ev[0], Event::FanOut { timeout, asked, .. } if timeout == Duration::from_secs(60) && asked == Duration::from_secs(3600))
@@ -456,7 +409,7 @@ fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
     assert!(tx2.is_empty());
     // It carries a token the proxy gave out, and its timeout (0) has passed: late
     // (§5.4.1), not unknown.
-    assert_eq!(dropped(&ev), vec![DropReason::LateResponse]);
+    assert_eq!(drops(&ev), vec![DropReason::LateResponse]);
     // A token the proxy never gave out is unknown.
     let mut forged = tx[0].bytes.clone();
     forged[4..12].copy_from_slice(&[0xa5; 8]);
@@ -465,12 +418,12 @@ fn s5_2_1_timeout_capped_and_zero_relays_nothing() {
         device(1),
         &response_to(&forged, NON, 6, b"x"),
     );
-    assert_eq!(dropped(&ev), vec![DropReason::UnknownToken]);
+    assert_eq!(drops(&ev), vec![DropReason::UnknownToken]);
 }
 
 #[test]
 fn rfc7252_s4_5_duplicate_requests_are_not_fanned_out_twice() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let m = group_get(CON, 77, &[5], Some(10));
     let (tx, _) = h.feed(LISTENER, client(), &m);
     // CON: acknowledged at once, then the fan-out.
@@ -482,7 +435,7 @@ fn rfc7252_s4_5_duplicate_requests_are_not_fanned_out_twice() {
     let (tx, ev) = h.feed(LISTENER, client(), &m);
     assert_eq!(tx.len(), 1);
     assert_eq!(tx[0].bytes, build::empty(ACK, 77));
-    assert_eq!(dropped(&ev), vec![DropReason::DuplicateRequest]);
+    assert_eq!(drops(&ev), vec![DropReason::DuplicateRequest]);
     // Same for NON.
     let n = group_get(NON, 78, &[6], Some(10));
     h.feed(LISTENER, client(), &n);
@@ -496,7 +449,7 @@ fn rfc7252_s4_5_duplicate_requests_are_not_fanned_out_twice() {
 
 #[test]
 fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let (tx, _) = h.feed(LISTENER, client(), &group_get(CON, 1, &[0xaa], Some(30)));
     let fwd = tx
         .iter()
@@ -522,7 +475,7 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
         &response_to(&fwd, CON, 500, b"a"),
     );
     assert_eq!(tx.len(), 1);
-    assert_eq!(dropped(&ev), vec![DropReason::DuplicateRequest]);
+    assert_eq!(drops(&ev), vec![DropReason::DuplicateRequest]);
     // Unacknowledged, the relayed CON is retransmitted after ACK_TIMEOUT..1.5x.
     let (tx, _) = h.advance(Duration::from_secs(3));
     assert_eq!(tx.len(), 1);
@@ -540,7 +493,7 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
         &response_to(&fwd, NON, 501, b"b"),
     );
     assert!(tx.is_empty());
-    assert_eq!(dropped(&ev), vec![DropReason::LateResponse]);
+    assert_eq!(drops(&ev), vec![DropReason::LateResponse]);
     // Nothing is retransmitted any more.
     let (tx, _) = h.advance(Duration::from_secs(60));
     assert!(tx.is_empty());
@@ -548,7 +501,7 @@ fn con_client_gets_con_responses_retransmitted_and_rst_stops_forwarding() {
 
 #[test]
 fn s5_1_3_early_stop_request_ends_forwarding() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, &[0xbb], Some(30)));
     let fwd = tx[0].bytes.clone();
     h.feed(
@@ -575,7 +528,7 @@ fn s5_1_3_early_stop_request_ends_forwarding() {
 
 #[test]
 fn rfc10020_s3_1_5_tokens_are_unique() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let mut seen = std::collections::HashSet::new();
     for i in 0..2000u16 {
         let (tx, _) = h.feed(
@@ -615,7 +568,7 @@ fn limits_table_full_client_cap_and_rate() {
     cfg.limits.client_rate = 1.0;
     cfg.limits.client_burst = 4.0;
     cfg.groups[0].allow.push("0.0.0.0/0".parse().unwrap());
-    let mut h = Harness::new(cfg);
+    let mut h = harness(cfg);
     let other: SocketAddr = "127.0.0.2:1".parse().unwrap();
     let third: SocketAddr = "127.0.0.3:1".parse().unwrap();
     h.feed(LISTENER, client(), &group_get(NON, 1, &[1], Some(10)));
@@ -648,7 +601,7 @@ fn limits_fan_out_rate_per_client() {
     let mut cfg = config();
     cfg.limits.client_rate = 1.0;
     cfg.limits.client_burst = 3.0;
-    let mut h = Harness::new(cfg);
+    let mut h = harness(cfg);
     let mut outcome = vec![];
     for i in 0..5u8 {
         let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, i as u16, &[i], Some(1)));
@@ -684,7 +637,7 @@ fn limits_apply_to_multicast_timeout_zero() {
     let mut cfg = config();
     cfg.limits.client_rate = 1.0;
     cfg.limits.client_burst = 2.0;
-    let mut h = Harness::new(cfg);
+    let mut h = harness(cfg);
     let (mut fanouts, mut limited) = (0, 0);
     for i in 0..20u16 {
         let (tx, ev) = h.feed(LISTENER, client(), &group_get(NON, i, &[i as u8], Some(0)));
@@ -707,7 +660,7 @@ fn limits_apply_to_multicast_timeout_zero() {
 
 #[test]
 fn rfc7252_s5_7_2_unicast_forwarding_and_gateway_timeout() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let origin: SocketAddr = "127.0.0.9:5683".parse().unwrap();
     let m = req(
         CON,
@@ -775,25 +728,24 @@ fn rfc7252_s5_7_2_unicast_forwarding_and_gateway_timeout() {
 
 #[test]
 fn malformed_and_oversized_datagrams_are_counted_drops() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let (tx, ev) = h.feed(LISTENER, client(), &[0x40, 0x01, 0x00, 0x01, 0xff]);
     // A CON with a format error is rejected with RST (RFC 7252 §4.2).
     assert_eq!(tx[0].bytes, build::empty(RST, 1));
-    assert_eq!(dropped(&ev), vec![DropReason::Malformed]);
+    assert_eq!(drops(&ev), vec![DropReason::Malformed]);
     let (tx, ev) = h.feed(LISTENER, client(), &vec![0x50; 2000]);
     assert!(tx.is_empty());
-    assert_eq!(dropped(&ev), vec![DropReason::TooLarge]);
+    assert_eq!(drops(&ev), vec![DropReason::TooLarge]);
     // A CON ping gets an RST (RFC 7252 §4.3).
     let (tx, _) = h.feed(LISTENER, client(), &build::empty(CON, 9));
     assert_eq!(tx[0].bytes, build::empty(RST, 9));
-    let _ = h.t0;
 }
 
 /// Bounded tables: the timers of exchanges that ended early (every unicast answer) do
 /// not pile up for the full timeout; the heap stays within a multiple of what is live.
 #[test]
 fn timer_heap_stays_bounded_by_live_exchanges() {
-    let mut h = Harness::new(config());
+    let mut h = harness(config());
     let origin: SocketAddr = "127.0.0.9:5683".parse().unwrap();
     for i in 0..20_000u32 {
         let token = i.to_be_bytes();

@@ -10,51 +10,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Group;
+use common::engine::{Clocked, checking_config, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::options as opt;
 use groxy::oscore::{Layer, Mode, SecurityContext};
 use groxy::proxy::{
-    CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    CloseReason, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
     Transmit,
 };
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
 const LISTENER: Link = Link::Listener(0);
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
-fn origin() -> SocketAddr {
-    "127.0.0.9:5683".parse().unwrap()
+/// The engine on its clock, seeded 11.
+fn engine(cfg: ProxyConfig) -> Clocked {
+    Clocked::new(cfg, 11)
 }
 
-struct H {
-    e: Engine,
-    now: Instant,
-}
-
-impl H {
-    fn new(cfg: ProxyConfig) -> Self {
-        let now = Instant::now();
-        H {
-            e: Engine::new(cfg, now, 11).unwrap(),
-            now,
-        }
-    }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
-    }
-    fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
-        self.now += d;
-        self.e.handle_timeout(self.now);
-        common::outputs(&mut self.e)
-    }
-}
+type H = Clocked;
 
 fn unicast_get(t: u8, mid: u16, token: &[u8], uri: &str) -> Vec<u8> {
     build::encode(
@@ -87,22 +61,6 @@ fn group_get(t: u8, mid: u16, token: &[u8], timeout: u32) -> Vec<u8> {
 fn answer(forwarded: &[u8], t: u8, mid: u16) -> Vec<u8> {
     let v = MessageView::parse(forwarded).unwrap();
     build::encode(t, code::CONTENT, mid, v.token(), &mut [], b"ok")
-}
-
-fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
-    ev.iter().find_map(|e| match e {
-        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
-        _ => None,
-    })
-}
-
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
 }
 
 fn closed(ev: &[Event]) -> Option<CloseReason> {
@@ -148,7 +106,7 @@ impl MidLog {
 fn rfc7252_s4_4_no_message_id_reused_over_200k_forwarded_requests() {
     let mut cfg = ProxyConfig::default();
     cfg.limits.egress_ports = 4;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let clients: Vec<SocketAddr> = (0..8)
         .map(|i| format!("127.0.1.{}:40000", i + 1).parse().unwrap())
         .collect();
@@ -192,7 +150,7 @@ fn rfc7252_s4_4_exhausted_message_ids_push_back() {
     cfg.limits.egress_ports = 1;
     cfg.limits.client_rate = 1e9;
     cfg.limits.client_burst = 1e9;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let clients: Vec<SocketAddr> = (0..2)
         .map(|i| format!("127.0.1.{}:40000", i + 1).parse().unwrap())
         .collect();
@@ -236,7 +194,7 @@ fn rfc7252_s4_4_exhausted_message_ids_push_back() {
 /// from the origin on the client side, changes nothing and is counted.
 #[test]
 fn s5_2_3_rst_must_name_a_response_sent_to_that_client() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, b"tk", 30));
     let fwd = tx[0].clone();
     let (tx, _) = h.feed(fwd.link, device(1), &answer(&fwd.bytes, NON, 7));
@@ -284,14 +242,7 @@ const DEV_A: &[u8] = &[0x0a];
 #[test]
 fn s5_2_3_early_stop_needs_the_protection_of_the_request() {
     let g = Group::new(&[CLIENT_ID, DEV_A]);
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Enforce,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    let mut h = H::new(cfg);
+    let mut h = engine(checking_config(&g, Policy::Enforce));
     let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let (protected, _) = ctx
         .protect_request(
@@ -362,7 +313,7 @@ fn a_target_naming_the_proxy_is_not_forwarded_to_itself() {
     ];
     cfg.local.host_addrs = vec!["192.0.2.7".parse().unwrap()];
     cfg.local.names = vec!["proxy.example".into()];
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     for (i, uri) in [
         "coap://127.0.0.1/status",
         "coap://127.0.0.1:5683/status",
@@ -415,7 +366,7 @@ fn member_proxy() -> (H, SecurityContext) {
         allow_kids: None,
     });
     (
-        H::new(cfg),
+        engine(cfg),
         SecurityContext::new(&g.config(CLIENT_ID)).unwrap(),
     )
 }
@@ -493,7 +444,7 @@ fn rfc7252_s4_5_a_flood_cannot_make_a_con_request_run_twice() {
     cfg.limits.client_burst = 1e9;
     cfg.limits.dedup_capacity = 65_536;
     cfg.limits.dedup_per_client = 4_096;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let post = build::encode(
         CON,
         code::POST,
@@ -543,7 +494,7 @@ fn rfc7252_s4_5_a_flood_cannot_make_a_con_request_run_twice() {
 fn table_full_refusal_max_age_is_the_earliest_live_deadline() {
     let mut cfg = ProxyConfig::default();
     cfg.limits.max_exchanges = 3;
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let (tx, _) = h.feed(LISTENER, client(), &group_get(NON, 1, b"a", 5));
     let first = tx[0].clone();
     h.now += Duration::from_secs(1);

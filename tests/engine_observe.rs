@@ -9,9 +9,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Group;
+use common::engine::{Clocked, checking_config, client, device, drops, origin, rejected};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, RST, code};
 use groxy::coap::cri;
@@ -20,7 +21,7 @@ use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{GroupMember, Layer, Mode, SecurityContext};
 use groxy::proxy::events::NotificationDrop;
 use groxy::proxy::{
-    CheckResult, CloseReason, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig,
+    CheckResult, CloseReason, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig,
     RejectReason, Transmit,
 };
 
@@ -32,60 +33,21 @@ const LISTENER: Link = Link::Listener(0);
 const GROUP: Link = Link::Group(0, 0);
 const TOKEN: &[u8] = &[0x0b, 0x5e];
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
 fn client2() -> SocketAddr {
     "127.0.0.2:40000".parse().unwrap()
 }
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
-}
-fn origin() -> SocketAddr {
-    "127.0.0.9:5683".parse().unwrap()
+
+/// The engine on its clock, seeded 11, the client's Message IDs from 1001.
+fn engine(cfg: ProxyConfig) -> Clocked {
+    Clocked {
+        mid: 1000,
+        ..Clocked::new(cfg, 11)
+    }
 }
 
-struct H {
-    e: Engine,
-    now: Instant,
-    mid: u16,
-}
+type H = Clocked;
 
-impl H {
-    fn new(cfg: ProxyConfig) -> Self {
-        let now = Instant::now();
-        H {
-            e: Engine::new(cfg, now, 11).unwrap(),
-            now,
-            mid: 1000,
-        }
-    }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
-    }
-    fn advance(&mut self, d: Duration) -> (Vec<Transmit>, Vec<Event>) {
-        let end = self.now + d;
-        let (mut tx, mut ev) = (vec![], vec![]);
-        // Every timer on the way, as the driver would run them.
-        while let Some(t) = self.e.poll_timeout().filter(|t| *t <= end) {
-            self.now = t.max(self.now);
-            self.e.handle_timeout(self.now);
-            let (a, b) = common::outputs(&mut self.e);
-            tx.extend(a);
-            ev.extend(b);
-        }
-        self.now = end;
-        self.e.handle_timeout(self.now);
-        let (a, b) = common::outputs(&mut self.e);
-        tx.extend(a);
-        ev.extend(b);
-        (tx, ev)
-    }
-    fn next_mid(&mut self) -> u16 {
-        self.mid += 1;
-        self.mid
-    }
+impl Clocked {
     /// A group GET of /temp from `from` with Observe `obs` (if any) and T' seconds.
     fn observe_group(
         &mut self,
@@ -153,20 +115,6 @@ fn notif_drops(ev: &[Event]) -> Vec<NotificationDrop> {
         })
         .collect()
 }
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
-}
-fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
-    ev.iter().find_map(|e| match e {
-        Event::Rejected { reason, code, .. } => Some((*reason, *code)),
-        _ => None,
-    })
-}
 fn max_age(bytes: &[u8]) -> Option<u32> {
     MessageView::parse(bytes)
         .unwrap()
@@ -191,7 +139,7 @@ fn observed(h: &mut H, t: u8) -> Transmit {
 /// Observe.
 #[test]
 fn s5_4_2_group_observation_outlives_t_prime() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let rv = MessageView::parse(&reg.bytes).unwrap();
     assert_eq!(rv.option(OBSERVE), Some(&[][..]), "Observe 0 forwarded");
@@ -202,7 +150,7 @@ fn s5_4_2_group_observation_outlives_t_prime() {
     let mut seq = 1;
     for step in 0..5u64 {
         if step > 0 {
-            let (_, ev) = h.advance(Duration::from_secs(2));
+            let (_, ev) = h.advance_through_timers(Duration::from_secs(2));
             assert!(
                 !ev.iter().any(|e| matches!(e, Event::Closed { .. })),
                 "kept past T' (step {step})"
@@ -242,13 +190,13 @@ fn s5_4_2_group_observation_outlives_t_prime() {
 /// any group request, and later notifications are late.
 #[test]
 fn s5_4_2_token_freed_at_t_prime_without_an_observing_device() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     // A device that does not support Observe answers without it (RFC 7641 §3.1).
     let plain = notification(&reg.bytes, NON, 7, code::CONTENT, None, b"x");
     let (tx, _) = h.feed(GROUP, device(1), &plain);
     assert_eq!(to_client(&tx, client()).len(), 1);
-    let (_, ev) = h.advance(Duration::from_secs(3));
+    let (_, ev) = h.advance_through_timers(Duration::from_secs(3));
     assert!(ev.iter().any(|e| matches!(
         e,
         Event::Closed {
@@ -268,13 +216,13 @@ fn s5_4_2_token_freed_at_t_prime_without_an_observing_device() {
 /// observation; when the last device ended after T' the observation ends.
 #[test]
 fn s5_4_2_non_2xx_ends_a_device_and_the_last_one_ends_the_observation() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     for d in [1, 2] {
         let n = notification(&reg.bytes, NON, 10 + d as u16, code::CONTENT, Some(1), b"a");
         h.feed(GROUP, device(d), &n);
     }
-    h.advance(Duration::from_secs(4));
+    h.advance_through_timers(Duration::from_secs(4));
     let gone = notification(&reg.bytes, NON, 20, code::NOT_FOUND, None, b"");
     let (tx, ev) = h.feed(GROUP, device(1), &gone);
     let out = to_client(&tx, client());
@@ -301,7 +249,7 @@ fn s5_4_2_non_2xx_ends_a_device_and_the_last_one_ends_the_observation() {
 /// Another device's numbers are independent.
 #[test]
 fn rfc7641_s3_4_notifications_are_ordered_per_device() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let mut mid = 300;
     let mut send = |h: &mut H, d: u8, seq: u32| {
@@ -323,7 +271,7 @@ fn rfc7641_s3_4_notifications_are_ordered_per_device() {
     assert_eq!(send(&mut h, 1, 11 + (1 << 23) - 1), (1, vec![]));
     assert_eq!(send(&mut h, 1, 11), (0, vec![NotificationDrop::Reordered]));
     // 128 s later, an older number is newer (the device may have restarted).
-    h.advance(Duration::from_secs(129));
+    h.advance_through_timers(Duration::from_secs(129));
     assert_eq!(send(&mut h, 1, 3), (1, vec![]));
 }
 
@@ -331,7 +279,7 @@ fn rfc7641_s3_4_notifications_are_ordered_per_device() {
 /// retransmission of one is relayed once.
 #[test]
 fn rfc7641_s4_5_device_con_notifications_are_acked() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, CON, 77, code::CONTENT, Some(4), b"c");
     let (tx, _) = h.feed(GROUP, device(1), &n);
@@ -361,7 +309,7 @@ fn interest_config(secs: u64) -> ProxyConfig {
 /// device gets an RST.
 #[test]
 fn rfc7641_s4_5_interest_check_and_lapsed_interest() {
-    let mut h = H::new(interest_config(60));
+    let mut h = engine(interest_config(60));
     let reg = observed(&mut h, NON);
     let mut mid = 500;
     let mut seq = 0;
@@ -378,10 +326,10 @@ fn rfc7641_s4_5_interest_check_and_lapsed_interest() {
     };
     let (tx, _) = notify(&mut h);
     assert_eq!(mtype(&tx), NON);
-    h.advance(Duration::from_secs(30));
+    h.advance_through_timers(Duration::from_secs(30));
     let (tx, _) = notify(&mut h);
     assert_eq!(mtype(&tx), NON, "within interest_check");
-    h.advance(Duration::from_secs(30));
+    h.advance_through_timers(Duration::from_secs(30));
     let (tx, ev) = notify(&mut h);
     let out = to_client(&tx, client());
     let v = MessageView::parse(&out[0].bytes).unwrap();
@@ -392,17 +340,17 @@ fn rfc7641_s4_5_interest_check_and_lapsed_interest() {
     }));
     // Acknowledged: the observation goes on, with NON notifications again.
     h.feed(LISTENER, client(), &build::empty(ACK, v.message_id()));
-    let (_, ev) = h.advance(Duration::from_secs(30));
+    let (_, ev) = h.advance_through_timers(Duration::from_secs(30));
     assert!(ended(&ev).is_empty());
     let (tx, _) = notify(&mut h);
     assert_eq!(mtype(&tx), NON);
-    h.advance(Duration::from_secs(30));
+    h.advance_through_timers(Duration::from_secs(30));
     // The next check is not acknowledged: after the retransmissions it ends.
     let (tx, _) = notify(&mut h);
     assert_eq!(mtype(&tx), CON);
     let (mut tx, mut ev) = (vec![], vec![]);
     for _ in 0..4 {
-        let (a, b) = h.advance(Duration::from_secs(30));
+        let (a, b) = h.advance_through_timers(Duration::from_secs(30));
         tx.extend(a);
         ev.extend(b);
         if !ended(&ev).is_empty() {
@@ -436,14 +384,14 @@ fn rfc7641_s4_5_interest_check_and_lapsed_interest() {
 /// RST.
 #[test]
 fn rfc7641_s3_6_client_reset_ends_and_deregisters() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     let (tx, _) = h.feed(GROUP, device(1), &n);
     let mid = MessageView::parse(&to_client(&tx, client())[0].bytes)
         .unwrap()
         .message_id();
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     let (tx, ev) = h.feed(LISTENER, client(), &build::empty(RST, mid));
     assert_eq!(ended(&ev), vec![(CloseReason::EarlyStopReset, true)]);
     let dv = MessageView::parse(&multicast(&tx).unwrap().bytes).unwrap();
@@ -462,11 +410,11 @@ fn rfc7641_s3_6_client_reset_ends_and_deregisters() {
 /// §5.1.3, §5.2.3: an Early Stop Request ends the observation, deregistering the group.
 #[test]
 fn s5_2_3_early_stop_request_ends_the_observation() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.advance(Duration::from_secs(10));
+    h.advance_through_timers(Duration::from_secs(10));
     let stop = build::encode(NON, code::GET, 3, TOKEN, &mut [(MT, &[])], &[]);
     let (tx, ev) = h.feed(LISTENER, client(), &stop);
     assert_eq!(ended(&ev), vec![(CloseReason::EarlyStopRequest, true)]);
@@ -479,11 +427,11 @@ fn s5_2_3_early_stop_request_ends_the_observation() {
 /// until its own T', then the exchange ends.
 #[test]
 fn rfc10020_s3_7_client_deregistration_is_multicast() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.advance(Duration::from_secs(10));
+    h.advance_through_timers(Duration::from_secs(10));
     let (tx, ev) = h.observe_group(client(), NON, TOKEN, Some(1), 2);
     assert_eq!(rejected(&ev), None);
     assert_eq!(ended(&ev), vec![(CloseReason::Deregistered, true)]);
@@ -498,7 +446,7 @@ fn rfc10020_s3_7_client_deregistration_is_multicast() {
         1,
         "the final response is relayed"
     );
-    let (_, ev) = h.advance(Duration::from_secs(2));
+    let (_, ev) = h.advance_through_timers(Duration::from_secs(2));
     assert!(ev.iter().any(|e| matches!(
         e,
         Event::Closed {
@@ -513,11 +461,11 @@ fn rfc10020_s3_7_client_deregistration_is_multicast() {
 /// observation and without the token-reuse refusal.
 #[test]
 fn rfc7641_s3_3_1_reregistration_refreshes() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     let (tx, ev) = h.observe_group(client(), NON, TOKEN, Some(0), 3);
     assert_eq!(rejected(&ev), None, "not a token reuse");
     assert!(ev.contains(&Event::ObserveRefreshed { group: Some(0) }));
@@ -538,7 +486,7 @@ fn rfc7641_s3_3_1_reregistration_refreshes() {
 /// relayed past the unicast timeout (CON ones acknowledged), ended by a final response.
 #[test]
 fn rfc7641_s5_unicast_origin_observation() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let m = build::encode(
         NON,
         code::GET,
@@ -551,7 +499,7 @@ fn rfc7641_s5_unicast_origin_observation() {
     assert!(ev.contains(&Event::ObserveStarted { group: None }));
     let fwd = tx.iter().find(|t| t.to == origin()).unwrap().clone();
     for (i, secs) in [0u64, 12, 30].into_iter().enumerate() {
-        h.advance(Duration::from_secs(secs));
+        h.advance_through_timers(Duration::from_secs(secs));
         let n = notification(
             &fwd.bytes,
             CON,
@@ -586,7 +534,7 @@ fn rfc10020_s3_7_observation_table_and_per_client_cap() {
     let mut c = ProxyConfig::default();
     c.limits.observe.max_observations = 2;
     c.limits.observe.max_per_client = 1;
-    let mut h = H::new(c);
+    let mut h = engine(c);
     let (tx, _) = h.observe_group(client(), NON, b"a", Some(0), 3);
     assert!(multicast(&tx).is_some());
     let (tx, ev) = h.observe_group(client(), NON, b"b", Some(0), 3);
@@ -621,7 +569,7 @@ fn rfc10020_s3_7_notification_rate_and_device_bound() {
     c.limits.observe.notification_rate = 1.0;
     c.limits.observe.notification_burst = 2.0;
     c.limits.observe.max_devices = 2;
-    let mut h = H::new(c);
+    let mut h = engine(c);
     let reg = observed(&mut h, NON);
     let mut relayed = 0;
     let mut dropped = vec![];
@@ -640,7 +588,7 @@ fn rfc10020_s3_7_notification_rate_and_device_bound() {
     }
     assert_eq!(relayed, 2);
     assert_eq!(dropped, vec![NotificationDrop::RateLimited]);
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     let n = notification(&reg.bytes, NON, 60, code::CONTENT, Some(1), b"r");
     let (tx, ev) = h.feed(GROUP, device(3), &n);
     assert!(to_client(&tx, client()).is_empty());
@@ -657,7 +605,7 @@ fn rfc7252_s4_4_notification_message_ids_are_never_reused() {
     let mut c = ProxyConfig::default();
     c.limits.observe.notification_rate = 1e9;
     c.limits.observe.notification_burst = 1e9;
-    let mut h = H::new(c);
+    let mut h = engine(c);
     let reg = observed(&mut h, CON);
     let mut seen = HashSet::new();
     for i in 0..3000u32 {
@@ -679,12 +627,12 @@ fn rfc7252_s4_4_notification_message_ids_are_never_reused() {
 /// drain does not wait for them; ordinary exchanges run on.
 #[test]
 fn drain_deregisters_observations() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
     h.observe_group(client(), NON, b"plain", None, 30);
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     h.e.drain();
     let (tx, ev) = common::outputs(&mut h.e);
     assert_eq!(ended(&ev), vec![(CloseReason::Shutdown, true)]);
@@ -697,12 +645,12 @@ fn drain_deregisters_observations() {
 /// SIGHUP without a rekey: the observation goes on.
 #[test]
 fn reload_leaves_observations() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.e.reconfigure(h.now, ProxyConfig::default()).unwrap();
-    h.advance(Duration::from_secs(10));
+    h.reconfigure(ProxyConfig::default()).unwrap();
+    h.advance_through_timers(Duration::from_secs(10));
     let n = notification(&reg.bytes, NON, 41, code::CONTENT, Some(2), b"t");
     let (tx, _) = h.feed(GROUP, device(1), &n);
     assert_eq!(to_client(&tx, client()).len(), 1);
@@ -713,13 +661,13 @@ fn reload_leaves_observations() {
 /// lifetime without traffic), deregistering the group.
 #[test]
 fn idle_observation_ends() {
-    let mut h = H::new(interest_config(60));
+    let mut h = engine(interest_config(60));
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    let (_, ev) = h.advance(Duration::from_secs(59));
+    let (_, ev) = h.advance_through_timers(Duration::from_secs(59));
     assert!(ended(&ev).is_empty());
-    let (_, ev) = h.advance(Duration::from_secs(2));
+    let (_, ev) = h.advance_through_timers(Duration::from_secs(2));
     assert_eq!(ended(&ev), vec![(CloseReason::ObserveIdle, true)]);
 }
 
@@ -732,30 +680,27 @@ const PROXY_ID: &[u8] = &[0x50];
 const OBS_HELLO: &str = "5101aa01c3605568656c6c6f";
 
 fn checked_config(g: &Group) -> ProxyConfig {
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Enforce,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    cfg
+    checking_config(g, Policy::Enforce)
 }
 
 fn next_epoch(g: &Group) -> Group {
-    let mut n = Group::new(&[]);
-    n.key_generation = g.key_generation + 1;
+    let mut n = g.rekeyed();
     n.master_salt = g.master_salt.clone();
-    fn copy(m: &common::Member) -> common::Member {
-        common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        }
-    }
-    n.gm = copy(&g.gm);
-    n.members = g.members.iter().map(copy).collect();
     n
+}
+
+/// `plain` protected by `ctx` in group mode and sent through the proxy to group 0: the
+/// outer Uri-Host and Proxy-Scheme (RFC 7252 §5.10.2), Multicast-Timeout 3 s, `token`.
+fn signed_group_request(ctx: &mut SecurityContext, plain: &[u8], token: &[u8]) -> Vec<u8> {
+    let (prot, _) = ctx.protect_request(plain, Mode::Group, None).unwrap();
+    let v = MessageView::parse(&prot).unwrap();
+    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+    opts.extend([
+        (opt::URI_HOST, &b"224.0.1.187"[..]),
+        (opt::PROXY_SCHEME, b"coap"),
+        (MT, &[3]),
+    ]);
+    build::encode(NON, v.code(), 9, token, &mut opts, v.payload())
 }
 
 fn checks(ev: &[Event]) -> Vec<CheckResult> {
@@ -780,19 +725,9 @@ fn checks(ev: &[Event]) -> Vec<CheckResult> {
 fn rfc10021_notifications_verified_replays_dropped_across_a_rekey() {
     let g1 = Group::new(&[CLIENT_ID, DEV_A]);
     let g2 = next_epoch(&g1);
-    let mut h = H::new(checked_config(&g1));
+    let mut h = engine(checked_config(&g1));
     let mut cctx = SecurityContext::new(&g1.config(CLIENT_ID)).unwrap();
-    let (prot, _) = cctx
-        .protect_request(&hex::decode(OBS_HELLO).unwrap(), Mode::Group, None)
-        .unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, TOKEN, &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &hex::decode(OBS_HELLO).unwrap(), TOKEN);
     let (tx, ev) = h.feed(LISTENER, client(), &m);
     assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
     let fwd = multicast(&tx).unwrap().bytes.clone();
@@ -818,7 +753,7 @@ fn rfc10021_notifications_verified_replays_dropped_across_a_rekey() {
     let (tx, ev) = h.feed(GROUP, device(1), &first);
     assert_eq!(to_client(&tx, client()).len(), 1);
     assert_eq!(checks(&ev), vec![CheckResult::Valid]);
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     let second = notify(&mut dev, &mut aex);
     let (tx, ev) = h.feed(GROUP, device(1), &second);
     assert_eq!(
@@ -842,10 +777,10 @@ fn rfc10021_notifications_verified_replays_dropped_across_a_rekey() {
     assert_eq!(drops(&ev), vec![DropReason::ResponseCheckFailed]);
 
     // SIGHUP rekey during the observation.
-    h.e.reconfigure(h.now, checked_config(&g2)).unwrap();
+    h.reconfigure(checked_config(&g2)).unwrap();
     dev.rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
         .unwrap();
-    h.advance(Duration::from_secs(5));
+    h.advance_through_timers(Duration::from_secs(5));
     let after = notify(&mut dev, &mut aex);
     let o = OscoreOption::parse(
         MessageView::parse(&after)
@@ -882,7 +817,7 @@ fn s2_5_1_each_notification_under_the_layer_has_its_own_partial_iv() {
         member: Some(g.config(PROXY_ID)),
         allow_kids: None,
     });
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     // The proxy reserves its Sender Sequence Numbers first (RFC 10021 §2.6.1.1).
     h.e.restore_member(0, 0, u64::MAX, false);
     let mut ctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
@@ -942,7 +877,7 @@ fn s2_5_1_each_notification_under_the_layer_has_its_own_partial_iv() {
 /// forwarded with their Block2.
 #[test]
 fn rfc10020_s3_8_block_wise_through_the_proxy() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let mtv = opt::uint_value(3);
     // Block2: NUM 0, M 0, SZX 2 (64 bytes).
     let b0 = [0x02u8];
@@ -1044,7 +979,7 @@ fn rfc10020_s3_8_block_wise_through_the_proxy() {
 #[test]
 fn rfc10020_s3_8_pairwise_block_answers_are_relayed_as_unverifiable() {
     let g = Group::new(&[CLIENT_ID, DEV_A]);
-    let mut h = H::new(checked_config(&g));
+    let mut h = engine(checked_config(&g));
     let mut cctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
     let plain = build::encode(
         NON,
@@ -1054,15 +989,7 @@ fn rfc10020_s3_8_pairwise_block_answers_are_relayed_as_unverifiable() {
         &mut [(opt::URI_PATH, b"large"), (BLOCK2, &[0x02])],
         &[],
     );
-    let (prot, _) = cctx.protect_request(&plain, Mode::Group, None).unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, b"pw", &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &plain, b"pw");
     let (tx, _) = h.feed(LISTENER, client(), &m);
     let fwd = multicast(&tx).unwrap().bytes.clone();
     let mut dev = SecurityContext::new(&g.config(DEV_A)).unwrap();
@@ -1122,11 +1049,11 @@ fn check_config_validates_observe_limits() {
 fn rfc10020_s3_7_observations_count_against_per_client_limits() {
     let mut c = ProxyConfig::default();
     c.limits.max_exchanges_per_client = 1;
-    let mut h = H::new(c);
+    let mut h = engine(c);
     let reg = observed(&mut h, NON);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.advance(Duration::from_secs(30));
+    h.advance_through_timers(Duration::from_secs(30));
     let (tx, ev) = h.observe_group(client(), NON, b"next", None, 3);
     assert_eq!(
         rejected(&ev),
@@ -1138,7 +1065,7 @@ fn rfc10020_s3_7_observations_count_against_per_client_limits() {
 /// RFC 10020 §3.7 (RFC 8132): FETCH with Observe 0 starts an observation like GET.
 #[test]
 fn rfc10020_s3_7_fetch_observes() {
-    let mut h = H::new(ProxyConfig::default());
+    let mut h = engine(ProxyConfig::default());
     let mtv = opt::uint_value(3);
     let m = build::encode(
         NON,
@@ -1160,7 +1087,7 @@ fn rfc10020_s3_7_fetch_observes() {
     assert_eq!(MessageView::parse(&reg.bytes).unwrap().code(), 0x05);
     let n = notification(&reg.bytes, NON, 40, code::CONTENT, Some(1), b"t");
     h.feed(GROUP, device(1), &n);
-    h.advance(Duration::from_secs(10));
+    h.advance_through_timers(Duration::from_secs(10));
     let n = notification(&reg.bytes, NON, 41, code::CONTENT, Some(2), b"t");
     let (tx, _) = h.feed(GROUP, device(1), &n);
     assert_eq!(to_client(&tx, client()).len(), 1);
@@ -1173,19 +1100,9 @@ fn rfc10020_s3_7_fetch_observes() {
 #[test]
 fn s5_2_3_unprotected_update_of_a_signed_observation_is_refused() {
     let g = Group::new(&[CLIENT_ID, DEV_A]);
-    let mut h = H::new(checked_config(&g));
+    let mut h = engine(checked_config(&g));
     let mut cctx = SecurityContext::new(&g.config(CLIENT_ID)).unwrap();
-    let (prot, _) = cctx
-        .protect_request(&hex::decode(OBS_HELLO).unwrap(), Mode::Group, None)
-        .unwrap();
-    let v = MessageView::parse(&prot).unwrap();
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend([
-        (opt::URI_HOST, &b"224.0.1.187"[..]),
-        (opt::PROXY_SCHEME, b"coap"),
-        (MT, &[3]),
-    ]);
-    let m = build::encode(NON, v.code(), 9, TOKEN, &mut opts, v.payload());
+    let m = signed_group_request(&mut cctx, &hex::decode(OBS_HELLO).unwrap(), TOKEN);
     let (_, ev) = h.feed(LISTENER, client(), &m);
     assert!(ev.contains(&Event::ObserveStarted { group: Some(0) }));
     for obs in [1u8, 0] {

@@ -5,17 +5,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Group;
+use common::engine::{Clocked, checking_config, client, device, drops, multicast};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
 use groxy::oscore::option::OscoreOption;
 use groxy::oscore::{Exchange, GroupMember, Mode, SecurityContext};
 use groxy::proxy::{
-    CheckResult, DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
+    CheckResult, DropReason, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason,
     Transmit,
 };
 
@@ -25,39 +25,20 @@ const DEV_B: &[u8] = &[0x0b];
 const LISTENER: Link = Link::Listener(0);
 const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
 
-fn client() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-fn device(i: u8) -> SocketAddr {
-    format!("127.0.0.{}:5683", 10 + i).parse().unwrap()
+/// The engine on its clock, seeded 7, the client's Message IDs from 101.
+fn engine(cfg: ProxyConfig) -> Clocked {
+    Clocked {
+        mid: 100,
+        ..Clocked::new(cfg, 7)
+    }
 }
 
-struct H {
-    e: Engine,
-    now: Instant,
-    mid: u16,
+/// The engine checking group 0 under `policy`.
+fn checked_engine(g: &Group, policy: Policy) -> Clocked {
+    engine(checking_config(g, policy))
 }
 
-impl H {
-    fn new(g: &Group, policy: Policy) -> Self {
-        let mut cfg = ProxyConfig::default();
-        cfg.groups[0].security = Some(GroupSecurity {
-            policy,
-            checker: g.checker_config(),
-            member: None,
-            allow_kids: None,
-        });
-        let now = Instant::now();
-        H {
-            e: Engine::new(cfg, now, 7).unwrap(),
-            now,
-            mid: 100,
-        }
-    }
-    fn feed(&mut self, link: Link, from: SocketAddr, msg: &[u8]) -> (Vec<Transmit>, Vec<Event>) {
-        self.e.handle(self.now, link, from, msg);
-        common::outputs(&mut self.e)
-    }
+impl Clocked {
     /// Sends a protected request via the proxy: the Class U proxy options are added after
     /// protection, as a client does (they are not in the external_aad, RFC 8613 §4.1).
     fn proxied(&mut self, protected: &[u8], t: u8) -> (Vec<Transmit>, Vec<Event>) {
@@ -71,10 +52,6 @@ impl H {
         let msg = build::encode(t, v.code(), self.mid, &token, &mut opts, v.payload());
         self.feed(LISTENER, client(), &msg)
     }
-}
-
-fn multicast(tx: &[Transmit]) -> Option<&Transmit> {
-    tx.iter().find(|t| t.link == Link::Group(0, 0))
 }
 
 fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
@@ -91,15 +68,6 @@ fn checked(ev: &[Event]) -> Vec<(bool, CheckResult, bool)> {
         .collect()
 }
 
-fn drops(ev: &[Event]) -> Vec<DropReason> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Dropped { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
-}
-
 fn protect(ctx: &mut SecurityContext, mode: Mode) -> (Vec<u8>, Exchange) {
     ctx.protect_request(&hex::decode(GET_HELLO).unwrap(), mode, Some(DEV_A))
         .unwrap()
@@ -108,7 +76,7 @@ fn protect(ctx: &mut SecurityContext, mode: Mode) -> (Vec<u8>, Exchange) {
 #[test]
 fn s7_5_enforce_forwards_only_verified_fresh_group_requests() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
-    let mut h = H::new(&g, Policy::Enforce);
+    let mut h = checked_engine(&g, Policy::Enforce);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
 
     let (good, _) = protect(&mut client_ctx, Mode::Group);
@@ -187,7 +155,7 @@ fn s7_5_enforce_forwards_only_verified_fresh_group_requests() {
 #[test]
 fn monitor_forwards_what_enforce_would_drop_and_counts_it() {
     let g = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g, Policy::Monitor);
+    let mut h = checked_engine(&g, Policy::Monitor);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let (good, _) = protect(&mut client_ctx, Mode::Group);
     let mut bad = good.clone();
@@ -201,7 +169,7 @@ fn monitor_forwards_what_enforce_would_drop_and_counts_it() {
 #[test]
 fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
-    let mut h = H::new(&g, Policy::Enforce);
+    let mut h = checked_engine(&g, Policy::Enforce);
     let mut client_ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let mut dev_a = SecurityContext::new(&g.config(DEV_A)).unwrap();
     let mut dev_b = SecurityContext::new(&g.config(DEV_B)).unwrap();
@@ -273,7 +241,7 @@ fn s7_5_responses_are_verified_with_the_requests_piv_and_replays_dropped() {
 #[test]
 fn s12_2_rekeying_on_reload_is_atomic() {
     let g1 = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g1, Policy::Enforce);
+    let mut h = checked_engine(&g1, Policy::Enforce);
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
     let mut dev_a1 = SecurityContext::new(&g1.config(DEV_A)).unwrap();
     let (req, _) = protect(&mut c1, Mode::Group);
@@ -282,33 +250,9 @@ fn s12_2_rekeying_on_reload_is_atomic() {
     let (_, mut aex) = dev_a1.unprotect_request(&fwd).unwrap();
 
     // The next epoch: new Gid, new Master Secret, generation 1, same member keys.
-    let mut g2 = Group::new(&[]);
-    g2.key_generation = 1;
+    let mut g2 = g1.rekeyed();
     g2.master_salt = g1.master_salt.clone();
-    g2.gm = common::Member {
-        id: vec![],
-        key: g1.gm.key.clone(),
-        cred: g1.gm.cred.clone(),
-    };
-    g2.members = g1
-        .members
-        .iter()
-        .map(|m| common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        })
-        .collect();
-    let with = |g: &Group| {
-        let mut cfg = ProxyConfig::default();
-        cfg.groups[0].security = Some(GroupSecurity {
-            policy: Policy::Enforce,
-            checker: g.checker_config(),
-            member: None,
-            allow_kids: None,
-        });
-        cfg
-    };
+    let with = |g: &Group| checking_config(g, Policy::Enforce);
     // Same generation with another Gid: refused, nothing changes.
     let mut stale = with(&g2);
     stale.groups[0]
@@ -317,13 +261,13 @@ fn s12_2_rekeying_on_reload_is_atomic() {
         .unwrap()
         .checker
         .key_generation = 0;
-    assert!(h.e.reconfigure(h.now, stale).is_err());
+    assert!(h.reconfigure(stale).is_err());
     let mut renamed = with(&g2);
     renamed.groups[0].name = "other".into();
-    assert!(h.e.reconfigure(h.now, renamed).is_err());
+    assert!(h.reconfigure(renamed).is_err());
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
 
-    h.e.reconfigure(h.now, with(&g2)).unwrap();
+    h.reconfigure(with(&g2)).unwrap();
     assert_eq!(h.e.checker(0).unwrap().current().key_generation(), 1);
     // New epoch: checked at once.
     let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
@@ -351,7 +295,7 @@ fn s12_2_rekeying_on_reload_is_atomic() {
 #[test]
 fn draining_refuses_new_requests_and_finishes_old_ones() {
     let g = Group::new(&[CLIENT, DEV_A]);
-    let mut h = H::new(&g, Policy::Off);
+    let mut h = checked_engine(&g, Policy::Off);
     let mut c = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let (req, _) = protect(&mut c, Mode::Group);
     let (tx, _) = h.proxied(&req, NON);
@@ -373,18 +317,8 @@ fn draining_refuses_new_requests_and_finishes_old_ones() {
 /// The next key epoch of `g` (RFC 10021 §12.2): new Gid and Master Secret, the next Key
 /// Generation Number, the same members and Group Manager with their keys.
 fn next_epoch(g: &Group) -> Group {
-    let mut n = Group::new(&[]);
-    n.key_generation = g.key_generation + 1;
+    let mut n = g.rekeyed();
     n.master_salt = g.master_salt.clone();
-    fn copy(m: &common::Member) -> common::Member {
-        common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        }
-    }
-    n.gm = copy(&g.gm);
-    n.members = g.members.iter().map(copy).collect();
     n
 }
 
@@ -409,7 +343,7 @@ fn checked_config(g: &Group, policy: Policy, allow_kids: Option<Vec<Vec<u8>>>) -
 fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
     let g1 = Group::new(&[CLIENT, DEV_A]);
     let g2 = next_epoch(&g1);
-    let mut h = H::new(&g1, Policy::Enforce);
+    let mut h = checked_engine(&g1, Policy::Enforce);
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
     let mut dev_a = GroupMember::new(SecurityContext::new(&g1.config(DEV_A)).unwrap());
     let (req, _) = protect(&mut c1, Mode::Group);
@@ -436,7 +370,7 @@ fn s5_3_1_response_numbers_are_kept_per_gid_across_a_rekey() {
     assert_eq!(checked(&ev), vec![(false, CheckResult::Valid, true)]);
 
     // The proxy and the server are rekeyed while the exchange runs.
-    h.e.reconfigure(h.now, checked_config(&g2, Policy::Enforce, None))
+    h.reconfigure(checked_config(&g2, Policy::Enforce, None))
         .unwrap();
     dev_a
         .rekey(SecurityContext::new(&g2.config(DEV_A)).unwrap(), &[])
@@ -496,16 +430,11 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
         cfg.groups.push(second);
         cfg
     };
-    let now = Instant::now();
-    let mut h = H {
-        e: Engine::new(two(&g1, &m1), now, 7).unwrap(),
-        now,
-        mid: 100,
-    };
+    let mut h = engine(two(&g1, &m1));
     assert_eq!(h.e.member_groups(), vec![1]);
 
     m2.key_generation = m1.key_generation;
-    let err = h.e.reconfigure(h.now, two(&g2, &m2)).unwrap_err();
+    let err = h.reconfigure(two(&g2, &m2)).unwrap_err();
     assert!(err.contains("second"), "{err}");
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g1.gid.as_slice());
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
@@ -523,7 +452,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
     assert_eq!(checked(&ev), vec![(true, CheckResult::UnknownGid, true)]);
 
     m2.key_generation = m1.key_generation + 1;
-    h.e.reconfigure(h.now, two(&g2, &m2)).unwrap();
+    h.reconfigure(two(&g2, &m2)).unwrap();
     assert_eq!(h.e.checker(0).unwrap().current().gid(), g2.gid.as_slice());
     let (new, _) = protect(&mut c2, Mode::Group);
     let (tx, ev) = h.proxied(&new, NON);
@@ -540,17 +469,7 @@ fn s12_2_a_reload_refused_by_a_later_member_group_changes_no_group() {
 fn s10_1_allow_kids_applies_to_the_kid_the_checker_verified() {
     let g = Group::new(&[CLIENT, DEV_A, DEV_B]);
     for policy in [Policy::Enforce, Policy::Monitor] {
-        let now = Instant::now();
-        let mut h = H {
-            e: Engine::new(
-                checked_config(&g, policy, Some(vec![CLIENT.to_vec()])),
-                now,
-                7,
-            )
-            .unwrap(),
-            now,
-            mid: 100,
-        };
+        let mut h = engine(checked_config(&g, policy, Some(vec![CLIENT.to_vec()])));
         let enforced = policy == Policy::Enforce;
         let mut listed = SecurityContext::new(&g.config(CLIENT)).unwrap();
         let (req, _) = protect(&mut listed, Mode::Group);

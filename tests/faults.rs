@@ -20,7 +20,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Group, Member, free_port};
+use common::files::{members_toml, secret, sek};
+use common::process::wait_for;
+use common::scrape::{sample, sample_lines, series};
+use common::{Group, Member, free_port, loopback_group_socket};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
 use groxy::coap::options as opt;
@@ -69,22 +71,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// The Signature Encryption Key the Group Manager hands a checker (RFC 10021 §12.3).
-fn sek(g: &Group) -> Vec<u8> {
-    SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
 }
 
 /// The next key epoch: new Gid, Master Secret and Salt, Key Generation Number + 1, the
@@ -170,17 +156,7 @@ impl Setup {
         let kg = g.key_generation;
         secret(&d.join(format!("sek{kg}")), &sek(g));
         secret(&d.join(format!("master{kg}")), &g.master_secret);
-        let members: String = g
-            .members
-            .iter()
-            .map(|m| {
-                format!(
-                    "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                    hex::encode(&m.id),
-                    hex::encode(m.cred.bytes())
-                )
-            })
-            .collect();
+        let members = members_toml(g, None);
         let mut text = format!(
             "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n\
              [limits]\n{limits}\n\
@@ -351,43 +327,10 @@ impl Drop for ProxyProc {
 /// One /metrics text: series (labels sorted) to value.
 struct Scrape(BTreeMap<String, f64>);
 
-/// A series name with its labels in sorted order, as [`Scrape`] keys them.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    l.sort();
-    if l.is_empty() {
-        name.into()
-    } else {
-        format!("{name}{{{}}}", l.join(","))
-    }
-}
-
 impl Scrape {
     fn parse(text: &str) -> Scrape {
-        let mut m = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let Some((s, v)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = v.parse::<f64>() else { continue };
-            let key = match s.split_once('{') {
-                Some((name, rest)) => {
-                    let labels: Vec<(&str, &str)> = rest
-                        .trim_end_matches('}')
-                        .split(',')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k, v.trim_matches('"')))
-                        .collect();
-                    series(name, &labels)
-                }
-                None => s.to_string(),
-            };
-            m.insert(key, v);
-        }
-        Scrape(m)
+        // A line that is not a sample is passed over.
+        Scrape(sample_lines(text).filter_map(sample).collect())
     }
 
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -467,21 +410,7 @@ impl Device {
         contexts: Vec<SecurityContext>,
         answers: Answers,
     ) -> Device {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-            .unwrap();
-        let SocketAddr::V4(g4) = group else { panic!() };
-        s.join_multicast_v4(g4.ip(), &Ipv4Addr::LOCALHOST).unwrap();
-        let gsock: UdpSocket = s.into();
-        gsock
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
+        let gsock = loopback_group_socket(group, Duration::from_millis(5));
         let usock = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, octet), 0)).unwrap();
         let unicast = usock.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -796,12 +725,21 @@ impl Generator {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
+/// The checked group's two good members, DEV_A and DEV_B, answering at once from
+/// 127.0.0.`first` and the next address.
+fn good_devices(s: &Setup, g: &Group, first: u8) -> Vec<Device> {
+    [DEV_A, DEV_B]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            Device::start(
+                secure_addr(s),
+                first + i as u8,
+                vec![SecurityContext::new(&g.config(id)).unwrap()],
+                Answers::Good { delay_ms: 0 },
+            )
+        })
+        .collect()
 }
 
 /// The checked group's members: the client, the proxy, two good devices and the bad one.
@@ -864,18 +802,7 @@ fn kill_9_under_load_restart_reuses_no_ssn_and_forwards_no_replay() {
     );
     let g = secure_group();
     s.write_config(&g);
-    let devs: Vec<Device> = [DEV_A, DEV_B]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            Device::start(
-                secure_addr(&s),
-                81 + i as u8,
-                vec![SecurityContext::new(&g.config(id)).unwrap()],
-                Answers::Good { delay_ms: 0 },
-            )
-        })
-        .collect();
+    let devs = good_devices(&s, &g, 81);
     let mut proxy = ProxyProc::start(&s);
     let generator = Generator::start(&s, &g, 8);
     let t0 = Instant::now();
@@ -1718,21 +1645,7 @@ struct ObsDevice {
 
 impl ObsDevice {
     fn start(group: SocketAddr, octet: u8, answer: bool, every_ms: u64) -> ObsDevice {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-            .unwrap();
-        let SocketAddr::V4(g4) = group else { panic!() };
-        s.join_multicast_v4(g4.ip(), &Ipv4Addr::LOCALHOST).unwrap();
-        let gsock: UdpSocket = s.into();
-        gsock
-            .set_read_timeout(Some(Duration::from_millis(1)))
-            .unwrap();
+        let gsock = loopback_group_socket(group, Duration::from_millis(1));
         let usock = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, octet), 0)).unwrap();
         usock.set_nonblocking(true).unwrap();
         let u = usock.try_clone().unwrap();
@@ -2336,18 +2249,7 @@ fn soak() {
     let s = Setup::new("soak", "", true);
     let g = secure_group();
     s.write_config(&g);
-    let devs: Vec<Device> = [DEV_A, DEV_B]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            Device::start(
-                secure_addr(&s),
-                121 + i as u8,
-                vec![SecurityContext::new(&g.config(id)).unwrap()],
-                Answers::Good { delay_ms: 0 },
-            )
-        })
-        .collect();
+    let devs = good_devices(&s, &g, 121);
     let _plain_dev = Device::start(
         (PLAIN, s.plain_port).into(),
         123,

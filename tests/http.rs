@@ -7,38 +7,20 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{Running, metric_sum, run_quietly, wait_for, wait_ready};
+use common::{free_port, free_tcp_port};
 use groxy::runtime::Interface;
 use groxy::tools::device::{Device, DeviceConfig};
 
+/// How long a condition may take to come about.
+const WAIT: Duration = Duration::from_secs(20);
+
 const CURL: &str = "/usr/bin/curl";
-
-fn free_udp() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A `groxy run` with `[http]`, two groups (the first with devices 127.0.0.`first`..,
 /// the second silent), and devices on a runtime of their own.
@@ -59,21 +41,18 @@ impl Drop for Env {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `extra_http` goes into `[http]`; `groups` replaces the group allow lists if given.
 fn start(tag: &str, first: u8, fast: u8, slow: u8, extra_http: &str, allow: [&str; 2]) -> Env {
     let dir = std::env::temp_dir().join(format!("groxy-http-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (listen, metrics, http, group, silent) =
-        (free_udp(), free_tcp(), free_tcp(), free_udp(), free_udp());
+    let (listen, metrics, http, group, silent) = (
+        free_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+        free_port(),
+        free_port(),
+    );
     let cfg = format!(
         "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\n\
          [unicast]\ntimeout = 1\nallow = [\"127.0.0.0/8\"]\n\
@@ -86,14 +65,7 @@ fn start(tag: &str, first: u8, fast: u8, slow: u8, extra_http: &str, allow: [&st
     );
     let file = dir.join("groxy.toml");
     std::fs::write(&file, cfg).unwrap();
-    let proxy = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let proxy = run_quietly(&file);
     let gaddr: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), group).into();
     let devices: Vec<SocketAddr> = (0..fast + slow)
         .map(|i| (Ipv4Addr::new(127, 0, 0, first + i), group).into())
@@ -129,11 +101,8 @@ fn start(tag: &str, first: u8, fast: u8, slow: u8, extra_http: &str, allow: [&st
         });
     });
     up_rx.recv().unwrap();
-    wait_for("/readyz", || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
-    wait_for("the HTTP listener", || {
+    wait_ready(metrics, WAIT);
+    wait_for("the HTTP listener", WAIT, || {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
     Env {
@@ -253,11 +222,7 @@ fn url(e: &Env, path: &str) -> String {
 }
 
 fn metric(e: &Env, line_start: &str) -> f64 {
-    let (_, text) = common::http_get((Ipv4Addr::LOCALHOST, e.metrics).into(), "/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(e.metrics, line_start)
 }
 
 /// §9.4-§9.6: a group GET answered at T' by one 200 multipart/mixed, one
@@ -411,7 +376,7 @@ fn unicast_targets_get_one_response_or_504() {
     assert_eq!(got.status, 200);
     assert!(got.header("reply-from").is_none());
     assert_eq!(String::from_utf8_lossy(&got.body), "hello from d51");
-    let dead = free_udp();
+    let dead = free_port();
     let got = curl(&[&url(&e, &format!("/hc/coap://127.0.0.1:{dead}/hello"))]);
     assert_eq!(got.status, 504);
 }
@@ -483,7 +448,7 @@ fn bad_input_is_refused_and_counted() {
     let n = c.read(&mut buf).unwrap_or(0);
     let _ = n;
     assert!(t.elapsed() < Duration::from_secs(4), "closed by the server");
-    wait_for("the slow client counted", || {
+    wait_for("the slow client counted", WAIT, || {
         metric(&e, "groxy_http_refused_total{reason=\"header_timeout\"}") >= 1.0
     });
     // An idle kept-alive connection: after its answer, closed once header_read_timeout
@@ -646,7 +611,7 @@ fn https_and_mtls_identities_reach_only_their_groups() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&none.stdout), "000");
-    wait_for("refused handshakes counted", || {
+    wait_for("refused handshakes counted", WAIT, || {
         metric(&e, "groxy_http_refused_total{reason=\"tls\"}") >= 2.0
     });
     let _ = std::fs::remove_dir_all(&certs);
@@ -657,20 +622,10 @@ fn https_and_mtls_identities_reach_only_their_groups() {
 #[test]
 fn a_later_response_of_a_device_replaces_its_earlier_one() {
     let e = start("replace", 81, 0, 0, "", ["\"127.0.0.0/8\""; 2]);
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, e.group)).into())
-        .unwrap();
-    s.join_multicast_v4(&Ipv4Addr::new(224, 0, 1, 187), &Ipv4Addr::LOCALHOST)
-        .unwrap();
-    let sock: UdpSocket = s.into();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let sock = common::loopback_group_socket(
+        (Ipv4Addr::new(224, 0, 1, 187), e.group).into(),
+        Duration::from_secs(10),
+    );
     let device = std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         let (n, from) = sock.recv_from(&mut buf).unwrap();

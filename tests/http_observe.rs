@@ -11,36 +11,14 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use common::process::{Running, metric_sum, run_quietly, wait_for, wait_ready};
+use common::{free_port, free_tcp_port};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CURL: &str = "/usr/bin/curl";
-
-fn free_udp() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Env {
     _procs: Vec<Running>,
@@ -57,21 +35,14 @@ impl Drop for Env {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The proxy and `delays.len()` devices on 127.0.0.`first`.., each answering group
 /// requests after its delay, `/counter` notified every 300 ms.
 fn start(tag: &str, first: u8, delays: &[u64]) -> Env {
     let dir = std::env::temp_dir().join(format!("groxy-httpobs-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (listen, metrics, http, group) = (free_udp(), free_tcp(), free_tcp(), free_udp());
+    let (listen, metrics, http, group) =
+        (free_port(), free_tcp_port(), free_tcp_port(), free_port());
     let cfg = format!(
         "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\n\
          [http]\nlisten = [\"127.0.0.1:{http}\"]\n\
@@ -98,18 +69,8 @@ fn start(tag: &str, first: u8, delays: &[u64]) -> Env {
                 .unwrap(),
         ));
     }
-    procs.push(Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for("/readyz", Duration::from_secs(20), || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    procs.push(run_quietly(&file));
+    wait_ready(metrics, Duration::from_secs(20));
     wait_for("the HTTP listener", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
@@ -125,12 +86,7 @@ fn start(tag: &str, first: u8, delays: &[u64]) -> Env {
 
 impl Env {
     fn metric(&self, line_start: &str) -> f64 {
-        let addr: SocketAddr = (Ipv4Addr::LOCALHOST, self.metrics).into();
-        let (_, text) = common::http_get(addr, "/metrics").unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(line_start))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(self.metrics, line_start)
     }
 
     /// The `observe` events device `i` logged.

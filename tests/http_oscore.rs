@@ -8,14 +8,14 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::files::{checking_proxy_toml, group_secrets, member_file};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON};
@@ -29,108 +29,6 @@ use groxy::tools::device::{Device, DeviceConfig};
 
 const CLIENT: &[u8] = &[0x01];
 const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];
-
-fn secret(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
-
-fn members_toml(g: &Group) -> String {
-    g.members
-        .iter()
-        .map(|m| {
-            format!(
-                "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                hex::encode(&m.id),
-                hex::encode(m.cred.bytes())
-            )
-        })
-        .collect()
-}
-
-/// A member file as `groxy device --oscore` and `groxy client --oscore` read it.
-fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
-    let m = g.member(id);
-    let name = hex::encode(id);
-    secret(dir, &format!("{name}.key"), &m.key.to_bytes(), 0o600);
-    let others = Group {
-        members: g
-            .members
-            .iter()
-            .filter(|o| o.id != id)
-            .map(|o| common::Member {
-                id: o.id.clone(),
-                key: o.key.clone(),
-                cred: o.cred.clone(),
-            })
-            .collect(),
-        ..clone_group(g)
-    };
-    let text = format!(
-        "gid = \"{}\"\nmaster_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"{name}\"\nprivate_key_file = \"{name}.key\"\ncredential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{}]\n",
-        hex::encode(&g.gid),
-        hex::encode(&g.master_salt),
-        hex::encode(m.cred.bytes()),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(&others),
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn clone_group(g: &Group) -> Group {
-    Group {
-        key_generation: g.key_generation,
-        gid: g.gid.clone(),
-        master_secret: g.master_secret.clone(),
-        master_salt: g.master_salt.clone(),
-        gm: common::Member {
-            id: vec![],
-            key: g.gm.key.clone(),
-            cred: g.gm.cred.clone(),
-        },
-        members: vec![],
-    }
-}
-
-/// The proxy's configuration: the group's public material plus the Signature
-/// Encryption Key, never the Master Secret (§12.3), and the state_dir that keeps its
-/// replay windows.
-fn proxy_toml(g: &Group, port: u16, sek_file: &str) -> String {
-    format!(
-        r#"[proxy]
-listen = ["127.0.0.1:0"]
-state_dir = "state"
-[[group]]
-name = "secure"
-uri = "coap://224.0.1.187:{port}"
-interface = "127.0.0.1"
-[group.security]
-policy = "enforce"
-gid = "{}"
-signature_encryption_key_file = "{sek_file}"
-gm_credential = "{}"
-members = [
-{}]
-"#,
-        hex::encode(&g.gid),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(g),
-    )
-}
-
-fn sek(g: &Group) -> Vec<u8> {
-    groxy::oscore::SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
-}
 
 /// One protected GET /hello as RFC 8613 §11.2 maps it: the OSCORE field and the body.
 fn protected_get(ctx: &mut SecurityContext) -> (String, Vec<u8>, groxy::oscore::Exchange) {
@@ -222,15 +120,12 @@ fn oscore_parts(ct: &str, body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn group_oscore_over_http_verified_end_to_end_and_filtered() {
-    let dir = std::env::temp_dir().join(format!("groxy-http-osc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-http-osc");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], DEVS[2]]);
-    secret(&dir, "master.secret", &g.master_secret, 0o600);
-    secret(&dir, "group.sek", &sek(&g), 0o600);
+    group_secrets(&dir, &g);
     let port = free_port();
     let cfg_path = dir.join("groxy.toml");
-    let toml = proxy_toml(&g, port, "group.sek") + "[http]\nlisten = [\"127.0.0.1:0\"]\n";
+    let toml = checking_proxy_toml(&g, port, "group.sek") + "[http]\nlisten = [\"127.0.0.1:0\"]\n";
     std::fs::write(&cfg_path, toml).unwrap();
     let loaded = groxy::settings::load_file(&cfg_path).unwrap();
     let mut proxy = Proxy::bind(loaded.run.clone()).unwrap();

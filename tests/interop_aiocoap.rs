@@ -186,11 +186,7 @@ fn rfc10021_s7_5_checker_accepts_aiocoap_group_requests_and_rejects_forgeries() 
     forger_group.gid = g.gid.clone();
     forger_group.master_secret = g.master_secret.clone();
     forger_group.master_salt = g.master_salt.clone();
-    forger_group.gm = common::Member {
-        id: vec![],
-        key: g.gm.key.clone(),
-        cred: g.gm.cred.clone(),
-    };
+    forger_group.gm = g.gm.clone();
     let mut forger = SecurityContext::new(&forger_group.config(CLIENT)).unwrap();
     let (forged, _) = forger
         .protect_request(&hex::decode(GET_HELLO).unwrap(), Mode::Group, None)
@@ -201,11 +197,7 @@ fn rfc10021_s7_5_checker_accepts_aiocoap_group_requests_and_rejects_forgeries() 
     );
     // A wrong Gid and an unknown kid are refused before any signature work.
     let mut other = Group::new(&[CLIENT, SERVER]);
-    other.gm = common::Member {
-        id: vec![],
-        key: g.gm.key.clone(),
-        cred: g.gm.cred.clone(),
-    };
+    other.gm = g.gm.clone();
     let (other_gid, _) = SecurityContext::new(&other.config(CLIENT))
         .unwrap()
         .protect_request(&hex::decode(GET_HELLO).unwrap(), Mode::Group, None)

@@ -4,50 +4,17 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use common::process::{local_get, metric, run_quietly, signal, wait_for, wait_ready};
+use common::{free_port, free_tcp_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
 
-fn free_udp() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    common::http_get((Ipv4Addr::LOCALHOST, port).into(), path).ok()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn metric(port: u16, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(port, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
+/// How long a condition may take to come about.
+const WAIT: Duration = Duration::from_secs(15);
 
 fn config(listen: u16, metrics: u16, group: u16, max_exchanges: &str) -> String {
     format!(
@@ -55,54 +22,32 @@ fn config(listen: u16, metrics: u16, group: u16, max_exchanges: &str) -> String 
     )
 }
 
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) with the pid of our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-}
-
 #[test]
 fn sighup_reloads_or_refuses_and_sigterm_drains_then_exits_0() {
     let dir = std::env::temp_dir().join(format!("groxy-life-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (listen, mport, gport) = (free_udp(), free_tcp(), free_udp());
+    let (listen, mport, gport) = (free_port(), free_tcp_port(), free_port());
     let file = dir.join("groxy.toml");
     std::fs::write(&file, config(listen, mport, gport, "1000")).unwrap();
-    let mut child = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("/readyz 200", || {
-        http_get(mport, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    let mut child = run_quietly(&file);
+    wait_ready(mport, WAIT);
     assert_eq!(metric(mport, "groxy_exchanges_capacity"), Some(1000.0));
 
     // An invalid file: refused, counted, the running configuration stays.
     std::fs::write(&file, config(listen, mport, gport, "0")).unwrap();
     signal(&child.0, libc::SIGHUP);
-    wait_for("a counted reload failure", || {
+    wait_for("a counted reload failure", WAIT, || {
         metric(mport, "groxy_config_reloads_total{result=\"failure\"}") == Some(1.0)
     });
     assert_eq!(metric(mport, "groxy_exchanges_capacity"), Some(1000.0));
     // A valid change: applied.
     std::fs::write(&file, config(listen, mport, gport, "500")).unwrap();
     signal(&child.0, libc::SIGHUP);
-    wait_for("a counted reload", || {
+    wait_for("a counted reload", WAIT, || {
         metric(mport, "groxy_config_reloads_total{result=\"success\"}") == Some(1.0)
     });
-    wait_for("the new capacity", || {
+    wait_for("the new capacity", WAIT, || {
         metric(mport, "groxy_exchanges_capacity") == Some(500.0)
     });
 
@@ -124,13 +69,13 @@ fn sighup_reloads_or_refuses_and_sigterm_drains_then_exits_0() {
         )
     };
     sock.send_to(&request(1, 1), ("127.0.0.1", listen)).unwrap();
-    wait_for("the exchange", || {
+    wait_for("the exchange", WAIT, || {
         metric(mport, "groxy_exchanges_active") == Some(1.0)
     });
     let stopped_at = Instant::now();
     signal(&child.0, libc::SIGTERM);
-    wait_for("/readyz 503", || {
-        http_get(mport, "/readyz").is_none_or(|(s, _)| s == 503)
+    wait_for("/readyz 503", WAIT, || {
+        local_get(mport, "/readyz").is_none_or(|(s, _)| s == 503)
     });
     // Intake is closed: a new request gets 5.03.
     sock.send_to(&request(2, 2), ("127.0.0.1", listen)).unwrap();

@@ -7,10 +7,12 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::files::{
+    checking_proxy_toml, group_secrets, member_file, secret, secret_with_mode, sek,
+};
 use common::{Group, ask, free_port};
 use groxy::oscore::Mode;
 use groxy::proxy::{CheckResult, Event};
@@ -22,119 +24,14 @@ use groxy::tools::device::{Device, DeviceConfig};
 const CLIENT: &[u8] = &[0x01];
 const DEVS: [&[u8]; 3] = [&[0x0a], &[0x0b], &[0x0c]];
 
-fn secret(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
-
-fn members_toml(g: &Group) -> String {
-    g.members
-        .iter()
-        .map(|m| {
-            format!(
-                "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                hex::encode(&m.id),
-                hex::encode(m.cred.bytes())
-            )
-        })
-        .collect()
-}
-
-/// A member file as `groxy device --oscore` and `groxy client --oscore` read it.
-fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
-    let m = g.member(id);
-    let name = hex::encode(id);
-    secret(dir, &format!("{name}.key"), &m.key.to_bytes(), 0o600);
-    let others = Group {
-        members: g
-            .members
-            .iter()
-            .filter(|o| o.id != id)
-            .map(|o| common::Member {
-                id: o.id.clone(),
-                key: o.key.clone(),
-                cred: o.cred.clone(),
-            })
-            .collect(),
-        ..clone_group(g)
-    };
-    let text = format!(
-        "gid = \"{}\"\nmaster_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"{name}\"\nprivate_key_file = \"{name}.key\"\ncredential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{}]\n",
-        hex::encode(&g.gid),
-        hex::encode(&g.master_salt),
-        hex::encode(m.cred.bytes()),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(&others),
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn clone_group(g: &Group) -> Group {
-    Group {
-        key_generation: g.key_generation,
-        gid: g.gid.clone(),
-        master_secret: g.master_secret.clone(),
-        master_salt: g.master_salt.clone(),
-        gm: common::Member {
-            id: vec![],
-            key: g.gm.key.clone(),
-            cred: g.gm.cred.clone(),
-        },
-        members: vec![],
-    }
-}
-
-/// The proxy's configuration: the group's public material plus the Signature
-/// Encryption Key, never the Master Secret (§12.3), and the state_dir that keeps its
-/// replay windows.
-fn proxy_toml(g: &Group, port: u16, sek_file: &str) -> String {
-    format!(
-        r#"[proxy]
-listen = ["127.0.0.1:0"]
-state_dir = "state"
-[[group]]
-name = "secure"
-uri = "coap://224.0.1.187:{port}"
-interface = "127.0.0.1"
-[group.security]
-policy = "enforce"
-gid = "{}"
-signature_encryption_key_file = "{sek_file}"
-gm_credential = "{}"
-members = [
-{}]
-"#,
-        hex::encode(&g.gid),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(g),
-    )
-}
-
-fn sek(g: &Group) -> Vec<u8> {
-    groxy::oscore::SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
-    let dir = std::env::temp_dir().join(format!("groxy-sec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-sec");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], DEVS[2]]);
-    secret(&dir, "master.secret", &g.master_secret, 0o600);
-    secret(&dir, "group.sek", &sek(&g), 0o600);
+    group_secrets(&dir, &g);
     let port = free_port();
     let cfg_path = dir.join("groxy.toml");
-    std::fs::write(&cfg_path, proxy_toml(&g, port, "group.sek")).unwrap();
+    std::fs::write(&cfg_path, checking_proxy_toml(&g, port, "group.sek")).unwrap();
     let loaded = groxy::settings::load_file(&cfg_path).unwrap();
     let mut proxy = Proxy::bind(loaded.run).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -227,18 +124,11 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
 
     // An outsider with the group's public material but its own key: nothing reaches the
     // devices, so nothing comes back.
-    let mut forger = clone_group(&g);
+    let mut forger = g.clone();
     forger.members = vec![common::Member::new(CLIENT, "forger")];
-    forger.members.extend(
-        g.members
-            .iter()
-            .filter(|m| m.id != CLIENT)
-            .map(|m| common::Member {
-                id: m.id.clone(),
-                key: m.key.clone(),
-                cred: m.cred.clone(),
-            }),
-    );
+    forger
+        .members
+        .extend(g.members.iter().filter(|m| m.id != CLIENT).cloned());
     let mut forged = ClientRequest::get(proxy_addr, &format!("coap://{group}/hello"), 3);
     forged.margin = Duration::from_millis(300);
     forged.oscore = Some(forger.config(CLIENT));
@@ -259,13 +149,11 @@ async fn s7_5_proxy_checks_and_client_verifies_over_loopback() {
 
 #[test]
 fn secrets_readable_by_others_are_refused() {
-    let dir = std::env::temp_dir().join(format!("groxy-perm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-perm");
     let g = Group::new(&[CLIENT, DEVS[0]]);
-    secret(&dir, "group.sek", &sek(&g), 0o644);
+    secret_with_mode(&dir.join("group.sek"), &sek(&g), 0o644);
     let cfg_path = dir.join("groxy.toml");
-    std::fs::write(&cfg_path, proxy_toml(&g, 5683, "group.sek")).unwrap();
+    std::fs::write(&cfg_path, checking_proxy_toml(&g, 5683, "group.sek")).unwrap();
     let errs = groxy::settings::load_file(&cfg_path)
         .unwrap_err()
         .join("\n");
@@ -280,7 +168,7 @@ fn secrets_readable_by_others_are_refused() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let text = proxy_toml(&g, 5683, "group.sek")
+    let text = checking_proxy_toml(&g, 5683, "group.sek")
         .replace(&hex::encode(g.member(DEVS[0]).cred.bytes()), "a0");
     std::fs::write(&cfg_path, text).unwrap();
     let errs = groxy::settings::load_file(&cfg_path)
@@ -302,15 +190,12 @@ const PROXY: &[u8] = &[0x50];
 /// and refuses a second layer it cannot remove with 4.01 (§2.1).
 #[tokio::test(flavor = "current_thread")]
 async fn oscore_capable_proxies_outer_layer_own_resources_and_restart() {
-    let dir = std::env::temp_dir().join(format!("groxy-outer-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir("groxy-outer");
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1], PROXY]);
-    secret(&dir, "master.secret", &g.master_secret, 0o600);
-    secret(&dir, "group.sek", &sek(&g), 0o600);
-    secret(&dir, "proxy.key", &g.member(PROXY).key.to_bytes(), 0o600);
+    group_secrets(&dir, &g);
+    secret(&dir.join("proxy.key"), &g.member(PROXY).key.to_bytes());
     let port = free_port();
-    let mut toml = proxy_toml(&g, port, "group.sek");
+    let mut toml = checking_proxy_toml(&g, port, "group.sek");
     toml.push_str(&format!(
         "master_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"50\"\nprivate_key_file = \"proxy.key\"\ncredential = \"{}\"\nallow_kids = [\"01\"]\n",
         hex::encode(&g.master_salt),

@@ -195,25 +195,9 @@ impl Topology {
                 });
                 let bind = fam.device(octet);
                 let what = format!("{host}-groxy-{fam:?}");
-                let i = self.net.spawn(
-                    host,
-                    &what,
-                    Path::new(GROXY),
-                    &[
-                        "--log-format",
-                        "json",
-                        "device",
-                        "--group",
-                        &group,
-                        "--interface",
-                        "eth0",
-                        "--bind",
-                        &bind,
-                        "--name",
-                        host,
-                    ],
-                    Out::Null,
-                );
+                let i = self
+                    .net
+                    .spawn_groxy_device(host, &what, (&group, &bind), &[], Out::Null);
                 sockets.push((host.to_string(), vec![group, bind], i));
             }
         }
@@ -252,19 +236,7 @@ max_timeout = 10
         )
         .unwrap();
         run(GROXY, &["check-config", cfg.to_str().unwrap()]);
-        let i = self.net.spawn(
-            "prx",
-            "proxy",
-            Path::new(GROXY),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Out::Null,
-        );
+        let i = self.net.spawn_groxy_run("proxy", &cfg, Out::Null);
         sockets.push(("prx".into(), vec![V4.proxy(), V6.proxy()], i));
 
         for (host, want, i) in sockets {

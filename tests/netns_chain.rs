@@ -21,9 +21,8 @@
 mod common;
 
 use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::process::{collect, json_lines};
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -50,26 +49,11 @@ impl Chain {
         let mut t = Chain { net };
         let group = format!("{GROUP4}:{COAP_PORT}");
         for (host, addr) in [("dev1", DEV1), ("dev2", DEV2)] {
-            let args = [
-                "--log-format",
-                "json",
-                "device",
-                "--group",
-                &group,
-                "--interface",
-                "eth0",
-                "--bind",
-                addr,
-                "--name",
-                host,
-                "--notify-interval-ms",
-                "500",
-            ];
-            let i = t.net.spawn(
+            let i = t.net.spawn_groxy_device(
                 host,
                 &format!("{host}-groxy"),
-                Path::new(GROXY),
-                &args,
+                (&group, addr),
+                &["--notify-interval-ms", "500"],
                 Out::File,
             );
             t.net.wait_sockets(host, &[group.clone(), addr.into()], i);
@@ -94,19 +78,9 @@ impl Chain {
             let cfg = t.net.dir.join(format!("{name}.toml"));
             std::fs::write(&cfg, text).unwrap();
             run(GROXY, &["check-config", cfg.to_str().unwrap()]);
-            let i = t.net.spawn(
-                "prx",
-                &format!("proxy-{name}"),
-                Path::new(GROXY),
-                &[
-                    "--log-format",
-                    "json",
-                    "run",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                ],
-                Out::File,
-            );
+            let i = t
+                .net
+                .spawn_groxy_run(&format!("proxy-{name}"), &cfg, Out::File);
             t.net.wait_sockets("prx", &[listen], i);
         }
         t
@@ -135,25 +109,9 @@ impl Chain {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let lines = collect(child.stdout.take().unwrap());
         (child, lines)
     }
-}
-
-fn parsed(lines: &Mutex<Vec<String>>) -> Vec<Value> {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// §8.2: a group GET through both proxies: each device's response exactly once, with
@@ -167,7 +125,7 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
     let timeout = T_PRIME.to_string();
     let (mut c, out) = t.client(&uri, &["--timeout", &timeout]);
     assert!(c.wait().unwrap().success(), "{}", t.net.logs());
-    let got = parsed(&out);
+    let got = json_lines(&out);
     for d in [DEV1, DEV2] {
         let n = got
             .iter()
@@ -200,7 +158,7 @@ fn groupcomm_proxy_s8_chain_of_two_proxies() {
                 .is_some_and(|ms| ms > (T_PRIME + 1) * 1000)
     };
     loop {
-        let got = parsed(&out);
+        let got = json_lines(&out);
         if [DEV1, DEV2].iter().all(|d| got.iter().any(|v| late(v, d))) {
             break;
         }

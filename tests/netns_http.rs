@@ -18,13 +18,13 @@ mod common;
 use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN};
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Group;
+use common::files::{member_file, members_toml, secret, sek};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON};
 use groxy::coap::options as opt;
@@ -44,60 +44,6 @@ const RAW: &[u8] = &[0x02];
 const DEV1: &[u8] = &[0x11];
 const AIO: [&[u8]; 2] = [&[0x13], &[0x14]];
 const MEMBERS: [&[u8]; 5] = [CLIENT, RAW, DEV1, AIO[0], AIO[1]];
-
-fn secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn member_line(id: &[u8], cred: &[u8]) -> String {
-    format!(
-        "  {{ id = \"{}\", credential = \"{}\" }},\n",
-        hex::encode(id),
-        hex::encode(cred)
-    )
-}
-
-/// A member file (config/member.toml's format) for `id` in `dir`.
-fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
-    let m = g.member(id);
-    secret(
-        &dir.join(format!("{}.key", hex::encode(id))),
-        &m.key.to_bytes(),
-    );
-    let others: String = g
-        .members
-        .iter()
-        .filter(|o| o.id != id)
-        .map(|o| member_line(&o.id, o.cred.bytes()))
-        .collect();
-    let text = format!(
-        "gid = \"{}\"\nkey_generation = {}\nmaster_secret_file = \"master.secret\"\n\
-         master_salt = \"{}\"\nsender_id = \"{}\"\nprivate_key_file = \"{}.key\"\n\
-         credential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{others}]\n",
-        hex::encode(&g.gid),
-        g.key_generation,
-        hex::encode(&g.master_salt),
-        hex::encode(id),
-        hex::encode(id),
-        hex::encode(m.cred.bytes()),
-        hex::encode(g.gm.cred.bytes()),
-    );
-    let p = dir.join(format!("{}.toml", hex::encode(id)));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// The Signature Encryption Key a signature checker gets (RFC 10021 §12.3).
-fn sek(g: &Group) -> Vec<u8> {
-    SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
-}
 
 /// One protected GET /hello (group mode) as RFC 8613 §11.2 maps it: OSCORE field, body.
 fn protected_get(ctx: &mut SecurityContext) -> (String, Vec<u8>) {
@@ -179,26 +125,11 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
 
     let group = format!("{GROUP4}:{COAP_PORT}");
     let bind = format!("10.77.2.11:{COAP_PORT}");
-    let i = net.spawn(
+    let i = net.spawn_groxy_device(
         "dev1",
         "dev1",
-        Path::new(GROXY),
-        &[
-            "--log-format",
-            "json",
-            "device",
-            "--group",
-            &group,
-            "--interface",
-            "eth0",
-            "--bind",
-            &bind,
-            "--name",
-            "dev1",
-            "--oscore",
-            files[2].to_str().unwrap(),
-            "--log-requests",
-        ],
+        (&group, &bind),
+        &["--oscore", files[2].to_str().unwrap(), "--log-requests"],
         Out::File,
     );
     net.wait_sockets("dev1", &[group.clone(), bind], i);
@@ -221,11 +152,7 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
         );
         ready.push(net.ready_line(i));
     }
-    let members: String = g
-        .members
-        .iter()
-        .map(|m| member_line(&m.id, m.cred.bytes()))
-        .collect();
+    let members = members_toml(&g, None);
     let cfg = format!(
         "[proxy]\nlisten = [\"{PRX_WAN}:{COAP_PORT}\"]\nmetrics = \"{PRX_WAN}:{METRICS_PORT}\"\n\
          state_dir = \"state\"\n[unicast]\nenabled = false\n\
@@ -240,19 +167,7 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
     );
     let cfg_path = dir.join("groxy.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let p = net.spawn(
-        "prx",
-        "proxy",
-        Path::new(GROXY),
-        &[
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            cfg_path.to_str().unwrap(),
-        ],
-        Out::File,
-    );
+    let p = net.spawn_groxy_run("proxy", &cfg_path, Out::File);
     net.wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], p);
     for r in ready {
         net.wait_ready(r, COAP_PORT);

@@ -23,20 +23,20 @@
 
 mod common;
 
-use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::netns::{
+    CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, in_ns, run,
+};
+use common::process::{collect, json_lines};
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Group;
+use common::files::{member_file, members_toml, secret, sek};
 use serde_json::{Value, json};
 
 const GROXY: &str = env!("CARGO_BIN_EXE_groxy");
@@ -108,26 +108,6 @@ resource.Site = Site
 asyncio.run(base.serve(cfg))
 "#;
 
-fn write_secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// Runs `f` on a thread in network namespace `ns` (setns(2) moves only that thread).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns(2) with a descriptor of a namespace file that stays open for the
-        // call; it changes the network namespace of this thread only.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// One topology: plain CoAP, or Group OSCORE with the proxy checking signatures
 /// (`policy = "enforce"`, public material and Signature Encryption Key only).
 struct Topology {
@@ -142,7 +122,7 @@ impl Topology {
         let net = Net::build("go", &[("dev1", 11), ("dev2", 12)], false);
         let group = Group::new(&[CLIENT, DEV1_ID, DEV2_ID]);
         let mut t = Topology { net, group, secure };
-        write_secret(&t.net.dir.join("master.secret"), &t.group.master_secret);
+        secret(&t.net.dir.join("master.secret"), &t.group.master_secret);
         for id in [CLIENT, DEV1_ID, DEV2_ID] {
             t.write_member_file(&t.group, id);
         }
@@ -181,17 +161,6 @@ impl Topology {
         let group = format!("{GROUP4}:{COAP_PORT}");
         let member = t.member_file(DEV1_ID);
         let mut args = vec![
-            "--log-format",
-            "json",
-            "device",
-            "--group",
-            &group,
-            "--interface",
-            "eth0",
-            "--bind",
-            DEV1,
-            "--name",
-            "dev1",
             "--notify-interval-ms",
             "500",
             "--con-every",
@@ -205,23 +174,11 @@ impl Topology {
         }
         let i = t
             .net
-            .spawn("dev1", "dev1-groxy", Path::new(GROXY), &args, Out::File);
+            .spawn_groxy_device("dev1", "dev1-groxy", (&group, DEV1), &args, Out::File);
         t.net.wait_sockets("dev1", &[group.clone(), DEV1.into()], i);
         t.write_proxy_config(&t.group);
         let cfg = t.net.dir.join("groxy.toml");
-        let i = t.net.spawn(
-            "prx",
-            "proxy",
-            Path::new(GROXY),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Out::File,
-        );
+        let i = t.net.spawn_groxy_run("proxy", &cfg, Out::File);
         t.net
             .wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], i);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -244,34 +201,7 @@ impl Topology {
     /// config/member.toml's format, which `groxy device --oscore` and `groxy client
     /// --oscore` read.
     fn write_member_file(&self, g: &Group, id: &[u8]) {
-        let m = g.member(id);
-        let key = self.net.dir.join(format!("{}.key", hex::encode(id)));
-        write_secret(&key, &m.key.to_bytes());
-        let others: String = g
-            .members
-            .iter()
-            .filter(|o| o.id != id)
-            .map(|o| {
-                format!(
-                    "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                    hex::encode(&o.id),
-                    hex::encode(o.cred.bytes())
-                )
-            })
-            .collect();
-        let text = format!(
-            "gid = \"{}\"\nkey_generation = {}\nmaster_secret_file = \"master.secret\"\n\
-             master_salt = \"{}\"\nsender_id = \"{}\"\nprivate_key_file = \"{}.key\"\n\
-             credential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{others}]\n",
-            hex::encode(&g.gid),
-            g.key_generation,
-            hex::encode(&g.master_salt),
-            hex::encode(id),
-            hex::encode(id),
-            hex::encode(m.cred.bytes()),
-            hex::encode(g.gm.cred.bytes()),
-        );
-        std::fs::write(self.member_file(id), text).unwrap();
+        member_file(&self.net.dir, g, id);
     }
 
     /// The proxy: WAN listener and /metrics, the group out of lan0, unicast forwarding
@@ -297,25 +227,8 @@ max_timeout = 10
 "#
         );
         if self.secure {
-            let sek = groxy::oscore::SecurityContext::new(&g.config(CLIENT))
-                .unwrap()
-                .group()
-                .unwrap()
-                .sig_enc_key
-                .clone()
-                .unwrap();
-            write_secret(&self.net.dir.join("group.sek"), &sek);
-            let members: String = g
-                .members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                        hex::encode(&m.id),
-                        hex::encode(m.cred.bytes())
-                    )
-                })
-                .collect();
+            secret(&self.net.dir.join("group.sek"), &sek(g));
+            let members = members_toml(g, None);
             text += &format!(
                 "\n[group.security]\npolicy = \"enforce\"\ngid = \"{}\"\nkey_generation = {}\n\
                  signature_encryption_key_file = \"group.sek\"\ngm_credential = \"{}\"\n\
@@ -364,14 +277,7 @@ max_timeout = 10
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let lines = collect(child.stdout.take().unwrap());
         (child, lines)
     }
 
@@ -383,15 +289,6 @@ max_timeout = 10
             .filter_map(|v| v["observe"].as_str().map(str::to_string))
             .collect()
     }
-}
-
-fn parsed(lines: &Mutex<Vec<String>>) -> Vec<Value> {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("client printed {l:?}: {e}")))
-        .collect()
 }
 
 fn wait_until(what: &str, t: &Topology, within: Duration, mut f: impl FnMut() -> bool) {
@@ -419,7 +316,7 @@ fn observe(t: &Topology, during: impl FnOnce(&Child, &Mutex<Vec<String>>)) {
     let (mut c, out) = t.client(&uri, &["--observe", "--timeout", &timeout]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = parsed(&out);
+        let got = json_lines(&out);
         if [DEV1, DEV2]
             .iter()
             .all(|d| got.iter().any(|v| late_notification(v, d, t.secure)))
@@ -445,7 +342,7 @@ fn observe(t: &Topology, during: impl FnOnce(&Child, &Mutex<Vec<String>>)) {
     }
     // Per device, the Observe numbers printed only rise (RFC 7641 §3.4); with OSCORE
     // every response printed verified: no replay or forgery reached the client.
-    let got = parsed(&out);
+    let got = json_lines(&out);
     if t.secure {
         for v in &got {
             assert_eq!(v["oscore"]["verified"], json!(true), "{v}");
@@ -493,7 +390,7 @@ fn blockwise(t: &Topology) {
     let uri = format!("coap://{GROUP4}/large");
     let (mut c, out) = t.client(&uri, &["--block-size", "256", "--timeout", &timeout]);
     assert!(c.wait().unwrap().success());
-    let got = parsed(&out);
+    let got = json_lines(&out);
     for (d, name) in [
         (DEV1, "large from dev1:".to_string()),
         (DEV2, "large from aiocoap ".into()),
@@ -564,30 +461,14 @@ fn rfc10021_checked_observation_past_t_prime_and_blockwise() {
 /// client verifies them: the observation survives the rekey.
 fn rekey_during(t: &Topology, client: &Child, out: &Mutex<Vec<String>>) {
     let g = &t.group;
-    let mut gid = common::random_bytes(4);
-    while gid == g.gid {
-        gid = common::random_bytes(4);
-    }
-    let clone = |m: &common::Member| common::Member {
-        id: m.id.clone(),
-        key: m.key.clone(),
-        cred: m.cred.clone(),
-    };
-    let next = Group {
-        key_generation: g.key_generation + 1,
-        gid,
-        master_secret: common::random_bytes(16),
-        master_salt: common::random_bytes(8),
-        gm: clone(&g.gm),
-        members: g.members.iter().map(clone).collect(),
-    };
-    write_secret(&t.net.dir.join("master.secret"), &next.master_secret);
+    let next = g.rekeyed();
+    secret(&t.net.dir.join("master.secret"), &next.master_secret);
     for id in [CLIENT, DEV1_ID, DEV2_ID] {
         t.write_member_file(&next, id);
     }
     t.write_proxy_config(&next);
     let verified_dev1 = || {
-        parsed(out)
+        json_lines(out)
             .iter()
             .filter(|v| v["reply_from"].as_str() == Some(DEV1))
             .filter(|v| v["oscore"]["verified"] == json!(true))

@@ -34,14 +34,13 @@
 
 mod common;
 
-use common::netns::{CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, run};
+use common::netns::{
+    CLI_WAN4 as CLI_WAN, Net, Out, PRX_LAN4 as PRX_LAN, PRX_WAN4 as PRX_WAN, in_ns, run,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +48,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::files::{member_file, members_toml, secret, sek};
+use common::scrape::{sample, sample_lines, series};
 use common::{Group, Member};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, ACK, CON, NON, code};
@@ -197,28 +198,6 @@ fn expected_answers(hosts: &[Host]) -> Vec<Answer> {
 // ---------------------------------------------------------------------------------------
 // Processes, namespaces
 
-/// Runs `f` on a thread that has entered network namespace `ns` (setns(2) moves only the
-/// calling thread). Sockets made there stay in that namespace wherever they are used,
-/// which is how the test sends datagrams from the client host and scrapes the proxy.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns(2) with a descriptor of a namespace file that stays open for the
-        // call; it changes the network namespace of this thread only.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// The key material of one key epoch (RFC 10021 §12.2) and its files in `e<key gen>/`:
 /// Master Secret, Signature Encryption Key, every member's private key and member file.
 struct Epoch {
@@ -230,8 +209,8 @@ impl Epoch {
     fn new(root: &Path, group: Group) -> Epoch {
         let dir = root.join(format!("e{}", group.key_generation));
         std::fs::create_dir_all(&dir).unwrap();
-        write_secret(&dir.join("master.secret"), &group.master_secret);
-        write_secret(&dir.join(format!("{GROUP_NAME}.sek")), &sek(&group));
+        secret(&dir.join("master.secret"), &group.master_secret);
+        secret(&dir.join(format!("{GROUP_NAME}.sek")), &sek(&group));
         let e = Epoch { group, dir };
         for id in MEMBERS {
             e.write_member_file(id);
@@ -242,27 +221,7 @@ impl Epoch {
     /// The next epoch: new Gid, Master Secret and Salt, Key Generation Number + 1; the same
     /// members with the same keys (a rekeying without members leaving, §12.2).
     fn next(&self, root: &Path) -> Epoch {
-        let g = &self.group;
-        let mut gid = common::random_bytes(4);
-        while gid == g.gid {
-            gid = common::random_bytes(4);
-        }
-        let clone = |m: &Member| Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        };
-        Epoch::new(
-            root,
-            Group {
-                key_generation: g.key_generation + 1,
-                gid,
-                master_secret: common::random_bytes(16),
-                master_salt: common::random_bytes(8),
-                gm: clone(&g.gm),
-                members: g.members.iter().map(clone).collect(),
-            },
-        )
+        Epoch::new(root, self.group.rekeyed())
     }
 
     fn member_file(&self, id: &[u8]) -> PathBuf {
@@ -276,28 +235,7 @@ impl Epoch {
     /// The file of config/member.toml's format that `groxy device --oscore` and `groxy
     /// client --oscore` read.
     fn write_member_file(&self, id: &[u8]) {
-        let g = &self.group;
-        let m = g.member(id);
-        write_secret(&self.key_file(id), &m.key.to_bytes());
-        let others: String = g
-            .members
-            .iter()
-            .filter(|o| o.id != id)
-            .map(|o| member_line(&o.id, o.cred.bytes()))
-            .collect();
-        let text = format!(
-            "gid = \"{}\"\nkey_generation = {}\nmaster_secret_file = \"master.secret\"\n\
-             master_salt = \"{}\"\nsender_id = \"{}\"\nprivate_key_file = \"{}.key\"\n\
-             credential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{others}]\n",
-            hex::encode(&g.gid),
-            g.key_generation,
-            hex::encode(&g.master_salt),
-            hex::encode(id),
-            hex::encode(id),
-            hex::encode(m.cred.bytes()),
-            hex::encode(g.gm.cred.bytes()),
-        );
-        std::fs::write(self.member_file(id), text).unwrap();
+        member_file(&self.dir, &self.group, id);
     }
 
     fn context(&self, id: &[u8]) -> SecurityContext {
@@ -309,25 +247,6 @@ impl Epoch {
         let root = self.dir.parent().unwrap();
         file.strip_prefix(root).unwrap().display().to_string()
     }
-}
-
-fn member_line(id: &[u8], cred: &[u8]) -> String {
-    format!(
-        "  {{ id = \"{}\", credential = \"{}\" }},\n",
-        hex::encode(id),
-        hex::encode(cred)
-    )
-}
-
-/// The Signature Encryption Key the Group Manager hands a signature checker (§12.3).
-fn sek(g: &Group) -> Vec<u8> {
-    SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap()
 }
 
 /// The network and processes of one test ([`Net`]), its own device hosts and the group's
@@ -389,22 +308,11 @@ impl Topology {
                 let bind = h.addr();
                 let member = self.epoch.member_file(&h.sender_id());
                 let delay = delay_ms.to_string();
-                let i = self.net.spawn(
+                let i = self.net.spawn_groxy_device(
                     h.name,
                     &what,
-                    Path::new(GROXY),
+                    (&group, &bind),
                     &[
-                        "--log-format",
-                        "json",
-                        "device",
-                        "--group",
-                        &group,
-                        "--interface",
-                        "eth0",
-                        "--bind",
-                        &bind,
-                        "--name",
-                        h.name,
                         "--oscore",
                         member.to_str().unwrap(),
                         "--response-mode",
@@ -465,11 +373,7 @@ impl Topology {
     fn write_proxy_config(&self) {
         let e = &self.epoch;
         let g = &e.group;
-        let members: String = g
-            .members
-            .iter()
-            .map(|m| member_line(&m.id, m.cred.bytes()))
-            .collect();
+        let members = members_toml(g, None);
         let mut text = format!(
             r#"[proxy]
 listen = ["{PRX_WAN}:{COAP_PORT}"]
@@ -531,19 +435,9 @@ members = [
     fn start_proxy(&mut self) {
         let cfg = self.net.dir.join("groxy.toml");
         let n = self.net.procs.iter().filter(|p| p.host == "prx").count();
-        let i = self.net.spawn(
-            "prx",
-            &format!("proxy-{n}"),
-            Path::new(GROXY),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Out::File,
-        );
+        let i = self
+            .net
+            .spawn_groxy_run(&format!("proxy-{n}"), &cfg, Out::File);
         self.net
             .wait_sockets("prx", &[format!("{PRX_WAN}:{COAP_PORT}")], i);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1082,40 +976,14 @@ fn client_answers(lines: &[Value]) -> Vec<Answer> {
 /// One scrape of /metrics: every sample by its series, labels sorted.
 struct Scrape(BTreeMap<String, f64>);
 
-/// The canonical name of a series: `name{a="x",b="y"}`, labels sorted by name.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    l.sort();
-    if l.is_empty() {
-        name.into()
-    } else {
-        format!("{name}{{{}}}", l.join(","))
-    }
-}
-
 impl Scrape {
     fn parse(text: &str) -> Scrape {
-        let mut m = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (s, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match s.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (s, ""),
-            };
-            let pairs: Vec<(&str, &str)> = labels
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap();
-                    (k, v.trim_matches('"'))
-                })
-                .collect();
-            m.insert(series(name, &pairs), value.parse().unwrap());
-        }
-        Scrape(m)
+        // Every line must be a sample: a malformed one fails the test.
+        Scrape(
+            sample_lines(text)
+                .map(|l| sample(l).unwrap_or_else(|| panic!("not a sample line: {l:?}")))
+                .collect(),
+        )
     }
 
     /// The value of a series. Those of the families that groxy makes on first use (per

@@ -5,64 +5,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::free_port;
+use common::process::{Running, collect, json_lines, signal, wait_for, wait_ready};
 use serde_json::Value;
 
+/// How long a condition may take to come about.
+const WAIT: Duration = Duration::from_secs(15);
+
 const BIN: &str = env!("CARGO_BIN_EXE_groxy");
-
-/// A child killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(c: &Child, sig: i32) {
-    // SAFETY: kill(2) with the pid of our own child process.
-    assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every line a child prints on `stream`, collected by a thread.
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stream).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    lines
-}
-
-fn json_lines(lines: &Mutex<Vec<String>>) -> Vec<Value> {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 struct Dev {
     _child: Running,
@@ -93,7 +48,7 @@ fn devices(first: u8, n: u8, port: u16) -> Vec<Dev> {
                 addr,
                 log,
             };
-            wait_for("the device to join", || {
+            wait_for("the device to join", WAIT, || {
                 err.lock().unwrap().iter().any(|l| l.contains("unicast"))
             });
             d
@@ -112,10 +67,7 @@ fn observe_events(d: &Dev) -> Vec<String> {
 /// `groxy run` with one group on `port`, listening on a free port; returns it and
 /// that port.
 fn proxy(dir: &Path, port: u16) -> (Running, u16) {
-    let (listen, metrics) = (free_port(), {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.local_addr().unwrap().port()
-    });
+    let (listen, metrics) = (free_port(), common::free_tcp_port());
     let cfg = dir.join("groxy.toml");
     std::fs::write(
         &cfg,
@@ -133,10 +85,7 @@ fn proxy(dir: &Path, port: u16) -> (Running, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("/readyz 200", || {
-        common::http_get((Ipv4Addr::LOCALHOST, metrics).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    wait_ready(metrics, WAIT);
     (Running(child), listen)
 }
 
@@ -178,13 +127,13 @@ fn rfc7641_direct_observation_ends_on_sigint_with_deregistration() {
     let devs = devices(141, 1, port);
     let uri = format!("coap://{}/counter", devs[0].addr);
     let (mut c, out) = client(&["--direct", "--observe", &uri]);
-    wait_for("five notifications", || json_lines(&out).len() >= 5);
+    wait_for("five notifications", WAIT, || json_lines(&out).len() >= 5);
     assert!(interrupt(&mut c).success(), "exit 0");
     let got = json_lines(&out);
     let seqs: Vec<u64> = got.iter().filter_map(|v| v["observe"].as_u64()).collect();
     assert!(seqs.len() >= 5, "{got:?}");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "rising: {seqs:?}");
-    wait_for("the deregistration at the device", || {
+    wait_for("the deregistration at the device", WAIT, || {
         observe_events(&devs[0]).contains(&"deregistered".to_string())
     });
     assert_eq!(observe_events(&devs[0])[0], "registered");
@@ -209,13 +158,13 @@ fn rfc10020_s3_7_group_observation_through_groxy_run_outlives_t_prime() {
             && v["elapsed_ms"].as_u64().is_some_and(|t| t > 3000)
             && v["observe"].is_u64()
     };
-    wait_for("notifications of every device past T'", || {
+    wait_for("notifications of every device past T'", WAIT, || {
         let got = json_lines(&out);
         devs.iter().all(|d| got.iter().any(|v| late(v, d)))
     });
     assert!(interrupt(&mut c).success(), "exit 0");
     for d in &devs {
-        wait_for("the group deregistration at each device", || {
+        wait_for("the group deregistration at each device", WAIT, || {
             observe_events(d).contains(&"deregistered".to_string())
         });
     }

@@ -6,56 +6,19 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{metric, run_quietly, wait_ready};
+use common::{free_port, free_tcp_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
 
+/// How long a condition may take to come about.
+const WAIT: Duration = Duration::from_secs(15);
+
 const OBSERVE: u16 = 6;
 const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
-
-fn free_udp() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn metric(port: u16, line_start: &str) -> Option<f64> {
-    let (_, text) = common::http_get((Ipv4Addr::LOCALHOST, port).into(), "/metrics").ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The next datagram on `s` that parses, with its source.
 fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
@@ -69,7 +32,7 @@ fn observation_outlives_t_prime_and_sigterm_deregisters() {
     let dir = std::env::temp_dir().join(format!("groxy-obs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (listen, mport, gport) = (free_udp(), free_tcp(), free_udp());
+    let (listen, mport, gport) = (free_port(), free_tcp_port(), free_port());
     let file = dir.join("groxy.toml");
     std::fs::write(
         &file,
@@ -87,18 +50,8 @@ fn observation_outlives_t_prime_and_sigterm_deregisters() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let dev = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let child = Running(
-        Command::new(env!("CARGO_BIN_EXE_groxy"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("/readyz 200", || {
-        common::http_get((Ipv4Addr::LOCALHOST, mport).into(), "/readyz")
-            .is_ok_and(|(s, _)| s == 200)
-    });
+    let child = run_quietly(&file);
+    wait_ready(mport, WAIT);
     let cl = UdpSocket::bind("127.0.0.1:0").unwrap();
     cl.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let uri = format!("coap://224.0.1.187:{gport}/temp");

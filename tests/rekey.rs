@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Group, random_bytes};
+use common::Group;
 use groxy::coap::MessageView;
 use groxy::coap::options::OSCORE;
 use groxy::oscore::option::OscoreOption;
@@ -21,26 +21,9 @@ const CONTENT: &str = "6245aa01beefff6f6e";
 /// The next key epoch of `g`: new Gid and Master Secret, same members and keys except
 /// the one that left.
 fn next_epoch(g: &Group, leaving: &[u8]) -> Group {
-    let mut n = Group::new(&[]);
-    n.key_generation = g.key_generation + 1;
-    n.gid = random_bytes(4);
-    n.master_secret = random_bytes(16);
+    let mut n = g.rekeyed();
     n.master_salt = g.master_salt.clone();
-    n.gm = common::Member {
-        id: vec![],
-        key: g.gm.key.clone(),
-        cred: g.gm.cred.clone(),
-    };
-    n.members = g
-        .members
-        .iter()
-        .filter(|m| m.id != leaving)
-        .map(|m| common::Member {
-            id: m.id.clone(),
-            key: m.key.clone(),
-            cred: m.cred.clone(),
-        })
-        .collect();
+    n.members.retain(|m| m.id != leaving);
     n
 }
 

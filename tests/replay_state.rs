@@ -9,27 +9,21 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use common::engine::checking_config;
 use common::{Group, Member};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON};
 use groxy::coap::options as opt;
 use groxy::oscore::replay::WindowState;
 use groxy::oscore::{Mode, ReplayState, Restored, SecurityContext};
-use groxy::proxy::{CheckResult, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig};
+use groxy::proxy::{CheckResult, Engine, Event, Link, Policy, ProxyConfig};
 
 const CLIENT: &[u8] = &[0x01];
 const DEV: &[u8] = &[0x0a];
 const GET_HELLO: &str = "5101aa01c3b568656c6c6f";
 
 fn cfg(g: &Group, policy: Policy) -> ProxyConfig {
-    let mut cfg = ProxyConfig::default();
-    cfg.groups[0].security = Some(GroupSecurity {
-        policy,
-        checker: g.checker_config(),
-        member: None,
-        allow_kids: None,
-    });
-    cfg
+    checking_config(g, policy)
 }
 
 fn engine(g: &Group) -> Engine {

@@ -9,103 +9,25 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::files::{group_secrets, member_file, members_toml};
+use common::process::{Running, collect, metric, wait_for, wait_ready};
 use common::{Group, free_port};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
 use groxy::oscore::{Mode, SecurityContext};
 
+/// How long a condition may take to come about.
+const WAIT: Duration = Duration::from_secs(15);
+
 const CLIENT: &[u8] = &[0x01];
 const DEVS: [&[u8]; 2] = [&[0x0a], &[0x0b]];
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn secret(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, hex::encode(bytes)).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
-fn members_toml(g: &Group, except: Option<&[u8]>) -> String {
-    g.members
-        .iter()
-        .filter(|m| Some(m.id.as_slice()) != except)
-        .map(|m| {
-            format!(
-                "  {{ id = \"{}\", credential = \"{}\" }},\n",
-                hex::encode(&m.id),
-                hex::encode(m.cred.bytes())
-            )
-        })
-        .collect()
-}
-
-/// A device's member file (config/member.toml).
-fn member_file(dir: &Path, g: &Group, id: &[u8]) -> PathBuf {
-    let m = g.member(id);
-    let name = hex::encode(id);
-    secret(dir, &format!("{name}.key"), &m.key.to_bytes());
-    let text = format!(
-        "gid = \"{}\"\nmaster_secret_file = \"master.secret\"\nmaster_salt = \"{}\"\nsender_id = \"{name}\"\nprivate_key_file = \"{name}.key\"\ncredential = \"{}\"\ngm_credential = \"{}\"\nmembers = [\n{}]\n",
-        hex::encode(&g.gid),
-        hex::encode(&g.master_salt),
-        hex::encode(m.cred.bytes()),
-        hex::encode(g.gm.cred.bytes()),
-        members_toml(g, Some(id)),
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    common::http_get((Ipv4Addr::LOCALHOST, port).into(), path).ok()
-}
-
-fn metric(port: u16, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(port, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every line a child prints on `stream`, collected by a thread.
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stream).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    lines
-}
 
 struct Proxy {
     child: Running,
@@ -126,9 +48,7 @@ fn start_proxy(cfg: &Path, metrics: u16) -> Proxy {
         .spawn()
         .unwrap();
     let log = collect(child.stderr.take().unwrap());
-    wait_for("/readyz 200", || {
-        http_get(metrics, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    wait_ready(metrics, WAIT);
     Proxy {
         child: Running(child),
         log,
@@ -171,23 +91,10 @@ enum Stop {
 }
 
 fn restart_does_not_reopen_replays(stop: Stop) {
-    let dir = std::env::temp_dir().join(format!("groxy-rr-{stop:?}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir(&format!("groxy-rr-{stop:?}"));
     let g = Group::new(&[CLIENT, DEVS[0], DEVS[1]]);
-    secret(&dir, "master.secret", &g.master_secret);
-    let sek = SecurityContext::new(&g.config(CLIENT))
-        .unwrap()
-        .group()
-        .unwrap()
-        .sig_enc_key
-        .clone()
-        .unwrap();
-    secret(&dir, "group.sek", &sek);
-    let (port, metrics) = (free_port(), {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.local_addr().unwrap().port()
-    });
+    group_secrets(&dir, &g);
+    let (port, metrics) = (free_port(), common::free_tcp_port());
     let cfg = dir.join("groxy.toml");
     std::fs::write(
         &cfg,
@@ -224,7 +131,7 @@ fn restart_does_not_reopen_replays(stop: Stop) {
         seen.push(collect(c.stdout.take().unwrap()));
         let err = collect(c.stderr.take().unwrap());
         devices.push(Running(c));
-        wait_for("the device to join", || {
+        wait_for("the device to join", WAIT, || {
             err.lock().unwrap().iter().any(|l| l.contains("unicast"))
         });
     }
@@ -245,7 +152,7 @@ fn restart_does_not_reopen_replays(stop: Stop) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (captured, captured_id) = request(&mut client, 5, port, 0x100);
     sock.send_to(&captured, ("127.0.0.1", listen)).unwrap();
-    wait_for("both devices to get the request", || {
+    wait_for("both devices to get the request", WAIT, || {
         delivered(&captured_id) == [1, 1]
     });
 
@@ -290,12 +197,12 @@ fn restart_does_not_reopen_replays(stop: Stop) {
     // once it has reached both devices the replay would have too.
     let (next, next_id) = request(&mut client, 6, port, 0x101);
     sock.send_to(&next, ("127.0.0.1", listen)).unwrap();
-    wait_for("both devices to get the next request", || {
+    wait_for("both devices to get the next request", WAIT, || {
         delivered(&next_id) == [1, 1]
     });
     // The proxy's side: counted as a replay, dropped by the request filter. Once it is
     // counted the proxy has decided on it, so no copy of it can still be on its way.
-    wait_for("the replay to be counted", || {
+    wait_for("the replay to be counted", WAIT, || {
         metric(metrics, "groxy_replays_dropped_total{group=\"secure\"}") == Some(1.0)
     });
     assert_eq!(

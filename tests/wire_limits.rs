@@ -41,21 +41,7 @@ fn run(proxy: Proxy) -> tokio::sync::oneshot::Sender<()> {
 
 /// A socket in group `group` on loopback that counts what reaches it.
 fn group_listener(group: SocketAddr) -> UdpSocket {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-        .unwrap();
-    let SocketAddr::V4(g) = group else { panic!() };
-    s.join_multicast_v4(g.ip(), &Ipv4Addr::LOCALHOST).unwrap();
-    let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    s
+    common::loopback_group_socket(group, Duration::from_millis(300))
 }
 
 fn count_until_quiet(s: &UdpSocket) -> usize {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use groxy::oscore::alg::SigAlg;
 use groxy::oscore::cred::{Credential, PrivateKey};
-use groxy::oscore::{CheckerConfig, ContextConfig, SecurityContext, SignatureChecker};
+use groxy::oscore::{ContextConfig, SecurityContext, SignatureChecker};
 use groxy::proxy::{GroupSecurity, GroupSpec, Policy, ProxyConfig, UnicastPolicy};
 
 /// The client's Sender ID.
@@ -18,18 +18,16 @@ pub const DEV_A: &[u8] = &[0x0a];
 /// The proxy's Sender ID in the group it is a member of.
 pub const PROXY: &[u8] = &[0x50];
 
-/// A member with a deterministic Ed25519 key.
-pub struct Member {
-    /// Sender ID.
-    pub id: Vec<u8>,
-    /// Private key, from a fixed seed.
-    pub key: PrivateKey,
-    /// Its CCS.
-    pub cred: Credential,
-}
+// The group's structure and the configurations built from it are the tests' own
+// (tests/common/group.rs), so that the fuzzed contexts and checkers are set up exactly as
+// the tests' are; only the keys differ: fixed here, so that a crash replays.
+#[path = "../../tests/common/group.rs"]
+mod group;
+pub use group::{Group, Member};
 
 impl Member {
-    fn new(id: &[u8], seed: u8) -> Self {
+    /// A member with a deterministic Ed25519 key.
+    fn fixed(id: &[u8], seed: u8) -> Self {
         let key = PrivateKey::from_bytes(SigAlg::EdDsa, &[seed; 32]).expect("fixed key");
         let cred = Credential::ccs_for(&format!("m{seed}"), &key.public_key());
         Member {
@@ -40,83 +38,20 @@ impl Member {
     }
 }
 
-/// A group with fixed Gid, secrets and keys: the minimum of tests/common/mod.rs `Group`,
-/// deterministic so that a crash replays.
-pub struct Group {
-    /// Gid.
-    pub gid: Vec<u8>,
-    /// Master Secret.
-    pub master_secret: Vec<u8>,
-    /// Master Salt.
-    pub master_salt: Vec<u8>,
-    /// The Group Manager.
-    pub gm: Member,
-    /// The members.
-    pub members: Vec<Member>,
-}
-
 impl Group {
     /// The group numbered `tag` (its bytes and keys derive from it) with members `ids`.
     pub fn new(tag: u8, ids: &[&[u8]]) -> Self {
         Group {
+            key_generation: 0,
             gid: vec![0x37, 0xcb, 0xf3, tag],
             master_secret: (0..16).map(|i| i ^ tag).collect(),
             master_salt: vec![0x9e, 0x7c, 0xa9, 0x22, 0x23, 0x78, 0x63, tag],
-            gm: Member::new(b"", tag.wrapping_mul(16)),
+            gm: Member::fixed(b"", tag.wrapping_mul(16)),
             members: ids
                 .iter()
                 .enumerate()
-                .map(|(i, id)| Member::new(id, tag.wrapping_mul(16) + 1 + i as u8))
+                .map(|(i, id)| Member::fixed(id, tag.wrapping_mul(16) + 1 + i as u8))
                 .collect(),
-        }
-    }
-
-    fn member(&self, id: &[u8]) -> &Member {
-        self.members.iter().find(|m| m.id == id).expect("member")
-    }
-
-    /// The context of member `me`, knowing every other member.
-    pub fn config(&self, me: &[u8]) -> ContextConfig {
-        let m = self.member(me);
-        ContextConfig {
-            master_secret: self.master_secret.clone(),
-            master_salt: self.master_salt.clone(),
-            id_context: Some(self.gid.clone()),
-            alg_aead: Some(10),
-            alg_group_enc: Some(10),
-            alg_signature: Some(-8),
-            alg_pairwise_key_agreement: Some(-27),
-            gm_cred: Some(self.gm.cred.bytes().to_vec()),
-            sender_id: m.id.clone(),
-            private_key: Some(m.key.to_bytes().to_vec()),
-            sender_cred: Some(m.cred.bytes().to_vec()),
-            recipients: self
-                .members
-                .iter()
-                .filter(|o| o.id != me)
-                .map(|o| (o.id.clone(), o.cred.bytes().to_vec()))
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    /// What an external signature checker is given (RFC 10021 §12.3).
-    pub fn checker_config(&self) -> CheckerConfig {
-        CheckerConfig {
-            gid: self.gid.clone(),
-            alg_aead: Some(10),
-            alg_group_enc: 10,
-            alg_signature: -8,
-            alg_pairwise_key_agreement: Some(-27),
-            master_secret: Some(self.master_secret.clone()),
-            master_salt: self.master_salt.clone(),
-            gm_cred: self.gm.cred.bytes().to_vec(),
-            members: self
-                .members
-                .iter()
-                .map(|m| (m.id.clone(), m.cred.bytes().to_vec()))
-                .collect(),
-            ..Default::default()
         }
     }
 

@@ -4,7 +4,14 @@
 
 #![allow(dead_code)]
 
+pub mod engine;
+pub mod files;
+mod group;
 pub mod netns;
+pub mod process;
+pub mod scrape;
+
+pub use group::{Group, Member};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +20,6 @@ use std::sync::OnceLock;
 
 use groxy::oscore::alg::SigAlg;
 use groxy::oscore::cred::{Credential, PrivateKey};
-use groxy::oscore::{CheckerConfig, ContextConfig};
 use serde_json::{Value, json};
 
 pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
@@ -21,6 +27,50 @@ pub const AIOCOAP: &str = "aiocoap[oscore]==0.4.17";
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An empty directory `<temp>/<name>-<pid>` for one test's files (what an earlier run
+/// of the same process id left is removed first).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A socket that receives what is sent to IPv4 multicast group `group` on loopback, as a
+/// device does (bound to the wildcard address at the group's port, address reuse so that
+/// several devices share it), reads waiting at most `read_timeout`.
+pub fn loopback_group_socket(
+    group: std::net::SocketAddr,
+    read_timeout: std::time::Duration,
+) -> std::net::UdpSocket {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .unwrap();
+    let SocketAddr::V4(g) = group else {
+        panic!("{group} is not an IPv4 group")
+    };
+    s.join_multicast_v4(g.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+    let s: std::net::UdpSocket = s.into();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -48,14 +98,8 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// One member's identity.
-pub struct Member {
-    pub id: Vec<u8>,
-    pub key: PrivateKey,
-    pub cred: Credential,
-}
-
 impl Member {
+    /// A member with a fresh Ed25519 key, its CCS naming it `name`.
     pub fn new(id: &[u8], name: &str) -> Self {
         let key = PrivateKey::generate(SigAlg::EdDsa);
         let cred = Credential::ccs_for(name, &key.public_key());
@@ -67,18 +111,9 @@ impl Member {
     }
 }
 
-/// A group with freshly generated keys: a new Gid and Master Secret per run, so no peer
-/// ever sees a replayed sequence number from an earlier run.
-pub struct Group {
-    pub key_generation: u64,
-    pub gid: Vec<u8>,
-    pub master_secret: Vec<u8>,
-    pub master_salt: Vec<u8>,
-    pub gm: Member,
-    pub members: Vec<Member>,
-}
-
 impl Group {
+    /// A group with freshly generated keys: a new Gid and Master Secret per run, so no
+    /// peer ever sees a replayed sequence number from an earlier run.
     pub fn new(ids: &[&[u8]]) -> Self {
         Group {
             key_generation: 0,
@@ -94,54 +129,20 @@ impl Group {
         }
     }
 
-    pub fn member(&self, id: &[u8]) -> &Member {
-        self.members.iter().find(|m| m.id == id).unwrap()
-    }
-
-    /// The context of member `me`, knowing every other member.
-    pub fn config(&self, me: &[u8]) -> ContextConfig {
-        let m = self.member(me);
-        ContextConfig {
-            master_secret: self.master_secret.clone(),
-            master_salt: self.master_salt.clone(),
-            id_context: Some(self.gid.clone()),
-            alg_aead: Some(10),
-            alg_group_enc: Some(10),
-            alg_signature: Some(-8),
-            alg_pairwise_key_agreement: Some(-27),
-            gm_cred: Some(self.gm.cred.bytes().to_vec()),
-            sender_id: m.id.clone(),
-            private_key: Some(m.key.to_bytes().to_vec()),
-            sender_cred: Some(m.cred.bytes().to_vec()),
-            recipients: self
-                .members
-                .iter()
-                .filter(|o| o.id != me)
-                .map(|o| (o.id.clone(), o.cred.bytes().to_vec()))
-                .collect(),
-            key_generation: self.key_generation,
-            ..Default::default()
+    /// The next key epoch (RFC 10021 §12.2): a new Gid (never the current one), Master
+    /// Secret and Master Salt, the next Key Generation Number, the same members and Group
+    /// Manager with their keys.
+    pub fn rekeyed(&self) -> Group {
+        let mut gid = random_bytes(4);
+        while gid == self.gid {
+            gid = random_bytes(4);
         }
-    }
-
-    /// What an external signature checker is given (RFC 10021 §12.3).
-    pub fn checker_config(&self) -> CheckerConfig {
-        CheckerConfig {
-            gid: self.gid.clone(),
-            alg_aead: Some(10),
-            alg_group_enc: 10,
-            alg_signature: -8,
-            alg_pairwise_key_agreement: Some(-27),
-            master_secret: Some(self.master_secret.clone()),
-            master_salt: self.master_salt.clone(),
-            gm_cred: self.gm.cred.bytes().to_vec(),
-            members: self
-                .members
-                .iter()
-                .map(|m| (m.id.clone(), m.cred.bytes().to_vec()))
-                .collect(),
-            key_generation: self.key_generation,
-            ..Default::default()
+        Group {
+            key_generation: self.key_generation + 1,
+            gid,
+            master_secret: random_bytes(16),
+            master_salt: random_bytes(8),
+            ..self.clone()
         }
     }
 

@@ -5,12 +5,33 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Once, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// The groxy binary Cargo built for this test.
+const GROXY: &str = env!("CARGO_BIN_EXE_groxy");
+
+/// Runs `f` on a thread that has entered network namespace `ns` (setns(2) moves only the
+/// calling thread). Sockets made there stay in that namespace wherever they are used,
+/// which is how a test sends datagrams from the client host and scrapes the proxy.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) with a descriptor of a namespace file that stays open for the
+        // call; it changes the network namespace of this thread only.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
 
 /// Runs `program args` and returns its output, panicking with what it said on failure.
 pub fn run(program: &str, args: &[&str]) -> Output {
@@ -314,6 +335,47 @@ impl Net {
             running: true,
         });
         self.procs.len() - 1
+    }
+
+    /// Starts `groxy device` in `host`'s namespace, named `host`: a member of `group`
+    /// (address:port) out of its eth0, answering from `bind`, JSON logs, with `extra`
+    /// arguments after those; `what` names its log. Returns its index in [`Net::procs`].
+    pub fn spawn_groxy_device(
+        &mut self,
+        host: &str,
+        what: &str,
+        (group, bind): (&str, &str),
+        extra: &[&str],
+        out: Out,
+    ) -> usize {
+        let mut args = vec![
+            "--log-format",
+            "json",
+            "device",
+            "--group",
+            group,
+            "--interface",
+            "eth0",
+            "--bind",
+            bind,
+            "--name",
+            host,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(host, what, Path::new(GROXY), &args, out)
+    }
+
+    /// Starts `groxy run --config cfg` with JSON logs in the proxy's namespace; `what`
+    /// names its log. Returns its index in [`Net::procs`].
+    pub fn spawn_groxy_run(&mut self, what: &str, cfg: &Path, out: Out) -> usize {
+        let args = [
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ];
+        self.spawn("prx", what, Path::new(GROXY), &args, out)
     }
 
     /// `ip netns exec <host's namespace> program`, for clients the test waits for.

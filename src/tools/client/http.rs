@@ -5,9 +5,9 @@
 //! HTTP per RFC 8613 §11.2 (POST, the OSCORE header field, an application/oscore body),
 //! and each part is mapped back per §11.3 and verified.
 //!
-//! The multipart body is split by hand (RFC 2046 §5.1.1: delimiter lines): the crates
-//! for multipart parse form-data uploads on servers, not a client's batch response; the
-//! heads of the parts and of the embedded responses are parsed with httparse.
+//! The multipart/mixed body (RFC 2046 §5.1.1) is split by `multer` as it streams in (its
+//! framing is the same for every multipart subtype; the boundary comes from the
+//! Content-Type, parsed by `mime`), and the embedded responses are parsed with httparse.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -170,40 +170,28 @@ pub async fn run_http(
             }));
         }
     };
-    let mut body = resp.into_body();
-    if let Some(boundary) = ct
-        .strip_prefix("multipart/mixed")
-        .and_then(|p| p.split("boundary=").nth(1))
-    {
-        let delim = format!("--{}", boundary.trim_matches('"'));
-        let mut buf = Vec::<u8>::new();
-        loop {
-            let frame = tokio::time::timeout(
-                Duration::from_secs(u64::from(req.timeout) + 10),
-                body.frame(),
-            )
+    let body = resp.into_body();
+    if let Some(boundary) = mixed_boundary(&ct) {
+        let wait = Duration::from_secs(u64::from(req.timeout) + 10);
+        let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
+        // Each part is reported once its closing delimiter has arrived, so that a streamed
+        // response (groupcomm-proxy §9.9) shows every device's answer before T' ends.
+        while let Some(field) = tokio::time::timeout(wait, parts.next_field())
             .await
-            .map_err(|_| "response did not end in time")?;
-            let done = match frame {
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        buf.extend_from_slice(&d);
-                    }
-                    false
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => true,
+            .map_err(|_| "response did not end in time")?
+            .map_err(|e| e.to_string())?
+        {
+            let bytes = tokio::time::timeout(wait, field.bytes())
+                .await
+                .map_err(|_| "response did not end in time")?
+                .map_err(|e| e.to_string())?;
+            let Some(part) = parse_part(&bytes) else {
+                continue;
             };
-            while let Some(p) = next_part(&mut buf, &delim) {
-                let Some(part) = parse_part(&p) else { continue };
-                let mut r = part.response(start.elapsed());
-                verify(&mut r, &part);
-                each(&r);
-                responses.push(r);
-            }
-            if done {
-                break;
-            }
+            let mut r = part.response(start.elapsed());
+            verify(&mut r, &part);
+            each(&r);
+            responses.push(r);
         }
     } else {
         let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -225,25 +213,12 @@ pub async fn run_http(
     Ok(HttpOutcome { status, responses })
 }
 
-/// One complete part off the front of `buf` (the bytes between a delimiter line and the
-/// next delimiter), if one is complete.
-fn next_part(buf: &mut Vec<u8>, delim: &str) -> Option<Vec<u8>> {
-    let d = delim.as_bytes();
-    let start = find(buf, d)?;
-    let from = start + d.len();
-    if buf.get(from..from + 2) == Some(b"--") {
-        buf.clear();
-        return None;
-    }
-    let body_start = from + 2; // CRLF after the delimiter
-    let end_rel = find(buf.get(body_start..)?, &[b"\r\n", d].concat())?;
-    let part = buf[body_start..body_start + end_rel].to_vec();
-    buf.drain(..body_start + end_rel + 2);
-    Some(part)
-}
-
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
+/// The boundary of a `multipart/mixed` Content-Type (RFC 2046 §5.1.1), if it is one.
+fn mixed_boundary(content_type: &str) -> Option<String> {
+    let m: mime::Mime = content_type.parse().ok()?;
+    (m.type_() == mime::MULTIPART && m.subtype() == "mixed")
+        .then(|| m.get_param(mime::BOUNDARY).map(|b| b.as_str().to_string()))
+        .flatten()
 }
 
 /// An embedded HTTP response of a part.
@@ -285,10 +260,9 @@ fn reply_from(v: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-fn parse_part(p: &[u8]) -> Option<Part> {
-    // The part's own head (Content-Type: application/http), then the response.
-    let sep = find(p, b"\r\n\r\n")?;
-    let inner = &p[sep + 4..];
+/// The embedded response of a part (the part's own head, Content-Type: application/http,
+/// was read by multer).
+fn parse_part(inner: &[u8]) -> Option<Part> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);
     let httparse::Status::Complete(n) = r.parse(inner).ok()? else {
@@ -358,4 +332,26 @@ fn verify_part(
         v.payload().to_vec(),
         (info.mode, info.server_id.clone()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mixed_boundary;
+
+    /// RFC 2046 §5.1.1: the boundary parameter, quoted or not, of multipart/mixed only
+    /// (the bridge's streamed form adds `delivery`, groupcomm-proxy §9.9).
+    #[test]
+    fn boundary_of_multipart_mixed_only() {
+        assert_eq!(
+            mixed_boundary("multipart/mixed; boundary=\"a b\"; delivery=streamed").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            mixed_boundary("multipart/mixed;boundary=x").as_deref(),
+            Some("x")
+        );
+        assert_eq!(mixed_boundary("multipart/form-data; boundary=x"), None);
+        assert_eq!(mixed_boundary("multipart/mixed"), None);
+        assert_eq!(mixed_boundary("text/plain"), None);
+    }
 }
