@@ -565,7 +565,7 @@ fn after_a_reload_a_target_naming_the_proxy_is_still_not_forwarded() {
     let reload = cfg.clone();
     cfg.local.listen = vec!["0.0.0.0:5700".parse().unwrap()];
     cfg.local.host_addrs = vec!["192.0.2.7".parse().unwrap()];
-    let mut h = H::new(cfg);
+    let mut h = engine(cfg);
     let now = h.now;
     h.e.reconfigure(now, reload).unwrap();
     let (tx, ev) = h.feed(
