@@ -9,7 +9,10 @@ use std::time::Duration;
 use groxy::oscore::alg::SigAlg;
 use groxy::oscore::cred::{Credential, PrivateKey};
 use groxy::oscore::{ContextConfig, SecurityContext, SignatureChecker};
-use groxy::proxy::{GroupSecurity, GroupSpec, Policy, ProxyConfig, UnicastPolicy};
+use groxy::proxy::{
+    CacheConfig, GroupCache, GroupSecurity, GroupSpec, Policy, ProxyConfig, ReverseSpec, StandIn,
+    UnicastPolicy,
+};
 
 /// The client's Sender ID.
 pub const CLIENT: &[u8] = &[0x01];
@@ -159,6 +162,40 @@ pub fn engine_config() -> ProxyConfig {
     l.observe.max_per_client = 2;
     l.observe.max_devices = 4;
     c.local.listen = vec!["127.0.0.1:5683".parse().unwrap()];
+    // The cache on, small, with the plain group's two devices as its known members, so
+    // that fuzzed responses are stored, served, revalidated and evicted (§7).
+    c.cache = CacheConfig {
+        enabled: true,
+        max_entries: 8,
+        max_bytes: 4096,
+        groups: vec![GroupCache {
+            members: vec![PEERS[4].parse().unwrap(), PEERS[5].parse().unwrap()],
+        }],
+        ..CacheConfig::default()
+    };
+    // Deterministic Requests (§7.4.1) to the enforcing and the member group.
+    c.deterministic_kids = vec![None, Some(vec![0xdc]), Some(vec![0xdc])];
+    // Reverse-proxy resources (§6): by path standing in for the group, by Uri-Host
+    // standing in for the servers with a two-entry table.
+    c.reverse = vec![
+        ReverseSpec {
+            host: None,
+            path: vec!["r".into()],
+            group: 0,
+            stand_in: StandIn::Group,
+        },
+        ReverseSpec {
+            host: Some("rev".into()),
+            path: Vec::new(),
+            group: 2,
+            stand_in: StandIn::Servers {
+                advertise: "127.0.0.1:5683".parse().unwrap(),
+                pool: Vec::new(),
+                max_servers: 2,
+                server_lifetime: Duration::from_secs(60),
+            },
+        },
+    ];
     c
 }
 
@@ -216,4 +253,16 @@ pub fn encode_step(out: &mut Vec<u8>, ctl: u8, dt: u8, datagram: &[u8]) {
     out.extend_from_slice(&[ctl, dt]);
     out.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
     out.extend_from_slice(datagram);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fuzzed engine must start: a config the engine refuses would leave every run
+    /// fuzzing nothing but `unwrap`.
+    #[test]
+    fn the_engine_takes_the_fuzz_config() {
+        let cfg = super::engine_config();
+        assert!(cfg.cache.enabled && !cfg.reverse.is_empty());
+        groxy::proxy::Engine::new(cfg, std::time::Instant::now(), 1).unwrap();
+    }
 }
