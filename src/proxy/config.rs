@@ -229,6 +229,10 @@ pub struct ProxyConfig {
     /// Where the proxy itself is reached: a request whose target names one of these is
     /// served locally, never forwarded to itself.
     pub local: LocalNames,
+    /// Forwarding threads (`[proxy] threads`), each an engine with its own sockets; the
+    /// engine itself ignores it (the runtime reads it). 1 in this default, the machine's
+    /// cores in the configuration file's.
+    pub threads: usize,
 }
 
 /// The proxy's own addresses and names (groupcomm-proxy §5.2.1: a request for the
@@ -280,6 +284,7 @@ impl Default for ProxyConfig {
             options: OptionNumbers::default(),
             limits: Limits::default(),
             local: LocalNames::default(),
+            threads: 1,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod events;
 pub(crate) mod mids;
 pub mod prefix;
+pub mod shared;
 pub(crate) mod tables;
 
 pub use config::{
@@ -14,5 +15,6 @@ pub use config::{
 pub use engine::{Engine, Link, Output, Seed, Transmit};
 pub use events::{CheckResult, CloseReason, DropReason, Event, RejectReason};
 pub use prefix::Prefix;
+pub use shared::Shared;
 #[doc(hidden)]
 pub use tables::DedupBench;

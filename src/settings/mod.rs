@@ -51,6 +51,9 @@ struct ProxySection {
     /// Host names of the proxy itself: a request whose target names one is served here.
     #[serde(default)]
     names: Vec<String>,
+    /// Forwarding threads (issue 14); absent: the available cores.
+    #[serde(default)]
+    threads: Option<usize>,
 }
 
 impl Default for ProxySection {
@@ -60,6 +63,7 @@ impl Default for ProxySection {
             metrics: None,
             state_dir: None,
             names: Vec::new(),
+            threads: None,
         }
     }
 }
@@ -272,6 +276,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     state_dir_needed(&f, &mut errors);
+    let threads = threads(f.proxy.threads, &mut errors);
     let http = f
         .http
         .as_ref()
@@ -297,6 +302,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                         .map(|n| n.to_ascii_lowercase())
                         .collect(),
                 },
+                threads,
             },
             listen,
             egress,
@@ -306,6 +312,27 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
         metrics,
         http,
     })
+}
+
+/// Most forwarding threads `[proxy] threads` may ask for: a thread's token space is an
+/// eighth of the token counter's bits (`proxy::shared`), and each thread holds a full set
+/// of egress sockets.
+pub const MAX_THREADS: usize = 256;
+
+/// `[proxy] threads`: 1 to [`MAX_THREADS`]; absent, the cores this process may run on
+/// (`std::thread::available_parallelism`, which follows the CPU affinity mask and cgroup
+/// quota), 1 if that cannot be told.
+fn threads(value: Option<usize>, errors: &mut Vec<String>) -> usize {
+    match value {
+        Some(n) if (1..=MAX_THREADS).contains(&n) => n,
+        Some(_) => {
+            errors.push(format!("proxy.threads: must be 1..={MAX_THREADS}"));
+            1
+        }
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS),
+    }
 }
 
 /// `[proxy]`: the listeners and the metrics endpoint.

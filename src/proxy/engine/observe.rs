@@ -227,9 +227,12 @@ impl Engine {
         let group = kind.group();
         // The re-registration causes a multicast: the client's fan-out rate applies.
         let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
-        if let Some(c) = self.clients.get_mut(&ip)
-            && let Err(wait) = c.bucket.take(rate, burst, now)
-        {
+        let taken = self
+            .shared
+            .clients()
+            .get_mut(&ip)
+            .map(|c| c.bucket.take(rate, burst, now));
+        if let Some(Err(wait)) = taken {
             let r = Reject::new(
                 code::TOO_MANY_REQUESTS,
                 RejectReason::RateLimited,
