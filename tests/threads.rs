@@ -307,3 +307,269 @@ fn rfc10020_s3_1_5_no_token_is_issued_by_two_threads() {
     assert_eq!(tokens.len(), 400);
     assert!(same > 0, "unshared engines of one seed collide");
 }
+
+// ---- end to end: two forwarding threads on loopback ----
+
+mod wire {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::{CLIENT, checked_config, signed};
+    use crate::common::{self, Group};
+    use groxy::oscore::SecurityContext;
+    use groxy::runtime::{Proxy, RunConfig};
+
+    pub(super) struct Running {
+        pub(super) listen: SocketAddr,
+        pub(super) metrics: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// A checked group on loopback multicast (`group`), two forwarding threads with one
+    /// egress port each (the port a fan-out leaves by tells the thread), state in `dir`.
+    pub(super) fn run_config(g: &Group, group: SocketAddrV4, dir: &Path) -> RunConfig {
+        let mut run = groxy::settings::load_default().run;
+        run.proxy.groups[0].security = checked_config(g).groups[0].security.clone();
+        run.proxy.groups[0].addr = SocketAddr::V4(group);
+        run.proxy.limits.egress_ports = 1;
+        run.proxy.threads = 2;
+        run.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        run.state_dir = Some(dir.to_path_buf());
+        run
+    }
+
+    pub(super) fn start(run: RunConfig) -> Running {
+        let proxy = Proxy::bind(run.clone()).unwrap();
+        assert_eq!(proxy.threads(), 2);
+        let listen = proxy.listen_addrs()[0];
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (mtx, mrx) = std::sync::mpsc::channel();
+        let cfg = run.proxy.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (ops, m) = groxy::ops::Ops::start("127.0.0.1:0".parse().unwrap(), &cfg)
+                    .unwrap();
+                mtx.send(ops.local_addr()).unwrap();
+                let mut proxy = proxy;
+                proxy.observe(m);
+                groxy::ops::serve(proxy, ops.health(), async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+                drop(ops);
+            });
+        });
+        Running {
+            listen,
+            metrics: mrx.recv().unwrap(),
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// A receiver of the group's multicast on loopback.
+    pub(super) fn member(group: SocketAddrV4) -> UdpSocket {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())
+            .unwrap();
+        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+        let s: UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s
+    }
+
+    /// Every datagram the group got within `wait`: (source, bytes).
+    pub(super) fn received(m: &UdpSocket, wait: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+        let until = Instant::now() + wait;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < until {
+            if let Ok((n, from)) = m.recv_from(&mut buf) {
+                out.push((from, buf[..n].to_vec()));
+            }
+        }
+        out
+    }
+
+    pub(super) fn group_addr() -> SocketAddrV4 {
+        let port = common::free_port();
+        let b = (std::process::id() % 200) as u8 + 10;
+        SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, b), port)
+    }
+
+    pub(super) fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("groxy-threads-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// The ciphertext, which the proxy forwards untouched: what tells a fan-out's request.
+    pub(super) fn payload(datagram: &[u8]) -> Vec<u8> {
+        groxy::coap::MessageView::parse(datagram)
+            .unwrap()
+            .payload()
+            .to_vec()
+    }
+
+    pub(super) fn client() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s
+    }
+
+    pub(super) fn ctx(g: &Group) -> SecurityContext {
+        SecurityContext::new(&g.config(CLIENT)).unwrap()
+    }
+
+    pub(super) fn request(c: &mut SecurityContext, mid: u16, group: SocketAddrV4) -> Vec<u8> {
+        super::retarget(&signed(c, mid), group)
+    }
+}
+
+/// `signed` names the default group's host; the loopback test's group has another.
+fn retarget(datagram: &[u8], group: std::net::SocketAddrV4) -> Vec<u8> {
+    let v = MessageView::parse(datagram).unwrap();
+    let host = group.ip().to_string();
+    let port = group.port().to_be_bytes();
+    // A Multicast-Timeout of 5 s: long enough for the scrape to see the exchanges, short
+    // enough for the drain at each stop.
+    let mut opts: Vec<(u16, &[u8])> = v
+        .options()
+        .filter(|(n, _)| *n != opt::URI_HOST && *n != opt::MULTICAST_TIMEOUT_DEFAULT)
+        .collect();
+    opts.push((opt::URI_HOST, host.as_bytes()));
+    opts.push((opt::URI_PORT, &port));
+    opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[5]));
+    build::encode(NON, v.code(), v.message_id(), v.token(), &mut opts, v.payload())
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two forwarding threads on loopback, traffic from 48 client ports (the kernel spreads
+/// them over both threads' SO_REUSEPORT listeners; which thread took a request shows in
+/// the egress port its fan-out left by):
+/// * groupcomm-proxy §10: a signed request admitted by one thread, replayed from a client
+///   port the other thread serves, is not multicast again; nor after a restart with two
+///   threads (the shared windows were recorded, RFC 10021 §2.6.3.2);
+/// * /metrics shows one series set whose counters are the sums of both threads';
+/// * a second proxy on the same state_dir refuses to start while the first runs.
+#[test]
+fn two_threads_on_loopback_share_replay_windows_and_metrics_and_lock_state_dir() {
+    let g = Group::new(&[CLIENT, DEV_A]);
+    let group = wire::group_addr();
+    let dir = wire::temp("e2e");
+    let run = wire::run_config(&g, group, &dir);
+    let member = wire::member(group);
+    let p = wire::start(run.clone());
+    let mut c = wire::ctx(&g);
+
+    // The state directory is this process's now.
+    let e = match Proxy2::bind(run.clone()) {
+        Ok(_) => panic!("a second proxy started on the same state_dir"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("locked by another groxy process"), "{e}");
+
+    let clients: Vec<std::net::UdpSocket> = (0..48).map(|_| wire::client()).collect();
+    let mut sent = Vec::new();
+    for (i, s) in clients.iter().enumerate() {
+        let req = wire::request(&mut c, i as u16 + 1, group);
+        s.send_to(&req, p.listen).unwrap();
+        sent.push(req);
+    }
+    let got = wire::received(&member, Duration::from_millis(1500));
+    assert_eq!(got.len(), 48, "every fresh request fanned out once");
+    // Which thread (egress port) took each client's request.
+    let thread_of: Vec<u16> = sent
+        .iter()
+        .map(|r| {
+            let body = wire::payload(r);
+            got.iter()
+                .find(|(_, d)| wire::payload(d) == body)
+                .map(|(from, _)| from.port())
+                .unwrap()
+        })
+        .collect();
+    let ports: std::collections::BTreeSet<u16> = thread_of.iter().copied().collect();
+    assert_eq!(ports.len(), 2, "the kernel spread 48 client ports over both threads");
+    // Client 0's request, replayed from a port the other thread serves.
+    let other = thread_of.iter().position(|t| *t != thread_of[0]).unwrap();
+    clients[other].send_to(&sent[0], p.listen).unwrap();
+    let replayed = wire::received(&member, Duration::from_millis(500));
+    assert!(replayed.is_empty(), "the other thread dropped the replay");
+
+    let (status, text) = common::http_get(p.metrics, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let name = &run.proxy.groups[0].name;
+    assert_eq!(
+        sample(&text, &format!("groxy_requests_total{{group=\"{name}\",outcome=\"forwarded\"}}")),
+        48.0,
+        "one series, both threads' requests"
+    );
+    assert_eq!(
+        sample(&text, &format!("groxy_replays_dropped_total{{group=\"{name}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        text.matches("\ngroxy_exchanges_active ").count(),
+        1,
+        "one gauge for the proxy"
+    );
+    assert_eq!(sample(&text, "groxy_exchanges_active"), 48.0);
+    drop(p);
+
+    // Restarted with two threads: the recorded windows hold, on either thread.
+    let p = wire::start(run);
+    for s in &clients {
+        s.send_to(&sent[0], p.listen).unwrap();
+    }
+    let again = wire::received(&member, Duration::from_millis(500));
+    assert!(again.is_empty(), "no thread forwards a request admitted before the restart");
+    let fresh = wire::request(&mut c, 100, group);
+    clients[other].send_to(&fresh, p.listen).unwrap();
+    assert_eq!(wire::received(&member, Duration::from_millis(800)).len(), 1);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+use groxy::runtime::Proxy as Proxy2;
+
+/// `[proxy] threads`: 1..=256, absent the cores this process may use.
+#[test]
+fn the_threads_key_is_checked_and_defaults_to_the_available_cores() {
+    let load = |t: &str| groxy::settings::load_str(&format!("[proxy]\n{t}"));
+    assert_eq!(load("threads = 3").unwrap().run.proxy.threads, 3);
+    assert_eq!(load("threads = 1").unwrap().run.proxy.threads, 1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(load("").unwrap().run.proxy.threads, cores.min(256));
+    for bad in ["threads = 0", "threads = 257"] {
+        let e = load(bad).map(|_| ()).unwrap_err().join("\n");
+        assert!(e.contains("proxy.threads: must be 1..=256"), "{bad}: {e}");
+    }
+}

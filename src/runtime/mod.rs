@@ -181,6 +181,10 @@ impl Proxy {
             .transpose()?;
         let mut workers: Vec<Worker> = Vec::with_capacity(threads);
         let mut cfg = cfg;
+        // Deduplication is per thread (a client endpoint always reaches the same one), so
+        // the table is split: the whole proxy holds `dedup_capacity` entries, as with one
+        // thread; each address's share stays `dedup_per_client` per thread.
+        cfg.proxy.limits.dedup_capacity = (cfg.proxy.limits.dedup_capacity / threads).max(1);
         for t in 0..threads {
             if t == 1 {
                 // The others listen where the first one did (port 0 resolved).
