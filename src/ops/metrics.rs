@@ -144,10 +144,6 @@ pub struct Metrics {
     /// Chains of proxies (issue 16): requests sent to a next hop, early stops passed on.
     chain_forwarded: IntCounterVec,
     chain_stopped: IntCounterVec,
-    /// Forwarding threads (`[proxy] threads`): the observations each engine holds, by
-    /// thread, summed into the gauge (one series for the proxy; events from every thread
-    /// land in the same counters, and the exchange gauge is the whole proxy's already).
-    held_by_thread: Vec<usize>,
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
@@ -564,7 +560,6 @@ impl Metrics {
                  section 8.1.2).",
                 &["group"],
             ),
-            held_by_thread: Vec::new(),
         }
     }
 
@@ -733,12 +728,7 @@ impl Observer for Metrics {
         self.active.set(active as i64);
         self.capacity.set(capacity as i64);
         let (held, room) = engine.observations();
-        let (thread, threads) = engine.thread();
-        self.held_by_thread.resize(threads.max(thread + 1), 0);
-        self.held_by_thread[thread] = held;
-        self.observe
-            .active
-            .set(self.held_by_thread.iter().sum::<usize>() as i64);
+        self.observe.active.set(held as i64);
         self.observe.capacity.set(room as i64);
         if let (Some((g, dir)), Some(t)) = (self.pending_check.take(), took)
             && let Some(c) = self.groups.get(g).and_then(|h| h.checks.as_ref())

@@ -6,11 +6,13 @@
 //!   stops admission under the old epoch on all (`oscore::SharedWindows`);
 //! * the per-client state (exchanges in flight, rate bucket) by client IP address, and
 //!   the number of exchanges in flight, so that `max_exchanges_per_client`, `client_rate`,
-//!   `max_clients` and `max_exchanges` bound the whole proxy;
+//!   `max_clients` and `max_exchanges` bound the whole proxy; likewise the observations
+//!   held, in all and per client (`observe.max_observations`, `observe.max_per_client`);
 //! * the token key, with each thread issuing from its own part of the counter space, so
 //!   that no two threads ever give out the same token (RFC 10020 §3.1.5).
 //!
-//! Deduplication, Message IDs, pending retransmissions and observations stay per thread:
+//! Deduplication, Message IDs, pending retransmissions and the observations themselves
+//! (with their notification rate buckets) stay per thread:
 //! a client endpoint (its 4-tuple) always reaches the same thread's listener, and each
 //! thread's egress sockets are its own, so those tables only ever see their own thread's
 //! peers (see the README's threading section).
@@ -45,6 +47,9 @@ struct Inner {
     windows: Mutex<Vec<SharedWindows>>,
     clients: Mutex<Clients>,
     exchanges: AtomicUsize,
+    /// Observations held, in all and per client address (`[limits.observe]`
+    /// `max_observations`, `max_per_client`); an entry only while its client holds one.
+    observations: Mutex<(usize, HashMap<IpAddr, usize, foldhash::fast::RandomState>)>,
 }
 
 /// The state the engines of one proxy share, and which of them this handle is for: give
@@ -73,6 +78,7 @@ impl Shared {
                 windows: Mutex::new(Vec::new()),
                 clients: Mutex::new(Clients::default()),
                 exchanges: AtomicUsize::new(0),
+                observations: Mutex::new((0, HashMap::default())),
             }),
             thread: 0,
         }
@@ -125,5 +131,28 @@ impl Shared {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_sub(1))
             });
+    }
+
+    /// Observations held on every thread, and by `client`.
+    pub(crate) fn observations(&self, client: Option<IpAddr>) -> (usize, usize) {
+        let o = lock(&self.inner.observations);
+        (o.0, client.and_then(|c| o.1.get(&c).copied()).unwrap_or(0))
+    }
+
+    pub(crate) fn observation_started(&self, client: IpAddr) {
+        let mut o = lock(&self.inner.observations);
+        o.0 += 1;
+        *o.1.entry(client).or_insert(0) += 1;
+    }
+
+    pub(crate) fn observation_released(&self, client: IpAddr) {
+        let mut o = lock(&self.inner.observations);
+        o.0 = o.0.saturating_sub(1);
+        if let Some(n) = o.1.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.1.remove(&client);
+            }
+        }
     }
 }
