@@ -456,6 +456,10 @@ pub struct GroupChecker {
     /// (see [`SharedWindows`]); a checker made with [`new`](Self::new) has its own.
     windows: SharedWindows,
     previous: Option<SignatureChecker>,
+    /// This checker moved the windows (or their epoch) since its last
+    /// [`take_dirty`](Self::take_dirty): its admissions wait for a write. A checker that
+    /// moved nothing has nothing to wait for, even while another thread's write runs.
+    moved: bool,
 }
 
 /// The replay windows of one group's current key epoch, shared by every checker of the
@@ -489,7 +493,7 @@ impl SharedWindows {
 
     /// Takes the windows for epoch `(gid, kg)`: the first checker (or one with a newer
     /// epoch) sets it, empty and dirty; one of the epoch already there joins as it is.
-    fn claim(&self, gid: &[u8], kg: u64) {
+    fn claim(&self, gid: &[u8], kg: u64) -> bool {
         let mut w = self.lock();
         let newer = match &w.epoch {
             None => true,
@@ -502,6 +506,7 @@ impl SharedWindows {
             // as they name the epoch.
             w.dirty = true;
         }
+        newer
     }
 }
 
@@ -573,11 +578,12 @@ impl GroupChecker {
     /// the same group on other forwarding threads: the first to come (or one with a newer
     /// epoch) sets them up for its epoch, the others join them as they are.
     pub fn with_windows(current: SignatureChecker, windows: SharedWindows) -> Self {
-        windows.claim(&current.gid, current.key_generation);
+        let moved = windows.claim(&current.gid, current.key_generation);
         GroupChecker {
             current,
             windows,
             previous: None,
+            moved,
         }
     }
 
@@ -608,6 +614,7 @@ impl GroupChecker {
     /// The state, if it changed since the last call (on any thread sharing the windows);
     /// clean afterwards.
     pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
+        self.moved = false;
         let mut w = self.windows.lock();
         std::mem::take(&mut w.dirty).then(|| Self::snapshot(&self.current, &w))
     }
@@ -616,6 +623,11 @@ impl GroupChecker {
     /// them must write (or hold back) its own admissions.
     pub(crate) fn mark_dirty(&self) {
         self.windows.lock().dirty = true;
+    }
+
+    /// Whether this checker moved the windows since its last take (see `moved`).
+    pub(crate) fn moved(&self) -> bool {
+        self.moved
     }
 
     /// Takes back a recorded state at start. Same Gid: its windows replace the current
@@ -637,6 +649,7 @@ impl GroupChecker {
             Restored::NewEpoch => {
                 w.windows.clear();
                 w.dirty = true;
+                self.moved = true;
             }
         }
         Ok(decision)
@@ -678,7 +691,7 @@ impl GroupChecker {
         // that a restart under the old keys is refused, see `restore`); a checker of
         // another thread that installed this epoch first has set them up already, and
         // what it admitted since stays.
-        self.windows.claim(&next.gid, next.key_generation);
+        self.moved |= self.windows.claim(&next.gid, next.key_generation);
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
     }
@@ -742,6 +755,8 @@ impl GroupChecker {
             let w = shared.windows.entry(req.kid.clone()).or_default();
             w.accept(req.seq)?;
             shared.dirty = true;
+            drop(shared);
+            self.moved = true;
         }
         Ok(verdict)
     }

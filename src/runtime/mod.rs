@@ -279,11 +279,12 @@ impl Proxy {
     /// exchanges in flight run to their timeouts (at most `DRAIN_LIMIT`, 75 s), then returns.
     /// The forwarding itself runs on threads of their own (see the module's comment).
     ///
-    /// A reload goes to the first thread, and only once it applied it to the others: a
-    /// group whose checking starts has its recorded windows restored before any thread
-    /// checks under them, and once a rekeyed group's new epoch is installed the others
-    /// admit nothing under the old one (the shared windows name the epoch), so between
-    /// the two they drop that group's signed requests rather than forward under the old
+    /// A reload goes to every thread at once, each applying it between two batches; where
+    /// a group's checking starts, to the first thread and only once it applied it to the
+    /// others, so that the group's recorded windows are restored before any thread checks
+    /// under them. Once one thread installed a rekeyed group's new epoch, the others admit
+    /// nothing under the old one (the shared windows name the epoch): until their own
+    /// reload they drop that group's signed requests rather than forward under the old
     /// keys. The reload is logged and counted once, by the first thread.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Proxy {
@@ -291,6 +292,13 @@ impl Proxy {
             mut control,
             _lock,
         } = self;
+        // Which groups are checked, as of the configuration in force (see the reload).
+        let mut checked: Vec<bool> = {
+            let e = &workers[0].engine;
+            (0..e.config().groups.len())
+                .map(|g| e.checker(g).is_some())
+                .collect()
+        };
         let mut tells = Vec::new();
         let mut dones = Vec::new();
         for (t, mut w) in workers.into_iter().enumerate() {
@@ -345,16 +353,50 @@ impl Proxy {
                 Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
                     let ack = (tells.len() > 1).then_some(ack_tx);
+                    // Every thread stops forwarding while it builds the new state (a
+                    // debug build takes a good part of a second per thread): in parallel,
+                    // unless a group's checking starts, whose recorded windows the first
+                    // thread must restore before any other checks under them.
+                    let starting = match &c {
+                        Control::Reload(Ok(cfg)) => cfg.proxy.groups.iter().enumerate().any(|(g, s)| {
+                            !checked.get(g).copied().unwrap_or(false)
+                                && s.security.as_ref().is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+                        }),
+                        Control::Reload(Err(_)) => false,
+                    };
                     tell(&mut tells, 0, Command::Control(Box::new(c.clone()), ack));
-                    if tells.len() > 1 && ack_rx.await.unwrap_or(false) {
+                    if !starting {
                         for t in 1..tells.len() {
                             tell(&mut tells, t, Command::Control(Box::new(c.clone()), None));
+                        }
+                    }
+                    if tells.len() > 1 {
+                        let ok = ack_rx.await.unwrap_or(false);
+                        if ok && let Control::Reload(Ok(cfg)) = &c {
+                            checked = checked_groups(&cfg.proxy);
+                        }
+                        if ok && starting {
+                            for t in 1..tells.len() {
+                                tell(&mut tells, t, Command::Control(Box::new(c.clone()), None));
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Per group, whether `cfg` checks its requests (policy enforce or monitor).
+fn checked_groups(cfg: &ProxyConfig) -> Vec<bool> {
+    cfg.groups
+        .iter()
+        .map(|g| {
+            g.security
+                .as_ref()
+                .is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+        })
+        .collect()
 }
 
 /// Whether the proxy is a member of a group (its own OSCORE layer).
@@ -781,6 +823,11 @@ impl Worker {
     /// not survive a crash, and a copy of it could then be multicast again. Under monitor
     /// the filter decides nothing, so its traffic goes; the failure is logged either way.
     fn persist_replay(&mut self) {
+        // Nothing this thread queued relies on a write: no need to wait for another
+        // thread's (with one thread, nothing is dirty either).
+        if !self.engine.replay_pending() {
+            return;
+        }
         // Locked from the take to the end of the writes: a thread that finds the windows
         // clean because another took them waits here until that write is on disk.
         let replay = self.replay.clone();

@@ -101,6 +101,14 @@ impl Engine {
         out
     }
 
+    /// Whether this engine moved any group's replay windows (admitted a request, or
+    /// installed or restored an epoch) since its last
+    /// [`take_replay_state`](Self::take_replay_state): if not, nothing it queued depends on
+    /// a write, and with several threads it need not wait for another thread's.
+    pub fn replay_pending(&self) -> bool {
+        self.checkers.iter().flatten().any(GroupChecker::moved)
+    }
+
     /// A write of group `g`'s state from [`take_replay_state`](Self::take_replay_state)
     /// failed: its windows count as changed again, for every engine that shares them
     /// (`[proxy] threads`), so that the next take hands them out again.
