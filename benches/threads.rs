@@ -190,9 +190,10 @@ struct Outcome {
 }
 
 fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: usize) -> Outcome {
-    let dir = a
-        .state_dir
-        .join(format!("groxy-bench-threads-{}-{run}-{threads}", std::process::id()));
+    let dir = a.state_dir.join(format!(
+        "groxy-bench-threads-{}-{run}-{threads}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg: RunConfig = groxy::settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
@@ -221,17 +222,17 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
         .unwrap();
     });
 
-    let member = {
+    let member: UdpSocket = {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
         s.set_reuse_address(true).unwrap();
         let _ = s.set_recv_buffer_size(8 << 20);
         s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())
             .unwrap();
-        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
         s.set_nonblocking(true).unwrap();
-        let s: UdpSocket = s.into();
-        s
+        s.into()
     };
     let clients: Vec<UdpSocket> = (0..CLIENTS)
         .map(|i| {
@@ -263,7 +264,7 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
             break;
         }
         // Fill the window, in turn from every client.
-        while sent - got < a.window {
+        while sent.saturating_sub(got) < a.window {
             let i = c % CLIENTS;
             c += 1;
             let Some(r) = m.requests[i].get(next[i]) else {
@@ -283,16 +284,16 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
         while let Ok(n) = member.recv(&mut buf) {
             any = true;
             got += 1;
-            if let Some(t0) = tag(&buf[..n]).and_then(|t| sent_at.remove(&t)) {
-                if measured.is_some() {
-                    lat.push(t0.elapsed());
-                }
+            if let Some(t0) = tag(&buf[..n]).and_then(|t| sent_at.remove(&t))
+                && measured.is_some()
+            {
+                lat.push(t0.elapsed());
             }
         }
         if !any {
             // A request lost (socket buffer) would hold the window forever: count the
             // ones older than a second as gone.
-            if sent - got >= a.window {
+            if sent.saturating_sub(got) >= a.window {
                 let old = Instant::now() - Duration::from_secs(1);
                 let before = sent_at.len();
                 sent_at.retain(|_, t| *t > old);

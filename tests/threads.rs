@@ -64,7 +64,14 @@ fn proxied(protected: &[u8], mid: u16) -> Vec<u8> {
     opts.push((opt::URI_HOST, b"224.0.1.187"));
     opts.push((opt::PROXY_SCHEME, b"coap"));
     opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[10]));
-    build::encode(NON, v.code(), mid, &mid.to_be_bytes(), &mut opts, v.payload())
+    build::encode(
+        NON,
+        v.code(),
+        mid,
+        &mid.to_be_bytes(),
+        &mut opts,
+        v.payload(),
+    )
 }
 
 fn signed(ctx: &mut SecurityContext, mid: u16) -> Vec<u8> {
@@ -120,7 +127,10 @@ fn s10_a_replay_is_dropped_by_the_other_thread_from_another_address() {
 
     let (mut a, mut b) = pair(&cfg, now);
     let (tx, ev) = feed(&mut a, now, from(1, 40000), &req);
-    assert_eq!((multicast(&tx), results(&ev)), (1, vec![CheckResult::Valid]));
+    assert_eq!(
+        (multicast(&tx), results(&ev)),
+        (1, vec![CheckResult::Valid])
+    );
     // The same bytes from another address and port, as the kernel steers them to the
     // other thread.
     let (tx, ev) = feed(&mut b, now, from(2, 40001), &req);
@@ -131,7 +141,10 @@ fn s10_a_replay_is_dropped_by_the_other_thread_from_another_address() {
     let (tx, _) = feed(&mut b, now, from(2, 40001), &req2);
     assert_eq!(multicast(&tx), 1);
     let (tx, ev) = feed(&mut a, now, from(1, 40000), &req2);
-    assert_eq!((multicast(&tx), results(&ev)), (0, vec![CheckResult::Replay]));
+    assert_eq!(
+        (multicast(&tx), results(&ev)),
+        (0, vec![CheckResult::Replay])
+    );
     // The recorded state names every admission, whichever thread made it (one write for
     // both: the driver writes the shared windows once, see runtime::persist_replay).
     let states = a.take_replay_state();
@@ -175,7 +188,10 @@ fn s2_6_3_2_a_rekey_on_one_thread_stops_the_old_epoch_on_every_thread() {
     let (mut a, mut b) = pair(&checked_config(&g1), now);
     let mut c1 = SecurityContext::new(&g1.config(CLIENT)).unwrap();
     let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
-    assert_eq!(multicast(&feed(&mut b, now, from(2, 1), &signed(&mut c1, 1)).0), 1);
+    assert_eq!(
+        multicast(&feed(&mut b, now, from(2, 1), &signed(&mut c1, 1)).0),
+        1
+    );
 
     a.reconfigure(now, checked_config(&g2)).unwrap();
     // Thread b still runs the old configuration: an old-epoch request is refused.
@@ -189,12 +205,21 @@ fn s2_6_3_2_a_rekey_on_one_thread_stops_the_old_epoch_on_every_thread() {
     // admission in them (its replay is dropped), and b's own new requests pass.
     b.reconfigure(now, checked_config(&g2)).unwrap();
     let (tx, ev) = feed(&mut b, now, from(2, 1), &new_req);
-    assert_eq!((multicast(&tx), results(&ev)), (0, vec![CheckResult::Replay]));
-    assert_eq!(multicast(&feed(&mut b, now, from(2, 1), &signed(&mut c2, 4)).0), 1);
+    assert_eq!(
+        (multicast(&tx), results(&ev)),
+        (0, vec![CheckResult::Replay])
+    );
+    assert_eq!(
+        multicast(&feed(&mut b, now, from(2, 1), &signed(&mut c2, 4)).0),
+        1
+    );
     // Old-epoch requests are refused on both.
     for e in [&mut a, &mut b] {
         let (tx, ev) = feed(e, now, from(3, 1), &signed(&mut c1, 5));
-        assert_eq!((multicast(&tx), results(&ev)), (0, vec![CheckResult::UnknownGid]));
+        assert_eq!(
+            (multicast(&tx), results(&ev)),
+            (0, vec![CheckResult::UnknownGid])
+        );
     }
 }
 
@@ -240,9 +265,15 @@ fn limits_hold_for_the_whole_proxy_across_threads() {
     // Unshared, the second engine would have had room for three more.
     let (mut a2, mut b2) = apart(&cfg, now);
     for i in 0..3 {
-        assert_eq!(multicast(&feed(&mut a2, now, from(1, 1000), &plain(i)).0), 1);
+        assert_eq!(
+            multicast(&feed(&mut a2, now, from(1, 1000), &plain(i)).0),
+            1
+        );
     }
-    assert_eq!(multicast(&feed(&mut b2, now, from(1, 1000), &plain(9)).0), 1);
+    assert_eq!(
+        multicast(&feed(&mut b2, now, from(1, 1000), &plain(9)).0),
+        1
+    );
 
     // One client address, two ports, two threads: one exchange in flight at most.
     let mut cfg = ProxyConfig::default();
@@ -364,8 +395,8 @@ mod wire {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (ops, m) = groxy::ops::Ops::start("127.0.0.1:0".parse().unwrap(), &cfg)
-                    .unwrap();
+                let (ops, m) =
+                    groxy::ops::Ops::start("127.0.0.1:0".parse().unwrap(), &cfg).unwrap();
                 mtx.send(ops.local_addr()).unwrap();
                 let mut proxy = proxy;
                 proxy.observe(m);
@@ -392,7 +423,8 @@ mod wire {
         s.set_reuse_address(true).unwrap();
         s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())
             .unwrap();
-        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
         let s: UdpSocket = s.into();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         s
@@ -460,7 +492,14 @@ fn retarget(datagram: &[u8], group: std::net::SocketAddrV4) -> Vec<u8> {
     opts.push((opt::URI_HOST, host.as_bytes()));
     opts.push((opt::URI_PORT, &port));
     opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[5]));
-    build::encode(NON, v.code(), v.message_id(), v.token(), &mut opts, v.payload())
+    build::encode(
+        NON,
+        v.code(),
+        v.message_id(),
+        v.token(),
+        &mut opts,
+        v.payload(),
+    )
 }
 
 fn sample(text: &str, series: &str) -> f64 {
@@ -517,7 +556,11 @@ fn two_threads_on_loopback_share_replay_windows_and_metrics_and_lock_state_dir()
         })
         .collect();
     let ports: std::collections::BTreeSet<u16> = thread_of.iter().copied().collect();
-    assert_eq!(ports.len(), 2, "the kernel spread 48 client ports over both threads");
+    assert_eq!(
+        ports.len(),
+        2,
+        "the kernel spread 48 client ports over both threads"
+    );
     // Client 0's request, replayed from a port the other thread serves.
     let other = thread_of.iter().position(|t| *t != thread_of[0]).unwrap();
     clients[other].send_to(&sent[0], p.listen).unwrap();
@@ -528,12 +571,18 @@ fn two_threads_on_loopback_share_replay_windows_and_metrics_and_lock_state_dir()
     assert_eq!(status, 200);
     let name = &run.proxy.groups[0].name;
     assert_eq!(
-        sample(&text, &format!("groxy_requests_total{{group=\"{name}\",outcome=\"forwarded\"}}")),
+        sample(
+            &text,
+            &format!("groxy_requests_total{{group=\"{name}\",outcome=\"forwarded\"}}")
+        ),
         48.0,
         "one series, both threads' requests"
     );
     assert_eq!(
-        sample(&text, &format!("groxy_replays_dropped_total{{group=\"{name}\"}}")),
+        sample(
+            &text,
+            &format!("groxy_replays_dropped_total{{group=\"{name}\"}}")
+        ),
         1.0
     );
     assert_eq!(
@@ -550,7 +599,10 @@ fn two_threads_on_loopback_share_replay_windows_and_metrics_and_lock_state_dir()
         s.send_to(&sent[0], p.listen).unwrap();
     }
     let again = wire::received(&member, Duration::from_millis(500));
-    assert!(again.is_empty(), "no thread forwards a request admitted before the restart");
+    assert!(
+        again.is_empty(),
+        "no thread forwards a request admitted before the restart"
+    );
     let fresh = wire::request(&mut c, 100, group);
     clients[other].send_to(&fresh, p.listen).unwrap();
     assert_eq!(wire::received(&member, Duration::from_millis(800)).len(), 1);
@@ -572,4 +624,29 @@ fn the_threads_key_is_checked_and_defaults_to_the_available_cores() {
         let e = load(bad).map(|_| ()).unwrap_err().join("\n");
         assert!(e.contains("proxy.threads: must be 1..=256"), "{bad}: {e}");
     }
+}
+
+/// RFC 10021 §2.6.1.1: the proxy as a group member must never reuse a Sender Sequence
+/// Number. Its own OSCORE layer (sequence numbers, its peers' replay windows) is not
+/// shared between threads, so while it is a member one thread forwards whatever
+/// `threads` says: its reservations have one writer, and no second engine could draw
+/// numbers of its own.
+#[test]
+fn s2_6_1_1_a_member_proxy_runs_one_forwarding_thread() {
+    let g = Group::new(&[CLIENT, DEV_A, &[0x50]]);
+    let dir = wire::temp("member");
+    let mut run = groxy::settings::load_default().run;
+    let mut sec = checked_config(&g).groups[0].security.clone().unwrap();
+    sec.member = Some(g.config(&[0x50]));
+    run.proxy.groups[0].security = Some(sec);
+    run.proxy.threads = 2;
+    run.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    run.state_dir = Some(dir.clone());
+    let p = Proxy2::bind(run.clone()).unwrap();
+    assert_eq!(p.threads(), 1);
+    drop(p);
+    // Without membership the same configuration runs two.
+    run.proxy.groups[0].security.as_mut().unwrap().member = None;
+    assert_eq!(Proxy2::bind(run).unwrap().threads(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

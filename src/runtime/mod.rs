@@ -1213,7 +1213,9 @@ mod tests {
         let (mut p, mut client) = proxy(&dir, Policy::Enforce);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        p.observer = Some(Box::new(move |e: &Event| sink.lock().unwrap().push(e.clone())));
+        p.observer = Some(Box::new(move |e: &Event| {
+            sink.lock().unwrap().push(e.clone())
+        }));
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let now = Instant::now();
 

@@ -433,9 +433,7 @@ fn budget_allows(e: &mut Engine, now: Instant, ip: IpAddr, n: usize, total: usiz
                 && c.bucket.available(l.client_rate, l.client_burst, now) >= n as f64
         }
         None => {
-            known < l.max_clients
-                && n <= l.max_exchanges_per_client
-                && l.client_burst >= n as f64
+            known < l.max_clients && n <= l.max_exchanges_per_client && l.client_burst >= n as f64
         }
     }
 }

@@ -81,7 +81,8 @@ impl Engine {
                 }
                 (Some(next), Some(cur)) => cur.update(next),
                 (Some(next), None) => {
-                    self.checkers[g] = Some(GroupChecker::with_windows(next, self.shared.windows(g)))
+                    self.checkers[g] =
+                        Some(GroupChecker::with_windows(next, self.shared.windows(g)))
                 }
                 (None, _) => self.checkers[g] = None,
             }
