@@ -80,8 +80,13 @@ pub trait Observer: Send {
 
 /// What the async side tells the forwarding thread.
 enum Command {
-    /// A reload; the first thread reports whether it applied it on the sender.
-    Control(Box<Control>, Option<tokio::sync::oneshot::Sender<bool>>),
+    /// A reload; with several threads each reports on the sender whether it applied it.
+    Control(
+        Box<Control>,
+        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ),
+    /// Every thread applied a reload (or the first refused it): log and count it.
+    Announce(Result<(), String>),
     /// Stop taking requests, finish what is in flight, return.
     Drain,
 }
@@ -351,8 +356,10 @@ impl Proxy {
                     }
                 }
                 Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-                    let ack = (tells.len() > 1).then_some(ack_tx);
+                    if tells.len() == 1 {
+                        tell(&mut tells, 0, Command::Control(Box::new(c), None));
+                        continue;
+                    }
                     // Every thread stops forwarding while it builds the new state (a
                     // debug build takes a good part of a second per thread): in parallel,
                     // unless a group's checking starts, whose recorded windows the first
@@ -364,23 +371,36 @@ impl Proxy {
                         }),
                         Control::Reload(Err(_)) => false,
                     };
-                    tell(&mut tells, 0, Command::Control(Box::new(c.clone()), ack));
-                    if !starting {
+                    let mut acks = Vec::new();
+                    let send = |tells: &mut Vec<(mpsc::Sender<Command>, UnixStream)>, t: usize| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        tell(tells, t, Command::Control(Box::new(c.clone()), Some(tx)));
+                        rx
+                    };
+                    let first = send(&mut tells, 0);
+                    let mut result = if starting {
+                        first.await.unwrap_or_else(|_| Err("the forwarding thread stopped".into()))
+                    } else {
+                        acks.push(first);
+                        Ok(())
+                    };
+                    if result.is_ok() {
                         for t in 1..tells.len() {
-                            tell(&mut tells, t, Command::Control(Box::new(c.clone()), None));
+                            acks.push(send(&mut tells, t));
                         }
                     }
-                    if tells.len() > 1 {
-                        let ok = ack_rx.await.unwrap_or(false);
-                        if ok && let Control::Reload(Ok(cfg)) = &c {
-                            checked = checked_groups(&cfg.proxy);
-                        }
-                        if ok && starting {
-                            for t in 1..tells.len() {
-                                tell(&mut tells, t, Command::Control(Box::new(c.clone()), None));
-                            }
+                    // The first thread's verdict is the reload's (the others apply the
+                    // same configuration to the same state); any refusal is reported.
+                    for a in acks {
+                        let r = a.await.unwrap_or_else(|_| Err("the forwarding thread stopped".into()));
+                        if result.is_ok() {
+                            result = r;
                         }
                     }
+                    if result.is_ok() && let Control::Reload(Ok(cfg)) = &c {
+                        checked = checked_groups(&cfg.proxy);
+                    }
+                    tell(&mut tells, 0, Command::Announce(result));
                 }
             }
         }
@@ -602,10 +622,14 @@ impl Worker {
                             return Ok(());
                         }
                         Ok(Command::Control(c, ack)) => {
-                            let ok = self.apply(*c);
+                            let r = self.apply(*c);
                             if let Some(a) = ack {
-                                let _ = a.send(ok);
+                                let _ = a.send(r);
                             }
+                        }
+                        Ok(Command::Announce(r)) => {
+                            self.announce(&r);
+                            self.flush();
                         }
                         Ok(Command::Drain) => {
                             tracing::info!(
@@ -638,7 +662,7 @@ impl Worker {
     /// Applies a reloaded configuration, or keeps the running one and says why; says
     /// whether it applied. Only the first thread logs and counts the reload (the others
     /// apply it after it, see [`Proxy::run`]).
-    fn apply(&mut self, c: Control) -> bool {
+    fn apply(&mut self, c: Control) -> Result<(), String> {
         let Control::Reload(r) = c;
         let first = self.thread.0 == 0;
         let result = r.and_then(|cfg| {
@@ -708,20 +732,28 @@ impl Worker {
             }
             Ok(())
         });
-        if !first {
-            if let Err(e) = &result {
-                // The first thread applied what this one refused: not expected (the
-                // same configuration, the same checks), and worth a line.
-                tracing::error!(event = "config_reload", result = "failure", thread = self.thread.0, error = %e);
-            }
+        if self.thread.1 > 1 {
+            // Several threads: the reload is announced once every thread applied it (see
+            // `Proxy::run` and `announce`), so that a client that saw it counted finds it
+            // in force on whichever thread it reaches.
             if let Some(w) = &mut self.watcher {
                 w.handled(&self.engine, None);
             }
             self.flush();
             self.persist_replay();
-            return result.is_ok();
+            return result;
         }
-        match &result {
+        self.announce(&result);
+        self.flush();
+        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
+        // a restart under the old keys is refused from here on.
+        self.persist_replay();
+        result
+    }
+
+    /// Logs and counts a reload's outcome (once for the proxy).
+    fn announce(&mut self, result: &Result<(), String>) {
+        match result {
             Ok(()) => tracing::info!(event = "config_reload", result = "success"),
             Err(e) => tracing::error!(event = "config_reload", result = "failure", error = %e),
         }
@@ -738,11 +770,6 @@ impl Worker {
             w.handled(&self.engine, None);
             w.event(&e);
         }
-        self.flush();
-        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
-        // a restart under the old keys is refused from here on.
-        self.persist_replay();
-        ok
     }
 
     /// Takes a batch off every socket `ppoll` found readable, through the engine, and
