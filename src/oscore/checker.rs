@@ -4,6 +4,7 @@
 //! it cannot decrypt a payload or forge a message (§14.1).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::aad::{self, GroupAad, RequestIds, TbsForm};
 use super::alg::{EncAlg, KeyAgreementAlg, SigAlg};
@@ -529,10 +530,64 @@ impl SignatureChecker {
 #[derive(Debug)]
 pub struct GroupChecker {
     current: SignatureChecker,
-    current_windows: HashMap<Vec<u8>, ReplayWindow>,
+    /// The current epoch's windows, which the engines of several forwarding threads share
+    /// (see [`SharedWindows`]); a checker made with [`new`](Self::new) has its own.
+    windows: SharedWindows,
     previous: Option<SignatureChecker>,
-    /// The windows changed (or the epoch did) since [`take_dirty`](Self::take_dirty).
+    /// This checker moved the windows (or their epoch) since its last
+    /// [`take_dirty`](Self::take_dirty): its admissions wait for a write. A checker that
+    /// moved nothing has nothing to wait for, even while another thread's write runs.
+    moved: bool,
+}
+
+/// The replay windows of one group's current key epoch, shared by every checker of the
+/// group (one per forwarding thread), so that a request admitted on one thread is a
+/// replay on every other (groupcomm-proxy §10). The epoch (Gid) is part of the shared
+/// state: once one thread installed a new epoch, another still checking under the old one
+/// admits nothing more (its requests are refused as of an unknown Gid), so no thread
+/// forwards under the old epoch after another switched.
+///
+/// One lock per group, taken per admitted request for the window's update only (the
+/// signature is verified before, outside it): see the README's threading section for the
+/// measurement behind a plain mutex rather than a sharded map.
+#[derive(Debug, Clone, Default)]
+pub struct SharedWindows(Arc<Mutex<EpochWindows>>);
+
+#[derive(Debug, Default)]
+struct EpochWindows {
+    /// The epoch the windows belong to; `None` until a checker claimed them.
+    epoch: Option<(Vec<u8>, u64)>,
+    windows: HashMap<Vec<u8>, ReplayWindow>,
+    /// The windows changed (or the epoch did) since [`GroupChecker::take_dirty`].
     dirty: bool,
+}
+
+impl SharedWindows {
+    fn lock(&self) -> MutexGuard<'_, EpochWindows> {
+        // A thread that panicked holding the lock left the windows as they were between
+        // two whole updates (each is a single `accept`): still sound to use.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the windows for epoch `(gid, kg)`: the first checker (or one with a newer
+    /// epoch) sets it, empty and dirty; one of the epoch already there joins as it is.
+    fn claim(&self, gid: &[u8], kg: u64) -> bool {
+        let mut w = self.lock();
+        let newer = match &w.epoch {
+            None => true,
+            Some((g, k)) => g.as_slice() != gid && kg > *k,
+        };
+        if newer {
+            w.epoch = Some((gid.to_vec(), kg));
+            w.windows.clear();
+            // Nothing is on stable storage yet: even empty windows are worth recording,
+            // as they name the epoch.
+            w.dirty = true;
+        }
+        newer
+    }
 }
 
 /// The replay filter's state of a group's current key epoch, as stable storage keeps it:
@@ -596,34 +651,63 @@ pub(crate) fn restore_decision(
 impl GroupChecker {
     /// A group's filter starting from one epoch, with no replay state yet.
     pub fn new(current: SignatureChecker) -> Self {
+        Self::with_windows(current, SharedWindows::default())
+    }
+
+    /// A group's filter whose replay windows are `windows`, shared with the checkers of
+    /// the same group on other forwarding threads: the first to come (or one with a newer
+    /// epoch) sets them up for its epoch, the others join them as they are.
+    pub fn with_windows(current: SignatureChecker, windows: SharedWindows) -> Self {
+        let moved = windows.claim(&current.gid, current.key_generation);
         GroupChecker {
             current,
-            current_windows: HashMap::new(),
+            windows,
             previous: None,
-            // Nothing is on stable storage yet: even empty windows are worth recording,
-            // as they name the epoch.
-            dirty: true,
+            moved,
         }
     }
 
     /// The state of the current epoch's windows.
     pub fn replay_state(&self) -> ReplayState {
-        let mut windows: Vec<(Vec<u8>, WindowState)> = self
-            .current_windows
+        Self::snapshot(&self.current, &self.windows.lock())
+    }
+
+    fn snapshot(current: &SignatureChecker, w: &EpochWindows) -> ReplayState {
+        let mut windows: Vec<(Vec<u8>, WindowState)> = w
+            .windows
             .iter()
             .map(|(k, w)| (k.clone(), w.state()))
             .collect();
         windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // The shared epoch, which a newer checker on another thread may have moved on.
+        let (gid, key_generation) = w
+            .epoch
+            .clone()
+            .unwrap_or_else(|| (current.gid.clone(), current.key_generation));
         ReplayState {
-            gid: self.current.gid.clone(),
-            key_generation: self.current.key_generation,
+            gid,
+            key_generation,
             windows,
         }
     }
 
-    /// The state, if it changed since the last call; the checker is clean afterwards.
+    /// The state, if it changed since the last call (on any thread sharing the windows);
+    /// clean afterwards.
     pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
-        std::mem::take(&mut self.dirty).then(|| self.replay_state())
+        self.moved = false;
+        let mut w = self.windows.lock();
+        std::mem::take(&mut w.dirty).then(|| Self::snapshot(&self.current, &w))
+    }
+
+    /// Marks the windows changed again: a write of their state failed, and whoever shares
+    /// them must write (or hold back) its own admissions.
+    pub(crate) fn mark_dirty(&self) {
+        self.windows.lock().dirty = true;
+    }
+
+    /// Whether this checker moved the windows since its last take (see `moved`).
+    pub(crate) fn moved(&self) -> bool {
+        self.moved
     }
 
     /// Takes back a recorded state at start. Same Gid: its windows replace the current
@@ -633,17 +717,19 @@ impl GroupChecker {
     /// and nothing changes.
     pub fn restore(&mut self, recorded: &ReplayState) -> Result<Restored, ConfigError> {
         let decision = restore_decision(recorded, &self.current.gid, self.current.key_generation)?;
+        let mut w = self.windows.lock();
         match decision {
             Restored::Windows => {
-                self.current_windows = recorded
+                w.windows = recorded
                     .windows
                     .iter()
                     .map(|(kid, s)| (kid.clone(), ReplayWindow::from_state(*s)))
                     .collect();
             }
             Restored::NewEpoch => {
-                self.current_windows.clear();
-                self.dirty = true;
+                w.windows.clear();
+                w.dirty = true;
+                self.moved = true;
             }
         }
         Ok(decision)
@@ -681,12 +767,13 @@ impl GroupChecker {
     /// `next` with nothing changed since.
     pub(crate) fn install(&mut self, next: SignatureChecker) {
         debug_assert!(self.check_rekey(&next).is_ok());
+        // The new epoch's empty windows replace the old ones (on stable storage too, so
+        // that a restart under the old keys is refused, see `restore`); a checker of
+        // another thread that installed this epoch first has set them up already, and
+        // what it admitted since stays.
+        self.moved |= self.windows.claim(&next.gid, next.key_generation);
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some(old);
-        self.current_windows.clear();
-        // The new epoch's empty windows replace the old ones on stable storage too, so
-        // that a restart under the old keys is refused (see `restore`).
-        self.dirty = true;
     }
 
     /// Replaces the material of the current epoch (new members' credentials, a new
@@ -735,9 +822,21 @@ impl GroupChecker {
     ) -> Result<Verdict<CheckedRequest>, OscoreError> {
         let verdict = verdict?;
         if let Verdict::Verified(req) = &verdict {
-            let w = self.current_windows.entry(req.kid.clone()).or_default();
+            let mut shared = self.windows.lock();
+            // Another thread installed a newer epoch: nothing more is admitted under this
+            // one (§2.6.3.2), here as there.
+            if shared
+                .epoch
+                .as_ref()
+                .is_some_and(|(gid, _)| *gid != self.current.gid)
+            {
+                return Err(OscoreError::UnknownGid);
+            }
+            let w = shared.windows.entry(req.kid.clone()).or_default();
             w.accept(req.seq)?;
-            self.dirty = true;
+            shared.dirty = true;
+            drop(shared);
+            self.moved = true;
         }
         Ok(verdict)
     }

@@ -15,7 +15,9 @@ pub mod protect;
 pub mod replay;
 
 pub use aad::TbsForm;
-pub use checker::{CheckerConfig, GroupChecker, ReplayState, Restored, SignatureChecker, Verdict};
+pub use checker::{
+    CheckerConfig, GroupChecker, ReplayState, Restored, SharedWindows, SignatureChecker, Verdict,
+};
 pub use context::{ContextConfig, SecurityContext};
 pub use error::{ConfigError, OptionError, OscoreError};
 pub use group::GroupMember;

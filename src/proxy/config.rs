@@ -243,6 +243,10 @@ pub struct ProxyConfig {
     /// space; it names this proxy in the 5.08s it makes and relays, and a relayed 5.08
     /// that already names it is not relayed.
     pub hop_id: String,
+    /// Forwarding threads (`[proxy] threads`), each an engine with its own sockets; the
+    /// engine itself ignores it (the runtime reads it). 1 in this default, the machine's
+    /// cores in the configuration file's.
+    pub threads: usize,
 }
 
 // Reverse-proxy mode (groupcomm-proxy §6, issue 16).
@@ -340,6 +344,7 @@ impl Default for ProxyConfig {
             deterministic_kids: Vec::new(),
             reverse: Vec::new(),
             hop_id: "groxy".into(),
+            threads: 1,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod events;
 pub(crate) mod mids;
 pub mod prefix;
+pub mod shared;
 pub(crate) mod tables;
 
 pub use config::{
@@ -18,5 +19,6 @@ pub use prefix::Prefix;
 // The response cache (issue 16).
 pub use config::{CacheConfig, GroupCache};
 pub use events::CacheEvent;
+pub use shared::Shared;
 #[doc(hidden)]
 pub use tables::DedupBench;

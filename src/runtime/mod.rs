@@ -54,7 +54,7 @@ pub struct RunConfig {
 }
 
 /// Requests to a running proxy (from signal handlers).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Control {
     /// A configuration read anew (SIGHUP), or why it could not be.
     Reload(Result<RunConfig, String>),
@@ -80,13 +80,30 @@ pub trait Observer: Send {
 
 /// What the async side tells the forwarding thread.
 enum Command {
-    Control(Box<Control>),
+    /// A reload; with several threads each reports on the sender whether it applied it.
+    Control(
+        Box<Control>,
+        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ),
+    /// Every thread applied a reload (or the first refused it): log and count it.
+    Announce(Result<(), String>),
     /// Stop taking requests, finish what is in flight, return.
     Drain,
 }
 
-/// Bound sockets, ready to run.
+/// Bound sockets, ready to run: one [`Worker`] per forwarding thread (`[proxy] threads`).
 pub struct Proxy {
+    workers: Vec<Worker>,
+    control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+    /// The exclusive lock on `state_dir`, held while the proxy runs (see
+    /// [`lock_state_dir`]).
+    _lock: Option<std::fs::File>,
+}
+
+/// One forwarding thread: its engine and its own sockets (listeners bound with
+/// `SO_REUSEPORT` beside the other threads', egress sockets of its own so that responses
+/// come back to the thread whose engine holds the exchange).
+struct Worker {
     engine: Engine,
     sockets: Vec<(Link, UdpSocket)>,
     /// Per socket (same index), what is to go out of it at the end of the batch.
@@ -103,24 +120,371 @@ pub struct Proxy {
     observer: Option<EventObserver>,
     watcher: Option<Box<dyn Observer>>,
     state_dir: Option<std::path::PathBuf>,
-    /// The checked groups' replay windows on stable storage (None: no group checked).
-    replay: Option<replay::ReplayStore>,
-    control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+    /// The checked groups' replay windows on stable storage (None: no group checked),
+    /// shared by every thread: it is locked while a thread takes the windows' state and
+    /// writes it, so that no thread sends what another's pending write still covers.
+    replay: std::sync::Arc<std::sync::Mutex<Option<replay::ReplayStore>>>,
     listen: Vec<SocketAddr>,
+    /// Which forwarding thread this is, and how many there are.
+    thread: (usize, usize),
     /// The HTTP bridge's virtual listener, if `[http]` is configured (see `bridge`).
     bridge: Option<bridge::BridgeLink>,
 }
 
+/// Locks `state_dir` for this process (`flock(LOCK_EX | LOCK_NB)` on
+/// `<state_dir>/groxy.lock`): two proxies sharing it would each reserve Sender Sequence
+/// Numbers and record replay windows over the other's, reusing nonces and letting
+/// replays through. The lock goes with the process, however it ends (kill -9 too).
+pub fn lock_state_dir(dir: &std::path::Path) -> io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("groxy.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "proxy.state_dir {}: locked by another groxy process ({e}); two proxies must \
+                 not share Sender Sequence Numbers and replay windows",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(f)
+}
+
 impl Proxy {
-    /// Binds every socket; fails before serving anything if one cannot be had.
-    pub fn bind(mut cfg: RunConfig) -> io::Result<Self> {
+    /// Binds every socket of every forwarding thread; fails before serving anything if
+    /// one cannot be had.
+    pub fn bind(cfg: RunConfig) -> io::Result<Self> {
+        let lock = cfg.state_dir.as_deref().map(lock_state_dir).transpose()?;
+        let mut threads = cfg.proxy.threads.max(1);
+        if threads > 1
+            && let Some(reason) = single_thread_reason(&cfg.proxy)
+        {
+            tracing::warn!(
+                event = "threads_limited",
+                threads = 1,
+                asked = threads,
+                reason
+            );
+            threads = 1;
+        }
+        let shared = (threads > 1)
+            .then(|| {
+                let mut key = [0u8; 16];
+                getrandom::fill(&mut key)
+                    .map_err(|e| io::Error::other(format!("randomness: {e}")))?;
+                Ok::<_, io::Error>(crate::proxy::Shared::new(threads, key))
+            })
+            .transpose()?;
+        let mut workers: Vec<Worker> = Vec::with_capacity(threads);
+        let mut cfg = cfg;
+        // Deduplication is per thread (a client endpoint always reaches the same one), so
+        // the table is split: the whole proxy holds `dedup_capacity` entries, as with one
+        // thread; each address's share stays `dedup_per_client` per thread.
+        cfg.proxy.limits.dedup_capacity = (cfg.proxy.limits.dedup_capacity / threads).max(1);
+        for t in 0..threads {
+            if t == 1 {
+                // The others listen where the first one did (port 0 resolved).
+                cfg.listen = workers[0].listen_addrs();
+            }
+            let shared = shared.as_ref().map(|s| s.thread(t));
+            let mut w = Worker::bind(cfg.clone(), shared, (t, threads))?;
+            if t == 0 {
+                w.listen = cfg.listen.clone();
+            } else {
+                w.listen = workers[0].listen.clone();
+                // One store for all: the first thread restored the shared windows.
+                w.replay = workers[0].replay.clone();
+            }
+            workers.push(w);
+        }
+        Ok(Proxy {
+            workers,
+            control: None,
+            _lock: lock,
+        })
+    }
+
+    /// Addresses the listeners are bound to (port 0 resolved).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.workers[0].listen_addrs()
+    }
+
+    /// Address of a group's egress socket of the first thread (where devices' responses
+    /// to its requests arrive; each thread has its own).
+    pub fn group_addr(&self, group: usize) -> Option<SocketAddr> {
+        self.workers[0].group_addr(group)
+    }
+
+    /// How many forwarding threads serve (`[proxy] threads`, 1 while the proxy is a group
+    /// member).
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Sees every engine event of every thread (metrics hook); with several threads the
+    /// calls are serialised by a lock.
+    pub fn on_event(&mut self, f: impl FnMut(&Event) + Send + 'static) {
+        if self.workers.len() == 1 {
+            self.workers[0].observer = Some(Box::new(f));
+            return;
+        }
+        let f = std::sync::Arc::new(std::sync::Mutex::new(f));
+        for w in &mut self.workers {
+            let f = f.clone();
+            w.observer = Some(Box::new(move |e: &Event| {
+                (f.lock().unwrap_or_else(std::sync::PoisonError::into_inner))(e)
+            }));
+        }
+    }
+
+    /// Sees every event and each engine after its flushes (metrics hook, see
+    /// [`Observer`]); with several threads one observer sees them all, its calls
+    /// serialised by a lock (counters add up; gauges read from the engine are the whole
+    /// proxy's or kept per thread by [`Engine::thread`]).
+    pub fn observe(&mut self, o: impl Observer + 'static) {
+        if self.workers.len() == 1 {
+            self.workers[0].watcher = Some(Box::new(o));
+            return;
+        }
+        let o: SharedObserver = std::sync::Arc::new(std::sync::Mutex::new(Box::new(o)));
+        for w in &mut self.workers {
+            w.watcher = Some(Box::new(Locked(o.clone())));
+        }
+    }
+
+    /// Attaches the HTTP bridge as the listener after the UDP ones, on the first
+    /// forwarding thread; the HTTP side gets the sender of request datagrams and the
+    /// receiver of what the engine sends back.
+    pub fn attach_bridge(
+        &mut self,
+    ) -> io::Result<(
+        bridge::BridgeSender,
+        tokio::sync::mpsc::UnboundedReceiver<bridge::FromEngine>,
+    )> {
+        self.workers[0].attach_bridge()
+    }
+
+    /// A handle to reload the running proxy.
+    pub(crate) fn controller(&mut self) -> tokio::sync::mpsc::UnboundedSender<Control> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.control = Some(rx);
+        tx
+    }
+
+    /// Serves until `shutdown` completes, then drains: new requests get 5.03 while the
+    /// exchanges in flight run to their timeouts (at most `DRAIN_LIMIT`, 75 s), then returns.
+    /// The forwarding itself runs on threads of their own (see the module's comment).
+    ///
+    /// A reload goes to every thread at once, each applying it between two batches; where
+    /// a group's checking starts, to the first thread and only once it applied it to the
+    /// others, so that the group's recorded windows are restored before any thread checks
+    /// under them. Once one thread installed a rekeyed group's new epoch, the others admit
+    /// nothing under the old one (the shared windows name the epoch): until their own
+    /// reload they drop that group's signed requests rather than forward under the old
+    /// keys. The reload is logged and counted once, by the first thread.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Proxy {
+            workers,
+            mut control,
+            _lock,
+        } = self;
+        // Which groups are checked, as of the configuration in force (see the reload).
+        let mut checked: Vec<bool> = {
+            let e = &workers[0].engine;
+            (0..e.config().groups.len())
+                .map(|g| e.checker(g).is_some())
+                .collect()
+        };
+        let mut tells = Vec::new();
+        let mut dones = Vec::new();
+        for (t, mut w) in workers.into_iter().enumerate() {
+            let (wake_tx, wake_rx) = UnixStream::pair()?;
+            wake_tx.set_nonblocking(true)?;
+            wake_rx.set_nonblocking(true)?;
+            let (cmd_tx, cmd_rx) = mpsc::channel();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let name = if t == 0 {
+                "groxy-forward".to_string()
+            } else {
+                format!("groxy-forward-{t}")
+            };
+            std::thread::Builder::new().name(name).spawn(move || {
+                let _ = done_tx.send(w.forward(&cmd_rx, &wake_rx));
+            })?;
+            tells.push((cmd_tx, wake_tx));
+            dones.push(done_rx);
+        }
+        // A byte on the socket pair wakes a thread from ppoll to read its commands;
+        // when this future is dropped, the pairs' ends close and the threads stop.
+        let tell = |tells: &mut Vec<(mpsc::Sender<Command>, UnixStream)>, t: usize, c: Command| {
+            let (cmd, wake) = &mut tells[t];
+            let _ = cmd.send(c);
+            let _ = wake.write(&[1]);
+        };
+        let mut all_done = Box::pin(async move {
+            let mut result = Ok(());
+            for d in dones {
+                let r = d
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::other("the forwarding thread panicked")));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        });
+        tokio::pin!(shutdown);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                r = &mut all_done => {
+                    return r;
+                }
+                _ = &mut shutdown, if !draining => {
+                    draining = true;
+                    for t in 0..tells.len() {
+                        tell(&mut tells, t, Command::Drain);
+                    }
+                }
+                Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    if tells.len() == 1 {
+                        tell(&mut tells, 0, Command::Control(Box::new(c), None));
+                        continue;
+                    }
+                    // Every thread stops forwarding while it builds the new state (a
+                    // debug build takes a good part of a second per thread): in parallel,
+                    // unless a group's checking starts, whose recorded windows the first
+                    // thread must restore before any other checks under them.
+                    let starting = match &c {
+                        Control::Reload(Ok(cfg)) => cfg.proxy.groups.iter().enumerate().any(|(g, s)| {
+                            !checked.get(g).copied().unwrap_or(false)
+                                && s.security.as_ref().is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+                        }),
+                        Control::Reload(Err(_)) => false,
+                    };
+                    let mut acks = Vec::new();
+                    let send = |tells: &mut Vec<(mpsc::Sender<Command>, UnixStream)>, t: usize| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        tell(tells, t, Command::Control(Box::new(c.clone()), Some(tx)));
+                        rx
+                    };
+                    let first = send(&mut tells, 0);
+                    let mut result = if starting {
+                        first.await.unwrap_or_else(|_| Err("the forwarding thread stopped".into()))
+                    } else {
+                        acks.push(first);
+                        Ok(())
+                    };
+                    if result.is_ok() {
+                        for t in 1..tells.len() {
+                            acks.push(send(&mut tells, t));
+                        }
+                    }
+                    // The first thread's verdict is the reload's (the others apply the
+                    // same configuration to the same state); any refusal is reported.
+                    for a in acks {
+                        let r = a.await.unwrap_or_else(|_| Err("the forwarding thread stopped".into()));
+                        if result.is_ok() {
+                            result = r;
+                        }
+                    }
+                    if result.is_ok() && let Control::Reload(Ok(cfg)) = &c {
+                        checked = checked_groups(&cfg.proxy);
+                    }
+                    tell(&mut tells, 0, Command::Announce(result));
+                }
+            }
+        }
+    }
+}
+
+/// Per group, whether `cfg` checks its requests (policy enforce or monitor).
+fn checked_groups(cfg: &ProxyConfig) -> Vec<bool> {
+    cfg.groups
+        .iter()
+        .map(|g| {
+            g.security
+                .as_ref()
+                .is_some_and(|s| s.policy != crate::proxy::Policy::Off)
+        })
+        .collect()
+}
+
+/// Why `cfg` needs a single forwarding thread, if it does: state that must be one for the
+/// whole proxy but is not in [`crate::proxy::Shared`] yet. Each thread would otherwise
+/// keep its own: the proxy's own OSCORE layer (Sender Sequence Numbers, its peers' replay
+/// windows), the response cache (a read stored by one thread would multicast again from
+/// another, and Group-ETags would differ by thread), and the servers a reverse-proxy
+/// resource stands in for (a follow-up reaching another thread would get 4.04).
+fn single_thread_reason(cfg: &ProxyConfig) -> Option<&'static str> {
+    if cfg
+        .groups
+        .iter()
+        .any(|g| g.security.as_ref().is_some_and(|s| s.member.is_some()))
+    {
+        Some("the proxy is a group member")
+    } else if cfg.cache.enabled {
+        Some("the response cache is on")
+    } else if cfg
+        .reverse
+        .iter()
+        .any(|r| matches!(r.stand_in, crate::proxy::StandIn::Servers { .. }))
+    {
+        Some("a reverse-proxy resource stands in for the servers")
+    } else {
+        None
+    }
+}
+
+type SharedObserver = std::sync::Arc<std::sync::Mutex<Box<dyn Observer>>>;
+
+/// One thread's handle on an observer every thread feeds.
+struct Locked(SharedObserver);
+
+impl Observer for Locked {
+    fn event(&mut self, e: &Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .event(e);
+    }
+    fn handled(&mut self, engine: &Engine, took: Option<Duration>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .handled(engine, took);
+    }
+}
+
+impl Worker {
+    /// Binds one thread's sockets: its listeners (with `SO_REUSEPORT` when there are
+    /// several threads) and its own egress; fails before serving anything if one cannot
+    /// be had.
+    fn bind(
+        mut cfg: RunConfig,
+        shared: Option<crate::proxy::Shared>,
+        thread: (usize, usize),
+    ) -> io::Result<Self> {
         if cfg.egress.len() != cfg.proxy.groups.len() {
             return Err(io::Error::other("one egress per group"));
         }
         let mut sockets = Vec::new();
         for (i, addr) in cfg.listen.iter().enumerate() {
-            let s = sockets::listener(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            let s = if thread.1 > 1 {
+                sockets::shared_listener(*addr)
+            } else {
+                sockets::listener(*addr)
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             sockets.push((Link::Listener(i), s));
         }
         // Each egress is a pool of source ports: every port has Message IDs of its own
@@ -158,9 +522,13 @@ impl Proxy {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("randomness: {e}")))?;
         let names = cfg.proxy.groups.iter().map(|g| g.name.clone()).collect();
-        Ok(Proxy {
-            engine: Engine::new(cfg.proxy, Instant::now(), seed)
-                .map_err(|e| io::Error::other(e.to_string()))?,
+        let engine = match shared {
+            Some(sh) => Engine::with_shared(cfg.proxy, Instant::now(), seed, sh),
+            None => Engine::new(cfg.proxy, Instant::now(), seed),
+        }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Worker {
+            engine,
             sockets,
             queues,
             group_base,
@@ -172,20 +540,23 @@ impl Proxy {
             observer: None,
             watcher: None,
             state_dir: cfg.state_dir.clone(),
-            replay: None,
-            control: None,
+            replay: Default::default(),
             listen: cfg.listen.clone(),
+            thread,
             bridge: None,
         })
-        .and_then(|mut p: Proxy| {
+        .and_then(|mut p: Worker| {
             state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
-            p.replay = replay::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
+            // The windows are shared: the first thread restores them for all.
+            if thread.0 == 0 {
+                let store = replay::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
+                p.replay = std::sync::Arc::new(std::sync::Mutex::new(store));
+            }
             Ok(p)
         })
     }
 
-    /// Addresses the listeners are bound to (port 0 resolved).
-    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+    fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.sockets
             .iter()
             .filter(|(l, _)| matches!(l, Link::Listener(_)))
@@ -193,27 +564,15 @@ impl Proxy {
             .collect()
     }
 
-    /// Address of a group's egress socket (where devices' responses arrive).
-    pub fn group_addr(&self, group: usize) -> Option<SocketAddr> {
+    fn group_addr(&self, group: usize) -> Option<SocketAddr> {
         self.sockets
             .iter()
             .find(|(l, _)| *l == Link::Group(group, 0))
             .and_then(|(_, s)| s.local_addr().ok())
     }
 
-    /// Sees every engine event (metrics hook).
-    pub fn on_event(&mut self, f: impl FnMut(&Event) + Send + 'static) {
-        self.observer = Some(Box::new(f));
-    }
-
-    /// Sees every event and the engine after each flush (metrics hook, see [`Observer`]).
-    pub fn observe(&mut self, o: impl Observer + 'static) {
-        self.watcher = Some(Box::new(o));
-    }
-
-    /// Attaches the HTTP bridge as the listener after the UDP ones; the HTTP side gets
-    /// the sender of request datagrams and the receiver of what the engine sends back.
-    pub fn attach_bridge(
+    /// Attaches the HTTP bridge as the listener after the UDP ones.
+    fn attach_bridge(
         &mut self,
     ) -> io::Result<(
         bridge::BridgeSender,
@@ -223,52 +582,6 @@ impl Proxy {
         let (link, tx, rx) = bridge::pair(index)?;
         self.bridge = Some(link);
         Ok((tx, rx))
-    }
-
-    /// A handle to reload the running proxy.
-    pub(crate) fn controller(&mut self) -> tokio::sync::mpsc::UnboundedSender<Control> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.control = Some(rx);
-        tx
-    }
-
-    /// Serves until `shutdown` completes, then drains: new requests get 5.03 while the
-    /// exchanges in flight run to their timeouts (at most `DRAIN_LIMIT`, 75 s), then returns.
-    /// The forwarding itself runs on a thread of its own (see the module's comment).
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let (mut wake_tx, wake_rx) = UnixStream::pair()?;
-        wake_tx.set_nonblocking(true)?;
-        wake_rx.set_nonblocking(true)?;
-        let (cmd_tx, cmd_rx) = mpsc::channel();
-        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-        let mut control = self.control.take();
-        std::thread::Builder::new()
-            .name("groxy-forward".into())
-            .spawn(move || {
-                let _ = done_tx.send(self.forward(&cmd_rx, &wake_rx));
-            })?;
-        // A byte on the socket pair wakes the thread from ppoll to read its commands;
-        // when this future is dropped, the pair's end closes and the thread stops.
-        let mut tell = |c: Command| {
-            let _ = cmd_tx.send(c);
-            let _ = wake_tx.write(&[1]);
-        };
-        tokio::pin!(shutdown);
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                r = &mut done_rx => {
-                    return r.unwrap_or_else(|_| Err(io::Error::other("the forwarding thread panicked")));
-                }
-                _ = &mut shutdown, if !draining => {
-                    draining = true;
-                    tell(Command::Drain);
-                }
-                Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                    tell(Command::Control(Box::new(c)));
-                }
-            }
-        }
     }
 
     /// The forwarding loop: a batch from every socket with something queued, through the
@@ -327,7 +640,16 @@ impl Proxy {
                             tracing::info!(event = "stopped", reason = "handle dropped");
                             return Ok(());
                         }
-                        Ok(Command::Control(c)) => self.apply(*c),
+                        Ok(Command::Control(c, ack)) => {
+                            let r = self.apply(*c);
+                            if let Some(a) = ack {
+                                let _ = a.send(r);
+                            }
+                        }
+                        Ok(Command::Announce(r)) => {
+                            self.announce(&r);
+                            self.flush();
+                        }
                         Ok(Command::Drain) => {
                             tracing::info!(
                                 event = "draining",
@@ -356,12 +678,23 @@ impl Proxy {
         }
     }
 
-    /// Applies a reloaded configuration, or keeps the running one and says why.
-    fn apply(&mut self, c: Control) {
+    /// Applies a reloaded configuration, or keeps the running one and says why; says
+    /// whether it applied. Only the first thread logs and counts the reload (the others
+    /// apply it after it, see [`Proxy::run`]).
+    fn apply(&mut self, c: Control) -> Result<(), String> {
         let Control::Reload(r) = c;
+        let first = self.thread.0 == 0;
         let result = r.and_then(|cfg| {
             if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
                 return Err("listeners or state_dir changed: restart to apply".into());
+            }
+            if self.thread.1 > 1
+                && let Some(reason) = single_thread_reason(&cfg.proxy)
+            {
+                return Err(format!(
+                    "{reason}, which needs one forwarding thread, while several forward: \
+                     restart to apply (it then runs one thread)"
+                ));
             }
             // A group whose checking starts now (its policy was off) takes back the
             // windows recorded for it, as at start; keying material that went back is
@@ -379,6 +712,8 @@ impl Proxy {
                 })
                 .map(|(g, _)| g)
                 .collect();
+            // Later threads join the windows the first one restored.
+            let starting = if first { starting } else { Vec::new() };
             for &g in &starting {
                 let name = &self.names[g];
                 let dir = self.state_dir.as_deref().ok_or_else(|| {
@@ -397,9 +732,13 @@ impl Proxy {
             self.engine.reconfigure(Instant::now(), cfg.proxy)?;
             for g in starting {
                 let dir = self.state_dir.as_deref().expect("checked above");
-                let store = match self.replay.as_mut() {
+                let replay = self.replay.clone();
+                let mut guard = replay
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let store = match guard.as_mut() {
                     Some(s) => s,
-                    None => self.replay.insert(
+                    None => guard.insert(
                         replay::ReplayStore::new(dir, self.names.len())
                             .map_err(|e| e.to_string())?,
                     ),
@@ -413,11 +752,33 @@ impl Proxy {
             }
             Ok(())
         });
-        match &result {
+        if self.thread.1 > 1 {
+            // Several threads: the reload is announced once every thread applied it (see
+            // `Proxy::run` and `announce`), so that a client that saw it counted finds it
+            // in force on whichever thread it reaches.
+            if let Some(w) = &mut self.watcher {
+                w.handled(&self.engine, None);
+            }
+            self.flush();
+            self.persist_replay();
+            return result;
+        }
+        self.announce(&result);
+        self.flush();
+        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
+        // a restart under the old keys is refused from here on.
+        self.persist_replay();
+        result
+    }
+
+    /// Logs and counts a reload's outcome (once for the proxy).
+    fn announce(&mut self, result: &Result<(), String>) {
+        match result {
             Ok(()) => tracing::info!(event = "config_reload", result = "success"),
             Err(e) => tracing::error!(event = "config_reload", result = "failure", error = %e),
         }
-        let e = Event::ConfigReload { ok: result.is_ok() };
+        let ok = result.is_ok();
+        let e = Event::ConfigReload { ok };
         if let Some(f) = &mut self.observer {
             f(&e);
         }
@@ -429,10 +790,6 @@ impl Proxy {
             w.handled(&self.engine, None);
             w.event(&e);
         }
-        self.flush();
-        // A rekeyed group's new, empty epoch is recorded now, not with the next request:
-        // a restart under the old keys is refused from here on.
-        self.persist_replay();
     }
 
     /// Takes a batch off every socket `ppoll` found readable, through the engine, and
@@ -513,12 +870,28 @@ impl Proxy {
     /// not survive a crash, and a copy of it could then be multicast again. Under monitor
     /// the filter decides nothing, so its traffic goes; the failure is logged either way.
     fn persist_replay(&mut self) {
+        // Nothing this thread queued relies on a write: no need to wait for another
+        // thread's (with one thread, nothing is dirty either).
+        if !self.engine.replay_pending() {
+            return;
+        }
+        // Locked from the take to the end of the writes: a thread that finds the windows
+        // clean because another took them waits here until that write is on disk.
+        let replay = self.replay.clone();
+        let mut store = replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let states = self.engine.take_replay_state();
         for (g, st) in states {
-            let r = match self.replay.as_mut() {
+            let r = match store.as_mut() {
                 Some(store) => store.write(g, &st),
                 None => Err(io::Error::other("no state_dir for the replay windows")),
             };
+            if r.is_err() && self.thread.1 > 1 {
+                // The state may hold other threads' admissions, which they will send
+                // when they find it clean: dirty again, so each writes (or drops) its own.
+                self.engine.replay_unsaved(g);
+            }
             let Err(e) = r else { continue };
             let mut dropped = 0usize;
             let now = Instant::now();
@@ -774,9 +1147,18 @@ mod tests {
         (run, ctx)
     }
 
-    fn proxy(dir: &std::path::Path, policy: Policy) -> (Proxy, SecurityContext) {
+    fn proxy(dir: &std::path::Path, policy: Policy) -> (Worker, SecurityContext) {
         let (run, ctx) = run_config(Some(dir), policy, &[0x44, 0x61], 0);
-        (Proxy::bind(run).unwrap(), ctx)
+        (worker(run), ctx)
+    }
+
+    /// The one forwarding thread of a proxy bound with `run`.
+    fn worker(run: RunConfig) -> Worker {
+        Proxy::bind(run).unwrap().workers.remove(0)
+    }
+
+    fn fail_writes(p: &Worker, g: usize) {
+        p.replay.lock().unwrap().as_mut().unwrap().fail_writes(g);
     }
 
     fn bind_error(run: RunConfig) -> String {
@@ -796,7 +1178,7 @@ mod tests {
         let (g1, g2) = (&[0x44, 0x61][..], &[0x44, 0x62][..]);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let (run, mut client) = run_config(Some(&dir), Policy::Enforce, g1, 0);
-        let mut p = Proxy::bind(run).unwrap();
+        let mut p = worker(run);
         let req = request(&mut client, 1);
         p.handle(Instant::now(), 0, from, &req);
         p.persist_replay();
@@ -810,7 +1192,7 @@ mod tests {
         let whole = std::fs::read(slot(newest)).unwrap();
         std::fs::write(slot(newest), &whole[..whole.len() - 5]).unwrap();
         let (run, _) = run_config(Some(&dir), Policy::Enforce, g1, 0);
-        let mut p = Proxy::bind(run).unwrap();
+        let mut p = worker(run);
         p.handle(Instant::now(), 0, from, &req);
         p.persist_replay();
         assert_eq!(to_group(&p), 0, "the restored window refuses the request");
@@ -831,7 +1213,7 @@ mod tests {
         std::fs::write(slot(0), &whole).unwrap();
         std::fs::write(slot(1), &whole).unwrap();
         let (run, mut client2) = run_config(Some(&dir), Policy::Enforce, g2, 1);
-        let mut p = Proxy::bind(run).unwrap();
+        let mut p = worker(run);
         for i in 0..2 {
             let (_, st) = replay::decode(&std::fs::read(slot(i)).unwrap()).unwrap();
             assert_eq!((st.gid.as_slice(), st.key_generation), (g2, 1));
@@ -866,7 +1248,7 @@ mod tests {
     }
 
     /// Datagrams queued on the group's egress.
-    fn to_group(p: &Proxy) -> usize {
+    fn to_group(p: &Worker) -> usize {
         let i = p.sockets.iter().position(|(l, _)| *l == Link::Group(0, 0));
         p.queues[i.unwrap()].items.len()
     }
@@ -878,7 +1260,9 @@ mod tests {
         let (mut p, mut client) = proxy(&dir, Policy::Enforce);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        p.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+        p.observer = Some(Box::new(move |e: &Event| {
+            sink.lock().unwrap().push(e.clone())
+        }));
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let now = Instant::now();
 
@@ -891,7 +1275,7 @@ mod tests {
 
         // The disk fails: a batch of two admitted requests does not leave, and each is
         // counted.
-        p.replay.as_mut().unwrap().fail_writes(0);
+        fail_writes(&p, 0);
         p.handle(now, 0, from, &request(&mut client, 2));
         p.handle(now, 0, from, &request(&mut client, 3));
         assert_eq!(to_group(&p), 2);
@@ -920,7 +1304,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("groxy-rwm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (mut p, mut client) = proxy(&dir, Policy::Monitor);
-        p.replay.as_mut().unwrap().fail_writes(0);
+        fail_writes(&p, 0);
         p.handle(
             Instant::now(),
             0,

@@ -81,6 +81,22 @@ pub fn listener(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// A listener of one of several forwarding threads (`[proxy] threads`): every thread
+/// binds the same address with `SO_REUSEPORT`, and the kernel hands each datagram to one
+/// of them by a hash of its 4-tuple, so a client endpoint always reaches the same thread
+/// (its deduplication and Message IDs stay that thread's). Only the proxy's own sockets
+/// can join: the kernel lets a socket join a reuseport group only under the same user,
+/// and the state directory's lock keeps a second groxy out (`runtime::lock_state_dir`).
+pub fn shared_listener(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = udp(&addr)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// The addresses of this host's interfaces (what a listener on an unspecified address is
 /// reached at); empty if they cannot be listed.
 pub fn host_addrs() -> Vec<IpAddr> {

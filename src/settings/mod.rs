@@ -60,6 +60,9 @@ struct ProxySection {
     /// The proxy's identifier in 5.08 diagnostics (RFC 8768 §4; issue 16).
     #[serde(default)]
     id: Option<String>,
+    /// Forwarding threads (issue 14); absent: the available cores.
+    #[serde(default)]
+    threads: Option<usize>,
 }
 
 impl Default for ProxySection {
@@ -70,6 +73,7 @@ impl Default for ProxySection {
             state_dir: None,
             names: Vec::new(),
             id: None,
+            threads: None,
         }
     }
 }
@@ -299,6 +303,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
     let mut listen = listen;
     let reverse = reverse_sections(&f, &mut listen, &groups, &mut errors);
     let hop_id = hop_id(&f.proxy, &mut errors);
+    let threads = threads(f.proxy.threads, &mut errors);
     let http = f
         .http
         .as_ref()
@@ -328,6 +333,7 @@ fn validate(f: File, base: &Path) -> Result<Loaded, Vec<String>> {
                 deterministic_kids,
                 reverse,
                 hop_id,
+                threads,
             },
             listen,
             egress,
@@ -356,6 +362,27 @@ fn deterministic_kid(i: usize, g: &GroupSection, errors: &mut Vec<String>) -> Op
             errors.push(format!("{key}: not hex"));
             None
         }
+    }
+}
+
+/// Most forwarding threads `[proxy] threads` may ask for: a thread's token space is an
+/// eighth of the token counter's bits (`proxy::shared`), and each thread holds a full set
+/// of egress sockets.
+pub const MAX_THREADS: usize = 256;
+
+/// `[proxy] threads`: 1 to [`MAX_THREADS`]; absent, the cores this process may run on
+/// (`std::thread::available_parallelism`, which follows the CPU affinity mask and cgroup
+/// quota), 1 if that cannot be told.
+fn threads(value: Option<usize>, errors: &mut Vec<String>) -> usize {
+    match value {
+        Some(n) if (1..=MAX_THREADS).contains(&n) => n,
+        Some(_) => {
+            errors.push(format!("proxy.threads: must be 1..={MAX_THREADS}"));
+            1
+        }
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS),
     }
 }
 

@@ -189,6 +189,23 @@ impl Engine {
         out
     }
 
+    /// Whether this engine moved any group's replay windows (admitted a request, or
+    /// installed or restored an epoch) since its last
+    /// [`take_replay_state`](Self::take_replay_state): if not, nothing it queued depends on
+    /// a write, and with several threads it need not wait for another thread's.
+    pub fn replay_pending(&self) -> bool {
+        self.checkers.iter().flatten().any(GroupChecker::moved)
+    }
+
+    /// A write of group `g`'s state from [`take_replay_state`](Self::take_replay_state)
+    /// failed: its windows count as changed again, for every engine that shares them
+    /// (`[proxy] threads`), so that the next take hands them out again.
+    pub fn replay_unsaved(&mut self, g: usize) {
+        if let Some(c) = self.checkers.get(g).and_then(Option::as_ref) {
+            c.mark_dirty();
+        }
+    }
+
     /// Takes back a group's recorded replay state at start (see
     /// [`GroupChecker::restore`]): the same Gid restores the windows, a newer configured
     /// epoch starts empty (and is dirty, so that it is recorded), older or equal keying
@@ -493,18 +510,18 @@ impl Engine {
 /// more signatures verified in a batch than its rate budget would let reach the filter.
 fn budget_allows(e: &mut Engine, now: Instant, ip: IpAddr, n: usize, total: usize) -> bool {
     let l = &e.cfg.limits;
-    if e.exchanges.len() + total > l.max_exchanges {
+    if e.shared.exchanges() + total > l.max_exchanges {
         return false;
     }
-    match e.clients.get_mut(&ip) {
+    let mut clients = e.shared.clients();
+    let known = clients.len();
+    match clients.get_mut(&ip) {
         Some(c) => {
             c.active + n <= l.max_exchanges_per_client
                 && c.bucket.available(l.client_rate, l.client_burst, now) >= n as f64
         }
         None => {
-            e.clients.len() < l.max_clients
-                && n <= l.max_exchanges_per_client
-                && l.client_burst >= n as f64
+            known < l.max_clients && n <= l.max_exchanges_per_client && l.client_burst >= n as f64
         }
     }
 }

@@ -262,11 +262,7 @@ enum Timer {
     DropPrevious(usize),
 }
 
-#[derive(Debug)]
-struct Client {
-    active: usize,
-    bucket: Bucket,
-}
+use super::shared::{Client, Shared};
 
 /// Where a request goes, resolved once from its proxy target.
 #[derive(Debug, Clone, Copy)]
@@ -376,7 +372,9 @@ pub struct Engine {
     exchanges: HashMap<u64, InFlight>,
     /// (client, client token) of every exchange, for early stop and token reuse.
     by_client: HashMap<(SocketAddr, Token), u64>,
-    clients: HashMap<IpAddr, Client>,
+    /// What this engine shares with those of the other forwarding threads: the replay
+    /// windows, the client table and the exchange count, the token key (`shared.rs`).
+    shared: Shared,
     dedup: Dedup,
     /// CON messages awaiting their ACK, by destination and Message ID.
     pending: HashMap<(Link, SocketAddr, u16), Pending>,
@@ -421,7 +419,29 @@ impl Engine {
     /// Message ID offsets, retransmission jitter); give it 32 bytes from the operating
     /// system in production so that none of them can be guessed (RFC 9175 §2, §4).
     pub fn new(cfg: ProxyConfig, now: Instant, seed: impl Into<Seed>) -> Result<Self, ConfigError> {
-        let seed = seed.into().0;
+        Self::build(cfg, now, seed.into(), None)
+    }
+
+    /// An engine of one of several forwarding threads (`[proxy] threads`): like
+    /// [`new`](Self::new), with the state every thread must see the same (replay windows,
+    /// client limits, the exchange table's bound, the token key) taken from `shared`,
+    /// this engine being `shared`'s thread. Give each engine its own `seed`.
+    pub fn with_shared(
+        cfg: ProxyConfig,
+        now: Instant,
+        seed: impl Into<Seed>,
+        shared: Shared,
+    ) -> Result<Self, ConfigError> {
+        Self::build(cfg, now, seed.into(), Some(shared))
+    }
+
+    fn build(
+        cfg: ProxyConfig,
+        now: Instant,
+        seed: Seed,
+        shared: Option<Shared>,
+    ) -> Result<Self, ConfigError> {
+        let seed = seed.0;
         let mut rng = ChaCha20Rng::from_seed(seed);
         // The batch equations' coefficients from a stream of their own, so that batching
         // leaves the engine's other random draws as they were.
@@ -433,15 +453,17 @@ impl Engine {
                 .finalize()
                 .into()
         };
+        // Drawn either way, so that the engine's later draws do not depend on sharing.
         let mut token_key = [0u8; 16];
         rng.fill_bytes(&mut token_key);
+        let shared = shared.unwrap_or_else(|| Shared::new(1, token_key));
         let checkers = cfg
             .groups
             .iter()
-            .map(|g| match &g.security {
-                Some(s) if s.policy != Policy::Off => {
-                    SignatureChecker::new(&s.checker).map(|c| Some(GroupChecker::new(c)))
-                }
+            .enumerate()
+            .map(|(g, spec)| match &spec.security {
+                Some(s) if s.policy != Policy::Off => SignatureChecker::new(&s.checker)
+                    .map(|c| Some(GroupChecker::with_windows(c, shared.windows(g)))),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -477,14 +499,14 @@ impl Engine {
             cfg,
             exchanges: HashMap::default(),
             by_client: HashMap::default(),
-            clients: HashMap::default(),
             pending: HashMap::default(),
             relayed_non: HashMap::default(),
             mids: MessageIds::new(cfg_limits_destinations),
             now,
             timers: BinaryHeap::new(),
             deadlines: BinaryHeap::new(),
-            tokens: tokens::TokenSpace::new(token_key),
+            tokens: tokens::TokenSpace::part(shared.token_key(), shared.index().0 as u16),
+            shared,
             rng,
             batch: filter::BatchState::new(batch_seed),
             out: VecDeque::new(),
@@ -516,9 +538,15 @@ impl Engine {
         &self.cfg
     }
 
-    /// Exchanges in flight, and the table's capacity.
+    /// Exchanges in flight, and the table's capacity: of the whole proxy, every engine
+    /// sharing this one's [`Shared`] state counted (`max_exchanges` bounds them together).
     pub fn exchanges(&self) -> (usize, usize) {
-        (self.exchanges.len(), self.cfg.limits.max_exchanges)
+        (self.shared.exchanges(), self.cfg.limits.max_exchanges)
+    }
+
+    /// This engine's forwarding thread and how many there are (`[proxy] threads`).
+    pub fn thread(&self) -> (usize, usize) {
+        self.shared.index()
     }
 
     /// The next thing for the driver to do, oldest first; `None` when there is nothing
@@ -1139,8 +1167,10 @@ impl Engine {
             Some(g) => r.group(g),
             None => r,
         };
-        if self.exchanges.len() >= max_ex {
-            // Max-Age: until the earliest exchange ends.
+        // The whole proxy's table (every thread's exchanges, see `shared.rs`).
+        if self.shared.exchanges() >= max_ex {
+            // Max-Age: until the earliest exchange ends (of this thread's: another
+            // thread's may end sooner, so the client may retry early and be refused again).
             let wait = self
                 .earliest_deadline()
                 .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
@@ -1153,7 +1183,8 @@ impl Engine {
                 .max_age(wait),
             ));
         }
-        if !self.clients.contains_key(&client) && self.clients.len() >= max_clients {
+        let mut clients = self.shared.clients();
+        if !clients.contains_key(&client) && clients.len() >= max_clients {
             return Err(with_group(
                 Reject::new(
                     code::SERVICE_UNAVAILABLE,
@@ -1163,7 +1194,7 @@ impl Engine {
                 .max_age(SWEEP),
             ));
         }
-        let c = self.clients.entry(client).or_insert_with(|| Client {
+        let c = clients.entry(client).or_insert_with(|| Client {
             active: 0,
             bucket: Bucket::full(burst, now),
         });
@@ -1523,7 +1554,8 @@ impl Engine {
             },
         );
         self.by_client.insert((client, client_token), token);
-        if let Some(c) = self.clients.get_mut(&client.ip()) {
+        self.shared.exchange_opened();
+        if let Some(c) = self.shared.clients().get_mut(&client.ip()) {
             c.active += 1;
         }
         self.push_timer(deadline, Timer::Exchange(token));
@@ -1546,7 +1578,8 @@ impl Engine {
             return;
         };
         self.by_client.remove(&(ex.client, ex.client_token));
-        if let Some(c) = self.clients.get_mut(&ex.client.ip()) {
+        self.shared.exchange_closed();
+        if let Some(c) = self.shared.clients().get_mut(&ex.client.ip()) {
             c.active = c.active.saturating_sub(1);
         }
         if let Route::Unicast {

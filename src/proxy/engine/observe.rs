@@ -107,10 +107,11 @@ fn newer(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
 }
 
 impl Engine {
-    /// Observations held, and the table's capacity.
+    /// Observations held, and the table's capacity: of the whole proxy, every engine
+    /// sharing this one's state counted (`max_observations` bounds them together).
     pub fn observations(&self) -> (usize, usize) {
         (
-            self.observers.held,
+            self.shared.observations(None).0,
             self.cfg.limits.observe.max_observations,
         )
     }
@@ -123,7 +124,9 @@ impl Engine {
             Some(g) => r.group(g),
             None => r,
         };
-        if self.observers.held >= l.max_observations {
+        // The whole proxy's counts (every thread's observations, see `shared.rs`).
+        let (held, mine) = self.shared.observations(Some(client));
+        if held >= l.max_observations {
             return Err(with_group(
                 Reject::new(
                     code::SERVICE_UNAVAILABLE,
@@ -133,12 +136,7 @@ impl Engine {
                 .max_age(FULL_RETRY),
             ));
         }
-        if self
-            .observers
-            .clients
-            .get(&client)
-            .is_some_and(|c| c.held >= l.max_per_client)
-        {
+        if mine >= l.max_per_client {
             return Err(with_group(
                 Reject::new(
                     code::TOO_MANY_REQUESTS,
@@ -169,6 +167,7 @@ impl Engine {
         let group = ex.route.group();
         let ip = ex.client.ip();
         self.observers.held += 1;
+        self.shared.observation_started(ip);
         self.observers
             .clients
             .entry(ip)
@@ -227,9 +226,12 @@ impl Engine {
         let group = kind.group();
         // The re-registration causes a multicast: the client's fan-out rate applies.
         let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
-        if let Some(c) = self.clients.get_mut(&ip)
-            && let Err(wait) = c.bucket.take(rate, burst, now)
-        {
+        let taken = self
+            .shared
+            .clients()
+            .get_mut(&ip)
+            .map(|c| c.bucket.take(rate, burst, now));
+        if let Some(Err(wait)) = taken {
             let r = Reject::new(
                 code::TOO_MANY_REQUESTS,
                 RejectReason::RateLimited,
@@ -462,6 +464,7 @@ impl Engine {
     /// One observation fewer for `client`.
     fn observation_released(&mut self, client: IpAddr) {
         self.observers.held = self.observers.held.saturating_sub(1);
+        self.shared.observation_released(client);
         if let Some(c) = self.observers.clients.get_mut(&client) {
             c.held = c.held.saturating_sub(1);
             if c.held == 0 {

@@ -84,7 +84,10 @@ impl Engine {
                     self.push_timer(now + grace, Timer::DropPrevious(g));
                 }
                 (Some(next), Some(cur)) => cur.update(next),
-                (Some(next), None) => self.checkers[g] = Some(GroupChecker::new(next)),
+                (Some(next), None) => {
+                    self.checkers[g] =
+                        Some(GroupChecker::with_windows(next, self.shared.windows(g)))
+                }
                 (None, _) => self.checkers[g] = None,
             }
             let keeps = cfg.groups[g]

@@ -125,7 +125,8 @@ impl Engine {
                     self.dedup.expire(now);
                     self.mids.expire(now);
                     let (rate, burst) = (self.cfg.limits.client_rate, self.cfg.limits.client_burst);
-                    self.clients
+                    self.shared
+                        .clients()
                         .retain(|_, c| c.active > 0 || !c.bucket.is_full(rate, burst, now));
                     self.push_timer(now + SWEEP, Timer::Sweep);
                 }

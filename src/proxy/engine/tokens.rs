@@ -13,8 +13,15 @@ use speck_cipher::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyIni
 
 pub(super) struct TokenSpace {
     issued: u64,
+    /// This thread's part of the counter space, in the counter's top 8 bits (0 for a
+    /// single thread: the counter as before). Threads share the key, so their tokens are
+    /// images of disjoint counters under one permutation: never equal (`[proxy] threads`).
+    part: u64,
     cipher: Speck64_128,
 }
+
+/// Counter bits below a thread's part: 2^56 tokens per thread.
+const PART_SHIFT: u32 = 56;
 
 impl std::fmt::Debug for TokenSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,9 +33,16 @@ impl std::fmt::Debug for TokenSpace {
 }
 
 impl TokenSpace {
-    pub(super) fn new(key: [u8; 16]) -> Self {
+    #[cfg(test)]
+    fn new(key: [u8; 16]) -> Self {
+        Self::part(key, 0)
+    }
+
+    /// The token space of thread `thread` (below 256) of several sharing `key`.
+    pub(super) fn part(key: [u8; 16], thread: u16) -> Self {
         TokenSpace {
             issued: 0,
+            part: u64::from(thread.min(255)) << PART_SHIFT,
             cipher: Speck64_128::new(&Array::from(key)),
         }
     }
@@ -47,14 +61,19 @@ impl TokenSpace {
 
     /// A token never issued before.
     pub(super) fn issue(&mut self) -> u64 {
-        self.issued += 1;
-        self.encrypt(self.issued)
+        // 2^56 issues per thread: not reached at any rate a proxy runs at.
+        self.issued = (self.issued + 1) & ((1 << PART_SHIFT) - 1);
+        self.encrypt(self.part | self.issued)
     }
 
-    /// Whether `token` is one of the last `window` issued.
+    /// Whether `token` is one of the last `window` issued (by this thread).
     pub(super) fn recent(&self, token: u64, window: usize) -> bool {
-        let n = self.decrypt(token);
-        n != 0 && n <= self.issued && self.issued - n < window as u64
+        let d = self.decrypt(token);
+        let n = d & ((1 << PART_SHIFT) - 1);
+        d & !((1 << PART_SHIFT) - 1) == self.part
+            && n != 0
+            && n <= self.issued
+            && self.issued - n < window as u64
     }
 }
 
@@ -77,6 +96,24 @@ mod tests {
         // Never issued: not recent, whatever the window.
         assert!(!t.recent(t.encrypt(5000), usize::MAX));
         assert!(!t.recent(t.encrypt(0), usize::MAX));
+    }
+
+    /// RFC 10020 §3.1.5 across forwarding threads: threads sharing the key issue from
+    /// disjoint parts of the counter, so no token of one equals one of another, and each
+    /// recognises only its own as recent (a late response comes back to the thread that
+    /// sent the request, on its own egress socket).
+    #[test]
+    fn rfc10020_s3_1_5_threads_never_issue_the_same_token() {
+        let (mut a, mut b) = (TokenSpace::part(KEY, 0), TokenSpace::part(KEY, 1));
+        let xs: Vec<u64> = (0..20_000).map(|_| a.issue()).collect();
+        let ys: Vec<u64> = (0..20_000).map(|_| b.issue()).collect();
+        let all: std::collections::HashSet<u64> = xs.iter().chain(&ys).copied().collect();
+        assert_eq!(all.len(), 40_000);
+        assert!(a.recent(xs[19_999], 1) && !a.recent(ys[19_999], usize::MAX));
+        assert!(b.recent(ys[0], 20_000) && !b.recent(xs[0], usize::MAX));
+        // Thread 0 of several issues what a single thread does.
+        let mut single = TokenSpace::new(KEY);
+        assert_eq!(single.issue(), xs[0]);
     }
 
     /// RFC 9175 §4: a token seen on the wire does not predict the next one. With the

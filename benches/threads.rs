@@ -1,0 +1,466 @@
+//! Verified group-mode requests per second with 1 and with 2 forwarding threads
+//! (`[proxy] threads`, issue 14 point 2), side by side in one run, the generator on the
+//! same machine.
+//!
+//! The proxy runs in this process (`groxy::runtime::Proxy`, as `groxy run` binds it) with
+//! its default limits; its one group on loopback multicast is checked under `enforce`, so
+//! every request is verified (Ed25519, batched per receive call) and passes the shared
+//! replay windows before its fan-out. The load is conforming: 256 client members, each
+//! with its own kid and its own socket on its own loopback address (127.0.X.Y), so each
+//! endpoint's Message IDs and each address's rate stay far inside RFC 7252 §4.4 and the
+//! default `client_rate`, and each kid's Partial IVs arrive in order (one endpoint always
+//! reaches the same thread). The requests are signed before the timing (signing costs as
+//! much as verifying) with Multicast-Timeout 0 (forwarded, nothing relayed: the exchange
+//! table never fills). The generator is one thread: it keeps at most `--window` requests
+//! unanswered by a multicast, sends in turn from the 256 sockets, and takes each request's
+//! latency from its send to its fan-out's arrival at a group member socket.
+//!
+//! The replay windows are written and synced as always, in a state directory on tmpfs
+//! (/dev/shm) unless `--state-dir` says otherwise: the figure is the verification path's
+//! scaling, not this VM's disk (the filter bench measures the sync).
+//!
+//! Per run and thread count: verified requests/s, p50/p99 latency, the CPU of the proxy's
+//! forwarding threads and of the generator (percent of one core). At the end: medians per
+//! thread count and the ratio of 2 threads to 1 (run by run and of the medians).
+//!
+//! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512]`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use groxy::coap::MessageView;
+use groxy::coap::build::{self, NON};
+use groxy::coap::options as opt;
+use groxy::oscore::alg::SigAlg;
+use groxy::oscore::cred::{Credential, PrivateKey};
+use groxy::oscore::{CheckerConfig, ContextConfig, Mode, SecurityContext};
+use groxy::proxy::{GroupSecurity, Policy};
+use groxy::runtime::{Proxy, RunConfig};
+
+const CLIENTS: usize = 256;
+
+struct Args {
+    seconds: f64,
+    runs: usize,
+    window: usize,
+    state_dir: std::path::PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 3.0,
+        runs: 3,
+        window: 512,
+        state_dir: std::path::PathBuf::from("/dev/shm"),
+    };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        let next = v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "--seconds" => a.seconds = next.parse().expect("--seconds N"),
+            "--runs" => a.runs = next.parse().expect("--runs N"),
+            "--window" => a.window = next.parse().expect("--window N"),
+            "--state-dir" => a.state_dir = next.into(),
+            // cargo bench passes --bench
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+struct Material {
+    checker: CheckerConfig,
+    /// Per client: its requests in Partial IV order.
+    requests: Vec<Vec<Vec<u8>>>,
+}
+
+fn material(group: SocketAddrV4, per_client: usize) -> Material {
+    let gm = PrivateKey::generate(SigAlg::EdDsa);
+    let gm_cred = Credential::ccs_for("gm", &gm.public_key());
+    let gid = vec![0x54, 0x68, 0x72];
+    let (secret, salt) = (vec![7u8; 16], vec![9u8; 8]);
+    let host = group.ip().to_string();
+    let port = group.port().to_be_bytes();
+    let payload = [0x5au8; 64];
+    let plain = build::encode(
+        NON,
+        0x02,
+        1,
+        &[1],
+        &mut [(opt::URI_PATH, &b"temp"[..])],
+        &payload,
+    );
+    let mut members = Vec::new();
+    let mut requests = Vec::new();
+    for c in 0..CLIENTS {
+        let key = PrivateKey::generate(SigAlg::EdDsa);
+        let cred = Credential::ccs_for(&format!("client{c}"), &key.public_key());
+        let kid = vec![0x40, c as u8];
+        members.push((kid.clone(), cred.bytes().to_vec()));
+        let mut ctx = SecurityContext::new(&ContextConfig {
+            master_secret: secret.clone(),
+            master_salt: salt.clone(),
+            id_context: Some(gid.clone()),
+            alg_aead: Some(10),
+            alg_group_enc: Some(10),
+            alg_signature: Some(-8),
+            alg_pairwise_key_agreement: Some(-27),
+            gm_cred: Some(gm_cred.bytes().to_vec()),
+            sender_id: kid,
+            private_key: Some(key.to_bytes().to_vec()),
+            sender_cred: Some(cred.bytes().to_vec()),
+            ..Default::default()
+        })
+        .unwrap();
+        let mine = (0..per_client)
+            .map(|i| {
+                let (p, _) = ctx.protect_request(&plain, Mode::Group, None).unwrap();
+                let v = MessageView::parse(&p).unwrap();
+                let mut o: Vec<(u16, &[u8])> = v.options().collect();
+                o.extend([
+                    (opt::URI_HOST, host.as_bytes()),
+                    (opt::URI_PORT, &port[..]),
+                    (opt::PROXY_SCHEME, b"coap"),
+                    (opt::MULTICAST_TIMEOUT_DEFAULT, &[]),
+                ]);
+                let mid = i as u16;
+                build::encode(NON, v.code(), mid, &mid.to_be_bytes(), &mut o, v.payload())
+            })
+            .collect();
+        requests.push(mine);
+    }
+    Material {
+        checker: CheckerConfig {
+            gid,
+            alg_aead: Some(10),
+            alg_group_enc: 10,
+            alg_signature: -8,
+            alg_pairwise_key_agreement: Some(-27),
+            master_secret: Some(secret),
+            master_salt: salt,
+            gm_cred: gm_cred.bytes().to_vec(),
+            members,
+            ..Default::default()
+        },
+        requests,
+    }
+}
+
+/// The first 8 bytes of the ciphertext, which the proxy forwards untouched.
+fn tag(datagram: &[u8]) -> Option<u64> {
+    let v = MessageView::parse(datagram).ok()?;
+    let p = v.payload();
+    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
+}
+
+fn thread_cpu_ns(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of this process's forwarding threads (named groxy-forward*).
+fn proxy_cpu_ns() -> u64 {
+    let mut total = 0;
+    if let Ok(d) = std::fs::read_dir("/proc/self/task") {
+        for t in d.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("groxy-forward") {
+                total += thread_cpu_ns(&t.path().join("schedstat").to_string_lossy());
+            }
+        }
+    }
+    total
+}
+
+struct Outcome {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    proxy_cpu: f64,
+    gen_cpu: f64,
+}
+
+fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: usize) -> Outcome {
+    let dir = a.state_dir.join(format!(
+        "groxy-bench-threads-{}-{run}-{threads}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg: RunConfig = groxy::settings::load_default().run;
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.proxy.groups[0].addr = SocketAddr::V4(group);
+    cfg.proxy.groups[0].allow = vec!["127.0.0.0/8".parse().unwrap()];
+    cfg.proxy.groups[0].security = Some(GroupSecurity {
+        policy: Policy::Enforce,
+        checker: m.checker.clone(),
+        member: None,
+        allow_kids: None,
+    });
+    cfg.proxy.threads = threads;
+    cfg.state_dir = Some(dir.clone());
+    let proxy = Proxy::bind(cfg).expect("bind");
+    assert_eq!(proxy.threads(), threads);
+    let listen = proxy.listen_addrs()[0];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(proxy.run(async move {
+            let _ = stop_rx.await;
+        }))
+        .unwrap();
+    });
+
+    let member: UdpSocket = {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let _ = s.set_recv_buffer_size(8 << 20);
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())
+            .unwrap();
+        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.into()
+    };
+    let clients: Vec<UdpSocket> = (0..CLIENTS)
+        .map(|i| {
+            let ip = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            let s = UdpSocket::bind(SocketAddrV4::new(ip, 0)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+
+    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mut next = vec![0usize; CLIENTS];
+    let mut c = 0usize;
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut lat: Vec<Duration> = Vec::new();
+    let mut buf = [0u8; 2048];
+    let warm = Duration::from_millis(500);
+    let start = Instant::now();
+    let mut measured: Option<(Instant, usize, u64, u64)> = None;
+    let gen_stat = "/proc/thread-self/schedstat";
+    let end_at = start + warm + Duration::from_secs_f64(a.seconds);
+    let mut exhausted = false;
+    loop {
+        let now = Instant::now();
+        if measured.is_none() && now >= start + warm {
+            measured = Some((now, got, proxy_cpu_ns(), thread_cpu_ns(gen_stat)));
+        }
+        if now >= end_at || exhausted {
+            break;
+        }
+        // Fill the window, in turn from every client.
+        while sent.saturating_sub(got) < a.window {
+            let i = c % CLIENTS;
+            c += 1;
+            let Some(r) = m.requests[i].get(next[i]) else {
+                exhausted = true;
+                break;
+            };
+            next[i] += 1;
+            if clients[i].send_to(r, listen).is_ok() {
+                sent += 1;
+                if let Some(t) = tag(r) {
+                    sent_at.insert(t, Instant::now());
+                }
+            }
+        }
+        // Take what arrived.
+        let mut any = false;
+        while let Ok(n) = member.recv(&mut buf) {
+            any = true;
+            got += 1;
+            if let Some(t0) = tag(&buf[..n]).and_then(|t| sent_at.remove(&t))
+                && measured.is_some()
+            {
+                lat.push(t0.elapsed());
+            }
+        }
+        if !any {
+            // A request lost (socket buffer) would hold the window forever: count the
+            // ones older than a second as gone.
+            if sent.saturating_sub(got) >= a.window {
+                let old = Instant::now() - Duration::from_secs(1);
+                let before = sent_at.len();
+                sent_at.retain(|_, t| *t > old);
+                got += before - sent_at.len();
+            }
+            let mut p = libc::pollfd {
+                fd: member.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call.
+            unsafe { libc::poll(&mut p, 1, 1) };
+        }
+    }
+    let (t0, got0, pcpu0, gcpu0) = measured.expect("ran past the warm-up");
+    let elapsed = t0.elapsed().as_secs_f64();
+    let forwarded = got - got0;
+    let pcpu = (proxy_cpu_ns() - pcpu0) as f64 / 1e9 / elapsed * 100.0;
+    let gcpu = (thread_cpu_ns(gen_stat) - gcpu0) as f64 / 1e9 / elapsed * 100.0;
+    let _ = stop_tx.send(());
+    let _ = runner.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    if exhausted {
+        eprintln!("  (ran out of pre-signed requests: raise --seconds' budget)");
+    }
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Outcome {
+        rate: forwarded as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        proxy_cpu: pcpu,
+        gen_cpu: gcpu,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The shared replay windows' lock: one `Mutex` per group, taken once per admitted
+/// request for a window update keyed by kid (a map lookup and a few word operations). Here
+/// the same critical section (a map of 256 kids, a u64 window each) by 1 thread and by 2
+/// threads hammering the one lock back to back: the worst case, no verification between
+/// admissions. Nanoseconds per admission.
+fn lock_cost(threads: usize, per_thread: usize) -> f64 {
+    use std::sync::{Arc, Barrier, Mutex};
+    let m: Arc<Mutex<HashMap<[u8; 2], u64>>> = Arc::new(Mutex::new(
+        (0..256u16).map(|k| (k.to_be_bytes(), 0)).collect(),
+    ));
+    let barrier = Arc::new(Barrier::new(threads));
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let (m, b) = (m.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                for i in 0..per_thread {
+                    let k = ((i * 7 + t * 131) % 256) as u16;
+                    let mut g = m.lock().unwrap();
+                    let w = g.entry(k.to_be_bytes()).or_insert(0);
+                    *w = (*w << 1) | 1;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    t0.elapsed().as_nanos() as f64 / (threads * per_thread) as f64
+}
+
+fn main() {
+    let a = args();
+    let (one, two) = (lock_cost(1, 2_000_000), lock_cost(2, 2_000_000));
+    println!(
+        "replay-window lock, back to back: {one:.0} ns per admission with 1 thread, {two:.0} ns with 2 contending"
+    );
+    let port = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 91, 7), port);
+    // Enough for the fastest configuration: ~100k verified/s would be well above 2 cores'
+    // Ed25519 rate.
+    let per_client = ((a.seconds + 1.0) * 100_000.0 / CLIENTS as f64) as usize + 1;
+    eprintln!(
+        "signing {} requests ({} clients x {per_client})...",
+        per_client * CLIENTS,
+        CLIENTS
+    );
+    let t = Instant::now();
+    let m = material(group, per_client);
+    eprintln!("signed in {:.1} s", t.elapsed().as_secs_f64());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "verified group requests (enforce, Ed25519), {CLIENTS} clients, window {}, {} s per run, {cores} cores, load average {}",
+        a.window,
+        a.seconds,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "{:>4} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "run", "threads", "verified/s", "p50 us", "p99 us", "proxy %", "gen %"
+    );
+    let mut by: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..a.runs {
+        // Alternating order, so that a drift of the machine's speed hits both.
+        let order: [usize; 2] = if run % 2 == 0 { [1, 2] } else { [2, 1] };
+        for threads in order {
+            let o = run_once(&m, group, threads, &a, run);
+            println!(
+                "{:>4} {:>8} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+                run,
+                threads,
+                o.rate,
+                o.p50.as_secs_f64() * 1e6,
+                o.p99.as_secs_f64() * 1e6,
+                o.proxy_cpu,
+                o.gen_cpu
+            );
+            by[threads - 1].push(o);
+        }
+    }
+    let med = |t: usize, f: &dyn Fn(&Outcome) -> f64| median(by[t].iter().map(f).collect());
+    println!("medians:");
+    for t in 0..2 {
+        println!(
+            "  {} thread(s): {:.0} verified/s, p50 {:.0} us, p99 {:.0} us, proxy CPU {:.0}%, generator CPU {:.0}%",
+            t + 1,
+            med(t, &|o| o.rate),
+            med(t, &|o| o.p50.as_secs_f64() * 1e6),
+            med(t, &|o| o.p99.as_secs_f64() * 1e6),
+            med(t, &|o| o.proxy_cpu),
+            med(t, &|o| o.gen_cpu),
+        );
+    }
+    let ratios: Vec<f64> = by[0]
+        .iter()
+        .zip(&by[1])
+        .map(|(one, two)| two.rate / one.rate.max(1e-9))
+        .collect();
+    println!(
+        "ratio 2 threads / 1: {:.2}x of the medians; run by run {}",
+        med(1, &|o| o.rate) / med(0, &|o| o.rate).max(1e-9),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}

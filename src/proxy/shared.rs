@@ -1,0 +1,158 @@
+//! What the engines of several forwarding threads share (`[proxy] threads`): everything
+//! whose rule holds for the proxy as a whole rather than for one thread's sockets.
+//!
+//! * the replay windows per (Gid, kid) of every checked group, with their epoch, so that a
+//!   request admitted on one thread is a replay on every other and a rekey on one thread
+//!   stops admission under the old epoch on all (`oscore::SharedWindows`);
+//! * the per-client state (exchanges in flight, rate bucket) by client IP address, and
+//!   the number of exchanges in flight, so that `max_exchanges_per_client`, `client_rate`,
+//!   `max_clients` and `max_exchanges` bound the whole proxy; likewise the observations
+//!   held, in all and per client (`observe.max_observations`, `observe.max_per_client`);
+//! * the token key, with each thread issuing from its own part of the counter space, so
+//!   that no two threads ever give out the same token (RFC 10020 §3.1.5).
+//!
+//! Deduplication, Message IDs, pending retransmissions and the observations themselves
+//! (with their notification rate buckets) stay per thread:
+//! a client endpoint (its 4-tuple) always reaches the same thread's listener, and each
+//! thread's egress sockets are its own, so those tables only ever see their own thread's
+//! peers (see the README's threading section).
+//!
+//! The engine stays sans-I/O and clock-free: these are locks and counters in memory, and
+//! an engine made with [`crate::proxy::Engine::new`] has a `Shared` of its own.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::tables::Bucket;
+use crate::oscore::SharedWindows;
+
+/// A client address's state, for the whole proxy.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) active: usize,
+    pub(crate) bucket: Bucket,
+}
+
+/// The client table: one lock for the proxy, taken once per request admitted (and once
+/// per exchange closed), never while a signature is verified.
+pub(crate) type Clients = HashMap<IpAddr, Client, foldhash::fast::RandomState>;
+
+#[derive(Debug)]
+struct Inner {
+    threads: u16,
+    token_key: [u8; 16],
+    /// Per group (by index), created on first use: the groups are fixed while running.
+    windows: Mutex<Vec<SharedWindows>>,
+    clients: Mutex<Clients>,
+    exchanges: AtomicUsize,
+    /// Observations held, in all and per client address (`[limits.observe]`
+    /// `max_observations`, `max_per_client`); an entry only while its client holds one.
+    observations: Mutex<(usize, HashMap<IpAddr, usize, foldhash::fast::RandomState>)>,
+}
+
+/// The state the engines of one proxy share, and which of them this handle is for: give
+/// each engine [`Shared::thread`] of the same value (see [`crate::proxy::Engine::with_shared`]).
+#[derive(Debug, Clone)]
+pub struct Shared {
+    inner: Arc<Inner>,
+    thread: u16,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock guards state that is whole between two updates (each is a single
+    // insert, counter step or window move): still sound to use.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// State for `threads` engines (at least 1, at most 256: a thread's token space is
+    /// the counter's low 56 bits), keyed by `token_key` (16 bytes from the operating
+    /// system in production: tokens must not be guessable, RFC 9175 §4).
+    pub fn new(threads: usize, token_key: [u8; 16]) -> Self {
+        Shared {
+            inner: Arc::new(Inner {
+                threads: threads.clamp(1, 256) as u16,
+                token_key,
+                windows: Mutex::new(Vec::new()),
+                clients: Mutex::new(Clients::default()),
+                exchanges: AtomicUsize::new(0),
+                observations: Mutex::new((0, HashMap::default())),
+            }),
+            thread: 0,
+        }
+    }
+
+    /// The handle for engine `index` (0-based, below the thread count).
+    pub fn thread(&self, index: usize) -> Shared {
+        Shared {
+            inner: self.inner.clone(),
+            thread: (index as u16).min(self.inner.threads - 1),
+        }
+    }
+
+    /// This handle's engine, and how many there are.
+    pub fn index(&self) -> (usize, usize) {
+        (self.thread as usize, self.inner.threads as usize)
+    }
+
+    pub(crate) fn token_key(&self) -> [u8; 16] {
+        self.inner.token_key
+    }
+
+    /// The replay windows of group `g`, the same for every engine.
+    pub(crate) fn windows(&self, g: usize) -> SharedWindows {
+        let mut w = lock(&self.inner.windows);
+        if w.len() <= g {
+            w.resize_with(g + 1, SharedWindows::default);
+        }
+        w[g].clone()
+    }
+
+    pub(crate) fn clients(&self) -> MutexGuard<'_, Clients> {
+        lock(&self.inner.clients)
+    }
+
+    /// Exchanges in flight on every thread.
+    pub(crate) fn exchanges(&self) -> usize {
+        self.inner.exchanges.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn exchange_opened(&self) {
+        self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn exchange_closed(&self) {
+        // Never below 0, whatever order the threads' steps land in.
+        let _ = self
+            .inner
+            .exchanges
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Observations held on every thread, and by `client`.
+    pub(crate) fn observations(&self, client: Option<IpAddr>) -> (usize, usize) {
+        let o = lock(&self.inner.observations);
+        (o.0, client.and_then(|c| o.1.get(&c).copied()).unwrap_or(0))
+    }
+
+    pub(crate) fn observation_started(&self, client: IpAddr) {
+        let mut o = lock(&self.inner.observations);
+        o.0 += 1;
+        *o.1.entry(client).or_insert(0) += 1;
+    }
+
+    pub(crate) fn observation_released(&self, client: IpAddr) {
+        let mut o = lock(&self.inner.observations);
+        o.0 = o.0.saturating_sub(1);
+        if let Some(n) = o.1.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.1.remove(&client);
+            }
+        }
+    }
+}
