@@ -685,3 +685,40 @@ fn s7_1_s6_2_the_cache_or_a_servers_stand_in_runs_one_forwarding_thread() {
     reverse.proxy.reverse[0].stand_in = groxy::proxy::StandIn::Group;
     assert_eq!(Proxy2::bind(reverse).unwrap().threads(), 2);
 }
+
+/// The exchange table's bound holds while two threads admit at the same moment: the check
+/// and the count are one step (`Shared`), or both threads could see the last free slot and
+/// take it together (groupcomm-proxy §5.2.1 step 7, the table is the whole proxy's).
+#[test]
+fn the_exchange_bound_holds_while_two_threads_admit_at_once() {
+    let mut cfg = ProxyConfig::default();
+    cfg.limits.max_exchanges = 1;
+    let start = Instant::now();
+    let (a, b) = pair(&cfg, start);
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runs: Vec<_> = [a, b]
+        .into_iter()
+        .enumerate()
+        .map(|(t, mut e)| {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut now = start;
+                for i in 0..20_000u32 {
+                    // A fresh client each time, so that only the table bounds it; the
+                    // exchange ends before the next (T' passes on the virtual clock).
+                    let client = from(1 + t as u8 * 100 + (i % 100) as u8, 1000);
+                    e.handle(now, Link::Listener(0), client, &plain(i as u16));
+                    seen.fetch_max(e.exchanges().0, std::sync::atomic::Ordering::Relaxed);
+                    while e.poll_output().is_some() {}
+                    now += Duration::from_secs(20);
+                    e.handle_timeout(now);
+                    while e.poll_output().is_some() {}
+                }
+            })
+        })
+        .collect();
+    for r in runs {
+        r.join().unwrap();
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -119,6 +119,17 @@ impl Shared {
         self.inner.exchanges.load(Ordering::Relaxed)
     }
 
+    /// Takes one slot of the table if fewer than `max` are taken: the check and the
+    /// count in one step, so that threads admitting at once never pass `max` together.
+    pub(crate) fn try_reserve_exchange(&self, max: usize) -> bool {
+        self.inner
+            .exchanges
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     pub(crate) fn exchange_opened(&self) {
         self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
     }

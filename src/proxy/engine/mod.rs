@@ -375,6 +375,12 @@ pub struct Engine {
     /// What this engine shares with those of the other forwarding threads: the replay
     /// windows, the client table and the exchange count, the token key (`shared.rs`).
     shared: Shared,
+    /// The client whose request `admit` let in during the current request: one slot of
+    /// the whole proxy's exchange table and of that client's exchanges is taken at the
+    /// check itself, so that threads admitting at once cannot pass the bounds together;
+    /// `open` turns it into the exchange, and a request that ends without one gives it
+    /// back (`process`).
+    reserved: Option<IpAddr>,
     dedup: Dedup,
     /// CON messages awaiting their ACK, by destination and Message ID.
     pending: HashMap<(Link, SocketAddr, u16), Pending>,
@@ -507,6 +513,7 @@ impl Engine {
             deadlines: BinaryHeap::new(),
             tokens: tokens::TokenSpace::part(shared.token_key(), shared.index().0 as u16),
             shared,
+            reserved: None,
             rng,
             batch: filter::BatchState::new(batch_seed),
             out: VecDeque::new(),
@@ -802,6 +809,7 @@ impl Engine {
         (con, mid): (bool, u16),
     ) {
         let result = self.request(now, listener, from, view, &mut outer);
+        self.release_reservation();
         let processed = match &result {
             Ok(_) => true,
             Err(r) => r.reason == RejectReason::TokenReuse,
@@ -1167,8 +1175,9 @@ impl Engine {
             Some(g) => r.group(g),
             None => r,
         };
-        // The whole proxy's table (every thread's exchanges, see `shared.rs`).
-        if self.shared.exchanges() >= max_ex {
+        // The whole proxy's table (every thread's exchanges, see `shared.rs`): a slot is
+        // taken by the check itself (see `reserved`).
+        if !self.shared.try_reserve_exchange(max_ex) {
             // Max-Age: until the earliest exchange ends (of this thread's: another
             // thread's may end sooner, so the client may retry early and be refused again).
             let wait = self
@@ -1185,6 +1194,8 @@ impl Engine {
         }
         let mut clients = self.shared.clients();
         if !clients.contains_key(&client) && clients.len() >= max_clients {
+            drop(clients);
+            self.shared.exchange_closed();
             return Err(with_group(
                 Reject::new(
                     code::SERVICE_UNAVAILABLE,
@@ -1199,6 +1210,8 @@ impl Engine {
             bucket: Bucket::full(burst, now),
         });
         if c.active >= per_client {
+            drop(clients);
+            self.shared.exchange_closed();
             return Err(with_group(
                 Reject::new(
                     code::TOO_MANY_REQUESTS,
@@ -1209,6 +1222,8 @@ impl Engine {
             ));
         }
         if let Err(wait) = c.bucket.take(rate, burst, now) {
+            drop(clients);
+            self.shared.exchange_closed();
             return Err(with_group(
                 Reject::new(
                     code::TOO_MANY_REQUESTS,
@@ -1218,7 +1233,21 @@ impl Engine {
                 .max_age(wait),
             ));
         }
+        c.active += 1;
+        drop(clients);
+        self.reserved = Some(client);
         Ok(())
+    }
+
+    /// Gives back the slots `admit` took for a request that opened no exchange (answered
+    /// from the cache, or refused after the limits).
+    fn release_reservation(&mut self) {
+        if let Some(ip) = self.reserved.take() {
+            self.shared.exchange_closed();
+            if let Some(c) = self.shared.clients().get_mut(&ip) {
+                c.active = c.active.saturating_sub(1);
+            }
+        }
     }
 
     /// Options to carry on: everything but the proxy options, Uri-Host/Port (the group
@@ -1554,9 +1583,12 @@ impl Engine {
             },
         );
         self.by_client.insert((client, client_token), token);
-        self.shared.exchange_opened();
-        if let Some(c) = self.shared.clients().get_mut(&client.ip()) {
-            c.active += 1;
+        // The slots `admit` took become this exchange's.
+        if self.reserved.take().is_none() {
+            self.shared.exchange_opened();
+            if let Some(c) = self.shared.clients().get_mut(&client.ip()) {
+                c.active += 1;
+            }
         }
         self.push_timer(deadline, Timer::Exchange(token));
         self.deadlines.push(Reverse((deadline, token)));
