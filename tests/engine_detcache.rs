@@ -110,7 +110,8 @@ impl H {
         let (_, mut det) = ctx.unprotect_deterministic_request(fwd, DET_KID).unwrap();
         let token = MessageView::parse(fwd).unwrap().token().to_vec();
         let plain = build::encode(NON, 0x45, 1, &token, &mut [], payload);
-        ctx.protect_deterministic_response(&plain, &mut det).unwrap()
+        ctx.protect_deterministic_response(&plain, &mut det)
+            .unwrap()
     }
 
     /// `datagram` from server address `i`: what the client got and the events.
@@ -334,7 +335,10 @@ fn s7_4_1_monitor_relays_failures_unstored() {
     assert_eq!(stored(&ev), 1, "a verified answer is stored under monitor");
     h.advance(Duration::from_secs(5));
     let (fwd, _, _) = h.request(GET_HELLO);
-    assert!(fwd.is_some(), "server 1 has nothing stored: the set is incomplete");
+    assert!(
+        fwd.is_some(),
+        "server 1 has nothing stored: the set is incomplete"
+    );
 }
 
 /// groupcomm-proxy §7.4.1 without `[group.security]`: nothing verifies an answer, so
@@ -407,4 +411,22 @@ fn s7_4_1_replayed_answers_are_not_stored_again() {
     let mut want = vec![payload(&new1), payload(&new2)];
     want.sort();
     assert_eq!(served, want);
+}
+
+/// `[cache] unverified_deterministic`: off by default (the shipped config/groxy.toml
+/// too), and parsed when set.
+#[test]
+fn unverified_deterministic_config_key() {
+    assert!(
+        !groxy::settings::load_default()
+            .run
+            .proxy
+            .cache
+            .unverified_deterministic
+    );
+    assert!(!ProxyConfig::default().cache.unverified_deterministic);
+    let ok =
+        groxy::settings::load_str("[cache]\nenabled = true\nunverified_deterministic = true\n")
+            .unwrap();
+    assert!(ok.run.proxy.cache.unverified_deterministic);
 }

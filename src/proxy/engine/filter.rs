@@ -343,7 +343,9 @@ impl Engine {
         let verdict = if det.hash.len() == deterministic::HASH_LEN {
             checker.check_deterministic_response(view.bytes(), &det.kid, &det.gid, &det.hash)
         } else {
-            Err(OscoreError::Mismatch("no valid Request-Hash in the request"))
+            Err(OscoreError::Mismatch(
+                "no valid Request-Hash in the request",
+            ))
         };
         let (result, drop, storable) = match verdict {
             Ok(r) => {
@@ -410,7 +412,11 @@ pub(super) enum Storable {
     No,
     /// A verified response to a Deterministic Request, from server `kid` under `gid` with
     /// Partial IV `piv`: stored only if newer than that server's last one stored.
-    Verified { gid: Vec<u8>, kid: Vec<u8>, piv: u64 },
+    Verified {
+        gid: Vec<u8>,
+        kid: Vec<u8>,
+        piv: u64,
+    },
 }
 
 /// The verdicts of one receive batch's group-mode requests, reached together by
