@@ -52,8 +52,7 @@ struct H {
 
 /// The cache on, group 0 with servers 1 and 2 as its `cache_members` and `dc` as its
 /// Deterministic Client; checked under `policy` (None: no `[group.security]`).
-fn harness(policy: Option<Policy>, opt_in: bool) -> H {
-    let g = Group::new(&[MEMBER, DEV1, DEV2]);
+fn config(g: &Group, policy: Option<Policy>, opt_in: bool) -> ProxyConfig {
     let mut cfg = ProxyConfig::default();
     cfg.cache.enabled = true;
     cfg.cache.groups = vec![GroupCache {
@@ -67,6 +66,17 @@ fn harness(policy: Option<Policy>, opt_in: bool) -> H {
         member: None,
         allow_kids: None,
     });
+    cfg
+}
+
+fn harness(policy: Option<Policy>, opt_in: bool) -> H {
+    harness_with(policy, |c| c.cache.unverified_deterministic = opt_in)
+}
+
+fn harness_with(policy: Option<Policy>, edit: impl FnOnce(&mut ProxyConfig)) -> H {
+    let g = Group::new(&[MEMBER, DEV1, DEV2]);
+    let mut cfg = config(&g, policy, false);
+    edit(&mut cfg);
     let now = Instant::now();
     let devs = [
         SecurityContext::new(&g.config(DEV1)).unwrap(),
@@ -429,4 +439,47 @@ fn unverified_deterministic_config_key() {
         groxy::settings::load_str("[cache]\nenabled = true\nunverified_deterministic = true\n")
             .unwrap();
     assert!(ok.run.proxy.cache.unverified_deterministic);
+}
+
+/// The table of servers' newest stored Partial IVs (README Caching) is bounded by
+/// `[cache] max_entries`: past it a new server's verified answer is relayed and not
+/// stored (the first server's stays: nothing is evicted for it).
+#[test]
+fn s7_4_1_servers_remembered_at_most_max_entries() {
+    let mut h = harness_with(Some(Policy::Enforce), |c| c.cache.max_entries = 1);
+    let (fwd, _, _) = h.request(GET_HELLO);
+    let fwd = fwd.unwrap();
+    let a1 = h.answer(1, &fwd, b"hi from 1");
+    let a2 = h.answer(2, &fwd, b"hi from 2");
+    assert_eq!(stored(&h.feed(1, &a1).1), 1);
+    let (got, ev) = h.feed(2, &a2);
+    assert_eq!(got.len(), 1, "relayed");
+    assert_eq!(stored(&ev), 0, "a second server past max_entries = 1");
+}
+
+/// RFC 10021 §2.6.3.2 (rekeying; the old epoch is kept only for the group's maximum
+/// Multicast-Timeout): at the table's bound the servers of an epoch no checker accepts
+/// any more are forgotten, so a rekey does not leave the new epoch's answers unstored.
+#[test]
+fn s7_4_1_a_rekey_does_not_fill_the_servers_table() {
+    let mut h = harness_with(Some(Policy::Enforce), |c| c.cache.max_entries = 2);
+    fill(&mut h);
+    h.g.gid = common::random_bytes(4);
+    h.g.key_generation = 1;
+    let mut cfg = config(&h.g, Some(Policy::Enforce), false);
+    cfg.cache.max_entries = 2;
+    h.e.reconfigure(h.now, cfg).unwrap();
+    common::outputs(&mut h.e);
+    h.devs = [
+        SecurityContext::new(&h.g.config(DEV1)).unwrap(),
+        SecurityContext::new(&h.g.config(DEV2)).unwrap(),
+    ];
+    // Past the old epoch's grace period.
+    h.advance(Duration::from_secs(3600));
+    let (fwd, _, _) = h.request(GET_HELLO);
+    let fwd = fwd.expect("another Gid: another request");
+    let a1 = h.answer(1, &fwd, b"new 1");
+    let a2 = h.answer(2, &fwd, b"new 2");
+    assert_eq!(stored(&h.feed(1, &a1).1), 1);
+    assert_eq!(stored(&h.feed(2, &a2).1), 1);
 }

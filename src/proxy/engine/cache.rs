@@ -562,8 +562,20 @@ impl Engine {
     /// Answers to different requests reordered on the way lose a store, never more.
     fn det_newer(&mut self, g: usize, gid: Vec<u8>, kid: Vec<u8>, piv: u64) -> bool {
         let bound = self.cfg.cache.max_entries;
-        let pivs = &mut self.cache.det_pivs;
         let key = (g, gid, kid);
+        if self.cache.det_pivs.len() >= bound && !self.cache.det_pivs.contains_key(&key) {
+            // Full: first forget the servers of epochs no checker accepts any more (a
+            // rekeyed group's old Gid), whose answers can no longer verify, so that
+            // rekeys alone never fill the table.
+            let checkers = &self.checkers;
+            self.cache.det_pivs.retain(|(h, gid, _), _| {
+                checkers
+                    .get(*h)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| c.has_epoch(gid))
+            });
+        }
+        let pivs = &mut self.cache.det_pivs;
         let full = pivs.len() >= bound;
         match pivs.get_mut(&key) {
             Some(top) if *top >= piv => false,
