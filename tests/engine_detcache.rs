@@ -483,3 +483,31 @@ fn s7_4_1_a_rekey_does_not_fill_the_servers_table() {
     assert_eq!(stored(&h.feed(1, &a1).1), 1);
     assert_eq!(stored(&h.feed(2, &a2).1), 1);
 }
+
+/// groupcomm-proxy §7 (one stored response per server, the address its Reply-From
+/// names) and §7.1 (a complete set): nothing in an answer names the address it should
+/// come from, so a server's genuine answer relayed from another member's address
+/// verifies; it is held under one address only, the one its newest answer came from, so
+/// copies of one server's answers never make a set complete in another's place.
+#[test]
+fn s7_4_1_one_servers_answer_never_fills_anothers_place() {
+    let mut h = harness(Some(Policy::Enforce), false);
+    let (fwd, _, _) = h.request(GET_HELLO);
+    let fwd = fwd.unwrap();
+    let a2 = h.answer(2, &fwd, b"hi from 2");
+    // Copied from device 1's address first; the server's own then is its replay.
+    assert_eq!(stored(&h.feed(1, &a2).1), 1);
+    assert_eq!(dropped(&h.feed(2, &a2).1), vec![DropReason::ResponseReplay]);
+    h.advance(Duration::from_secs(5));
+    let (fwd, _, _) = h.request(GET_HELLO);
+    let fwd = fwd.expect("device 2 has nothing stored: forwarded");
+    let b2 = h.answer(2, &fwd, b"hi from 2");
+    assert_eq!(stored(&h.feed(2, &b2).1), 1);
+    h.advance(Duration::from_secs(5));
+    let (fwd, got, _) = h.request(GET_HELLO);
+    assert!(got.is_empty());
+    assert!(
+        fwd.is_some(),
+        "server 2's answers under both addresses would have made the set complete"
+    );
+}

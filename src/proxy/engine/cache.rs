@@ -76,6 +76,8 @@ struct Stored {
     at: Instant,
     max_age: Duration,
     size: usize,
+    /// The kid a group's checker verified it from, for a Deterministic Request's answer.
+    kid: Option<Vec<u8>>,
 }
 
 impl Stored {
@@ -540,16 +542,17 @@ impl Engine {
             To::Group(g) => g,
             To::Origin(_) => usize::MAX,
         };
-        match storable {
-            Storable::Yes => {}
+        let kid = match storable {
+            Storable::Yes => None,
             Storable::No => return Relay::Original,
             Storable::Verified { gid, kid, piv } => {
-                if !self.det_newer(group, gid, kid, piv) {
+                if !self.det_newer(group, gid, kid.clone(), piv) {
                     return Relay::Original;
                 }
+                Some(kid)
             }
-        }
-        match self.cache_store(token, from, view) {
+        };
+        match self.cache_store(token, from, view, kid) {
             Some(Some(bytes)) => Relay::Stored(bytes),
             Some(None) => Relay::Original,
             None => Relay::Nothing,
@@ -597,6 +600,7 @@ impl Engine {
         token: u64,
         from: SocketAddr,
         view: &MessageView,
+        kid: Option<Vec<u8>>,
     ) -> Option<Option<Vec<u8>>> {
         let Some(f) = self.cache.filling.get(&token) else {
             return Some(None);
@@ -690,6 +694,21 @@ impl Engine {
             c.bytes -= old.size;
             c.stored -= 1;
         }
+        // A verified server's answer is held under one address only, the one its newest
+        // answer came from: a copy relayed from another member's address (which nothing
+        // in the answer names) cannot fill that member's place in a set (§7.1) while
+        // the member's own answers are dropped as replays of it.
+        if kid.is_some()
+            && let Some(i) = e
+                .responses
+                .iter()
+                .position(|s| s.server != from && s.kid == kid)
+        {
+            let old = e.responses.swap_remove(i);
+            c.bytes -= old.size;
+            c.stored -= 1;
+            changed = true;
+        }
         // §7.3: the Group-ETag changes whenever a response of the set does.
         if changed {
             e.group_etag = fresh_etag;
@@ -702,6 +721,7 @@ impl Engine {
             at: now,
             max_age: age,
             size,
+            kid,
         });
         c.bytes += size;
         c.stored += 1;
