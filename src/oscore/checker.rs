@@ -783,6 +783,12 @@ impl GroupChecker {
         self.current = next;
     }
 
+    /// Whether responses under `gid` are still checked (the current or previous epoch):
+    /// what the proxy remembers of an older epoch's servers can go once this is false.
+    pub(crate) fn has_epoch(&self, gid: &[u8]) -> bool {
+        self.current.gid == gid || self.previous.as_ref().is_some_and(|p| p.gid == gid)
+    }
+
     /// Ends the grace period of the previous epoch and erases it.
     pub fn drop_previous(&mut self) {
         self.previous = None;

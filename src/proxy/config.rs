@@ -371,6 +371,11 @@ pub struct CacheConfig {
     /// default (no members known). The Deterministic Client of a group, whose requests
     /// are the only protected ones cached (§7.4.1), is `ProxyConfig::deterministic_kids`.
     pub groups: Vec<GroupCache>,
+    /// Store responses to Deterministic Requests (§7.4.1) of groups without a signature
+    /// checker (`[group.security]`), where nothing verifies them before every later
+    /// client gets them: off unless the operator opts in (`[cache]
+    /// unverified_deterministic`).
+    pub unverified_deterministic: bool,
 }
 
 impl Default for CacheConfig {
@@ -381,6 +386,7 @@ impl Default for CacheConfig {
             max_bytes: 4 * 1024 * 1024,
             max_age: std::time::Duration::from_secs(86_400),
             groups: Vec::new(),
+            unverified_deterministic: false,
         }
     }
 }

@@ -630,6 +630,9 @@ struct CacheSection {
     /// Seconds.
     #[serde(default = "d_cache_max_age")]
     max_age: u64,
+    /// Opt-in: store responses to Deterministic Requests of groups nothing verifies.
+    #[serde(default)]
+    unverified_deterministic: bool,
 }
 fn d_cache_max_age() -> u64 {
     crate::proxy::CacheConfig::default().max_age.as_secs()
@@ -647,6 +650,7 @@ impl Default for CacheSection {
             max_entries: d_cache_entries(),
             max_bytes: d_cache_bytes(),
             max_age: d_cache_max_age(),
+            unverified_deterministic: false,
         }
     }
 }
@@ -668,6 +672,7 @@ fn cache_section(c: &CacheSection, errors: &mut Vec<String>) -> crate::proxy::Ca
         max_bytes: c.max_bytes,
         max_age: Duration::from_secs(c.max_age),
         groups: Vec::new(),
+        unverified_deterministic: c.unverified_deterministic,
     }
 }
 

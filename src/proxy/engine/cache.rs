@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::filter::Storable;
 use super::{Engine, Forward, HashMap, Link, Local};
 use crate::coap::MessageView;
 use crate::coap::build::{self, NON, code};
@@ -75,6 +76,8 @@ struct Stored {
     at: Instant,
     max_age: Duration,
     size: usize,
+    /// The kid a group's checker verified it from, for a Deterministic Request's answer.
+    kid: Option<Vec<u8>>,
 }
 
 impl Stored {
@@ -151,6 +154,12 @@ pub(super) struct Cache {
     /// (groupcomm-proxy §6.1): its Reply-From names the proxy, which the stored responses
     /// (made with the servers' Reply-From) cannot, so they are stored but not served.
     pub(super) stand_in: bool,
+    /// The newest verified Partial IV stored from each server of a group's Deterministic
+    /// Requests, by (group, Gid, kid): every such request has Partial IV 0, so a server's
+    /// older answer replayed into a later exchange verifies again, and stored it would
+    /// bring old content back (or keep it fresh past its Max-Age). At most
+    /// `max_entries` servers; past it a new server's answers are not stored.
+    det_pivs: HashMap<(usize, Vec<u8>, Vec<u8>), u64>,
 }
 
 impl Cache {
@@ -166,6 +175,7 @@ impl Cache {
             reply: None,
             deferred: Vec::new(),
             stand_in: false,
+            det_pivs: HashMap::default(),
         }
     }
 
@@ -512,21 +522,75 @@ impl Engine {
     /// A response of exchange `token` from `from`, about to be relayed: stored if it
     /// may be; a 2.03 to the proxy's revalidation refreshes the stored response, and
     /// what is relayed instead is the stored representation (returned, as a message).
+    ///
+    /// `storable` is the response filter's say (`filter.rs`): a response to a
+    /// Deterministic Request that nothing verified is relayed and not stored (nor does it
+    /// touch what is stored: a forgery must not evict a server's verified answer).
     pub(super) fn cache_response(
         &mut self,
         token: u64,
         from: SocketAddr,
         view: &MessageView,
+        storable: Storable,
     ) -> Relay {
         let Some(f) = self.cache.filling.get_mut(&token) else {
             return Relay::Original;
         };
         // It answered: its stored response is not sent at T' (§7.1).
         f.waiting.retain(|s| *s != from);
-        match self.cache_store(token, from, view) {
+        let group = match f.key.0 {
+            To::Group(g) => g,
+            To::Origin(_) => usize::MAX,
+        };
+        let kid = match storable {
+            Storable::Yes => None,
+            Storable::No => return Relay::Original,
+            Storable::Verified { gid, kid, piv } => {
+                if !self.det_newer(group, gid, kid.clone(), piv) {
+                    return Relay::Original;
+                }
+                Some(kid)
+            }
+        };
+        match self.cache_store(token, from, view, kid) {
             Some(Some(bytes)) => Relay::Stored(bytes),
             Some(None) => Relay::Original,
             None => Relay::Nothing,
+        }
+    }
+
+    /// Whether a verified answer of server `kid` under `gid` with Partial IV `piv` is
+    /// newer than any it had stored for group `g` (recorded if so): a replay of one
+    /// already stored (the same Partial IV) or of an older one is not stored again.
+    /// Answers to different requests reordered on the way lose a store, never more.
+    fn det_newer(&mut self, g: usize, gid: Vec<u8>, kid: Vec<u8>, piv: u64) -> bool {
+        let bound = self.cfg.cache.max_entries;
+        let key = (g, gid, kid);
+        if self.cache.det_pivs.len() >= bound && !self.cache.det_pivs.contains_key(&key) {
+            // Full: first forget the servers of epochs no checker accepts any more (a
+            // rekeyed group's old Gid), whose answers can no longer verify, so that
+            // rekeys alone never fill the table.
+            let checkers = &self.checkers;
+            self.cache.det_pivs.retain(|(h, gid, _), _| {
+                checkers
+                    .get(*h)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| c.has_epoch(gid))
+            });
+        }
+        let pivs = &mut self.cache.det_pivs;
+        let full = pivs.len() >= bound;
+        match pivs.get_mut(&key) {
+            Some(top) if *top >= piv => false,
+            Some(top) => {
+                *top = piv;
+                true
+            }
+            None if full => false,
+            None => {
+                pivs.insert(key, piv);
+                true
+            }
         }
     }
 
@@ -536,6 +600,7 @@ impl Engine {
         token: u64,
         from: SocketAddr,
         view: &MessageView,
+        kid: Option<Vec<u8>>,
     ) -> Option<Option<Vec<u8>>> {
         let Some(f) = self.cache.filling.get(&token) else {
             return Some(None);
@@ -629,6 +694,21 @@ impl Engine {
             c.bytes -= old.size;
             c.stored -= 1;
         }
+        // A verified server's answer is held under one address only, the one its newest
+        // answer came from: a copy relayed from another member's address (which nothing
+        // in the answer names) cannot fill that member's place in a set (§7.1) while
+        // the member's own answers are dropped as replays of it.
+        if kid.is_some()
+            && let Some(i) = e
+                .responses
+                .iter()
+                .position(|s| s.server != from && s.kid == kid)
+        {
+            let old = e.responses.swap_remove(i);
+            c.bytes -= old.size;
+            c.stored -= 1;
+            changed = true;
+        }
         // §7.3: the Group-ETag changes whenever a response of the set does.
         if changed {
             e.group_etag = fresh_etag;
@@ -641,6 +721,7 @@ impl Engine {
             at: now,
             max_age: age,
             size,
+            kid,
         });
         c.bytes += size;
         c.stored += 1;
@@ -717,6 +798,7 @@ impl Engine {
                 }
             }
             self.cache.filling.clear();
+            self.cache.det_pivs.clear();
             return;
         }
         self.cache_evict(None);

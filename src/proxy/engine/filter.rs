@@ -240,26 +240,37 @@ impl Engine {
     /// The response filter: group-mode responses to a verified request are verified with
     /// the request's Partial IV and kid context (§7.5) and pass the Response Numbers of
     /// their server under the context that protected them (§5.3.1); pairwise-mode ones
-    /// cannot be checked and are relayed.
+    /// cannot be checked and are relayed. Responses to a Deterministic Request are
+    /// checked apart (`check_deterministic_response`). Ok: relayed, with whether the
+    /// cache may store it for other clients.
     pub(super) fn check_response(
         &mut self,
         token: u64,
         view: &MessageView,
-    ) -> Result<(), DropReason> {
+    ) -> Result<Storable, DropReason> {
         let Some(ex) = self.exchanges.get(&token) else {
-            return Ok(());
+            return Ok(Storable::Yes);
         };
+        if let Route::Group {
+            group,
+            deterministic: Some(det),
+            ..
+        } = &ex.route
+        {
+            let (g, det) = (*group, det.clone());
+            return self.check_deterministic_response(token, g, &det, view);
+        }
         let Route::Group {
             group: g,
             checked: Some(req),
             ..
         } = &ex.route
         else {
-            return Ok(());
+            return Ok(Storable::Yes);
         };
         let g = *g;
         let Some(checker) = self.checkers.get(g).and_then(Option::as_ref) else {
-            return Ok(());
+            return Ok(Storable::Yes);
         };
         let verdict = checker.check_response(view.bytes(), req, None);
         let (result, drop) = match verdict {
@@ -292,9 +303,137 @@ impl Engine {
         });
         match drop {
             Some(reason) if enforced => Err(reason),
-            _ => Ok(()),
+            _ => Ok(Storable::Yes),
         }
     }
+
+    /// What the engine keeps of a Deterministic Request forwarded to group `g` for
+    /// checking its responses: None if it is not one (the group's `deterministic_kid`
+    /// unset, or not that kid's form, `is_deterministic_request`).
+    pub(super) fn det_request(&self, g: usize, view: &MessageView) -> Option<Box<DetRequest>> {
+        let dk = self.deterministic_kid(g)?;
+        if !deterministic::is_deterministic_request(view, dk) {
+            return None;
+        }
+        let o = OscoreOption::parse(view.option(opt::OSCORE)?).ok()?;
+        // A Request-Hash of another length than SHA-256's (the filter drops it under
+        // enforce, monitor forwards it) binds no response that could verify: kept empty,
+        // so that the exchange holds at most a Gid, a kid (bounded by the OSCORE
+        // option) and 32 bytes, and its responses are never stored.
+        let hash = view
+            .option(deterministic::REQUEST_HASH)
+            .filter(|h| h.len() == deterministic::HASH_LEN)
+            .unwrap_or_default();
+        Some(Box::new(DetRequest {
+            kid: dk.to_vec(),
+            gid: o.kid_context.unwrap_or_default().to_vec(),
+            hash: hash.to_vec(),
+        }))
+    }
+
+    /// A response to a Deterministic Request (cacheable-oscore §3.4.4, groupcomm-proxy
+    /// §7.4.1): the cache would serve it to every later client, who could not tell a
+    /// forgery from anyone on the group's network apart from the server's answer before
+    /// it has it; so where the group has a checker it is verified from public material
+    /// (group mode, the server's credential, the signature with the Request-Hash as a
+    /// class I option, `GroupChecker::check_deterministic_response`) and passes the
+    /// exchange's Response Numbers, as other group-mode responses do. Under enforce what
+    /// fails is dropped; under monitor it is relayed but not stored. Without a checker
+    /// nothing can verify it: stored only where `[cache] unverified_deterministic` says
+    /// so. A verified one is stored only if its Partial IV is newer than what its server
+    /// had stored before (`cache.rs`: the request's Partial IV is always 0, so an older
+    /// answer replayed into a later exchange verifies again).
+    fn check_deterministic_response(
+        &mut self,
+        token: u64,
+        g: usize,
+        det: &DetRequest,
+        view: &MessageView,
+    ) -> Result<Storable, DropReason> {
+        let Some(checker) = self.checkers.get(g).and_then(Option::as_ref) else {
+            return Ok(if self.cfg.cache.unverified_deterministic {
+                Storable::Yes
+            } else {
+                Storable::No
+            });
+        };
+        let verdict = if det.hash.len() == deterministic::HASH_LEN {
+            checker.check_deterministic_response(view.bytes(), &det.kid, &det.gid, &det.hash)
+        } else {
+            Err(OscoreError::Mismatch(
+                "no valid Request-Hash in the request",
+            ))
+        };
+        let (result, drop, storable) = match verdict {
+            Ok(r) => {
+                let fresh = match self.exchanges.get_mut(&token).map(|ex| &mut ex.route) {
+                    Some(Route::Group { numbers, .. }) => {
+                        numbers.accept(&r.gid, &r.kid, r.piv).is_ok()
+                    }
+                    _ => true,
+                };
+                match (fresh, r.piv) {
+                    (true, Some(piv)) => (
+                        CheckResult::Valid,
+                        None,
+                        Storable::Verified {
+                            gid: r.gid,
+                            kid: r.kid,
+                            piv,
+                        },
+                    ),
+                    (true, None) => (CheckResult::Valid, None, Storable::No),
+                    (false, _) => (
+                        CheckResult::Replay,
+                        Some(DropReason::ResponseReplay),
+                        Storable::No,
+                    ),
+                }
+            }
+            Err(e) => (
+                check_result(&e),
+                Some(DropReason::ResponseCheckFailed),
+                Storable::No,
+            ),
+        };
+        let enforced = self.enforced(g);
+        self.emit(Event::Checked {
+            group: g,
+            request: false,
+            result,
+            enforced,
+        });
+        match drop {
+            Some(reason) if enforced => Err(reason),
+            _ => Ok(storable),
+        }
+    }
+}
+
+/// A Deterministic Request's binding, kept in its exchange (cacheable-oscore §3.4.4): the
+/// Deterministic Client's kid, the request's Gid and its Request-Hash (32 bytes, or
+/// empty where the request had none of that length).
+#[derive(Debug, Clone)]
+pub(super) struct DetRequest {
+    kid: Vec<u8>,
+    gid: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Whether the cache may store a response it relays for other clients.
+#[derive(Debug)]
+pub(super) enum Storable {
+    /// As any response of its exchange (what the cache's own rules allow).
+    Yes,
+    /// Not: a response to a Deterministic Request that nothing verified.
+    No,
+    /// A verified response to a Deterministic Request, from server `kid` under `gid` with
+    /// Partial IV `piv`: stored only if newer than that server's last one stored.
+    Verified {
+        gid: Vec<u8>,
+        kid: Vec<u8>,
+        piv: u64,
+    },
 }
 
 /// The verdicts of one receive batch's group-mode requests, reached together by

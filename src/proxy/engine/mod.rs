@@ -192,6 +192,9 @@ enum Route {
         /// The next proxy of a chain (groupcomm-proxy §8), which the request went to
         /// instead of the group: responses come from it, Reply-From already on.
         via: Option<SocketAddr>,
+        /// A Deterministic Request's binding (cacheable-oscore §3.4.4), for checking its
+        /// responses before the cache stores them for every client. Boxed, as `checked`.
+        deterministic: Option<Box<filter::DetRequest>>,
     },
     /// A unicast request: the first response ends it.
     Unicast {
@@ -1372,6 +1375,7 @@ impl Engine {
             }
         };
         self.signer_allowed(g, checked.as_ref())?;
+        let deterministic = self.det_request(g, view);
         // §7.1: after every check a forward passes, a request the cache can answer alone
         // is answered from it; nothing reaches the group.
         let cache_key = (!timeout.is_zero() && via.is_none() && outer.is_none())
@@ -1428,6 +1432,7 @@ impl Engine {
                 numbers: ResponseNumbers::default(),
                 seen_con: Vec::new(),
                 via,
+                deterministic,
             };
             self.open(
                 now,

@@ -102,12 +102,13 @@ impl Engine {
                 seen_con.push(key);
             }
         }
-        if let Err(reason) = self.check_response(token, view) {
-            return self.drop_msg(reason, from);
-        }
+        let storable = match self.check_response(token, view) {
+            Ok(s) => s,
+            Err(reason) => return self.drop_msg(reason, from),
+        };
         // Stored on its way to the client (groupcomm-proxy §7); a 2.03 to the proxy's
         // revalidation goes on as the stored representation it refreshed (§7.2).
-        match self.cache_response(token, from, view) {
+        match self.cache_response(token, from, view, storable) {
             Relay::Stored(stored) => match MessageView::parse(&stored) {
                 Ok(v) => self.relay(now, token, from, &v),
                 Err(_) => self.relay(now, token, from, view),
