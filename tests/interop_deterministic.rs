@@ -221,28 +221,32 @@ async fn s3_4_groxy_client_aiocoap_server_over_udp() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// groupcomm-proxy §7.4.1 with aiocoap 0.4.17 as the group's server: a real `groxy run`
-/// proxy (in-process, from its TOML, policy enforce, `deterministic_kid = "dc"`) forwards
-/// `groxy client --deterministic dc`'s group request to an aiocoap server on loopback
-/// multicast; its signed answer comes back with Reply-From and verifies at the client.
-/// Sent again (the same request past the token) it is forwarded again: no replay window
-/// (cacheable-oscore §6), where a group-mode request's replay would be dropped.
-#[tokio::test]
-async fn s7_4_1_through_a_checking_groxy_proxy_to_an_aiocoap_server() {
-    use groxy::proxy::{CheckResult, Event};
-    use groxy::runtime::Proxy;
-    use std::sync::{Arc, Mutex};
-
-    let g = Group::new(&[CLIENT, SERVER]);
-    let dir = std::env::temp_dir().join(format!("groxy-det-proxy-{}", std::process::id()));
+/// The set-up of the §7.4.1 tests: an aiocoap server of `g` (Sender ID `SERVER`) on
+/// loopback multicast 224.0.1.187 (its rendered requests logged to `requests.log` in the
+/// returned directory), and the configuration of a `groxy run` proxy that checks the group
+/// (policy enforce, `deterministic_kid = "dc"`); with `cache`, `[cache] enabled` and the
+/// aiocoap server as the group's `cache_members`. Returns the directory, the group's
+/// port, the aiocoap child and the loaded configuration.
+fn checking_proxy(
+    g: &Group,
+    tag: &str,
+    cache: bool,
+) -> (
+    std::path::PathBuf,
+    u16,
+    std::process::Child,
+    groxy::settings::Loaded,
+) {
+    let dir = std::env::temp_dir().join(format!("groxy-det-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = common::free_port();
-    let mut cfg = setup(&g, SERVER);
+    let mut cfg = setup(g, SERVER);
     cfg["bind"] = json!("0.0.0.0");
     cfg["port"] = json!(port);
     cfg["multicast"] = json!([["224.0.1.187", "lo"]]);
-    let (mut child, _) = common::aiocoap_server(&dir.join("server.json"), &cfg);
+    cfg["request_log"] = json!(dir.join("requests.log"));
+    let (child, _) = common::aiocoap_server(&dir.join("server.json"), &cfg);
 
     let sek = SecurityContext::new(&g.config(CLIENT))
         .unwrap()
@@ -269,15 +273,27 @@ async fn s7_4_1_through_a_checking_groxy_proxy_to_an_aiocoap_server() {
             )
         })
         .collect();
+    // groupcomm-proxy §7.1: the group's members come from the configuration, here the
+    // one aiocoap server, which answers from the loopback address.
+    let (cache, members_line) = if cache {
+        (
+            "[cache]\nenabled = true".to_string(),
+            format!("cache_members = [\"127.0.0.1:{port}\"]"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let toml = format!(
         r#"[proxy]
 listen = ["127.0.0.1:0"]
 state_dir = "state"
+{cache}
 [[group]]
 name = "secure"
 uri = "coap://224.0.1.187:{port}"
 interface = "127.0.0.1"
 deterministic_kid = "dc"
+{members_line}
 [group.security]
 policy = "enforce"
 gid = "{}"
@@ -291,6 +307,23 @@ members = [
     );
     std::fs::write(dir.join("groxy.toml"), toml).unwrap();
     let loaded = groxy::settings::load_file(&dir.join("groxy.toml")).unwrap();
+    (dir, port, child, loaded)
+}
+
+/// groupcomm-proxy §7.4.1 with aiocoap 0.4.17 as the group's server: a real `groxy run`
+/// proxy (in-process, from its TOML, policy enforce, `deterministic_kid = "dc"`) forwards
+/// `groxy client --deterministic dc`'s group request to an aiocoap server on loopback
+/// multicast; its signed answer comes back with Reply-From and verifies at the client.
+/// Sent again (the same request past the token) it is forwarded again: no replay window
+/// (cacheable-oscore §6), where a group-mode request's replay would be dropped.
+#[tokio::test]
+async fn s7_4_1_through_a_checking_groxy_proxy_to_an_aiocoap_server() {
+    use groxy::proxy::{CheckResult, Event};
+    use groxy::runtime::Proxy;
+    use std::sync::{Arc, Mutex};
+
+    let g = Group::new(&[CLIENT, SERVER]);
+    let (dir, port, mut child, loaded) = checking_proxy(&g, "proxy", false);
     let mut proxy = Proxy::bind(loaded.run).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
@@ -425,4 +458,217 @@ async fn s3_4_3_unsafe_deterministic_request_is_refused() {
         (false, vec![CheckResult::DeterministicInvalid])
     );
     assert_eq!(filter(false), (true, vec![CheckResult::Deterministic]));
+}
+
+/// A `groxy run` proxy of the §7.4.1 cache tests, serving in the background.
+struct Running {
+    addr: SocketAddr,
+    events: std::sync::Arc<std::sync::Mutex<Vec<groxy::proxy::Event>>>,
+    /// The ops endpoint (`/metrics`), fed by the proxy's metrics observer.
+    ops: groxy::ops::Ops,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Binds and runs `loaded` (on a tokio runtime), its metrics served on a loopback port
+/// and every engine event recorded.
+fn run_proxy(loaded: groxy::settings::Loaded) -> Running {
+    let (ops, metrics) =
+        groxy::ops::Ops::start("127.0.0.1:0".parse().unwrap(), &loaded.run.proxy).unwrap();
+    let mut proxy = groxy::runtime::Proxy::bind(loaded.run).unwrap();
+    proxy.observe(metrics);
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    proxy.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let addr = proxy.listen_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        events,
+        ops,
+        stop: Some(stop),
+    }
+}
+
+impl Running {
+    /// How many of the recorded cache events are `what`.
+    fn cache_events(&self, what: groxy::proxy::CacheEvent) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, groxy::proxy::Event::Cache { what: w, .. } if *w == what))
+            .count()
+    }
+
+    /// One sample of the proxy's `/metrics` scrape, e.g. `groxy_cache_events_total{...}`.
+    fn metric(&self, series: &str) -> Option<f64> {
+        let (status, text) = common::http_get(self.ops.local_addr(), "/metrics").unwrap();
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// How many requests the aiocoap server of [`checking_proxy`] rendered so far.
+fn requests_seen(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("requests.log"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Ends the aiocoap server and removes the test's directory.
+fn finish(mut child: std::process::Child, dir: &std::path::Path) {
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// groupcomm-proxy §7.4.1 and §7.1 with aiocoap 0.4.17 as the group's server: a real
+/// `groxy run` proxy with `[cache] enabled`, the aiocoap server as the group's
+/// `cache_members`, the group checked (enforce) and `deterministic_kid = "dc"`. `groxy
+/// client --deterministic dc` sends the same Deterministic Request twice through it: the
+/// first is forwarded and aiocoap's signed answer, verified by the proxy's checker, is
+/// stored; the second is answered from the cache alone (the set is complete, §7.1).
+/// Both clients get aiocoap's answer, verified end to end, with the server's Reply-From
+/// (§5.4.1, made again when served); the aiocoap server rendered exactly one request;
+/// the proxy's events and `/metrics` show one miss and one hit.
+#[tokio::test]
+async fn s7_4_1_a_caching_groxy_proxy_answers_the_second_deterministic_request_itself() {
+    use groxy::proxy::CacheEvent;
+
+    let g = Group::new(&[CLIENT, SERVER]);
+    let (dir, port, child, loaded) = checking_proxy(&g, "cache", true);
+    let mut proxy = run_proxy(loaded);
+    let server: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut req = ClientRequest::get(proxy.addr, &format!("coap://224.0.1.187:{port}/hello"), 1);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(g.config(CLIENT));
+    req.deterministic = Some(DET.to_vec());
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (round, seed) in [(0, 20), (1, 21)] {
+        let got = run_client(&req, &sock, seed).await;
+        assert_eq!(got.len(), 1, "round {round}: {got:?}");
+        let r = &got[0].1;
+        assert_eq!(
+            r.oscore,
+            Some(Ok((Mode::Group, SERVER.to_vec()))),
+            "round {round}: {r:?}"
+        );
+        assert_eq!(r.code, 0x45);
+        assert_eq!(
+            r.payload,
+            format!("hello from aiocoap {}", hex::encode(SERVER)).as_bytes()
+        );
+        assert_eq!(r.reply_from, Some(server), "round {round}");
+        assert_eq!(requests_seen(&dir), 1, "round {round}: aiocoap's requests");
+    }
+    assert_eq!(proxy.cache_events(CacheEvent::Miss), 1);
+    assert_eq!(proxy.cache_events(CacheEvent::Stored), 1);
+    assert_eq!(proxy.cache_events(CacheEvent::Hit), 1);
+    assert_eq!(
+        proxy.metric(r#"groxy_cache_events_total{event="hit",group="secure"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.metric(r#"groxy_cache_events_total{event="miss",group="secure"}"#),
+        Some(1.0)
+    );
+    proxy.stop();
+    finish(child, &dir);
+}
+
+/// The same with aiocoap 0.4.17 as the clients: two aiocoap processes, each a different
+/// member of the group, compose the Deterministic Request of GET /hello with their
+/// Deterministic Client aspect (the same bytes, cacheable-oscore §3); the test sends each
+/// to the proxy as a forward-proxy request (Proxy-Scheme + Uri-Host + Uri-Port and
+/// Multicast-Timeout, all outer options, groupcomm-proxy §5.1.1), and each aiocoap client
+/// verifies the answer it gets (group mode, aiocoap server's kid). The first is
+/// forwarded, the second answered from the cache: one request reached the server.
+#[tokio::test]
+async fn s7_4_1_two_aiocoap_deterministic_clients_one_request_reaches_the_server() {
+    use groxy::coap::build::{self, NON};
+    use groxy::coap::options as opt;
+    use groxy::proxy::CacheEvent;
+
+    const CLIENT2: &[u8] = &[0x0d];
+    let g = Group::new(&[CLIENT, CLIENT2, SERVER]);
+    let (dir, port, child, loaded) = checking_proxy(&g, "cache-aiocoap", true);
+    let mut proxy = run_proxy(loaded);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port_bytes = port.to_be_bytes();
+    let port_opt: &[u8] = if port < 256 {
+        &port_bytes[1..]
+    } else {
+        &port_bytes
+    };
+    let mut composed = Vec::new();
+    for (n, me) in [CLIENT, CLIENT2].into_iter().enumerate() {
+        let mut aiocoap = Oracle::start(setup(&g, me));
+        let r = aiocoap.ok(json!({"op": "protect_deterministic_request",
+            "deterministic_kid": hex::encode(DET), "coap": GET_HELLO}));
+        let det = unhex(&r["coap"]);
+        composed.push(det.clone());
+        let v = MessageView::parse(&det).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::PROXY_SCHEME, b"coap"));
+        opts.push((opt::URI_HOST, b"224.0.1.187"));
+        opts.push((opt::URI_PORT, port_opt));
+        opts.push((opt::MULTICAST_TIMEOUT_DEFAULT, &[1]));
+        let token = [0x30 + n as u8; 4];
+        let msg = build::encode(
+            NON,
+            v.code(),
+            0x3000 + n as u16,
+            &token,
+            &mut opts,
+            v.payload(),
+        );
+        sock.send_to(&msg, proxy.addr).await.unwrap();
+        // Every response until T' (1 s) and a margin.
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_millis(1500);
+        let mut buf = [0u8; 1500];
+        while let Ok(Ok((len, _))) = tokio::time::timeout(
+            end.saturating_duration_since(Instant::now()),
+            sock.recv_from(&mut buf),
+        )
+        .await
+        {
+            got.push(buf[..len].to_vec());
+        }
+        assert_eq!(got.len(), 1, "client {n}: {got:?}");
+        let resp = MessageView::parse(&got[0]).unwrap();
+        assert_eq!(resp.token(), &token[..], "client {n}");
+        assert!(resp.option(opt::REPLY_FROM_DEFAULT).is_some(), "client {n}");
+        let out = aiocoap.ok(json!({"op": "unprotect_response", "request": r["request"],
+            "coap": hex::encode(&got[0])}));
+        assert_eq!(out["mode"], json!("group"), "client {n}");
+        assert_eq!(out["kid"], json!(hex::encode(SERVER)), "client {n}");
+        let inner = unhex(&out["coap"]);
+        let inner = MessageView::parse(&inner).unwrap();
+        assert_eq!(inner.code(), 0x45, "client {n}");
+        assert_eq!(
+            inner.payload(),
+            format!("hello from aiocoap {}", hex::encode(SERVER)).as_bytes()
+        );
+        assert_eq!(requests_seen(&dir), 1, "client {n}: aiocoap's requests");
+    }
+    assert_eq!(
+        composed[0], composed[1],
+        "§3: the same bytes from both clients"
+    );
+    assert_eq!(proxy.cache_events(CacheEvent::Miss), 1);
+    assert_eq!(proxy.cache_events(CacheEvent::Hit), 1);
+    proxy.stop();
+    finish(child, &dir);
 }

@@ -30,6 +30,11 @@ from aiocoap.transports.oscore import OSCOREAddress
 # Lives next to this script, which puts it on sys.path.
 from aiocoap_peer import GroupContext, build_group_context
 
+# "request_log" (optional): a file that gets one line per request a Group OSCORE
+# resource renders, so a test can tell how many requests reached this server
+# (e.g. none for an answer a proxy served from its cache). Set by serve().
+REQUEST_LOG = None
+
 
 class GroupRespondingContext(GroupContext):
     """Answers requests in group mode instead of aiocoap's default pairwise.
@@ -59,6 +64,10 @@ class GroupOnlyResource(resource.Resource):
     async def render(self, request):
         if not isinstance(request.remote, OSCOREAddress):
             raise error.Unauthorized("Group OSCORE required")
+        if REQUEST_LOG is not None:
+            # Appended and closed at once: the test reads it while this runs.
+            with open(REQUEST_LOG, "a") as log:
+                log.write("%s /%s\n" % (request.code, "/".join(request.opt.uri_path)))
         return await super().render(request)
 
 
@@ -145,6 +154,8 @@ def plain_site(cfg):
 
 
 async def serve(cfg):
+    global REQUEST_LOG
+    REQUEST_LOG = cfg.get("request_log")
     oscore = cfg.get("oscore", True)
     if not isinstance(oscore, bool):
         raise ValueError("oscore must be true or false")
