@@ -224,13 +224,14 @@ async fn s3_4_groxy_client_aiocoap_server_over_udp() {
 /// The set-up of the §7.4.1 tests: an aiocoap server of `g` (Sender ID `SERVER`) on
 /// loopback multicast 224.0.1.187 (its rendered requests logged to `requests.log` in the
 /// returned directory), and the configuration of a `groxy run` proxy that checks the group
-/// (policy enforce, `deterministic_kid = "dc"`); with `cache`, `[cache] enabled` and the
-/// aiocoap server as the group's `cache_members`. Returns the directory, the group's
-/// port, the aiocoap child and the loaded configuration.
+/// (policy enforce, `deterministic_kid = "dc"`); with `cache` not empty, `[cache]
+/// enabled` and the group's `cache_members` these addresses, given the group's port (the
+/// aiocoap server answers from 127.0.0.1 on it: [`aiocoap_only`]). Returns the directory,
+/// the group's port, the aiocoap child and the loaded configuration.
 fn checking_proxy(
     g: &Group,
     tag: &str,
-    cache: bool,
+    cache: &dyn Fn(u16) -> Vec<SocketAddr>,
 ) -> (
     std::path::PathBuf,
     u16,
@@ -273,15 +274,16 @@ fn checking_proxy(
             )
         })
         .collect();
-    // groupcomm-proxy §7.1: the group's members come from the configuration, here the
-    // one aiocoap server, which answers from the loopback address.
-    let (cache, members_line) = if cache {
+    // groupcomm-proxy §7.1: the group's members come from the configuration.
+    let cache_members = cache(port);
+    let (cache, members_line) = if cache_members.is_empty() {
+        (String::new(), String::new())
+    } else {
+        let list: Vec<String> = cache_members.iter().map(|a| format!("\"{a}\"")).collect();
         (
             "[cache]\nenabled = true".to_string(),
-            format!("cache_members = [\"127.0.0.1:{port}\"]"),
+            format!("cache_members = [{}]", list.join(", ")),
         )
-    } else {
-        (String::new(), String::new())
     };
     let toml = format!(
         r#"[proxy]
@@ -323,7 +325,7 @@ async fn s7_4_1_through_a_checking_groxy_proxy_to_an_aiocoap_server() {
     use std::sync::{Arc, Mutex};
 
     let g = Group::new(&[CLIENT, SERVER]);
-    let (dir, port, mut child, loaded) = checking_proxy(&g, "proxy", false);
+    let (dir, port, mut child, loaded) = checking_proxy(&g, "proxy", &|_| vec![]);
     let mut proxy = Proxy::bind(loaded.run).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
@@ -518,6 +520,12 @@ impl Running {
     }
 }
 
+/// The aiocoap server of [`checking_proxy`] as the group's only `cache_members`: it
+/// answers from the loopback address and the group's port.
+fn aiocoap_only(port: u16) -> Vec<SocketAddr> {
+    vec![(Ipv4Addr::LOCALHOST, port).into()]
+}
+
 /// How many requests the aiocoap server of [`checking_proxy`] rendered so far.
 fn requests_seen(dir: &std::path::Path) -> usize {
     std::fs::read_to_string(dir.join("requests.log"))
@@ -547,7 +555,7 @@ async fn s7_4_1_a_caching_groxy_proxy_answers_the_second_deterministic_request_i
     use groxy::proxy::CacheEvent;
 
     let g = Group::new(&[CLIENT, SERVER]);
-    let (dir, port, child, loaded) = checking_proxy(&g, "cache", true);
+    let (dir, port, child, loaded) = checking_proxy(&g, "cache", &aiocoap_only);
     let mut proxy = run_proxy(loaded);
     let server: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
     let mut req = ClientRequest::get(proxy.addr, &format!("coap://224.0.1.187:{port}/hello"), 1);
@@ -602,7 +610,7 @@ async fn s7_4_1_two_aiocoap_deterministic_clients_one_request_reaches_the_server
 
     const CLIENT2: &[u8] = &[0x0d];
     let g = Group::new(&[CLIENT, CLIENT2, SERVER]);
-    let (dir, port, child, loaded) = checking_proxy(&g, "cache-aiocoap", true);
+    let (dir, port, child, loaded) = checking_proxy(&g, "cache-aiocoap", &aiocoap_only);
     let mut proxy = run_proxy(loaded);
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port_bytes = port.to_be_bytes();
@@ -669,6 +677,111 @@ async fn s7_4_1_two_aiocoap_deterministic_clients_one_request_reaches_the_server
     );
     assert_eq!(proxy.cache_events(CacheEvent::Miss), 1);
     assert_eq!(proxy.cache_events(CacheEvent::Hit), 1);
+    proxy.stop();
+    finish(child, &dir);
+}
+
+/// groupcomm-proxy §7.4.1 and cacheable-oscore §6 on the wire: a forged answer is not
+/// served from the cache. A second "server" at 127.0.0.2, a member of the group's
+/// `cache_members` beside the aiocoap server, receives the proxy's multicast request and
+/// answers it with a tampered copy of an answer aiocoap gave earlier (its signature's last
+/// byte flipped). The checking proxy (enforce) drops it (`response_check_failed`) and
+/// stores only aiocoap's answer, so the set stays incomplete (§7.1): the second client's
+/// request is forwarded again, not answered from the cache, and each client gets aiocoap's
+/// verified answer alone, never the forged one.
+#[tokio::test]
+async fn s7_4_1_a_forged_deterministic_answer_is_not_served_from_the_cache() {
+    use groxy::coap::build::{self, NON};
+    use groxy::proxy::{CacheEvent, DropReason, Event};
+    use groxy::runtime::sockets::{Interface, multicast_receiver};
+
+    let g = Group::new(&[CLIENT, SERVER]);
+    let fake_tx = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let fake = fake_tx.local_addr().unwrap();
+    let (dir, port, child, loaded) = checking_proxy(&g, "forged", &|port| {
+        vec![(Ipv4Addr::LOCALHOST, port).into(), fake]
+    });
+    let aiocoap: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+
+    // A genuine answer of aiocoap's to the same Deterministic Request, asked directly.
+    let (det, _) = SecurityContext::new(&g.config(CLIENT))
+        .unwrap()
+        .protect_deterministic_request(&unhex(&json!(GET_HELLO)), DET)
+        .unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let genuine = common::ask(&sock, aiocoap, &det).await;
+    assert_eq!(requests_seen(&dir), 1);
+    let gv = MessageView::parse(&genuine).unwrap();
+    let opts: Vec<(u16, Vec<u8>)> = gv.options().map(|(n, v)| (n, v.to_vec())).collect();
+    let mut forged_payload = gv.payload().to_vec();
+    *forged_payload.last_mut().unwrap() ^= 1;
+    let code = gv.code();
+
+    // The fake server: joined to the group on loopback, it answers every request the
+    // proxy multicasts with the tampered copy under that request's token.
+    let rx = multicast_receiver(
+        (Ipv4Addr::new(224, 0, 1, 187), port).into(),
+        &Interface::Addr(Ipv4Addr::LOCALHOST),
+    )
+    .unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let rx = tokio::net::UdpSocket::from_std(rx).unwrap();
+    let (forged_tx, mut forged_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fake_task = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        let mut mid = 0x4000u16;
+        while let Ok((n, from)) = rx.recv_from(&mut buf).await {
+            let Ok(req) = MessageView::parse(&buf[..n]) else {
+                continue;
+            };
+            let mut o: Vec<(u16, &[u8])> = opts.iter().map(|(n, v)| (*n, &v[..])).collect();
+            mid += 1;
+            let answer = build::encode(NON, code, mid, req.token(), &mut o, &forged_payload);
+            fake_tx.send_to(&answer, from).await.unwrap();
+            let _ = forged_tx.send(());
+        }
+    });
+
+    let mut proxy = run_proxy(loaded);
+    let mut req = ClientRequest::get(proxy.addr, &format!("coap://224.0.1.187:{port}/hello"), 1);
+    req.margin = Duration::from_millis(300);
+    req.oscore = Some(g.config(CLIENT));
+    req.deterministic = Some(DET.to_vec());
+    for (round, seed) in [(0, 30), (1, 31)] {
+        let got = run_client(&req, &sock, seed).await;
+        assert!(
+            forged_rx.try_recv().is_ok(),
+            "round {round}: the fake answered"
+        );
+        assert_eq!(got.len(), 1, "round {round}: {got:?}");
+        let r = &got[0].1;
+        assert_eq!(
+            r.oscore,
+            Some(Ok((Mode::Group, SERVER.to_vec()))),
+            "round {round}: {r:?}"
+        );
+        assert_eq!(r.reply_from, Some(aiocoap), "round {round}");
+        assert_eq!(requests_seen(&dir), 2 + round, "round {round}: forwarded");
+    }
+    let dropped = proxy
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: DropReason::ResponseCheckFailed,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(dropped, 2, "the forged answer of each round");
+    assert_eq!(proxy.cache_events(CacheEvent::Hit), 0);
+    assert_eq!(proxy.cache_events(CacheEvent::Miss), 2);
+    fake_task.abort();
     proxy.stop();
     finish(child, &dir);
 }
