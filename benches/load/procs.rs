@@ -120,7 +120,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// (config/groxy.toml); the file sets only the listener, the metrics endpoint if asked,
 /// and the bench's group on loopback multicast. The load is what a conforming client
 /// population sends (many client addresses and ports, many origin endpoints: see
-/// benches/load.rs), so nothing needs raising or shrinking.
+/// benches/load.rs), so nothing needs raising or shrinking. One forwarding thread: the
+/// proxy is pinned to one core beside single-threaded libcoap (issue 14: the rate on one
+/// core); `benches/threads.rs` measures more threads.
 pub fn groxy_config(
     listen: SocketAddrV4,
     group: SocketAddrV4,
@@ -130,6 +132,7 @@ pub fn groxy_config(
     format!(
         r#"[proxy]
 listen = ["{listen}"]
+threads = 1
 {metrics}
 [[group]]
 name = "bench"
