@@ -176,7 +176,7 @@ fn group_oscore_over_http_to_aiocoap_members_filtered() {
     while !net
         .command("cli", "/usr/bin/curl")
         .args([
-            "-s",
+            "-sf",
             "-o",
             "/dev/null",
             &format!("http://{PRX_WAN}:{METRICS_PORT}/readyz"),
