@@ -150,35 +150,13 @@ pub fn protect_request(
     mid: u16,
     token: &[u8],
 ) -> Result<(Vec<u8>, Exchange), String> {
-    if req.proxy_uri {
-        return Err("Proxy-Uri cannot be used with OSCORE; the Proxy-Scheme form is used".into());
-    }
-    let target = parse_proxy_uri(req.uri.as_bytes()).map_err(|e| format!("{}: {e}", req.uri))?;
-    let mut inner: Vec<(u16, &[u8])> = target
-        .uri_options
-        .iter()
-        .map(|(n, v)| (*n, &v[..]))
-        .collect();
-    inner.extend(req.extra.iter().map(|(n, v)| (*n, &v[..])));
-    let t = if req.confirmable { CON } else { NON };
-    let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
-    let (protected, ex) = match &req.pairwise_peer {
-        Some(peer) => ctx.protect_request(&plain, Mode::Pairwise, Some(peer)),
-        None => ctx.protect_request(&plain, Mode::Group, None),
-    }
-    .map_err(|e| e.to_string())?;
-    let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
-    let outer = if req.direct {
-        Vec::new()
-    } else {
-        outer_proxy_options(req, &target)?
-    };
-    let mut opts: Vec<(u16, &[u8])> = v.options().collect();
-    opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
-    Ok((
-        build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
-        ex,
-    ))
+    protected(req, mid, token, |plain| {
+        match &req.pairwise_peer {
+            Some(peer) => ctx.protect_request(plain, Mode::Pairwise, Some(peer)),
+            None => ctx.protect_request(plain, Mode::Group, None),
+        }
+        .map_err(|e| e.to_string())
+    })
 }
 
 /// Builds the request as a Deterministic Request (cacheable-oscore §3.4.2) of the
@@ -192,6 +170,21 @@ pub fn protect_deterministic(
     token: &[u8],
     det_kid: &[u8],
 ) -> Result<(Vec<u8>, DeterministicExchange), String> {
+    protected(req, mid, token, |plain| {
+        ctx.protect_deterministic_request(plain, det_kid)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The plain inner request of `req` through `protect`, with the Class U proxy options
+/// added outside (RFC 8613 §4.1) unless the request goes direct; what `protect` returns
+/// beside the protected message comes back with it.
+fn protected<X>(
+    req: &ClientRequest,
+    mid: u16,
+    token: &[u8],
+    protect: impl FnOnce(&[u8]) -> Result<(Vec<u8>, X), String>,
+) -> Result<(Vec<u8>, X), String> {
     if req.proxy_uri {
         return Err("Proxy-Uri cannot be used with OSCORE; the Proxy-Scheme form is used".into());
     }
@@ -204,9 +197,7 @@ pub fn protect_deterministic(
     inner.extend(req.extra.iter().map(|(n, v)| (*n, &v[..])));
     let t = if req.confirmable { CON } else { NON };
     let plain = build::encode(t, req.method, mid, token, &mut inner, &req.payload);
-    let (protected, det) = ctx
-        .protect_deterministic_request(&plain, det_kid)
-        .map_err(|e| e.to_string())?;
+    let (protected, state) = protect(&plain)?;
     let v = MessageView::parse(&protected).map_err(|e| e.to_string())?;
     let outer = if req.direct {
         Vec::new()
@@ -217,7 +208,7 @@ pub fn protect_deterministic(
     opts.extend(outer.iter().map(|(n, v)| (*n, v.as_slice())));
     Ok((
         build::encode(t, v.code(), mid, token, &mut opts, v.payload()),
-        det,
+        state,
     ))
 }
 
