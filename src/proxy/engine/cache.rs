@@ -810,7 +810,13 @@ impl Engine {
         let link = Link::Listener(listener);
         for l in std::mem::take(&mut self.cache.deferred) {
             let Some(mid) = self.mid_to(link, client, false, true) else {
-                return;
+                // No Message ID free toward the client (RFC 7252 §4.4): the rest of the
+                // set is not sent, and each response left out is counted.
+                self.drop_msg(
+                    crate::proxy::events::DropReason::MessageIdsExhausted,
+                    client,
+                );
+                continue;
             };
             let mut opts: Vec<(u16, &[u8])> =
                 l.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
