@@ -722,3 +722,140 @@ fn the_exchange_bound_holds_while_two_threads_admit_at_once() {
     }
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+/// `groxy run` with `threads = 2` and SIGHUP, as an operator rekeys (RFC 10021 §12.2;
+/// the systemd unit's ExecReload): once the reload is reported, every thread checks
+/// under the new epoch only. Requests of the old epoch, fresh ones from 48 client ports
+/// spread over both threads, are refused by both (counted, none multicast); the new
+/// epoch's are forwarded by both; the reload is counted once for the proxy, not once per
+/// thread. A second SIGHUP with a broken file changes no thread (counted as one failure).
+#[test]
+fn s12_2_sighup_rekeys_every_thread_at_once() {
+    use std::process::{Command, Stdio};
+    let e1 = Group::new(&[CLIENT, DEV_A]);
+    let e2 = e1.rekeyed();
+    let dir = wire::temp("sighup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let group =
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(224, 0, 1, 187), common::free_port());
+    let (listen, metrics) = (common::free_port(), common::free_tcp_port());
+    let metrics_addr: SocketAddr = ([127, 0, 0, 1], metrics).into();
+    let proxy_addr: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let cfg = dir.join("groxy.toml");
+    let write = |g: &Group| {
+        let sek = format!("sek{}", g.key_generation);
+        common::files::secret(&dir.join(&sek), &common::files::sek(g));
+        let gid = format!("gid = \"{}\"", hex::encode(&g.gid));
+        let text = common::files::checking_proxy_toml(g, group.port(), &sek)
+            .replace(
+                "listen = [\"127.0.0.1:0\"]",
+                &format!(
+                    "listen = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\nthreads = 2"
+                ),
+            )
+            .replace(&gid, &format!("{gid}\nkey_generation = {}", g.key_generation))
+            + "[limits]\negress_ports = 1\n";
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write(&e1);
+    let child = Command::new(env!("CARGO_BIN_EXE_groxy"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id() as i32;
+    let _child = Kill(child);
+    let scrape = || {
+        common::http_get(metrics_addr, "/metrics")
+            .map(|(_, t)| t)
+            .unwrap_or_default()
+    };
+    let until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let t = Instant::now();
+        loop {
+            let text = scrape();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no {what} in 20 s: {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("readiness", &|_| {
+        common::http_get(metrics_addr, "/readyz").is_ok_and(|(s, _)| s == 200)
+    });
+    let member = wire::member(group);
+    let clients: Vec<std::net::UdpSocket> = (0..48).map(|_| wire::client()).collect();
+    let mut mid = 0u16;
+    // One fresh request per client port under `ctx`; the egress ports the fan-outs
+    // left by (one per thread).
+    let mut round = |ctx: &mut SecurityContext| {
+        for s in &clients {
+            mid += 1;
+            s.send_to(&wire::request(ctx, mid, group), proxy_addr)
+                .unwrap();
+        }
+        let got = wire::received(&member, Duration::from_millis(1500));
+        let threads: std::collections::BTreeSet<u16> =
+            got.iter().map(|(from, _)| from.port()).collect();
+        (got.len(), threads.len())
+    };
+    let mut old = wire::ctx(&e1);
+    let mut new = wire::ctx(&e2);
+    assert_eq!(round(&mut old), (48, 2), "epoch 1 through both threads");
+
+    write(&e2);
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reload = "groxy_config_reloads_total{result=\"success\"}";
+    until("reload", &|t| sample(t, reload) == 1.0);
+    let (n, _) = round(&mut old);
+    assert_eq!(
+        n, 0,
+        "no thread forwards under the old epoch after the reload"
+    );
+    assert_eq!(round(&mut new), (48, 2), "epoch 2 through both threads");
+
+    // A broken file: the reload fails, once, and every thread keeps epoch 2.
+    std::fs::write(&cfg, "[proxy\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let failed = "groxy_config_reloads_total{result=\"failure\"}";
+    let text = until("failed reload", &|t| sample(t, failed) == 1.0);
+    assert_eq!(sample(&text, reload), 1.0, "the reload counted once");
+    assert_eq!(round(&mut new), (48, 2), "epoch 2 still on both threads");
+
+    let text = scrape();
+    let checks = |result: &str| {
+        sample(
+            &text,
+            &format!(
+                "groxy_signature_checks_total{{direction=\"request\",group=\"secure\",policy=\"enforce\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(checks("valid"), 3.0 * 48.0);
+    let refused: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("groxy_signature_checks_total{direction=\"request\"")
+                && !l.contains("result=\"valid\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 48.0, "every old-epoch request counted:\n{text}");
+    assert_eq!(sample(&text, "groxy_key_generation{group=\"secure\"}"), 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
