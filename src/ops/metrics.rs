@@ -61,6 +61,7 @@ const ERROR_CODES: [u8; 11] = [
 
 /// Children of a labeled counter keyed by a small enumeration, found by a linear search
 /// (a handful of entries: cheaper than hashing) and made on first use.
+#[derive(Clone)]
 struct Children<K> {
     items: Vec<(K, IntCounter)>,
 }
@@ -89,6 +90,7 @@ impl<K: Copy + PartialEq> Children<K> {
 }
 
 /// Handles of one group's checks, made only for groups whose traffic is checked.
+#[derive(Clone)]
 struct Checks {
     /// [request, response]
     results: [Children<CheckResult>; 2],
@@ -99,6 +101,7 @@ struct Checks {
 }
 
 /// Handles of what only a configured group does.
+#[derive(Clone)]
 struct FanOuts {
     fanouts: IntCounter,
     lowered: IntCounter,
@@ -106,6 +109,7 @@ struct FanOuts {
 }
 
 /// Pre-resolved handles of one group (or of `unicast`, the last entry).
+#[derive(Clone)]
 struct GroupHandles {
     name: String,
     forwarded: IntCounter,
@@ -123,6 +127,7 @@ struct GroupHandles {
 
 /// The metrics registry and the observer that feeds it. Give the observer to
 /// [`crate::runtime::Proxy::observe`] and `Metrics::registry` to the HTTP endpoint.
+#[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     groups: Vec<GroupHandles>,
@@ -153,6 +158,7 @@ pub struct Metrics {
 }
 
 /// Pre-resolved handles of one group's (or `unicast`'s) observations.
+#[derive(Clone)]
 struct ObserveHandles {
     started: IntCounter,
     refreshed: IntCounter,
@@ -175,6 +181,7 @@ const OBSERVE_ENDS: [CloseReason; 8] = [
 ];
 
 /// The observation metrics: a gauge of those held and counters by group and reason.
+#[derive(Clone)]
 struct ObserveMetrics {
     active: IntGauge,
     capacity: IntGauge,
@@ -749,6 +756,15 @@ impl Observer for Metrics {
         }
     }
 
+    /// The counters and histograms are shared handles (atomics): each thread's copy
+    /// adds to the same series, with no lock between the threads. Only the check being
+    /// timed is a thread's own.
+    fn fork(&self) -> Option<Box<dyn Observer>> {
+        let mut m = self.clone();
+        m.pending_check = None;
+        Some(Box::new(m))
+    }
+
     fn handled(&mut self, engine: &Engine, took: Option<Duration>) {
         let (active, capacity) = engine.exchanges();
         self.active.set(active as i64);
@@ -781,6 +797,7 @@ impl Observer for Metrics {
 /// `groxy_cache_events_total{group,event}` (hits, misses, Group-ETag 2.03s,
 /// revalidations, stores, evictions; per group as `groups`, `unicast` last) and the
 /// gauges of what is held against the bounds.
+#[derive(Clone)]
 struct CacheMetrics {
     /// Per group index, per `CacheEvent::ALL` index: made at start.
     events: Vec<Vec<IntCounter>>,

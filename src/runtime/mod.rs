@@ -76,6 +76,12 @@ pub trait Observer: Send {
     /// `took` is how long `Engine::handle` took for the datagram whose outputs were just
     /// flushed (the engine reads no clock, so the driver measures); `None` after timers.
     fn handled(&mut self, engine: &Engine, took: Option<Duration>);
+    /// Another observer for another forwarding thread, feeding the same figures without
+    /// a lock between the threads; `None` (the default): the threads share this one,
+    /// their calls serialised by a lock.
+    fn fork(&self) -> Option<Box<dyn Observer>> {
+        None
+    }
 }
 
 /// What the async side tells the forwarding thread.
@@ -247,17 +253,27 @@ impl Proxy {
     }
 
     /// Sees every event and each engine after its flushes (metrics hook, see
-    /// [`Observer`]); with several threads one observer sees them all, its calls
-    /// serialised by a lock (counters add up; gauges read from the engine are the whole
-    /// proxy's or kept per thread by [`Engine::thread`]).
+    /// [`Observer`]). With several threads each gets its own [`Observer::fork`] where the
+    /// observer offers one (the metrics do: their counters are atomics, so the threads
+    /// add to the same series with no lock held between them); otherwise one observer
+    /// sees them all, its calls serialised by a lock. Gauges read from the engine are the
+    /// whole proxy's or kept per thread by [`Engine::thread`].
     pub fn observe(&mut self, o: impl Observer + 'static) {
-        if self.workers.len() == 1 {
-            self.workers[0].watcher = Some(Box::new(o));
-            return;
-        }
-        let o: SharedObserver = std::sync::Arc::new(std::sync::Mutex::new(Box::new(o)));
-        for w in &mut self.workers {
-            w.watcher = Some(Box::new(Locked(o.clone())));
+        let forks: Option<Vec<Box<dyn Observer>>> =
+            (1..self.workers.len()).map(|_| o.fork()).collect();
+        match forks {
+            Some(forks) => {
+                for (w, f) in self.workers.iter_mut().skip(1).zip(forks) {
+                    w.watcher = Some(f);
+                }
+                self.workers[0].watcher = Some(Box::new(o));
+            }
+            None => {
+                let o: SharedObserver = std::sync::Arc::new(std::sync::Mutex::new(Box::new(o)));
+                for w in &mut self.workers {
+                    w.watcher = Some(Box::new(Locked(o.clone())));
+                }
+            }
         }
     }
 
