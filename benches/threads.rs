@@ -6,14 +6,15 @@
 //! its default limits; its one group on loopback multicast is checked under `enforce`, so
 //! every request is verified (Ed25519, batched per receive call) and passes the shared
 //! replay windows before its fan-out. The load is conforming: 256 client members, each
-//! with its own kid and its own socket on its own loopback address (127.0.X.Y), so each
+//! with its own kid and its own loopback address (127.0.X.Y), so each
 //! endpoint's Message IDs and each address's rate stay far inside RFC 7252 §4.4 and the
 //! default `client_rate`, and each kid's Partial IVs arrive in order (one endpoint always
 //! reaches the same thread). The requests are signed before the timing (signing costs as
 //! much as verifying) with Multicast-Timeout 0 (forwarded, nothing relayed: the exchange
 //! table never fills). The generator is one thread: it keeps at most `--window` requests
-//! unanswered by a multicast, sends in turn from the 256 sockets, and takes each request's
-//! latency from its send to its fan-out's arrival at a group member socket.
+//! unanswered by a multicast, sends in turn as the 256 clients (one socket, each
+//! datagram from its client's address, 32 per sendmmsg), and takes each request's latency
+//! from its send to its fan-out's arrival at a group member socket (read 32 per recvmmsg).
 //!
 //! The replay windows are written and synced as always, in a state directory on tmpfs
 //! (/dev/shm) unless `--state-dir` says otherwise: the figure is the verification path's
