@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use subtle::ConstantTimeEq;
 
 use super::tables::Bucket;
-use crate::oscore::SharedWindows;
 use crate::oscore::SecurityContext;
+use crate::oscore::SharedWindows;
 use crate::oscore::replay::ReplayWindow;
 use crate::oscore::ssn::SsnSource;
 
@@ -263,8 +263,7 @@ impl Shared {
             return false;
         };
         let hit = e.gid == gid
-            && e
-                .echoes
+            && e.echoes
                 .get(kid)
                 .is_some_and(|v| bool::from(echo.ct_eq(&v[..])));
         if hit {
