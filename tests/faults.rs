@@ -1162,9 +1162,8 @@ fn kill_9_with_two_member_threads_every_partial_iv_after_is_above_every_one_befo
     let n = all.len();
     all.sort_unstable();
     all.dedup();
-    // A CON response sent again is the same datagram: count distinct (PIV, datagram)?
-    // The clients see each retransmission as received; dedup by number then compare with
-    // distinct datagrams.
+    // A CON response sent again is the same datagram, not a reuse: as many numbers as
+    // distinct datagrams carrying one.
     let distinct: HashSet<Vec<u8>> = traffic
         .iter()
         .flat_map(|t| t.received.iter().map(|(_, d)| d.clone()))
