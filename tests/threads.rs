@@ -1069,3 +1069,55 @@ fn s9_an_echo_value_from_one_thread_is_accepted_on_the_other_once() {
     assert_eq!(ask(&mut b, 2000, None).0, code::CONTENT);
     assert_eq!(e2.len(), 8);
 }
+
+/// RFC 10021 §2.6.3.2 (§12.2): once one thread applied a rekey of the proxy's membership,
+/// a thread still on the old configuration admits nothing under the old Gid through the
+/// proxy's layer (4.01, as an unknown context), as the checker's shared epoch does for
+/// group requests; once it applied the rekey too, the new epoch is served there.
+#[test]
+fn s2_6_3_2_a_member_rekey_on_one_thread_stops_the_old_layer_on_the_other() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    let mut old = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let g2 = g.rekeyed();
+    a.reconfigure(now, member_config(&g2)).unwrap();
+    let (req, _) = status_request(&mut old, Mode::Pairwise, 1, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!(v.code(), code::UNAUTHORIZED);
+    assert_eq!(v.payload(), b"Security context not found");
+    b.reconfigure(now, member_config(&g2)).unwrap();
+    let mut new = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (req, mut ex) = status_request(&mut new, Mode::Pairwise, 2, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    let (plain, _) = new.unprotect_response(&tx[0].bytes, &mut ex).unwrap();
+    assert_eq!(MessageView::parse(&plain).unwrap().code(), code::CONTENT);
+}
+
+/// RFC 10021 §2.6.1.1: a reservation whose write failed (`Engine::ssn_reservation_failed`)
+/// leaves the group's one reservation slot free, so that the next answer, on whichever
+/// thread, asks again instead of the proxy running into its bound with no reservation
+/// ever asked for again; nothing past the recorded bound is used meanwhile.
+#[test]
+fn s2_6_1_1_a_failed_reservation_is_asked_again_by_the_next_answer_on_any_thread() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    a.restore_member(0, 0, 8, false);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let (fa, _) = observe_through_layer(&mut a, now, &mut ctx, from(1, 1000), b"oa");
+    let (fb, _) = observe_through_layer(&mut b, now, &mut ctx, from(2, 2000), b"ob");
+    let (_, r) = notify(&mut a, now, &fa, 1);
+    assert_eq!(r.len(), 1, "asked");
+    let (_, r) = notify(&mut b, now, &fb, 2);
+    assert!(r.is_empty(), "one in flight");
+    a.ssn_reservation_failed(0);
+    let (tx, r) = notify(&mut b, now, &fb, 3);
+    assert_eq!(r.len(), 1, "asked again, by the other thread");
+    assert!(tx.iter().filter_map(|t| piv_of(&t.bytes)).all(|p| p < 8));
+}
