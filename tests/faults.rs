@@ -692,7 +692,11 @@ impl Generator {
             let mut n = 0usize;
             while !stop2.load(Ordering::Relaxed) {
                 if pause2.load(Ordering::Relaxed) {
-                    thread::sleep(Duration::from_millis(2));
+                    // What was on its way still arrives, and is recorded when it does
+                    // (not when the load resumes), unanswered.
+                    if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                        t.received.push((Instant::now(), buf[..len].to_vec()));
+                    }
                     continue;
                 }
                 let now = Instant::now();
@@ -1105,6 +1109,9 @@ fn kill_9_with_two_member_threads_every_partial_iv_after_is_above_every_one_befo
     let before: Vec<usize> = gens.iter().map(Generator::answered).collect();
     let proxy = ProxyProc::spawn(&s);
     proxy.wait_ready();
+    // The killed process's last datagrams were received (while paused) before this; the
+    // new one answers nothing before the load resumes.
+    let resumed = Instant::now();
     for x in &gens {
         x.pause.store(false, Ordering::Relaxed);
     }
@@ -1124,7 +1131,7 @@ fn kill_9_with_two_member_threads_every_partial_iv_after_is_above_every_one_befo
         for (at, d) in &t.received {
             if let Some(piv) = proxy_piv(d) {
                 let n = piv_number(&piv);
-                if *at < killed {
+                if *at < resumed {
                     pre.push(n);
                     b += 1;
                 } else {
