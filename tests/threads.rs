@@ -1121,3 +1121,44 @@ fn s2_6_1_1_a_failed_reservation_is_asked_again_by_the_next_answer_on_any_thread
     assert_eq!(r.len(), 1, "asked again, by the other thread");
     assert!(tx.iter().filter_map(|t| piv_of(&t.bytes)).all(|p| p < 8));
 }
+
+/// RFC 10021 §2.6.3.2 with two reloads in a row: a thread that applies the older of two
+/// new epochs after another thread already installed the newer one neither protects nor
+/// admits under it (its numbers would start a space of their own at 0 beside the newer
+/// epoch's); once it applies the newer one it joins that epoch's numbers.
+#[test]
+fn s2_6_3_2_a_thread_late_with_an_older_epoch_neither_sends_nor_admits_under_it() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&member_config(&g), now);
+    let (g2, g3) = {
+        let g2 = g.rekeyed();
+        let g3 = g2.rekeyed();
+        (g2, g3)
+    };
+    a.reconfigure(now, member_config(&g2)).unwrap();
+    a.reconfigure(now, member_config(&g3)).unwrap();
+    let (_, ra) = drain(&mut a);
+    b.reconfigure(now, member_config(&g2)).unwrap();
+    let (_, rb) = drain(&mut b);
+    assert!(rb.is_empty(), "no reservation for the superseded epoch");
+    let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (req, _) = status_request(&mut c2, Mode::Pairwise, 1, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    assert_eq!(
+        MessageView::parse(&tx[0].bytes).unwrap().code(),
+        code::UNAUTHORIZED
+    );
+    b.reconfigure(now, member_config(&g3)).unwrap();
+    a.ssn_reserved(0, *ra.last().unwrap());
+    let mut c3 = SecurityContext::new(&g3.config(CLIENT)).unwrap();
+    let (fa, _) = observe_through_layer(&mut a, now, &mut c3, from(1, 1000), b"oa");
+    let (fb, _) = observe_through_layer(&mut b, now, &mut c3, from(2, 2000), b"ob");
+    let pivs: Vec<u64> = [(&mut a, &fa, 1u8), (&mut b, &fb, 2)]
+        .into_iter()
+        .flat_map(|(e, f, i)| notify(e, now, f, i).0)
+        .filter_map(|t| piv_of(&t.bytes))
+        .collect();
+    assert_eq!(pivs, vec![0, 1], "one space for the newest epoch");
+}
