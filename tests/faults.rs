@@ -107,6 +107,8 @@ struct Setup {
     limits: String,
     /// The proxy is a member of the checked group (Sender ID 50).
     member: bool,
+    /// `[proxy] threads`, if set (0: the default, the available cores).
+    threads: usize,
 }
 
 impl Setup {
@@ -123,6 +125,7 @@ impl Setup {
             plain_port: free_port(),
             limits: limits.into(),
             member,
+            threads: 0,
         }
     }
 
@@ -182,6 +185,13 @@ impl Setup {
                 hex::encode(&g.master_salt),
                 hex::encode(PROXY),
                 hex::encode(m.cred.bytes()),
+            );
+        }
+        if self.threads > 0 {
+            text = text.replacen(
+                "[proxy]\n",
+                &format!("[proxy]\nthreads = {}\n", self.threads),
+                1,
             );
         }
         std::fs::write(path, text).unwrap();
@@ -643,10 +653,23 @@ struct Traffic {
     requests: usize,
     responses: usize,
     echo_retries: usize,
+    /// When each Echo retry was made.
+    echo_at: Vec<Instant>,
 }
 
 impl Generator {
     fn start(s: &Setup, g: &Group, window: usize) -> Generator {
+        Self::start_on(
+            s,
+            g,
+            window,
+            CLIENT,
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        )
+    }
+
+    /// [`start`](Self::start) as member `kid`, sending from `sock`.
+    fn start_on(s: &Setup, g: &Group, window: usize, kid: &[u8], sock: UdpSocket) -> Generator {
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));
@@ -656,10 +679,9 @@ impl Generator {
         let proxy = s.proxy_addr();
         let mut req = ClientRequest::get(proxy, &s.secure_uri(), 1);
         req.margin = Duration::from_millis(300);
-        req.oscore = Some(g.config(CLIENT));
-        let security = SecurityContext::new(&g.config(CLIENT)).unwrap();
+        req.oscore = Some(g.config(kid));
+        let security = SecurityContext::new(&g.config(kid)).unwrap();
         let thread = thread::spawn(move || {
-            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
             sock.set_read_timeout(Some(Duration::from_millis(2)))
                 .unwrap();
             let mut seed = [0u8; 32];
@@ -670,7 +692,11 @@ impl Generator {
             let mut n = 0usize;
             while !stop2.load(Ordering::Relaxed) {
                 if pause2.load(Ordering::Relaxed) {
-                    thread::sleep(Duration::from_millis(2));
+                    // What was on its way still arrives, and is recorded when it does
+                    // (not when the load resumes), unanswered.
+                    if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                        t.received.push((Instant::now(), buf[..len].to_vec()));
+                    }
                     continue;
                 }
                 let now = Instant::now();
@@ -697,7 +723,10 @@ impl Generator {
                             t.responses += 1;
                             answered2.fetch_add(1, Ordering::Relaxed);
                         }
-                        ClientEvent::EchoRetry { .. } => t.echo_retries += 1,
+                        ClientEvent::EchoRetry { .. } => {
+                            t.echo_retries += 1;
+                            t.echo_at.push(Instant::now());
+                        }
                         _ => {}
                     }
                 }
@@ -999,6 +1028,160 @@ fn kill_9_under_load_restart_reuses_no_ssn_and_forwards_no_replay() {
         traffic.responses,
         traffic.echo_retries
     );
+}
+
+/// Client sockets whose 4-tuples the kernel hands to different forwarding threads, one
+/// per thread: each thread's fan-out leaves by an egress port of its own (one per thread
+/// with `egress_ports = 1`), so a plain group request sent from a candidate socket and
+/// caught on the group shows which thread took it.
+fn one_socket_per_thread(s: &Setup, threads: usize) -> Vec<UdpSocket> {
+    let group = loopback_group_socket((PLAIN, s.plain_port).into(), Duration::from_millis(500));
+    let mut by_port: BTreeMap<u16, UdpSocket> = BTreeMap::new();
+    for i in 0..64u16 {
+        if by_port.len() == threads {
+            break;
+        }
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let token = i.to_be_bytes();
+        sock.send_to(&plain_request(&s.plain_uri(), 1, i, &token), s.proxy_addr())
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = group.recv_from(&mut buf) {
+            if MessageView::parse(&buf[..n]).is_ok() {
+                by_port.entry(from.port()).or_insert(sock);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        by_port.len(),
+        threads,
+        "no client port reached every thread"
+    );
+    by_port.into_values().collect()
+}
+
+/// The number a Partial IV encodes.
+fn piv_number(piv: &[u8]) -> u64 {
+    piv.iter().fold(0, |n, b| n << 8 | u64::from(*b))
+}
+
+/// Issue 14 point 2. The proxy is a group member with two forwarding threads, each
+/// protecting under its layer (RFC 10021 §8, oscore-capable-proxies §2.5.1): two clients
+/// (members 01 and 02), steered one to each thread by their source ports, keep it under
+/// load; it is killed with SIGKILL mid-traffic and started again on the same state_dir.
+/// RFC 10021 §2.6.1.1 (RFC 8613 §7.2.1): every Partial IV the proxy uses after the
+/// restart is above every one it used before, on either thread, and none repeats: the
+/// threads draw from one space whose bound on stable storage has one writer and never
+/// goes down. Nothing was lost before the kill (a fresh state_dir restored once, not per
+/// thread), so no Echo challenge before it (§2.6.1.2, §9); after it, the clients are
+/// challenged and go on.
+#[test]
+fn kill_9_with_two_member_threads_every_partial_iv_after_is_above_every_one_before() {
+    let _serial = serial();
+    let mut s = Setup::new(
+        "kill2",
+        "client_rate = 1000000.0\nclient_burst = 1000000.0\negress_ports = 1",
+        true,
+    );
+    s.threads = 2;
+    let g = secure_group();
+    s.write_config(&g);
+    let _devs = good_devices(&s, &g, 81);
+    let mut proxy = ProxyProc::start(&s);
+    let socks = one_socket_per_thread(&s, 2);
+    let gens: Vec<Generator> = socks
+        .into_iter()
+        .zip([CLIENT, ADVERSARY])
+        .map(|(sock, kid)| Generator::start_on(&s, &g, 8, kid, sock))
+        .collect();
+    let all_answered = |n: usize| gens.iter().all(|x| x.answered() >= n);
+    wait_for(
+        "40 responses to each client",
+        Duration::from_secs(30),
+        || all_answered(40),
+    );
+    proxy.kill9();
+    let killed = Instant::now();
+    for x in &gens {
+        x.pause.store(true, Ordering::Relaxed);
+    }
+    let before: Vec<usize> = gens.iter().map(Generator::answered).collect();
+    let proxy = ProxyProc::spawn(&s);
+    proxy.wait_ready();
+    // The killed process's last datagrams were received (while paused) before this; the
+    // new one answers nothing before the load resumes.
+    let resumed = Instant::now();
+    for x in &gens {
+        x.pause.store(false, Ordering::Relaxed);
+    }
+    wait_for(
+        "40 more responses to each client",
+        Duration::from_secs(30),
+        || {
+            gens.iter()
+                .zip(&before)
+                .all(|(x, b)| x.answered() >= b + 40)
+        },
+    );
+    let traffic: Vec<Traffic> = gens.into_iter().map(Generator::finish).collect();
+    let (mut pre, mut post) = (Vec::new(), Vec::new());
+    for (i, t) in traffic.iter().enumerate() {
+        let (mut b, mut a) = (0, 0);
+        for (at, d) in &t.received {
+            if let Some(piv) = proxy_piv(d) {
+                let n = piv_number(&piv);
+                if *at < resumed {
+                    pre.push(n);
+                    b += 1;
+                } else {
+                    post.push(n);
+                    a += 1;
+                }
+            }
+        }
+        assert!(
+            b > 0 && a > 0,
+            "client {i}: {b} Partial IVs of the proxy before, {a} after"
+        );
+        assert!(
+            t.echo_at.iter().all(|at| *at > killed),
+            "client {i} challenged with Echo before anything was lost"
+        );
+        assert!(
+            t.echo_retries >= 1,
+            "client {i} not challenged after the restart (§9)"
+        );
+    }
+    let max_before = *pre.iter().max().unwrap();
+    let min_after = *post.iter().min().unwrap();
+    println!(
+        "two member threads: {} Partial IVs before the kill (max {max_before}), {} after (min {min_after})",
+        pre.len(),
+        post.len()
+    );
+    assert!(
+        min_after > max_before,
+        "{min_after} after the restart, {max_before} before"
+    );
+    let mut all = pre.clone();
+    all.extend(&post);
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    // A CON response sent again is the same datagram, not a reuse: as many numbers as
+    // distinct datagrams carrying one.
+    let distinct: HashSet<Vec<u8>> = traffic
+        .iter()
+        .flat_map(|t| t.received.iter().map(|(_, d)| d.clone()))
+        .filter(|d| proxy_piv(d).is_some())
+        .collect();
+    assert_eq!(
+        all.len(),
+        distinct.len(),
+        "a Partial IV used for two messages ({n} seen)"
+    );
+    drop(proxy);
 }
 
 // ---------------------------------------------------------------------------------------

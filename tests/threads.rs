@@ -626,13 +626,13 @@ fn the_threads_key_is_checked_and_defaults_to_the_available_cores() {
     }
 }
 
-/// RFC 10021 §2.6.1.1: the proxy as a group member must never reuse a Sender Sequence
-/// Number. Its own OSCORE layer (sequence numbers, its peers' replay windows) is not
-/// shared between threads, so while it is a member one thread forwards whatever
-/// `threads` says: its reservations have one writer, and no second engine could draw
-/// numbers of its own.
+/// RFC 10021 §2.6.1.1: the proxy as a group member runs every forwarding thread (its own
+/// OSCORE layer is shared between them, see the engine-level tests below), and its
+/// sequence numbers are restored once for the proxy at start, not once per thread: one
+/// block of SSN_BLOCK reserved on stable storage, so a restart skips one block, not one
+/// per thread.
 #[test]
-fn s2_6_1_1_a_member_proxy_runs_one_forwarding_thread() {
+fn s2_6_1_1_a_member_proxy_runs_every_forwarding_thread_and_restores_once() {
     let g = Group::new(&[CLIENT, DEV_A, &[0x50]]);
     let dir = wire::temp("member");
     let mut run = groxy::settings::load_default().run;
@@ -642,12 +642,23 @@ fn s2_6_1_1_a_member_proxy_runs_one_forwarding_thread() {
     run.proxy.threads = 2;
     run.listen = vec!["127.0.0.1:0".parse().unwrap()];
     run.state_dir = Some(dir.clone());
+    let ssn_file = dir.join(format!("{}.ssn", run.proxy.groups[0].name));
+    let block = groxy::proxy::engine::SSN_BLOCK;
     let p = Proxy2::bind(run.clone()).unwrap();
-    assert_eq!(p.threads(), 1);
+    assert_eq!(p.threads(), 2);
+    let recorded = || -> u64 {
+        std::fs::read_to_string(&ssn_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(recorded(), block, "one block reserved for both threads");
     drop(p);
-    // Without membership the same configuration runs two.
-    run.proxy.groups[0].security.as_mut().unwrap().member = None;
-    assert_eq!(Proxy2::bind(run).unwrap().threads(), 2);
+    let p = Proxy2::bind(run).unwrap();
+    assert_eq!(p.threads(), 2);
+    assert_eq!(recorded(), 2 * block, "a restart continues one block above");
+    drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -858,4 +869,433 @@ fn s12_2_sighup_rekeys_every_thread_at_once() {
     assert_eq!(refused, 48.0, "every old-epoch request counted:\n{text}");
     assert_eq!(sample(&text, "groxy_key_generation{group=\"secure\"}"), 1.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy as a group member on every thread (issue 14 point 2): its own OSCORE layer
+// (RFC 10021 §8; oscore-capable-proxies §2) is the whole proxy's, not a thread's.
+
+const PROXY_ID: &[u8] = &[0x50];
+const OBSERVE: u16 = 6;
+const ORIGIN: &str = "127.0.0.9:5683";
+
+/// Group 0 with the proxy as member PROXY_ID (no signature checking: the layer alone).
+fn member_config(g: &Group) -> ProxyConfig {
+    let mut cfg = ProxyConfig::default();
+    cfg.groups[0].security = Some(GroupSecurity {
+        policy: Policy::Off,
+        checker: g.checker_config(),
+        member: Some(g.config(PROXY_ID)),
+        allow_kids: None,
+    });
+    cfg
+}
+
+/// What an engine sends, and the SSN reservations it asks for (which the engine tests'
+/// `common::outputs` leaves out).
+fn drain(e: &mut Engine) -> (Vec<Transmit>, Vec<u64>) {
+    let (mut tx, mut reserve) = (vec![], vec![]);
+    while let Some(o) = e.poll_output() {
+        match o {
+            groxy::proxy::Output::Transmit(t) => tx.push(t),
+            groxy::proxy::Output::ReserveSsn { group: 0, up_to } => reserve.push(up_to),
+            _ => {}
+        }
+    }
+    (tx, reserve)
+}
+
+/// The Partial IV of a protected message, as a number.
+fn piv_of(datagram: &[u8]) -> Option<u64> {
+    let v = MessageView::parse(datagram).ok()?;
+    let o = groxy::oscore::option::OscoreOption::parse(v.option(opt::OSCORE)?).ok()?;
+    o.piv
+        .map(|p| p.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+}
+
+/// A GET of the proxy's own /status through its layer, in `mode`, with `echo` if given.
+fn status_request(
+    ctx: &mut SecurityContext,
+    mode: Mode,
+    mid: u16,
+    echo: Option<&[u8]>,
+) -> (Vec<u8>, groxy::oscore::Exchange) {
+    let mut opts: Vec<(u16, &[u8])> = vec![(opt::URI_PATH, b"status")];
+    if let Some(e) = echo {
+        opts.push((opt::ECHO, e));
+    }
+    let inner = build::encode(
+        build::CON,
+        code::GET,
+        mid,
+        &mid.to_be_bytes(),
+        &mut opts,
+        &[],
+    );
+    ctx.protect_request_layer(&inner, mode, Some(PROXY_ID), groxy::oscore::Layer::Hop)
+        .unwrap()
+}
+
+/// An observation of the origin through the proxy's layer, registered on `e` from
+/// `client`: the request the proxy forwarded to the origin.
+fn observe_through_layer(
+    e: &mut Engine,
+    now: Instant,
+    ctx: &mut SecurityContext,
+    client: SocketAddr,
+    token: &[u8],
+) -> (Transmit, groxy::oscore::Exchange) {
+    let inner = build::encode(
+        NON,
+        code::GET,
+        1,
+        token,
+        &mut [
+            (opt::URI_HOST, b"127.0.0.9"),
+            (OBSERVE, &[]),
+            (opt::PROXY_SCHEME, b"coap"),
+        ],
+        &[],
+    );
+    let (wrapped, ex) = ctx
+        .protect_request_layer(
+            &inner,
+            Mode::Pairwise,
+            Some(PROXY_ID),
+            groxy::oscore::Layer::Hop,
+        )
+        .unwrap();
+    e.handle(now, Link::Listener(0), client, &wrapped);
+    let (tx, _) = drain(e);
+    let fwd = tx
+        .into_iter()
+        .find(|t| t.to == ORIGIN.parse().unwrap())
+        .expect("forwarded to the origin");
+    (fwd, ex)
+}
+
+/// The origin's notification `seq` of the observation `fwd` started: what the proxy
+/// sent, and the reservations it asked for.
+fn notify(e: &mut Engine, now: Instant, fwd: &Transmit, seq: u8) -> (Vec<Transmit>, Vec<u64>) {
+    let v = MessageView::parse(&fwd.bytes).unwrap();
+    let n = build::encode(
+        NON,
+        code::CONTENT,
+        1000 + u16::from(seq),
+        v.token(),
+        &mut [(OBSERVE, &[seq])],
+        b"n",
+    );
+    e.handle(now, fwd.link, ORIGIN.parse().unwrap(), &n);
+    drain(e)
+}
+
+/// RFC 10021 §2.6.1.1 and RFC 8613 §7.2.1 (oscore-capable-proxies §2.5.1: each
+/// notification under the proxy's layer has a Partial IV of its own): with two engines
+/// of one proxy protecting notifications alternately, every Partial IV is distinct and
+/// below what stable storage covers; exactly one reservation is asked for at a time for
+/// the whole proxy, and once recorded both engines go on above the old bound. A rekey
+/// applied by both (§2.6.3.2) restarts the numbers at 0 once: the second engine to apply
+/// it continues the first one's numbers instead of starting again.
+#[test]
+fn s2_6_1_1_two_threads_never_share_a_partial_iv_nor_pass_the_reserved_bound() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    // The runtime restores once, on its first thread: 8 numbers on stable storage.
+    a.restore_member(0, 0, 8, false);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let (fa, _) = observe_through_layer(&mut a, now, &mut ctx, from(1, 1000), b"oa");
+    let (fb, _) = observe_through_layer(&mut b, now, &mut ctx, from(2, 2000), b"ob");
+    let mut pivs = Vec::new();
+    let mut reservations = Vec::new();
+    let mut answered = 0;
+    for i in 1..=12u8 {
+        let (e, f) = if i % 2 == 1 {
+            (&mut a, &fa)
+        } else {
+            (&mut b, &fb)
+        };
+        let (tx, r) = notify(e, now, f, i);
+        reservations.extend(r);
+        for t in &tx {
+            if let Some(p) = piv_of(&t.bytes) {
+                pivs.push(p);
+                answered += 1;
+            }
+        }
+    }
+    let mut sorted = pivs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        pivs.len(),
+        "a Partial IV used twice: {pivs:?}"
+    );
+    assert!(
+        pivs.iter().all(|p| *p < 8),
+        "past the reserved bound: {pivs:?}"
+    );
+    assert_eq!(
+        answered, 8,
+        "the 8 reserved numbers, then nothing: {pivs:?}"
+    );
+    assert_eq!(
+        reservations.len(),
+        1,
+        "one reservation in flight for the whole proxy: {reservations:?}"
+    );
+    // Recorded (by whichever thread asked): both engines go on, above the old bound.
+    a.ssn_reserved(0, reservations[0]);
+    let mut more = Vec::new();
+    for i in 13..=16u8 {
+        let (e, f) = if i % 2 == 1 {
+            (&mut a, &fa)
+        } else {
+            (&mut b, &fb)
+        };
+        more.extend(
+            notify(e, now, f, i)
+                .0
+                .iter()
+                .filter_map(|t| piv_of(&t.bytes)),
+        );
+    }
+    assert_eq!(more, vec![8, 9, 10, 11], "both go on from the shared bound");
+
+    // A rekey applied by both threads, one after the other.
+    let g2 = g.rekeyed();
+    let cfg2 = member_config(&g2);
+    a.reconfigure(now, cfg2.clone()).unwrap();
+    let (_, ra) = drain(&mut a);
+    b.reconfigure(now, cfg2).unwrap();
+    let (_, rb) = drain(&mut b);
+    assert_eq!(
+        (ra.len(), rb.len()),
+        (1, 0),
+        "the new epoch's first block is reserved once"
+    );
+    a.ssn_reserved(0, ra[0]);
+    let mut after = Vec::new();
+    for i in 17..=20u8 {
+        let (e, f) = if i % 2 == 1 {
+            (&mut a, &fa)
+        } else {
+            (&mut b, &fb)
+        };
+        after.extend(
+            notify(e, now, f, i)
+                .0
+                .iter()
+                .filter_map(|t| piv_of(&t.bytes)),
+        );
+    }
+    assert_eq!(
+        after,
+        vec![0, 1, 2, 3],
+        "the new epoch from 0, once for both"
+    );
+}
+
+/// RFC 8613 §7.4 (RFC 10021 §8; oscore-capable-proxies §2): a request to the proxy's own
+/// layer accepted on one thread is a replay on every other, from whichever address, in
+/// pairwise and in group mode: the second engine answers 4.01 "Replay detected" and acts
+/// on nothing.
+#[test]
+fn s7_4_a_request_to_the_proxys_layer_is_a_replay_on_the_other_thread() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    for (i, mode) in [Mode::Pairwise, Mode::Group].into_iter().enumerate() {
+        let (req, mut ex) = status_request(&mut ctx, mode, 10 + i as u16, None);
+        a.handle(now, Link::Listener(0), from(1, 1000), &req);
+        let (tx, _) = drain(&mut a);
+        let (plain, _) = ctx.unprotect_response(&tx[0].bytes, &mut ex).unwrap();
+        assert_eq!(MessageView::parse(&plain).unwrap().code(), code::CONTENT);
+        b.handle(now, Link::Listener(0), from(2, 2000), &req);
+        let (tx, _) = drain(&mut b);
+        assert_eq!(tx.len(), 1, "{mode:?}");
+        let v = MessageView::parse(&tx[0].bytes).unwrap();
+        assert_eq!(v.code(), code::UNAUTHORIZED, "{mode:?}");
+        assert_eq!(v.payload(), b"Replay detected", "{mode:?}");
+    }
+}
+
+/// RFC 8613 §7.4: the update after verification is a check-and-set on the shared window,
+/// so two engines handling the same requests at the same moment (each passes the early
+/// check before the other updated) accept each request once between them.
+#[test]
+fn s7_4_two_threads_at_once_accept_each_request_to_the_layer_once() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (a, b) = pair(&cfg, now);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let reqs: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| status_request(&mut ctx, Mode::Pairwise, i, None).0)
+        .collect();
+    let reqs = std::sync::Arc::new(reqs);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let runs: Vec<_> = [(a, 1u8), (b, 2u8)]
+        .into_iter()
+        .map(|(mut e, ip)| {
+            let (reqs, barrier) = (reqs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut ok = 0;
+                for r in reqs.iter() {
+                    e.handle(now, Link::Listener(0), from(ip, 1000), r);
+                    let (tx, _) = drain(&mut e);
+                    if tx
+                        .iter()
+                        .any(|t| MessageView::parse(&t.bytes).unwrap().code() != code::UNAUTHORIZED)
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let accepted: usize = runs.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(accepted, 200, "each request acted on exactly once");
+}
+
+/// RFC 10021 §9 (RFC 9175 §2.3): after lost state, the Echo value the proxy sent is what
+/// it accepts, whichever thread the retry reaches (it may come from another port), and a
+/// value is the proxy's latest for that client: one thread's new challenge supersedes the
+/// other's, so each value is good once, proxy-wide.
+#[test]
+fn s9_an_echo_value_from_one_thread_is_accepted_on_the_other_once() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    // Restored after lost state, on both (a second restore before any traffic is
+    // idempotent on shared state): every window invalid until Echo.
+    a.restore_member(0, 0, 4096, true);
+    b.restore_member(0, 0, 4096, true);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let mut mid = 0u16;
+    let mut ask = |e: &mut Engine, port: u16, echo: Option<&[u8]>| -> (u8, Option<Vec<u8>>) {
+        mid += 1;
+        let (req, mut ex) = status_request(&mut ctx, Mode::Pairwise, mid, echo);
+        e.handle(now, Link::Listener(0), from(1, port), &req);
+        let (tx, _) = drain(e);
+        let (plain, _) = ctx.unprotect_response(&tx[0].bytes, &mut ex).unwrap();
+        let v = MessageView::parse(&plain).unwrap();
+        (v.code(), v.option(opt::ECHO).map(<[u8]>::to_vec))
+    };
+    let (c, e1) = ask(&mut a, 1000, None);
+    assert_eq!(c, code::UNAUTHORIZED);
+    let (c, e2) = ask(&mut b, 2000, None);
+    assert_eq!(c, code::UNAUTHORIZED, "lost state on every thread");
+    let (e1, e2) = (e1.unwrap(), e2.unwrap());
+    // Thread b's challenge superseded thread a's value, on thread a too.
+    assert_eq!(ask(&mut a, 1000, Some(&e1)).0, code::UNAUTHORIZED);
+    let (c, e3) = ask(&mut a, 1000, None);
+    assert_eq!(c, code::UNAUTHORIZED);
+    // The value from thread a, echoed to thread b from another port.
+    assert_eq!(ask(&mut b, 2000, Some(&e3.unwrap())).0, code::CONTENT);
+    // Freshness holds from then on, on both threads, without Echo.
+    assert_eq!(ask(&mut a, 1000, None).0, code::CONTENT);
+    assert_eq!(ask(&mut b, 2000, None).0, code::CONTENT);
+    assert_eq!(e2.len(), 8);
+}
+
+/// RFC 10021 §2.6.3.2 (§12.2): once one thread applied a rekey of the proxy's membership,
+/// a thread still on the old configuration admits nothing under the old Gid through the
+/// proxy's layer (4.01, as an unknown context), as the checker's shared epoch does for
+/// group requests; once it applied the rekey too, the new epoch is served there.
+#[test]
+fn s2_6_3_2_a_member_rekey_on_one_thread_stops_the_old_layer_on_the_other() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    let mut old = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let g2 = g.rekeyed();
+    a.reconfigure(now, member_config(&g2)).unwrap();
+    let (req, _) = status_request(&mut old, Mode::Pairwise, 1, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    let v = MessageView::parse(&tx[0].bytes).unwrap();
+    assert_eq!(v.code(), code::UNAUTHORIZED);
+    assert_eq!(v.payload(), b"Security context not found");
+    b.reconfigure(now, member_config(&g2)).unwrap();
+    let mut new = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (req, mut ex) = status_request(&mut new, Mode::Pairwise, 2, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    let (plain, _) = new.unprotect_response(&tx[0].bytes, &mut ex).unwrap();
+    assert_eq!(MessageView::parse(&plain).unwrap().code(), code::CONTENT);
+}
+
+/// RFC 10021 §2.6.1.1: a reservation whose write failed (`Engine::ssn_reservation_failed`)
+/// leaves the group's one reservation slot free, so that the next answer, on whichever
+/// thread, asks again instead of the proxy running into its bound with no reservation
+/// ever asked for again; nothing past the recorded bound is used meanwhile.
+#[test]
+fn s2_6_1_1_a_failed_reservation_is_asked_again_by_the_next_answer_on_any_thread() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let cfg = member_config(&g);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg, now);
+    a.restore_member(0, 0, 8, false);
+    let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
+    let (fa, _) = observe_through_layer(&mut a, now, &mut ctx, from(1, 1000), b"oa");
+    let (fb, _) = observe_through_layer(&mut b, now, &mut ctx, from(2, 2000), b"ob");
+    let (_, r) = notify(&mut a, now, &fa, 1);
+    assert_eq!(r.len(), 1, "asked");
+    let (_, r) = notify(&mut b, now, &fb, 2);
+    assert!(r.is_empty(), "one in flight");
+    a.ssn_reservation_failed(0);
+    let (tx, r) = notify(&mut b, now, &fb, 3);
+    assert_eq!(r.len(), 1, "asked again, by the other thread");
+    assert!(tx.iter().filter_map(|t| piv_of(&t.bytes)).all(|p| p < 8));
+}
+
+/// RFC 10021 §2.6.3.2 with two reloads in a row: a thread that applies the older of two
+/// new epochs after another thread already installed the newer one neither protects nor
+/// admits under it (its numbers would start a space of their own at 0 beside the newer
+/// epoch's); once it applies the newer one it joins that epoch's numbers.
+#[test]
+fn s2_6_3_2_a_thread_late_with_an_older_epoch_neither_sends_nor_admits_under_it() {
+    let g = Group::new(&[CLIENT, PROXY_ID]);
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&member_config(&g), now);
+    let (g2, g3) = {
+        let g2 = g.rekeyed();
+        let g3 = g2.rekeyed();
+        (g2, g3)
+    };
+    a.reconfigure(now, member_config(&g2)).unwrap();
+    a.reconfigure(now, member_config(&g3)).unwrap();
+    let (_, ra) = drain(&mut a);
+    b.reconfigure(now, member_config(&g2)).unwrap();
+    let (_, rb) = drain(&mut b);
+    assert!(rb.is_empty(), "no reservation for the superseded epoch");
+    let mut c2 = SecurityContext::new(&g2.config(CLIENT)).unwrap();
+    let (req, _) = status_request(&mut c2, Mode::Pairwise, 1, None);
+    b.handle(now, Link::Listener(0), from(2, 2000), &req);
+    let (tx, _) = drain(&mut b);
+    assert_eq!(
+        MessageView::parse(&tx[0].bytes).unwrap().code(),
+        code::UNAUTHORIZED
+    );
+    b.reconfigure(now, member_config(&g3)).unwrap();
+    a.ssn_reserved(0, *ra.last().unwrap());
+    let mut c3 = SecurityContext::new(&g3.config(CLIENT)).unwrap();
+    let (fa, _) = observe_through_layer(&mut a, now, &mut c3, from(1, 1000), b"oa");
+    let (fb, _) = observe_through_layer(&mut b, now, &mut c3, from(2, 2000), b"ob");
+    let pivs: Vec<u64> = [(&mut a, &fa, 1u8), (&mut b, &fb, 2)]
+        .into_iter()
+        .flat_map(|(e, f, i)| notify(e, now, f, i).0)
+        .filter_map(|t| piv_of(&t.bytes))
+        .collect();
+    assert_eq!(pivs, vec![0, 1], "one space for the newest epoch");
 }

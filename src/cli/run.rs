@@ -101,24 +101,10 @@ pub(crate) fn check(file: &Path) -> Result<(), String> {
                 l.run.listen.len(),
                 l.run.proxy.groups.len()
             );
-            // `[proxy] threads` (issue 14): what it resolved to, and when membership holds
-            // it at one.
-            let member = l
-                .run
-                .proxy
-                .groups
-                .iter()
-                .any(|g| g.security.as_ref().is_some_and(|s| s.member.is_some()));
-            let threads = if member { 1 } else { l.run.proxy.threads };
-            println!(
-                "{}: {threads} forwarding thread(s){}",
-                file.display(),
-                if member && l.run.proxy.threads > 1 {
-                    " (the proxy is a group member: one thread forwards)"
-                } else {
-                    ""
-                }
-            );
+            // `[proxy] threads` (issue 14): what it resolved to (a group member runs every
+            // thread: its own OSCORE layer is shared between them).
+            let threads = l.run.proxy.threads;
+            println!("{}: {threads} forwarding thread(s)", file.display());
             // Chains (groupcomm-proxy §8): which groups are not the last hop here.
             for g in &l.run.proxy.groups {
                 if let Some(n) = &g.next_hop {

@@ -3,6 +3,7 @@
 //! context is built or a peer is added; pairwise keys on first use, then cached.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use zeroize::Zeroizing;
 
@@ -12,6 +13,7 @@ use super::cred::{Credential, PrivateKey};
 use super::derive;
 use super::error::{ConfigError, OscoreError};
 use super::replay::ReplayWindow;
+use super::ssn::SsnSource;
 use crate::cbor;
 
 /// Largest Sender Sequence Number: Partial IVs are at most 5 bytes (RFC 8613 §7.2.1).
@@ -156,6 +158,10 @@ pub struct SenderContext {
     /// used, so that a crash never leads to nonce reuse (RFC 10021 §2.6.1.1). `None`:
     /// no persistence (tests, ephemeral clients).
     pub ssn_ceiling: Option<u64>,
+    /// The numbers' source when several engines protect under this context (the proxy's
+    /// membership with `[proxy] threads`): then [`SecurityContext::next_ssn`] takes from
+    /// it, and `ssn`/`ssn_ceiling` above only mirror the last number taken.
+    pub(crate) shared: Option<SsnSource>,
 }
 
 /// A peer's Recipient Context (RFC 8613 §3.1, RFC 10021 §2.3).
@@ -169,9 +175,56 @@ pub struct RecipientContext {
     pub cipher: CipherKey,
     /// The peer's credential (its signatures verify against it).
     pub cred: Option<Credential>,
-    /// Replay window of the peer's requests (RFC 8613 §7.4).
+    /// Replay window of the peer's requests (RFC 8613 §7.4); unused while `shared` is set.
     pub replay: ReplayWindow,
     pairwise: Option<PairwiseKeys>,
+    /// The window every engine sharing this peer uses instead of `replay` (the proxy's
+    /// membership with several threads): a request accepted by one is a replay on all.
+    shared: Option<Arc<Mutex<ReplayWindow>>>,
+}
+
+fn lock(w: &Mutex<ReplayWindow>) -> MutexGuard<'_, ReplayWindow> {
+    // A window is whole between two updates (each is one assignment): still sound.
+    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RecipientContext {
+    /// Whether the replay window holds state (not lost, RFC 10021 §2.6.1.2).
+    pub(crate) fn window_valid(&self) -> bool {
+        match &self.shared {
+            Some(w) => lock(w).is_valid(),
+            None => self.replay.is_valid(),
+        }
+    }
+
+    /// The early, side-effect free check (a cheap reject before any crypto).
+    pub(crate) fn window_check(&self, seq: u64) -> Result<(), OscoreError> {
+        match &self.shared {
+            Some(w) => lock(w).check(seq),
+            None => self.replay.check(seq),
+        }
+    }
+
+    /// Checks again and records `seq` in one step under the window's lock: of two
+    /// engines that both passed the early check, only one gets past this (RFC 8613 §7.4).
+    pub(crate) fn window_accept(&mut self, seq: u64) -> Result<(), OscoreError> {
+        match &self.shared {
+            Some(w) => lock(w).accept(seq),
+            None => self.replay.accept(seq),
+        }
+    }
+
+    fn window_set(&mut self, w: ReplayWindow) {
+        match &self.shared {
+            Some(s) => *lock(s) = w,
+            None => self.replay = w,
+        }
+    }
+
+    /// From now on the window is `w`, shared with whoever else holds it.
+    pub(crate) fn share_window(&mut self, w: Arc<Mutex<ReplayWindow>>) {
+        self.shared = Some(w);
+    }
 }
 
 /// The two pairwise keys with one peer (RFC 10021 §2.5.1).
@@ -398,6 +451,7 @@ impl SecurityContext {
             cred,
             ssn: 0,
             ssn_ceiling: None,
+            shared: None,
         };
         let mut ctx = SecurityContext {
             common,
@@ -487,6 +541,7 @@ impl SecurityContext {
                 cred,
                 replay: ReplayWindow::new(),
                 pairwise: None,
+                shared: None,
             },
         );
         Ok(())
@@ -503,7 +558,7 @@ impl SecurityContext {
     /// §2.6.1.1, §2.6.1.2): requests are refused until a window is re-established.
     pub fn invalidate_replay_windows(&mut self) {
         for r in self.recipients.values_mut() {
-            r.replay = super::replay::ReplayWindow::invalid();
+            r.window_set(ReplayWindow::invalid());
         }
     }
 
@@ -514,12 +569,20 @@ impl SecurityContext {
             .recipients
             .get_mut(kid)
             .ok_or(OscoreError::UnknownKid)?;
-        r.replay.reinit(seq);
+        match &r.shared {
+            Some(w) => lock(w).reinit(seq),
+            None => r.replay.reinit(seq),
+        }
         Ok(())
     }
 
     /// Takes the next Sender Sequence Number.
     pub fn next_ssn(&mut self) -> Result<u64, OscoreError> {
+        if let Some(src) = &self.sender.shared {
+            let s = src.take()?;
+            self.sender.ssn = s + 1;
+            return Ok(s);
+        }
         let s = self.sender.ssn;
         if s > MAX_SSN {
             return Err(OscoreError::SequenceExhausted);

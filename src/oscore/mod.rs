@@ -13,6 +13,7 @@ pub mod group;
 pub mod option;
 pub mod protect;
 pub mod replay;
+pub(crate) mod ssn;
 
 pub use aad::TbsForm;
 pub use checker::{

@@ -406,9 +406,9 @@ impl SecurityContext {
         let seq = piv_value(piv);
         let recipient = self.recipients.get(kid).ok_or(OscoreError::UnknownKid)?;
         // With an invalid window the request is still verified, for the Echo exchange.
-        let window_valid = recipient.replay.is_valid();
+        let window_valid = recipient.window_valid();
         if window_valid {
-            recipient.replay.check(seq)?;
+            recipient.window_check(seq)?;
         }
         let sender_cred = recipient.cred.as_ref().map(|c| c.bytes()).unwrap_or(&[]);
         let kid_context = o.kid_context.unwrap_or(&[]);
@@ -450,11 +450,12 @@ impl SecurityContext {
             }
         }
         if window_valid {
+            // The final check-and-set: another engine sharing the window may have taken
+            // `seq` since the early check (then: Replay).
             self.recipients
                 .get_mut(kid)
                 .expect("looked up above")
-                .replay
-                .accept(seq)?;
+                .window_accept(seq)?;
         }
         let plain = reassemble(&view, &buf, &self.proxy_options)?;
         let exchange = Exchange {

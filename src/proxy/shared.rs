@@ -17,6 +17,11 @@
 //! thread's egress sockets are its own, so those tables only ever see their own thread's
 //! peers (see the README's threading section).
 //!
+//! * the proxy's own membership per group (`[[group]] security.member`, see
+//!   [`Members`]): its Sender Sequence Numbers, its peers' replay windows and the Echo
+//!   values it sent, so that no Partial IV is used by two threads, a request accepted on
+//!   one thread is a replay on every other, and an Echo value is good once, anywhere.
+//!
 //! The engine stays sans-I/O and clock-free: these are locks and counters in memory, and
 //! an engine made with [`crate::proxy::Engine::new`] has a `Shared` of its own.
 
@@ -25,8 +30,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use subtle::ConstantTimeEq;
+
 use super::tables::Bucket;
+use crate::oscore::SecurityContext;
 use crate::oscore::SharedWindows;
+use crate::oscore::replay::ReplayWindow;
+use crate::oscore::ssn::SsnSource;
 
 /// A client address's state, for the whole proxy.
 #[derive(Debug)]
@@ -50,6 +60,7 @@ struct Inner {
     /// Observations held, in all and per client address (`[limits.observe]`
     /// `max_observations`, `max_per_client`); an entry only while its client holds one.
     observations: Mutex<(usize, HashMap<IpAddr, usize, foldhash::fast::RandomState>)>,
+    members: Members,
 }
 
 /// The state the engines of one proxy share, and which of them this handle is for: give
@@ -79,6 +90,7 @@ impl Shared {
                 clients: Mutex::new(Clients::default()),
                 exchanges: AtomicUsize::new(0),
                 observations: Mutex::new((0, HashMap::default())),
+                members: Members::default(),
             }),
             thread: 0,
         }
@@ -164,6 +176,111 @@ impl Shared {
             if *n == 0 {
                 o.1.remove(&client);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy's own membership (RFC 10021 §2.6.1.1, §9; RFC 8613 §7.4;
+// oscore-capable-proxies §2).
+
+/// The proxy's membership state per group, one key epoch (Gid) at a time: the first
+/// engine to install an epoch creates it (Sender Sequence Numbers from 0 with nothing
+/// reserved, §2.6.3.2; empty windows; no Echo values), every later engine with the same
+/// Gid joins it. One lock, taken when a context is installed and for an Echo value
+/// (issued or checked): never per protected message, never while verifying.
+#[derive(Debug, Default)]
+pub(crate) struct Members(Mutex<Vec<Option<MemberEpoch>>>);
+
+#[derive(Debug)]
+struct MemberEpoch {
+    gid: Vec<u8>,
+    key_generation: u64,
+    ssn: SsnSource,
+    /// Per peer (kid): at most the context's Recipient Contexts (`MAX_RECIPIENTS`).
+    windows: HashMap<Vec<u8>, Arc<Mutex<ReplayWindow>>>,
+    /// The Echo value sent per peer, at most one each (RFC 10021 §9).
+    echoes: HashMap<Vec<u8>, [u8; 8]>,
+}
+
+impl Shared {
+    /// Makes `ctx`, the proxy's context of group `g`, draw its Sender Sequence Numbers
+    /// and keep its peers' replay windows in the state every engine of the proxy shares
+    /// for that epoch. `rekeyed`: the epoch comes with a reload (nothing is reserved for
+    /// it yet); else it is the configured one at start (restored by the runtime).
+    pub(crate) fn share_member(&self, g: usize, ctx: &mut SecurityContext, rekeyed: bool) {
+        let mut all = lock(&self.inner.members.0);
+        if all.len() <= g {
+            all.resize_with(g + 1, || None);
+        }
+        let gid = ctx.common.gid().to_vec();
+        let kg = ctx.common.key_generation;
+        let ceiling = rekeyed.then_some(0);
+        match &all[g] {
+            Some(e) if e.gid == gid => {}
+            // An engine late with an older epoch than another already installed (two
+            // reloads in a row): it may not send or admit under it.
+            Some(e) if e.key_generation > kg => {
+                // A space of its own, retired at once: nothing reserved, nothing taken.
+                let src = SsnSource::new(Some(0));
+                let _ = src.next_epoch(Some(0));
+                ctx.sender.shared = Some(src);
+                ctx.invalidate_replay_windows();
+                return;
+            }
+            prev => {
+                let ssn = match prev {
+                    Some(e) => e.ssn.next_epoch(ceiling),
+                    None => SsnSource::new(ceiling),
+                };
+                all[g] = Some(MemberEpoch {
+                    gid,
+                    key_generation: kg,
+                    ssn,
+                    windows: HashMap::new(),
+                    echoes: HashMap::new(),
+                });
+            }
+        }
+        let e = all[g].as_mut().expect("set above");
+        ctx.sender.shared = Some(e.ssn.clone());
+        for (kid, r) in ctx.recipients.iter_mut() {
+            let w = e
+                .windows
+                .entry(kid.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(r.replay.clone())))
+                .clone();
+            r.share_window(w);
+        }
+    }
+
+    /// Takes the Echo value sent to `kid` of group `g` in epoch `gid` if `echo` is it
+    /// (compared in constant time: timing must not tell how much of a guess was right):
+    /// each value proves freshness once for the whole proxy.
+    pub(crate) fn take_echo(&self, g: usize, gid: &[u8], kid: &[u8], echo: &[u8]) -> bool {
+        let mut all = lock(&self.inner.members.0);
+        let Some(Some(e)) = all.get_mut(g) else {
+            return false;
+        };
+        let hit = e.gid == gid
+            && e.echoes
+                .get(kid)
+                .is_some_and(|v| bool::from(echo.ct_eq(&v[..])));
+        if hit {
+            e.echoes.remove(kid);
+        }
+        hit
+    }
+
+    /// Records the Echo value sent to `kid` (replacing an earlier one): one per peer
+    /// the proxy has a Recipient Context for, as the caller verified the request.
+    pub(crate) fn put_echo(&self, g: usize, gid: &[u8], kid: &[u8], value: [u8; 8]) {
+        let mut all = lock(&self.inner.members.0);
+        if let Some(Some(e)) = all.get_mut(g)
+            && e.gid == gid
+            && e.windows.contains_key(kid)
+        {
+            e.echoes.insert(kid.to_vec(), value);
         }
     }
 }

@@ -230,8 +230,8 @@ impl Proxy {
         self.workers[0].group_addr(group)
     }
 
-    /// How many forwarding threads serve (`[proxy] threads`, 1 while the proxy is a group
-    /// member).
+    /// How many forwarding threads serve (`[proxy] threads`, 1 while state that is not
+    /// shared yet needs one, see `single_thread_reason`).
     pub fn threads(&self) -> usize {
         self.workers.len()
     }
@@ -437,18 +437,11 @@ fn checked_groups(cfg: &ProxyConfig) -> Vec<bool> {
 
 /// Why `cfg` needs a single forwarding thread, if it does: state that must be one for the
 /// whole proxy but is not in [`crate::proxy::Shared`] yet. Each thread would otherwise
-/// keep its own: the proxy's own OSCORE layer (Sender Sequence Numbers, its peers' replay
-/// windows), the response cache (a read stored by one thread would multicast again from
+/// keep its own: the response cache (a read stored by one thread would multicast again from
 /// another, and Group-ETags would differ by thread), and the servers a reverse-proxy
 /// resource stands in for (a follow-up reaching another thread would get 4.04).
 fn single_thread_reason(cfg: &ProxyConfig) -> Option<&'static str> {
-    if cfg
-        .groups
-        .iter()
-        .any(|g| g.security.as_ref().is_some_and(|s| s.member.is_some()))
-    {
-        Some("the proxy is a group member")
-    } else if cfg.cache.enabled {
+    if cfg.cache.enabled {
         Some("the response cache is on")
     } else if cfg
         .reverse
@@ -562,9 +555,10 @@ impl Worker {
             bridge: None,
         })
         .and_then(|mut p: Worker| {
-            state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
-            // The windows are shared: the first thread restores them for all.
+            // The windows and the member's Sender Sequence Numbers are shared: the first
+            // thread restores them for all (one read and one write of each `.ssn` file).
             if thread.0 == 0 {
+                state::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
                 let store = replay::restore(&mut p.engine, &p.names, p.state_dir.as_deref())?;
                 p.replay = std::sync::Arc::new(std::sync::Mutex::new(store));
             }
@@ -1030,7 +1024,9 @@ impl Worker {
                     match dir.map(|d| state::write(d, &self.names[group], up_to)) {
                         Some(Ok(())) => self.engine.ssn_reserved(group, up_to),
                         Some(Err(e)) => {
-                            tracing::error!(event = "ssn_reservation_failed", group = %self.names[group], error = %e)
+                            tracing::error!(event = "ssn_reservation_failed", group = %self.names[group], error = %e);
+                            // Shared by the threads: the next answer asks again.
+                            self.engine.ssn_reservation_failed(group);
                         }
                         None => self.engine.ssn_reserved(group, up_to),
                     }

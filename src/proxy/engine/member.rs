@@ -3,7 +3,6 @@
 //! incoming requests, and every answer to such a request goes back under it.
 
 use chacha20::rand_core::Rng;
-use subtle::ConstantTimeEq;
 
 use super::{Engine, Local, Reject};
 use crate::coap::MessageView;
@@ -68,6 +67,17 @@ impl Engine {
             .position(|m| m.as_ref().is_some_and(|m| m.current().common.gid() == gid))
             .ok_or_else(not_found)?;
         let member = self.members[group].as_mut().expect("found above");
+        // A later epoch installed by another thread (a reload this engine has not applied
+        // yet): this one admits nothing under the old Gid, as if it were unknown.
+        if member
+            .current()
+            .sender
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.is_retired())
+        {
+            return Err(not_found().group(group));
+        }
         match member.unprotect_request(view.bytes()) {
             Ok((inner, ex)) => Ok((inner, Outer { group, ex })),
             Err(e) => Err(match e {
@@ -234,12 +244,14 @@ impl Engine {
         if outer.ex.fresh {
             return Ok(());
         }
-        let key = (outer.group, outer.ex.kid.clone());
-        // Compared in constant time: timing must not tell how much of a guess was right.
-        if let (Some(echo), Some(expected)) = (inner.option(opt::ECHO), self.echoes.get(&key))
-            && bool::from(echo.ct_eq(&expected[..]))
+        // The Echo values are the whole proxy's: a retry that reaches another thread is
+        // accepted there, and a value is taken once (`Shared::take_echo`).
+        let gid = outer.ex.kid_context.clone();
+        if let Some(echo) = inner.option(opt::ECHO)
+            && self
+                .shared
+                .take_echo(outer.group, &gid, &outer.ex.kid, echo)
         {
-            self.echoes.remove(&key);
             let seq = crate::oscore::option::piv_value(&outer.ex.piv);
             if let Some(m) = self.members.get_mut(outer.group).and_then(Option::as_mut) {
                 let _ = m.current_mut().reinit_replay_window(&outer.ex.kid, seq);
@@ -250,7 +262,8 @@ impl Engine {
         // RFC 9175 §2.3: unpredictable, from the engine's CSPRNG.
         let mut value = [0u8; 8];
         self.rng.fill_bytes(&mut value);
-        self.echoes.insert(key, value);
+        self.shared
+            .put_echo(outer.group, &gid, &outer.ex.kid, value);
         self.emit(crate::proxy::Event::Rejected {
             group: Some(outer.group),
             reason: RejectReason::EchoChallenge,
@@ -295,6 +308,11 @@ impl Engine {
             let c = m.current_mut();
             c.sender.ssn = next_ssn;
             c.sender.ssn_ceiling = Some(ceiling);
+            // Once, for every engine of the proxy (the runtime restores on its first
+            // thread only): the numbers and the windows are shared.
+            if let Some(s) = &c.sender.shared {
+                s.restore(next_ssn, ceiling);
+            }
             if lost_state {
                 c.invalidate_replay_windows();
             }
@@ -306,9 +324,23 @@ impl Engine {
         if let Some(m) = self.members.get_mut(group).and_then(Option::as_mut) {
             let c = m.current_mut();
             c.sender.ssn_ceiling = Some(c.sender.ssn_ceiling.map_or(up_to, |x| x.max(up_to)));
+            if let Some(s) = &c.sender.shared {
+                s.raise(up_to);
+                s.end_reservation();
+            }
         }
-        if let Some(r) = self.reserving.get_mut(group) {
-            *r = None;
+    }
+
+    /// The reservation asked for in `group` could not be written: nothing is raised, and
+    /// the next answer (on any thread) asks again.
+    pub fn ssn_reservation_failed(&mut self, group: usize) {
+        if let Some(s) = self
+            .members
+            .get(group)
+            .and_then(Option::as_ref)
+            .and_then(|m| m.current().sender.shared.as_ref())
+        {
+            s.end_reservation();
         }
     }
 
@@ -319,16 +351,19 @@ impl Engine {
             .collect()
     }
 
-    /// Asks for the next reservation once half of the current block is used.
+    /// Asks for the next reservation once half of the current block is used, if no
+    /// other reservation of the group is in flight on any thread: one writer of the
+    /// `.ssn` file at a time, and each bound at or above the last (never down).
     pub(super) fn maybe_reserve(&mut self, group: usize) {
-        let Some(m) = self.members.get(group).and_then(Option::as_ref) else {
+        let Some(s) = self
+            .members
+            .get(group)
+            .and_then(Option::as_ref)
+            .and_then(|m| m.current().sender.shared.as_ref())
+        else {
             return;
         };
-        let s = &m.current().sender;
-        let Some(ceiling) = s.ssn_ceiling else { return };
-        if s.ssn + SSN_BLOCK / 2 >= ceiling && self.reserving[group].is_none() {
-            let up_to = s.ssn + SSN_BLOCK;
-            self.reserving[group] = Some(up_to);
+        if let Some(up_to) = s.begin_reservation(SSN_BLOCK) {
             self.out
                 .push_back(super::Output::ReserveSsn { group, up_to });
         }

@@ -364,12 +364,6 @@ pub struct Engine {
     checkers: Vec<Option<GroupChecker>>,
     /// Per group, the proxy's own membership (None: not a member).
     members: Vec<Option<GroupMember>>,
-    /// Echo values sent per (group, kid) whose freshness is to be proven (RFC 10021 §9);
-    /// bounded by the group's members, since only verified senders get one.
-    echoes: HashMap<(usize, Vec<u8>), [u8; 8]>,
-    /// Per group: the Sender Sequence Number bound asked of stable storage, not yet
-    /// confirmed (see `Output::ReserveSsn`).
-    reserving: Vec<Option<u64>>,
     /// Shutting down: no new exchanges.
     draining: bool,
     exchanges: HashMap<u64, InFlight>,
@@ -476,17 +470,23 @@ impl Engine {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The proxy's own membership: its Sender Sequence Numbers, its peers' replay
+        // windows and its Echo values are the whole proxy's (`Shared::share_member`), as
+        // are its reservations on stable storage (one in flight per group).
         let members = cfg
             .groups
             .iter()
+            .enumerate()
             .map(
-                |g| match g.security.as_ref().and_then(|s| s.member.as_ref()) {
-                    Some(m) => SecurityContext::new(m).map(|c| Some(GroupMember::new(c))),
+                |(g, spec)| match spec.security.as_ref().and_then(|s| s.member.as_ref()) {
+                    Some(m) => SecurityContext::new(m).map(|mut c| {
+                        shared.share_member(g, &mut c, false);
+                        Some(GroupMember::new(c))
+                    }),
                     None => Ok(None),
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
-        let reserving = vec![None; members.len()];
         // Group-ETag values from a stream of their own, as the batch seed above.
         let etag_seed = {
             use sha2::Digest;
@@ -501,8 +501,6 @@ impl Engine {
         let mut e = Engine {
             checkers,
             members,
-            echoes: HashMap::default(),
-            reserving,
             draining: false,
             dedup: Dedup::new(cfg.limits.dedup_capacity, cfg.limits.dedup_per_client),
             cfg,

@@ -122,13 +122,15 @@ impl Engine {
     }
 
     /// A new member epoch starts at Sender Sequence Number 0 (§2.6.3.2) with its first
-    /// block still to be reserved; Echo values of the old epoch are void (§9).
+    /// block still to be reserved; Echo values of the old epoch are void (§9). The first
+    /// thread to apply the epoch creates its shared state, once for the whole proxy;
+    /// the others join it (`Shared::share_member`).
     fn after_member_rekey(&mut self, g: usize, drop_at: Instant) {
-        self.echoes.retain(|(group, _), _| *group != g);
         if let Some(m) = self.members[g].as_mut() {
-            m.current_mut().sender.ssn_ceiling = Some(0);
+            let c = m.current_mut();
+            c.sender.ssn_ceiling = Some(0);
+            self.shared.share_member(g, c, true);
         }
-        self.reserving[g] = None;
         self.maybe_reserve(g);
         self.push_timer(drop_at, Timer::DropPrevious(g));
     }
