@@ -422,9 +422,8 @@ fn checked_groups(cfg: &ProxyConfig) -> Vec<bool> {
 /// Why `cfg` needs a single forwarding thread, if it does: state that must be one for the
 /// whole proxy but is not in [`crate::proxy::Shared`] yet. Each thread would otherwise
 /// keep its own: the proxy's own OSCORE layer (Sender Sequence Numbers, its peers' replay
-/// windows), the response cache (a read stored by one thread would multicast again from
-/// another, and Group-ETags would differ by thread), and the servers a reverse-proxy
-/// resource stands in for (a follow-up reaching another thread would get 4.04).
+/// windows). (The response cache's store and the servers a reverse-proxy resource stands
+/// in for are in `Shared`: issue 14 point 2.)
 fn single_thread_reason(cfg: &ProxyConfig) -> Option<&'static str> {
     if cfg
         .groups
@@ -432,14 +431,6 @@ fn single_thread_reason(cfg: &ProxyConfig) -> Option<&'static str> {
         .any(|g| g.security.as_ref().is_some_and(|s| s.member.is_some()))
     {
         Some("the proxy is a group member")
-    } else if cfg.cache.enabled {
-        Some("the response cache is on")
-    } else if cfg
-        .reverse
-        .iter()
-        .any(|r| matches!(r.stand_in, crate::proxy::StandIn::Servers { .. }))
-    {
-        Some("a reverse-proxy resource stands in for the servers")
     } else {
         None
     }
