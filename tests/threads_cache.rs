@@ -208,7 +208,10 @@ fn rfc7252_s5_6_a_response_stored_via_one_thread_serves_a_request_at_another() {
     fill_unicast(&mut a, now, 1, AT_A, "r");
     let (m, from) = unicast_get(2, AT_B, "r");
     let (tx, ev) = feed(&mut b, later, LISTENER, from, &m);
-    assert!(to_origin(&tx).is_empty(), "served by thread B from the cache");
+    assert!(
+        to_origin(&tx).is_empty(),
+        "served by thread B from the cache"
+    );
     let got = to_client(&tx, AT_B);
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -216,12 +219,19 @@ fn rfc7252_s5_6_a_response_stored_via_one_thread_serves_a_request_at_another() {
         (code::CONTENT, &b"r"[..])
     );
     assert_eq!(got[0].token(), &2u16.to_be_bytes());
-    assert_eq!(max_age(&got[0]), Some(50), "60 s less the 10 s since A stored it");
+    assert_eq!(
+        max_age(&got[0]),
+        Some(50),
+        "60 s less the 10 s since A stored it"
+    );
     assert_eq!(cache_events(&ev), vec![CacheEvent::Hit]);
 
     let (mut x, mut y) = apart(&cache_config(), now);
     fill_unicast(&mut x, now, 1, AT_A, "r");
-    assert!(!unicast_hit(&mut y, later, 2, AT_B, "r"), "unshared: a miss");
+    assert!(
+        !unicast_hit(&mut y, later, 2, AT_B, "r"),
+        "unshared: a miss"
+    );
 }
 
 /// groupcomm-proxy §7.1: a complete set of fresh responses that thread A's group
@@ -335,7 +345,10 @@ fn cache_bounds_hold_for_the_whole_proxy_across_threads() {
         assert!(a.cache_usage().0 <= 3 && b.cache_usage() == a.cache_usage());
     }
     assert_eq!(a.cache_usage().0, 3);
-    assert_eq!(evicted, 2, "each eviction counted once, by the thread that made it");
+    assert_eq!(
+        evicted, 2,
+        "each eviction counted once, by the thread that made it"
+    );
     assert!(unicast_hit(&mut a, now, 40, AT_A, "a"));
     assert!(unicast_hit(&mut a, now, 41, AT_A, "e"));
     assert!(!unicast_hit(&mut b, now, 42, AT_B, "b"), "evicted first");
@@ -545,7 +558,13 @@ fn s6_2_a_follow_up_at_another_thread_reaches_the_server_that_answered() {
         cri::parse_reply_from_pair(&rf),
         Some((ADVERTISE.parse().unwrap(), Some(device(1))))
     );
-    let (tx, ev) = feed(&mut b, now, LISTENER, client(AT_B), &follow_up(2, device(1)));
+    let (tx, ev) = feed(
+        &mut b,
+        now,
+        LISTENER,
+        client(AT_B),
+        &follow_up(2, device(1)),
+    );
     let out: Vec<_> = tx.iter().filter(|t| t.to == device(1)).collect();
     assert_eq!(out.len(), 1, "forwarded by B to device 1: {tx:?}");
     assert!(matches!(out[0].link, Link::Unicast(_)));
@@ -554,7 +573,13 @@ fn s6_2_a_follow_up_at_another_thread_reaches_the_server_that_answered() {
     let (mut x, mut y) = apart(&reverse_config(false, 16), now);
     let fwd = lights(&mut x, now, 1, AT_A);
     reply_from(&mut x, now, &fwd, 1, AT_A);
-    let (tx, ev) = feed(&mut y, now, LISTENER, client(AT_B), &follow_up(2, device(1)));
+    let (tx, ev) = feed(
+        &mut y,
+        now,
+        LISTENER,
+        client(AT_B),
+        &follow_up(2, device(1)),
+    );
     assert!(tx.iter().all(|t| t.to != device(1)));
     assert_eq!(rejected(&ev), Some(RejectReason::ReverseUnknownServer));
 }
@@ -593,10 +618,7 @@ fn s6_2_pool_slots_are_the_same_on_every_thread() {
             &[],
         )
     };
-    for (e, port, listener, dev) in [
-        (&mut b, AT_B, 1, device(1)),
-        (&mut a, AT_A, 2, device(2)),
-    ] {
+    for (e, port, listener, dev) in [(&mut b, AT_B, 1, device(1)), (&mut a, AT_A, 2, device(2))] {
         let (tx, ev) = feed(e, now, Link::Listener(listener), client(port), &to_pool(9));
         assert!(tx.iter().any(|t| t.to == dev), "pool {listener} -> {dev}");
         assert_eq!(reverse_actions(&ev), vec![ReverseAction::FollowUp]);

@@ -183,10 +183,7 @@ impl Shared {
     /// thread receives (groupcomm-proxy §7), and `max_entries`/`max_bytes` bound the
     /// whole proxy. `init` makes it for the first engine asking; later engines get
     /// the same store (one `Mutex`: see the README's threading section for why).
-    pub(crate) fn cache_store(
-        &self,
-        init: impl FnOnce() -> CacheStore,
-    ) -> Arc<Mutex<CacheStore>> {
+    pub(crate) fn cache_store(&self, init: impl FnOnce() -> CacheStore) -> Arc<Mutex<CacheStore>> {
         self.inner
             .cache
             .get_or_init(|| Arc::new(Mutex::new(init())))
@@ -198,7 +195,11 @@ impl Shared {
     /// follow-up reaching any thread finds the server another thread's group request
     /// heard from, under the same pool slot.
     pub(crate) fn reverse_servers(&self, groups: usize) -> Arc<Mutex<Vec<Servers>>> {
-        let table = self.inner.reverse_servers.get_or_init(Default::default).clone();
+        let table = self
+            .inner
+            .reverse_servers
+            .get_or_init(Default::default)
+            .clone();
         let mut t = lock(&table);
         if t.len() < groups {
             t.resize_with(groups, Servers::default);

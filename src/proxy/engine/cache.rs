@@ -66,8 +66,10 @@ pub(super) enum To {
 /// that are part of the key (number, length, value each) and the payload.
 pub(super) type Key = (To, Vec<u8>);
 
-/// One server's stored response.
-#[derive(Debug)]
+/// One server's stored response. Held by `Arc` (`Entry::responses`), so that serving
+/// it takes a reference count under the store's lock, and the copies toward the client
+/// are made after the lock is released.
+#[derive(Debug, Clone)]
 struct Stored {
     server: SocketAddr,
     code: u8,
@@ -103,7 +105,7 @@ impl Stored {
 
 #[derive(Debug)]
 struct Entry {
-    responses: Vec<Stored>,
+    responses: Vec<Arc<Stored>>,
     /// Its position in `Cache::lru`.
     used: u64,
     /// The Group-ETag of the set (§7.3): changed whenever a response of the set changes.
@@ -408,14 +410,17 @@ impl Engine {
         for m in &members {
             match e.responses.iter().find(|s| s.server == *m) {
                 Some(s) => match s.left(now) {
-                    Some(left) => set.push((s, left)),
+                    Some(left) => set.push((s.clone(), left)),
                     None => return false,
                 },
                 None => return false,
             }
         }
-        let ge_no = self.cfg.options.group_etag;
         let ge = e.group_etag.to_be_bytes().to_vec();
+        st.touch(key);
+        // The answers are made without the store.
+        drop(st);
+        let ge_no = self.cfg.options.group_etag;
         let shortest = set.iter().map(|(_, l)| *l).min().unwrap_or_default();
         let matched = view
             .options()
@@ -447,8 +452,6 @@ impl Engine {
                 });
             }
         }
-        st.touch(key);
-        drop(st);
         let mut answers = answers.into_iter();
         self.cache.reply = answers.next();
         self.cache.deferred.extend(answers);
@@ -484,25 +487,24 @@ impl Engine {
                     .iter()
                     .find(|s| s.server == origin && s.left(now).is_some())
             {
-                let mut options = s.options.clone();
-                options.push((opt::MAX_AGE, max_age(s.left(now).unwrap_or_default())));
-                options.sort_by_key(|(n, _)| *n);
-                found = Some((
-                    k,
-                    Local {
-                        code: s.code,
-                        options,
-                        payload: s.payload.clone(),
-                    },
-                ));
+                found = Some((k, s.clone()));
                 break;
             }
         }
-        let Some((k, local)) = found else {
+        let Some((k, s)) = found else {
             return false;
         };
         st.touch(&k);
+        // The answer is made without the store.
         drop(st);
+        let mut options = s.options.clone();
+        options.push((opt::MAX_AGE, max_age(s.left(now).unwrap_or_default())));
+        options.sort_by_key(|(n, _)| *n);
+        let local = Local {
+            code: s.code,
+            options,
+            payload: s.payload.clone(),
+        };
         self.cache.reply = Some(local);
         self.emit(Event::Cache {
             group: None,
@@ -600,11 +602,15 @@ impl Engine {
     fn cache_relay_stored(&mut self, token: u64, key: &Key, server: SocketAddr) {
         let now = self.now;
         let st = lock(&self.cache.store);
-        let Some(s) = st
+        let found = st
             .entries
             .get(key)
             .and_then(|e| e.responses.iter().find(|s| s.server == server))
-        else {
+            .cloned();
+        // Encoding and relaying (protection toward the client included) happen without
+        // the store.
+        drop(st);
+        let Some(s) = found else {
             return;
         };
         let Some(left) = s.left(now) else {
@@ -615,9 +621,6 @@ impl Engine {
         let age = max_age(left);
         opts.push((opt::MAX_AGE, &age));
         let bytes = build::encode(NON, s.code, 0, &token.to_be_bytes(), &mut opts, &s.payload);
-        // Relaying (protection toward the client included) happens without the store.
-        drop(opts);
-        drop(st);
         if let Ok(v) = MessageView::parse(&bytes) {
             self.relay(now, token, server, &v);
         }
@@ -741,17 +744,19 @@ impl Engine {
                 .iter_mut()
                 .find(|s| s.server == from && s.etag() == Some(etag))?;
             // RFC 7252 §5.9.1.3: the stored response is fresh again, with the 2.03's
-            // Max-Age; its content is unchanged, and so is the set's Group-ETag.
-            s.at = now;
-            s.max_age = new_age;
-            let (code, options, payload) = (s.code, s.options.clone(), s.payload.clone());
+            // Max-Age; its content is unchanged, and so is the set's Group-ETag. (A copy
+            // only where another thread is serving the old one at this moment.)
+            let fresh = Arc::make_mut(s);
+            fresh.at = now;
+            fresh.max_age = new_age;
+            let s = s.clone();
             st.touch(&key);
             drop(st);
             let mut opts: Vec<(u16, &[u8])> =
-                options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                s.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
             let age = uint_value(new_age.as_secs().min(u32::MAX as u64) as u32);
             opts.push((opt::MAX_AGE, &age));
-            let bytes = build::encode(NON, code, 0, view.token(), &mut opts, &payload);
+            let bytes = build::encode(NON, s.code, 0, view.token(), &mut opts, &s.payload);
             self.emit(Event::Cache {
                 group,
                 what: CacheEvent::Revalidated,
@@ -792,6 +797,19 @@ impl Engine {
             c.forget(&key, from);
             return Some(None);
         };
+        drop(st);
+        let new = Arc::new(Stored {
+            server: from,
+            code: view.code(),
+            options,
+            payload: payload.to_vec(),
+            at: now,
+            max_age: age,
+            size,
+            kid,
+        });
+        let mut st = lock(&self.cache.store);
+        let c = &mut *st;
         let tick = c.tick + 1;
         let fresh_etag = c.etag();
         let e = c.entries.entry(key.clone()).or_insert_with(|| Entry {
@@ -802,7 +820,7 @@ impl Engine {
         let mut changed = true;
         if let Some(i) = e.responses.iter().position(|s| s.server == from) {
             let old = e.responses.swap_remove(i);
-            changed = !old.same_content(view.code(), &options, payload);
+            changed = !old.same_content(new.code, &new.options, &new.payload);
             c.bytes = c.bytes.saturating_sub(old.size);
             c.stored = c.stored.saturating_sub(1);
         }
@@ -810,11 +828,11 @@ impl Engine {
         // answer came from: a copy relayed from another member's address (which nothing
         // in the answer names) cannot fill that member's place in a set (§7.1) while
         // the member's own answers are dropped as replays of it.
-        if kid.is_some()
+        if new.kid.is_some()
             && let Some(i) = e
                 .responses
                 .iter()
-                .position(|s| s.server != from && s.kid == kid)
+                .position(|s| s.server != from && s.kid == new.kid)
         {
             let old = e.responses.swap_remove(i);
             c.bytes = c.bytes.saturating_sub(old.size);
@@ -825,16 +843,7 @@ impl Engine {
         if changed {
             e.group_etag = fresh_etag;
         }
-        e.responses.push(Stored {
-            server: from,
-            code: view.code(),
-            options,
-            payload: payload.to_vec(),
-            at: now,
-            max_age: age,
-            size,
-            kid,
-        });
+        e.responses.push(new);
         c.bytes += size;
         c.stored += 1;
         c.lru.insert(e.used, key.clone());

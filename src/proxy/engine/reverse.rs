@@ -286,7 +286,11 @@ impl Engine {
             .map(|(_, r)| r)
             .filter(|r| stands_in(r))
             .map(|r| r.group)
-            .find(|&g| servers.get(g).is_some_and(|s| s.known.contains_key(&(ip, port))));
+            .find(|&g| {
+                servers
+                    .get(g)
+                    .is_some_and(|s| s.known.contains_key(&(ip, port)))
+            });
         drop(servers);
         let Some(g) = found else {
             // Any IP literal in Uri-Host sent to the proxy is taken as a follow-up: the
