@@ -10,6 +10,11 @@
 //!   held, in all and per client (`observe.max_observations`, `observe.max_per_client`);
 //! * the token key, with each thread issuing from its own part of the counter space, so
 //!   that no two threads ever give out the same token (RFC 10020 §3.1.5).
+//! * the response cache's store (groupcomm-proxy §7: a response stored from one
+//!   thread's exchange serves a request another thread receives; `max_entries` and
+//!   `max_bytes` bound the proxy) and, per group, the servers a reverse-proxy resource
+//!   stands in for (§6.2: a follow-up reaching another thread finds the server, under
+//!   the same pool slot); what is tied to one exchange in flight stays per engine.
 //!
 //! Deduplication, Message IDs, pending retransmissions and the observations themselves
 //! (with their notification rate buckets) stay per thread:
