@@ -662,3 +662,127 @@ fn servers_bound_holds_for_the_whole_proxy_across_threads() {
         assert!(tx.iter().any(|x| x.to == device(3)));
     }
 }
+
+// ---- end to end: two forwarding threads on loopback ----
+
+/// A receiver of the group's multicast on loopback, which answers from its own address.
+fn loopback_member(group: std::net::SocketAddrV4) -> std::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .unwrap();
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+        .unwrap();
+    let s: std::net::UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s
+}
+
+/// groupcomm-proxy §7.1 with `[proxy] threads = 2` on loopback: one group GET fanned out
+/// and answered by the group's one member stores a complete set; the same GET from 48
+/// other client ports (the kernel spreads them over both threads' SO_REUSEPORT
+/// listeners, as the e2e test in tests/threads.rs shows) is answered from the cache by
+/// whichever thread receives it: each client gets the member's 2.05, and nothing more
+/// reaches the group.
+#[test]
+fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    let port = common::free_port();
+    let b = (std::process::id() % 200) as u8 + 10;
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 78, b), port);
+    let member = loopback_member(group);
+    let mut run = groxy::settings::load_default().run;
+    run.proxy.groups[0].addr = SocketAddr::V4(group);
+    run.proxy.limits.egress_ports = 1;
+    run.proxy.threads = 2;
+    run.proxy.cache.enabled = true;
+    let member_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    run.proxy.cache.groups = vec![GroupCache {
+        members: vec![member_addr],
+    }];
+    run.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    run.state_dir = None;
+    let proxy = groxy::runtime::Proxy::bind(run).unwrap();
+    assert_eq!(proxy.threads(), 2, "the cache no longer keeps the proxy on one");
+    let listen = proxy.listen_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(proxy.run(async move {
+                let _ = stopped.await;
+            }))
+            .unwrap();
+    });
+    let get = |mid: u16| {
+        let host = group.ip().to_string();
+        let gport = opt::uint_value(u32::from(group.port()));
+        let mt = opt::uint_value(2);
+        build::encode(
+            NON,
+            code::GET,
+            mid,
+            &mid.to_be_bytes(),
+            &mut [
+                (opt::URI_HOST, host.as_bytes()),
+                (opt::URI_PORT, &gport),
+                (opt::PROXY_SCHEME, b"coap"),
+                (opt::URI_PATH, b"temp"),
+                (MT, &mt),
+            ],
+            &[],
+        )
+    };
+    let client = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        s
+    };
+    let first = client();
+    first.send_to(&get(1), listen).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, egress) = member.recv_from(&mut buf).expect("the fan-out");
+    let fwd = MessageView::parse(&buf[..n]).unwrap();
+    let age = opt::uint_value(60);
+    let r = build::encode(
+        NON,
+        code::CONTENT,
+        0x4242,
+        fwd.token(),
+        &mut [(opt::MAX_AGE, &age)],
+        b"21.5",
+    );
+    member.send_to(&r, egress).unwrap();
+    let (n, _) = first.recv_from(&mut buf).expect("the relayed response");
+    assert_eq!(MessageView::parse(&buf[..n]).unwrap().payload(), b"21.5");
+
+    let clients: Vec<UdpSocket> = (0..48).map(|_| client()).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(&get(100 + i as u16), listen).unwrap();
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let (n, _) = c.recv_from(&mut buf).expect("an answer from the cache");
+        let v = MessageView::parse(&buf[..n]).unwrap();
+        assert_eq!(
+            (v.code(), v.token(), v.payload()),
+            (code::CONTENT, &(100 + i as u16).to_be_bytes()[..], &b"21.5"[..])
+        );
+        assert_eq!(
+            cri::parse_reply_from(v.option(RF).unwrap()),
+            Some(member_addr)
+        );
+    }
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        if let Ok((n, _)) = member.recv_from(&mut buf) {
+            panic!("a fan-out reached the group again: {:?}", &buf[..n]);
+        }
+    }
+    let _ = stop.send(());
+    serving.join().unwrap();
+}
