@@ -705,7 +705,11 @@ fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
     run.listen = vec!["127.0.0.1:0".parse().unwrap()];
     run.state_dir = None;
     let proxy = groxy::runtime::Proxy::bind(run).unwrap();
-    assert_eq!(proxy.threads(), 2, "the cache no longer keeps the proxy on one");
+    assert_eq!(
+        proxy.threads(),
+        2,
+        "the cache no longer keeps the proxy on one"
+    );
     let listen = proxy.listen_addrs()[0];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = std::thread::spawn(move || {
@@ -770,7 +774,11 @@ fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
         let v = MessageView::parse(&buf[..n]).unwrap();
         assert_eq!(
             (v.code(), v.token(), v.payload()),
-            (code::CONTENT, &(100 + i as u16).to_be_bytes()[..], &b"21.5"[..])
+            (
+                code::CONTENT,
+                &(100 + i as u16).to_be_bytes()[..],
+                &b"21.5"[..]
+            )
         );
         assert_eq!(
             cri::parse_reply_from(v.option(RF).unwrap()),
@@ -785,4 +793,132 @@ fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
     }
     let _ = stop.send(());
     serving.join().unwrap();
+}
+
+// ---- Deterministic Requests (groupcomm-proxy §7.4.1) across threads ----
+
+mod det {
+    use super::*;
+    use common::Group;
+    use groxy::oscore::SecurityContext;
+    use groxy::proxy::{GroupSecurity, Policy};
+
+    const MEMBER: &[u8] = &[0x01];
+    const DEV1: &[u8] = &[0x0d];
+    const DEV2: &[u8] = &[0x0e];
+    const DET_KID: &[u8] = &[0xdc];
+    /// GET /hello (token 0xc3), what every member protects to the same bytes.
+    const GET_HELLO: &[u8] = &[
+        0x51, 0x01, 0xaa, 0x01, 0xc3, 0xb5, b'h', b'e', b'l', b'l', b'o',
+    ];
+
+    fn config(g: &Group) -> ProxyConfig {
+        let mut cfg = cache_config();
+        cfg.deterministic_kids = vec![Some(DET_KID.to_vec())];
+        cfg.groups[0].security = Some(GroupSecurity {
+            policy: Policy::Enforce,
+            checker: g.checker_config(),
+            member: None,
+            allow_kids: None,
+        });
+        cfg
+    }
+
+    /// The Deterministic Request for GET /hello (T' 5 s) from `port` into `e`: the
+    /// datagram to the group, if any.
+    fn request(g: &Group, e: &mut Engine, now: Instant, mid: u16, port: u16) -> Option<Vec<u8>> {
+        let ctx = SecurityContext::new(&g.config(MEMBER)).unwrap();
+        let (protected, _) = ctx
+            .protect_deterministic_request(GET_HELLO, DET_KID)
+            .unwrap();
+        let v = MessageView::parse(&protected).unwrap();
+        let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+        opts.push((opt::URI_HOST, b"224.0.1.187"));
+        opts.push((opt::PROXY_SCHEME, b"coap"));
+        opts.push((MT, &[5]));
+        let msg = build::encode(
+            NON,
+            v.code(),
+            mid,
+            &mid.to_be_bytes(),
+            &mut opts,
+            v.payload(),
+        );
+        let (tx, _) = feed(e, now, LISTENER, client(port), &msg);
+        to_group(&tx).first().map(|t| t.bytes.clone())
+    }
+
+    /// Server `ctx`'s genuine answer to the forwarded request `fwd`.
+    fn answer(ctx: &mut SecurityContext, fwd: &[u8], payload: &[u8]) -> Vec<u8> {
+        let (_, mut det) = ctx.unprotect_deterministic_request(fwd, DET_KID).unwrap();
+        let token = MessageView::parse(fwd).unwrap().token().to_vec();
+        let plain = build::encode(NON, 0x45, 1, &token, &mut [], payload);
+        ctx.protect_deterministic_response(&plain, &mut det)
+            .unwrap()
+    }
+
+    fn stored(ev: &[Event]) -> usize {
+        cache_events(ev)
+            .iter()
+            .filter(|e| **e == CacheEvent::Stored)
+            .count()
+    }
+
+    /// groupcomm-proxy §7.4.1: every Deterministic Request has Partial IV 0, so a server's
+    /// older answer replayed into a later exchange verifies again. The newest Partial IV
+    /// stored per server is the proxy's (in the shared store): answers thread A stored,
+    /// replayed into thread B's exchange once they went stale, verify and are relayed
+    /// but not stored again (they would bring old content back as fresh); thread B's
+    /// request stays a miss. Unshared, thread B stores the replays.
+    #[test]
+    fn s7_4_1_an_answer_stored_via_one_thread_replayed_at_another_is_not_stored_again() {
+        for share in [true, false] {
+            let g = Group::new(&[MEMBER, DEV1, DEV2]);
+            let mut devs = [
+                SecurityContext::new(&g.config(DEV1)).unwrap(),
+                SecurityContext::new(&g.config(DEV2)).unwrap(),
+            ];
+            let now = Instant::now();
+            let (mut a, mut b) = if share {
+                pair(&config(&g), now)
+            } else {
+                apart(&config(&g), now)
+            };
+            let fwd = request(&g, &mut a, now, 1, AT_A).expect("forwarded");
+            let old: Vec<Vec<u8>> = devs
+                .iter_mut()
+                .zip([&b"old 1"[..], b"old 2"])
+                .map(|(d, p)| answer(d, &fwd, p))
+                .collect();
+            for (i, o) in [1u8, 2].into_iter().zip(&old) {
+                let (_, ev) = feed(&mut a, now, Link::Group(0, 0), device(i), o);
+                assert_eq!(stored(&ev), 1);
+            }
+            // Stale after the default 60 s; thread B's request goes to the group.
+            let t = now + Duration::from_secs(66);
+            advance(&mut a, t);
+            let fwd = request(&g, &mut b, t, 2, AT_B).expect("stale: forwarded");
+            let tok = MessageView::parse(&fwd).unwrap().token().to_vec();
+            let mut again = 0;
+            for (i, o) in [1u8, 2].into_iter().zip(&old) {
+                let v = MessageView::parse(o).unwrap();
+                let mut opts: Vec<(u16, &[u8])> = v.options().collect();
+                let replay = build::encode(NON, v.code(), 9, &tok, &mut opts, v.payload());
+                let (tx, ev) = feed(&mut b, t, Link::Group(0, 0), device(i), &replay);
+                assert_eq!(to_client(&tx, AT_B).len(), 1, "verifies: relayed");
+                again += stored(&ev);
+            }
+            if share {
+                assert_eq!(again, 0, "not stored again by thread B");
+                let t = t + Duration::from_secs(5);
+                advance(&mut b, t);
+                assert!(
+                    request(&g, &mut a, t, 3, AT_A).is_some(),
+                    "the replays refreshed nothing: still a miss"
+                );
+            } else {
+                assert_eq!(again, 2, "unshared: thread B stores the replays");
+            }
+        }
+    }
 }
