@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -174,12 +175,16 @@ pub(crate) struct Store {
     /// and from then on seen by every engine.
     max_entries: usize,
     max_bytes: usize,
+    /// `stored` and `bytes` as of the last update, readable without the lock: the
+    /// metrics read them after every datagram on every thread (`Engine::cache_usage`).
+    usage: Arc<[AtomicUsize; 2]>,
 }
 
 /// An engine's own part of the cache: what belongs to its exchanges in flight and to
 /// the request it is handling (the store is the proxy's).
 pub(super) struct Cache {
     store: Arc<Mutex<Store>>,
+    usage: Arc<[AtomicUsize; 2]>,
     /// By the proxy's token; bounded by the exchange table (removed at close).
     filling: HashMap<u64, Filling>,
     /// The answer to the request being handled when the cache gave it (piggybacked or a
@@ -204,7 +209,14 @@ impl Store {
             det_pivs: HashMap::default(),
             max_entries,
             max_bytes,
+            usage: Arc::default(),
         }
+    }
+
+    /// Makes the counts readable without the lock (after every change of them).
+    fn publish(&self) {
+        self.usage[0].store(self.stored, Ordering::Relaxed);
+        self.usage[1].store(self.bytes, Ordering::Relaxed);
     }
 
     fn touch(&mut self, key: &Key) {
@@ -303,8 +315,10 @@ fn lock(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
 
 impl Cache {
     pub(super) fn new(store: Arc<Mutex<Store>>) -> Self {
+        let usage = lock(&store).usage.clone();
         Cache {
             store,
+            usage,
             filling: HashMap::default(),
             reply: None,
             deferred: Vec::new(),
@@ -795,6 +809,7 @@ impl Engine {
         // stored for that server is no longer current.
         let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0) else {
             c.forget(&key, from);
+            c.publish();
             return Some(None);
         };
         drop(st);
@@ -850,6 +865,7 @@ impl Engine {
         c.touch(&key);
         // The bounds are the proxy's: what every thread stored counts.
         let evicted = c.evict(Some(&key));
+        c.publish();
         drop(st);
         self.emit(Event::Cache {
             group,
@@ -881,6 +897,7 @@ impl Engine {
         } else {
             st.clear()
         };
+        st.publish();
         drop(st);
         if !self.cfg.cache.enabled {
             self.cache.filling.clear();
@@ -910,10 +927,11 @@ impl Engine {
     }
 
     /// Stored responses and their bytes, for the metrics.
-    /// Of the whole proxy (the store every thread shares).
+    /// Of the whole proxy (the store every thread shares), as of its last update; no
+    /// lock taken.
     pub fn cache_usage(&self) -> (usize, usize) {
-        let st = lock(&self.cache.store);
-        (st.stored, st.bytes)
+        let u = &self.cache.usage;
+        (u[0].load(Ordering::Relaxed), u[1].load(Ordering::Relaxed))
     }
 }
 
