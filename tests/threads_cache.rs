@@ -922,3 +922,140 @@ mod det {
         }
     }
 }
+
+/// groupcomm-proxy §6.2 with `[proxy] threads = 2` on loopback: the group's one member
+/// answers a group request to the reverse-proxied resource `lights` (the proxy standing
+/// in for the servers); a follow-up naming it (Uri-Host, Uri-Port: the CRI reference's
+/// authority) from each of 48 other client ports, which the kernel spreads over both
+/// threads, reaches the member whichever thread received it (none gets 4.04).
+#[test]
+fn s6_2_two_threads_on_loopback_forward_every_follow_up_to_the_server() {
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    let port = common::free_port();
+    let b = (std::process::id() % 200) as u8 + 10;
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 79, b), port);
+    let member = loopback_member(group);
+    let mut run = groxy::settings::load_default().run;
+    run.proxy.groups[0].addr = SocketAddr::V4(group);
+    run.proxy.limits.egress_ports = 1;
+    run.proxy.threads = 2;
+    run.proxy.unicast.enabled = false;
+    run.proxy.reverse = vec![ReverseSpec {
+        host: None,
+        path: vec!["lights".into()],
+        group: 0,
+        stand_in: StandIn::Servers {
+            advertise: ADVERTISE.parse().unwrap(),
+            pool: Vec::new(),
+            max_servers: 16,
+            server_lifetime: Duration::from_secs(3600),
+        },
+    }];
+    run.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    run.state_dir = None;
+    let proxy = groxy::runtime::Proxy::bind(run).unwrap();
+    assert_eq!(
+        proxy.threads(),
+        2,
+        "stand_in = servers no longer keeps one thread"
+    );
+    let listen = proxy.listen_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(proxy.run(async move {
+                let _ = stopped.await;
+            }))
+            .unwrap();
+    });
+    let client = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        s
+    };
+    let first = client();
+    let mt = opt::uint_value(1);
+    let m = build::encode(
+        NON,
+        code::GET,
+        1,
+        b"g1",
+        &mut [
+            (opt::URI_PATH, &b"lights"[..]),
+            (opt::URI_PATH, b"temp"),
+            (MT, &mt),
+        ],
+        &[],
+    );
+    first.send_to(&m, listen).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, egress) = member.recv_from(&mut buf).expect("the fan-out");
+    let fwd = MessageView::parse(&buf[..n]).unwrap();
+    let r = build::encode(NON, code::CONTENT, 0x4242, fwd.token(), &mut [], b"21.5");
+    member.send_to(&r, egress).unwrap();
+    let (n, _) = first.recv_from(&mut buf).expect("the relayed response");
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let rf = MessageView::parse(&buf[..n])
+        .unwrap()
+        .option(RF)
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        cri::parse_reply_from_pair(&rf),
+        Some((ADVERTISE.parse().unwrap(), Some(server)))
+    );
+
+    let clients: Vec<UdpSocket> = (0..48).map(|_| client()).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(&follow_up(100 + i as u16, server), listen)
+            .unwrap();
+    }
+    let mut reached = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_millis(1500);
+    member
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while Instant::now() < until && reached.len() < 48 {
+        if let Ok((n, from)) = member.recv_from(&mut buf) {
+            let v = MessageView::parse(&buf[..n]).unwrap();
+            assert_eq!(v.option(opt::URI_PATH), Some(&b"r1"[..]));
+            // Each exchange's own token (a retransmission repeats it).
+            reached.insert(v.token().to_vec());
+            let ack = build::encode(
+                groxy::coap::build::ACK,
+                code::CONTENT,
+                v.message_id(),
+                v.token(),
+                &mut [],
+                b"ok",
+            );
+            member.send_to(&ack, from).unwrap();
+        }
+    }
+    assert_eq!(reached.len(), 48, "every follow-up reached the server");
+    for (i, c) in clients.iter().enumerate() {
+        // An empty ACK of the proxy's may come first (the answer then comes separately).
+        let v = loop {
+            let (n, _) = c.recv_from(&mut buf).expect("the server's answer");
+            let v = MessageView::parse(&buf[..n]).unwrap();
+            if v.code() != code::EMPTY {
+                break v;
+            }
+        };
+        assert_eq!(
+            (v.code(), v.token(), v.payload()),
+            (
+                code::CONTENT,
+                &(100 + i as u16).to_be_bytes()[..],
+                &b"ok"[..]
+            ),
+            "no thread answered 4.04"
+        );
+    }
+    let _ = stop.send(());
+    serving.join().unwrap();
+}
