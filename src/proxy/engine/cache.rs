@@ -926,9 +926,8 @@ impl Engine {
         }
     }
 
-    /// Stored responses and their bytes, for the metrics.
-    /// Of the whole proxy (the store every thread shares), as of its last update; no
-    /// lock taken.
+    /// Stored responses and their bytes, for the metrics: of the whole proxy (the store
+    /// every thread shares), as of its last update, read without the store's lock.
     pub fn cache_usage(&self) -> (usize, usize) {
         let u = &self.cache.usage;
         (u[0].load(Ordering::Relaxed), u[1].load(Ordering::Relaxed))
