@@ -10,7 +10,9 @@
 //!
 //! The client rotates over 64 source ports and the Message IDs of each in turn, so that
 //! none is reused within its lifetime (RFC 7252 §4.4). After criterion's runs, each path
-//! is timed request by request (10,000 each) for p50 and p99.
+//! runs on one and on two engines sharing one store (`[proxy] threads`, a thread each,
+//! 20,000 requests each: requests/s and the ratio, where contention on the store's lock
+//! would show), then is timed request by request (10,000 each) for p50 and p99.
 //!
 //! Run: `cargo bench --bench cache`. Figures from a shared machine vary with its load.
 
@@ -22,7 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use groxy::coap::MessageView;
 use groxy::coap::build::{self, NON, code};
 use groxy::coap::options as opt;
-use groxy::proxy::{Engine, GroupCache, Link, Output, ProxyConfig};
+use groxy::proxy::{Engine, GroupCache, Link, Output, ProxyConfig, Shared};
 
 fn device(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 10 + i], 5683))
@@ -38,6 +40,11 @@ struct Run {
 
 impl Run {
     fn new(hit: bool) -> Self {
+        Self::with(hit, None)
+    }
+
+    /// `shared`: the engine of one of several forwarding threads, sharing the store.
+    fn with(hit: bool, shared: Option<Shared>) -> Self {
         let mut cfg = ProxyConfig::default();
         cfg.limits.client_rate = 1e12;
         cfg.limits.client_burst = 1e12;
@@ -49,7 +56,13 @@ impl Run {
         }];
         let now = Instant::now();
         let mut r = Run {
-            engine: Engine::new(cfg, now, 42).unwrap(),
+            engine: match shared {
+                Some(sh) => {
+                    let seed = 42 + sh.index().0 as u64;
+                    Engine::with_shared(cfg, now, seed, sh).unwrap()
+                }
+                None => Engine::new(cfg, now, 42).unwrap(),
+            },
             now,
             n: 0,
             hit,
@@ -163,6 +176,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| black_box(r.request())));
     }
     g.finish();
+    shared_store();
     for (name, hit) in [("hit", true), ("miss", false)] {
         let (p50, p99) = percentiles(hit);
         println!(
@@ -170,6 +184,52 @@ fn bench(c: &mut Criterion) {
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6,
             1.0 / p50.as_secs_f64()
+        );
+    }
+}
+
+/// Requests/s of `threads` engines sharing one store (`[proxy] threads`, issue 14), each
+/// on a thread of its own, `n` requests each: every hit and every store takes the
+/// store's one lock, so this is where contention on it would show.
+/// `share` false: engines that share nothing (each its own store), the machine's own
+/// scaling to compare with.
+fn threaded(hit: bool, threads: usize, n: usize, share: bool) -> f64 {
+    let shared = Shared::new(threads, *b"cache bench key!");
+    let runs: Vec<Run> = (0..threads)
+        .map(|t| Run::with(hit, share.then(|| shared.thread(t))))
+        .collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = runs
+        .into_iter()
+        .map(|mut r| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                for _ in 0..n {
+                    black_box(r.request());
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    let t = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    (threads * n) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The shared store under two threads against one, side by side.
+fn shared_store() {
+    for (name, hit) in [("hit", true), ("miss", false)] {
+        let one = threaded(hit, 1, 20_000, true);
+        let two = threaded(hit, 2, 20_000, true);
+        let apart = threaded(hit, 2, 20_000, false);
+        println!(
+            "cache/{name} shared store: 1 thread {one:.0} requests/s, 2 threads {two:.0} \
+             requests/s ({:.2}x); 2 engines sharing nothing {apart:.0} requests/s ({:.2}x)",
+            two / one,
+            apart / one
         );
     }
 }

@@ -10,6 +10,11 @@
 //!   held, in all and per client (`observe.max_observations`, `observe.max_per_client`);
 //! * the token key, with each thread issuing from its own part of the counter space, so
 //!   that no two threads ever give out the same token (RFC 10020 §3.1.5).
+//! * the response cache's store (groupcomm-proxy §7: a response stored from one
+//!   thread's exchange serves a request another thread receives; `max_entries` and
+//!   `max_bytes` bound the proxy) and, per group, the servers a reverse-proxy resource
+//!   stands in for (§6.2: a follow-up reaching another thread finds the server, under
+//!   the same pool slot); what is tied to one exchange in flight stays per engine.
 //!
 //! Deduplication, Message IDs, pending retransmissions and the observations themselves
 //! (with their notification rate buckets) stay per thread:
@@ -28,10 +33,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use subtle::ConstantTimeEq;
 
+use super::engine::{CacheStore, Servers};
 use super::tables::Bucket;
 use crate::oscore::SecurityContext;
 use crate::oscore::SharedWindows;
@@ -61,6 +67,12 @@ struct Inner {
     /// `max_observations`, `max_per_client`); an entry only while its client holds one.
     observations: Mutex<(usize, HashMap<IpAddr, usize, foldhash::fast::RandomState>)>,
     members: Members,
+    // -- The response cache's store and the reverse-proxy stand-in servers (issue 14
+    // point 2): created by the first engine built on this `Shared`, then the same
+    // `Arc` for every engine (see `Shared::cache_store`, `Shared::reverse_servers`).
+    cache: OnceLock<Arc<Mutex<CacheStore>>>,
+    reverse_servers: OnceLock<Arc<Mutex<Vec<Servers>>>>,
+    // -- end of the cache and reverse-proxy block.
 }
 
 /// The state the engines of one proxy share, and which of them this handle is for: give
@@ -91,6 +103,8 @@ impl Shared {
                 exchanges: AtomicUsize::new(0),
                 observations: Mutex::new((0, HashMap::default())),
                 members: Members::default(),
+                cache: OnceLock::new(),
+                reverse_servers: OnceLock::new(),
             }),
             thread: 0,
         }
@@ -177,6 +191,38 @@ impl Shared {
                 o.1.remove(&client);
             }
         }
+    }
+
+    // -- The response cache and the reverse-proxy stand-in servers (issue 14 point 2).
+
+    /// The response cache's store (entries, LRU order, counts, bounds, Group-ETags),
+    /// one for the proxy: a response stored by one thread serves a request another
+    /// thread receives (groupcomm-proxy §7), and `max_entries`/`max_bytes` bound the
+    /// whole proxy. `init` makes it for the first engine asking; later engines get
+    /// the same store (one `Mutex`: see the README's threading section for why).
+    pub(crate) fn cache_store(&self, init: impl FnOnce() -> CacheStore) -> Arc<Mutex<CacheStore>> {
+        self.inner
+            .cache
+            .get_or_init(|| Arc::new(Mutex::new(init())))
+            .clone()
+    }
+
+    /// The servers each group's reverse-proxy resources stand in for (groupcomm-proxy
+    /// §6.1, §6.2), one table per group for the proxy, at least `groups` long: a
+    /// follow-up reaching any thread finds the server another thread's group request
+    /// heard from, under the same pool slot.
+    pub(crate) fn reverse_servers(&self, groups: usize) -> Arc<Mutex<Vec<Servers>>> {
+        let table = self
+            .inner
+            .reverse_servers
+            .get_or_init(Default::default)
+            .clone();
+        let mut t = lock(&table);
+        if t.len() < groups {
+            t.resize_with(groups, Servers::default);
+        }
+        drop(t);
+        table
     }
 }
 

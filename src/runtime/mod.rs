@@ -170,18 +170,7 @@ impl Proxy {
     /// one cannot be had.
     pub fn bind(cfg: RunConfig) -> io::Result<Self> {
         let lock = cfg.state_dir.as_deref().map(lock_state_dir).transpose()?;
-        let mut threads = cfg.proxy.threads.max(1);
-        if threads > 1
-            && let Some(reason) = single_thread_reason(&cfg.proxy)
-        {
-            tracing::warn!(
-                event = "threads_limited",
-                threads = 1,
-                asked = threads,
-                reason
-            );
-            threads = 1;
-        }
+        let threads = cfg.proxy.threads.max(1);
         let shared = (threads > 1)
             .then(|| {
                 let mut key = [0u8; 16];
@@ -230,8 +219,7 @@ impl Proxy {
         self.workers[0].group_addr(group)
     }
 
-    /// How many forwarding threads serve (`[proxy] threads`, 1 while state that is not
-    /// shared yet needs one, see `single_thread_reason`).
+    /// How many forwarding threads serve (`[proxy] threads`).
     pub fn threads(&self) -> usize {
         self.workers.len()
     }
@@ -433,25 +421,6 @@ fn checked_groups(cfg: &ProxyConfig) -> Vec<bool> {
                 .is_some_and(|s| s.policy != crate::proxy::Policy::Off)
         })
         .collect()
-}
-
-/// Why `cfg` needs a single forwarding thread, if it does: state that must be one for the
-/// whole proxy but is not in [`crate::proxy::Shared`] yet. Each thread would otherwise
-/// keep its own: the response cache (a read stored by one thread would multicast again from
-/// another, and Group-ETags would differ by thread), and the servers a reverse-proxy
-/// resource stands in for (a follow-up reaching another thread would get 4.04).
-fn single_thread_reason(cfg: &ProxyConfig) -> Option<&'static str> {
-    if cfg.cache.enabled {
-        Some("the response cache is on")
-    } else if cfg
-        .reverse
-        .iter()
-        .any(|r| matches!(r.stand_in, crate::proxy::StandIn::Servers { .. }))
-    {
-        Some("a reverse-proxy resource stands in for the servers")
-    } else {
-        None
-    }
 }
 
 type SharedObserver = std::sync::Arc<std::sync::Mutex<Box<dyn Observer>>>;
@@ -697,14 +666,6 @@ impl Worker {
         let result = r.and_then(|cfg| {
             if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
                 return Err("listeners or state_dir changed: restart to apply".into());
-            }
-            if self.thread.1 > 1
-                && let Some(reason) = single_thread_reason(&cfg.proxy)
-            {
-                return Err(format!(
-                    "{reason}, which needs one forwarding thread, while several forward: \
-                     restart to apply (it then runs one thread)"
-                ));
             }
             // A group whose checking starts now (its policy was off) takes back the
             // windows recorded for it, as at start; keying material that went back is

@@ -30,6 +30,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::filter::Storable;
@@ -65,8 +67,10 @@ pub(super) enum To {
 /// that are part of the key (number, length, value each) and the payload.
 pub(super) type Key = (To, Vec<u8>);
 
-/// One server's stored response.
-#[derive(Debug)]
+/// One server's stored response. Held by `Arc` (`Entry::responses`), so that serving
+/// it takes a reference count under the store's lock, and the copies toward the client
+/// are made after the lock is released.
+#[derive(Debug, Clone)]
 struct Stored {
     server: SocketAddr,
     code: u8,
@@ -82,9 +86,10 @@ struct Stored {
 
 impl Stored {
     /// How long it stays fresh from `now`; None: stale.
+    /// On an engine whose `now` is earlier than `at` (see [`Store`]), as just stored.
     fn left(&self, now: Instant) -> Option<Duration> {
         let end = self.at + self.max_age;
-        (end > now).then(|| end - now)
+        (end > now).then(|| (end - now).min(self.max_age))
     }
 
     fn etag(&self) -> Option<&[u8]> {
@@ -101,7 +106,7 @@ impl Stored {
 
 #[derive(Debug)]
 struct Entry {
-    responses: Vec<Stored>,
+    responses: Vec<Arc<Stored>>,
     /// Its position in `Cache::lru`.
     used: u64,
     /// The Group-ETag of the set (§7.3): changed whenever a response of the set changes.
@@ -133,19 +138,55 @@ pub(super) enum Relay {
     Nothing,
 }
 
-/// The cache's state (bounds in `ProxyConfig::cache`).
-pub(super) struct Cache {
+/// The store of the cache, one for the whole proxy (`Shared::cache_store`): every
+/// forwarding thread serves from and stores into it, so that a response stored from an
+/// exchange of one thread answers a request another thread receives (§7), and its
+/// bounds (`max_entries`, `max_bytes`) hold for the proxy. Behind one `Mutex`, taken for
+/// lookups and updates only: nothing slow (no signature check, no relaying, no encoding
+/// of a response toward a client) happens while it is held.
+///
+/// The time of an entry is the `now` of the engine that stored or revalidated it. The
+/// engines of a proxy take their `now` from the same clock (the runtime's monotonic
+/// clock), so the one `Instant` means the same moment on every thread; where an engine's
+/// `now` is earlier than an entry's (engines given different clocks, as tests may), the
+/// entry counts as just stored there: never fresher than the Max-Age it was stored with
+/// (RFC 7252 §5.6.1), and stale once that engine's clock passes `at + max_age`.
+#[derive(Debug)]
+pub(crate) struct Store {
     entries: HashMap<Key, Entry>,
     /// Least recently used first.
     lru: BTreeMap<u64, Key>,
     tick: u64,
     bytes: usize,
     stored: usize,
+    /// The next Group-ETag value: from the seed of the first engine, so that a restarted
+    /// proxy does not give a different set a value a client still holds; one counter for
+    /// the proxy, so that two threads never give two sets the same value.
+    next_etag: u64,
+    /// The newest verified Partial IV stored from each server of a group's Deterministic
+    /// Requests, by (group, Gid, kid): every such request has Partial IV 0, so a server's
+    /// older answer replayed into a later exchange verifies again, and stored it would
+    /// bring old content back (or keep it fresh past its Max-Age). At most
+    /// `max_entries` servers; past it a new server's answers are not stored. In the
+    /// store, so that a replay reaching another thread is known there too.
+    det_pivs: HashMap<(usize, Vec<u8>, Vec<u8>), u64>,
+    /// The bounds in force (`[cache] max_entries`, `max_bytes`), for the whole proxy: set
+    /// when the store is made and by the first engine applying a reload (`cache_resize`),
+    /// and from then on seen by every engine.
+    max_entries: usize,
+    max_bytes: usize,
+    /// `stored` and `bytes` as of the last update, readable without the lock: the
+    /// metrics read them after every datagram on every thread (`Engine::cache_usage`).
+    usage: Arc<[AtomicUsize; 2]>,
+}
+
+/// An engine's own part of the cache: what belongs to its exchanges in flight and to
+/// the request it is handling (the store is the proxy's).
+pub(super) struct Cache {
+    store: Arc<Mutex<Store>>,
+    usage: Arc<[AtomicUsize; 2]>,
     /// By the proxy's token; bounded by the exchange table (removed at close).
     filling: HashMap<u64, Filling>,
-    /// The next Group-ETag value: from the engine's seed, so that a restarted proxy does
-    /// not give a different set a value a client still holds.
-    next_etag: u64,
     /// The answer to the request being handled when the cache gave it (piggybacked or a
     /// NON, as any local reply), and the set's further responses, sent after it.
     pub(super) reply: Option<Local>,
@@ -154,29 +195,28 @@ pub(super) struct Cache {
     /// (groupcomm-proxy §6.1): its Reply-From names the proxy, which the stored responses
     /// (made with the servers' Reply-From) cannot, so they are stored but not served.
     pub(super) stand_in: bool,
-    /// The newest verified Partial IV stored from each server of a group's Deterministic
-    /// Requests, by (group, Gid, kid): every such request has Partial IV 0, so a server's
-    /// older answer replayed into a later exchange verifies again, and stored it would
-    /// bring old content back (or keep it fresh past its Max-Age). At most
-    /// `max_entries` servers; past it a new server's answers are not stored.
-    det_pivs: HashMap<(usize, Vec<u8>, Vec<u8>), u64>,
 }
 
-impl Cache {
-    pub(super) fn new(etag_seed: u64) -> Self {
-        Cache {
+impl Store {
+    pub(super) fn new(etag_seed: u64, max_entries: usize, max_bytes: usize) -> Self {
+        Store {
             entries: HashMap::default(),
             lru: BTreeMap::new(),
             tick: 0,
             bytes: 0,
             stored: 0,
-            filling: HashMap::default(),
             next_etag: etag_seed,
-            reply: None,
-            deferred: Vec::new(),
-            stand_in: false,
             det_pivs: HashMap::default(),
+            max_entries,
+            max_bytes,
+            usage: Arc::default(),
         }
+    }
+
+    /// Makes the counts readable without the lock (after every change of them).
+    fn publish(&self) {
+        self.usage[0].store(self.stored, Ordering::Relaxed);
+        self.usage[1].store(self.bytes, Ordering::Relaxed);
     }
 
     fn touch(&mut self, key: &Key) {
@@ -202,10 +242,88 @@ impl Cache {
             self.lru.remove(&e.used);
         }
         for s in &e.responses {
-            self.bytes -= s.size;
+            self.bytes = self.bytes.saturating_sub(s.size);
         }
-        self.stored -= e.responses.len();
+        self.stored = self.stored.saturating_sub(e.responses.len());
         e.responses.len()
+    }
+
+    /// Forgets what `server` has stored under `key`.
+    fn forget(&mut self, key: &Key, server: SocketAddr) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        if let Some(i) = e.responses.iter().position(|s| s.server == server) {
+            let old = e.responses.swap_remove(i);
+            self.bytes = self.bytes.saturating_sub(old.size);
+            self.stored = self.stored.saturating_sub(1);
+            e.group_etag = self.next_etag.wrapping_add(1);
+            self.next_etag = e.group_etag;
+        }
+        if e.responses.is_empty() {
+            self.remove(key);
+        }
+    }
+
+    /// Evicts least recently used entries until the bounds hold; `keep` goes last. The
+    /// group (None: an origin) of each response evicted, for the events.
+    fn evict(&mut self, keep: Option<&Key>) -> Vec<Option<usize>> {
+        let mut evicted = Vec::new();
+        while self.stored > self.max_entries || self.bytes > self.max_bytes {
+            let lru = &self.lru;
+            let victim = lru
+                .iter()
+                .find(|(_, k)| Some(*k) != keep)
+                .or_else(|| lru.iter().next())
+                .map(|(t, _)| *t);
+            // Out of the LRU first, so that every turn of the loop shrinks it.
+            let Some(k) = victim.and_then(|t| self.lru.remove(&t)) else {
+                break;
+            };
+            let n = self.remove(&k);
+            evicted.extend(std::iter::repeat_n(group_of(&k), n));
+        }
+        evicted
+    }
+
+    /// Empties the store (the cache turned off): the group of each response removed.
+    fn clear(&mut self) -> Vec<Option<usize>> {
+        let keys: Vec<Key> = self.lru.values().cloned().collect();
+        let mut removed = Vec::new();
+        for k in keys {
+            let n = self.remove(&k);
+            removed.extend(std::iter::repeat_n(group_of(&k), n));
+        }
+        self.det_pivs.clear();
+        removed
+    }
+}
+
+/// The group an entry's request went to; None for an origin.
+fn group_of(key: &Key) -> Option<usize> {
+    match key.0 {
+        To::Group(g) => Some(g),
+        To::Origin(_) => None,
+    }
+}
+
+/// The store's lock. A poisoned one guards a store whose counts are whole between two
+/// updates (they only ever move with saturating steps): still sound to use.
+fn lock(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Cache {
+    pub(super) fn new(store: Arc<Mutex<Store>>) -> Self {
+        let usage = lock(&store).usage.clone();
+        Cache {
+            store,
+            usage,
+            filling: HashMap::default(),
+            reply: None,
+            deferred: Vec::new(),
+            stand_in: false,
+        }
     }
 }
 
@@ -297,7 +415,8 @@ impl Engine {
             return false;
         }
         let now = self.now;
-        let Some(e) = self.cache.entries.get(key) else {
+        let mut st = lock(&self.cache.store);
+        let Some(e) = st.entries.get(key) else {
             return false;
         };
         // The set J (§7.3), in the order of the configured members; complete or nothing.
@@ -305,14 +424,17 @@ impl Engine {
         for m in &members {
             match e.responses.iter().find(|s| s.server == *m) {
                 Some(s) => match s.left(now) {
-                    Some(left) => set.push((s, left)),
+                    Some(left) => set.push((s.clone(), left)),
                     None => return false,
                 },
                 None => return false,
             }
         }
-        let ge_no = self.cfg.options.group_etag;
         let ge = e.group_etag.to_be_bytes().to_vec();
+        st.touch(key);
+        // The answers are made without the store.
+        drop(st);
+        let ge_no = self.cfg.options.group_etag;
         let shortest = set.iter().map(|(_, l)| *l).min().unwrap_or_default();
         let matched = view
             .options()
@@ -344,7 +466,6 @@ impl Engine {
                 });
             }
         }
-        self.cache.touch(key);
         let mut answers = answers.into_iter();
         self.cache.reply = answers.next();
         self.cache.deferred.extend(answers);
@@ -372,31 +493,32 @@ impl Engine {
         let mut found = None;
         let candidates = std::iter::once(key.clone())
             .chain((0..self.cfg.groups.len()).map(|g| (To::Group(g), key.1.clone())));
+        let mut st = lock(&self.cache.store);
         for k in candidates {
-            if let Some(e) = self.cache.entries.get(&k)
+            if let Some(e) = st.entries.get(&k)
                 && let Some(s) = e
                     .responses
                     .iter()
                     .find(|s| s.server == origin && s.left(now).is_some())
             {
-                let mut options = s.options.clone();
-                options.push((opt::MAX_AGE, max_age(s.left(now).unwrap_or_default())));
-                options.sort_by_key(|(n, _)| *n);
-                found = Some((
-                    k,
-                    Local {
-                        code: s.code,
-                        options,
-                        payload: s.payload.clone(),
-                    },
-                ));
+                found = Some((k, s.clone()));
                 break;
             }
         }
-        let Some((k, local)) = found else {
+        let Some((k, s)) = found else {
             return false;
         };
-        self.cache.touch(&k);
+        st.touch(&k);
+        // The answer is made without the store.
+        drop(st);
+        let mut options = s.options.clone();
+        options.push((opt::MAX_AGE, max_age(s.left(now).unwrap_or_default())));
+        options.sort_by_key(|(n, _)| *n);
+        let local = Local {
+            code: s.code,
+            options,
+            payload: s.payload.clone(),
+        };
         self.cache.reply = Some(local);
         self.emit(Event::Cache {
             group: None,
@@ -412,7 +534,8 @@ impl Engine {
         let (Some(key), None) = (key, view.option(opt::ETAG)) else {
             return Vec::new();
         };
-        let Some(e) = self.cache.entries.get(key) else {
+        let st = lock(&self.cache.store);
+        let Some(e) = st.entries.get(key) else {
             return Vec::new();
         };
         let mut etags: Vec<Vec<u8>> = Vec::new();
@@ -442,14 +565,12 @@ impl Engine {
         revalidating: bool,
         timeout: std::time::Duration,
     ) {
-        let group = match key.0 {
-            To::Group(g) => Some(g),
-            To::Origin(_) => None,
-        };
+        let group = group_of(&key);
         let (mut now_, mut waiting) = (Vec::new(), Vec::new());
+        let st = lock(&self.cache.store);
         if group.is_some()
             && !self.cache.stand_in
-            && let Some(e) = self.cache.entries.get(&key)
+            && let Some(e) = st.entries.get(&key)
         {
             for s in &e.responses {
                 match s.left(self.now) {
@@ -459,6 +580,7 @@ impl Engine {
                 }
             }
         }
+        drop(st);
         self.emit(Event::Cache {
             group,
             what: CacheEvent::Miss,
@@ -493,12 +615,16 @@ impl Engine {
     /// exchange `token` (with its Reply-From and Max-Age aged, as any relayed response).
     fn cache_relay_stored(&mut self, token: u64, key: &Key, server: SocketAddr) {
         let now = self.now;
-        let Some(s) = self
-            .cache
+        let st = lock(&self.cache.store);
+        let found = st
             .entries
             .get(key)
             .and_then(|e| e.responses.iter().find(|s| s.server == server))
-        else {
+            .cloned();
+        // Encoding and relaying (protection toward the client included) happen without
+        // the store.
+        drop(st);
+        let Some(s) = found else {
             return;
         };
         let Some(left) = s.left(now) else {
@@ -564,21 +690,22 @@ impl Engine {
     /// already stored (the same Partial IV) or of an older one is not stored again.
     /// Answers to different requests reordered on the way lose a store, never more.
     fn det_newer(&mut self, g: usize, gid: Vec<u8>, kid: Vec<u8>, piv: u64) -> bool {
-        let bound = self.cfg.cache.max_entries;
+        let mut st = lock(&self.cache.store);
+        let bound = st.max_entries;
         let key = (g, gid, kid);
-        if self.cache.det_pivs.len() >= bound && !self.cache.det_pivs.contains_key(&key) {
+        if st.det_pivs.len() >= bound && !st.det_pivs.contains_key(&key) {
             // Full: first forget the servers of epochs no checker accepts any more (a
             // rekeyed group's old Gid), whose answers can no longer verify, so that
-            // rekeys alone never fill the table.
+            // rekeys alone never fill the table. (A field read per entry: no check.)
             let checkers = &self.checkers;
-            self.cache.det_pivs.retain(|(h, gid, _), _| {
+            st.det_pivs.retain(|(h, gid, _), _| {
                 checkers
                     .get(*h)
                     .and_then(Option::as_ref)
                     .is_some_and(|c| c.has_epoch(gid))
             });
         }
-        let pivs = &mut self.cache.det_pivs;
+        let pivs = &mut st.det_pivs;
         let full = pivs.len() >= bound;
         match pivs.get_mut(&key) {
             Some(top) if *top >= piv => false,
@@ -606,10 +733,7 @@ impl Engine {
             return Some(None);
         };
         let (key, revalidating) = (f.key.clone(), f.revalidating);
-        let group = match key.0 {
-            To::Group(g) => Some(g),
-            To::Origin(_) => None,
-        };
+        let group = group_of(&key);
         if view.option(opt::OBSERVE).is_some() {
             return Some(None);
         }
@@ -627,21 +751,26 @@ impl Engine {
             let new_age = max_age_of(view)
                 .unwrap_or(DEFAULT_MAX_AGE)
                 .min(self.cfg.cache.max_age);
-            let e = self.cache.entries.get_mut(&key)?;
+            let mut st = lock(&self.cache.store);
+            let e = st.entries.get_mut(&key)?;
             let s = e
                 .responses
                 .iter_mut()
                 .find(|s| s.server == from && s.etag() == Some(etag))?;
             // RFC 7252 §5.9.1.3: the stored response is fresh again, with the 2.03's
-            // Max-Age; its content is unchanged, and so is the set's Group-ETag.
-            s.at = now;
-            s.max_age = new_age;
+            // Max-Age; its content is unchanged, and so is the set's Group-ETag. (A copy
+            // only where another thread is serving the old one at this moment.)
+            let fresh = Arc::make_mut(s);
+            fresh.at = now;
+            fresh.max_age = new_age;
+            let s = s.clone();
+            st.touch(&key);
+            drop(st);
             let mut opts: Vec<(u16, &[u8])> =
                 s.options.iter().map(|(n, v)| (*n, v.as_slice())).collect();
             let age = uint_value(new_age.as_secs().min(u32::MAX as u64) as u32);
             opts.push((opt::MAX_AGE, &age));
             let bytes = build::encode(NON, s.code, 0, view.token(), &mut opts, &s.payload);
-            self.cache.touch(&key);
             self.emit(Event::Cache {
                 group,
                 what: CacheEvent::Revalidated,
@@ -659,6 +788,7 @@ impl Engine {
                 return Some(None);
             }
         }
+        // The stored response is made before the store is locked.
         let rf_no = self.cfg.options.reply_from;
         let options: Vec<(u16, Vec<u8>)> = view
             .options()
@@ -672,48 +802,18 @@ impl Engine {
             + key.1.len()
             + payload.len()
             + options.iter().map(|(_, v)| v.len() + 4).sum::<usize>();
-        let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
+        let mut st = lock(&self.cache.store);
+        let c = &mut *st;
+        let (max_entries, max_bytes) = (c.max_entries, c.max_bytes);
         // Max-Age 0 (or unreadable) is not to be stored (RFC 7252 §5.6.1), and what is
         // stored for that server is no longer current.
         let Some(age) = age.filter(|a| !a.is_zero() && size <= max_bytes && max_entries > 0) else {
-            self.cache_forget(&key, from);
+            c.forget(&key, from);
+            c.publish();
             return Some(None);
         };
-        let tick = self.cache.tick + 1;
-        let fresh_etag = self.cache.etag();
-        let c = &mut self.cache;
-        let e = c.entries.entry(key.clone()).or_insert_with(|| Entry {
-            responses: Vec::new(),
-            used: tick,
-            group_etag: fresh_etag,
-        });
-        let mut changed = true;
-        if let Some(i) = e.responses.iter().position(|s| s.server == from) {
-            let old = e.responses.swap_remove(i);
-            changed = !old.same_content(view.code(), &options, payload);
-            c.bytes -= old.size;
-            c.stored -= 1;
-        }
-        // A verified server's answer is held under one address only, the one its newest
-        // answer came from: a copy relayed from another member's address (which nothing
-        // in the answer names) cannot fill that member's place in a set (§7.1) while
-        // the member's own answers are dropped as replays of it.
-        if kid.is_some()
-            && let Some(i) = e
-                .responses
-                .iter()
-                .position(|s| s.server != from && s.kid == kid)
-        {
-            let old = e.responses.swap_remove(i);
-            c.bytes -= old.size;
-            c.stored -= 1;
-            changed = true;
-        }
-        // §7.3: the Group-ETag changes whenever a response of the set does.
-        if changed {
-            e.group_etag = fresh_etag;
-        }
-        e.responses.push(Stored {
+        drop(st);
+        let new = Arc::new(Stored {
             server: from,
             code: view.code(),
             options,
@@ -723,85 +823,86 @@ impl Engine {
             size,
             kid,
         });
+        let mut st = lock(&self.cache.store);
+        let c = &mut *st;
+        let tick = c.tick + 1;
+        let fresh_etag = c.etag();
+        let e = c.entries.entry(key.clone()).or_insert_with(|| Entry {
+            responses: Vec::new(),
+            used: tick,
+            group_etag: fresh_etag,
+        });
+        let mut changed = true;
+        if let Some(i) = e.responses.iter().position(|s| s.server == from) {
+            let old = e.responses.swap_remove(i);
+            changed = !old.same_content(new.code, &new.options, &new.payload);
+            c.bytes = c.bytes.saturating_sub(old.size);
+            c.stored = c.stored.saturating_sub(1);
+        }
+        // A verified server's answer is held under one address only, the one its newest
+        // answer came from: a copy relayed from another member's address (which nothing
+        // in the answer names) cannot fill that member's place in a set (§7.1) while
+        // the member's own answers are dropped as replays of it.
+        if new.kid.is_some()
+            && let Some(i) = e
+                .responses
+                .iter()
+                .position(|s| s.server != from && s.kid == new.kid)
+        {
+            let old = e.responses.swap_remove(i);
+            c.bytes = c.bytes.saturating_sub(old.size);
+            c.stored = c.stored.saturating_sub(1);
+            changed = true;
+        }
+        // §7.3: the Group-ETag changes whenever a response of the set does.
+        if changed {
+            e.group_etag = fresh_etag;
+        }
+        e.responses.push(new);
         c.bytes += size;
         c.stored += 1;
         c.lru.insert(e.used, key.clone());
-        self.cache.touch(&key);
+        c.touch(&key);
+        // The bounds are the proxy's: what every thread stored counts.
+        let evicted = c.evict(Some(&key));
+        c.publish();
+        drop(st);
         self.emit(Event::Cache {
             group,
             what: CacheEvent::Stored,
         });
-        self.cache_evict(Some(&key));
+        self.emit_evicted(evicted);
         Some(None)
     }
 
-    /// Forgets what `server` has stored under `key`.
-    fn cache_forget(&mut self, key: &Key, server: SocketAddr) {
-        let c = &mut self.cache;
-        let Some(e) = c.entries.get_mut(key) else {
-            return;
-        };
-        if let Some(i) = e.responses.iter().position(|s| s.server == server) {
-            let old = e.responses.swap_remove(i);
-            c.bytes -= old.size;
-            c.stored -= 1;
-            e.group_etag = c.next_etag.wrapping_add(1);
-            c.next_etag = e.group_etag;
-        }
-        if e.responses.is_empty() {
-            c.remove(key);
-        }
-    }
-
-    /// Evicts least recently used entries until the bounds hold; `keep` goes last.
-    fn cache_evict(&mut self, keep: Option<&Key>) {
-        let (max_entries, max_bytes) = (self.cfg.cache.max_entries, self.cfg.cache.max_bytes);
-        while self.cache.stored > max_entries || self.cache.bytes > max_bytes {
-            let lru = &self.cache.lru;
-            let victim = lru
-                .iter()
-                .find(|(_, k)| Some(*k) != keep)
-                .or_else(|| lru.iter().next())
-                .map(|(t, _)| *t);
-            // Out of the LRU first, so that every turn of the loop shrinks it.
-            let Some(k) = victim.and_then(|t| self.cache.lru.remove(&t)) else {
-                break;
-            };
-            let group = match k.0 {
-                To::Group(g) => Some(g),
-                To::Origin(_) => None,
-            };
-            for _ in 0..self.cache.remove(&k) {
-                self.emit(Event::Cache {
-                    group,
-                    what: CacheEvent::Evicted,
-                });
-            }
+    fn emit_evicted(&mut self, groups: Vec<Option<usize>>) {
+        for group in groups {
+            self.emit(Event::Cache {
+                group,
+                what: CacheEvent::Evicted,
+            });
         }
     }
 
     /// After a new configuration (SIGHUP): shrunk bounds evict down to them; a cache
-    /// turned off is emptied.
+    /// turned off is emptied. The store is the proxy's, so the first engine applying the
+    /// reload does it (and counts the evictions); on the others it finds nothing left
+    /// to do. The bounds, set in the store, hold for every engine from then on.
     pub(super) fn cache_resize(&mut self) {
+        let mut st = lock(&self.cache.store);
+        st.max_entries = self.cfg.cache.max_entries;
+        st.max_bytes = self.cfg.cache.max_bytes;
+        let removed = if self.cfg.cache.enabled {
+            st.evict(None)
+        } else {
+            st.clear()
+        };
+        st.publish();
+        drop(st);
         if !self.cfg.cache.enabled {
-            let keys: Vec<Key> = self.cache.lru.values().cloned().collect();
-            for k in keys {
-                let group = match k.0 {
-                    To::Group(g) => Some(g),
-                    To::Origin(_) => None,
-                };
-                for _ in 0..self.cache.remove(&k) {
-                    self.emit(Event::Cache {
-                        group,
-                        what: CacheEvent::Evicted,
-                    });
-                }
-            }
             self.cache.filling.clear();
-            self.cache.det_pivs.clear();
-            return;
         }
-        self.cache_evict(None);
+        self.emit_evicted(removed);
     }
 
     /// Sends the further responses of a set served from the cache, after the first
@@ -825,9 +926,11 @@ impl Engine {
         }
     }
 
-    /// Stored responses and their bytes, for the metrics.
+    /// Stored responses and their bytes, for the metrics: of the whole proxy (the store
+    /// every thread shares), as of its last update, read without the store's lock.
     pub fn cache_usage(&self) -> (usize, usize) {
-        (self.cache.stored, self.cache.bytes)
+        let u = &self.cache.usage;
+        (u[0].load(Ordering::Relaxed), u[1].load(Ordering::Relaxed))
     }
 }
 

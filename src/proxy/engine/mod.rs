@@ -15,6 +15,9 @@ mod timers;
 mod tokens;
 
 pub use member::SSN_BLOCK;
+// What `Shared` holds for every thread (issue 14 point 2, `shared.rs`).
+pub(crate) use cache::Store as CacheStore;
+pub(crate) use reverse::Servers;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -406,7 +409,8 @@ pub struct Engine {
     cache: cache::Cache,
     /// Reverse-proxy mode (`reverse.rs`): per group, the servers follow-ups may name
     /// (bounded by the resources' `max_servers`), and the follow-up being forwarded.
-    reverse_servers: Vec<reverse::Servers>,
+    /// The proxy's: every thread's engine shares them (`Shared::reverse_servers`).
+    reverse_servers: std::sync::Arc<std::sync::Mutex<Vec<reverse::Servers>>>,
     reverse_grant: Option<SocketAddr>,
 }
 
@@ -498,6 +502,12 @@ impl Engine {
             u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
         };
         let cfg_limits_destinations = cfg.limits.max_destinations;
+        // The proxy's cache store and stand-in servers: made by the first engine (with
+        // its Group-ETag seed and bounds), the same for every engine after it.
+        let store = shared.cache_store(|| {
+            cache::Store::new(etag_seed, cfg.cache.max_entries, cfg.cache.max_bytes)
+        });
+        let reverse_servers = shared.reverse_servers(cfg.groups.len());
         let mut e = Engine {
             checkers,
             members,
@@ -520,13 +530,10 @@ impl Engine {
             out: VecDeque::new(),
             spare: Vec::new(),
             observers: observe::Observers::default(),
-            cache: cache::Cache::new(etag_seed),
-            reverse_servers: Vec::new(),
+            cache: cache::Cache::new(store),
+            reverse_servers,
             reverse_grant: None,
         };
-        e.reverse_servers = (0..e.cfg.groups.len())
-            .map(|_| reverse::Servers::default())
-            .collect();
         e.timers.push(Reverse((now + SWEEP, Timer::Sweep)));
         Ok(e)
     }

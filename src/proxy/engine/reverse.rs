@@ -15,6 +15,7 @@
 //! no open relay for the hosts behind it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{Engine, HashMap, Local, Reject};
@@ -42,13 +43,28 @@ struct Known {
 
 /// Per group: the servers a follow-up may name (keyed without the zone, which a Uri-Host
 /// does not carry), and the pool listeners in use, by listener index.
+///
+/// One table per group for the whole proxy (`Shared::reverse_servers`): the kernel
+/// spreads clients over the threads by their 4-tuple, so a §6.2 follow-up can reach
+/// another thread than the group request it follows. A listener index means the same
+/// address on every thread (each binds `proxy.listen` and the pools in the one order,
+/// the threads after the first the first one's resolved addresses), so a slot is the
+/// same pool address whichever thread gave or reads it. Held for table steps only
+/// (lookups, an insert, a scan bounded by `max_servers` when the table is full), never
+/// while a request is forwarded.
 #[derive(Debug, Default)]
-pub(super) struct Servers {
+pub(crate) struct Servers {
     known: HashMap<(IpAddr, u16), Known>,
     slots: HashMap<usize, (IpAddr, u16)>,
     /// When servers past their lifetime were last looked for (a scan of `known`, so at
     /// most once a second however many responses come while the pool is full).
     swept: Option<Instant>,
+}
+
+/// The tables' lock. A poisoned one guards tables whole between two steps (each an
+/// insert or removal of one server with its slot): still sound to use.
+fn lock(m: &Mutex<Vec<Servers>>) -> MutexGuard<'_, Vec<Servers>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Servers {
@@ -115,7 +131,9 @@ impl Engine {
         // A pool listener stands for one server (Appendix A.2): whatever comes to it
         // without a proxy option is for that server.
         if let Some(g) = self.pool_group(listener) {
-            let key = self.reverse_servers[g].slots.get(&listener).copied();
+            let key = lock(&self.reverse_servers)
+                .get(g)
+                .and_then(|s| s.slots.get(&listener).copied());
             return Some(self.forward_follow_up(now, listener, from, view, outer, g, key, false));
         }
         if let Some((i, skip)) = self.reverse_match(view) {
@@ -262,12 +280,18 @@ impl Engine {
             return Some(Err(not_allowed(None)));
         }
         // Only groups with a resource standing in for the servers, as configured now.
+        let servers = lock(&self.reverse_servers);
         let found = self
             .reverse_specs()
             .map(|(_, r)| r)
             .filter(|r| stands_in(r))
             .map(|r| r.group)
-            .find(|&g| self.reverse_servers[g].known.contains_key(&(ip, port)));
+            .find(|&g| {
+                servers
+                    .get(g)
+                    .is_some_and(|s| s.known.contains_key(&(ip, port)))
+            });
+        drop(servers);
         let Some(g) = found else {
             // Any IP literal in Uri-Host sent to the proxy is taken as a follow-up: the
             // proxy has no resources under addresses, so a 4.04 says what went wrong.
@@ -339,8 +363,12 @@ impl Engine {
             return Err(not_allowed(Some(g)));
         }
         let lifetime = self.server_lifetime(g);
-        let servers = &mut self.reverse_servers[g];
-        let known = key.and_then(|k| servers.known.get(&k).map(|s| (k, *s)));
+        let mut tables = lock(&self.reverse_servers);
+        let servers = tables.get_mut(g);
+        let known = key.and_then(|k| {
+            let s = servers.as_ref()?.known.get(&k)?;
+            Some((k, *s))
+        });
         let Some((key, server)) = known else {
             return Err(Reject::new(
                 code::NOT_FOUND,
@@ -350,7 +378,9 @@ impl Engine {
             .group(g));
         };
         if now.saturating_duration_since(server.seen) >= lifetime {
-            servers.forget(&key);
+            if let Some(servers) = servers {
+                servers.forget(&key);
+            }
             return Err(Reject::new(
                 code::NOT_FOUND,
                 RejectReason::ReverseUnknownServer,
@@ -358,6 +388,7 @@ impl Engine {
             )
             .group(g));
         }
+        drop(tables);
         self.emit(Event::Reverse {
             group: g,
             action: ReverseAction::FollowUp,
@@ -433,7 +464,8 @@ impl Engine {
                 }
             }
         }
-        let table = &mut self.reverse_servers[g];
+        let mut tables = lock(&self.reverse_servers);
+        let table = tables.get_mut(g)?;
         let key = (from.ip(), from.port());
         let mut forgotten = 0;
         if !table.known.contains_key(&key) {
@@ -500,6 +532,7 @@ impl Engine {
             None => None,
         };
         let addr = slot.and_then(|l| pool.iter().find(|(i, _)| *i == l).map(|(_, a)| *a));
+        drop(tables);
         for _ in 0..forgotten {
             self.emit(Event::Reverse {
                 group: g,
