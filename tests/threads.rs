@@ -647,11 +647,8 @@ fn s2_6_1_1_a_member_proxy_runs_every_forwarding_thread_and_restores_once() {
     let p = Proxy2::bind(run.clone()).unwrap();
     assert_eq!(p.threads(), 2);
     let recorded = || -> u64 {
-        std::fs::read_to_string(&ssn_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        let text = std::fs::read_to_string(&ssn_file).unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
     };
     assert_eq!(recorded(), block, "one block reserved for both threads");
     drop(p);
@@ -659,6 +656,60 @@ fn s2_6_1_1_a_member_proxy_runs_every_forwarding_thread_and_restores_once() {
     assert_eq!(p.threads(), 2);
     assert_eq!(recorded(), 2 * block, "a restart continues one block above");
     drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RFC 10021 §2.6.1.1 and §12.2 across restarts: the `.ssn` file records its bound's key
+/// epoch. A start under a newer epoch continues above the bound; a start under the older
+/// epoch again (keying material put back) is refused, since the bound on record is the
+/// newer epoch's and says nothing of how far the older one's numbers went; a file in
+/// the bare format of before is continued above, as before.
+#[test]
+fn s2_6_1_1_a_start_under_an_older_member_epoch_than_recorded_is_refused() {
+    let e1 = Group::new(&[CLIENT, DEV_A, &[0x50]]);
+    let e2 = e1.rekeyed();
+    let dir = wire::temp("member-epoch");
+    let run = |g: &Group| {
+        let mut run = groxy::settings::load_default().run;
+        let mut sec = checked_config(g).groups[0].security.clone().unwrap();
+        sec.member = Some(g.config(&[0x50]));
+        run.proxy.groups[0].security = Some(sec);
+        run.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        run.state_dir = Some(dir.clone());
+        run
+    };
+    let ssn_file = dir.join(format!("{}.ssn", run(&e1).proxy.groups[0].name));
+    let block = groxy::proxy::engine::SSN_BLOCK;
+    let recorded = || std::fs::read_to_string(&ssn_file).unwrap();
+    drop(Proxy2::bind(run(&e1)).unwrap());
+    assert_eq!(
+        recorded().trim(),
+        format!("{block} 0 {}", hex::encode(&e1.gid)),
+        "the bound with its epoch"
+    );
+    drop(Proxy2::bind(run(&e2)).unwrap());
+    assert_eq!(
+        recorded().trim(),
+        format!("{} 1 {}", 2 * block, hex::encode(&e2.gid)),
+        "a newer epoch continues above the bound"
+    );
+    let e = match Proxy2::bind(run(&e1)) {
+        Ok(_) => panic!("started under the older epoch"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("newer than the configured one"), "{e}");
+    assert_eq!(
+        recorded().split_whitespace().next(),
+        Some(&*(2 * block).to_string()),
+        "the refused start wrote nothing"
+    );
+    // The format of before: a bare number, continued above.
+    std::fs::write(&ssn_file, "10000\n").unwrap();
+    drop(Proxy2::bind(run(&e2)).unwrap());
+    assert_eq!(
+        recorded().split_whitespace().next(),
+        Some(&*(10000 + block).to_string())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -734,6 +785,116 @@ fn the_exchange_bound_holds_while_two_threads_admit_at_once() {
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
+/// `groxy run --config` as an operator runs it, killed when dropped; its log in
+/// `<dir>/log`. For what only the process does: SIGHUP, and the `.ssn` file at start.
+struct GroxyRun {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    metrics: SocketAddr,
+}
+
+impl GroxyRun {
+    /// Started on `<dir>/groxy.toml`, back once /readyz says 200.
+    fn start(dir: &std::path::Path, metrics: SocketAddr) -> GroxyRun {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_groxy"))
+            .args(["run", "--config", "groxy.toml"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let r = GroxyRun {
+            child,
+            dir: dir.to_path_buf(),
+            metrics,
+        };
+        r.until("readiness", &|_| {
+            common::http_get(metrics, "/readyz").is_ok_and(|(s, _)| s == 200)
+        });
+        r
+    }
+
+    fn scrape(&self) -> String {
+        common::http_get(self.metrics, "/metrics")
+            .map(|(_, t)| t)
+            .unwrap_or_default()
+    }
+
+    /// The first scrape `done` accepts, within 20 s.
+    fn until(&self, what: &str, done: &dyn Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let text = self.scrape();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no {what} in 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn hup(&self) {
+        // SAFETY: a signal to our own child, which is alive until dropped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for GroxyRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RELOADED: &str = "groxy_config_reloads_total{result=\"success\"}";
+const RELOAD_FAILED: &str = "groxy_config_reloads_total{result=\"failure\"}";
+
+/// `<dir>/groxy.toml` for epoch `g` of one group at `group` checked under enforce, two
+/// forwarding threads with one egress port each (the port a fan-out leaves by tells the
+/// thread), and with `member` the proxy's own membership (Sender ID 0x50).
+fn write_toml(
+    dir: &std::path::Path,
+    g: &Group,
+    group: std::net::SocketAddrV4,
+    (listen, metrics): (u16, u16),
+    member: bool,
+) {
+    let kg = g.key_generation;
+    let sek = format!("sek{kg}");
+    common::files::secret(&dir.join(&sek), &common::files::sek(g));
+    let gid = format!("gid = \"{}\"", hex::encode(&g.gid));
+    let mut text = common::files::checking_proxy_toml(g, group.port(), &sek)
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!(
+                "listen = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\nthreads = 2"
+            ),
+        )
+        .replace(&gid, &format!("{gid}\nkey_generation = {kg}"));
+    if member {
+        let m = g.member(PROXY_ID);
+        common::files::secret(&dir.join(format!("master{kg}")), &g.master_secret);
+        common::files::secret(&dir.join("proxy.key"), &m.key.to_bytes());
+        text += &format!(
+            "master_secret_file = \"master{kg}\"\nmaster_salt = \"{}\"\nsender_id = \"{}\"\n\
+             private_key_file = \"proxy.key\"\ncredential = \"{}\"\n",
+            hex::encode(&g.master_salt),
+            hex::encode(PROXY_ID),
+            hex::encode(m.cred.bytes()),
+        );
+    }
+    text += "[limits]\negress_ports = 1\n";
+    std::fs::write(dir.join("groxy.toml"), text).unwrap();
+}
+
 /// `groxy run` with `threads = 2` and SIGHUP, as an operator rekeys (RFC 10021 §12.2;
 /// the systemd unit's ExecReload): once the reload is reported, every thread checks
 /// under the new epoch only. Requests of the old epoch, fresh ones from 48 client ports
@@ -742,73 +903,17 @@ fn the_exchange_bound_holds_while_two_threads_admit_at_once() {
 /// thread. A second SIGHUP with a broken file changes no thread (counted as one failure).
 #[test]
 fn s12_2_sighup_rekeys_every_thread_at_once() {
-    use std::process::{Command, Stdio};
     let e1 = Group::new(&[CLIENT, DEV_A]);
     let e2 = e1.rekeyed();
     let dir = wire::temp("sighup");
     std::fs::create_dir_all(&dir).unwrap();
     let group =
         std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(224, 0, 1, 187), common::free_port());
-    let (listen, metrics) = (common::free_port(), common::free_tcp_port());
-    let metrics_addr: SocketAddr = ([127, 0, 0, 1], metrics).into();
-    let proxy_addr: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let ports = (common::free_port(), common::free_tcp_port());
+    let proxy_addr: SocketAddr = ([127, 0, 0, 1], ports.0).into();
     let cfg = dir.join("groxy.toml");
-    let write = |g: &Group| {
-        let sek = format!("sek{}", g.key_generation);
-        common::files::secret(&dir.join(&sek), &common::files::sek(g));
-        let gid = format!("gid = \"{}\"", hex::encode(&g.gid));
-        let text = common::files::checking_proxy_toml(g, group.port(), &sek)
-            .replace(
-                "listen = [\"127.0.0.1:0\"]",
-                &format!(
-                    "listen = [\"127.0.0.1:{listen}\"]\nmetrics = \"127.0.0.1:{metrics}\"\nthreads = 2"
-                ),
-            )
-            .replace(&gid, &format!("{gid}\nkey_generation = {}", g.key_generation))
-            + "[limits]\negress_ports = 1\n";
-        std::fs::write(&cfg, text).unwrap();
-    };
-    write(&e1);
-    let child = Command::new(env!("CARGO_BIN_EXE_groxy"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = child.id() as i32;
-    let _child = Kill(child);
-    let scrape = || {
-        common::http_get(metrics_addr, "/metrics")
-            .map(|(_, t)| t)
-            .unwrap_or_default()
-    };
-    let until = |what: &str, done: &dyn Fn(&str) -> bool| {
-        let t = Instant::now();
-        loop {
-            let text = scrape();
-            if done(&text) {
-                return text;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no {what} in 20 s: {}",
-                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    until("readiness", &|_| {
-        common::http_get(metrics_addr, "/readyz").is_ok_and(|(s, _)| s == 200)
-    });
+    write_toml(&dir, &e1, group, ports, false);
+    let p = GroxyRun::start(&dir, ([127, 0, 0, 1], ports.1).into());
     let member = wire::member(group);
     let clients: Vec<std::net::UdpSocket> = (0..48).map(|_| wire::client()).collect();
     let mut mid = 0u16;
@@ -829,10 +934,9 @@ fn s12_2_sighup_rekeys_every_thread_at_once() {
     let mut new = wire::ctx(&e2);
     assert_eq!(round(&mut old), (48, 2), "epoch 1 through both threads");
 
-    write(&e2);
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let reload = "groxy_config_reloads_total{result=\"success\"}";
-    until("reload", &|t| sample(t, reload) == 1.0);
+    write_toml(&dir, &e2, group, ports, false);
+    p.hup();
+    p.until("reload", &|t| sample(t, RELOADED) == 1.0);
     let (n, _) = round(&mut old);
     assert_eq!(
         n, 0,
@@ -842,13 +946,12 @@ fn s12_2_sighup_rekeys_every_thread_at_once() {
 
     // A broken file: the reload fails, once, and every thread keeps epoch 2.
     std::fs::write(&cfg, "[proxy\n").unwrap();
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let failed = "groxy_config_reloads_total{result=\"failure\"}";
-    let text = until("failed reload", &|t| sample(t, failed) == 1.0);
-    assert_eq!(sample(&text, reload), 1.0, "the reload counted once");
+    p.hup();
+    let text = p.until("failed reload", &|t| sample(t, RELOAD_FAILED) == 1.0);
+    assert_eq!(sample(&text, RELOADED), 1.0, "the reload counted once");
     assert_eq!(round(&mut new), (48, 2), "epoch 2 still on both threads");
 
-    let text = scrape();
+    let text = p.scrape();
     let checks = |result: &str| {
         sample(
             &text,
@@ -868,6 +971,61 @@ fn s12_2_sighup_rekeys_every_thread_at_once() {
         .sum();
     assert_eq!(refused, 48.0, "every old-epoch request counted:\n{text}");
     assert_eq!(sample(&text, "groxy_key_generation{group=\"secure\"}"), 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RFC 10021 §2.6.1.1: membership that starts with a reload begins at Sender Sequence
+/// Number 0, which is sound only where the state directory never recorded numbers for
+/// the group. With a `.ssn` file of an earlier membership the reload is refused (counted
+/// as a failure, restart to apply: the start continues above the bound); without one it
+/// is applied and its first block recorded with its epoch.
+#[test]
+fn s2_6_1_1_membership_started_by_a_reload_never_restarts_recorded_numbers() {
+    let g = Group::new(&[CLIENT, DEV_A, PROXY_ID]);
+    let dir = wire::temp("reload-member");
+    std::fs::create_dir_all(&dir).unwrap();
+    let group =
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(224, 0, 1, 187), common::free_port());
+    let ports = (common::free_port(), common::free_tcp_port());
+    let metrics: SocketAddr = ([127, 0, 0, 1], ports.1).into();
+    let ssn_file = dir.join("state/secure.ssn");
+    let recorded = || std::fs::read_to_string(&ssn_file).ok();
+    let block = groxy::proxy::engine::SSN_BLOCK;
+
+    // No numbers recorded: the reload makes the proxy a member, at 0.
+    write_toml(&dir, &g, group, ports, false);
+    let p = GroxyRun::start(&dir, metrics);
+    assert_eq!(recorded(), None);
+    write_toml(&dir, &g, group, ports, true);
+    p.hup();
+    p.until("reload", &|t| sample(t, RELOADED) == 1.0);
+    let first = format!("{block} 0 {}", hex::encode(&g.gid));
+    assert_eq!(recorded().as_deref().map(str::trim), Some(&*first));
+    drop(p);
+
+    // Numbers recorded (that membership's): not a member at start, then a reload that
+    // would make it one again from 0 is refused.
+    write_toml(&dir, &g, group, ports, false);
+    let p = GroxyRun::start(&dir, metrics);
+    write_toml(&dir, &g, group, ports, true);
+    p.hup();
+    let text = p.until("failed reload", &|t| sample(t, RELOAD_FAILED) == 1.0);
+    assert_eq!(sample(&text, RELOADED), 0.0);
+    assert!(
+        p.log().contains("membership starts with this reload"),
+        "{}",
+        p.log()
+    );
+    assert_eq!(recorded().as_deref().map(str::trim), Some(&*first));
+    drop(p);
+
+    // The restart applies it, above the recorded bound.
+    let p = GroxyRun::start(&dir, metrics);
+    assert_eq!(
+        recorded().as_deref().map(str::trim),
+        Some(&*format!("{} 0 {}", 2 * block, hex::encode(&g.gid)))
+    );
+    drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

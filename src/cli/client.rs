@@ -222,7 +222,7 @@ fn reserve_ssn(member_file: &std::path::Path) -> Result<u64, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    crate::runtime::state::write(dir, stem, next + SSN_PER_RUN)
+    crate::runtime::state::write(dir, stem, next + SSN_PER_RUN, None)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(next)
 }

@@ -667,6 +667,24 @@ impl Worker {
             if cfg.listen != self.listen || cfg.state_dir != self.state_dir {
                 return Err("listeners or state_dir changed: restart to apply".into());
             }
+            // Membership that starts with this reload would begin at Sender Sequence
+            // Number 0: sound only where this state_dir never recorded numbers for the
+            // group (RFC 10021 §2.6.1.1). Otherwise a restart applies it, continuing
+            // above the recorded bound (state::restore).
+            let members = self.engine.member_groups();
+            for (g, spec) in cfg.proxy.groups.iter().enumerate() {
+                let joins = !members.contains(&g)
+                    && spec.security.as_ref().is_some_and(|s| s.member.is_some());
+                if joins
+                    && let Some(dir) = self.state_dir.as_deref()
+                    && state::recorded(dir, &self.names[g])
+                {
+                    return Err(format!(
+                        "group {}: membership starts with this reload, and {}.ssn records                          Sender Sequence Numbers of an earlier membership: restart to apply",
+                        self.names[g], self.names[g]
+                    ));
+                }
+            }
             // A group whose checking starts now (its policy was off) takes back the
             // windows recorded for it, as at start; keying material that went back is
             // refused before anything changes.
@@ -982,7 +1000,8 @@ impl Worker {
                 Output::ReserveSsn { group, up_to } => {
                     // Synchronously: nothing past the old bound goes out before this.
                     let dir = self.state_dir.as_deref();
-                    match dir.map(|d| state::write(d, &self.names[group], up_to)) {
+                    let epoch = self.engine.member_epoch(group);
+                    match dir.map(|d| state::write(d, &self.names[group], up_to, epoch.as_ref())) {
                         Some(Ok(())) => self.engine.ssn_reserved(group, up_to),
                         Some(Err(e)) => {
                             tracing::error!(event = "ssn_reservation_failed", group = %self.names[group], error = %e);

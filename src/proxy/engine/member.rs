@@ -344,6 +344,13 @@ impl Engine {
         }
     }
 
+    /// The key epoch of the proxy's membership in `group`: its Key Generation Number
+    /// and Gid (what the `.ssn` file records beside the bound).
+    pub fn member_epoch(&self, group: usize) -> Option<(u64, Vec<u8>)> {
+        let c = &self.members.get(group)?.as_ref()?.current().common;
+        Some((c.key_generation, c.gid().to_vec()))
+    }
+
     /// The groups the proxy is a member of.
     pub fn member_groups(&self) -> Vec<usize> {
         (0..self.members.len())
