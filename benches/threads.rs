@@ -24,7 +24,8 @@
 //! forwarding threads and of the generator (percent of one core). At the end: medians per
 //! thread count and the ratio of 2 threads to 1 (run by run and of the medians).
 //!
-//! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512]`.
+//! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512] [--only 1|2]`
+//! (`--only`: one thread count alone, for a profiler).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -50,6 +51,8 @@ struct Args {
     runs: usize,
     window: usize,
     state_dir: std::path::PathBuf,
+    /// Only this thread count (for a profiler's run), not both side by side.
+    only: Option<usize>,
 }
 
 fn args() -> Args {
@@ -58,6 +61,7 @@ fn args() -> Args {
         runs: 3,
         window: 512,
         state_dir: std::path::PathBuf::from("/dev/shm"),
+        only: None,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -68,6 +72,7 @@ fn args() -> Args {
             "--runs" => a.runs = next.parse().expect("--runs N"),
             "--window" => a.window = next.parse().expect("--window N"),
             "--state-dir" => a.state_dir = next.into(),
+            "--only" => a.only = Some(next.parse().expect("--only 1|2")),
             // cargo bench passes --bench
             _ => {
                 i += 1;
@@ -427,7 +432,7 @@ fn main() {
     for run in 0..a.runs {
         // Alternating order, so that a drift of the machine's speed hits both.
         let order: [usize; 2] = if run % 2 == 0 { [1, 2] } else { [2, 1] };
-        for threads in order {
+        for threads in order.into_iter().filter(|t| a.only.is_none_or(|o| o == *t)) {
             let o = run_once(&m, group, threads, &a, run);
             println!(
                 "{:>4} {:>8} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
