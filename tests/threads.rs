@@ -1148,6 +1148,28 @@ fn notify(e: &mut Engine, now: Instant, fwd: &Transmit, seq: u8) -> (Vec<Transmi
     drain(e)
 }
 
+/// Notifications `seqs` through the two engines in turn (odd ones through `a`, even
+/// ones through `b`): the Partial IVs of what went out, and the reservations asked for.
+fn alternate(
+    (a, b): (&mut Engine, &mut Engine),
+    (fa, fb): (&Transmit, &Transmit),
+    now: Instant,
+    seqs: std::ops::RangeInclusive<u8>,
+) -> (Vec<u64>, Vec<u64>) {
+    let (mut pivs, mut reservations) = (Vec::new(), Vec::new());
+    for i in seqs {
+        let (e, f) = if i % 2 == 1 {
+            (&mut *a, fa)
+        } else {
+            (&mut *b, fb)
+        };
+        let (tx, r) = notify(e, now, f, i);
+        reservations.extend(r);
+        pivs.extend(tx.iter().filter_map(|t| piv_of(&t.bytes)));
+    }
+    (pivs, reservations)
+}
+
 /// RFC 10021 §2.6.1.1 and RFC 8613 §7.2.1 (oscore-capable-proxies §2.5.1: each
 /// notification under the proxy's layer has a Partial IV of its own): with two engines
 /// of one proxy protecting notifications alternately, every Partial IV is distinct and
@@ -1166,24 +1188,8 @@ fn s2_6_1_1_two_threads_never_share_a_partial_iv_nor_pass_the_reserved_bound() {
     let mut ctx = SecurityContext::new(&g.config(CLIENT)).unwrap();
     let (fa, _) = observe_through_layer(&mut a, now, &mut ctx, from(1, 1000), b"oa");
     let (fb, _) = observe_through_layer(&mut b, now, &mut ctx, from(2, 2000), b"ob");
-    let mut pivs = Vec::new();
-    let mut reservations = Vec::new();
-    let mut answered = 0;
-    for i in 1..=12u8 {
-        let (e, f) = if i % 2 == 1 {
-            (&mut a, &fa)
-        } else {
-            (&mut b, &fb)
-        };
-        let (tx, r) = notify(e, now, f, i);
-        reservations.extend(r);
-        for t in &tx {
-            if let Some(p) = piv_of(&t.bytes) {
-                pivs.push(p);
-                answered += 1;
-            }
-        }
-    }
+    let (pivs, reservations) = alternate((&mut a, &mut b), (&fa, &fb), now, 1..=12);
+    let answered = pivs.len();
     let mut sorted = pivs.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -1207,20 +1213,7 @@ fn s2_6_1_1_two_threads_never_share_a_partial_iv_nor_pass_the_reserved_bound() {
     );
     // Recorded (by whichever thread asked): both engines go on, above the old bound.
     a.ssn_reserved(0, reservations[0]);
-    let mut more = Vec::new();
-    for i in 13..=16u8 {
-        let (e, f) = if i % 2 == 1 {
-            (&mut a, &fa)
-        } else {
-            (&mut b, &fb)
-        };
-        more.extend(
-            notify(e, now, f, i)
-                .0
-                .iter()
-                .filter_map(|t| piv_of(&t.bytes)),
-        );
-    }
+    let (more, _) = alternate((&mut a, &mut b), (&fa, &fb), now, 13..=16);
     assert_eq!(more, vec![8, 9, 10, 11], "both go on from the shared bound");
 
     // A rekey applied by both threads, one after the other.
@@ -1236,20 +1229,7 @@ fn s2_6_1_1_two_threads_never_share_a_partial_iv_nor_pass_the_reserved_bound() {
         "the new epoch's first block is reserved once"
     );
     a.ssn_reserved(0, ra[0]);
-    let mut after = Vec::new();
-    for i in 17..=20u8 {
-        let (e, f) = if i % 2 == 1 {
-            (&mut a, &fa)
-        } else {
-            (&mut b, &fb)
-        };
-        after.extend(
-            notify(e, now, f, i)
-                .0
-                .iter()
-                .filter_map(|t| piv_of(&t.bytes)),
-        );
-    }
+    let (after, _) = alternate((&mut a, &mut b), (&fa, &fb), now, 17..=20);
     assert_eq!(
         after,
         vec![0, 1, 2, 3],
