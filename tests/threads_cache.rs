@@ -665,6 +665,49 @@ fn servers_bound_holds_for_the_whole_proxy_across_threads() {
 
 // ---- end to end: two forwarding threads on loopback ----
 
+/// A proxy bound as `groxy run` binds it, serving on a thread of its own until dropped;
+/// it must run two forwarding threads (`why` says what used to keep it on one).
+struct Serving {
+    listen: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    fn start(run: groxy::runtime::RunConfig, why: &str) -> Serving {
+        let proxy = groxy::runtime::Proxy::bind(run).unwrap();
+        assert_eq!(proxy.threads(), 2, "{why}");
+        let listen = proxy.listen_addrs()[0];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(proxy.run(async move {
+                    let _ = stopped.await;
+                }))
+                .unwrap();
+        });
+        Serving {
+            listen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A receiver of the group's multicast on loopback, which answers from its own address.
 fn loopback_member(group: std::net::SocketAddrV4) -> std::net::UdpSocket {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -704,24 +747,8 @@ fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
     }];
     run.listen = vec!["127.0.0.1:0".parse().unwrap()];
     run.state_dir = None;
-    let proxy = groxy::runtime::Proxy::bind(run).unwrap();
-    assert_eq!(
-        proxy.threads(),
-        2,
-        "the cache no longer keeps the proxy on one"
-    );
-    let listen = proxy.listen_addrs()[0];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(proxy.run(async move {
-                let _ = stopped.await;
-            }))
-            .unwrap();
-    });
+    let proxy = Serving::start(run, "the cache no longer keeps the proxy on one");
+    let listen = proxy.listen;
     let get = |mid: u16| {
         let host = group.ip().to_string();
         let gport = opt::uint_value(u32::from(group.port()));
@@ -791,8 +818,7 @@ fn s7_1_two_threads_on_loopback_serve_one_stored_set_to_every_client() {
             panic!("a fan-out reached the group again: {:?}", &buf[..n]);
         }
     }
-    let _ = stop.send(());
-    serving.join().unwrap();
+    drop(proxy);
 }
 
 // ---- Deterministic Requests (groupcomm-proxy §7.4.1) across threads ----
@@ -953,24 +979,8 @@ fn s6_2_two_threads_on_loopback_forward_every_follow_up_to_the_server() {
     }];
     run.listen = vec!["127.0.0.1:0".parse().unwrap()];
     run.state_dir = None;
-    let proxy = groxy::runtime::Proxy::bind(run).unwrap();
-    assert_eq!(
-        proxy.threads(),
-        2,
-        "stand_in = servers no longer keeps one thread"
-    );
-    let listen = proxy.listen_addrs()[0];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(proxy.run(async move {
-                let _ = stopped.await;
-            }))
-            .unwrap();
-    });
+    let proxy = Serving::start(run, "stand_in = servers no longer keeps one thread");
+    let listen = proxy.listen;
     let client = || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_millis(1000)))
@@ -1056,6 +1066,5 @@ fn s6_2_two_threads_on_loopback_forward_every_follow_up_to_the_server() {
             "no thread answered 4.04"
         );
     }
-    let _ = stop.send(());
-    serving.join().unwrap();
+    drop(proxy);
 }
