@@ -40,22 +40,7 @@ fn checked_config(g: &Group) -> ProxyConfig {
     cfg
 }
 
-/// Two engines of one proxy: thread 0 and thread 1 of the same `Shared`.
-fn pair(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
-    let shared = Shared::new(2, *b"0123456789abcdef");
-    (
-        Engine::with_shared(cfg.clone(), now, 1, shared.thread(0)).unwrap(),
-        Engine::with_shared(cfg.clone(), now, 2, shared.thread(1)).unwrap(),
-    )
-}
-
-/// Two engines that share nothing.
-fn apart(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
-    (
-        Engine::new(cfg.clone(), now, 1).unwrap(),
-        Engine::new(cfg.clone(), now, 2).unwrap(),
-    )
-}
+use common::engine::{apart, pair};
 
 /// A group request through the proxy, the Class U proxy options added after protection.
 fn proxied(protected: &[u8], mid: u16) -> Vec<u8> {

@@ -18,7 +18,7 @@ use groxy::coap::cri;
 use groxy::coap::options as opt;
 use groxy::proxy::{
     CacheEvent, Engine, Event, GroupCache, Link, ProxyConfig, RejectReason, ReverseAction,
-    ReverseSpec, Shared, StandIn, Transmit,
+    ReverseSpec, StandIn, Transmit,
 };
 
 const MT: u16 = opt::MULTICAST_TIMEOUT_DEFAULT;
@@ -43,22 +43,7 @@ fn origin() -> SocketAddr {
     "192.0.2.7:5683".parse().unwrap()
 }
 
-/// Two engines of one proxy: thread 0 and thread 1 of the same `Shared`.
-fn pair(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
-    let shared = Shared::new(2, *b"0123456789abcdef");
-    (
-        Engine::with_shared(cfg.clone(), now, 1, shared.thread(0)).unwrap(),
-        Engine::with_shared(cfg.clone(), now, 2, shared.thread(1)).unwrap(),
-    )
-}
-
-/// Two engines that share nothing.
-fn apart(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
-    (
-        Engine::new(cfg.clone(), now, 1).unwrap(),
-        Engine::new(cfg.clone(), now, 2).unwrap(),
-    )
-}
+use common::engine::{apart, pair};
 
 fn feed(
     e: &mut Engine,

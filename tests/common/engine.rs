@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use groxy::proxy::{
-    DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason, Transmit,
+    DropReason, Engine, Event, GroupSecurity, Link, Policy, ProxyConfig, RejectReason, Shared,
+    Transmit,
 };
 
 use super::Group;
@@ -129,4 +130,21 @@ pub fn rejected(ev: &[Event]) -> Option<(RejectReason, u8)> {
         Event::Rejected { reason, code, .. } => Some((*reason, *code)),
         _ => None,
     })
+}
+
+/// Two engines of one proxy (`[proxy] threads` = 2): thread 0 and thread 1 of the same `Shared`.
+pub fn pair(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
+    let shared = Shared::new(2, *b"0123456789abcdef");
+    (
+        Engine::with_shared(cfg.clone(), now, 1, shared.thread(0)).unwrap(),
+        Engine::with_shared(cfg.clone(), now, 2, shared.thread(1)).unwrap(),
+    )
+}
+
+/// Two engines that share nothing.
+pub fn apart(cfg: &ProxyConfig, now: Instant) -> (Engine, Engine) {
+    (
+        Engine::new(cfg.clone(), now, 1).unwrap(),
+        Engine::new(cfg.clone(), now, 2).unwrap(),
+    )
 }
