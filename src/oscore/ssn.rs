@@ -49,6 +49,14 @@ impl SsnSource {
         }))
     }
 
+    /// A space that gives out nothing and never reserves: for an engine late with an
+    /// epoch older than the one the proxy already runs.
+    pub(crate) fn retired() -> Self {
+        let s = Self::new(Some(0));
+        s.0.retired.store(true, Ordering::Release);
+        s
+    }
+
     /// The space of the group's next epoch, from 0 with `ceiling`; this one is retired.
     /// The reservation flag stays the group's.
     pub(crate) fn next_epoch(&self, ceiling: Option<u64>) -> Self {

@@ -267,10 +267,8 @@ impl Shared {
             // An engine late with an older epoch than another already installed (two
             // reloads in a row): it may not send or admit under it.
             Some(e) if e.key_generation > kg => {
-                // A space of its own, retired at once: nothing reserved, nothing taken.
-                let src = SsnSource::new(Some(0));
-                let _ = src.next_epoch(Some(0));
-                ctx.sender.shared = Some(src);
+                // Nothing reserved, nothing taken.
+                ctx.sender.shared = Some(SsnSource::retired());
                 ctx.invalidate_replay_windows();
                 return;
             }
