@@ -189,36 +189,36 @@ fn lock(w: &Mutex<ReplayWindow>) -> MutexGuard<'_, ReplayWindow> {
 }
 
 impl RecipientContext {
+    /// Runs `f` on the window in use: the shared one if set, else the context's own.
+    fn window<R>(&mut self, f: impl FnOnce(&mut ReplayWindow) -> R) -> R {
+        match &self.shared {
+            Some(w) => f(&mut lock(w)),
+            None => f(&mut self.replay),
+        }
+    }
+
+    /// As [`window`](Self::window), reading only.
+    fn read_window<R>(&self, f: impl FnOnce(&ReplayWindow) -> R) -> R {
+        match &self.shared {
+            Some(w) => f(&lock(w)),
+            None => f(&self.replay),
+        }
+    }
+
     /// Whether the replay window holds state (not lost, RFC 10021 §2.6.1.2).
     pub(crate) fn window_valid(&self) -> bool {
-        match &self.shared {
-            Some(w) => lock(w).is_valid(),
-            None => self.replay.is_valid(),
-        }
+        self.read_window(ReplayWindow::is_valid)
     }
 
     /// The early, side-effect free check (a cheap reject before any crypto).
     pub(crate) fn window_check(&self, seq: u64) -> Result<(), OscoreError> {
-        match &self.shared {
-            Some(w) => lock(w).check(seq),
-            None => self.replay.check(seq),
-        }
+        self.read_window(|w| w.check(seq))
     }
 
     /// Checks again and records `seq` in one step under the window's lock: of two
     /// engines that both passed the early check, only one gets past this (RFC 8613 §7.4).
     pub(crate) fn window_accept(&mut self, seq: u64) -> Result<(), OscoreError> {
-        match &self.shared {
-            Some(w) => lock(w).accept(seq),
-            None => self.replay.accept(seq),
-        }
-    }
-
-    fn window_set(&mut self, w: ReplayWindow) {
-        match &self.shared {
-            Some(s) => *lock(s) = w,
-            None => self.replay = w,
-        }
+        self.window(|w| w.accept(seq))
     }
 
     /// From now on the window is `w`, shared with whoever else holds it.
@@ -558,7 +558,7 @@ impl SecurityContext {
     /// §2.6.1.1, §2.6.1.2): requests are refused until a window is re-established.
     pub fn invalidate_replay_windows(&mut self) {
         for r in self.recipients.values_mut() {
-            r.window_set(ReplayWindow::invalid());
+            r.window(|w| *w = ReplayWindow::invalid());
         }
     }
 
@@ -569,10 +569,7 @@ impl SecurityContext {
             .recipients
             .get_mut(kid)
             .ok_or(OscoreError::UnknownKid)?;
-        match &r.shared {
-            Some(w) => lock(w).reinit(seq),
-            None => r.replay.reinit(seq),
-        }
+        r.window(|w| w.reinit(seq));
         Ok(())
     }
 
