@@ -66,18 +66,12 @@ impl Engine {
             .iter()
             .position(|m| m.as_ref().is_some_and(|m| m.current().common.gid() == gid))
             .ok_or_else(not_found)?;
-        let member = self.members[group].as_mut().expect("found above");
         // A later epoch installed by another thread (a reload this engine has not applied
         // yet): this one admits nothing under the old Gid, as if it were unknown.
-        if member
-            .current()
-            .sender
-            .shared
-            .as_ref()
-            .is_some_and(|s| s.is_retired())
-        {
+        if self.member_ssn(group).is_some_and(|s| s.is_retired()) {
             return Err(not_found().group(group));
         }
+        let member = self.members[group].as_mut().expect("found above");
         match member.unprotect_request(view.bytes()) {
             Ok((inner, ex)) => Ok((inner, Outer { group, ex })),
             Err(e) => Err(match e {
@@ -334,14 +328,21 @@ impl Engine {
     /// The reservation asked for in `group` could not be written: nothing is raised, and
     /// the next answer (on any thread) asks again.
     pub fn ssn_reservation_failed(&mut self, group: usize) {
-        if let Some(s) = self
-            .members
-            .get(group)
-            .and_then(Option::as_ref)
-            .and_then(|m| m.current().sender.shared.as_ref())
-        {
+        if let Some(s) = self.member_ssn(group) {
             s.end_reservation();
         }
+    }
+
+    /// Where the proxy's Sender Sequence Numbers in `group` come from (its current
+    /// epoch's space, shared by every thread), if it is a member.
+    fn member_ssn(&self, group: usize) -> Option<&crate::oscore::ssn::SsnSource> {
+        self.members
+            .get(group)?
+            .as_ref()?
+            .current()
+            .sender
+            .shared
+            .as_ref()
     }
 
     /// The key epoch of the proxy's membership in `group`: its Key Generation Number
@@ -362,12 +363,7 @@ impl Engine {
     /// other reservation of the group is in flight on any thread: one writer of the
     /// `.ssn` file at a time, and each bound at or above the last (never down).
     pub(super) fn maybe_reserve(&mut self, group: usize) {
-        let Some(s) = self
-            .members
-            .get(group)
-            .and_then(Option::as_ref)
-            .and_then(|m| m.current().sender.shared.as_ref())
-        else {
+        let Some(s) = self.member_ssn(group) else {
             return;
         };
         if let Some(up_to) = s.begin_reservation(SSN_BLOCK) {
