@@ -22,4 +22,5 @@ pub mod proxy;
 #[allow(unsafe_code)]
 pub mod runtime;
 pub mod settings;
+pub(crate) mod sync;
 pub mod tools;

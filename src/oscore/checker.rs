@@ -564,11 +564,7 @@ struct EpochWindows {
 
 impl SharedWindows {
     fn lock(&self) -> MutexGuard<'_, EpochWindows> {
-        // A thread that panicked holding the lock left the windows as they were between
-        // two whole updates (each is a single `accept`): still sound to use.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 
     /// Takes the windows for epoch `(gid, kg)`: the first checker (or one with a newer

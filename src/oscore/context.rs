@@ -3,7 +3,7 @@
 //! context is built or a peer is added; pairwise keys on first use, then cached.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
@@ -15,6 +15,7 @@ use super::error::{ConfigError, OscoreError};
 use super::replay::ReplayWindow;
 use super::ssn::SsnSource;
 use crate::cbor;
+use crate::sync::lock;
 
 /// Largest Sender Sequence Number: Partial IVs are at most 5 bytes (RFC 8613 §7.2.1).
 pub const MAX_SSN: u64 = (1 << 40) - 1;
@@ -181,11 +182,6 @@ pub struct RecipientContext {
     /// The window every engine sharing this peer uses instead of `replay` (the proxy's
     /// membership with several threads): a request accepted by one is a replay on all.
     shared: Option<Arc<Mutex<ReplayWindow>>>,
-}
-
-fn lock(w: &Mutex<ReplayWindow>) -> MutexGuard<'_, ReplayWindow> {
-    // A window is whole between two updates (each is one assignment): still sound.
-    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl RecipientContext {

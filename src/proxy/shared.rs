@@ -43,6 +43,7 @@ use crate::oscore::SecurityContext;
 use crate::oscore::SharedWindows;
 use crate::oscore::replay::ReplayWindow;
 use crate::oscore::ssn::SsnSource;
+use crate::sync::lock;
 
 /// A client address's state, for the whole proxy.
 #[derive(Debug)]
@@ -81,12 +82,6 @@ struct Inner {
 pub struct Shared {
     inner: Arc<Inner>,
     thread: u16,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock guards state that is whole between two updates (each is a single
-    // insert, counter step or window move): still sound to use.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {

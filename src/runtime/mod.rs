@@ -234,9 +234,7 @@ impl Proxy {
         let f = std::sync::Arc::new(std::sync::Mutex::new(f));
         for w in &mut self.workers {
             let f = f.clone();
-            w.observer = Some(Box::new(move |e: &Event| {
-                (f.lock().unwrap_or_else(std::sync::PoisonError::into_inner))(e)
-            }));
+            w.observer = Some(Box::new(move |e: &Event| (crate::sync::lock(&f))(e)));
         }
     }
 
@@ -430,16 +428,10 @@ struct Locked(SharedObserver);
 
 impl Observer for Locked {
     fn event(&mut self, e: &Event) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .event(e);
+        crate::sync::lock(&self.0).event(e);
     }
     fn handled(&mut self, engine: &Engine, took: Option<Duration>) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .handled(engine, took);
+        crate::sync::lock(&self.0).handled(engine, took);
     }
 }
 
@@ -722,9 +714,7 @@ impl Worker {
             for g in starting {
                 let dir = self.state_dir.as_deref().expect("checked above");
                 let replay = self.replay.clone();
-                let mut guard = replay
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard = crate::sync::lock(&replay);
                 let store = match guard.as_mut() {
                     Some(s) => s,
                     None => guard.insert(
@@ -867,9 +857,7 @@ impl Worker {
         // Locked from the take to the end of the writes: a thread that finds the windows
         // clean because another took them waits here until that write is on disk.
         let replay = self.replay.clone();
-        let mut store = replay
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut store = crate::sync::lock(&replay);
         let states = self.engine.take_replay_state();
         for (g, st) in states {
             let r = match store.as_mut() {

@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::filter::Storable;
@@ -43,6 +43,7 @@ use crate::coap::options::{self as opt, read_uint, uint_value};
 use crate::oscore::deterministic::is_deterministic_request;
 use crate::proxy::config::GroupCache;
 use crate::proxy::events::{CacheEvent, Event};
+use crate::sync::lock;
 
 /// 0.05 FETCH (RFC 8132 §2): safe, cacheable with its payload in the key (§2.3).
 const FETCH: u8 = 0x05;
@@ -305,12 +306,6 @@ fn group_of(key: &Key) -> Option<usize> {
         To::Group(g) => Some(g),
         To::Origin(_) => None,
     }
-}
-
-/// The store's lock. A poisoned one guards a store whose counts are whole between two
-/// updates (they only ever move with saturating steps): still sound to use.
-fn lock(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cache {

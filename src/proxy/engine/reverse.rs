@@ -15,7 +15,6 @@
 //! no open relay for the hosts behind it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{Engine, HashMap, Local, Reject};
@@ -25,6 +24,7 @@ use crate::coap::cri;
 use crate::coap::options::{self as opt, read_uint, uint_value};
 use crate::proxy::config::{ReverseSpec, StandIn};
 use crate::proxy::events::{Event, RejectReason, ReverseAction};
+use crate::sync::lock;
 
 use super::member::Outer;
 
@@ -59,12 +59,6 @@ pub(crate) struct Servers {
     /// When servers past their lifetime were last looked for (a scan of `known`, so at
     /// most once a second however many responses come while the pool is full).
     swept: Option<Instant>,
-}
-
-/// The tables' lock. A poisoned one guards tables whole between two steps (each an
-/// insert or removal of one server with its slot): still sound to use.
-fn lock(m: &Mutex<Vec<Servers>>) -> MutexGuard<'_, Vec<Servers>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Servers {
