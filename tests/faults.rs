@@ -1033,9 +1033,9 @@ fn kill_9_under_load_restart_reuses_no_ssn_and_forwards_no_replay() {
 /// Client sockets whose 4-tuples the kernel hands to different forwarding threads, one
 /// per thread: each thread's fan-out leaves by an egress port of its own (one per thread
 /// with `egress_ports = 1`), so a plain group request sent from a candidate socket and
-/// caught on the group shows which thread took it.
-fn one_socket_per_thread(s: &Setup, threads: usize) -> Vec<UdpSocket> {
-    let group = loopback_group_socket((PLAIN, s.plain_port).into(), Duration::from_millis(500));
+/// caught on `group` (the plain group's receiver, bound before the proxy started so that
+/// none of its ephemeral egress ports can take the group's port) shows which thread took it.
+fn one_socket_per_thread(s: &Setup, group: &UdpSocket, threads: usize) -> Vec<UdpSocket> {
     let mut by_port: BTreeMap<u16, UdpSocket> = BTreeMap::new();
     for i in 0..64u16 {
         if by_port.len() == threads {
@@ -1088,8 +1088,9 @@ fn kill_9_with_two_member_threads_every_partial_iv_after_is_above_every_one_befo
     let g = secure_group();
     s.write_config(&g);
     let _devs = good_devices(&s, &g, 81);
+    let group = loopback_group_socket((PLAIN, s.plain_port).into(), Duration::from_millis(500));
     let mut proxy = ProxyProc::start(&s);
-    let socks = one_socket_per_thread(&s, 2);
+    let socks = one_socket_per_thread(&s, &group, 2);
     let gens: Vec<Generator> = socks
         .into_iter()
         .zip([CLIENT, ADVERSARY])

@@ -898,8 +898,10 @@ fn s12_2_sighup_rekeys_every_thread_at_once() {
     let proxy_addr: SocketAddr = ([127, 0, 0, 1], ports.0).into();
     let cfg = dir.join("groxy.toml");
     write_toml(&dir, &e1, group, ports, false);
-    let p = GroxyRun::start(&dir, ([127, 0, 0, 1], ports.1).into());
+    // Bound before the proxy starts: none of its ephemeral egress ports can take the
+    // group's port then.
     let member = wire::member(group);
+    let p = GroxyRun::start(&dir, ([127, 0, 0, 1], ports.1).into());
     let clients: Vec<std::net::UdpSocket> = (0..48).map(|_| wire::client()).collect();
     let mut mid = 0u16;
     // One fresh request per client port under `ctx`; the egress ports the fan-outs
