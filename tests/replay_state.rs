@@ -226,3 +226,75 @@ fn rfc10021_s12_2_a_sighup_rekey_hands_over_the_new_epochs_empty_state() {
     assert!(feed(&mut m, &request(&mut client, 2, 2)).0);
     assert_eq!(only(m.take_replay_state()).windows.len(), 1);
 }
+
+#[test]
+fn groupcomm_proxy_s10_a_state_taken_into_a_reused_buffer_is_the_whole_state_in_kid_order() {
+    // The driver takes each batch's state into the buffer of the one before
+    // (`take_replay_state_into`): what it writes must be exactly a fresh snapshot, every
+    // sender's window in kid order, with nothing left over from a longer state before.
+    let (a, b, c): (&[u8], &[u8], &[u8]) = (&[0x03], &[0x01], &[0x02, 0x00]);
+    let g1 = Group::new(&[a, b, c, DEV]);
+    let g2 = next_epoch(&g1);
+    let mut e = engine(&g1);
+    let mut buf = vec![ReplayState {
+        gid: b"a much longer gid than any".to_vec(),
+        key_generation: 77,
+        windows: (0..5u8)
+            .map(|i| {
+                (
+                    vec![0xee; 9],
+                    WindowState::Active {
+                        top: i.into(),
+                        seen: 1,
+                    },
+                )
+            })
+            .collect(),
+    }];
+    assert_eq!(
+        e.take_replay_state_into(&mut buf),
+        vec![0],
+        "a new epoch is dirty"
+    );
+    assert_eq!(
+        (
+            buf[0].gid.as_slice(),
+            buf[0].key_generation,
+            buf[0].windows.len()
+        ),
+        (g1.gid.as_slice(), 0, 0)
+    );
+    for (i, kid) in [a, b, c].into_iter().enumerate() {
+        let mut ctx = SecurityContext::new(&g1.config(kid)).unwrap();
+        let seq = 10 + i as u64;
+        assert!(feed(&mut e, &request(&mut ctx, seq, 1 + i as u16)).0);
+    }
+    assert_eq!(e.take_replay_state_into(&mut buf), vec![0]);
+    let expected = vec![
+        (b.to_vec(), WindowState::Active { top: 11, seen: 1 }),
+        (c.to_vec(), WindowState::Active { top: 12, seen: 1 }),
+        (a.to_vec(), WindowState::Active { top: 10, seen: 1 }),
+    ];
+    assert_eq!(buf[0].windows, expected, "in kid order, as recorded");
+    assert_eq!(
+        buf[0],
+        e.checker(0).unwrap().replay_state(),
+        "the same as a fresh snapshot"
+    );
+    assert!(
+        e.take_replay_state_into(&mut buf).is_empty(),
+        "taken: clean"
+    );
+    // A rekey: the same buffer, now the new epoch's empty windows and its Gid.
+    e.reconfigure(Instant::now(), cfg(&g2, Policy::Enforce))
+        .unwrap();
+    assert_eq!(e.take_replay_state_into(&mut buf), vec![0]);
+    assert_eq!(
+        (
+            buf[0].gid.as_slice(),
+            buf[0].key_generation,
+            buf[0].windows.len()
+        ),
+        (g2.gid.as_slice(), 1, 0)
+    );
+}

@@ -3,7 +3,7 @@
 //! member and Group Manager credentials, §12.3). It holds no Sender or Recipient Keys, so
 //! it cannot decrypt a payload or forge a message (§14.1).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::aad::{self, GroupAad, RequestIds, TbsForm};
@@ -557,7 +557,9 @@ pub struct SharedWindows(Arc<Mutex<EpochWindows>>);
 struct EpochWindows {
     /// The epoch the windows belong to; `None` until a checker claimed them.
     epoch: Option<(Vec<u8>, u64)>,
-    windows: HashMap<Vec<u8>, ReplayWindow>,
+    /// Ordered by kid, the order the recorded state lists them in: a snapshot (taken
+    /// under the lock, once per batch of every thread) walks them without sorting.
+    windows: BTreeMap<Vec<u8>, ReplayWindow>,
     /// The windows changed (or the epoch did) since [`GroupChecker::take_dirty`].
     dirty: bool,
 }
@@ -665,34 +667,65 @@ impl GroupChecker {
 
     /// The state of the current epoch's windows.
     pub fn replay_state(&self) -> ReplayState {
-        Self::snapshot(&self.current, &self.windows.lock())
+        let mut out = ReplayState {
+            gid: Vec::new(),
+            key_generation: 0,
+            windows: Vec::new(),
+        };
+        Self::snapshot_into(&self.current, &self.windows.lock(), &mut out);
+        out
     }
 
-    fn snapshot(current: &SignatureChecker, w: &EpochWindows) -> ReplayState {
-        let mut windows: Vec<(Vec<u8>, WindowState)> = w
-            .windows
-            .iter()
-            .map(|(k, w)| (k.clone(), w.state()))
-            .collect();
-        windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    /// Writes the windows' state into `out`, reusing its allocations: taken under the
+    /// shared lock once per batch of every thread, so it allocates nothing once `out`
+    /// has held a state of as many windows, and sorts nothing (the map is ordered).
+    fn snapshot_into(current: &SignatureChecker, w: &EpochWindows, out: &mut ReplayState) {
+        out.windows.truncate(w.windows.len());
+        let had = out.windows.len();
+        for (i, (kid, window)) in w.windows.iter().enumerate() {
+            if i < had {
+                let slot = &mut out.windows[i];
+                slot.0.clone_from(kid);
+                slot.1 = window.state();
+            } else {
+                out.windows.push((kid.clone(), window.state()));
+            }
+        }
         // The shared epoch, which a newer checker on another thread may have moved on.
-        let (gid, key_generation) = w
-            .epoch
-            .clone()
-            .unwrap_or_else(|| (current.gid.clone(), current.key_generation));
-        ReplayState {
-            gid,
-            key_generation,
-            windows,
+        match &w.epoch {
+            Some((gid, kg)) => {
+                out.gid.clone_from(gid);
+                out.key_generation = *kg;
+            }
+            None => {
+                out.gid.clone_from(&current.gid);
+                out.key_generation = current.key_generation;
+            }
         }
     }
 
     /// The state, if it changed since the last call (on any thread sharing the windows);
     /// clean afterwards.
     pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
+        let mut out = ReplayState {
+            gid: Vec::new(),
+            key_generation: 0,
+            windows: Vec::new(),
+        };
+        self.take_dirty_into(&mut out).then_some(out)
+    }
+
+    /// [`take_dirty`](Self::take_dirty) into `out` (see
+    /// [`snapshot_into`](Self::snapshot_into)): whether the state changed and `out` now
+    /// holds it.
+    pub(crate) fn take_dirty_into(&mut self, out: &mut ReplayState) -> bool {
         self.moved = false;
         let mut w = self.windows.lock();
-        std::mem::take(&mut w.dirty).then(|| Self::snapshot(&self.current, &w))
+        let dirty = std::mem::take(&mut w.dirty);
+        if dirty {
+            Self::snapshot_into(&self.current, &w, out);
+        }
+        dirty
     }
 
     /// Marks the windows changed again: a write of their state failed, and whoever shares
@@ -834,7 +867,11 @@ impl GroupChecker {
             {
                 return Err(OscoreError::UnknownGid);
             }
-            let w = shared.windows.entry(req.kid.clone()).or_default();
+            // Looked up before inserting, so that the kid is copied only for a new sender.
+            let w = match shared.windows.get_mut(req.kid.as_slice()) {
+                Some(w) => w,
+                None => shared.windows.entry(req.kid.clone()).or_default(),
+            };
             w.accept(req.seq)?;
             shared.dirty = true;
             drop(shared);

@@ -130,6 +130,9 @@ struct Worker {
     /// shared by every thread: it is locked while a thread takes the windows' state and
     /// writes it, so that no thread sends what another's pending write still covers.
     replay: std::sync::Arc<std::sync::Mutex<Option<replay::ReplayStore>>>,
+    /// Per group, the buffer its replay state is taken into before each write (reused:
+    /// see [`Engine::take_replay_state_into`]).
+    replay_states: Vec<crate::oscore::ReplayState>,
     listen: Vec<SocketAddr>,
     /// Which forwarding thread this is, and how many there are.
     thread: (usize, usize),
@@ -511,6 +514,7 @@ impl Worker {
             watcher: None,
             state_dir: cfg.state_dir.clone(),
             replay: Default::default(),
+            replay_states: Vec::new(),
             listen: cfg.listen.clone(),
             thread,
             bridge: None,
@@ -858,10 +862,10 @@ impl Worker {
         // clean because another took them waits here until that write is on disk.
         let replay = self.replay.clone();
         let mut store = crate::sync::lock(&replay);
-        let states = self.engine.take_replay_state();
-        for (g, st) in states {
+        let changed = self.engine.take_replay_state_into(&mut self.replay_states);
+        for g in changed {
             let r = match store.as_mut() {
-                Some(store) => store.write(g, &st),
+                Some(store) => store.write(g, &self.replay_states[g]),
                 None => Err(io::Error::other("no state_dir for the replay windows")),
             };
             if r.is_err() && self.thread.1 > 1 {

@@ -60,8 +60,16 @@ pub enum FormatError {
 /// The bytes of slot content for `state` under sequence number `seq`. Fails only on a
 /// kid longer than 65535 bytes or a Gid longer than 255, which no checker admits.
 pub fn encode(seq: u64, state: &ReplayState) -> io::Result<Vec<u8>> {
+    let mut b = Vec::new();
+    encode_into(&mut b, seq, state)?;
+    Ok(b)
+}
+
+/// [`encode`] into `b` (cleared first), so that a writer can reuse one buffer.
+pub fn encode_into(b: &mut Vec<u8>, seq: u64, state: &ReplayState) -> io::Result<()> {
     let gid_len = u8::try_from(state.gid.len()).map_err(|_| io::Error::other("Gid too long"))?;
-    let mut b = Vec::with_capacity(64 + state.windows.len() * 24);
+    b.clear();
+    b.reserve(64 + state.windows.len() * 24);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&seq.to_be_bytes());
     b.extend_from_slice(&state.key_generation.to_be_bytes());
@@ -81,9 +89,9 @@ pub fn encode(seq: u64, state: &ReplayState) -> io::Result<Vec<u8>> {
         b.extend_from_slice(&top.to_be_bytes());
         b.extend_from_slice(&seen.to_be_bytes());
     }
-    let digest = Sha256::digest(&b);
+    let digest = Sha256::digest(&b[..]);
     b.extend_from_slice(&digest);
-    Ok(b)
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -212,6 +220,8 @@ struct Slots {
     files: [File; 2],
     lens: [u64; 2],
     next: u64,
+    /// The bytes of the last write, kept for the next one's encoding.
+    buf: Vec<u8>,
 }
 
 impl Slots {
@@ -219,10 +229,11 @@ impl Slots {
     /// write keeps the sequence number, so that the next attempt goes to the same slot
     /// and the newest valid one is never overwritten while the other may be damaged.
     fn write(&mut self, state: &ReplayState) -> io::Result<()> {
-        let bytes = encode(self.next, state)?;
+        encode_into(&mut self.buf, self.next, state)?;
+        let bytes = &self.buf;
         let i = (self.next % 2) as usize;
         let f = &self.files[i];
-        f.write_all_at(&bytes, 0)?;
+        f.write_all_at(bytes, 0)?;
         let len = bytes.len() as u64;
         if len < self.lens[i] {
             f.set_len(len)?;
@@ -320,6 +331,7 @@ impl ReplayStore {
             files: [a, b],
             lens,
             next,
+            buf: Vec::new(),
         };
         // Both slots now get the current state (a restored one, or a new epoch's empty
         // windows), in order: at every moment one of them is valid and complete.

@@ -189,6 +189,29 @@ impl Engine {
         out
     }
 
+    /// [`take_replay_state`](Self::take_replay_state) into `states` (indexed by group,
+    /// grown as needed), reusing what they hold: the driver calls this once per batch,
+    /// and a group's state is as many windows as it has senders, so reused buffers keep
+    /// the snapshot (taken under the lock the threads share) free of allocations.
+    /// Returns the groups whose state changed; `states[g]` holds each.
+    pub fn take_replay_state_into(&mut self, states: &mut Vec<ReplayState>) -> Vec<usize> {
+        let mut changed = Vec::new();
+        for (g, c) in self.checkers.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            while states.len() <= g {
+                states.push(ReplayState {
+                    gid: Vec::new(),
+                    key_generation: 0,
+                    windows: Vec::new(),
+                });
+            }
+            if c.take_dirty_into(&mut states[g]) {
+                changed.push(g);
+            }
+        }
+        changed
+    }
+
     /// Whether this engine moved any group's replay windows (admitted a request, or
     /// installed or restored an epoch) since its last
     /// [`take_replay_state`](Self::take_replay_state): if not, nothing it queued depends on
