@@ -21,11 +21,18 @@
 //! scaling, not this VM's disk (the filter bench measures the sync).
 //!
 //! Per run and thread count: verified requests/s, p50/p99 latency, the CPU of the proxy's
-//! forwarding threads and of the generator (percent of one core). At the end: medians per
-//! thread count and the ratio of 2 threads to 1 (run by run and of the medians).
+//! forwarding threads and of the generator (percent of one core), the generator's
+//! datagrams per sendmmsg and wake-ups per second, the forwarding threads' preemptions
+//! per second, and, right after the run on as many threads, raw `verify_strict` per
+//! second (one signature in a loop, nothing shared, no I/O): what this machine's cores
+//! deliver in the same minutes. At the end: medians per thread count, the ratio of 2
+//! threads to 1 (of the medians and run by run), the machine's own ratio, and the one
+//! against the other.
 //!
-//! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512] [--only 1|2]`
-//! (`--only`: one thread count alone, for a profiler).
+//! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512]
+//! [--only 1|2] [--gen-fifo PRIO]` (`--only`: one thread count alone, for a profiler;
+//! `--gen-fifo`: the generator thread SCHED_FIFO while it sends, as root, so that it is
+//! never kept waiting behind the forwarding threads it loads).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -53,9 +60,8 @@ struct Args {
     state_dir: std::path::PathBuf,
     /// Only this thread count (for a profiler's run), not both side by side.
     only: Option<usize>,
-    /// With the window full and nothing arrived, the generator sleeps this long before it
-    /// looks again (0: it waits for the next arrival, woken by every fan-out).
-    pace: Duration,
+    /// The generator thread SCHED_FIFO at this priority while it runs (0: not).
+    gen_fifo: u8,
 }
 
 fn args() -> Args {
@@ -65,7 +71,7 @@ fn args() -> Args {
         window: 512,
         state_dir: std::path::PathBuf::from("/dev/shm"),
         only: None,
-        pace: Duration::ZERO,
+        gen_fifo: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -77,7 +83,7 @@ fn args() -> Args {
             "--window" => a.window = next.parse().expect("--window N"),
             "--state-dir" => a.state_dir = next.into(),
             "--only" => a.only = Some(next.parse().expect("--only 1|2")),
-            "--pace-us" => a.pace = Duration::from_micros(next.parse().expect("--pace-us N")),
+            "--gen-fifo" => a.gen_fifo = next.parse().expect("--gen-fifo PRIO"),
             // cargo bench passes --bench
             _ => {
                 i += 1;
@@ -298,6 +304,9 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
     let end_at = start + warm + Duration::from_secs_f64(a.seconds);
     let mut exhausted = false;
     let (mut send_calls, mut send_datagrams) = (0u64, 0u64);
+    if a.gen_fifo > 0 {
+        net::set_fifo(a.gen_fifo).expect("SCHED_FIFO for the generator (root)");
+    }
     loop {
         let now = Instant::now();
         if measured.is_none() && now >= start + warm {
@@ -313,15 +322,9 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
         if now >= end_at || exhausted {
             break;
         }
-        // Fill the window, in turn from every client, a batch at a time. With a pace, a
-        // batch goes only once it can be a whole one (or the window is empty).
-        loop {
-            let open = a.window.saturating_sub(sent.saturating_sub(got));
-            let whole = open >= net::BATCH || sent == got || a.pace.is_zero();
-            if open == 0 || !whole || exhausted {
-                break;
-            }
-            let room = open.min(net::BATCH);
+        // Fill the window, in turn from every client, a batch at a time.
+        while sent.saturating_sub(got) < a.window && !exhausted {
+            let room = (a.window - sent.saturating_sub(got)).min(net::BATCH);
             let mut tags = [0u64; net::BATCH];
             for t in tags.iter_mut().take(room) {
                 let i = c % CLIENTS;
@@ -373,18 +376,13 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
                 sent_at.retain(|_, t| *t > old);
                 got += before - sent_at.len();
             }
-            // Woken by every fan-out, the generator would preempt a forwarding thread
-            // tens of thousands of times a second on a 2-core machine: a client
-            // population elsewhere takes nothing from the proxy's cores. Sleeping for
-            // the pace instead lets a batch's worth arrive (the window holds many
-            // paces' worth, so the proxy never runs dry); a latency is late by at most
-            // the pace.
-            if a.pace.is_zero() {
-                net::wait_readable(&[net::fd(&member)], 1);
-            } else {
-                std::thread::sleep(a.pace);
-            }
+            net::wait_readable(&[net::fd(&member)], 1);
         }
+    }
+    if a.gen_fifo > 0 {
+        let p = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a valid sched_param for the calling thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
     }
     let mark = measured.expect("ran past the warm-up");
     let elapsed = mark.at.elapsed().as_secs_f64();
@@ -522,9 +520,8 @@ fn main() {
     eprintln!("signed in {:.1} s", t.elapsed().as_secs_f64());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "verified group requests (enforce, Ed25519), {CLIENTS} clients, window {}, pace {} us, {} s per run, {cores} cores, load average {}",
+        "verified group requests (enforce, Ed25519), {CLIENTS} clients, window {}, {} s per run, {cores} cores, load average {}",
         a.window,
-        a.pace.as_micros(),
         a.seconds,
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
