@@ -29,10 +29,16 @@
 //! threads to 1 (of the medians and run by run), the machine's own ratio, and the one
 //! against the other.
 //!
+//! With `--apart`, each run also has two proxies of one thread each in this process,
+//! sharing nothing (their own tables, replay windows and state directories), each sent
+//! half the clients: what two forwarding threads could reach here if sharing cost
+//! nothing. A request that got no fan-out within a second frees its window slot but is
+//! not counted.
+//!
 //! Run: `cargo bench --bench threads -- [--seconds 3] [--runs 3] [--window 512]
-//! [--only 1|2] [--gen-fifo PRIO]` (`--only`: one thread count alone, for a profiler;
-//! `--gen-fifo`: the generator thread SCHED_FIFO while it sends, as root, so that it is
-//! never kept waiting behind the forwarding threads it loads).
+//! [--only 1|2] [--apart] [--gen-fifo PRIO]` (`--only`: one thread count alone, for a
+//! profiler; `--gen-fifo`: the generator thread SCHED_FIFO while it sends, as root, so
+//! that it is never kept waiting behind the forwarding threads it loads).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -62,6 +68,8 @@ struct Args {
     only: Option<usize>,
     /// The generator thread SCHED_FIFO at this priority while it runs (0: not).
     gen_fifo: u8,
+    /// Also two proxies of one thread each, sharing nothing, each sent half the clients.
+    apart: bool,
 }
 
 fn args() -> Args {
@@ -72,6 +80,7 @@ fn args() -> Args {
         state_dir: std::path::PathBuf::from("/dev/shm"),
         only: None,
         gen_fifo: 0,
+        apart: false,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -83,6 +92,11 @@ fn args() -> Args {
             "--window" => a.window = next.parse().expect("--window N"),
             "--state-dir" => a.state_dir = next.into(),
             "--only" => a.only = Some(next.parse().expect("--only 1|2")),
+            "--apart" => {
+                a.apart = true;
+                i += 1;
+                continue;
+            }
             "--gen-fifo" => a.gen_fifo = next.parse().expect("--gen-fifo PRIO"),
             // cargo bench passes --bench
             _ => {
@@ -232,41 +246,63 @@ struct Outcome {
     raw: f64,
 }
 
-fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: usize) -> Outcome {
-    let dir = a.state_dir.join(format!(
-        "groxy-bench-threads-{}-{run}-{threads}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg: RunConfig = groxy::settings::load_default().run;
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.proxy.groups[0].addr = SocketAddr::V4(group);
-    cfg.proxy.groups[0].allow = vec!["127.0.0.0/8".parse().unwrap()];
-    cfg.proxy.groups[0].security = Some(GroupSecurity {
-        policy: Policy::Enforce,
-        checker: m.checker.clone(),
-        member: None,
-        allow_kids: None,
-    });
-    cfg.proxy.threads = threads;
-    cfg.state_dir = Some(dir.clone());
+/// One proxy with `threads` forwarding threads, or (`apart`) that many proxies of one
+/// thread each, sharing nothing (own tables, replay windows and state directory), each
+/// sent its share of the clients: the control for what the sharing costs.
+fn run_once(
+    m: &Material,
+    group: SocketAddrV4,
+    threads: usize,
+    apart: bool,
+    a: &Args,
+    run: usize,
+) -> Outcome {
     // The group's member socket is bound before the proxy, so that none of the proxy's
     // ephemeral egress ports can take the group's port.
     let member = net::multicast_receiver(group).expect("group member socket");
-    let proxy = Proxy::bind(cfg).expect("bind");
-    assert_eq!(proxy.threads(), threads);
-    let listen = proxy.listen_addrs()[0];
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (proxies, per_proxy) = if apart { (threads, 1) } else { (1, threads) };
+    let mut dirs = Vec::new();
+    let mut listens = Vec::new();
+    let mut stops = Vec::new();
+    let mut runners = Vec::new();
+    for p in 0..proxies {
+        let dir = a.state_dir.join(format!(
+            "groxy-bench-threads-{}-{run}-{threads}-{apart}-{p}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg: RunConfig = groxy::settings::load_default().run;
+        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        cfg.proxy.groups[0].addr = SocketAddr::V4(group);
+        cfg.proxy.groups[0].allow = vec!["127.0.0.0/8".parse().unwrap()];
+        cfg.proxy.groups[0].security = Some(GroupSecurity {
+            policy: Policy::Enforce,
+            checker: m.checker.clone(),
+            member: None,
+            allow_kids: None,
+        });
+        cfg.proxy.threads = per_proxy;
+        cfg.state_dir = Some(dir.clone());
+        let proxy = Proxy::bind(cfg).expect("bind");
+        assert_eq!(proxy.threads(), per_proxy);
+        let SocketAddr::V4(listen) = proxy.listen_addrs()[0] else {
+            panic!("an IPv4 listener")
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        runners.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(proxy.run(async move {
+                let _ = stop_rx.await;
+            }))
             .unwrap();
-        rt.block_on(proxy.run(async move {
-            let _ = stop_rx.await;
-        }))
-        .unwrap();
-    });
+        }));
+        dirs.push(dir);
+        listens.push(listen);
+        stops.push(stop_tx);
+    }
 
     // One generator socket on 0.0.0.0 sends as every client's loopback address
     // (IP_PKTINFO), 32 datagrams per sendmmsg, and the member socket is read 32 at a
@@ -275,16 +311,14 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
     // elsewhere would not take. Each client is still its own endpoint (its address).
     let sender = net::udp_any(0).expect("generator socket");
     let client_ip = |i: usize| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
-    let SocketAddr::V4(to) = listen else {
-        panic!("an IPv4 listener")
-    };
     let mut out = net::Batch::new();
     let mut inb = net::Batch::new();
 
     let mut sent_at: HashMap<u64, Instant> = HashMap::new();
     let mut next = vec![0usize; CLIENTS];
     let mut c = 0usize;
-    let (mut sent, mut got) = (0usize, 0usize);
+    // `got`: answered by a fan-out or given up as lost (`lost`), what frees the window.
+    let (mut sent, mut got, mut lost) = (0usize, 0usize, 0usize);
     let mut lat: Vec<Duration> = Vec::new();
     let warm = Duration::from_millis(500);
     let start = Instant::now();
@@ -293,6 +327,7 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
     struct Mark {
         at: Instant,
         got: usize,
+        lost: usize,
         proxy: (u64, u64),
         gen_cpu: u64,
         gen_wakeups: u64,
@@ -313,6 +348,7 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
             measured = Some(Mark {
                 at: now,
                 got,
+                lost,
                 proxy: proxy_cpu_ns(),
                 gen_cpu: thread_cpu_ns(gen_stat),
                 gen_wakeups: switches(gen_status).0,
@@ -335,7 +371,7 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
                 };
                 next[i] += 1;
                 *t = tag(r).unwrap_or(0);
-                out.push_from(to, client_ip(i), |b| {
+                out.push_from(listens[i % proxies], client_ip(i), |b| {
                     b[..r.len()].copy_from_slice(r);
                     r.len()
                 });
@@ -375,6 +411,7 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
                 let before = sent_at.len();
                 sent_at.retain(|_, t| *t > old);
                 got += before - sent_at.len();
+                lost += before - sent_at.len();
             }
             net::wait_readable(&[net::fd(&member)], 1);
         }
@@ -386,7 +423,12 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
     }
     let mark = measured.expect("ran past the warm-up");
     let elapsed = mark.at.elapsed().as_secs_f64();
-    let forwarded = got - mark.got;
+    // Only what arrived counts: a request given up on is not a verified one.
+    let lost = lost - mark.lost;
+    let forwarded = got - mark.got - lost;
+    if lost > 0 {
+        eprintln!("  ({lost} requests got no fan-out within a second: not counted)");
+    }
     let (pcpu1, preempted1) = proxy_cpu_ns();
     let pcpu = (pcpu1 - mark.proxy.0) as f64 / 1e9 / elapsed * 100.0;
     let gcpu = (thread_cpu_ns(gen_stat) - mark.gen_cpu) as f64 / 1e9 / elapsed * 100.0;
@@ -394,9 +436,15 @@ fn run_once(m: &Material, group: SocketAddrV4, threads: usize, a: &Args, run: us
     let preemptions = (preempted1 - mark.proxy.1) as f64 / elapsed;
     let per_send =
         (send_datagrams - mark.sends.1) as f64 / (send_calls - mark.sends.0).max(1) as f64;
-    let _ = stop_tx.send(());
-    let _ = runner.join();
-    let _ = std::fs::remove_dir_all(&dir);
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for r in runners {
+        let _ = r.join();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if exhausted {
         eprintln!("  (ran out of pre-signed requests: raise --seconds' budget)");
     }
@@ -544,17 +592,29 @@ fn main() {
         "preempt/s",
         "raw/s"
     );
-    let mut by: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+    // by[0]: 1 thread; by[1]: 2 threads; by[2]: 2 proxies of one thread apart (`--apart`).
+    let mut by: [Vec<Outcome>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let label = ["1", "2", "2 apart"];
     for run in 0..a.runs {
-        // Alternating order, so that a drift of the machine's speed hits both.
-        let order: [usize; 2] = if run % 2 == 0 { [1, 2] } else { [2, 1] };
-        for threads in order.into_iter().filter(|t| a.only.is_none_or(|o| o == *t)) {
-            let mut o = run_once(&m, group, threads, &a, run);
+        // Alternating order, so that a drift of the machine's speed hits all alike.
+        let mut order: Vec<usize> = vec![0, 1];
+        if a.apart {
+            order.push(2);
+        }
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for k in order
+            .into_iter()
+            .filter(|k| a.only.is_none_or(|o| o == [1, 2, 2][*k]))
+        {
+            let threads = [1, 2, 2][k];
+            let mut o = run_once(&m, group, threads, k == 2, &a, run);
             o.raw = raw_verify_rate(threads, Duration::from_secs(1));
             println!(
                 "{:>4} {:>8} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.1} {:>9.0} {:>10.0} {:>10.0}",
                 run,
-                threads,
+                label[k],
                 o.rate,
                 o.p50.as_secs_f64() * 1e6,
                 o.p99.as_secs_f64() * 1e6,
@@ -565,15 +625,15 @@ fn main() {
                 o.preemptions,
                 o.raw
             );
-            by[threads - 1].push(o);
+            by[k].push(o);
         }
     }
     let med = |t: usize, f: &dyn Fn(&Outcome) -> f64| median(by[t].iter().map(f).collect());
     println!("medians:");
-    for t in (0..2).filter(|t| !by[*t].is_empty()) {
+    for t in (0..3).filter(|t| !by[*t].is_empty()) {
         println!(
-            "  {} thread(s): {:.0} verified/s, p50 {:.0} us, p99 {:.0} us, proxy CPU {:.0}%, generator CPU {:.0}%, raw verify_strict {:.0}/s",
-            t + 1,
+            "  {:>7}: {:.0} verified/s, p50 {:.0} us, p99 {:.0} us, proxy CPU {:.0}%, generator CPU {:.0}%, raw verify_strict {:.0}/s",
+            label[t],
             med(t, &|o| o.rate),
             med(t, &|o| o.p50.as_secs_f64() * 1e6),
             med(t, &|o| o.p99.as_secs_f64() * 1e6),
@@ -582,13 +642,13 @@ fn main() {
             med(t, &|o| o.raw),
         );
     }
-    if by.iter().any(Vec::is_empty) {
+    if by[0].is_empty() || by[1].is_empty() {
         return;
     }
-    let ratio_of = |f: &dyn Fn(&Outcome) -> f64| {
+    let ratio_of = |k: usize, f: &dyn Fn(&Outcome) -> f64| {
         let pairs: Vec<f64> = by[0]
             .iter()
-            .zip(&by[1])
+            .zip(&by[k])
             .map(|(one, two)| f(two) / f(one).max(1e-9))
             .collect();
         let list = pairs
@@ -596,13 +656,19 @@ fn main() {
             .map(|r| format!("{r:.2}x"))
             .collect::<Vec<_>>()
             .join(" ");
-        (med(1, f) / med(0, f).max(1e-9), median(pairs), list)
+        (med(k, f) / med(0, f).max(1e-9), median(pairs), list)
     };
-    let (proxy, proxy_pairs, proxy_list) = ratio_of(&|o| o.rate);
-    let (raw, raw_pairs, raw_list) = ratio_of(&|o| o.raw);
+    let (proxy, proxy_pairs, proxy_list) = ratio_of(1, &|o| o.rate);
+    let (raw, raw_pairs, raw_list) = ratio_of(1, &|o| o.raw);
     println!(
         "ratio 2 threads / 1: {proxy:.2}x of the medians, {proxy_pairs:.2}x the median run by run ({proxy_list})"
     );
+    if !by[2].is_empty() {
+        let (apart, apart_pairs, apart_list) = ratio_of(2, &|o| o.rate);
+        println!(
+            "ratio 2 proxies apart / 1 thread: {apart:.2}x of the medians, {apart_pairs:.2}x the median run by run ({apart_list})"
+        );
+    }
     println!(
         "the machine's own, raw verify_strict: {raw:.2}x of the medians, {raw_pairs:.2}x run by run ({raw_list})"
     );
