@@ -591,7 +591,7 @@ impl SharedWindows {
 /// The replay filter's state of a group's current key epoch, as stable storage keeps it:
 /// windows are per (Gid, kid), so the Gid and Key Generation Number say which epoch they
 /// belong to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayState {
     /// Gid of the epoch the windows belong to.
     pub gid: Vec<u8>,
@@ -667,11 +667,7 @@ impl GroupChecker {
 
     /// The state of the current epoch's windows.
     pub fn replay_state(&self) -> ReplayState {
-        let mut out = ReplayState {
-            gid: Vec::new(),
-            key_generation: 0,
-            windows: Vec::new(),
-        };
+        let mut out = ReplayState::default();
         Self::snapshot_into(&self.current, &self.windows.lock(), &mut out);
         out
     }
@@ -707,11 +703,7 @@ impl GroupChecker {
     /// The state, if it changed since the last call (on any thread sharing the windows);
     /// clean afterwards.
     pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
-        let mut out = ReplayState {
-            gid: Vec::new(),
-            key_generation: 0,
-            windows: Vec::new(),
-        };
+        let mut out = ReplayState::default();
         self.take_dirty_into(&mut out).then_some(out)
     }
 

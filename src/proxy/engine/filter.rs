@@ -198,12 +198,8 @@ impl Engine {
         let mut changed = Vec::new();
         for (g, c) in self.checkers.iter_mut().enumerate() {
             let Some(c) = c.as_mut() else { continue };
-            while states.len() <= g {
-                states.push(ReplayState {
-                    gid: Vec::new(),
-                    key_generation: 0,
-                    windows: Vec::new(),
-                });
+            if states.len() <= g {
+                states.resize_with(g + 1, ReplayState::default);
             }
             if c.take_dirty_into(&mut states[g]) {
                 changed.push(g);
