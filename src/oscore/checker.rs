@@ -700,17 +700,10 @@ impl GroupChecker {
         }
     }
 
-    /// The state, if it changed since the last call (on any thread sharing the windows);
-    /// clean afterwards.
-    pub(crate) fn take_dirty(&mut self) -> Option<ReplayState> {
-        let mut out = ReplayState::default();
-        self.take_dirty_into(&mut out).then_some(out)
-    }
-
-    /// [`take_dirty`](Self::take_dirty) into `out` (see
-    /// [`snapshot_into`](Self::snapshot_into)): whether the state changed and `out` now
-    /// holds it.
-    pub(crate) fn take_dirty_into(&mut self, out: &mut ReplayState) -> bool {
+    /// The state, if it changed since the last call (on any thread sharing the windows),
+    /// written into `out` (see [`snapshot_into`](Self::snapshot_into)); clean afterwards.
+    /// Says whether it changed and `out` now holds it.
+    pub(crate) fn take_dirty(&mut self, out: &mut ReplayState) -> bool {
         self.moved = false;
         let mut w = self.windows.lock();
         let dirty = std::mem::take(&mut w.dirty);

@@ -180,13 +180,12 @@ impl Engine {
     /// leave. Since each state is whole, a failed write needs no retry: the next change
     /// writes everything again, and what the failed one covered never left.
     pub fn take_replay_state(&mut self) -> Vec<(usize, ReplayState)> {
-        let mut out = Vec::new();
-        for (g, c) in self.checkers.iter_mut().enumerate() {
-            if let Some(s) = c.as_mut().and_then(GroupChecker::take_dirty) {
-                out.push((g, s));
-            }
-        }
-        out
+        let mut states = Vec::new();
+        let changed = self.take_replay_state_into(&mut states);
+        changed
+            .into_iter()
+            .map(|g| (g, std::mem::take(&mut states[g])))
+            .collect()
     }
 
     /// [`take_replay_state`](Self::take_replay_state) into `states` (indexed by group,
@@ -201,7 +200,7 @@ impl Engine {
             if states.len() <= g {
                 states.resize_with(g + 1, ReplayState::default);
             }
-            if c.take_dirty_into(&mut states[g]) {
+            if c.take_dirty(&mut states[g]) {
                 changed.push(g);
             }
         }
