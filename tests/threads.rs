@@ -339,19 +339,7 @@ mod wire {
     pub(super) struct Running {
         pub(super) listen: SocketAddr,
         pub(super) metrics: SocketAddr,
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if let Some(s) = self.stop.take() {
-                let _ = s.send(());
-            }
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
+        _thread: common::OnThread,
     }
 
     /// A checked group on loopback multicast (`group`), two forwarding threads with one
@@ -371,10 +359,9 @@ mod wire {
         let proxy = Proxy::bind(run.clone()).unwrap();
         assert_eq!(proxy.threads(), 2);
         let listen = proxy.listen_addrs()[0];
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (mtx, mrx) = std::sync::mpsc::channel();
         let cfg = run.proxy.clone();
-        let thread = std::thread::spawn(move || {
+        let thread = common::OnThread::spawn(move |rx| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -396,8 +383,7 @@ mod wire {
         Running {
             listen,
             metrics: mrx.recv().unwrap(),
-            stop: Some(tx),
-            thread: Some(thread),
+            _thread: thread,
         }
     }
 

@@ -654,8 +654,7 @@ fn servers_bound_holds_for_the_whole_proxy_across_threads() {
 /// it must run two forwarding threads (`why` says what used to keep it on one).
 struct Serving {
     listen: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: common::OnThread,
 }
 
 impl Serving {
@@ -663,8 +662,7 @@ impl Serving {
         let proxy = groxy::runtime::Proxy::bind(run).unwrap();
         assert_eq!(proxy.threads(), 2, "{why}");
         let listen = proxy.listen_addrs()[0];
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
+        let thread = common::OnThread::spawn(move |stopped| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -676,19 +674,7 @@ impl Serving {
         });
         Serving {
             listen,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _thread: thread,
         }
     }
 }

@@ -335,3 +335,32 @@ pub fn aiocoap_server(cfg_path: &Path, cfg: &Value) -> (std::process::Child, u16
         .unwrap();
     (child, port)
 }
+
+/// Work serving on a thread of its own (a proxy's runtime) until dropped: the drop sends
+/// the stop signal the work waits for and joins the thread.
+pub struct OnThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnThread {
+    /// Runs `work` on a new thread, handing it the signal that says stop.
+    pub fn spawn(work: impl FnOnce(tokio::sync::oneshot::Receiver<()>) + Send + 'static) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        OnThread {
+            stop: Some(stop),
+            thread: Some(std::thread::spawn(move || work(stopped))),
+        }
+    }
+}
+
+impl Drop for OnThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
