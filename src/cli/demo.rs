@@ -10,26 +10,29 @@ use crate::settings;
 use crate::tools::client::{ClientRequest, run as send};
 use crate::tools::device::{Device, DeviceConfig};
 
-/// A port no one on this host is bound to right now, for the demo group.
-fn free_port() -> Result<u16, String> {
+/// A port no one on this host is bound to right now, for the demo group, with the socket
+/// that holds it: kept until the devices are bound on it, so that no ephemeral port
+/// chosen meanwhile (the proxy's egress sockets, another program's) can be that port.
+fn free_port() -> Result<(UdpSocket, u16), String> {
     let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-    Ok(s.local_addr().map_err(|e| e.to_string())?.port())
+    let port = s.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((s, port))
 }
 
 pub(crate) fn run(n: u8) -> Result<(), String> {
     if n == 0 || n > 200 {
         return Err("--devices must be 1..=200".into());
     }
-    let port = free_port()?;
+    let (hold, port) = free_port()?;
     let group: SocketAddr = (Ipv4Addr::new(224, 0, 1, 187), port).into();
     let mut cfg = settings::load_default().run;
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.proxy.groups[0].addr = group;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let proxy = Proxy::bind(cfg).map_err(|e| e.to_string())?;
-        let proxy_addr = proxy.listen_addrs()[0];
-        let mut tasks = Vec::new();
+        // The devices are bound first, on the port still held: the proxy's egress
+        // sockets take ephemeral ports, and one of them could otherwise be the group's.
+        let mut devices = Vec::new();
         for i in 0..n {
             let bind: SocketAddr = (Ipv4Addr::new(127, 0, 0, 11 + i), port).into();
             let d = Device::bind(DeviceConfig {
@@ -42,8 +45,12 @@ pub(crate) fn run(n: u8) -> Result<(), String> {
                 oscore: None,
             })
             .map_err(|e| e.to_string())?;
-            tasks.push(tokio::spawn(d.run()));
+            devices.push(d);
         }
+        drop(hold);
+        let proxy = Proxy::bind(cfg).map_err(|e| e.to_string())?;
+        let proxy_addr = proxy.listen_addrs()[0];
+        let tasks: Vec<_> = devices.into_iter().map(|d| tokio::spawn(d.run())).collect();
         let stop = tokio::sync::oneshot::channel::<()>();
         let proxy_task = tokio::spawn(proxy.run(async move {
             let _ = stop.1.await;
