@@ -51,7 +51,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use groxy::coap::MessageView;
@@ -228,26 +227,6 @@ fn tag(datagram: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Sets Don't Fragment on an IPv4 socket's datagrams (IP_PMTUDISC_DO): a send larger
-/// than the path MTU fails instead of being fragmented.
-fn set_dont_fragment(s: &UdpSocket) -> std::io::Result<()> {
-    let v: libc::c_int = libc::IP_PMTUDISC_DO;
-    // SAFETY: a valid int option on our own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn thread_cpu_ns(path: &str) -> u64 {
     std::fs::read_to_string(path)
         .ok()
@@ -373,7 +352,14 @@ fn run_once(
     let sender = net::udp_any(0).expect("generator socket");
     // Don't Fragment: the kernel then picks no IP ID per datagram (`__ip_select_ident`
     // was ~6% of the generator's samples); loopback's MTU (64 KiB) refuses nothing.
-    set_dont_fragment(&sender).expect("IP_MTU_DISCOVER on the generator socket");
+    // (IP_PMTUDISC_DO: a send larger than the path MTU fails instead of fragmenting.)
+    net::set_int_option(
+        &sender,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )
+    .expect("IP_MTU_DISCOVER on the generator socket");
     let client_ip = |i: usize| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
     let mut out = net::Batch::new();
     let mut inb = net::Batch::new();
@@ -634,6 +620,58 @@ fn lock_cost(threads: usize, per_thread: usize) -> f64 {
     t0.elapsed().as_nanos() as f64 / (threads * per_thread) as f64
 }
 
+/// One configuration the bench runs.
+struct Config {
+    label: &'static str,
+    /// What `--only` takes.
+    name: &'static str,
+    threads: usize,
+    /// Proxies of one thread each, sharing nothing (`--apart`).
+    apart: bool,
+    /// Under one window for all clients (`--also-one-window`).
+    one_window: bool,
+}
+
+/// The configurations, by the index results are kept under: 1 thread, 2 threads, 2
+/// proxies apart, then 1 and 2 threads under one window for all clients.
+const CONFIGS: [Config; 5] = [
+    Config {
+        label: "1",
+        name: "1",
+        threads: 1,
+        apart: false,
+        one_window: false,
+    },
+    Config {
+        label: "2",
+        name: "2",
+        threads: 2,
+        apart: false,
+        one_window: false,
+    },
+    Config {
+        label: "2 apart",
+        name: "apart",
+        threads: 2,
+        apart: true,
+        one_window: false,
+    },
+    Config {
+        label: "1 one-win",
+        name: "1w",
+        threads: 1,
+        apart: false,
+        one_window: true,
+    },
+    Config {
+        label: "2 one-win",
+        name: "2w",
+        threads: 2,
+        apart: false,
+        one_window: true,
+    },
+];
+
 fn main() {
     let a = args();
     let (one, two) = (lock_cost(1, 2_000_000), lock_cost(2, 2_000_000));
@@ -688,13 +726,7 @@ fn main() {
         "raw/s",
         "even %"
     );
-    // The configurations, by index: 1 thread, 2 threads, 2 proxies of one thread apart
-    // (`--apart`), then 1 and 2 threads under one window for all clients
-    // (`--also-one-window`).
-    let label = ["1", "2", "2 apart", "1 one-win", "2 one-win"];
-    let threads_of = [1, 2, 2, 1, 2];
-    // What `--only` takes.
-    let name = ["1", "2", "apart", "1w", "2w"];
+    let label = CONFIGS.map(|c| c.label);
     let per_client = Load {
         nstart: a.nstart,
         window: a.window,
@@ -718,11 +750,12 @@ fn main() {
         }
         for k in order
             .into_iter()
-            .filter(|k| a.only.as_ref().is_none_or(|o| *o == name[*k]))
+            .filter(|k| a.only.as_ref().is_none_or(|o| *o == CONFIGS[*k].name))
         {
-            let threads = threads_of[k];
-            let load = if k >= 3 { one_window } else { per_client };
-            let mut o = run_once(&m, group, threads, k == 2, load, &a, run);
+            let c = &CONFIGS[k];
+            let threads = c.threads;
+            let load = if c.one_window { one_window } else { per_client };
+            let mut o = run_once(&m, group, threads, c.apart, load, &a, run);
             o.raw = raw_verify_rate(threads, Duration::from_secs(1));
             println!(
                 "{:>4} {:>8} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.1} {:>9.0} {:>10.0} {:>10.0} {:>9.1}",

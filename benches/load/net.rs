@@ -286,21 +286,31 @@ pub fn udp(bind: SocketAddrV4) -> io::Result<UdpSocket> {
 /// datagrams from outside the host: the bench is for a lab machine.
 pub fn udp_any(port: u16) -> io::Result<UdpSocket> {
     let s = udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
-    let on: libc::c_int = 1;
+    set_int_option(&s, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    Ok(s)
+}
+
+/// One integer socket option (`setsockopt`) on a socket of ours.
+pub fn set_int_option(
+    s: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a valid int option on our own socket.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            (&on as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(s)
+    Ok(())
 }
 
 /// A group member's receiver on `group` joined on 127.0.0.1, as groxy's devices make it.
